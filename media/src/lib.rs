@@ -1,0 +1,1 @@
+//! dialin-media
