@@ -1,1 +1,2 @@
 //! dialin
+pub mod ivr;
