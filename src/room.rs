@@ -1,0 +1,119 @@
+//! Room backends: where a caller goes once the PIN resolved (DESIGN.md §Call flow step 5).
+//!
+//! A call joins a room through [`RoomBackend::join`] and gets a [`RoomHandle`]: a sender for
+//! the caller's audio (20 ms frames at the backend's rate), a receiver for what the caller should
+//! hear (the room mixed down, without the caller's own voice), and a receiver of
+//! [`RoomEvent`]s (others joined or left, the room closed, the participant was removed).
+//! Dropping the handle leaves the room.
+//!
+//! Two backends implement it: `local` ([`local::LocalRooms`], an in-process mixer: callers who
+//! keyed the same PIN hear each other; the embedded default) and `livekit` (a participant per
+//! call on a LiveKit server). Audio moves over bounded channels of fixed-size frames: a frame
+//! is copied, never allocated, and a full channel drops the frame and counts it rather than
+//! letting latency grow.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+
+/// Samples in the largest 20 ms frame a backend exchanges (16 kHz).
+pub const MAX_FRAME_SAMPLES: usize = 320;
+
+/// One 20 ms frame of 16-bit PCM, by value so that channels carry it without allocating.
+#[derive(Clone, Copy)]
+pub struct AudioFrame {
+    samples: [i16; MAX_FRAME_SAMPLES],
+    len: u16,
+}
+
+impl AudioFrame {
+    /// A frame holding a copy of `pcm` (truncated to [`MAX_FRAME_SAMPLES`]).
+    pub fn from_samples(pcm: &[i16]) -> AudioFrame {
+        let len = pcm.len().min(MAX_FRAME_SAMPLES);
+        let mut samples = [0i16; MAX_FRAME_SAMPLES];
+        samples[..len].copy_from_slice(&pcm[..len]);
+        AudioFrame { samples, len: len as u16 }
+    }
+
+    pub fn samples(&self) -> &[i16] {
+        &self.samples[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for AudioFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AudioFrame({} samples)", self.len)
+    }
+}
+
+/// Who joins and how they appear to the others.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: String,
+    /// Unique per call.
+    pub identity: String,
+    pub name: String,
+    /// `sip.*` attributes (LiveKit conventions); `local` keeps them for listing only.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Something that happened in the room, from the caller's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    ParticipantJoined { identity: String },
+    ParticipantLeft { identity: String },
+    /// The room was closed: play "the meeting has ended" and hang up.
+    Closed,
+    /// This participant was removed from the room: same as `Closed` for the caller.
+    Removed,
+}
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("room backend unreachable: {0}")]
+    Unreachable(String),
+    #[error("room backend refused the join: {0}")]
+    Refused(String),
+}
+
+/// A caller's membership of a room; dropping it leaves the room.
+pub struct RoomHandle {
+    /// Sample rate of the frames both ways.
+    pub sample_rate: u32,
+    /// Participants already in the room when this one joined.
+    pub others_at_join: usize,
+    /// The caller's audio, one frame per 20 ms; use `try_send` and count a full channel.
+    pub to_room: mpsc::Sender<AudioFrame>,
+    /// What the caller hears, one frame per 20 ms while anyone else is in the room.
+    pub from_room: mpsc::Receiver<AudioFrame>,
+    pub events: mpsc::Receiver<RoomEvent>,
+    /// Sends the caller's DTMF digits to the room (LiveKit SIP DTMF data packets).
+    pub dtmf: Option<mpsc::Sender<char>>,
+    /// Kept alive for the membership; dropping it tells the backend the caller left.
+    pub(crate) _membership: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for RoomHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomHandle")
+            .field("sample_rate", &self.sample_rate)
+            .field("others_at_join", &self.others_at_join)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Future returned by [`RoomBackend::join`].
+pub type JoinFuture<'a> = Pin<Box<dyn Future<Output = Result<RoomHandle, RoomError>> + Send + 'a>>;
+
+/// A place calls can be bridged into.
+pub trait RoomBackend: Send + Sync {
+    /// Joins `req.room` as a new participant.
+    fn join(&self, req: JoinRequest) -> JoinFuture<'_>;
+    /// Name for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+}
