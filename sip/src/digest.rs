@@ -400,16 +400,11 @@ impl DigestServer {
             Credential::Ha1 { algorithm: a, ha1 } if a == algorithm.base() => ha1.to_ascii_lowercase(),
             Credential::Ha1 { .. } => return Err(InvalidReason::UnsupportedAlgorithm),
         };
-        let ha1 = if algorithm.is_session() {
-            algorithm.hash_hex(&[&ha1_base, nonce, cnonce.unwrap_or("")])
-        } else {
-            ha1_base
+        let qop_fields = match (nc_value, cnonce) {
+            (Some((nc, _)), Some(cnonce)) => Some((nc, cnonce)),
+            _ => None,
         };
-        let ha2 = algorithm.hash_hex(&[method, uri]);
-        let expected = match (nc_value, cnonce) {
-            (Some((nc, _)), Some(cnonce)) => algorithm.hash_hex(&[&ha1, nonce, nc, cnonce, "auth", &ha2]),
-            _ => algorithm.hash_hex(&[&ha1, nonce, &ha2]),
-        };
+        let expected = expected_response(algorithm, &ha1_base, nonce, qop_fields, method, uri);
         let given = response.to_ascii_lowercase();
         if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
             return Err(InvalidReason::WrongResponse);
@@ -426,6 +421,29 @@ impl DigestServer {
     }
 }
 
+
+/// The request-digest of RFC 7616 §3.4.1 (RFC 2617 §3.2.2.1 for MD5), with `qop=auth`
+/// when `qop_fields` = `(nc, cnonce)` is given, else the RFC 2069 form.
+pub(crate) fn expected_response(
+    algorithm: Algorithm,
+    ha1_base: &str,
+    nonce: &str,
+    qop_fields: Option<(&str, &str)>,
+    method: &str,
+    uri: &str,
+) -> String {
+    let ha1 = if algorithm.is_session() {
+        let cnonce = qop_fields.map_or("", |(_, c)| c);
+        algorithm.hash_hex(&[ha1_base, nonce, cnonce])
+    } else {
+        ha1_base.to_owned()
+    };
+    let ha2 = algorithm.hash_hex(&[method, uri]);
+    match qop_fields {
+        Some((nc, cnonce)) => algorithm.hash_hex(&[&ha1, nonce, nc, cnonce, "auth", &ha2]),
+        None => algorithm.hash_hex(&[&ha1, nonce, &ha2]),
+    }
+}
 
 fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
