@@ -458,7 +458,7 @@ fn rtcp_address(rtp: SocketAddr, mux: bool, media: &MediaDescription) -> SocketA
 fn usable_ptime(media: &MediaDescription) -> Option<u32> {
     let p = media.ptime?;
     let p = media.maxptime.map_or(p, |max| p.min(max));
-    (p % 10 == 0 && (10..=60).contains(&p)).then_some(p)
+    matches!(p, 10 | 20 | 30 | 40 | 50 | 60).then_some(p)
 }
 
 fn hold_state(remote: Direction) -> HoldState {

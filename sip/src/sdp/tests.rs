@@ -226,7 +226,8 @@ fn unknown_lines_and_attributes_are_kept_or_skipped() {
 
 #[test]
 fn malformed_input_gives_an_error_naming_the_problem() {
-    let cases: &[(&str, fn(&SdpError) -> bool)] = &[
+    type Expect = fn(&SdpError) -> bool;
+    let cases: &[(&str, Expect)] = &[
         ("", |e| *e == SdpError::Empty),
         ("o=- 1 1 IN IP4 1.2.3.4\r\n", |e| matches!(e, SdpError::MissingVersion { line: 1 })),
         ("v=1\r\n", |e| matches!(e, SdpError::UnsupportedVersion(_))),
