@@ -310,6 +310,10 @@ impl DigestServer {
         let mut first_error = None;
         let mut params = None;
         for value in authorization {
+            // Other schemes (Basic, Bearer) are not credentials for us: challenge instead.
+            if !has_digest_scheme(value) {
+                continue;
+            }
             match parse_authorization(value) {
                 Ok(p) if p.get("realm") == Some(self.realm.as_str()) => {
                     params = Some(p);
@@ -381,7 +385,7 @@ impl DigestServer {
                 let nc = p.get("nc").ok_or(InvalidReason::MissingParameter("nc"))?;
                 let cnonce = p.get("cnonce").ok_or(InvalidReason::MissingParameter("cnonce"))?;
                 // RFC 7616 §3.4: nc is exactly 8 hex digits.
-                if nc.len() != 8 {
+                if nc.len() != 8 || !nc.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(InvalidReason::Malformed("nc is not 8 hex digits"));
                 }
                 let n = u32::from_str_radix(nc, 16).map_err(|_| InvalidReason::Malformed("nc is not 8 hex digits"))?;
@@ -506,6 +510,12 @@ impl Params<'_> {
     fn get(&self, name: &str) -> Option<&str> {
         self.items.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
     }
+}
+
+fn has_digest_scheme(value: &str) -> bool {
+    let v = value.trim_start();
+    v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("Digest"))
+        && v.get(6..).is_some_and(|rest| rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace()))
 }
 
 /// Parses `Digest name=value, name="quoted \"value\"", ...` (RFC 3261 §25.1 credentials).

@@ -272,6 +272,24 @@ fn no_credentials_or_another_realm_is_missing() {
 }
 
 #[test]
+fn other_schemes_are_treated_as_missing_credentials() {
+    let mut s = server();
+    let out = s.verify(t0(), "INVITE", URI, ["Basic YWxhZGRpbjpvcGVuc2VzYW1l", "Digesting x=y"], alice);
+    assert_eq!(out, VerifyOutcome::Missing);
+}
+
+#[test]
+fn nonce_count_must_be_eight_hex_digits() {
+    let mut s = server();
+    let c = s.challenge(t0(), false, &[Algorithm::Md5]);
+    let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1).replace("nc=00000001", "nc=+0000001");
+    assert_eq!(
+        s.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
+        VerifyOutcome::Invalid(InvalidReason::Malformed("nc is not 8 hex digits"))
+    );
+}
+
+#[test]
 fn the_value_for_our_realm_is_picked_among_several() {
     let mut s = server();
     let other = DigestServer::new("carrier.example", SECRET, TTL);

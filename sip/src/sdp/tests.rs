@@ -737,3 +737,14 @@ fn plain_answer_to_our_required_srtp_offer_is_refused() {
     let answer = "v=0\r\no=- 5 5 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 6000 RTP/SAVP 0\r\n";
     assert_eq!(accept_answer(&offer, &parse(answer)), Err(NegotiationError::SrtpRequired));
 }
+
+#[test]
+fn non_rtp_media_lines_are_rejected_with_port_zero_in_order() {
+    let text = WEBRTC.to_owned() + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sctp-port:5000\r\n";
+    let a = parse(&answer(&text).answer_sdp(&local()));
+    assert_eq!(a.media.len(), 2);
+    assert_eq!((a.media[0].kind.clone(), a.media[0].port), (MediaKind::Audio, local().port));
+    let m = &a.media[1];
+    assert_eq!((m.kind.as_str(), m.port, m.transport.as_str()), ("application", 0, "UDP/DTLS/SCTP"));
+    assert_eq!(m.formats, ["webrtc-datachannel"]);
+}
