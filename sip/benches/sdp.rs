@@ -32,7 +32,9 @@ fn bench(c: &mut Criterion) {
         version: 1,
         username: "dialin".into(),
     };
-    c.bench_function("sdp_parse_offer", |b| b.iter(|| SessionDescription::parse(black_box(OFFER))));
+    c.bench_function("sdp_parse_offer", |b| {
+        b.iter(|| SessionDescription::parse(black_box(OFFER)))
+    });
     c.bench_function("sdp_parse_negotiate_answer", |b| {
         b.iter(|| {
             let offer = SessionDescription::parse(black_box(OFFER)).ok()?;

@@ -74,7 +74,10 @@ impl Algorithm {
     }
 
     fn is_session(self) -> bool {
-        matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess | Algorithm::Sha512_256Sess)
+        matches!(
+            self,
+            Algorithm::Md5Sess | Algorithm::Sha256Sess | Algorithm::Sha512_256Sess
+        )
     }
 
     /// The base hash, which is what a stored HA1 is computed with.
@@ -116,7 +119,10 @@ impl Algorithm {
 pub enum Credential {
     Password(String),
     /// `H(username:realm:password)` in lower-case hex, for the given base algorithm.
-    Ha1 { algorithm: Algorithm, ha1: String },
+    Ha1 {
+        algorithm: Algorithm,
+        ha1: String,
+    },
 }
 
 impl std::fmt::Debug for Credential {
@@ -161,7 +167,9 @@ pub enum InvalidReason {
 /// The verdict on a request's credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyOutcome {
-    Ok { username: String },
+    Ok {
+        username: String,
+    },
     /// Right password, expired nonce: re-challenge with `stale=true` (RFC 7616 §3.3).
     Stale,
     Invalid(InvalidReason),
@@ -194,7 +202,8 @@ impl DigestServer {
     pub fn new(realm: impl Into<String>, secret: &[u8], nonce_ttl: Duration) -> DigestServer {
         let realm = realm.into();
         #[allow(clippy::expect_used)]
-        let keyed = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+        let keyed =
+            <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
         let mut mac = keyed.clone();
         mac.update(b"opaque:");
         mac.update(realm.as_bytes());
@@ -279,7 +288,10 @@ impl DigestServer {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(nonce)
             .map_err(|_| InvalidReason::ForgedNonce)?;
-        let raw: [u8; NONCE_LEN] = raw.as_slice().try_into().map_err(|_| InvalidReason::ForgedNonce)?;
+        let raw: [u8; NONCE_LEN] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| InvalidReason::ForgedNonce)?;
         let (time, rest) = raw.split_at(NONCE_TIME_LEN);
         let (random, mac) = rest.split_at(NONCE_RANDOM_LEN);
         let expected = self.nonce_mac(time, random);
@@ -348,13 +360,22 @@ impl DigestServer {
     where
         F: FnOnce(&str) -> Option<Credential>,
     {
-        if p.get("username*").is_some() || p.get("userhash").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        if p.get("username*").is_some()
+            || p.get("userhash")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
             return Err(InvalidReason::UnsupportedUsername);
         }
-        let username = p.get("username").ok_or(InvalidReason::MissingParameter("username"))?;
-        let nonce = p.get("nonce").ok_or(InvalidReason::MissingParameter("nonce"))?;
+        let username = p
+            .get("username")
+            .ok_or(InvalidReason::MissingParameter("username"))?;
+        let nonce = p
+            .get("nonce")
+            .ok_or(InvalidReason::MissingParameter("nonce"))?;
         let uri = p.get("uri").ok_or(InvalidReason::MissingParameter("uri"))?;
-        let response = p.get("response").ok_or(InvalidReason::MissingParameter("response"))?;
+        let response = p
+            .get("response")
+            .ok_or(InvalidReason::MissingParameter("response"))?;
         let algorithm = match p.get("algorithm") {
             None => Algorithm::Md5,
             Some(a) => Algorithm::parse(a).ok_or(InvalidReason::UnsupportedAlgorithm)?,
@@ -383,12 +404,15 @@ impl DigestServer {
         let (nc_value, cnonce) = match qop {
             Some(_) => {
                 let nc = p.get("nc").ok_or(InvalidReason::MissingParameter("nc"))?;
-                let cnonce = p.get("cnonce").ok_or(InvalidReason::MissingParameter("cnonce"))?;
+                let cnonce = p
+                    .get("cnonce")
+                    .ok_or(InvalidReason::MissingParameter("cnonce"))?;
                 // RFC 7616 §3.4: nc is exactly 8 hex digits.
                 if nc.len() != 8 || !nc.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(InvalidReason::Malformed("nc is not 8 hex digits"));
                 }
-                let n = u32::from_str_radix(nc, 16).map_err(|_| InvalidReason::Malformed("nc is not 8 hex digits"))?;
+                let n = u32::from_str_radix(nc, 16)
+                    .map_err(|_| InvalidReason::Malformed("nc is not 8 hex digits"))?;
                 if n == 0 {
                     return Err(InvalidReason::Malformed("nc is zero"));
                 }
@@ -401,7 +425,9 @@ impl DigestServer {
         let credential = lookup(username).ok_or(InvalidReason::UnknownUser)?;
         let ha1_base = match credential {
             Credential::Password(pw) => algorithm.hash_hex(&[username, &self.realm, &pw]),
-            Credential::Ha1 { algorithm: a, ha1 } if a == algorithm.base() => ha1.to_ascii_lowercase(),
+            Credential::Ha1 { algorithm: a, ha1 } if a == algorithm.base() => {
+                ha1.to_ascii_lowercase()
+            }
             Credential::Ha1 { .. } => return Err(InvalidReason::UnsupportedAlgorithm),
         };
         let qop_fields = match (nc_value, cnonce) {
@@ -417,14 +443,18 @@ impl DigestServer {
             return Ok(VerifyOutcome::Stale);
         }
         if let Some((_, n)) = nc_value {
-            if !self.nonce_counts.advance(nonce_raw, n, issued, now_secs, self.nonce_ttl.as_secs()) {
+            if !self
+                .nonce_counts
+                .advance(nonce_raw, n, issued, now_secs, self.nonce_ttl.as_secs())
+            {
                 return Err(InvalidReason::ReplayedNonceCount);
             }
         }
-        Ok(VerifyOutcome::Ok { username: username.to_owned() })
+        Ok(VerifyOutcome::Ok {
+            username: username.to_owned(),
+        })
     }
 }
-
 
 /// The request-digest of RFC 7616 §3.4.1 (RFC 2617 §3.2.2.1 for MD5), with `qop=auth`
 /// when `qop_fields` = `(nc, cnonce)` is given, else the RFC 2069 form.
@@ -450,7 +480,9 @@ pub(crate) fn expected_response(
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Escapes `"` and `\` for a quoted-string (RFC 3261 §25.1).
@@ -474,11 +506,22 @@ struct NonceCounts {
 
 impl NonceCounts {
     fn new(capacity: usize) -> NonceCounts {
-        NonceCounts { capacity, counts: HashMap::new(), order: VecDeque::new() }
+        NonceCounts {
+            capacity,
+            counts: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     /// Records `nc` for `nonce` if it is greater than the last one; false for a replay.
-    fn advance(&mut self, nonce: [u8; NONCE_LEN], nc: u32, issued: u64, now: u64, ttl: u64) -> bool {
+    fn advance(
+        &mut self,
+        nonce: [u8; NONCE_LEN],
+        nc: u32,
+        issued: u64,
+        now: u64,
+        ttl: u64,
+    ) -> bool {
         if let Some(last) = self.counts.get_mut(&nonce) {
             if nc <= *last {
                 return false;
@@ -508,14 +551,19 @@ struct Params<'a> {
 
 impl Params<'_> {
     fn get(&self, name: &str) -> Option<&str> {
-        self.items.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+        self.items
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
     }
 }
 
 fn has_digest_scheme(value: &str) -> bool {
     let v = value.trim_start();
     v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("Digest"))
-        && v.get(6..).is_some_and(|rest| rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace()))
+        && v.get(6..).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace())
+        })
 }
 
 /// Parses `Digest name=value, name="quoted \"value\"", ...` (RFC 3261 §25.1 credentials).
@@ -538,7 +586,9 @@ fn parse_authorization(value: &str) -> Result<Params<'_>, InvalidReason> {
         if items.len() >= MAX_PARAMS {
             return Err(InvalidReason::Malformed("too many parameters"));
         }
-        let eq = rest.find('=').ok_or(InvalidReason::Malformed("parameter without '='"))?;
+        let eq = rest
+            .find('=')
+            .ok_or(InvalidReason::Malformed("parameter without '='"))?;
         let (name, after) = rest.split_at(eq);
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(is_token_byte) {
@@ -548,7 +598,9 @@ fn parse_authorization(value: &str) -> Result<Params<'_>, InvalidReason> {
         let (val, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             parse_quoted(quoted)?
         } else {
-            let end = after.find(|c: char| c == ',' || c.is_ascii_whitespace()).unwrap_or(after.len());
+            let end = after
+                .find(|c: char| c == ',' || c.is_ascii_whitespace())
+                .unwrap_or(after.len());
             let (tok, rem) = after.split_at(end);
             if tok.is_empty() {
                 return Err(InvalidReason::Malformed("empty parameter value"));
@@ -584,7 +636,9 @@ fn parse_quoted(s: &str) -> Result<(std::borrow::Cow<'_, str>, &str), InvalidRea
             }
             '\\' => {
                 let o = out.get_or_insert_with(|| s.get(..i).unwrap_or("").to_owned());
-                let (_, escaped) = chars.next().ok_or(InvalidReason::Malformed("unterminated quoted string"))?;
+                let (_, escaped) = chars
+                    .next()
+                    .ok_or(InvalidReason::Malformed("unterminated quoted string"))?;
                 o.push(escaped);
             }
             c => {

@@ -21,16 +21,25 @@ fn alice(user: &str) -> Option<Credential> {
 
 /// Pulls a parameter out of a challenge value with the server's own parser.
 fn challenge_param(challenge: &str, name: &str) -> String {
-    let p = parse_authorization(challenge).ok().and_then(|p| p.get(name).map(str::to_owned));
+    let p = parse_authorization(challenge)
+        .ok()
+        .and_then(|p| p.get(name).map(str::to_owned));
     p.unwrap_or_default()
 }
 
 /// What a well-behaved client sends back for `challenge`.
-fn client_authorization(challenge: &str, user: &str, password: &str, method: &str, nc: u32) -> String {
+fn client_authorization(
+    challenge: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    nc: u32,
+) -> String {
     let realm = challenge_param(challenge, "realm");
     let nonce = challenge_param(challenge, "nonce");
     let opaque = challenge_param(challenge, "opaque");
-    let algorithm = Algorithm::parse(&challenge_param(challenge, "algorithm")).unwrap_or(Algorithm::Md5);
+    let algorithm =
+        Algorithm::parse(&challenge_param(challenge, "algorithm")).unwrap_or(Algorithm::Md5);
     let nc = format!("{nc:08x}");
     let cnonce = "0a4f113b";
     let ha1 = algorithm.hash_hex(&[user, &realm, password]);
@@ -71,7 +80,10 @@ fn rfc7616_sha256_and_md5_example_responses_match() {
         "GET",
         "/dir/index.html",
     );
-    assert_eq!(sha, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1");
+    assert_eq!(
+        sha,
+        "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+    );
     let md5 = expected_response(
         Algorithm::Md5,
         &Algorithm::Md5.hash_hex(&parts),
@@ -96,7 +108,10 @@ fn challenge_offers_sha256_then_md5_with_qop_auth_opaque_and_one_nonce() {
         assert!(!challenge_param(v, "opaque").is_empty());
         assert!(!v.contains("stale"));
     }
-    assert_eq!(challenge_param(&c[0], "nonce"), challenge_param(&c[1], "nonce"));
+    assert_eq!(
+        challenge_param(&c[0], "nonce"),
+        challenge_param(&c[1], "nonce")
+    );
 }
 
 #[test]
@@ -116,11 +131,29 @@ fn each_challenge_has_a_fresh_nonce() {
 #[test]
 fn right_password_is_accepted_with_sha256_and_md5() {
     let mut s = server();
-    for alg in [Algorithm::Sha256, Algorithm::Md5, Algorithm::Sha512_256, Algorithm::Md5Sess, Algorithm::Sha256Sess] {
+    for alg in [
+        Algorithm::Sha256,
+        Algorithm::Md5,
+        Algorithm::Sha512_256,
+        Algorithm::Md5Sess,
+        Algorithm::Sha256Sess,
+    ] {
         let c = s.challenge(t0(), false, &[alg]);
         let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
-        let out = s.verify(t0() + Duration::from_secs(2), "INVITE", URI, Some(auth.as_str()), alice);
-        assert_eq!(out, VerifyOutcome::Ok { username: "alice".into() }, "{alg:?}");
+        let out = s.verify(
+            t0() + Duration::from_secs(2),
+            "INVITE",
+            URI,
+            Some(auth.as_str()),
+            alice,
+        );
+        assert_eq!(
+            out,
+            VerifyOutcome::Ok {
+                username: "alice".into()
+            },
+            "{alg:?}"
+        );
     }
 }
 
@@ -157,7 +190,10 @@ fn expired_nonce_with_right_password_is_stale() {
     let c = s.challenge(t0(), false, &[Algorithm::Sha256]);
     let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
     let later = t0() + TTL + Duration::from_secs(1);
-    assert_eq!(s.verify(later, "INVITE", URI, [auth.as_str()], alice), VerifyOutcome::Stale);
+    assert_eq!(
+        s.verify(later, "INVITE", URI, [auth.as_str()], alice),
+        VerifyOutcome::Stale
+    );
 }
 
 #[test]
@@ -177,7 +213,9 @@ fn replayed_nonce_count_is_refused_and_a_higher_one_accepted() {
     let mut s = server();
     let c = s.challenge(t0(), false, &[Algorithm::Md5]);
     let first = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
-    let ok = VerifyOutcome::Ok { username: "alice".into() };
+    let ok = VerifyOutcome::Ok {
+        username: "alice".into(),
+    };
     assert_eq!(s.verify(t0(), "INVITE", URI, [first.as_str()], alice), ok);
     assert_eq!(
         s.verify(t0(), "INVITE", URI, [first.as_str()], alice),
@@ -196,9 +234,17 @@ fn failed_attempt_does_not_burn_the_nonce_count() {
     let mut s = server();
     let c = s.challenge(t0(), false, &[Algorithm::Md5]);
     let forged = client_authorization(&c[0], "alice", "wrong", "INVITE", 0xffff_fff0);
-    assert!(matches!(s.verify(t0(), "INVITE", URI, [forged.as_str()], alice), VerifyOutcome::Invalid(_)));
+    assert!(matches!(
+        s.verify(t0(), "INVITE", URI, [forged.as_str()], alice),
+        VerifyOutcome::Invalid(_)
+    ));
     let real = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
-    assert_eq!(s.verify(t0(), "INVITE", URI, [real.as_str()], alice), VerifyOutcome::Ok { username: "alice".into() });
+    assert_eq!(
+        s.verify(t0(), "INVITE", URI, [real.as_str()], alice),
+        VerifyOutcome::Ok {
+            username: "alice".into()
+        }
+    );
 }
 
 #[test]
@@ -207,7 +253,10 @@ fn nonce_count_table_stays_within_its_capacity() {
     for _ in 0..5 {
         let c = s.challenge(t0(), false, &[Algorithm::Md5]);
         let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
-        assert!(matches!(s.verify(t0(), "INVITE", URI, [auth.as_str()], alice), VerifyOutcome::Ok { .. }));
+        assert!(matches!(
+            s.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
+            VerifyOutcome::Ok { .. }
+        ));
         assert!(s.nonce_counts.counts.len() <= 2);
         assert!(s.nonce_counts.order.len() <= 2);
     }
@@ -232,7 +281,10 @@ fn nonce_issued_by_another_node_sharing_the_secret_is_accepted() {
     let mut node_b = server();
     let c = node_a.challenge(t0(), false, &[Algorithm::Sha256]);
     let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
-    assert!(matches!(node_b.verify(t0(), "INVITE", URI, [auth.as_str()], alice), VerifyOutcome::Ok { .. }));
+    assert!(matches!(
+        node_b.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
+        VerifyOutcome::Ok { .. }
+    ));
 }
 
 #[test]
@@ -243,7 +295,13 @@ fn tampered_nonce_is_forged() {
     let mut chars: Vec<char> = nonce.chars().collect();
     chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
     let tampered: String = chars.into_iter().collect();
-    let auth = client_authorization(&c[0].replace(&nonce, &tampered), "alice", "s3cret pass", "INVITE", 1);
+    let auth = client_authorization(
+        &c[0].replace(&nonce, &tampered),
+        "alice",
+        "s3cret pass",
+        "INVITE",
+        1,
+    );
     assert_eq!(
         s.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
         VerifyOutcome::Invalid(InvalidReason::ForgedNonce)
@@ -256,7 +314,13 @@ fn digest_uri_other_than_the_request_uri_is_refused() {
     let c = s.challenge(t0(), false, &[Algorithm::Md5]);
     let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
     assert_eq!(
-        s.verify(t0(), "INVITE", "sip:other@gw.example", [auth.as_str()], alice),
+        s.verify(
+            t0(),
+            "INVITE",
+            "sip:other@gw.example",
+            [auth.as_str()],
+            alice
+        ),
         VerifyOutcome::Invalid(InvalidReason::UriMismatch)
     );
 }
@@ -264,17 +328,29 @@ fn digest_uri_other_than_the_request_uri_is_refused() {
 #[test]
 fn no_credentials_or_another_realm_is_missing() {
     let mut s = server();
-    assert_eq!(s.verify(t0(), "INVITE", URI, None, alice), VerifyOutcome::Missing);
+    assert_eq!(
+        s.verify(t0(), "INVITE", URI, None, alice),
+        VerifyOutcome::Missing
+    );
     let other = DigestServer::new("carrier.example", SECRET, TTL);
     let c = other.challenge(t0(), false, &[Algorithm::Md5]);
     let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
-    assert_eq!(s.verify(t0(), "INVITE", URI, [auth.as_str()], alice), VerifyOutcome::Missing);
+    assert_eq!(
+        s.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
+        VerifyOutcome::Missing
+    );
 }
 
 #[test]
 fn other_schemes_are_treated_as_missing_credentials() {
     let mut s = server();
-    let out = s.verify(t0(), "INVITE", URI, ["Basic YWxhZGRpbjpvcGVuc2VzYW1l", "Digesting x=y"], alice);
+    let out = s.verify(
+        t0(),
+        "INVITE",
+        URI,
+        ["Basic YWxhZGRpbjpvcGVuc2VzYW1l", "Digesting x=y"],
+        alice,
+    );
     assert_eq!(out, VerifyOutcome::Missing);
 }
 
@@ -282,7 +358,8 @@ fn other_schemes_are_treated_as_missing_credentials() {
 fn nonce_count_must_be_eight_hex_digits() {
     let mut s = server();
     let c = s.challenge(t0(), false, &[Algorithm::Md5]);
-    let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1).replace("nc=00000001", "nc=+0000001");
+    let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1)
+        .replace("nc=00000001", "nc=+0000001");
     assert_eq!(
         s.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
         VerifyOutcome::Invalid(InvalidReason::Malformed("nc is not 8 hex digits"))
@@ -293,10 +370,27 @@ fn nonce_count_must_be_eight_hex_digits() {
 fn the_value_for_our_realm_is_picked_among_several() {
     let mut s = server();
     let other = DigestServer::new("carrier.example", SECRET, TTL);
-    let theirs = client_authorization(&other.challenge(t0(), false, &[Algorithm::Md5])[0], "x", "y", "INVITE", 1);
-    let ours = client_authorization(&s.challenge(t0(), false, &[Algorithm::Md5])[0], "alice", "s3cret pass", "INVITE", 1);
+    let theirs = client_authorization(
+        &other.challenge(t0(), false, &[Algorithm::Md5])[0],
+        "x",
+        "y",
+        "INVITE",
+        1,
+    );
+    let ours = client_authorization(
+        &s.challenge(t0(), false, &[Algorithm::Md5])[0],
+        "alice",
+        "s3cret pass",
+        "INVITE",
+        1,
+    );
     let out = s.verify(t0(), "INVITE", URI, [theirs.as_str(), ours.as_str()], alice);
-    assert_eq!(out, VerifyOutcome::Ok { username: "alice".into() });
+    assert_eq!(
+        out,
+        VerifyOutcome::Ok {
+            username: "alice".into()
+        }
+    );
 }
 
 #[test]
@@ -309,7 +403,12 @@ fn legacy_credentials_without_qop_are_accepted_unless_disabled() {
         "Digest username=\"alice\",realm=\"{REALM}\",nonce=\"{nonce}\",uri=\"{URI}\",response=\"{response}\""
     );
     let mut s = server();
-    assert_eq!(s.verify(t0(), "INVITE", URI, [auth.as_str()], alice), VerifyOutcome::Ok { username: "alice".into() });
+    assert_eq!(
+        s.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
+        VerifyOutcome::Ok {
+            username: "alice".into()
+        }
+    );
     let mut strict = server().with_legacy_without_qop(false);
     assert_eq!(
         strict.verify(t0(), "INVITE", URI, [auth.as_str()], alice),
@@ -324,22 +423,38 @@ fn stored_ha1_verifies_like_the_password() {
     let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
     let ha1 = Algorithm::Sha256.hash_hex(&["alice", REALM, "s3cret pass"]);
     let out = s.verify(t0(), "INVITE", URI, [auth.as_str()], |_| {
-        Some(Credential::Ha1 { algorithm: Algorithm::Sha256, ha1: ha1.clone() })
+        Some(Credential::Ha1 {
+            algorithm: Algorithm::Sha256,
+            ha1: ha1.clone(),
+        })
     });
-    assert_eq!(out, VerifyOutcome::Ok { username: "alice".into() });
+    assert_eq!(
+        out,
+        VerifyOutcome::Ok {
+            username: "alice".into()
+        }
+    );
     // An MD5 HA1 cannot answer a SHA-256 response.
     let c = s.challenge(t0(), false, &[Algorithm::Sha256]);
     let auth = client_authorization(&c[0], "alice", "s3cret pass", "INVITE", 1);
     let out = s.verify(t0(), "INVITE", URI, [auth.as_str()], |_| {
-        Some(Credential::Ha1 { algorithm: Algorithm::Md5, ha1: "00".into() })
+        Some(Credential::Ha1 {
+            algorithm: Algorithm::Md5,
+            ha1: "00".into(),
+        })
     });
-    assert_eq!(out, VerifyOutcome::Invalid(InvalidReason::UnsupportedAlgorithm));
+    assert_eq!(
+        out,
+        VerifyOutcome::Invalid(InvalidReason::UnsupportedAlgorithm)
+    );
 }
 
 #[test]
 fn quoted_strings_with_escapes_and_odd_spacing_parse() {
-    let p = parse_authorization("digest  username = \"a\\\"b\\\\c\" ,realm=\"r, with comma\",nc=00000001 , qop=\"auth\"")
-        .ok();
+    let p = parse_authorization(
+        "digest  username = \"a\\\"b\\\\c\" ,realm=\"r, with comma\",nc=00000001 , qop=\"auth\"",
+    )
+    .ok();
     let p = p.as_ref();
     assert_eq!(p.and_then(|p| p.get("username")), Some("a\"b\\c"));
     assert_eq!(p.and_then(|p| p.get("realm")), Some("r, with comma"));
@@ -373,7 +488,10 @@ fn malformed_credentials_are_invalid_and_never_panic() {
     let mut s = server();
     for case in cases {
         let out = s.verify(t0(), "INVITE", URI, [case], alice);
-        assert!(matches!(out, VerifyOutcome::Invalid(_) | VerifyOutcome::Missing), "{case:?} gave {out:?}");
+        assert!(
+            matches!(out, VerifyOutcome::Invalid(_) | VerifyOutcome::Missing),
+            "{case:?} gave {out:?}"
+        );
     }
 }
 

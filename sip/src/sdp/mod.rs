@@ -18,7 +18,7 @@ use base64::Engine as _;
 
 pub use negotiate::{
     accept_answer, build_offer, negotiate, AnswerPolicy, Codec, HoldState, HoldTransition,
-    LocalMedia, NegotiatedCodec, Negotiated, NegotiationError, Offer, OfferPolicy, SrtpParams,
+    LocalMedia, Negotiated, NegotiatedCodec, NegotiationError, Offer, OfferPolicy, SrtpParams,
     SrtpPolicy,
 };
 
@@ -493,7 +493,10 @@ impl SessionDescription {
     /// The direction in force for `media`: its own attribute, the session's, or sendrecv
     /// (RFC 3264 §5.1 default).
     pub fn direction_for(&self, media: &MediaDescription) -> Direction {
-        media.direction.or(self.direction).unwrap_or(Direction::SendRecv)
+        media
+            .direction
+            .or(self.direction)
+            .unwrap_or(Direction::SendRecv)
     }
 }
 
@@ -506,7 +509,12 @@ fn parse_origin(value: &str) -> Result<Origin, SdpError> {
     let _nettype = next("missing network type")?;
     let _addrtype = next("missing address type")?;
     let address = next("missing address")?.to_owned();
-    Ok(Origin { username, session_id, session_version, address })
+    Ok(Origin {
+        username,
+        session_id,
+        session_version,
+        address,
+    })
 }
 
 /// `c=IN IP4 <addr>[/<ttl>[/<n>]]` or `c=IN IP6 <addr>[/<n>]` (RFC 4566 §5.7).
@@ -515,8 +523,12 @@ fn parse_connection(value: &str) -> Result<IpAddr, SdpError> {
     if parts.next() != Some("IN") {
         return Err(SdpError::BadConnection("network type is not IN"));
     }
-    let addrtype = parts.next().ok_or(SdpError::BadConnection("missing address type"))?;
-    let addr = parts.next().ok_or(SdpError::BadConnection("missing address"))?;
+    let addrtype = parts
+        .next()
+        .ok_or(SdpError::BadConnection("missing address type"))?;
+    let addr = parts
+        .next()
+        .ok_or(SdpError::BadConnection("missing address"))?;
     parse_typed_address(addrtype, addr).map_err(|e| match e {
         AddrError::Type => SdpError::BadConnection("address type is not IP4 or IP6"),
         AddrError::Mismatch => SdpError::BadConnection("address does not match its type"),
@@ -532,7 +544,9 @@ enum AddrError {
 
 fn parse_typed_address(addrtype: &str, addr: &str) -> Result<IpAddr, AddrError> {
     let host = addr.split('/').next().unwrap_or(addr);
-    let ip: IpAddr = host.parse().map_err(|_| AddrError::NotIp(host.to_owned()))?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| AddrError::NotIp(host.to_owned()))?;
     match (addrtype, ip) {
         ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
         ("IP4", _) | ("IP6", _) => Err(AddrError::Mismatch),
@@ -543,20 +557,29 @@ fn parse_typed_address(addrtype: &str, addr: &str) -> Result<IpAddr, AddrError> 
 /// `m=<media> <port>[/<number of ports>] <proto> <fmt> ...` (RFC 4566 §5.14).
 fn parse_media(value: &str) -> Result<MediaDescription, SdpError> {
     let mut parts = value.split_ascii_whitespace();
-    let kind = parts.next().ok_or(SdpError::BadMedia("missing media type"))?;
+    let kind = parts
+        .next()
+        .ok_or(SdpError::BadMedia("missing media type"))?;
     let port_field = parts.next().ok_or(SdpError::BadMedia("missing port"))?;
     let (port, count) = match port_field.split_once('/') {
         Some((p, n)) => (p, Some(n)),
         None => (port_field, None),
     };
-    let port = parse_decimal::<u16>(port).ok_or(SdpError::BadMedia("port is not a number 0-65535"))?;
+    let port =
+        parse_decimal::<u16>(port).ok_or(SdpError::BadMedia("port is not a number 0-65535"))?;
     let port_count = match count {
         Some(n) => Some(parse_decimal::<u16>(n).ok_or(SdpError::BadMedia("bad number of ports"))?),
         None => None,
     };
-    let transport = parts.next().ok_or(SdpError::BadMedia("missing transport protocol"))?;
-    let mut media =
-        MediaDescription::new(MediaKind::parse(kind), port, port_count, Transport::parse(transport));
+    let transport = parts
+        .next()
+        .ok_or(SdpError::BadMedia("missing transport protocol"))?;
+    let mut media = MediaDescription::new(
+        MediaKind::parse(kind),
+        port,
+        port_count,
+        Transport::parse(transport),
+    );
     media.formats = parts.map(str::to_owned).collect();
     if media.formats.is_empty() {
         return Err(SdpError::BadMedia("empty format list"));
@@ -564,7 +587,11 @@ fn parse_media(value: &str) -> Result<MediaDescription, SdpError> {
     Ok(media)
 }
 
-fn apply_media_attribute(m: &mut MediaDescription, name: &str, value: Option<&str>) -> Result<(), SdpError> {
+fn apply_media_attribute(
+    m: &mut MediaDescription,
+    name: &str,
+    value: Option<&str>,
+) -> Result<(), SdpError> {
     if let Some(d) = Direction::from_attribute(name) {
         m.direction = Some(d);
         return Ok(());
@@ -574,11 +601,16 @@ fn apply_media_attribute(m: &mut MediaDescription, name: &str, value: Option<&st
         ("rtpmap", None) => return Err(SdpError::BadRtpmap("missing value")),
         ("fmtp", Some(v)) => {
             let v = v.trim_start();
-            let (format, params) = v.split_once(|c: char| c.is_ascii_whitespace()).unwrap_or((v, ""));
+            let (format, params) = v
+                .split_once(|c: char| c.is_ascii_whitespace())
+                .unwrap_or((v, ""));
             if format.is_empty() {
                 return Err(SdpError::BadFmtp("missing format"));
             }
-            m.fmtps.push(Fmtp { format: format.to_owned(), parameters: params.trim().to_owned() });
+            m.fmtps.push(Fmtp {
+                format: format.to_owned(),
+                parameters: params.trim().to_owned(),
+            });
         }
         ("fmtp", None) => return Err(SdpError::BadFmtp("missing value")),
         ("ptime", v) => m.ptime = Some(parse_ptime(v)?),
@@ -588,7 +620,10 @@ fn apply_media_attribute(m: &mut MediaDescription, name: &str, value: Option<&st
         ("rtcp", None) => return Err(SdpError::BadRtcp("missing port")),
         ("crypto", Some(v)) => m.crypto.push(parse_crypto(v)?),
         ("crypto", None) => return Err(SdpError::BadCrypto("missing value")),
-        _ => m.attributes.push(Attribute { name: name.to_owned(), value: value.map(str::to_owned) }),
+        _ => m.attributes.push(Attribute {
+            name: name.to_owned(),
+            value: value.map(str::to_owned),
+        }),
     }
     Ok(())
 }
@@ -605,7 +640,8 @@ fn parse_rtpmap(v: &str) -> Result<RtpMap, SdpError> {
     let (pt, rest) = v
         .split_once(|c: char| c.is_ascii_whitespace())
         .ok_or(SdpError::BadRtpmap("missing encoding"))?;
-    let payload_type = PayloadType::parse(pt).ok_or(SdpError::BadRtpmap("payload type is not 0-127"))?;
+    let payload_type =
+        PayloadType::parse(pt).ok_or(SdpError::BadRtpmap("payload type is not 0-127"))?;
     let mut fields = rest.trim().split('/');
     let encoding = fields.next().unwrap_or("");
     if encoding.is_empty() {
@@ -617,10 +653,17 @@ fn parse_rtpmap(v: &str) -> Result<RtpMap, SdpError> {
         .filter(|&c| c > 0)
         .ok_or(SdpError::BadRtpmap("clock rate is not a positive number"))?;
     let channels = match fields.next() {
-        Some(c) => Some(parse_decimal::<u8>(c.trim()).ok_or(SdpError::BadRtpmap("bad channel count"))?),
+        Some(c) => {
+            Some(parse_decimal::<u8>(c.trim()).ok_or(SdpError::BadRtpmap("bad channel count"))?)
+        }
         None => None,
     };
-    Ok(RtpMap { payload_type, encoding: encoding.to_owned(), clock_rate, channels })
+    Ok(RtpMap {
+        payload_type,
+        encoding: encoding.to_owned(),
+        clock_rate,
+        channels,
+    })
 }
 
 /// Milliseconds; RFC 4566 §6 allows a decimal fraction, which we truncate.
@@ -667,8 +710,14 @@ fn parse_crypto(v: &str) -> Result<Crypto, SdpError> {
         .filter(|t| t.len() <= 9)
         .and_then(parse_decimal::<u32>)
         .ok_or(SdpError::BadCrypto("tag is not 1-9 digits"))?;
-    let suite = CryptoSuite::parse(parts.next().ok_or(SdpError::BadCrypto("missing crypto suite"))?);
-    let key_params = parts.next().ok_or(SdpError::BadCrypto("missing key parameters"))?;
+    let suite = CryptoSuite::parse(
+        parts
+            .next()
+            .ok_or(SdpError::BadCrypto("missing crypto suite"))?,
+    );
+    let key_params = parts
+        .next()
+        .ok_or(SdpError::BadCrypto("missing key parameters"))?;
     let session_params = parts.map(str::to_owned).collect();
     // Several key parameters are separated by ';'; only the first is used.
     let first = key_params.split(';').next().unwrap_or("");
@@ -682,7 +731,9 @@ fn parse_crypto(v: &str) -> Result<Crypto, SdpError> {
         .map_err(|_| SdpError::BadCrypto("key is not valid base64"))?;
     if let Some(len) = suite.key_salt_len() {
         if key_salt.len() != len {
-            return Err(SdpError::BadCrypto("key and salt have the wrong length for the suite"));
+            return Err(SdpError::BadCrypto(
+                "key and salt have the wrong length for the suite",
+            ));
         }
     }
     let mut lifetime = None;
@@ -700,5 +751,12 @@ fn parse_crypto(v: &str) -> Result<Crypto, SdpError> {
             return Err(SdpError::BadCrypto("unexpected key parameter field"));
         }
     }
-    Ok(Crypto { tag, suite, key_salt, lifetime, mki, session_params })
+    Ok(Crypto {
+        tag,
+        suite,
+        key_salt,
+        lifetime,
+        mki,
+        session_params,
+    })
 }

@@ -227,7 +227,10 @@ pub struct SrtpParams {
 impl std::fmt::Debug for SrtpParams {
     // Keys stay out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SrtpParams").field("suite", &self.suite).field("tag", &self.tag).finish_non_exhaustive()
+        f.debug_struct("SrtpParams")
+            .field("suite", &self.suite)
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
     }
 }
 
@@ -252,7 +255,11 @@ pub enum HoldTransition {
 enum AnswerLine {
     Chosen,
     /// RFC 3264 §6: answered with port 0 and the offered formats.
-    Rejected { kind: String, transport: String, formats: Vec<String> },
+    Rejected {
+        kind: String,
+        transport: String,
+        formats: Vec<String>,
+    },
 }
 
 /// The outcome of offer/answer: everything the media engine needs for the call.
@@ -282,7 +289,10 @@ pub struct Negotiated {
 
 /// Answers an offer: the first audio stream we can accept is taken, the other m-lines are
 /// rejected with port 0 (RFC 3264 §6).
-pub fn negotiate(offer: &SessionDescription, prefs: &AnswerPolicy) -> Result<Negotiated, NegotiationError> {
+pub fn negotiate(
+    offer: &SessionDescription,
+    prefs: &AnswerPolicy,
+) -> Result<Negotiated, NegotiationError> {
     negotiate_with(offer, prefs, None)
 }
 
@@ -335,7 +345,9 @@ fn negotiate_stream(
     prefs: &AnswerPolicy,
     previous: Option<&Negotiated>,
 ) -> Result<Negotiated, NegotiationError> {
-    let conn = sd.connection_for(media).ok_or(NegotiationError::MissingConnectionAddress)?;
+    let conn = sd
+        .connection_for(media)
+        .ok_or(NegotiationError::MissingConnectionAddress)?;
     let remote_crypto = choose_crypto(media, prefs.srtp)?;
 
     // A re-offer keeps the codec in use when it is still offered, so that the media
@@ -349,19 +361,25 @@ fn negotiate_stream(
     }
     let offered: Vec<(Codec, PayloadType)> = order
         .iter()
-        .filter_map(|&codec| media.payload_types().find(|&pt| codec.matches(media, pt)).map(|pt| (codec, pt)))
+        .filter_map(|&codec| {
+            media
+                .payload_types()
+                .find(|&pt| codec.matches(media, pt))
+                .map(|pt| (codec, pt))
+        })
         .collect();
     let te_for = |clock: u32| {
         if !prefs.telephone_event {
             return None;
         }
         media.payload_types().find(|&pt| {
-            media
-                .rtpmap(pt)
-                .is_some_and(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == clock)
+            media.rtpmap(pt).is_some_and(|m| {
+                m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == clock
+            })
         })
     };
-    let keep_previous = previous.is_some_and(|p| offered.first().is_some_and(|(c, _)| *c == p.codec.codec));
+    let keep_previous =
+        previous.is_some_and(|p| offered.first().is_some_and(|(c, _)| *c == p.codec.codec));
     let pick = if prefs.prefer_codec_with_telephone_event && !keep_previous {
         offered
             .iter()
@@ -382,14 +400,22 @@ fn negotiate_stream(
     let srtp = match remote_crypto {
         None => None,
         Some(c) => {
-            let remote_key_salt: [u8; KEY_SALT_LEN] =
-                c.key_salt.as_slice().try_into().map_err(|_| NegotiationError::NoAcceptableCrypto)?;
+            let remote_key_salt: [u8; KEY_SALT_LEN] = c
+                .key_salt
+                .as_slice()
+                .try_into()
+                .map_err(|_| NegotiationError::NoAcceptableCrypto)?;
             let local_key_salt = previous
                 .and_then(|p| p.srtp.as_ref())
                 .filter(|s| s.suite == c.suite && s.tag == c.tag)
                 .map(|s| s.local_key_salt)
                 .unwrap_or_else(fresh_key);
-            Some(SrtpParams { suite: c.suite.clone(), tag: c.tag, remote_key_salt, local_key_salt })
+            Some(SrtpParams {
+                suite: c.suite.clone(),
+                tag: c.tag,
+                remote_key_salt,
+                local_key_salt,
+            })
         }
     };
 
@@ -422,10 +448,15 @@ fn negotiate_stream(
 /// Picks the peer's crypto line under the trunk's policy. A plain RTP/AVP offer carrying
 /// `a=crypto` is "best effort SRTP" (sent by Linphone, Zoiper, Asterisk): used when the
 /// policy allows SRTP, ignored when it is disabled.
-fn choose_crypto(media: &MediaDescription, policy: SrtpPolicy) -> Result<Option<&Crypto>, NegotiationError> {
+fn choose_crypto(
+    media: &MediaDescription,
+    policy: SrtpPolicy,
+) -> Result<Option<&Crypto>, NegotiationError> {
     // Lines with an MKI or session parameters ask for SRTP features we don't run.
     let usable = media.crypto.iter().find(|c| {
-        c.suite.key_salt_len() == Some(KEY_SALT_LEN) && c.mki.is_none() && c.session_params.is_empty()
+        c.suite.key_salt_len() == Some(KEY_SALT_LEN)
+            && c.mki.is_none()
+            && c.session_params.is_empty()
     });
     match (policy, media.transport.is_secure()) {
         (SrtpPolicy::Disable, true) => Err(NegotiationError::SrtpNotAllowed),
@@ -472,7 +503,11 @@ fn hold_state(remote: Direction) -> HoldState {
 impl Negotiated {
     /// Answers a re-offer in the same dialog: the codec and our SRTP key are kept when the
     /// offer still allows them.
-    pub fn renegotiate(&self, offer: &SessionDescription, prefs: &AnswerPolicy) -> Result<Negotiated, NegotiationError> {
+    pub fn renegotiate(
+        &self,
+        offer: &SessionDescription,
+        prefs: &AnswerPolicy,
+    ) -> Result<Negotiated, NegotiationError> {
         negotiate_with(offer, prefs, Some(self))
     }
 
@@ -491,7 +526,11 @@ impl Negotiated {
         for line in &self.lines {
             match line {
                 AnswerLine::Chosen => self.write_stream(&mut out, local.port),
-                AnswerLine::Rejected { kind, transport, formats } => {
+                AnswerLine::Rejected {
+                    kind,
+                    transport,
+                    formats,
+                } => {
                     let _ = write!(out, "m={kind} 0 {transport}");
                     for f in formats {
                         let _ = write!(out, " {f}");
@@ -505,7 +544,12 @@ impl Negotiated {
 
     fn write_stream(&self, out: &mut String, port: u16) {
         let c = &self.codec;
-        let _ = write!(out, "m=audio {port} {} {}", self.transport.as_str(), c.payload_type);
+        let _ = write!(
+            out,
+            "m=audio {port} {} {}",
+            self.transport.as_str(),
+            c.payload_type
+        );
         if let Some(te) = self.telephone_event {
             let _ = write!(out, " {te}");
         }
@@ -517,12 +561,22 @@ impl Negotiated {
         if let Some(te) = self.telephone_event {
             write_telephone_event(out, te, c.clock_rate);
         }
-        let _ = write!(out, "a=ptime:{}\r\na={}\r\n", self.local_ptime_ms, self.local_direction);
+        let _ = write!(
+            out,
+            "a=ptime:{}\r\na={}\r\n",
+            self.local_ptime_ms, self.local_direction
+        );
         if self.rtcp_mux {
             out.push_str("a=rtcp-mux\r\n");
         }
         if let Some(s) = &self.srtp {
-            let _ = write!(out, "a=crypto:{} {} inline:{}\r\n", s.tag, s.suite, encode_key(&s.local_key_salt));
+            let _ = write!(
+                out,
+                "a=crypto:{} {} inline:{}\r\n",
+                s.tag,
+                s.suite,
+                encode_key(&s.local_key_salt)
+            );
         }
     }
 }
@@ -533,8 +587,16 @@ fn session_header(local: &LocalMedia) -> String {
         IpAddr::V6(_) => "IP6",
     };
     // o= and s= must not be empty (RFC 4566 §5.2, §5.3); spaces would split the field.
-    let user: String = local.username.chars().filter(|c| c.is_ascii_graphic()).collect();
-    let user = if user.is_empty() { "-".to_owned() } else { user };
+    let user: String = local
+        .username
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .collect();
+    let user = if user.is_empty() {
+        "-".to_owned()
+    } else {
+        user
+    };
     format!(
         "v=0\r\no={user} {} {} IN {ip} {addr}\r\ns=dialin\r\nc=IN {ip} {addr}\r\nt=0 0\r\n",
         local.session_id,
@@ -544,7 +606,12 @@ fn session_header(local: &LocalMedia) -> String {
 }
 
 fn write_rtpmap(out: &mut String, pt: PayloadType, codec: Codec) {
-    let _ = write!(out, "a=rtpmap:{pt} {}/{}", codec.encoding_name(), codec.rtp_clock_rate());
+    let _ = write!(
+        out,
+        "a=rtpmap:{pt} {}/{}",
+        codec.encoding_name(),
+        codec.rtp_clock_rate()
+    );
     if codec == Codec::Opus {
         let _ = write!(out, "/{}", codec.channels());
     }
@@ -552,7 +619,10 @@ fn write_rtpmap(out: &mut String, pt: PayloadType, codec: Codec) {
 }
 
 fn write_telephone_event(out: &mut String, pt: PayloadType, clock: u32) {
-    let _ = write!(out, "a=rtpmap:{pt} telephone-event/{clock}\r\na=fmtp:{pt} {TELEPHONE_EVENT_FMTP}\r\n");
+    let _ = write!(
+        out,
+        "a=rtpmap:{pt} telephone-event/{clock}\r\na=fmtp:{pt} {TELEPHONE_EVENT_FMTP}\r\n"
+    );
 }
 
 /// Our offer, kept until the answer arrives (in the ACK when the INVITE had no SDP).
@@ -590,7 +660,11 @@ pub fn build_offer(policy: &OfferPolicy, local: &LocalMedia) -> Offer {
     let te_8k = policy.telephone_event && has_8k;
 
     let mut out = session_header(local);
-    let transport = if secure { Transport::RtpSavp } else { Transport::RtpAvp };
+    let transport = if secure {
+        Transport::RtpSavp
+    } else {
+        Transport::RtpAvp
+    };
     let _ = write!(out, "m=audio {} {}", local.port, transport.as_str());
     for (_, pt) in &codecs {
         let _ = write!(out, " {pt}");
@@ -634,7 +708,10 @@ pub fn build_offer(policy: &OfferPolicy, local: &LocalMedia) -> Offer {
 
 /// Accepts the peer's answer to our [`Offer`]. We send with the first codec of the answer
 /// that we offered (RFC 3264 §7), with the payload type the answer gives it.
-pub fn accept_answer(offer: &Offer, answer: &SessionDescription) -> Result<Negotiated, NegotiationError> {
+pub fn accept_answer(
+    offer: &Offer,
+    answer: &SessionDescription,
+) -> Result<Negotiated, NegotiationError> {
     let media = answer
         .media
         .iter()
@@ -643,24 +720,41 @@ pub fn accept_answer(offer: &Offer, answer: &SessionDescription) -> Result<Negot
     if media.port == 0 {
         return Err(NegotiationError::StreamRejected);
     }
-    let conn = answer.connection_for(media).ok_or(NegotiationError::MissingConnectionAddress)?;
+    let conn = answer
+        .connection_for(media)
+        .ok_or(NegotiationError::MissingConnectionAddress)?;
     let (codec, payload_type) = media
         .payload_types()
-        .find_map(|pt| offer.codecs.iter().find(|(c, _)| c.matches(media, pt)).map(|(c, _)| (*c, pt)))
+        .find_map(|pt| {
+            offer
+                .codecs
+                .iter()
+                .find(|(c, _)| c.matches(media, pt))
+                .map(|(c, _)| (*c, pt))
+        })
         .ok_or(NegotiationError::NoCommonCodec)?;
     let telephone_event = media.payload_types().find(|&pt| {
-        media
-            .rtpmap(pt)
-            .is_some_and(|m| m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == codec.rtp_clock_rate())
+        media.rtpmap(pt).is_some_and(|m| {
+            m.encoding.eq_ignore_ascii_case("telephone-event")
+                && m.clock_rate == codec.rtp_clock_rate()
+        })
     });
 
     let srtp = if offer.crypto.is_empty() {
         None
     } else {
         let found = media.crypto.iter().find_map(|c| {
-            let (_, _, local) = offer.crypto.iter().find(|(tag, suite, _)| *tag == c.tag && *suite == c.suite)?;
+            let (_, _, local) = offer
+                .crypto
+                .iter()
+                .find(|(tag, suite, _)| *tag == c.tag && *suite == c.suite)?;
             let remote: [u8; KEY_SALT_LEN] = c.key_salt.as_slice().try_into().ok()?;
-            Some(SrtpParams { suite: c.suite.clone(), tag: c.tag, remote_key_salt: remote, local_key_salt: *local })
+            Some(SrtpParams {
+                suite: c.suite.clone(),
+                tag: c.tag,
+                remote_key_salt: remote,
+                local_key_salt: *local,
+            })
         });
         match (found, offer.srtp) {
             (Some(s), _) => Some(s),
