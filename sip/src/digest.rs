@@ -60,7 +60,8 @@ impl Algorithm {
         }
     }
 
-    fn parse(s: &str) -> Option<Algorithm> {
+    /// Case-insensitive, as RFC 7616 §3.3 names them (`MD5`, `SHA-256-sess`, ...).
+    pub fn parse(s: &str) -> Option<Algorithm> {
         [
             Algorithm::Md5,
             Algorithm::Md5Sess,
