@@ -1,1 +1,3 @@
 //! dialin-sip
+pub mod digest;
+pub mod sdp;
