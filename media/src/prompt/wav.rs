@@ -97,7 +97,10 @@ pub fn parse(bytes: &[u8]) -> Result<Wav, WavError> {
     Err(WavError::MissingData)
 }
 
-fn take_chunk_header(bytes: &[u8]) -> Option<(([u8; 4], u32), &[u8])> {
+/// A chunk's four-character id and declared body size.
+type ChunkHeader = ([u8; 4], u32);
+
+fn take_chunk_header(bytes: &[u8]) -> Option<(ChunkHeader, &[u8])> {
     let (id, rest) = bytes.split_first_chunk::<4>()?;
     let (size, rest) = rest.split_first_chunk::<4>()?;
     Some(((*id, u32::from_le_bytes(*size)), rest))
