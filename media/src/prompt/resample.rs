@@ -64,14 +64,20 @@ pub(crate) fn resample(input: &[i16], from: u32, to: u32) -> Vec<i16> {
             }
         };
         let first = centre + 1 - half as i64;
-        let acc: f32 = coefs
-            .iter()
-            .enumerate()
-            .filter_map(|(j, &c)| {
-                let k = usize::try_from(first + j as i64).ok()?;
-                input.get(k).map(|&x| c * f32::from(x))
-            })
-            .sum();
+        let window = usize::try_from(first).ok().and_then(|f| input.get(f..f + taps));
+        let acc: f32 = match window {
+            // Away from the edges: a straight dot product.
+            Some(window) => coefs.iter().zip(window).map(|(&c, &x)| c * f32::from(x)).sum(),
+            // At the edges, samples outside the input are zero.
+            None => coefs
+                .iter()
+                .enumerate()
+                .filter_map(|(j, &c)| {
+                    let k = usize::try_from(first + j as i64).ok()?;
+                    input.get(k).map(|&x| c * f32::from(x))
+                })
+                .sum(),
+        };
         out.push(acc.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16);
     }
     out
