@@ -158,7 +158,7 @@ impl HoldMusic {
             if in_chord == 0 {
                 self.start_chord(chord);
             }
-            if in_chord % half_len == 0 {
+            if in_chord == 0 || in_chord == half_len {
                 self.start_chime(chord, (in_chord / half_len) as usize);
             }
             let t = in_chord as f32 / rate;
@@ -187,8 +187,9 @@ impl HoldMusic {
     }
 }
 
-/// Default comfort tone: 440 Hz (the "A" of ITU-T E.180's tones), 200 ms every 5 s, at
-/// −30 dBFS: audible on a quiet line, never intrusive.
+/// Default comfort tone: 440 Hz (inside the 400–450 Hz band ITU-T E.180 recommends for
+/// call-progress tones, so it sounds like "the network"), 200 ms every 5 s, at −30 dBFS:
+/// audible on a quiet line, never intrusive.
 const COMFORT_TONE_HZ: f32 = 440.0;
 const COMFORT_TONE_ON_MS: u32 = 200;
 const COMFORT_TONE_PERIOD_MS: u32 = 5_000;
@@ -285,7 +286,9 @@ impl ComfortNoise {
             NoiseColor::White => white,
             NoiseColor::Pink => {
                 // Three one-pole lowpasses spaced to approximate 1/f (P. Kellett's
-                // "economy" pink filter, ±0.5 dB above 9 Hz at 44.1 kHz).
+                // "economy" pink filter, ±0.5 dB above 9 Hz at 44.1 kHz). At 8–16 kHz its
+                // poles move up but the slope over the voice band stays close to −3 dB per
+                // octave, which is all comfort noise needs.
                 let [b0, b1, b2] = &mut self.pink;
                 *b0 = 0.99765 * *b0 + white * 0.099_046;
                 *b1 = 0.96300 * *b1 + white * 0.296_516_4;

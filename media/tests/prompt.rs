@@ -2,7 +2,7 @@
 //! hold music a lone caller hears.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dialin_media::prompt::{
     wav, Language, PromptCatalog, PromptError, PromptId, PromptPlayer, SampleRate,
@@ -14,6 +14,18 @@ fn rms(x: &[i16]) -> f64 {
         return 0.0;
     }
     (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+}
+
+/// The embedded catalog of `lang`, loaded once for the whole test binary (loading resamples
+/// every prompt, which is slow in unoptimised builds).
+fn shipped(lang: Language) -> &'static PromptCatalog {
+    static EN: OnceLock<PromptCatalog> = OnceLock::new();
+    static FR: OnceLock<PromptCatalog> = OnceLock::new();
+    let cell = match lang {
+        Language::En => &EN,
+        Language::Fr => &FR,
+    };
+    cell.get_or_init(|| PromptCatalog::load(lang, None).unwrap())
 }
 
 /// A fresh, empty directory for one test.
@@ -39,7 +51,7 @@ fn play_out(player: &mut PromptPlayer, max_frames: usize) -> Vec<i16> {
 #[test]
 fn every_prompt_of_every_language_is_speech_of_plausible_length() {
     for lang in Language::ALL {
-        let catalog = PromptCatalog::load(lang, None).unwrap();
+        let catalog = shipped(lang);
         assert_eq!(catalog.language(), lang);
         for id in PromptId::ALL {
             let prompt = catalog.get(id);
@@ -60,8 +72,8 @@ fn every_prompt_of_every_language_is_speech_of_plausible_length() {
 
 #[test]
 fn the_two_languages_ship_different_recordings() {
-    let en = PromptCatalog::load(Language::En, None).unwrap();
-    let fr = PromptCatalog::load(Language::Fr, None).unwrap();
+    let en = shipped(Language::En);
+    let fr = shipped(Language::Fr);
     for id in PromptId::ALL {
         assert_ne!(
             en.get(id).samples(SampleRate::Hz16000),
@@ -73,7 +85,7 @@ fn the_two_languages_ship_different_recordings() {
 
 #[test]
 fn narrowband_versions_are_half_as_long_and_keep_the_level() {
-    let catalog = PromptCatalog::load(Language::En, None).unwrap();
+    let catalog = shipped(Language::En);
     for id in PromptId::ALL {
         let wide = catalog.get(id).samples(SampleRate::Hz16000);
         let narrow = catalog.get(id).samples(SampleRate::Hz8000);
@@ -86,7 +98,7 @@ fn narrowband_versions_are_half_as_long_and_keep_the_level() {
 
 #[test]
 fn catalogs_share_sample_buffers_instead_of_copying() {
-    let catalog = PromptCatalog::load(Language::En, None).unwrap();
+    let catalog = shipped(Language::En);
     let clone = catalog.clone();
     let a = catalog.get(PromptId::Joining).samples(SampleRate::Hz8000);
     let b = clone.get(PromptId::Joining).samples(SampleRate::Hz8000);
@@ -102,7 +114,7 @@ fn override_directory_replaces_only_the_prompts_it_contains() {
         .collect();
     std::fs::write(dir.join("joining.wav"), wav::encode(8_000, &tone)).unwrap();
 
-    let embedded = PromptCatalog::load(Language::Fr, None).unwrap();
+    let embedded = shipped(Language::Fr);
     let catalog = PromptCatalog::load(Language::Fr, Some(&dir)).unwrap();
     let joining = catalog.get(PromptId::Joining);
     assert!(joining.is_overridden());
@@ -141,7 +153,7 @@ fn a_missing_override_directory_is_an_error() {
 
 #[test]
 fn queued_prompts_play_in_order_then_silence() {
-    let catalog = PromptCatalog::load(Language::En, None).unwrap();
+    let catalog = shipped(Language::En);
     let rate = SampleRate::Hz8000;
     let mut player = PromptPlayer::new(rate);
     player.play(catalog.get(PromptId::InvalidPin));
@@ -161,7 +173,7 @@ fn queued_prompts_play_in_order_then_silence() {
 
 #[test]
 fn barge_in_stops_output_on_the_next_frame_and_clears_the_queue() {
-    let catalog = PromptCatalog::load(Language::En, None).unwrap();
+    let catalog = shipped(Language::En);
     let mut player = PromptPlayer::new(SampleRate::Hz16000);
     player.play(catalog.get(PromptId::WelcomeEnterPin));
     player.play(catalog.get(PromptId::InvalidPin));
