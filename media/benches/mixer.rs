@@ -28,21 +28,25 @@ fn mix_frame(c: &mut Criterion) {
                 mixer.add(ParticipantId(p as u32)).unwrap();
             }
             let label = format!("{}kHz", rate / 1_000);
-            group.bench_with_input(BenchmarkId::new(label, participants), &inputs, |b, inputs| {
-                b.iter(|| {
-                    for (p, frame) in inputs.iter().enumerate() {
-                        mixer.push(ParticipantId(p as u32), frame).unwrap();
-                    }
-                    mixer.mix();
-                    let mut heard = 0i32;
-                    for p in 0..inputs.len() {
-                        if let Some(out) = mixer.output_for(ParticipantId(p as u32)) {
-                            heard += i32::from(out[0]);
+            group.bench_with_input(
+                BenchmarkId::new(label, participants),
+                &inputs,
+                |b, inputs| {
+                    b.iter(|| {
+                        for (p, frame) in inputs.iter().enumerate() {
+                            mixer.push(ParticipantId(p as u32), frame).unwrap();
                         }
-                    }
-                    black_box(heard)
-                })
-            });
+                        mixer.mix();
+                        let mut heard = 0i32;
+                        for p in 0..inputs.len() {
+                            if let Some(out) = mixer.output_for(ParticipantId(p as u32)) {
+                                heard += i32::from(out[0]);
+                            }
+                        }
+                        black_box(heard)
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -146,7 +146,10 @@ impl Mixer {
 
     /// Removes a participant; their speaker slot, if any, frees up for the next frame.
     pub fn remove(&mut self, id: ParticipantId) -> Result<(), MixerError> {
-        let at = self.index.remove(&id).ok_or(MixerError::UnknownParticipant(id))?;
+        let at = self
+            .index
+            .remove(&id)
+            .ok_or(MixerError::UnknownParticipant(id))?;
         self.slots.swap_remove(at);
         if let Some(moved) = self.slots.get(at) {
             self.index.insert(moved.id, at);
@@ -163,10 +166,19 @@ impl Mixer {
     /// since the last mix (lost packet, muted, not yet started) counts as silent.
     pub fn push(&mut self, id: ParticipantId, frame: &[i16]) -> Result<(), MixerError> {
         if frame.len() != self.frame_len {
-            return Err(MixerError::FrameLength { expected: self.frame_len, got: frame.len() });
+            return Err(MixerError::FrameLength {
+                expected: self.frame_len,
+                got: frame.len(),
+            });
         }
-        let at = *self.index.get(&id).ok_or(MixerError::UnknownParticipant(id))?;
-        let slot = self.slots.get_mut(at).ok_or(MixerError::UnknownParticipant(id))?;
+        let at = *self
+            .index
+            .get(&id)
+            .ok_or(MixerError::UnknownParticipant(id))?;
+        let slot = self
+            .slots
+            .get_mut(at)
+            .ok_or(MixerError::UnknownParticipant(id))?;
         slot.input.copy_from_slice(frame);
         slot.has_input = true;
         Ok(())
@@ -176,7 +188,11 @@ impl Mixer {
     /// gives each participant's mix until the next call.
     pub fn mix(&mut self) {
         for slot in &mut self.slots {
-            slot.frame_energy = if slot.has_input { energy(&slot.input) } else { 0 };
+            slot.frame_energy = if slot.has_input {
+                energy(&slot.input)
+            } else {
+                0
+            };
             // Peak hold, decaying by 1/8 per frame (≈ −0.6 dB per 20 ms).
             slot.level = slot.frame_energy.max(slot.level - slot.level / 8);
         }
@@ -208,7 +224,11 @@ impl Mixer {
     /// What `id` hears for the last mixed frame: everyone selected but themselves.
     pub fn output_for(&self, id: ParticipantId) -> Option<&[i16]> {
         let slot = self.slots.get(*self.index.get(&id)?)?;
-        Some(if slot.selected { &slot.output } else { &self.everyone })
+        Some(if slot.selected {
+            &slot.output
+        } else {
+            &self.everyone
+        })
     }
 
     /// Whether `id` is one of the speakers mixed in the last frame.
@@ -242,13 +262,16 @@ impl Mixer {
         }
         let slots = &mut self.slots;
         let level = |slots: &[Slot], at: usize| slots.get(at).map_or(0, |s| s.level);
-        self.challengers.sort_unstable_by_key(|&at| std::cmp::Reverse(level(slots, at)));
+        self.challengers
+            .sort_unstable_by_key(|&at| std::cmp::Reverse(level(slots, at)));
         self.incumbents.sort_unstable_by_key(|&at| level(slots, at));
 
         let free = self.max_speakers.saturating_sub(self.incumbents.len());
         let mut rest = self.challengers.as_slice();
         for _ in 0..free {
-            let Some((&at, tail)) = rest.split_first() else { break };
+            let Some((&at, tail)) = rest.split_first() else {
+                break;
+            };
             let Some(slot) = slots.get_mut(at) else { break };
             if slot.level <= silence {
                 break;
@@ -263,9 +286,12 @@ impl Mixer {
             let challenger = level(slots, at);
             let seat = seats.next().copied();
             let wins = seat.is_some_and(|seat| {
-                challenger > silence && challenger > level(slots, seat).saturating_mul(SWITCH_MARGIN)
+                challenger > silence
+                    && challenger > level(slots, seat).saturating_mul(SWITCH_MARGIN)
             });
-            let Some(slot) = slots.get_mut(at) else { continue };
+            let Some(slot) = slots.get_mut(at) else {
+                continue;
+            };
             if !wins {
                 slot.challenge_frames = 0;
                 continue;
@@ -287,7 +313,10 @@ impl Mixer {
 /// Sum of squares of a frame. Cannot overflow: each square is at most 2³⁰, so a `u64` holds
 /// 2³⁴ of them, far beyond the 960 samples of 20 ms at 48 kHz.
 fn energy(frame: &[i16]) -> u64 {
-    frame.iter().map(|&x| (i64::from(x) * i64::from(x)) as u64).sum()
+    frame
+        .iter()
+        .map(|&x| (i64::from(x) * i64::from(x)) as u64)
+        .sum()
 }
 
 /// Clamps a mixed sample to the i16 range: clipping is audible but wrapping is a loud crack.

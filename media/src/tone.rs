@@ -26,7 +26,12 @@ const CHORDS: [[f32; 4]; 4] = [
     [392.00, 493.88, 587.33, 659.26],
 ];
 /// A chime an octave above two notes of each chord, one per half chord.
-const CHIMES: [[f32; 2]; 4] = [[987.77, 784.00], [880.00, 659.26], [1046.50, 880.00], [1174.66, 987.77]];
+const CHIMES: [[f32; 2]; 4] = [
+    [987.77, 784.00],
+    [880.00, 659.26],
+    [1046.50, 880.00],
+    [1174.66, 987.77],
+];
 /// Seconds each chord lasts; the loop is `CHORDS.len()` chords long (8 s).
 const CHORD_SECONDS: u32 = 2;
 /// Peak amplitude of one chord voice. Four voices with their harmonic plus the chime peak
@@ -54,7 +59,12 @@ struct Oscillator {
 impl Oscillator {
     fn new(hz: f32, rate: u32) -> Self {
         let w = TAU * hz / rate as f32;
-        Self { re: 1.0, im: 0.0, step_re: w.cos(), step_im: w.sin() }
+        Self {
+            re: 1.0,
+            im: 0.0,
+            step_re: w.cos(),
+            step_im: w.sin(),
+        }
     }
 
     /// The current sine value, then advances one sample.
@@ -143,7 +153,11 @@ impl HoldMusic {
     }
 
     fn start_chime(&mut self, chord: usize, half: usize) {
-        let hz = CHIMES.get(chord).and_then(|c| c.get(half)).copied().unwrap_or(CHIMES[0][0]);
+        let hz = CHIMES
+            .get(chord)
+            .and_then(|c| c.get(half))
+            .copied()
+            .unwrap_or(CHIMES[0][0]);
         self.chime = Oscillator::new(hz, self.rate);
         self.chime_decay = 1.0;
     }
@@ -266,13 +280,22 @@ impl ComfortNoise {
     /// Noise of `color` whose RMS is `level_dbov` relative to full scale (0 dBov = 32767 RMS),
     /// clamped to −90..0 dBov.
     pub fn new(color: NoiseColor, level_dbov: f32) -> Self {
-        let mut noise = Self { state: 0x9E37_79B9, color, pink: [0.0; 3], scale: 1.0 };
+        let mut noise = Self {
+            state: 0x9E37_79B9,
+            color,
+            pink: [0.0; 3],
+            scale: 1.0,
+        };
         // Calibrate the filter's output level once on a second of its own output, so that the
         // RMS asked for is the RMS produced whatever the colour.
         let n = 16_000;
         let power: f32 = (0..n).map(|_| noise.unit().powi(2)).sum::<f32>() / n as f32;
         let target = 32_767.0 * 10f32.powf(level_dbov.clamp(-90.0, 0.0) / 20.0);
-        noise.scale = if power > 0.0 { target / power.sqrt() } else { 0.0 };
+        noise.scale = if power > 0.0 {
+            target / power.sqrt()
+        } else {
+            0.0
+        };
         noise
     }
 

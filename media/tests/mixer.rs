@@ -67,7 +67,9 @@ fn each_participant_hears_everyone_but_themselves() {
 fn speech_waveforms_mix_sample_by_sample() {
     let mut mixer = mixer_with(NB, &[1, 2, 3]);
     let voice = |hz: f64, amp: f64| -> Vec<i16> {
-        (0..NB).map(|n| (amp * (6.283 * hz * n as f64 / 8_000.0).sin()) as i16).collect()
+        (0..NB)
+            .map(|n| (amp * (std::f64::consts::TAU * hz * n as f64 / 8_000.0).sin()) as i16)
+            .collect()
     };
     let b = voice(300.0, 8_000.0);
     let c = voice(1_100.0, 5_000.0);
@@ -147,7 +149,11 @@ fn hysteresis_keeps_the_speaker_when_two_near_equal_talkers_alternate() {
     for frame in 0..500 {
         // Each is 1 dB louder than the other on alternate frames, like two people talking
         // over each other at the same level.
-        let (a, b) = if frame % 2 == 0 { (4_000, 3_565) } else { (3_565, 4_000) };
+        let (a, b) = if frame % 2 == 0 {
+            (4_000, 3_565)
+        } else {
+            (3_565, 4_000)
+        };
         mixer.push(id(1), &constant(a, NB)).unwrap();
         mixer.push(id(2), &constant(b, NB)).unwrap();
         mixer.mix();
@@ -182,7 +188,10 @@ fn clearly_louder_challenger_takes_over_after_a_short_hold_not_at_once() {
         }
     }
     let frame = took_over_at.expect("a talker 18 dB louder never took over");
-    assert!(frame > 0, "switched on the first louder frame: no hysteresis");
+    assert!(
+        frame > 0,
+        "switched on the first louder frame: no hysteresis"
+    );
     assert!(frame < 10, "took {frame} frames (>200 ms) to switch");
     assert!(!mixer.is_speaker(id(1)));
 }
@@ -227,7 +236,10 @@ fn a_removed_participant_is_no_longer_heard_and_frees_their_slot() {
     push_all(&mut mixer);
     mixer.mix();
     assert!(mixer.output_for(id(4)).is_none());
-    assert!(mixer.is_speaker(id(2)), "the freed slot went to the next loudest");
+    assert!(
+        mixer.is_speaker(id(2)),
+        "the freed slot went to the next loudest"
+    );
     assert_eq!(heard(&mixer, 1), constant(2_000 + 3_000, NB));
 }
 
@@ -235,12 +247,21 @@ fn a_removed_participant_is_no_longer_heard_and_frees_their_slot() {
 fn misuse_is_reported_as_typed_errors() {
     let mut mixer = mixer_with(NB, &[1]);
     assert_eq!(mixer.add(id(1)), Err(MixerError::AlreadyPresent(id(1))));
-    assert_eq!(mixer.push(id(9), &constant(0, NB)), Err(MixerError::UnknownParticipant(id(9))));
+    assert_eq!(
+        mixer.push(id(9), &constant(0, NB)),
+        Err(MixerError::UnknownParticipant(id(9)))
+    );
     assert_eq!(
         mixer.push(id(1), &constant(0, WB)),
-        Err(MixerError::FrameLength { expected: NB, got: WB })
+        Err(MixerError::FrameLength {
+            expected: NB,
+            got: WB
+        })
     );
-    assert_eq!(mixer.remove(id(9)), Err(MixerError::UnknownParticipant(id(9))));
+    assert_eq!(
+        mixer.remove(id(9)),
+        Err(MixerError::UnknownParticipant(id(9)))
+    );
     assert!(mixer.output_for(id(9)).is_none());
 }
 
@@ -251,7 +272,10 @@ fn mixing_in_steady_state_does_not_allocate() {
     for n in 0..32 {
         mixer.add(id(n)).unwrap();
     }
-    assert!(ALLOCATIONS.with(Cell::get) > before_adding, "the allocation counter counts");
+    assert!(
+        ALLOCATIONS.with(Cell::get) > before_adding,
+        "the allocation counter counts"
+    );
     let frames: Vec<Vec<i16>> = (0..32).map(|n| constant(100 + 50 * n as i16, WB)).collect();
     let before = ALLOCATIONS.with(Cell::get);
     for round in 0..200u32 {

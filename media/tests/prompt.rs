@@ -63,9 +63,15 @@ fn every_prompt_of_every_language_is_speech_of_plausible_length() {
             // Speech: a good share of 20 ms frames carry voice, and the whole is not quiet.
             let voiced = samples.chunks(320).filter(|f| rms(f) > 300.0).count();
             let frames = samples.len().div_ceil(320);
-            assert!(voiced * 3 >= frames, "{lang}/{id}: only {voiced} of {frames} frames voiced");
+            assert!(
+                voiced * 3 >= frames,
+                "{lang}/{id}: only {voiced} of {frames} frames voiced"
+            );
             assert!(rms(samples) > 1_000.0, "{lang}/{id}: rms {}", rms(samples));
-            assert!(!samples.iter().all(|&s| s == samples[0]), "{lang}/{id}: constant");
+            assert!(
+                !samples.iter().all(|&s| s == samples[0]),
+                "{lang}/{id}: constant"
+            );
         }
     }
 }
@@ -89,7 +95,12 @@ fn narrowband_versions_are_half_as_long_and_keep_the_level() {
     for id in PromptId::ALL {
         let wide = catalog.get(id).samples(SampleRate::Hz16000);
         let narrow = catalog.get(id).samples(SampleRate::Hz8000);
-        assert!(narrow.len().abs_diff(wide.len() / 2) <= 1, "{id}: {} vs {}", narrow.len(), wide.len());
+        assert!(
+            narrow.len().abs_diff(wide.len() / 2) <= 1,
+            "{id}: {} vs {}",
+            narrow.len(),
+            wide.len()
+        );
         // Speech energy sits below 4 kHz, so dropping the upper band keeps most of it.
         let ratio = rms(narrow) / rms(wide);
         assert!((0.7..=1.05).contains(&ratio), "{id}: level ratio {ratio}");
@@ -110,7 +121,7 @@ fn override_directory_replaces_only_the_prompts_it_contains() {
     let dir = scratch_dir("override");
     // One second of a 440 Hz tone at 8 kHz stands in for an operator's recording.
     let tone: Vec<i16> = (0..8_000)
-        .map(|n| (8_000.0 * (6.283_185 * 440.0 * n as f64 / 8_000.0).sin()) as i16)
+        .map(|n| (8_000.0 * (std::f64::consts::TAU * 440.0 * n as f64 / 8_000.0).sin()) as i16)
         .collect();
     std::fs::write(dir.join("joining.wav"), wav::encode(8_000, &tone)).unwrap();
 
@@ -120,7 +131,10 @@ fn override_directory_replaces_only_the_prompts_it_contains() {
     assert!(joining.is_overridden());
     assert_eq!(&joining.samples(SampleRate::Hz8000)[..], &tone[..]);
     assert_eq!(joining.samples(SampleRate::Hz16000).len(), 16_000);
-    for id in PromptId::ALL.into_iter().filter(|&id| id != PromptId::Joining) {
+    for id in PromptId::ALL
+        .into_iter()
+        .filter(|&id| id != PromptId::Joining)
+    {
         assert!(!catalog.get(id).is_overridden(), "{id}");
         assert_eq!(
             catalog.get(id).samples(SampleRate::Hz16000),
@@ -134,7 +148,11 @@ fn override_directory_replaces_only_the_prompts_it_contains() {
 #[test]
 fn a_bad_wav_in_the_override_directory_is_an_error_naming_the_file() {
     let dir = scratch_dir("bad");
-    std::fs::write(dir.join("invalid_pin.wav"), b"RIFF\x10\0\0\0WAVEnot really audio").unwrap();
+    std::fs::write(
+        dir.join("invalid_pin.wav"),
+        b"RIFF\x10\0\0\0WAVEnot really audio",
+    )
+    .unwrap();
     let err = PromptCatalog::load(Language::En, Some(&dir)).unwrap_err();
     match &err {
         PromptError::Wav { path, .. } => assert!(path.ends_with("invalid_pin.wav"), "{path:?}"),
@@ -164,7 +182,10 @@ fn queued_prompts_play_in_order_then_silence() {
     let second = catalog.get(PromptId::WelcomeEnterPin).samples(rate);
     let expected: Vec<i16> = first.iter().chain(second.iter()).copied().collect();
     assert_eq!(&played[..expected.len()], &expected[..]);
-    assert!(played[expected.len()..].iter().all(|&s| s == 0), "tail of last frame is silence");
+    assert!(
+        played[expected.len()..].iter().all(|&s| s == 0),
+        "tail of last frame is silence"
+    );
     assert!(!player.is_playing());
     let mut frame = [1i16; 160];
     assert!(!player.next_frame(&mut frame));
@@ -203,7 +224,11 @@ fn hold_music_is_quiet_but_never_silent() {
         assert!(peak <= 4_096, "peak {peak}");
         // Audible in every half second of the loop.
         for (n, chunk) in music.chunks(rate.hz() as usize / 2).enumerate() {
-            assert!(rms(chunk) > 100.0, "{rate:?} half-second {n}: rms {}", rms(chunk));
+            assert!(
+                rms(chunk) > 100.0,
+                "{rate:?} half-second {n}: rms {}",
+                rms(chunk)
+            );
         }
     }
 }

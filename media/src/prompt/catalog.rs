@@ -132,9 +132,15 @@ impl fmt::Display for PromptId {
 #[derive(Debug, Error)]
 pub enum PromptError {
     #[error("prompt directory {path}: {source}")]
-    Directory { path: PathBuf, source: std::io::Error },
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("prompt file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("prompt file {path}: {source}")]
     Wav { path: PathBuf, source: WavError },
 }
@@ -185,13 +191,20 @@ impl PromptCatalog {
     /// is not a 16-bit PCM WAV, is an error naming it.
     pub fn load(language: Language, override_dir: Option<&Path>) -> Result<Self, PromptError> {
         if let Some(dir) = override_dir {
-            let entries = std::fs::read_dir(dir)
-                .map_err(|source| PromptError::Directory { path: dir.to_owned(), source })?;
+            let entries = std::fs::read_dir(dir).map_err(|source| PromptError::Directory {
+                path: dir.to_owned(),
+                source,
+            })?;
             // A misspelt file would silently never play: say so.
             for entry in entries.flatten() {
                 let path = entry.path();
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-                let is_wav = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("wav"));
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
+                let is_wav = path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
                 if is_wav && !PromptId::ALL.iter().any(|id| id.name() == stem) {
                     tracing::warn!(file = %path.display(), "prompt file matches no prompt; ignored");
                 }
@@ -202,16 +215,20 @@ impl PromptCatalog {
             let file = override_dir.map(|dir| dir.join(format!("{}.wav", id.name())));
             let (decoded, overridden) = match file.filter(|f| f.exists()) {
                 Some(path) => {
-                    let bytes = std::fs::read(&path)
-                        .map_err(|source| PromptError::Io { path: path.clone(), source })?;
+                    let bytes = std::fs::read(&path).map_err(|source| PromptError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
                     let decoded =
                         wav::parse(&bytes).map_err(|source| PromptError::Wav { path, source })?;
                     (decoded, true)
                 }
                 None => {
-                    let decoded = wav::parse(embedded(language, id)).map_err(|source| {
-                        PromptError::Wav { path: embedded_path(language, id), source }
-                    })?;
+                    let decoded =
+                        wav::parse(embedded(language, id)).map_err(|source| PromptError::Wav {
+                            path: embedded_path(language, id),
+                            source,
+                        })?;
                     (decoded, false)
                 }
             };
@@ -222,7 +239,10 @@ impl PromptCatalog {
                 overridden,
             });
         }
-        Ok(Self { language, prompts: prompts.into() })
+        Ok(Self {
+            language,
+            prompts: prompts.into(),
+        })
     }
 
     pub fn language(&self) -> Language {
@@ -237,7 +257,11 @@ impl PromptCatalog {
 
 /// Where an embedded prompt came from in the source tree, for error messages.
 fn embedded_path(language: Language, id: PromptId) -> PathBuf {
-    PathBuf::from(format!("<embedded>/prompts/{}/{}.wav", language.code(), id.name()))
+    PathBuf::from(format!(
+        "<embedded>/prompts/{}/{}.wav",
+        language.code(),
+        id.name()
+    ))
 }
 
 macro_rules! embedded_prompts {
@@ -245,8 +269,12 @@ macro_rules! embedded_prompts {
         [
             include_bytes!(concat!("../../prompts/", $lang, "/welcome_enter_pin.wav")).as_slice(),
             include_bytes!(concat!("../../prompts/", $lang, "/invalid_pin.wav")).as_slice(),
-            include_bytes!(concat!("../../prompts/", $lang, "/too_many_attempts_goodbye.wav"))
-                .as_slice(),
+            include_bytes!(concat!(
+                "../../prompts/",
+                $lang,
+                "/too_many_attempts_goodbye.wav"
+            ))
+            .as_slice(),
             include_bytes!(concat!("../../prompts/", $lang, "/joining.wav")).as_slice(),
             include_bytes!(concat!("../../prompts/", $lang, "/first_participant.wav")).as_slice(),
             include_bytes!(concat!("../../prompts/", $lang, "/meeting_ended.wav")).as_slice(),

@@ -31,7 +31,11 @@ pub struct PromptPlayer {
 
 impl PromptPlayer {
     pub fn new(rate: SampleRate) -> Self {
-        Self { rate, queue: VecDeque::with_capacity(QUEUE_CAPACITY), position: 0 }
+        Self {
+            rate,
+            queue: VecDeque::with_capacity(QUEUE_CAPACITY),
+            position: 0,
+        }
     }
 
     pub fn rate(&self) -> SampleRate {
@@ -46,7 +50,10 @@ impl PromptPlayer {
     /// Queues raw samples at the player's rate. Empty buffers are ignored.
     pub fn play_samples(&mut self, samples: Arc<[i16]>) {
         if !samples.is_empty() {
-            self.queue.push_back(Item { samples, looping: false });
+            self.queue.push_back(Item {
+                samples,
+                looping: false,
+            });
         }
     }
 
@@ -54,7 +61,10 @@ impl PromptPlayer {
     /// queued after a loop never plays. Empty buffers are ignored.
     pub fn play_looped(&mut self, samples: Arc<[i16]>) {
         if !samples.is_empty() {
-            self.queue.push_back(Item { samples, looping: true });
+            self.queue.push_back(Item {
+                samples,
+                looping: true,
+            });
         }
     }
 
@@ -74,7 +84,9 @@ impl PromptPlayer {
     pub fn next_frame(&mut self, frame: &mut [i16]) -> bool {
         let mut written = 0;
         while written < frame.len() {
-            let Some(item) = self.queue.front() else { break };
+            let Some(item) = self.queue.front() else {
+                break;
+            };
             let rest = item.samples.get(self.position..).unwrap_or_default();
             let n = rest.len().min(frame.len() - written);
             if let (Some(dst), Some(src)) = (frame.get_mut(written..written + n), rest.get(..n)) {

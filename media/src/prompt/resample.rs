@@ -64,10 +64,16 @@ pub(crate) fn resample(input: &[i16], from: u32, to: u32) -> Vec<i16> {
             }
         };
         let first = centre + 1 - half as i64;
-        let window = usize::try_from(first).ok().and_then(|f| input.get(f..f + taps));
+        let window = usize::try_from(first)
+            .ok()
+            .and_then(|f| input.get(f..f + taps));
         let acc: f32 = match window {
             // Away from the edges: a straight dot product.
-            Some(window) => coefs.iter().zip(window).map(|(&c, &x)| c * f32::from(x)).sum(),
+            Some(window) => coefs
+                .iter()
+                .zip(window)
+                .map(|(&c, &x)| c * f32::from(x))
+                .sum(),
             // At the edges, samples outside the input are zero.
             None => coefs
                 .iter()
@@ -179,7 +185,11 @@ mod tests {
         // 5 kHz cannot exist at 8 kHz; a naive decimator would fold it to 3 kHz.
         let input = sine(16_000, 5_000.0, 10_000.0, 16_000);
         let out = resample(&input, 16_000, 8_000);
-        assert!(rms(&out[100..7_900]) < 10.0, "rms {}", rms(&out[100..7_900]));
+        assert!(
+            rms(&out[100..7_900]) < 10.0,
+            "rms {}",
+            rms(&out[100..7_900])
+        );
     }
 
     #[test]

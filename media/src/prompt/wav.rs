@@ -107,8 +107,18 @@ fn take_chunk_header(bytes: &[u8]) -> Option<(ChunkHeader, &[u8])> {
 }
 
 fn parse_format(chunk: &[u8]) -> Result<Format, WavError> {
-    let le16 = |at: usize| chunk.get(at..)?.first_chunk::<2>().map(|b| u16::from_le_bytes(*b));
-    let le32 = |at: usize| chunk.get(at..)?.first_chunk::<4>().map(|b| u32::from_le_bytes(*b));
+    let le16 = |at: usize| {
+        chunk
+            .get(at..)?
+            .first_chunk::<2>()
+            .map(|b| u16::from_le_bytes(*b))
+    };
+    let le32 = |at: usize| {
+        chunk
+            .get(at..)?
+            .first_chunk::<4>()
+            .map(|b| u32::from_le_bytes(*b))
+    };
     let short = || WavError::ShortFormat(chunk.len());
     let mut tag = le16(0).ok_or_else(short)?;
     let channels = le16(2).ok_or_else(short)?;
@@ -131,9 +141,15 @@ fn parse_format(chunk: &[u8]) -> Result<Format, WavError> {
         return Err(WavError::SampleRate(sample_rate));
     }
     if u32::from(block_align) != u32::from(channels) * 2 {
-        return Err(WavError::BlockAlign { got: block_align, channels });
+        return Err(WavError::BlockAlign {
+            got: block_align,
+            channels,
+        });
     }
-    Ok(Format { sample_rate, channels })
+    Ok(Format {
+        sample_rate,
+        channels,
+    })
 }
 
 fn decode(data: &[u8], format: Format) -> Result<Wav, WavError> {
@@ -153,7 +169,11 @@ fn decode(data: &[u8], format: Format) -> Result<Wav, WavError> {
     if samples.is_empty() {
         return Err(WavError::Empty);
     }
-    Ok(Wav { sample_rate: format.sample_rate, channels: format.channels, samples })
+    Ok(Wav {
+        sample_rate: format.sample_rate,
+        channels: format.channels,
+        samples,
+    })
 }
 
 /// Writes mono 16-bit PCM as a canonical 44-byte-header WAV file; used by tests and tools
@@ -212,14 +232,20 @@ mod tests {
     fn encode_then_parse_round_trips() {
         let samples: Vec<i16> = (0..100).map(|i| (i * 300 - 15_000) as i16).collect();
         let wav = parse(&encode(8000, &samples)).unwrap();
-        assert_eq!((wav.sample_rate, wav.channels, wav.samples), (8000, 1, samples));
+        assert_eq!(
+            (wav.sample_rate, wav.channels, wav.samples),
+            (8000, 1, samples)
+        );
     }
 
     #[test]
     fn every_truncation_of_a_valid_file_is_an_error_not_a_panic() {
         let file = stereo_file();
         for len in 0..file.len() - 4 {
-            assert!(parse(&file[..len]).is_err(), "prefix of {len} bytes accepted");
+            assert!(
+                parse(&file[..len]).is_err(),
+                "prefix of {len} bytes accepted"
+            );
         }
     }
 
