@@ -197,6 +197,47 @@ fn clearly_louder_challenger_takes_over_after_a_short_hold_not_at_once() {
 }
 
 #[test]
+fn a_new_talker_replaces_a_speaker_who_fell_silent_within_400_ms() {
+    let mut mixer = Mixer::with_max_speakers(NB, 1);
+    mixer.add(id(1)).unwrap();
+    mixer.add(id(2)).unwrap();
+    for _ in 0..50 {
+        mixer.push(id(1), &constant(8_000, NB)).unwrap();
+        mixer.mix();
+    }
+    assert!(mixer.is_speaker(id(1)));
+    // A stops; B starts 12 dB quieter than A was.
+    let mut frames_to_switch = None;
+    for frame in 1..=50 {
+        mixer.push(id(2), &constant(2_000, NB)).unwrap();
+        mixer.mix();
+        if mixer.is_speaker(id(2)) {
+            frames_to_switch = Some(frame);
+            break;
+        }
+    }
+    let frames = frames_to_switch.expect("B never became the speaker");
+    assert!(frames * 20 <= 400, "B heard only after {} ms", frames * 20);
+    assert_eq!(heard(&mixer, 1), constant(2_000, NB));
+}
+
+#[test]
+fn a_speaker_pausing_between_words_keeps_the_seat() {
+    let mut mixer = Mixer::with_max_speakers(NB, 1);
+    mixer.add(id(1)).unwrap();
+    mixer.add(id(2)).unwrap();
+    for frame in 0..200 {
+        // A talks in 200 ms bursts with 100 ms gaps; B murmurs 10 dB below A's speech.
+        if frame % 15 < 10 {
+            mixer.push(id(1), &constant(6_000, NB)).unwrap();
+        }
+        mixer.push(id(2), &constant(1_900, NB)).unwrap();
+        mixer.mix();
+        assert!(mixer.is_speaker(id(1)), "A lost the seat at frame {frame}");
+    }
+}
+
+#[test]
 fn missing_frames_are_treated_as_silence() {
     let mut mixer = mixer_with(NB, &[1, 2, 3]);
     for n in 1..=3 {

@@ -7,7 +7,31 @@ use std::sync::{Arc, OnceLock};
 use dialin_media::prompt::{
     wav, Language, PromptCatalog, PromptError, PromptId, PromptPlayer, SampleRate,
 };
-use dialin_media::tone::HoldMusic;
+use dialin_media::tone::{ComfortNoise, ComfortTone, HoldMusic, NoiseColor};
+
+/// Counts this thread's allocations, to prove frame generation allocates nothing.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(std::cell::Cell::get)
+}
 
 fn rms(x: &[i16]) -> f64 {
     if x.is_empty() {
@@ -251,4 +275,31 @@ fn hold_music_loops_in_the_player_until_interrupted() {
 fn unknown_language_code_is_refused_with_the_choices() {
     let err = "de".parse::<Language>().unwrap_err();
     assert!(err.to_string().contains("en, fr"), "{err}");
+}
+
+#[test]
+fn playing_prompts_and_generating_tones_does_not_allocate_per_frame() {
+    let catalog = shipped(Language::En);
+    let rate = SampleRate::Hz16000;
+    let music = HoldMusic::render_loop(rate);
+    let mut player = PromptPlayer::new(rate);
+    let mut hold = HoldMusic::new(rate);
+    let mut tone = ComfortTone::new(rate);
+    let mut noise = ComfortNoise::new(NoiseColor::Pink, -60.0);
+    let mut frame = [0i16; 320];
+    let before = allocations();
+    player.play(catalog.get(PromptId::InvalidPin));
+    player.play(catalog.get(PromptId::WelcomeEnterPin));
+    for _ in 0..100 {
+        player.next_frame(&mut frame);
+        hold.next_frame(&mut frame);
+        tone.next_frame(&mut frame);
+        noise.next_frame(&mut frame);
+    }
+    player.interrupt();
+    player.play_looped(Arc::clone(&music));
+    for _ in 0..100 {
+        player.next_frame(&mut frame);
+    }
+    assert_eq!(allocations() - before, 0);
 }
