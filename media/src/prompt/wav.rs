@@ -250,6 +250,28 @@ mod tests {
     }
 
     #[test]
+    fn randomly_corrupted_files_never_panic() {
+        let original = stereo_file();
+        let mut state = 0x1234_5678u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut file = original.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = next() as usize % file.len();
+                file[at] = next() as u8;
+            }
+            if let Ok(wav) = parse(&file) {
+                assert!(!wav.samples.is_empty() && wav.sample_rate > 0);
+            }
+        }
+    }
+
+    #[test]
     fn eight_bit_pcm_is_refused() {
         let mut file = stereo_file();
         let at = file.windows(4).position(|w| w == b"fmt ").unwrap() + 8 + 14;
