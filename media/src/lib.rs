@@ -1,1 +1,4 @@
 //! dialin-media
+pub mod mixer;
+pub mod prompt;
+pub mod tone;

@@ -1,0 +1,305 @@
+//! Prompts as the IVR uses them: the shipped catalog, operator overrides, the player, and the
+//! hold music a lone caller hears.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use dialin_media::prompt::{
+    wav, Language, PromptCatalog, PromptError, PromptId, PromptPlayer, SampleRate,
+};
+use dialin_media::tone::{ComfortNoise, ComfortTone, HoldMusic, NoiseColor};
+
+/// Counts this thread's allocations, to prove frame generation allocates nothing.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(std::cell::Cell::get)
+}
+
+fn rms(x: &[i16]) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+}
+
+/// The embedded catalog of `lang`, loaded once for the whole test binary (loading resamples
+/// every prompt, which is slow in unoptimised builds).
+fn shipped(lang: Language) -> &'static PromptCatalog {
+    static EN: OnceLock<PromptCatalog> = OnceLock::new();
+    static FR: OnceLock<PromptCatalog> = OnceLock::new();
+    let cell = match lang {
+        Language::En => &EN,
+        Language::Fr => &FR,
+    };
+    cell.get_or_init(|| PromptCatalog::load(lang, None).unwrap())
+}
+
+/// A fresh, empty directory for one test.
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dialin-prompt-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn play_out(player: &mut PromptPlayer, max_frames: usize) -> Vec<i16> {
+    let mut out = Vec::new();
+    let mut frame = vec![0i16; player.rate().frame_len()];
+    for _ in 0..max_frames {
+        if !player.next_frame(&mut frame) {
+            break;
+        }
+        out.extend_from_slice(&frame);
+    }
+    out
+}
+
+#[test]
+fn every_prompt_of_every_language_is_speech_of_plausible_length() {
+    for lang in Language::ALL {
+        let catalog = shipped(lang);
+        assert_eq!(catalog.language(), lang);
+        for id in PromptId::ALL {
+            let prompt = catalog.get(id);
+            assert_eq!(prompt.id(), id);
+            assert!(!prompt.is_overridden());
+            let seconds = prompt.duration().as_secs_f64();
+            assert!((0.5..=10.0).contains(&seconds), "{lang}/{id}: {seconds} s");
+            let samples = prompt.samples(SampleRate::Hz16000);
+            // Speech: a good share of 20 ms frames carry voice, and the whole is not quiet.
+            let voiced = samples.chunks(320).filter(|f| rms(f) > 300.0).count();
+            let frames = samples.len().div_ceil(320);
+            assert!(
+                voiced * 3 >= frames,
+                "{lang}/{id}: only {voiced} of {frames} frames voiced"
+            );
+            assert!(rms(samples) > 1_000.0, "{lang}/{id}: rms {}", rms(samples));
+            assert!(
+                !samples.iter().all(|&s| s == samples[0]),
+                "{lang}/{id}: constant"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_two_languages_ship_different_recordings() {
+    let en = shipped(Language::En);
+    let fr = shipped(Language::Fr);
+    for id in PromptId::ALL {
+        assert_ne!(
+            en.get(id).samples(SampleRate::Hz16000),
+            fr.get(id).samples(SampleRate::Hz16000),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn narrowband_versions_are_half_as_long_and_keep_the_level() {
+    let catalog = shipped(Language::En);
+    for id in PromptId::ALL {
+        let wide = catalog.get(id).samples(SampleRate::Hz16000);
+        let narrow = catalog.get(id).samples(SampleRate::Hz8000);
+        assert!(
+            narrow.len().abs_diff(wide.len() / 2) <= 1,
+            "{id}: {} vs {}",
+            narrow.len(),
+            wide.len()
+        );
+        // Speech energy sits below 4 kHz, so dropping the upper band keeps most of it.
+        let ratio = rms(narrow) / rms(wide);
+        assert!((0.7..=1.05).contains(&ratio), "{id}: level ratio {ratio}");
+    }
+}
+
+#[test]
+fn catalogs_share_sample_buffers_instead_of_copying() {
+    let catalog = shipped(Language::En);
+    let clone = catalog.clone();
+    let a = catalog.get(PromptId::Joining).samples(SampleRate::Hz8000);
+    let b = clone.get(PromptId::Joining).samples(SampleRate::Hz8000);
+    assert!(Arc::ptr_eq(a, b));
+}
+
+#[test]
+fn override_directory_replaces_only_the_prompts_it_contains() {
+    let dir = scratch_dir("override");
+    // One second of a 440 Hz tone at 8 kHz stands in for an operator's recording.
+    let tone: Vec<i16> = (0..8_000)
+        .map(|n| (8_000.0 * (std::f64::consts::TAU * 440.0 * n as f64 / 8_000.0).sin()) as i16)
+        .collect();
+    std::fs::write(dir.join("joining.wav"), wav::encode(8_000, &tone)).unwrap();
+
+    let embedded = shipped(Language::Fr);
+    let catalog = PromptCatalog::load(Language::Fr, Some(&dir)).unwrap();
+    let joining = catalog.get(PromptId::Joining);
+    assert!(joining.is_overridden());
+    assert_eq!(&joining.samples(SampleRate::Hz8000)[..], &tone[..]);
+    assert_eq!(joining.samples(SampleRate::Hz16000).len(), 16_000);
+    for id in PromptId::ALL
+        .into_iter()
+        .filter(|&id| id != PromptId::Joining)
+    {
+        assert!(!catalog.get(id).is_overridden(), "{id}");
+        assert_eq!(
+            catalog.get(id).samples(SampleRate::Hz16000),
+            embedded.get(id).samples(SampleRate::Hz16000),
+            "{id} fell back to the embedded prompt"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_wav_in_the_override_directory_is_an_error_naming_the_file() {
+    let dir = scratch_dir("bad");
+    std::fs::write(
+        dir.join("invalid_pin.wav"),
+        b"RIFF\x10\0\0\0WAVEnot really audio",
+    )
+    .unwrap();
+    let err = PromptCatalog::load(Language::En, Some(&dir)).unwrap_err();
+    match &err {
+        PromptError::Wav { path, .. } => assert!(path.ends_with("invalid_pin.wav"), "{path:?}"),
+        other => panic!("expected a WAV error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("invalid_pin.wav"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_override_directory_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("dialin-prompt-{}-absent", std::process::id()));
+    let err = PromptCatalog::load(Language::En, Some(&dir)).unwrap_err();
+    assert!(matches!(err, PromptError::Directory { .. }), "{err:?}");
+}
+
+#[test]
+fn queued_prompts_play_in_order_then_silence() {
+    let catalog = shipped(Language::En);
+    let rate = SampleRate::Hz8000;
+    let mut player = PromptPlayer::new(rate);
+    player.play(catalog.get(PromptId::InvalidPin));
+    player.play(catalog.get(PromptId::WelcomeEnterPin));
+    assert!(player.is_playing());
+    let played = play_out(&mut player, 1_000);
+    let first = catalog.get(PromptId::InvalidPin).samples(rate);
+    let second = catalog.get(PromptId::WelcomeEnterPin).samples(rate);
+    let expected: Vec<i16> = first.iter().chain(second.iter()).copied().collect();
+    assert_eq!(&played[..expected.len()], &expected[..]);
+    assert!(
+        played[expected.len()..].iter().all(|&s| s == 0),
+        "tail of last frame is silence"
+    );
+    assert!(!player.is_playing());
+    let mut frame = [1i16; 160];
+    assert!(!player.next_frame(&mut frame));
+    assert!(frame.iter().all(|&s| s == 0));
+}
+
+#[test]
+fn barge_in_stops_output_on_the_next_frame_and_clears_the_queue() {
+    let catalog = shipped(Language::En);
+    let mut player = PromptPlayer::new(SampleRate::Hz16000);
+    player.play(catalog.get(PromptId::WelcomeEnterPin));
+    player.play(catalog.get(PromptId::InvalidPin));
+    let mut frame = [0i16; 320];
+    for _ in 0..25 {
+        assert!(player.next_frame(&mut frame));
+    }
+    assert!(rms(&frame) > 0.0);
+    player.interrupt();
+    assert!(!player.is_playing());
+    assert!(!player.next_frame(&mut frame));
+    assert!(frame.iter().all(|&s| s == 0));
+    // A prompt queued after barge-in starts from its beginning.
+    player.play(catalog.get(PromptId::Joining));
+    assert!(player.next_frame(&mut frame));
+    let joining = catalog.get(PromptId::Joining).samples(SampleRate::Hz16000);
+    assert_eq!(&frame[..], &joining[..320]);
+}
+
+#[test]
+fn hold_music_is_quiet_but_never_silent() {
+    for rate in [SampleRate::Hz8000, SampleRate::Hz16000] {
+        let music = HoldMusic::render_loop(rate);
+        assert_eq!(music.len(), 8 * rate.hz() as usize);
+        let peak = music.iter().map(|s| s.unsigned_abs()).max().unwrap();
+        // At most −18 dBFS peak: background, under a speaking voice.
+        assert!(peak <= 4_096, "peak {peak}");
+        // Audible in every half second of the loop.
+        for (n, chunk) in music.chunks(rate.hz() as usize / 2).enumerate() {
+            assert!(
+                rms(chunk) > 100.0,
+                "{rate:?} half-second {n}: rms {}",
+                rms(chunk)
+            );
+        }
+    }
+}
+
+#[test]
+fn hold_music_loops_in_the_player_until_interrupted() {
+    let rate = SampleRate::Hz8000;
+    let music = HoldMusic::render_loop(rate);
+    let mut player = PromptPlayer::new(rate);
+    player.play_looped(Arc::clone(&music));
+    let played = play_out(&mut player, 2 * music.len() / 160 + 10);
+    assert!(player.is_playing());
+    assert_eq!(&played[..music.len()], &music[..]);
+    assert_eq!(&played[music.len()..2 * music.len()], &music[..]);
+    player.interrupt();
+    assert!(!player.is_playing());
+}
+
+#[test]
+fn unknown_language_code_is_refused_with_the_choices() {
+    let err = "de".parse::<Language>().unwrap_err();
+    assert!(err.to_string().contains("en, fr"), "{err}");
+}
+
+#[test]
+fn playing_prompts_and_generating_tones_does_not_allocate_per_frame() {
+    let catalog = shipped(Language::En);
+    let rate = SampleRate::Hz16000;
+    let music = HoldMusic::render_loop(rate);
+    let mut player = PromptPlayer::new(rate);
+    let mut hold = HoldMusic::new(rate);
+    let mut tone = ComfortTone::new(rate);
+    let mut noise = ComfortNoise::new(NoiseColor::Pink, -60.0);
+    let mut frame = [0i16; 320];
+    let before = allocations();
+    player.play(catalog.get(PromptId::InvalidPin));
+    player.play(catalog.get(PromptId::WelcomeEnterPin));
+    for _ in 0..100 {
+        player.next_frame(&mut frame);
+        hold.next_frame(&mut frame);
+        tone.next_frame(&mut frame);
+        noise.next_frame(&mut frame);
+    }
+    player.interrupt();
+    player.play_looped(Arc::clone(&music));
+    for _ in 0..100 {
+        player.next_frame(&mut frame);
+    }
+    assert_eq!(allocations() - before, 0);
+}
