@@ -1,1 +1,5 @@
 //! dialin-media
+pub mod ports;
+pub mod rtcp;
+pub mod rtp;
+pub mod stream;
