@@ -2,4 +2,5 @@
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
+pub mod srtp;
 pub mod stream;
