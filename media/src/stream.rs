@@ -101,7 +101,8 @@ impl RemotePeer {
 /// What [`ReceiveStats::on_packet`] decided about a packet's sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqVerdict {
-    /// In order, or late but new: use it. Carries the extended sequence number.
+    /// In order, or late but new: use it. Carries a monotonic extended sequence number
+    /// (the first packet is placed in cycle 1, so earlier reordered packets still fit).
     New(u64),
     /// Already received (within the last 64 sequence numbers).
     Duplicate,
@@ -162,8 +163,10 @@ impl ReceiveStats {
         // RFC 3550 §A.1 init_seq.
         self.started = true;
         self.max_seq = seq;
-        self.cycles = 0;
-        self.base_seq = u64::from(seq);
+        // Counting starts in cycle 1 so that a packet reordered from before the first one
+        // still has an extended number; reports subtract it again.
+        self.cycles = RTP_SEQ_MOD;
+        self.base_seq = RTP_SEQ_MOD + u64::from(seq);
         self.bad_seq = None;
         self.received = 0;
         self.expected_prior = 0;
@@ -238,10 +241,8 @@ impl ReceiveStats {
             // Duplicate or reordered packet, behind the highest.
             let back = u64::from(self.max_seq.wrapping_sub(seq));
             let highest = self.extended_max();
-            if back > highest {
-                return SeqVerdict::OutOfRange;
-            }
-            ext = highest - back;
+            let Some(e) = highest.checked_sub(back) else { return SeqVerdict::OutOfRange };
+            ext = e;
             if ext < self.base_seq {
                 // From before the first packet we counted: accept but do not extend base.
                 self.base_seq = ext;
@@ -311,9 +312,9 @@ impl ReceiveStats {
         self.duplicates
     }
 
-    /// Extended highest sequence number received (RFC 3550 §6.4.1).
+    /// Extended highest sequence number received (RFC 3550 §6.4.1): cycles counted from 0.
     pub fn highest_seq(&self) -> Option<u64> {
-        self.started.then(|| self.extended_max())
+        self.started.then(|| self.extended_max() - RTP_SEQ_MOD)
     }
 
     /// Build the report block about `ssrc` for an SR/RR and start a new interval
@@ -566,6 +567,22 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(s.cumulative_lost(), 1); // seq 0 is missing
+    }
+
+    #[test]
+    fn packet_reordered_before_the_first_one_is_accepted_and_not_lost() {
+        let t0 = Instant::now();
+        let mut s = ReceiveStats::new(8000);
+        let first = s.on_packet(SeqNo(1), RtpTimestamp(320), t0);
+        let early = s.on_packet(SeqNo(65535), RtpTimestamp(0), t0);
+        match (first, early) {
+            (SeqVerdict::New(f), SeqVerdict::New(e)) => assert_eq!(f - e, 2),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(s.expected(), 3);
+        assert_eq!(s.received(), 2);
+        assert_eq!(s.cumulative_lost(), 1);
+        assert_eq!(s.highest_seq(), Some(1));
     }
 
     #[test]
