@@ -267,7 +267,7 @@ impl<'a> Header<'a> {
     }
 
     /// Octets this header takes on the wire.
-    pub fn len(&self) -> usize {
+    pub fn wire_len(&self) -> usize {
         FIXED_HEADER_LEN
             + 4 * self.csrcs.len()
             + self.extension.map_or(0, |e| 4 + e.data.len())
@@ -283,7 +283,7 @@ impl<'a> Header<'a> {
                 return Err(RtpError::FieldOutOfRange("extension length"));
             }
         }
-        let len = self.len();
+        let len = self.wire_len();
         let have = out.len();
         let out = out.get_mut(..len).ok_or(RtpError::BufferTooSmall { needed: len, have })?;
         let x = if self.extension.is_some() { 0x10 } else { 0 };
@@ -310,7 +310,7 @@ impl<'a> Header<'a> {
 
     /// Write header and `payload` into `out`; returns the packet length.
     pub fn write(&self, payload: &[u8], out: &mut [u8]) -> Result<usize, RtpError> {
-        let needed = self.len() + payload.len();
+        let needed = self.wire_len() + payload.len();
         if out.len() < needed {
             return Err(RtpError::BufferTooSmall { needed, have: out.len() });
         }
@@ -341,7 +341,7 @@ impl SeqUnwrapper {
             None => (1 << 16) | u64::from(seq.0),
             Some(h) => nearest(h, u64::from(seq.0), 16),
         };
-        if self.highest.map_or(true, |h| ext > h) {
+        if !matches!(self.highest, Some(h) if ext <= h) {
             self.highest = Some(ext);
         }
         ext
@@ -371,7 +371,7 @@ impl TimestampUnwrapper {
             None => (1 << 32) | u64::from(ts.0),
             Some(h) => nearest(h, u64::from(ts.0), 32),
         };
-        if self.highest.map_or(true, |h| ext > h) {
+        if !matches!(self.highest, Some(h) if ext <= h) {
             self.highest = Some(ext);
         }
         ext
