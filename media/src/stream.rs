@@ -11,12 +11,14 @@
 //!   figures that feed RTCP report blocks ([`ReceiveStats::report_block`]),
 //! - records the last arrival so the driver can enforce `rtp_timeout`.
 //!
+//! [`SendStats`] counts what we send, for the sender info of our RTCP SRs.
+//!
 //! Sans-IO: no clock is read here; time comes in with each packet.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::rtcp::{NtpTime, ReportBlock};
+use crate::rtcp::{NtpTime, ReportBlock, SenderInfo};
 use crate::rtp::{Packet, RtpTimestamp, SeqNo, Ssrc};
 
 /// RFC 3550 §A.1: a jump forward larger than this is not counted as loss but as a
@@ -458,6 +460,50 @@ impl RtpReceiver {
     }
 }
 
+/// Send-side counters for our Sender Reports (RFC 3550 §6.4.1 sender info).
+#[derive(Debug, Clone)]
+pub struct SendStats {
+    clock_rate: u32,
+    packets: u32,
+    octets: u32,
+    last: Option<(RtpTimestamp, Instant)>,
+}
+
+impl SendStats {
+    /// Counters for a stream whose RTP clock runs at `clock_rate` Hz.
+    pub fn new(clock_rate: u32) -> Self {
+        SendStats { clock_rate: clock_rate.max(1), packets: 0, octets: 0, last: None }
+    }
+
+    /// One RTP packet with `payload_len` octets of payload and timestamp `ts` sent at `now`.
+    pub fn on_sent(&mut self, payload_len: usize, ts: RtpTimestamp, now: Instant) {
+        // §6.4.1: both counts wrap modulo 2^32.
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload_len as u32);
+        self.last = Some((ts, now));
+    }
+
+    /// Whether anything was sent (an SR is due only then; otherwise send an RR).
+    pub fn has_sent(&self) -> bool {
+        self.packets > 0
+    }
+
+    /// Sender info for an SR built at `now` (wall clock `ntp`): the RTP timestamp is the
+    /// last one sent, advanced by the time since at the stream's clock rate, so that it
+    /// corresponds to the same instant as `ntp` (§6.4.1).
+    pub fn sender_info(&self, ntp: NtpTime, now: Instant) -> SenderInfo {
+        let rtp_time = match self.last {
+            Some((ts, at)) => {
+                let since = now.saturating_duration_since(at);
+                let ticks = since.as_nanos() * u128::from(self.clock_rate) / 1_000_000_000;
+                ts.add(ticks as u32)
+            }
+            None => RtpTimestamp(0),
+        };
+        SenderInfo { ntp_time: ntp, rtp_time, packet_count: self.packets, octet_count: self.octets }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +673,23 @@ mod tests {
         let rb = s.report_block(Ssrc(7), t0 + Duration::from_millis(500));
         assert_eq!(rb.last_sr, 0x5678_9abc);
         assert_eq!(rb.delay_since_last_sr, 32768);
+    }
+
+    #[test]
+    fn sender_info_counts_packets_octets_and_extrapolates_the_timestamp() {
+        let t0 = Instant::now();
+        let mut tx = SendStats::new(8000);
+        assert!(!tx.has_sent());
+        for i in 0..50u32 {
+            tx.on_sent(160, RtpTimestamp(1000 + i * 160), t0 + MS20 * i);
+        }
+        let ntp = NtpTime(42 << 32);
+        let info = tx.sender_info(ntp, t0 + MS20 * 49 + Duration::from_millis(5));
+        assert!(tx.has_sent());
+        assert_eq!(info.packet_count, 50);
+        assert_eq!(info.octet_count, 50 * 160);
+        assert_eq!(info.ntp_time, ntp);
+        assert_eq!(info.rtp_time, RtpTimestamp(1000 + 49 * 160 + 40));
     }
 
     #[test]
