@@ -51,6 +51,10 @@ const LABEL_RTCP_SALT: u8 = 0x05;
 const KEYSTREAM_BATCH: usize = 8;
 /// RTCP header + sender SSRC, sent in the clear (RFC 3711 §3.4).
 const RTCP_CLEAR_LEN: usize = 8;
+/// Remote SSRCs whose receive state is kept at once. A call has one; a PBX that switches
+/// streams (transfer, music on hold) may alternate between two or three. Keeping several
+/// means switching back does not reset a replay window.
+const RECV_SSRC_SLOTS: usize = 4;
 
 /// Why a packet could not be protected or unprotected, or a key not parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -340,6 +344,40 @@ impl RtpIndexState {
     }
 }
 
+/// Receive state per remote SSRC, least recently used evicted first.
+#[derive(Debug, Clone, Copy)]
+struct SsrcSlots<T: Copy> {
+    slots: [Option<(u32, u64, T)>; RECV_SSRC_SLOTS],
+    clock: u64,
+}
+
+impl<T: Copy> SsrcSlots<T> {
+    const fn new() -> Self {
+        SsrcSlots { slots: [None; RECV_SSRC_SLOTS], clock: 0 }
+    }
+
+    fn get(&self, ssrc: u32) -> Option<T> {
+        self.slots.iter().flatten().find(|(s, _, _)| *s == ssrc).map(|&(_, _, t)| t)
+    }
+
+    fn put(&mut self, ssrc: u32, value: T) {
+        self.clock += 1;
+        let entry = Some((ssrc, self.clock, value));
+        let i = self
+            .slots
+            .iter()
+            .position(|e| matches!(e, Some((s, _, _)) if *s == ssrc))
+            .or_else(|| self.slots.iter().position(Option::is_none))
+            .unwrap_or_else(|| {
+                let used = |e: &Option<(u32, u64, T)>| e.map_or(0, |(_, used, _)| used);
+                (0..RECV_SSRC_SLOTS).min_by_key(|&i| used(&self.slots[i])).unwrap_or(0)
+            });
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = entry;
+        }
+    }
+}
+
 /// One direction's SRTP/SRTCP crypto state for one master key.
 #[derive(Clone)]
 pub struct SrtpContext {
@@ -347,9 +385,9 @@ pub struct SrtpContext {
     rtp: SessionKeys,
     rtcp: SessionKeys,
     send: Option<RtpIndexState>,
-    recv: Option<RtpIndexState>,
+    recv: SsrcSlots<RtpIndexState>,
     srtcp_send_index: u32,
-    srtcp_replay: ReplayWindow,
+    srtcp_replay: SsrcSlots<ReplayWindow>,
 }
 
 impl fmt::Debug for SrtpContext {
@@ -357,7 +395,6 @@ impl fmt::Debug for SrtpContext {
         f.debug_struct("SrtpContext")
             .field("profile", &self.profile)
             .field("send_roc", &self.send.map(|s| s.roc))
-            .field("recv_roc", &self.recv.map(|s| s.roc))
             .field("srtcp_send_index", &self.srtcp_send_index)
             .finish_non_exhaustive()
     }
@@ -371,9 +408,9 @@ impl SrtpContext {
             rtp: SessionKeys::derive(master, LABEL_RTP_ENCRYPTION, LABEL_RTP_AUTH, LABEL_RTP_SALT),
             rtcp: SessionKeys::derive(master, LABEL_RTCP_ENCRYPTION, LABEL_RTCP_AUTH, LABEL_RTCP_SALT),
             send: None,
-            recv: None,
+            recv: SsrcSlots::new(),
             srtcp_send_index: 0,
-            srtcp_replay: ReplayWindow::default(),
+            srtcp_replay: SsrcSlots::new(),
         }
     }
 
@@ -419,10 +456,7 @@ impl SrtpContext {
             (p.header_len(), p.seq().0, p.ssrc().0)
         };
         // A new SSRC starts a fresh state, committed only if the packet authenticates.
-        let mut state = match self.recv {
-            Some(s) if s.ssrc == ssrc => s,
-            _ => RtpIndexState::new(ssrc, seq),
-        };
+        let mut state = self.recv.get(ssrc).unwrap_or_else(|| RtpIndexState::new(ssrc, seq));
         let v = state.estimate(seq);
         let index = RtpIndexState::index(v, seq);
         state.replay.check(index)?;
@@ -432,7 +466,7 @@ impl SrtpContext {
         }
         self.rtp.apply_keystream(ssrc, index, &mut buf[header_len..len]);
         state.advance(v, seq);
-        self.recv = Some(state);
+        self.recv.put(ssrc, state);
         Ok(len)
     }
 
@@ -470,22 +504,24 @@ impl SrtpContext {
         let e_index = u32::from_be_bytes([buf[len], buf[len + 1], buf[len + 2], buf[len + 3]]);
         let encrypted = e_index & (1 << 31) != 0;
         let index = u64::from(e_index & 0x7fff_ffff);
-        self.srtcp_replay.check(index)?;
+        let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let mut replay = self.srtcp_replay.get(ssrc).unwrap_or_default();
+        replay.check(index)?;
         let tag = self.rtcp.tag(&buf[..auth_len], &[]);
         if !bool::from(tag[..SRTCP_TAG_LEN].ct_eq(&buf[auth_len..])) {
             return Err(SrtpError::AuthFailed);
         }
         if encrypted {
-            let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
             self.rtcp.apply_keystream(ssrc, index, &mut buf[RTCP_CLEAR_LEN..len]);
         }
-        self.srtcp_replay.accept(index);
+        replay.accept(index);
+        self.srtcp_replay.put(ssrc, replay);
         Ok(len)
     }
 
     /// The rollover counter used for the last packet received from `ssrc`, if any.
     pub fn recv_roc(&self, ssrc: Ssrc) -> Option<u32> {
-        self.recv.filter(|s| s.ssrc == ssrc.0).map(|s| s.roc)
+        self.recv.get(ssrc.0).map(|s| s.roc)
     }
 }
 
@@ -689,6 +725,40 @@ mod tests {
         let k = rx.unprotect_rtp(&mut pkt).unwrap();
         assert_eq!(pkt[..k], plain[..], "late packet from before the wrap uses ROC 0");
         assert_eq!(rx.recv_roc(Ssrc(0xcafe_f00d)), Some(1));
+    }
+
+    #[test]
+    fn switching_ssrc_back_and_forth_keeps_each_replay_window() {
+        let m = MasterKey::random();
+        let mut tx_a = SrtpContext::new(SrtpProfile::AesCm128HmacSha1_80, &m);
+        let mut tx_b = SrtpContext::new(SrtpProfile::AesCm128HmacSha1_80, &m);
+        let mut rx = SrtpContext::new(SrtpProfile::AesCm128HmacSha1_80, &m);
+        let packet = |tx: &mut SrtpContext, ssrc: u32, seq: u16| {
+            let mut buf = [0u8; 64];
+            let n = Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(0), Ssrc(ssrc)).write(&[1; 8], &mut buf).unwrap();
+            let m = tx.protect_rtp(&mut buf, n).unwrap();
+            buf[..m].to_vec()
+        };
+        let a1 = packet(&mut tx_a, 1, 100);
+        let b1 = packet(&mut tx_b, 2, 5000);
+        let a2 = packet(&mut tx_a, 1, 101);
+        rx.unprotect_rtp(&mut a1.clone()).unwrap();
+        rx.unprotect_rtp(&mut b1.clone()).unwrap();
+        rx.unprotect_rtp(&mut a2.clone()).unwrap();
+        assert_eq!(rx.unprotect_rtp(&mut a1.clone()), Err(SrtpError::Replayed));
+        assert_eq!(rx.unprotect_rtp(&mut b1.clone()), Err(SrtpError::Replayed));
+    }
+
+    #[test]
+    fn receive_state_evicts_the_least_recently_used_ssrc() {
+        let mut slots = SsrcSlots::<u8>::new();
+        for ssrc in 1..=4 {
+            slots.put(ssrc, ssrc as u8);
+        }
+        slots.put(1, 10); // 1 used again: 2 is now the oldest
+        slots.put(5, 5);
+        assert_eq!(slots.get(2), None);
+        assert_eq!([slots.get(1), slots.get(3), slots.get(4), slots.get(5)], [Some(10), Some(3), Some(4), Some(5)]);
     }
 
     #[test]
