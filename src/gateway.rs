@@ -1,0 +1,430 @@
+//! The gateway's SIP front (DESIGN.md §Call flow steps 1–2): from an INVITE to a running
+//! call task.
+//!
+//! One task owns the SIP endpoint's event stream. For each new INVITE it decides, in this
+//! order and before allocating anything: draining → `503`; source address matching no trunk →
+//! `403` (at a bounded rate per source, then dropped silently); called number not accepted →
+//! `403`; digest credentials when the trunk has them → `401` challenge (`stale=true` on an
+//! expired nonce); concurrent-call limits (global, per trunk) → `503` + `Retry-After`; SDP
+//! negotiation → `488` when no codec matches. Then it leases an RTP port, binds it, answers
+//! `200 OK` with our SDP and hands the call to [`crate::call::run`]. Later events of a call
+//! (ACK, BYE, INFO, re-INVITE…) are routed to its task by [`CallKey`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use chrono::Utc;
+use dialin_media::codec::CodecConfig;
+use dialin_media::ports::{PortAllocator, PortLease};
+use dialin_media::prompt::{Language as PromptLanguage, PromptCatalog};
+use dialin_sip::digest::{Algorithm, Credential, DigestServer, VerifyOutcome};
+use dialin_sip::endpoint::{CallKey, EndpointHandle, Event as SipEvent};
+use dialin_sip::header::HeaderName;
+use dialin_sip::message::{Request, StatusCode, Text};
+use dialin_sip::sdp::{self, AnswerPolicy, LocalMedia, OfferPolicy, SessionDescription, SrtpPolicy as SdpSrtp};
+use dialin_sip::transport::Transport;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::call::{self, CallLimits, CallSetup, LegTemplate};
+use crate::calls::{CallId, NewCall, RegisterError};
+use crate::config::{Config, Language, SrtpPolicy, TrunkConfig};
+use crate::ivr::IvrConfig;
+use crate::leg::CallerLeg;
+use crate::privacy::PhoneNumber;
+use crate::room::RoomBackend;
+use crate::serve::Services;
+use crate::store::CallRecordStart;
+use crate::trunk::{SourceRateLimiter, TrunkMatch};
+
+/// Seconds a refused caller should wait before retrying (RFC 3261 §20.33).
+const RETRY_AFTER_S: &str = "5";
+/// Lifetime of our digest nonces; a later response gets `stale=true` (RFC 7616 §3.3).
+const NONCE_TTL: Duration = Duration::from_secs(300);
+/// Sources tracked by the unmatched-source rate limiter before the oldest are pruned.
+const MAX_TRACKED_SOURCES: usize = 65_536;
+
+/// Prompt catalogs, one per language, loaded once and shared by every call.
+#[derive(Clone)]
+pub struct Prompts {
+    en: PromptCatalog,
+    fr: PromptCatalog,
+}
+
+impl Prompts {
+    /// Loads the embedded prompts, overridden by `<dir>/<lang>/*.wav` when configured.
+    pub fn load(dir: Option<&std::path::Path>) -> anyhow::Result<Prompts> {
+        let load = |lang: PromptLanguage| {
+            let sub = dir.map(|d| d.join(lang.code())).filter(|p| p.is_dir());
+            PromptCatalog::load(lang, sub.as_deref())
+        };
+        Ok(Prompts { en: load(PromptLanguage::En)?, fr: load(PromptLanguage::Fr)? })
+    }
+
+    pub fn for_language(&self, lang: Language) -> &PromptCatalog {
+        match lang {
+            Language::Fr => &self.fr,
+            _ => &self.en,
+        }
+    }
+}
+
+/// What the SIP front needs; built by `serve`.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub services: Services,
+    pub sip: EndpointHandle,
+    pub ports: PortAllocator,
+    pub rooms: Arc<dyn RoomBackend>,
+    pub prompts: Prompts,
+    /// The IP RTP sockets bind to.
+    pub media_bind: IpAddr,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+struct Front {
+    gw: Gateway,
+    digest: DigestServer,
+    unmatched: SourceRateLimiter,
+    calls: HashMap<CallKey, mpsc::UnboundedSender<SipEvent>>,
+    next_id: u64,
+    id_prefix: String,
+}
+
+/// Runs the SIP front until the endpoint's event stream ends.
+pub async fn run(gw: Gateway, mut events: mpsc::Receiver<SipEvent>) {
+    let secret: [u8; 32] = rand::random();
+    let rl = &gw.config.security.unmatched_source;
+    let unmatched = SourceRateLimiter::new(rl.burst, rl.per_second, MAX_TRACKED_SOURCES);
+    let mut front = Front {
+        digest: DigestServer::new("dialin", &secret, NONCE_TTL),
+        unmatched,
+        calls: HashMap::new(),
+        next_id: 0,
+        id_prefix: format!("{:08x}", rand::random::<u32>()),
+        gw,
+    };
+    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => front.on_event(ev).await,
+                None => break,
+            },
+            _ = prune.tick() => front.unmatched.prune(Instant::now()),
+        }
+    }
+}
+
+impl Front {
+    async fn on_event(&mut self, ev: SipEvent) {
+        let key = match &ev {
+            SipEvent::IncomingCall { .. } => None,
+            SipEvent::Cancelled { key }
+            | SipEvent::Acked { key, .. }
+            | SipEvent::AckTimeout { key }
+            | SipEvent::ReInvite { key, .. }
+            | SipEvent::Info { key, .. }
+            | SipEvent::Bye { key }
+            | SipEvent::SessionExpired { key }
+            | SipEvent::CallEnded { key, .. } => Some(*key),
+        };
+        match key {
+            None => {
+                if let SipEvent::IncomingCall { key, request, source, transport } = ev {
+                    self.gw.services.metrics.sip_request("INVITE");
+                    if let Err(refusal) = self.on_invite(key, &request, source, transport).await {
+                        self.refuse(key, refusal);
+                    }
+                }
+            }
+            Some(key) => {
+                let ended = matches!(ev, SipEvent::CallEnded { .. });
+                if let Some(tx) = self.calls.get(&key) {
+                    let _ = tx.send(ev);
+                }
+                if ended {
+                    self.calls.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, key: CallKey, refusal: Refusal) {
+        let sip = &self.gw.sip;
+        let status = refusal.status();
+        self.gw.services.metrics.sip_response(status.0);
+        let _ = match refusal {
+            Refusal::Drop => Ok(()),
+            Refusal::Status(s, headers) => sip.reject(key, s, None, headers),
+        };
+    }
+
+    async fn on_invite(
+        &mut self,
+        key: CallKey,
+        req: &Request,
+        source: SocketAddr,
+        transport: Transport,
+    ) -> Result<(), Refusal> {
+        let config = self.gw.config.clone();
+        if self.gw.services.readiness.is_draining() {
+            return Err(Refusal::unavailable());
+        }
+        let called = called_number(req);
+        let trunks = self.gw.services.trunks.load();
+        let trunk = match trunks.match_call(source.ip(), &called) {
+            TrunkMatch::Matched(t) => Arc::new(t.clone()),
+            TrunkMatch::NoTrunkForSource => {
+                if self.unmatched.allow(source.ip(), Instant::now()) {
+                    debug!(source = %source.ip(), "INVITE from a source matching no trunk");
+                    return Err(Refusal::Status(StatusCode(403), vec![]));
+                }
+                self.gw.services.metrics.unmatched_source_dropped();
+                return Err(Refusal::Drop);
+            }
+            TrunkMatch::NumberNotAccepted => {
+                debug!(called = %crate::privacy::mask_number(&called), "called number not served by the trunk");
+                return Err(Refusal::Status(StatusCode(403), vec![]));
+            }
+        };
+        if let Some(auth) = &trunk.auth {
+            let now = SystemTime::now();
+            let authz: Vec<&str> = req.headers.get_all(&HeaderName::Authorization).map(|t| t.as_str()).collect();
+            let outcome = self.digest.verify(now, "INVITE", req.uri.as_str(), authz, |user| {
+                (user == auth.username).then(|| Credential::Password(auth.password.expose().to_owned()))
+            });
+            match outcome {
+                VerifyOutcome::Ok { .. } => {}
+                VerifyOutcome::Stale => return Err(self.challenge(true)),
+                VerifyOutcome::Missing => return Err(self.challenge(false)),
+                VerifyOutcome::Invalid(reason) => {
+                    info!(trunk = %trunk.id, source = %source.ip(), reason = ?reason, "digest authentication failed");
+                    return Err(self.challenge(false));
+                }
+            }
+        }
+
+        let caller = PhoneNumber::new(&calling_number(req));
+        let id = self.next_call_id();
+        let (guard, commands) = self
+            .gw
+            .services
+            .calls
+            .register(NewCall {
+                id: id.clone(),
+                trunk: trunk.id.clone(),
+                caller: caller.clone(),
+                started_at: Utc::now(),
+                node_limit: config.limits.max_calls as usize,
+                trunk_limit: trunk.max_calls as usize,
+            })
+            .map_err(|e| match e {
+                RegisterError::NodeFull { .. } | RegisterError::TrunkFull { .. } => {
+                    info!(trunk = %trunk.id, reason = %e, "call refused: limit reached");
+                    Refusal::unavailable()
+                }
+                RegisterError::Duplicate(_) => Refusal::Status(StatusCode(500), vec![]),
+            })?;
+
+        // SDP: an offer in the INVITE, or none (we offer in the 200, the answer is in the ACK).
+        let policy = answer_policy(&trunk);
+        let lease = self.gw.ports.allocate().map_err(|_| {
+            warn!("RTP ports exhausted");
+            Refusal::unavailable()
+        })?;
+        let socket = bind_rtp(self.gw.media_bind, &lease).await.map_err(|e| {
+            warn!(port = lease.rtp_port(), error = %e, "cannot bind the RTP port");
+            Refusal::unavailable()
+        })?;
+        let local = LocalMedia {
+            addr: advertised_ip(&config, self.gw.media_bind, source),
+            port: lease.rtp_port(),
+            session_id: rand::random::<u32>() as u64,
+            version: 1,
+            username: "dialin".to_owned(),
+        };
+        let template = LegTemplate {
+            codec_config: CodecConfig { opus_complexity: config.media.opus_complexity, ..CodecConfig::default() },
+            jitter_min: config.media.jitter_min(),
+            jitter_max: config.media.jitter_max(),
+        };
+        let (answer_sdp, leg, pending_offer, negotiated) = if req.body.is_empty() {
+            let offer = sdp::build_offer(&offer_policy(&trunk), &local);
+            (Bytes::from(offer.sdp.clone()), None, Some(offer), None)
+        } else {
+            let text = std::str::from_utf8(&req.body).map_err(|_| Refusal::Status(StatusCode(400), vec![]))?;
+            let offer = SessionDescription::parse(text).map_err(|e| {
+                debug!(error = %e, "bad SDP offer");
+                Refusal::Status(StatusCode(400), vec![])
+            })?;
+            let negotiated = sdp::negotiate(&offer, &policy).map_err(|e| {
+                info!(trunk = %trunk.id, reason = %e, "no acceptable media: 488");
+                Refusal::Status(StatusCode(488), vec![])
+            })?;
+            let params = template.params(&negotiated).ok_or(Refusal::Status(StatusCode(488), vec![]))?;
+            let leg = CallerLeg::new(&params).map_err(|e| {
+                warn!(error = %e, "media leg");
+                Refusal::Status(StatusCode(488), vec![])
+            })?;
+            (Bytes::from(negotiated.answer_sdp(&local)), Some(leg), None, Some(negotiated))
+        };
+
+        if let Err(e) = self
+            .gw
+            .services
+            .store
+            .insert_call_record(&CallRecordStart {
+                id: id.clone(),
+                trunk: trunk.id.clone(),
+                caller_masked: caller.masked(),
+                setup_at: Utc::now(),
+            })
+            .await
+        {
+            // The call can still be served; its record will be missing. Say so.
+            warn!(call = %id, error = %e, "could not insert the call record");
+        }
+
+        let _ = self.gw.sip.answer(key, Some(answer_sdp), vec![]);
+        self.gw.services.metrics.sip_response(200);
+        info!(call = %id, trunk = %trunk.id, caller = %caller.masked(), transport = %transport.via_token(), "call answered");
+
+        let (tx, sip_events) = mpsc::unbounded_channel();
+        self.calls.insert(key, tx);
+        let setup = CallSetup {
+            id,
+            key,
+            prompts: self.gw.prompts.for_language(trunk.language).clone(),
+            trunk,
+            caller,
+            sip: self.gw.sip.clone(),
+            sip_events,
+            guard,
+            commands,
+            socket,
+            lease,
+            leg,
+            pending_offer,
+            negotiated,
+            answer_policy: policy,
+            local_media: local,
+            leg_template: template,
+            services: self.gw.services.clone(),
+            rooms: self.gw.rooms.clone(),
+            limits: CallLimits { rtp_timeout: config.media.rtp_timeout(), max_duration: config.media.max_call_duration() },
+            ivr: IvrConfig {
+                first_digit_timeout: config.ivr.first_digit_timeout(),
+                inter_digit_timeout: config.ivr.inter_digit_timeout(),
+                max_attempts: 3,
+                max_prompt_replays: config.ivr.max_prompt_replays,
+                max_ivr_time: config.ivr.max_ivr_time(),
+            },
+            lockout: config.security.lockout.clone(),
+            setup_started: Instant::now(),
+            started_at: Utc::now(),
+            shutdown: self.gw.shutdown.clone(),
+        };
+        let mut setup = setup;
+        setup.ivr.max_attempts = setup.trunk.max_attempts;
+        tokio::spawn(call::run(setup));
+        Ok(())
+    }
+
+    fn challenge(&self, stale: bool) -> Refusal {
+        let values = self.digest.challenge(SystemTime::now(), stale, &[Algorithm::Sha256, Algorithm::Md5]);
+        let headers = values.into_iter().map(|v| (HeaderName::WwwAuthenticate, Text::from(v))).collect();
+        Refusal::Status(StatusCode(401), headers)
+    }
+
+    fn next_call_id(&mut self) -> CallId {
+        self.next_id += 1;
+        CallId::new(format!("CA_{}{:06}", self.id_prefix, self.next_id))
+    }
+}
+
+enum Refusal {
+    Status(StatusCode, Vec<(HeaderName, Text)>),
+    /// Silently dropped (flooding source).
+    Drop,
+}
+
+impl Refusal {
+    fn unavailable() -> Refusal {
+        Refusal::Status(StatusCode(503), vec![(HeaderName::RetryAfter, Text::from(RETRY_AFTER_S.to_owned()))])
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Status(s, _) => *s,
+            Refusal::Drop => StatusCode(0),
+        }
+    }
+}
+
+fn answer_policy(trunk: &TrunkConfig) -> AnswerPolicy {
+    AnswerPolicy { srtp: sdp_srtp(trunk.srtp), ..AnswerPolicy::default() }
+}
+
+fn offer_policy(trunk: &TrunkConfig) -> OfferPolicy {
+    OfferPolicy { srtp: sdp_srtp(trunk.srtp), ..OfferPolicy::default() }
+}
+
+fn sdp_srtp(p: SrtpPolicy) -> SdpSrtp {
+    match p {
+        SrtpPolicy::Disable => SdpSrtp::Disable,
+        SrtpPolicy::Allow => SdpSrtp::Allow,
+        SrtpPolicy::Require => SdpSrtp::Require,
+    }
+}
+
+/// The called number: the Request-URI user, else the To user (DESIGN.md §Call flow step 1).
+fn called_number(req: &Request) -> String {
+    if let Some(u) = req.uri.user() {
+        return u.as_str().to_owned();
+    }
+    req.headers.to().ok().and_then(|to| to.uri.user().map(|u| u.as_str().to_owned())).unwrap_or_default()
+}
+
+/// The calling number from From (P-Asserted-Identity when the trunk provides it).
+fn calling_number(req: &Request) -> String {
+    let pai = HeaderName::from_str_name("P-Asserted-Identity");
+    if let Some(v) = req.headers.get(&pai) {
+        if let Ok(na) = dialin_sip::header::NameAddr::parse(v.clone()) {
+            if let Some(u) = na.uri.user() {
+                return u.as_str().to_owned();
+            }
+        }
+    }
+    req.headers
+        .from()
+        .ok()
+        .and_then(|f| f.uri.user().map(|u| u.as_str().to_owned()))
+        .unwrap_or_else(|| "anonymous".to_owned())
+}
+
+async fn bind_rtp(ip: IpAddr, lease: &PortLease) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddr::new(ip, lease.rtp_port())).await
+}
+
+/// The address written in our SDP: `public_address`, else the bound IP, else the local IP
+/// the kernel would use to reach the caller.
+fn advertised_ip(config: &Config, bind: IpAddr, source: SocketAddr) -> IpAddr {
+    if let Some(ip) = config.sip.public_address {
+        return ip;
+    }
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        .and_then(|s| {
+            s.connect(source)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
