@@ -630,7 +630,7 @@ impl NameAddr {
         } else {
             // addr-spec: parameters after ';' belong to the header (RFC 3261 §20.10).
             match rest.find(';') {
-                Some(i) => (&rest[..i], &rest[i..]),
+                Some(i) => (rest[..i].trim_matches(is_lws), &rest[i..]),
                 None => (rest, ""),
             }
         };

@@ -220,7 +220,7 @@ pub struct Limits {
     pub max_headers: usize,
     /// One physical line, including a folded header's total length.
     pub max_line_length: usize,
-    /// Via values across all Via headers.
+    /// Via values across all Via headers (70: the usual initial Max-Forwards, RFC 3261 §8.1.1.6).
     pub max_via: usize,
     /// Request-URI length (over it: 414, RFC 3261 §21.4.12).
     pub max_request_uri: usize,
@@ -232,7 +232,7 @@ impl Default for Limits {
             max_message_size: 65_535,
             max_headers: 128,
             max_line_length: 8 * 1024,
-            max_via: 32,
+            max_via: 70,
             max_request_uri: 4 * 1024,
         }
     }
@@ -439,7 +439,12 @@ impl Headers {
     pub fn max_forwards(&self) -> Result<Option<u32>, HeaderError> {
         match self.single_opt(&HeaderName::MaxForwards, "Max-Forwards")? {
             None => Ok(None),
-            Some(v) => crate::header::parse_delta(v.trim()).map(Some).ok_or(HeaderError::Malformed("Max-Forwards")),
+            // RFC 3261 §20.22 gives no upper bound, but RFC 4475 §3.1.2.4 treats values over
+            // 255 as overlarge; no element sends more than 70 initially.
+            Some(v) => crate::header::parse_delta(v.trim())
+                .filter(|n| *n <= 255)
+                .map(Some)
+                .ok_or(HeaderError::Malformed("Max-Forwards")),
         }
     }
     pub fn content_type(&self) -> Result<Option<MediaType>, HeaderError> {

@@ -185,15 +185,15 @@ impl SipUri {
     fn parse_rest(raw: Text, scheme: Scheme, start: usize) -> Result<SipUri, UriError> {
         let s = raw.as_str();
         let rest = s.get(start..).ok_or(UriError::Empty)?;
-        // `?headers` first: neither user nor params may hold an unescaped '?'.
-        let (main, headers_part) = match rest.find('?') {
-            Some(q) => (&rest[..q], Some(&rest[q + 1..])),
-            None => (rest, None),
+        // userinfo ends at the last '@': neither host, params nor headers may hold an
+        // unescaped '@', while the user part may hold '?' and ';' (RFC 3261 §25.1).
+        let (userinfo, after_user) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
         };
-        // userinfo ends at the last '@' (params and host never hold '@').
-        let (userinfo, hostpart) = match main.rfind('@') {
-            Some(at) => (Some(&main[..at]), &main[at + 1..]),
-            None => (None, main),
+        let (hostpart, headers_part) = match after_user.find('?') {
+            Some(q) => (&after_user[..q], Some(&after_user[q + 1..])),
+            None => (after_user, None),
         };
         let (user, password) = match userinfo {
             None => (None, None),
@@ -415,7 +415,7 @@ fn is_user_char(b: u8) -> bool {
         || matches!(
             b,
             b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%' | b'&' | b'='
-                | b'+' | b'$' | b',' | b';' | b'?' | b'/'
+                | b'+' | b'$' | b',' | b';' | b'?' | b'/' | b':'
         )
 }
 
