@@ -458,3 +458,240 @@ fn tls_acceptor(config: &TransportConfig) -> Result<tokio_rustls::TlsAcceptor, T
         .map_err(|x| e("certificate/key", &x))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Response, StatusCode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn options(via_host: &str, branch: &str, extra_body: &str) -> String {
+        format!(
+            "OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {via_host};branch=z9hG4bK{branch};rport\r\n\
+From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:gw@127.0.0.1>\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
+            extra_body.len()
+        )
+    }
+
+    async fn start(listen: &[&str], tweak: impl FnOnce(&mut TransportConfig)) -> (Transports, mpsc::Receiver<Incoming>) {
+        let mut cfg = TransportConfig {
+            listen: listen.iter().map(|s| s.parse().expect("listen addr")).collect(),
+            ..TransportConfig::default()
+        };
+        tweak(&mut cfg);
+        Transports::bind(cfg).await.expect("bind on loopback")
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Incoming>) -> Incoming {
+        tokio::time::timeout(WAIT, rx.recv()).await.expect("message in time").expect("channel open")
+    }
+
+    async fn read_response<R: AsyncRead + Unpin>(rd: &mut R) -> Message {
+        let mut framer = StreamFramer::new(Limits::default());
+        loop {
+            if let Some(frame) = framer.pop().expect("framing") {
+                return Message::parse(frame, &Limits::default()).expect("response parses");
+            }
+            let n = tokio::time::timeout(WAIT, rd.read_buf(framer.buffer_mut())).await.expect("read in time").expect("read");
+            assert!(n > 0, "connection closed before a response");
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_request_is_delivered_stamped_and_answered_to_its_source_port() {
+        let (t, mut rx) = start(&["udp://127.0.0.1:0"], |_| {}).await;
+        let server = t.local_addr(Transport::Udp).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // sent-by names another port: the response must still reach the source port (rport).
+        client.send_to(options("127.0.0.1:9", "u1", "").as_bytes(), server).await.unwrap();
+        let inc = next(&mut rx).await;
+        assert_eq!(inc.transport, Transport::Udp);
+        assert_eq!(inc.source, client.local_addr().unwrap());
+        let Message::Request(req) = &inc.message else { panic!("request expected") };
+        let via = req.headers.top_via().unwrap();
+        assert_eq!(via.rport(), Some(client.local_addr().unwrap().port()));
+        assert_eq!(via.received(), Some("127.0.0.1"));
+        let resp = Response::to_request(req, StatusCode::OK, None).with_to_tag("t");
+        t.send(&inc.reply_target().unwrap(), resp.to_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf)).await.unwrap().unwrap();
+        let back = Message::parse(Bytes::copy_from_slice(&buf[..n]), &Limits::default()).unwrap();
+        assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::OK));
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn oversize_udp_request_is_answered_513() {
+        let (t, mut rx) = start(&["udp://127.0.0.1:0"], |c| c.limits.max_message_size = 1000).await;
+        let server = t.local_addr(Transport::Udp).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(options("127.0.0.1:9", "big", &"x".repeat(1500)).as_bytes(), server).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf)).await.unwrap().unwrap();
+        let back = Message::parse(Bytes::copy_from_slice(&buf[..n]), &Limits::default()).unwrap();
+        assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::MESSAGE_TOO_LARGE));
+        assert!(rx.try_recv().is_err(), "oversize message must not be delivered");
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn tcp_partial_writes_and_two_messages_in_one_write_are_framed_and_answered_on_the_connection() {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |_| {}).await;
+        let server = t.local_addr(Transport::Tcp).unwrap();
+        let mut c = TcpStream::connect(server).await.unwrap();
+        c.set_nodelay(true).unwrap();
+        let first = options("127.0.0.1:9", "t1", "");
+        for chunk in first.as_bytes().chunks(17) {
+            c.write_all(chunk).await.unwrap();
+            c.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let both = format!("{}\r\n\r\n{}", options("127.0.0.1:9", "t2", "ab"), options("127.0.0.1:9", "t3", ""));
+        c.write_all(both.as_bytes()).await.unwrap();
+        let mut ids = Vec::new();
+        let mut conn = None;
+        for _ in 0..3 {
+            let inc = next(&mut rx).await;
+            assert_eq!(inc.transport, Transport::Tcp);
+            conn = inc.conn;
+            ids.push(inc.message.headers().call_id().unwrap().to_string());
+            if ids.len() == 3 {
+                let req = inc.message.as_request().unwrap();
+                let resp = Response::to_request(req, StatusCode::OK, None);
+                t.send(&inc.reply_target().unwrap(), resp.to_bytes()).await.unwrap();
+            }
+        }
+        assert_eq!(ids, ["t1", "t2", "t3"]);
+        assert!(conn.is_some());
+        let back = read_response(&mut c).await;
+        assert_eq!(back.headers().call_id().unwrap(), "t3");
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn malformed_tcp_request_gets_400_and_the_connection_stays_usable() {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |_| {}).await;
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap()).await.unwrap();
+        let bad = options("127.0.0.1:9", "bad", "").replacen("OPTIONS sip", "OPTIONS  sip", 1);
+        c.write_all(bad.as_bytes()).await.unwrap();
+        let back = read_response(&mut c).await;
+        assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::BAD_REQUEST));
+        c.write_all(options("127.0.0.1:9", "good", "").as_bytes()).await.unwrap();
+        assert_eq!(next(&mut rx).await.message.headers().call_id().unwrap(), "good");
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn tcp_framing_error_closes_the_connection() {
+        let (t, _rx) = start(&["tcp://127.0.0.1:0"], |c| c.limits.max_message_size = 1000).await;
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap()).await.unwrap();
+        c.write_all(b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nContent-Length: 5000\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, c.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "connection closed");
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn idle_tcp_connection_is_closed_after_the_timeout() {
+        let (t, _rx) = start(&["tcp://127.0.0.1:0"], |c| c.tcp_idle_timeout = Duration::from_millis(100)).await;
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(WAIT, c.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(t.connection_count(), 0);
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_refused() {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| c.max_connections = 1).await;
+        let addr = t.local_addr(Transport::Tcp).unwrap();
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(options("127.0.0.1:9", "c1", "").as_bytes()).await.unwrap();
+        next(&mut rx).await;
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(WAIT, second.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "second connection closed");
+        assert_eq!(t.connection_count(), 1);
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn send_opens_a_tcp_connection_when_none_is_open() {
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (t, _rx) = start(&["tcp://127.0.0.1:0"], |_| {}).await;
+        let target = Target { addr: peer.local_addr().unwrap(), transport: Transport::Tcp, conn: None };
+        t.send(&target, Bytes::from(options("127.0.0.1:9", "out", ""))).await.unwrap();
+        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept()).await.unwrap().unwrap();
+        let m = read_response(&mut s).await;
+        assert_eq!(m.headers().call_id().unwrap(), "out");
+        assert_eq!(t.connection_count(), 1);
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn tls_listener_without_certificate_fails_fast() {
+        let r = Transports::bind(TransportConfig {
+            listen: vec!["tls://127.0.0.1:0".parse().unwrap()],
+            ..TransportConfig::default()
+        })
+        .await;
+        assert!(matches!(r, Err(TransportError::TlsConfigMissing)));
+    }
+
+    #[tokio::test]
+    async fn tls_request_round_trip_on_loopback() {
+        let dir = std::env::temp_dir().join(format!("dialin-sip-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output();
+        if !made.as_ref().is_ok_and(|o| o.status.success()) {
+            if std::env::var("DIALIN_STRICT_TESTS").as_deref() == Ok("1") {
+                panic!("openssl is needed to make a test certificate: {made:?}");
+            }
+            eprintln!("skipping: openssl not available to make a test certificate");
+            return;
+        }
+        let (t, mut rx) = start(&["tls://127.0.0.1:0"], |c| {
+            c.tls_cert_pem = Some(cert.clone());
+            c.tls_key_pem = Some(key.clone());
+        })
+        .await;
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&cert).unwrap();
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = TcpStream::connect(t.local_addr(Transport::Tls).unwrap()).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(options("127.0.0.1:9", "tls1", "").replace("UDP", "TLS").as_bytes()).await.unwrap();
+        let inc = next(&mut rx).await;
+        assert_eq!(inc.transport, Transport::Tls);
+        let resp = Response::to_request(inc.message.as_request().unwrap(), StatusCode::OK, None);
+        t.send(&inc.reply_target().unwrap(), resp.to_bytes()).await.unwrap();
+        let back = read_response(&mut tls).await;
+        assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::OK));
+        t.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
