@@ -7,8 +7,12 @@
 //! [`message::Response::to_request`] / [`message::RequestBuilder`] and sent back
 //! through the transport, routed by [`transport::response_target`].
 
+pub mod dialog;
+pub mod endpoint;
 pub mod header;
 pub mod message;
+pub mod timer;
+pub mod transaction;
 pub mod transport;
 pub mod uri;
 pub mod validate;
@@ -19,3 +23,6 @@ pub use message::{
     Text,
 };
 pub use uri::{Host, Uri};
+pub use endpoint::{
+    CallKey, CommandError, EndReason, Endpoint, EndpointConfig, EndpointDriver, EndpointHandle, Event, Transmit,
+};
