@@ -49,8 +49,6 @@ pub(crate) struct WaveformPlc {
     /// The original last quarter-period, kept to re-smooth the seam when the
     /// repeated span grows.
     last_quarter: [f32; OVERLAP_MAX * MAX_SCALE],
-    /// Scratch for the synthetic tail overlapped with a following block.
-    scratch: [f32; BLOCK * MAX_SCALE],
     /// Lost 10 ms blocks so far in the current loss.
     erased_blocks: usize,
     pitch: usize,
@@ -69,7 +67,6 @@ impl WaveformPlc {
             history: [0.0; HISTORY * MAX_SCALE],
             pitch_buf: [0.0; HISTORY * MAX_SCALE],
             last_quarter: [0.0; OVERLAP_MAX * MAX_SCALE],
-            scratch: [0.0; BLOCK * MAX_SCALE],
             erased_blocks: 0,
             pitch: PITCH_MIN * scale,
             overlap: 0,
