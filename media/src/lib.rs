@@ -1,1 +1,3 @@
 //! dialin-media
+pub mod dtmf;
+pub mod jitter;
