@@ -111,41 +111,70 @@ impl Complex {
     }
 }
 
-/// One Goertzel filter: two state variables, one multiply per sample.
+/// Number of Goertzel filters: the eight Q.23 tones, then the four high-group second
+/// harmonics.
+const FILTERS: usize = 12;
+
+/// The detector's Goertzel filters, stored as parallel arrays so that the per-sample
+/// update of all twelve compiles to a few vector instructions.
 #[derive(Debug, Clone, Copy, Default)]
-struct Goertzel {
-    coeff: f32,
-    s1: f32,
-    s2: f32,
+struct GoertzelBank {
+    coeff: [f32; FILTERS],
+    s1: [f32; FILTERS],
+    s2: [f32; FILTERS],
 }
 
-impl Goertzel {
-    fn new(omega: f32) -> Goertzel {
-        Goertzel { coeff: 2.0 * omega.cos(), s1: 0.0, s2: 0.0 }
+impl GoertzelBank {
+    fn new(omegas: [f32; FILTERS]) -> GoertzelBank {
+        GoertzelBank { coeff: omegas.map(|w| 2.0 * w.cos()), ..GoertzelBank::default() }
     }
-    #[inline]
-    fn step(&mut self, x: f32) {
-        let s = x + self.coeff * self.s1 - self.s2;
-        self.s2 = self.s1;
-        self.s1 = s;
+
+    /// Runs every filter over `samples`; returns their summed energy (Σx²).
+    fn run(&mut self, samples: &[i16]) -> f32 {
+        let mut energy = 0.0;
+        for &sample in samples {
+            let x = f32::from(sample) / 32768.0;
+            energy += x * x;
+            for k in 0..FILTERS {
+                let s = x + self.coeff[k] * self.s1[k] - self.s2[k];
+                self.s2[k] = self.s1[k];
+                self.s1[k] = s;
+            }
+        }
+        energy
     }
-    fn energy(&self) -> f32 {
-        self.s1 * self.s1 + self.s2 * self.s2 - self.coeff * self.s1 * self.s2
+
+    fn clear(&mut self) {
+        self.s1 = [0.0; FILTERS];
+        self.s2 = [0.0; FILTERS];
     }
-    fn take_energy(&mut self) -> f32 {
-        let e = self.energy();
-        self.s1 = 0.0;
-        self.s2 = 0.0;
-        e
+
+    fn reset(&mut self, k: usize) {
+        if let (Some(a), Some(b)) = (self.s1.get_mut(k), self.s2.get_mut(k)) {
+            *a = 0.0;
+            *b = 0.0;
+        }
     }
-    /// Complex DFT value of the samples since the last reset, phase-referenced to the
-    /// last sample: Σ x[n]·e^{−jω(n−(len−1))}.
-    fn take_complex(&mut self, rotate: Complex) -> Complex {
+
+    /// |X|² of filter `k` since its last reset; resets it.
+    fn take_energy(&mut self, k: usize) -> f32 {
+        let (s1, s2, c) = (
+            self.s1.get(k).copied().unwrap_or(0.0),
+            self.s2.get(k).copied().unwrap_or(0.0),
+            self.coeff.get(k).copied().unwrap_or(0.0),
+        );
+        self.reset(k);
+        s1 * s1 + s2 * s2 - c * s1 * s2
+    }
+
+    /// Complex DFT value of filter `k` since its last reset, phase-referenced to the last
+    /// sample: Σ x[n]·e^{−jω(n−(len−1))}, given `unit` = e^{−jω}. Resets it.
+    fn take_complex(&mut self, k: usize, unit: Complex) -> Complex {
+        let s1 = self.s1.get(k).copied().unwrap_or(0.0);
+        let s2 = self.s2.get(k).copied().unwrap_or(0.0);
+        self.reset(k);
         // y = s1 − e^{−jω} s2
-        let y = Complex { re: self.s1 - rotate.re * self.s2, im: -rotate.im * self.s2 };
-        self.s1 = 0.0;
-        self.s2 = 0.0;
-        y
+        Complex { re: s1 - unit.re * s2, im: -unit.im * s2 }
     }
 }
 
@@ -155,7 +184,6 @@ impl Goertzel {
 struct Tone {
     hz: f32,
     omega: f32,
-    fundamental: Goertzel,
     /// e^{−jω}
     unit: Complex,
     /// e^{−jω(M−1)}: half-block output → reference at the half's first sample.
@@ -183,7 +211,7 @@ pub struct InbandDetector {
     filled: usize,
     energy: f32,
     tones: [Tone; 8],
-    column_harmonics: [Goertzel; 4],
+    filters: GoertzelBank,
     previous: Option<Candidate>,
     held: Option<Digit>,
     misses: u8,
@@ -207,16 +235,18 @@ impl InbandDetector {
             *tone = Tone {
                 hz: *hz,
                 omega,
-                fundamental: Goertzel::new(omega),
                 unit: Complex::from_angle(-omega),
                 half_rewind: Complex::from_angle(-omega * (half as f32 - 1.0)),
                 half_shift: Complex::from_angle(-omega * half as f32),
                 first_half: Complex::default(),
             };
         }
-        let mut column_harmonics = [Goertzel::default(); 4];
-        for (g, hz) in column_harmonics.iter_mut().zip(COLUMN_HZ) {
-            *g = Goertzel::new(2.0 * 2.0 * PI * hz / fs);
+        let mut omegas = [0.0f32; FILTERS];
+        for (w, hz) in omegas.iter_mut().zip(ROW_HZ.iter().chain(COLUMN_HZ.iter())) {
+            *w = 2.0 * PI * hz / fs;
+        }
+        for (w, hz) in omegas.iter_mut().skip(8).zip(COLUMN_HZ) {
+            *w = 2.0 * 2.0 * PI * hz / fs;
         }
         Ok(InbandDetector {
             sample_rate: fs,
@@ -225,7 +255,7 @@ impl InbandDetector {
             filled: 0,
             energy: 0.0,
             tones,
-            column_harmonics,
+            filters: GoertzelBank::new(omegas),
             previous: None,
             held: None,
             misses: 0,
@@ -246,20 +276,16 @@ impl InbandDetector {
 
     /// Feeds samples; detected digits are queued for [`InbandDetector::poll_digit`].
     pub fn push_samples(&mut self, samples: &[i16]) {
-        for &s in samples {
-            let x = f32::from(s) / 32768.0;
-            self.energy += x * x;
-            for tone in self.tones.iter_mut() {
-                tone.fundamental.step(x);
-            }
-            for harmonic in self.column_harmonics.iter_mut() {
-                harmonic.step(x);
-            }
-            self.filled += 1;
+        let mut rest = samples;
+        while !rest.is_empty() {
+            let boundary = if self.filled < self.half { self.half } else { self.block };
+            let (now, later) = rest.split_at((boundary - self.filled).min(rest.len()));
+            self.energy += self.filters.run(now);
+            self.filled += now.len();
+            rest = later;
             if self.filled == self.half {
-                for tone in self.tones.iter_mut() {
-                    let unit = tone.unit;
-                    tone.first_half = tone.fundamental.take_complex(unit).mul(tone.half_rewind);
+                for (k, tone) in self.tones.iter_mut().enumerate() {
+                    tone.first_half = self.filters.take_complex(k, tone.unit).mul(tone.half_rewind);
                 }
             } else if self.filled == self.block {
                 self.end_block();
@@ -280,12 +306,7 @@ impl InbandDetector {
 
     /// Forgets any tone in progress (e.g. after a stream change).
     pub fn reset(&mut self) {
-        for tone in self.tones.iter_mut() {
-            tone.fundamental.take_energy();
-        }
-        for harmonic in self.column_harmonics.iter_mut() {
-            harmonic.take_energy();
-        }
+        self.filters.clear();
         self.filled = 0;
         self.energy = 0.0;
         self.previous = None;
@@ -349,10 +370,9 @@ impl InbandDetector {
         let scale = 2.0 / (n * n);
         let mut halves = [(Complex::default(), Complex::default()); 8];
         let mut power = [0.0f32; 8];
-        for (i, tone) in self.tones.iter_mut().enumerate() {
-            let unit = tone.unit;
+        for (i, tone) in self.tones.iter().enumerate() {
             let second =
-                tone.fundamental.take_complex(unit).mul(tone.half_rewind).mul(tone.half_shift);
+                self.filters.take_complex(i, tone.unit).mul(tone.half_rewind).mul(tone.half_shift);
             let first = tone.first_half;
             if let (Some(h), Some(p)) = (halves.get_mut(i), power.get_mut(i)) {
                 *h = (first, second);
@@ -361,8 +381,8 @@ impl InbandDetector {
         }
         let (rows, columns) = power.split_at(4);
         let mut harmonic = [0.0f32; 4];
-        for (h, g) in harmonic.iter_mut().zip(self.column_harmonics.iter_mut()) {
-            *h = g.take_energy() * scale;
+        for (k, h) in harmonic.iter_mut().enumerate() {
+            *h = self.filters.take_energy(8 + k) * scale;
         }
         let row = strongest(rows)?;
         let column = strongest(columns)?;
