@@ -1,1 +1,5 @@
-fn main() {}
+//! The `dialin` binary: see `dialin --help`.
+
+fn main() -> std::process::ExitCode {
+    dialin::cli::main()
+}

@@ -1,0 +1,879 @@
+//! The gateway's configuration: one TOML file (DESIGN.md §Configuration), read at start
+//! and re-read on SIGHUP for the trunk table.
+//!
+//! Every key has a default except secrets, unknown keys are refused, and every error names
+//! the key it is about (`trunk[1].allowed_addresses[0]: "10.0.0/8" is not an IP network`),
+//! so that a typo fails at start rather than at the first call. Values are parsed into
+//! typed form here (addresses, networks, port ranges, enums); the rest of the gateway
+//! never sees configuration text.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::pin::{Pin, PinNamespace};
+use crate::trunk::{CalledNumber, IpNetwork, TrunkId};
+
+/// Environment variable that overrides `[admin] token`.
+pub const ENV_ADMIN_TOKEN: &str = "DIALIN_ADMIN_TOKEN";
+/// Environment variable that overrides `[livekit] api_secret`.
+pub const ENV_LIVEKIT_API_SECRET: &str = "DIALIN_LIVEKIT_API_SECRET";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Syntax(String),
+    /// A key holds a value that is not allowed.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.into() }
+    }
+
+    /// The key the error is about, when it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub ivr: IvrConfig,
+    pub store: StoreConfig,
+    pub rooms: RoomsConfig,
+    pub livekit: LiveKitConfig,
+    pub admin: AdminConfig,
+    pub security: SecurityConfig,
+    pub limits: LimitsConfig,
+    pub prompts: PromptsConfig,
+    /// `[[trunk]]` tables, in file order; the first trunk that matches a call wins.
+    #[serde(rename = "trunk")]
+    pub trunks: Vec<TrunkConfig>,
+}
+
+/// SIP transport to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// One `[sip] listen` entry: `udp://0.0.0.0:5060`, `tcp://[::]:5060`, `tls://0.0.0.0:5061`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a listen address (udp://IP:PORT, tcp://IP:PORT or tls://IP:PORT)");
+        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
+        let transport = match scheme {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            _ => return Err(bad()),
+        };
+        let addr = rest.parse().map_err(|_| bad())?;
+        Ok(ListenAddr { transport, addr })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        };
+        write!(f, "{scheme}://{}", self.addr)
+    }
+}
+
+/// Implements `Deserialize`/`Serialize` through `FromStr`/`Display`, so the parse error
+/// message (which quotes the bad value) reaches the user next to its key.
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+serde_via_str!(ListenAddr);
+serde_via_str!(PortRange);
+
+/// `[sip]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub listen: Vec<ListenAddr>,
+    /// Address advertised in Contact/Via/SDP when the gateway is behind NAT.
+    pub public_address: Option<IpAddr>,
+    pub tls: TlsConfig,
+    pub user_agent: String,
+    /// Largest SIP message accepted, in bytes; larger ones are refused (`513`) or dropped.
+    pub max_message_size: usize,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: vec![
+                ListenAddr { transport: Transport::Udp, addr: SocketAddr::from(([0, 0, 0, 0], 5060)) },
+                ListenAddr { transport: Transport::Tcp, addr: SocketAddr::from(([0, 0, 0, 0], 5060)) },
+            ],
+            public_address: None,
+            tls: TlsConfig::default(),
+            user_agent: concat!("dialin/", env!("CARGO_PKG_VERSION")).to_owned(),
+            // RFC 3261 §18.1.1 bounds UDP by the path MTU and TCP by nothing; 64 KiB is
+            // far above any real INVITE and keeps a hostile peer's buffer bounded.
+            max_message_size: 65_535,
+        }
+    }
+}
+
+/// `[sip.tls]`: certificate and key, PEM, for `tls://` listeners.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// An inclusive UDP port range, `"20000-29999"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Number of ports in the range.
+    pub fn len(&self) -> usize {
+        usize::from(self.last) - usize::from(self.first) + 1
+    }
+
+    /// Always false: a parsed range holds at least two ports.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port range (FIRST-LAST, e.g. \"20000-29999\")");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last <= first {
+            return Err(format!("{s:?}: the range must hold at least two ports, above 0"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    pub rtp_ports: PortRange,
+    /// No RTP from the caller for this long ends the call.
+    pub rtp_timeout_s: u64,
+    /// Longest call; the call is ended when it is reached.
+    pub max_call_duration_s: u64,
+    /// Opus encoder complexity, 0 (cheapest) to 10.
+    pub opus_complexity: u8,
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            rtp_ports: PortRange { first: 20_000, last: 29_999 },
+            rtp_timeout_s: 30,
+            max_call_duration_s: 4 * 3600,
+            opus_complexity: 5,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn rtp_timeout(&self) -> Duration {
+        Duration::from_secs(self.rtp_timeout_s)
+    }
+    pub fn max_call_duration(&self) -> Duration {
+        Duration::from_secs(self.max_call_duration_s)
+    }
+    pub fn jitter_min(&self) -> Duration {
+        Duration::from_millis(u64::from(self.jitter_min_ms))
+    }
+    pub fn jitter_max(&self) -> Duration {
+        Duration::from_millis(u64::from(self.jitter_max_ms))
+    }
+}
+
+/// `[ivr]`: the PIN prompt and digit collection (DESIGN.md call flow step 3).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IvrConfig {
+    pub first_digit_timeout_s: u64,
+    pub inter_digit_timeout_s: u64,
+    /// Times the PIN prompt is replayed for lack of a first digit before goodbye.
+    pub max_prompt_replays: u32,
+    /// Longest time a caller may spend in the IVR before goodbye.
+    pub max_ivr_time_s: u64,
+}
+
+impl Default for IvrConfig {
+    fn default() -> Self {
+        IvrConfig { first_digit_timeout_s: 10, inter_digit_timeout_s: 5, max_prompt_replays: 3, max_ivr_time_s: 120 }
+    }
+}
+
+impl IvrConfig {
+    pub fn first_digit_timeout(&self) -> Duration {
+        Duration::from_secs(self.first_digit_timeout_s)
+    }
+    pub fn inter_digit_timeout(&self) -> Duration {
+        Duration::from_secs(self.inter_digit_timeout_s)
+    }
+    pub fn max_ivr_time(&self) -> Duration {
+        Duration::from_secs(self.max_ivr_time_s)
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://FILE` (created if missing), `sqlite::memory:`, or `postgres://...`.
+    pub url: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { url: "sqlite://dialin.db".to_owned(), max_connections: 8 }
+    }
+}
+
+/// Which room backend callers are bridged into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomsBackend {
+    /// In-process mixer: callers with the same PIN hear each other.
+    Local,
+    /// A LiveKit server.
+    Livekit,
+}
+
+/// `[rooms]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    pub backend: RoomsBackend,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig { backend: RoomsBackend::Local }
+    }
+}
+
+/// A secret string: `Debug` never shows it and `Serialize` writes a placeholder.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<secret>")
+    }
+}
+
+/// `[livekit]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveKitConfig {
+    /// `ws://` or `wss://` URL of the LiveKit server.
+    pub url: String,
+    pub api_key: String,
+    /// Overridden by `DIALIN_LIVEKIT_API_SECRET`. Required when a LiveKit room is used.
+    pub api_secret: Option<Secret>,
+    /// Lifetime of the per-call access token.
+    pub token_ttl_s: u64,
+    /// ICE servers for the WebRTC connection to LiveKit, beyond those LiveKit hands out.
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl Default for LiveKitConfig {
+    fn default() -> Self {
+        LiveKitConfig {
+            url: "ws://127.0.0.1:7880".to_owned(),
+            api_key: "devkey".to_owned(),
+            api_secret: None,
+            token_ttl_s: 600,
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+/// `[[livekit.ice_servers]]`: a STUN or TURN server (RFC 7064/7065 URIs).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub url: String,
+    pub username: Option<String>,
+    pub credential: Option<Secret>,
+}
+
+/// `livekit = { ... }` in a `[[trunk]]`: this trunk's calls go to another LiveKit server
+/// or project. Unset keys fall back to `[livekit]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveKitOverride {
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+    pub api_secret: Option<Secret>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for `/v1/*`. Overridden by `DIALIN_ADMIN_TOKEN`.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8089)), token: None }
+    }
+}
+
+impl AdminConfig {
+    /// The token; `load` has checked that it is set and not empty.
+    pub fn token(&self) -> &str {
+        self.token.as_ref().map(Secret::expose).unwrap_or_default()
+    }
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub lockout: LockoutConfig,
+    /// Failed PINs per minute on one trunk above which a metric and a log alarm are raised.
+    pub trunk_alarm_failed_per_minute: u32,
+    pub unmatched_source: RateLimitConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            lockout: LockoutConfig::default(),
+            trunk_alarm_failed_per_minute: 30,
+            unmatched_source: RateLimitConfig { burst: 10, per_second: 1 },
+        }
+    }
+}
+
+/// `[security.lockout]`: failed PINs per calling number, counted in the store so the
+/// limit holds across gateway nodes (DESIGN.md "Privacy and security defaults").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    pub failed_pin_limit: u32,
+    pub window_s: u64,
+    pub lockout_s: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        LockoutConfig { failed_pin_limit: 10, window_s: 900, lockout_s: 900 }
+    }
+}
+
+impl LockoutConfig {
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_s)
+    }
+    pub fn lockout(&self) -> Duration {
+        Duration::from_secs(self.lockout_s)
+    }
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub burst: u32,
+    pub per_second: u32,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent calls on this node, all trunks together.
+    pub max_calls: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_calls: 1000 }
+    }
+}
+
+/// `[prompts]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptsConfig {
+    /// Directory of recorded prompts that replace the built-in ones.
+    pub dir: Option<PathBuf>,
+}
+
+/// Prompt language of a trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    En,
+    Fr,
+}
+
+/// SRTP policy of a trunk (RFC 3711, keys by SDES RFC 4568).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpPolicy {
+    /// RTP/AVP only; an offer with only RTP/SAVP is refused with 488.
+    Disable,
+    /// SRTP when offered, plain RTP otherwise.
+    Allow,
+    /// Plain RTP offers are refused with 488.
+    Require,
+}
+
+/// Digest credentials a trunk must present (RFC 3261 §22).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// `[[trunk]]`: a carrier or PBX allowed to send calls.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub id: TrunkId,
+    /// Called numbers accepted; empty accepts any.
+    #[serde(default)]
+    pub numbers: Vec<CalledNumber>,
+    /// Source networks calls may come from; bare addresses are host networks.
+    pub allowed_addresses: Vec<IpNetwork>,
+    #[serde(default)]
+    pub auth: Option<TrunkAuth>,
+    #[serde(default)]
+    pub pin_namespace: PinNamespace,
+    #[serde(default = "default_pin_length")]
+    pub pin_length: usize,
+    /// Wrong PINs allowed per call before goodbye.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_language")]
+    pub language: Language,
+    /// Concurrent calls on this trunk.
+    #[serde(default = "default_trunk_max_calls")]
+    pub max_calls: u32,
+    #[serde(default = "default_srtp")]
+    pub srtp: SrtpPolicy,
+    /// Put the caller's full number in the room participant (else `••••1234`).
+    #[serde(default)]
+    pub expose_phone_number: bool,
+    #[serde(default)]
+    pub livekit: Option<LiveKitOverride>,
+}
+
+fn default_pin_length() -> usize {
+    10
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_language() -> Language {
+    Language::En
+}
+fn default_trunk_max_calls() -> u32 {
+    100
+}
+fn default_srtp() -> SrtpPolicy {
+    SrtpPolicy::Disable
+}
+
+impl Config {
+    /// Reads, parses and checks a configuration file, with secrets overridden from the
+    /// process environment (`DIALIN_ADMIN_TOKEN`, `DIALIN_LIVEKIT_API_SECRET`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and checks configuration text; `env` looks up environment overrides
+    /// (tests pass a closure instead of touching the process environment).
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_owned();
+            let line = inner.span().map(|span| {
+                let line = text.get(..span.start).map_or(0, |s| s.matches('\n').count()) + 1;
+                format!(" (line {line})")
+            });
+            if key.is_empty() || key == "." {
+                ConfigError::Syntax(format!("{}{}", message.trim_end(), line.unwrap_or_default()))
+            } else {
+                ConfigError::Invalid { key, message: format!("{}{}", message.trim_end(), line.unwrap_or_default()) }
+            }
+        })?;
+        if let Some(token) = env(ENV_ADMIN_TOKEN) {
+            config.admin.token = Some(Secret(token));
+        }
+        if let Some(secret) = env(ENV_LIVEKIT_API_SECRET) {
+            config.livekit.api_secret = Some(Secret(secret));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The trunk-wide PIN length of a namespace, if a trunk uses it.
+    pub fn pin_length_of(&self, namespace: &PinNamespace) -> Option<usize> {
+        self.trunks.iter().find(|t| &t.pin_namespace == namespace).map(|t| t.pin_length)
+    }
+
+    /// Checks what types alone cannot: ranges, cross-key rules, required secrets.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let sip = &self.sip;
+        if sip.listen.is_empty() {
+            return Err(ConfigError::invalid("sip.listen", "at least one listen address is needed"));
+        }
+        for (i, l) in sip.listen.iter().enumerate() {
+            if sip.listen[..i].contains(l) {
+                return Err(ConfigError::invalid(format!("sip.listen[{i}]"), format!("\"{l}\" is listed twice")));
+            }
+        }
+        if sip.listen.iter().any(|l| l.transport == Transport::Tls) {
+            if sip.tls.cert.is_none() {
+                return Err(ConfigError::invalid("sip.tls.cert", "a tls:// listener needs a certificate file"));
+            }
+            if sip.tls.key.is_none() {
+                return Err(ConfigError::invalid("sip.tls.key", "a tls:// listener needs a private key file"));
+            }
+        }
+        if sip.user_agent.trim().is_empty() || sip.user_agent.chars().any(char::is_control) {
+            return Err(ConfigError::invalid("sip.user_agent", "must be a non-empty single line"));
+        }
+        // RFC 3261 §18.1.1: an implementation must handle messages up to the path MTU;
+        // below 1500 bytes ordinary INVITEs with SDP would be refused.
+        if !(1500..=1_048_576).contains(&sip.max_message_size) {
+            return Err(ConfigError::invalid("sip.max_message_size", "must be between 1500 and 1048576 bytes"));
+        }
+
+        let media = &self.media;
+        if media.rtp_ports.len() < 4 {
+            return Err(ConfigError::invalid("media.rtp_ports", "must hold at least 4 ports (2 per call: RTP and RTCP)"));
+        }
+        positive("media.rtp_timeout_s", media.rtp_timeout_s)?;
+        positive("media.max_call_duration_s", media.max_call_duration_s)?;
+        if media.opus_complexity > 10 {
+            return Err(ConfigError::invalid("media.opus_complexity", "must be between 0 and 10"));
+        }
+        if media.jitter_max_ms == 0 || media.jitter_max_ms > 2000 {
+            return Err(ConfigError::invalid("media.jitter_max_ms", "must be between 1 and 2000"));
+        }
+        if media.jitter_min_ms > media.jitter_max_ms {
+            return Err(ConfigError::invalid("media.jitter_min_ms", "must not exceed media.jitter_max_ms"));
+        }
+
+        let ivr = &self.ivr;
+        positive("ivr.first_digit_timeout_s", ivr.first_digit_timeout_s)?;
+        positive("ivr.inter_digit_timeout_s", ivr.inter_digit_timeout_s)?;
+        positive("ivr.max_ivr_time_s", ivr.max_ivr_time_s)?;
+
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::invalid(
+                "store.url",
+                format!("{:?} is not a store URL (sqlite://FILE, sqlite::memory: or postgres://...)", redact_url(url)),
+            ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(ConfigError::invalid("store.max_connections", "must be at least 1"));
+        }
+
+        let livekit_used = self.rooms.backend == RoomsBackend::Livekit;
+        let lk = &self.livekit;
+        check_ws_url("livekit.url", &lk.url)?;
+        if livekit_used {
+            if lk.api_key.trim().is_empty() {
+                return Err(ConfigError::invalid("livekit.api_key", "must not be empty when rooms.backend = \"livekit\""));
+            }
+            match &lk.api_secret {
+                None => {
+                    return Err(ConfigError::invalid(
+                        "livekit.api_secret",
+                        format!("is required when rooms.backend = \"livekit\" (or set {ENV_LIVEKIT_API_SECRET})"),
+                    ))
+                }
+                Some(s) if s.0.is_empty() => return Err(ConfigError::invalid("livekit.api_secret", "must not be empty")),
+                Some(_) => {}
+            }
+        }
+        positive("livekit.token_ttl_s", lk.token_ttl_s)?;
+        for (i, ice) in lk.ice_servers.iter().enumerate() {
+            let key = format!("livekit.ice_servers[{i}]");
+            let scheme = ice.url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+            match scheme {
+                "stun" | "stuns" => {}
+                "turn" | "turns" => {
+                    if ice.username.as_deref().map_or(true, str::is_empty) {
+                        return Err(ConfigError::invalid(format!("{key}.username"), format!("TURN server {:?} needs a username", ice.url)));
+                    }
+                    if ice.credential.as_ref().map_or(true, |c| c.0.is_empty()) {
+                        return Err(ConfigError::invalid(format!("{key}.credential"), format!("TURN server {:?} needs a credential", ice.url)));
+                    }
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.url"),
+                        format!("{:?} is not a STUN or TURN URI (stun:, stuns:, turn:, turns:)", ice.url),
+                    ))
+                }
+            }
+        }
+
+        match &self.admin.token {
+            None => {
+                return Err(ConfigError::invalid("admin.token", format!("is required (or set {ENV_ADMIN_TOKEN})")))
+            }
+            Some(t) if t.0.trim().is_empty() => return Err(ConfigError::invalid("admin.token", "must not be empty")),
+            Some(_) => {}
+        }
+
+        let sec = &self.security;
+        positive("security.lockout.failed_pin_limit", u64::from(sec.lockout.failed_pin_limit))?;
+        positive("security.lockout.window_s", sec.lockout.window_s)?;
+        positive("security.lockout.lockout_s", sec.lockout.lockout_s)?;
+        positive("security.trunk_alarm_failed_per_minute", u64::from(sec.trunk_alarm_failed_per_minute))?;
+        positive("security.unmatched_source.burst", u64::from(sec.unmatched_source.burst))?;
+        positive("security.unmatched_source.per_second", u64::from(sec.unmatched_source.per_second))?;
+        positive("limits.max_calls", u64::from(self.limits.max_calls))?;
+
+        if self.trunks.is_empty() {
+            return Err(ConfigError::invalid("trunk", "at least one [[trunk]] is needed, or no call can be accepted"));
+        }
+        let mut namespace_lengths: HashMap<&PinNamespace, (usize, usize)> = HashMap::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            let key = |k: &str| format!("trunk[{i}].{k}");
+            if let Some(j) = self.trunks[..i].iter().position(|o| o.id == t.id) {
+                return Err(ConfigError::invalid(key("id"), format!("{:?} is already the id of trunk[{j}]", t.id.as_str())));
+            }
+            if t.allowed_addresses.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("allowed_addresses"),
+                    "must list at least one network (0.0.0.0/0 and ::/0 accept any source; use them with auth)",
+                ));
+            }
+            if !(Pin::MIN_LEN..=Pin::MAX_LEN).contains(&t.pin_length) {
+                return Err(ConfigError::invalid(
+                    key("pin_length"),
+                    format!("{} is out of range ({}..={})", t.pin_length, Pin::MIN_LEN, Pin::MAX_LEN),
+                ));
+            }
+            if !(1..=10).contains(&t.max_attempts) {
+                return Err(ConfigError::invalid(key("max_attempts"), format!("{} is out of range (1..=10)", t.max_attempts)));
+            }
+            positive(&key("max_calls"), u64::from(t.max_calls))?;
+            if let Some(auth) = &t.auth {
+                if auth.username.is_empty() {
+                    return Err(ConfigError::invalid(key("auth.username"), "must not be empty"));
+                }
+                if auth.password.0.is_empty() {
+                    return Err(ConfigError::invalid(key("auth.password"), "must not be empty"));
+                }
+            }
+            if let Some(lko) = &t.livekit {
+                if let Some(url) = &lko.url {
+                    check_ws_url(&key("livekit.url"), url)?;
+                }
+                if lko.api_key.is_some() && lko.api_secret.is_none() {
+                    return Err(ConfigError::invalid(key("livekit.api_secret"), "is required with trunk-level livekit.api_key"));
+                }
+            }
+            match namespace_lengths.get(&t.pin_namespace) {
+                Some(&(j, len)) if len != t.pin_length => {
+                    return Err(ConfigError::invalid(
+                        key("pin_length"),
+                        format!(
+                            "{} differs from trunk[{j}].pin_length = {len}, and both trunks use pin_namespace {:?}",
+                            t.pin_length,
+                            t.pin_namespace.as_str()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    namespace_lengths.insert(&t.pin_namespace, (i, t.pin_length));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A short human summary for `dialin check-config`.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.sip.listen.iter().map(ToString::to_string).collect();
+        let mut out = format!(
+            "sip: {}\nmedia: rtp ports {}\nstore: {}\nrooms: {}\nadmin: http://{}\n",
+            listen.join(", "),
+            self.media.rtp_ports,
+            redact_url(&self.store.url),
+            match self.rooms.backend {
+                RoomsBackend::Local => "local".to_owned(),
+                RoomsBackend::Livekit => format!("livekit at {}", self.livekit.url),
+            },
+            self.admin.listen,
+        );
+        for t in &self.trunks {
+            let nets: Vec<String> = t.allowed_addresses.iter().map(ToString::to_string).collect();
+            let numbers = if t.numbers.is_empty() {
+                "any number".to_owned()
+            } else {
+                t.numbers.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>().join(", ")
+            };
+            out.push_str(&format!(
+                "trunk {}: from {}; {}; PIN namespace {:?}, {} digits{}\n",
+                t.id,
+                nets.join(", "),
+                numbers,
+                t.pin_namespace.as_str(),
+                t.pin_length,
+                if t.auth.is_some() { "; digest auth" } else { "" },
+            ));
+        }
+        out
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn check_ws_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let ok = ["ws://", "wss://", "http://", "https://"]
+        .iter()
+        .any(|p| url.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+    if !ok {
+        return Err(ConfigError::invalid(key, format!("{url:?} is not a ws://, wss://, http:// or https:// URL")));
+    }
+    Ok(())
+}
+
+/// Hides the password of a `scheme://user:password@host` URL.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:****@{host}");
+            }
+        }
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_needs_a_transport_scheme() {
+        assert!("udp://127.0.0.1:5060".parse::<ListenAddr>().is_ok());
+        assert!("tls://[::1]:5061".parse::<ListenAddr>().is_ok());
+        assert!("127.0.0.1:5060".parse::<ListenAddr>().is_err());
+        assert!("sctp://127.0.0.1:5060".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn port_range_needs_two_ordered_ports() {
+        assert_eq!("20000-29999".parse::<PortRange>().map(|r| r.len()), Ok(10_000));
+        assert!("29999-20000".parse::<PortRange>().is_err());
+        assert!("20000".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn url_password_is_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@db/x"), "postgres://u:****@db/x");
+        assert_eq!(redact_url("sqlite://dialin.db"), "sqlite://dialin.db");
+    }
+}

@@ -1,0 +1,290 @@
+//! Prometheus metrics (text exposition format 0.0.4), served on `GET /metrics`.
+//!
+//! A fixed set of series, all `dialin_` prefixed, each backed by an atomic so the SIP and
+//! media paths count without locks or allocation. Label values come from closed sets
+//! (SIP methods, response classes, call outcomes, PIN results), so the series count is
+//! bounded whatever a peer sends. `dialin_calls_active` is read from the call registry at
+//! scrape time, so it can never drift from the calls actually in progress.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::calls::{CallOutcome, CallRegistry};
+
+/// Result of one PIN entry, the `result` label of `dialin_pin_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinResult {
+    Accepted,
+    Unknown,
+    Revoked,
+    NotYetValid,
+    Expired,
+    LockedOut,
+}
+
+impl PinResult {
+    const ALL: [PinResult; 6] =
+        [PinResult::Accepted, PinResult::Unknown, PinResult::Revoked, PinResult::NotYetValid, PinResult::Expired, PinResult::LockedOut];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            PinResult::Accepted => "accepted",
+            PinResult::Unknown => "unknown",
+            PinResult::Revoked => "revoked",
+            PinResult::NotYetValid => "not_yet_valid",
+            PinResult::Expired => "expired",
+            PinResult::LockedOut => "locked_out",
+        }
+    }
+}
+
+/// SIP methods counted by name (RFC 3261 §7.1 and the extensions the gateway meets);
+/// anything else is counted as `other`.
+const SIP_METHODS: [&str; 13] =
+    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "PRACK", "UPDATE", "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE"];
+
+/// Upper bounds of the `dialin_call_setup_seconds` buckets: from INVITE to joined room,
+/// which includes the time the caller takes to key the PIN.
+const SETUP_BUCKETS_S: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0];
+
+/// A histogram with fixed buckets, all atomics.
+#[derive(Debug)]
+struct Histogram {
+    buckets: [AtomicU64; SETUP_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram { buckets: Default::default(), count: AtomicU64::new(0), sum_micros: AtomicU64::new(0) }
+    }
+
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        // Cumulative buckets are summed at render time; store each observation once.
+        if let Some(i) = SETUP_BUCKETS_S.iter().position(|b| s <= *b) {
+            if let Some(b) = self.buckets.get(i) {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// The gateway's metrics. One instance, shared (`Arc<Metrics>`) by every task.
+#[derive(Debug)]
+pub struct Metrics {
+    calls_total: [AtomicU64; CallOutcome::ALL.len()],
+    pin_attempts: [AtomicU64; PinResult::ALL.len()],
+    sip_requests: [AtomicU64; SIP_METHODS.len() + 1],
+    sip_responses: [AtomicU64; 6],
+    rtp_packets_received: AtomicU64,
+    rtp_packets_lost: AtomicU64,
+    unmatched_source_dropped: AtomicU64,
+    media_late_frames: AtomicU64,
+    trunk_pin_failure_alarms: AtomicU64,
+    call_setup: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            calls_total: Default::default(),
+            pin_attempts: Default::default(),
+            sip_requests: Default::default(),
+            sip_responses: Default::default(),
+            rtp_packets_received: AtomicU64::new(0),
+            rtp_packets_lost: AtomicU64::new(0),
+            unmatched_source_dropped: AtomicU64::new(0),
+            media_late_frames: AtomicU64::new(0),
+            trunk_pin_failure_alarms: AtomicU64::new(0),
+            call_setup: Histogram::new(),
+        }
+    }
+}
+
+fn bump(counter: Option<&AtomicU64>, n: u64) {
+    if let Some(c) = counter {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics::default()
+    }
+
+    /// A call ended with this outcome.
+    pub fn call_ended(&self, outcome: CallOutcome) {
+        bump(self.calls_total.get(outcome as usize), 1);
+    }
+
+    /// A PIN was entered and resolved.
+    pub fn pin_attempt(&self, result: PinResult) {
+        bump(self.pin_attempts.get(result as usize), 1);
+    }
+
+    /// A SIP request was received (method as on the wire, case-sensitive per RFC 3261 §7.1).
+    pub fn sip_request(&self, method: &str) {
+        let i = SIP_METHODS.iter().position(|m| *m == method).unwrap_or(SIP_METHODS.len());
+        bump(self.sip_requests.get(i), 1);
+    }
+
+    /// A SIP response was sent or received with this status code.
+    pub fn sip_response(&self, status: u16) {
+        if (100..700).contains(&status) {
+            bump(self.sip_responses.get(usize::from(status / 100 - 1)), 1);
+        }
+    }
+
+    pub fn rtp_packets_received(&self, n: u64) {
+        self.rtp_packets_received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn rtp_packets_lost(&self, n: u64) {
+        self.rtp_packets_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A packet from a source matching no trunk was dropped (rate limit exhausted).
+    pub fn unmatched_source_dropped(&self) {
+        self.unmatched_source_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Media frames that arrived too late for their playout slot.
+    pub fn media_late_frames(&self, n: u64) {
+        self.media_late_frames.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A trunk crossed `trunk_alarm_failed_per_minute`.
+    pub fn trunk_pin_failure_alarm(&self) {
+        self.trunk_pin_failure_alarms.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time from INVITE to joining the room.
+    pub fn call_setup(&self, d: Duration) {
+        self.call_setup.observe(d);
+    }
+
+    /// The text exposition of every series; `calls` supplies `dialin_calls_active`.
+    pub fn render(&self, calls: &CallRegistry) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+
+        header(&mut out, "dialin_calls_active", "gauge", "Calls in progress on this node, by state.");
+        for (state, n) in calls.count_by_state() {
+            let _ = writeln!(out, "dialin_calls_active{{state=\"{}\"}} {n}", state.as_str());
+        }
+
+        header(&mut out, "dialin_calls_total", "counter", "Calls ended, by outcome.");
+        for (outcome, c) in CallOutcome::ALL.iter().zip(&self.calls_total) {
+            let _ = writeln!(out, "dialin_calls_total{{outcome=\"{}\"}} {}", outcome.as_str(), load(c));
+        }
+
+        header(&mut out, "dialin_pin_attempts_total", "counter", "PIN entries, by result.");
+        for (result, c) in PinResult::ALL.iter().zip(&self.pin_attempts) {
+            let _ = writeln!(out, "dialin_pin_attempts_total{{result=\"{}\"}} {}", result.as_str(), load(c));
+        }
+
+        header(&mut out, "dialin_sip_requests_total", "counter", "SIP requests received, by method.");
+        for (method, c) in SIP_METHODS.iter().chain(std::iter::once(&"other")).zip(&self.sip_requests) {
+            let _ = writeln!(out, "dialin_sip_requests_total{{method=\"{method}\"}} {}", load(c));
+        }
+
+        header(&mut out, "dialin_sip_responses_total", "counter", "SIP responses, by status class.");
+        for (i, c) in self.sip_responses.iter().enumerate() {
+            let _ = writeln!(out, "dialin_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, load(c));
+        }
+
+        let simple = [
+            ("dialin_rtp_packets_received_total", "RTP packets received from callers.", &self.rtp_packets_received),
+            ("dialin_rtp_packets_lost_total", "RTP packets from callers never received.", &self.rtp_packets_lost),
+            (
+                "dialin_unmatched_source_dropped_total",
+                "SIP messages from sources matching no trunk, dropped by the rate limit.",
+                &self.unmatched_source_dropped,
+            ),
+            ("dialin_media_late_frames_total", "Media frames that missed their playout time.", &self.media_late_frames),
+            (
+                "dialin_trunk_pin_failure_alarms_total",
+                "Times a trunk exceeded its failed-PIN-per-minute alarm threshold.",
+                &self.trunk_pin_failure_alarms,
+            ),
+        ];
+        for (name, help, c) in simple {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", load(c));
+        }
+
+        header(&mut out, "dialin_call_setup_seconds", "histogram", "Time from INVITE to joining the room.");
+        let mut cumulative = 0;
+        for (bound, c) in SETUP_BUCKETS_S.iter().zip(&self.call_setup.buckets) {
+            cumulative += load(c);
+            let _ = writeln!(out, "dialin_call_setup_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = load(&self.call_setup.count);
+        let _ = writeln!(out, "dialin_call_setup_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "dialin_call_setup_seconds_sum {}", load(&self.call_setup.sum_micros) as f64 / 1e6);
+        let _ = writeln!(out, "dialin_call_setup_seconds_count {count}");
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn counters_render_with_their_labels() {
+        let m = Metrics::new();
+        m.call_ended(CallOutcome::PinFailed);
+        m.pin_attempt(PinResult::Unknown);
+        m.pin_attempt(PinResult::Unknown);
+        m.sip_request("INVITE");
+        m.sip_request("FOO");
+        m.sip_response(486);
+        m.rtp_packets_received(50);
+        let text = m.render(&CallRegistry::default());
+        assert_eq!(value(&text, "dialin_calls_total{outcome=\"pin_failed\"}"), Some(1.0));
+        assert_eq!(value(&text, "dialin_pin_attempts_total{result=\"unknown\"}"), Some(2.0));
+        assert_eq!(value(&text, "dialin_sip_requests_total{method=\"INVITE\"}"), Some(1.0));
+        assert_eq!(value(&text, "dialin_sip_requests_total{method=\"other\"}"), Some(1.0));
+        assert_eq!(value(&text, "dialin_sip_responses_total{class=\"4xx\"}"), Some(1.0));
+        assert_eq!(value(&text, "dialin_rtp_packets_received_total"), Some(50.0));
+        assert_eq!(value(&text, "dialin_calls_active{state=\"in_room\"}"), Some(0.0));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::new();
+        m.call_setup(Duration::from_millis(300));
+        m.call_setup(Duration::from_secs(7));
+        m.call_setup(Duration::from_secs(500));
+        let text = m.render(&CallRegistry::default());
+        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"0.5\"}"), Some(1.0));
+        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"10\"}"), Some(2.0));
+        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"120\"}"), Some(2.0));
+        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"+Inf\"}"), Some(3.0));
+        assert_eq!(value(&text, "dialin_call_setup_seconds_count"), Some(3.0));
+        assert_eq!(value(&text, "dialin_call_setup_seconds_sum"), Some(507.3));
+    }
+
+    #[test]
+    fn out_of_range_status_is_ignored() {
+        let m = Metrics::new();
+        m.sip_response(99);
+        m.sip_response(700);
+        assert!(!m.render(&CallRegistry::default()).lines().any(|l| l.starts_with("dialin_sip_responses_total") && !l.ends_with(" 0")));
+    }
+}

@@ -1,0 +1,125 @@
+//! `dialin serve`: opens the store, starts the admin API, reloads trunks on SIGHUP and
+//! drains on SIGTERM/Ctrl-C.
+//!
+//! The SIP transports, media and the IVR call flow are started by the call-flow module,
+//! which plugs into [`Services`] (trunks, store, call registry, metrics, readiness). Until
+//! they are wired in, `/readyz` honestly reports the SIP transports as not bound.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminToken, AppState, Readiness};
+use crate::calls::CallRegistry;
+use crate::config::{redact_url, Config};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::trunk::{SharedTrunkTable, TrunkTable};
+
+/// The shared parts of a running gateway, handed to the SIP/call-flow drivers.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub store: Store,
+    pub trunks: Arc<SharedTrunkTable>,
+    pub calls: Arc<CallRegistry>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+impl Services {
+    /// Opens the store (running migrations) and builds the shared tables.
+    pub async fn open(config: &Config) -> anyhow::Result<Services> {
+        let store = Store::open(&config.store.url, config.store.max_connections)
+            .await
+            .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;
+        Ok(Services {
+            store,
+            trunks: Arc::new(SharedTrunkTable::new(TrunkTable::new(config.trunks.clone()))),
+            calls: CallRegistry::new(),
+            metrics: Arc::new(Metrics::new()),
+            readiness: Readiness::new(),
+        })
+    }
+
+    /// The admin API's view of these services.
+    pub fn admin_state(&self, config: &Config) -> AppState {
+        AppState {
+            store: self.store.clone(),
+            trunks: Arc::clone(&self.trunks),
+            calls: Arc::clone(&self.calls),
+            metrics: Arc::clone(&self.metrics),
+            readiness: Arc::clone(&self.readiness),
+            token: AdminToken::new(config.admin.token()),
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM or Ctrl-C. `config_path` is re-read on SIGHUP.
+pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let services = Services::open(&config).await?;
+    if config.admin.token() == "change-me" {
+        tracing::warn!("admin.token is still the shipped example value; set DIALIN_ADMIN_TOKEN");
+    }
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin API to {}", config.admin.listen))?;
+    tracing::info!(addr = %config.admin.listen, store = services.store.engine(), trunks = config.trunks.len(), "admin API listening");
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve_with_shutdown(admin_listener, services.admin_state(&config), async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+
+    // SIP transports, media and the IVR are started here by the call-flow module, from
+    // `services` and `config`; it calls `services.readiness.set_transports_bound(true)`
+    // once its sockets are bound.
+
+    wait_for_signals(&services, &config_path).await?;
+
+    services.readiness.set_draining(true);
+    tracing::info!(calls = services.calls.len(), "draining: refusing new calls");
+    let _ = stop_tx.send(true);
+    match admin_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "admin API stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "admin API task failed"),
+    }
+    services.store.close().await;
+    Ok(())
+}
+
+/// Reloads trunks on SIGHUP; returns on SIGTERM or Ctrl-C.
+#[cfg(unix)]
+async fn wait_for_signals(services: &Services, config_path: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload_trunks(services, config_path),
+            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_services: &Services, _config_path: &std::path::Path) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
+
+/// Re-reads the configuration and swaps the trunk table in; calls in progress keep the
+/// trunk they matched. A bad file is logged and the table in force is kept.
+pub fn reload_trunks(services: &Services, config_path: &std::path::Path) {
+    match Config::load(config_path) {
+        Ok(config) => {
+            let n = config.trunks.len();
+            services.trunks.replace(TrunkTable::new(config.trunks));
+            tracing::info!(trunks = n, "trunks reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "configuration reload refused; keeping the trunks in force"),
+    }
+}

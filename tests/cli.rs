@@ -1,0 +1,190 @@
+//! The `dialin` binary: `check-config` and `pin create/list/revoke` against a temporary
+//! SQLite file and configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dialin");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A temporary directory with a config pointing at a SQLite file inside it.
+struct Sandbox {
+    dir: PathBuf,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = std::env::temp_dir().join(format!("dialin_cli_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "[store]\nurl = \"sqlite://{}\"\n[admin]\ntoken = \"t\"\n\
+             [[trunk]]\nid = \"a\"\nallowed_addresses = [\"127.0.0.0/8\"]\npin_length = 8\n\
+             [[trunk]]\nid = \"b\"\nallowed_addresses = [\"::1\"]\npin_namespace = \"office\"\npin_length = 5\n",
+            dir.join("pins.db").display()
+        );
+        std::fs::write(dir.join("dialin.toml"), config).unwrap();
+        Sandbox { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("dialin.toml")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let config = self.config();
+        let mut full = vec!["--config", config.to_str().unwrap()];
+        full.extend_from_slice(args);
+        dialin(&full)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn dialin(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("DIALIN_CONFIG")
+        .env_remove("DIALIN_ADMIN_TOKEN")
+        .env_remove("DIALIN_LIVEKIT_API_SECRET")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dialin")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", o.status.code(), stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn check_config_accepts_the_shipped_file_and_prints_a_summary() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/dialin.toml");
+    let out = ok(dialin(&["check-config", "--config", shipped.to_str().unwrap()]));
+    assert!(out.starts_with("OK: "), "{out}");
+    assert!(out.contains("trunk default"), "{out}");
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_1() {
+    let sandbox = Sandbox::new();
+    let text = std::fs::read_to_string(sandbox.config()).unwrap().replace("pin_length = 8", "pin_length = 30");
+    std::fs::write(sandbox.config(), text).unwrap();
+    let out = sandbox.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("trunk[0].pin_length"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_path_defaults_to_the_dialin_config_variable() {
+    let sandbox = Sandbox::new();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .env("DIALIN_CONFIG", sandbox.config())
+        .env_remove("DIALIN_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let text = ok(out);
+    assert!(text.contains(&sandbox.config().display().to_string()), "{text}");
+}
+
+#[test]
+fn pin_create_prints_just_a_pin_of_the_namespace_length() {
+    let sandbox = Sandbox::new();
+    let out = ok(sandbox.run(&["pin", "create", "--room", "standup"]));
+    let pin = out.trim_end();
+    assert_eq!(pin.len(), 8, "{out:?}");
+    assert!(pin.chars().all(|c| c.is_ascii_digit()));
+    let out = ok(sandbox.run(&["pin", "create", "--room", "board", "--namespace", "office"]));
+    assert_eq!(out.trim_end().len(), 5);
+}
+
+#[test]
+fn pin_create_json_prints_the_record() {
+    let sandbox = Sandbox::new();
+    let out = ok(sandbox.run(&[
+        "pin",
+        "create",
+        "--room",
+        "standup",
+        "--pin",
+        "00112233",
+        "--valid-from",
+        "2030-01-15T09:00:00Z",
+        "--valid-until",
+        "2030-01-15T11:00:00+01:00",
+        "--participant-name",
+        "Front desk",
+        "--json",
+    ]));
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["pin"], "00112233");
+    assert_eq!(record["room"], "standup");
+    assert_eq!(record["namespace"], "default");
+    assert_eq!(record["participant_name"], "Front desk");
+    assert_eq!(record["valid_until"], "2030-01-15T10:00:00Z");
+}
+
+#[test]
+fn pin_create_refuses_a_taken_pin_and_bad_input() {
+    let sandbox = Sandbox::new();
+    ok(sandbox.run(&["pin", "create", "--room", "a", "--pin", "12345678"]));
+    let taken = sandbox.run(&["pin", "create", "--room", "b", "--pin", "12345678"]);
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(stderr(&taken).contains("already taken"), "{}", stderr(&taken));
+
+    let wrong_length = sandbox.run(&["pin", "create", "--room", "b", "--pin", "1234"]);
+    assert_eq!(wrong_length.status.code(), Some(1));
+    assert!(stderr(&wrong_length).contains("8-digit"), "{}", stderr(&wrong_length));
+
+    let bad_digits = sandbox.run(&["pin", "create", "--room", "b", "--pin", "1234abcd"]);
+    assert_eq!(bad_digits.status.code(), Some(2), "a usage error");
+    assert!(stderr(&bad_digits).contains("digits"), "{}", stderr(&bad_digits));
+
+    let bad_time = sandbox.run(&["pin", "create", "--room", "b", "--valid-from", "tomorrow"]);
+    assert_eq!(bad_time.status.code(), Some(2));
+    assert!(stderr(&bad_time).contains("RFC 3339"), "{}", stderr(&bad_time));
+}
+
+#[test]
+fn pin_list_filters_and_revoke_removes() {
+    let sandbox = Sandbox::new();
+    ok(sandbox.run(&["pin", "create", "--room", "x", "--pin", "11111111"]));
+    ok(sandbox.run(&["pin", "create", "--room", "y", "--pin", "22222222"]));
+    ok(sandbox.run(&["pin", "create", "--room", "x", "--namespace", "office", "--pin", "33333"]));
+
+    let table = ok(sandbox.run(&["pin", "list"]));
+    assert_eq!(table.lines().count(), 4, "header and three PINs:\n{table}");
+    assert!(table.contains("22222222"));
+
+    let json = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["pin", "list", "--json"];
+        full.extend_from_slice(args);
+        let v: Value = serde_json::from_str(&ok(sandbox.run(&full))).unwrap();
+        v.as_array().unwrap().iter().map(|p| p["pin"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(json(&["--room", "x"]), ["11111111", "33333"]);
+    assert_eq!(json(&["--namespace", "office"]), ["33333"]);
+
+    ok(sandbox.run(&["pin", "revoke", "--namespace", "default", "11111111"]));
+    assert_eq!(json(&["--room", "x"]), ["33333"]);
+    assert_eq!(json(&["--room", "x", "--all"]), ["11111111", "33333"]);
+    let again = sandbox.run(&["pin", "revoke", "--namespace", "default", "11111111"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(!stderr(&again).contains("11111111"), "the PIN is masked in messages: {}", stderr(&again));
+}

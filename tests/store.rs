@@ -1,0 +1,400 @@
+//! One store test suite, run against both engines: SQLite (a temporary file) and
+//! PostgreSQL (the server named by `DIALIN_TEST_POSTGRES_URL`; each test creates and drops
+//! its own database, so tests run in parallel). Without that variable the PostgreSQL half
+//! is skipped with a printed reason, unless `DIALIN_STRICT_TESTS=1`, where it fails.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use dialin::calls::{CallId, CallOutcome};
+use dialin::config::LockoutConfig;
+use dialin::pin::{ParticipantName, Pin, PinNamespace, RoomName};
+use dialin::privacy::PhoneNumber;
+use dialin::store::{
+    CallRecordEnd, CallRecordStart, LockoutKey, NewPin, PinFilter, Resolution, RtpStats, Store, StoreError,
+    PIN_GENERATION_ATTEMPTS,
+};
+use dialin::trunk::TrunkId;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}_{}_{}_{}", std::process::id(), nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A database for one test, dropped by `cleanup`.
+struct TestDb {
+    url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(std::path::PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let path = std::env::temp_dir().join(format!("{}.db", unique_name("dialin_store")));
+        TestDb { url: format!("sqlite://{}", path.display()), cleanup: Cleanup::File(path) }
+    }
+
+    /// A fresh PostgreSQL database, or None (test skipped) when no server is configured.
+    async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var("DIALIN_TEST_POSTGRES_URL") else {
+            if std::env::var("DIALIN_STRICT_TESTS").is_ok_and(|v| v == "1") {
+                panic!("DIALIN_TEST_POSTGRES_URL is not set and DIALIN_STRICT_TESTS=1: PostgreSQL tests cannot be skipped");
+            }
+            eprintln!("skipped: set DIALIN_TEST_POSTGRES_URL=postgres://user@host:port/db to run the PostgreSQL store tests");
+            return None;
+        };
+        let name = unique_name("dialin_t");
+        let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect to DIALIN_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+        admin.close().await;
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let server = match base.rsplit_once('/') {
+            Some((server, _db)) if server.ends_with('/') || !server.contains("://") => base,
+            Some((server, _db)) => server,
+            None => base,
+        };
+        let url = format!("{}/{name}{query}", server.trim_end_matches('/'));
+        Some(TestDb { url, cleanup: Cleanup::Database { admin_url, name } })
+    }
+
+    async fn open(&self) -> Store {
+        Store::open(&self.url, 4).await.expect("open store")
+    }
+
+    async fn cleanup(self) {
+        match self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::Database { admin_url, name } => {
+                if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                    admin.close().await;
+                }
+            }
+        }
+    }
+}
+
+fn ns(s: &str) -> PinNamespace {
+    PinNamespace::parse(s).unwrap()
+}
+
+fn room(s: &str) -> RoomName {
+    RoomName::parse(s).unwrap()
+}
+
+fn pin(s: &str) -> Pin {
+    Pin::parse(s).unwrap()
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 15, 9, 0, 0).unwrap()
+}
+
+fn new_pin(namespace: &str, room_name: &str, explicit: Option<&str>, length: usize) -> NewPin {
+    NewPin {
+        namespace: ns(namespace),
+        room: room(room_name),
+        pin: explicit.map(pin),
+        length,
+        valid_from: None,
+        valid_until: None,
+        participant_name: None,
+    }
+}
+
+/// Every case takes an opened database and is run once per engine.
+mod cases {
+    use super::*;
+
+    pub async fn generated_pins_have_the_namespace_length_in_digits_with_leading_zeros_kept(db: &TestDb) {
+        let store = db.open().await;
+        for _ in 0..20 {
+            let rec = store.create_pin(new_pin("ten", "r", None, 10), t0()).await.unwrap();
+            assert_eq!(rec.pin.len(), 10);
+            assert!(rec.pin.expose().chars().all(|c| c.is_ascii_digit()));
+        }
+        // A tenth of 4-digit PINs start with 0; the stored PIN must keep it.
+        let mut zero_led = None;
+        for _ in 0..500 {
+            let rec = store.create_pin(new_pin("four", "r", None, 4), t0()).await.unwrap();
+            assert_eq!(rec.pin.len(), 4);
+            if rec.pin.expose().starts_with('0') {
+                zero_led = Some(rec.pin);
+                break;
+            }
+        }
+        let zero_led = zero_led.expect("no zero-led PIN in 500 draws");
+        let stored = store.get_pin(&ns("four"), &zero_led).await.unwrap().expect("stored");
+        assert_eq!(stored.pin.expose(), zero_led.expose());
+    }
+
+    pub async fn full_namespace_reports_pin_space_exhausted(db: &TestDb) {
+        let store = db.open().await;
+        let all: Vec<Pin> = (0..10_000).map(|n| pin(&format!("{n:04}"))).collect();
+        assert_eq!(store.import_pins(&ns("tiny"), &room("r"), &all, t0()).await.unwrap(), 10_000);
+        match store.create_pin(new_pin("tiny", "r", None, 4), t0()).await {
+            Err(StoreError::PinSpaceExhausted { attempts }) => assert_eq!(attempts, PIN_GENERATION_ATTEMPTS),
+            other => panic!("expected PinSpaceExhausted, got {other:?}"),
+        }
+        // Another namespace is unaffected.
+        assert!(store.create_pin(new_pin("other", "r", None, 4), t0()).await.is_ok());
+    }
+
+    pub async fn explicit_pin_already_taken_is_refused_but_free_in_another_namespace(db: &TestDb) {
+        let store = db.open().await;
+        let first = store.create_pin(new_pin("a", "r1", Some("1234567890"), 10), t0()).await.unwrap();
+        assert_eq!(first.pin.expose(), "1234567890");
+        match store.create_pin(new_pin("a", "r2", Some("1234567890"), 10), t0()).await {
+            Err(StoreError::PinTaken { namespace }) => assert_eq!(namespace, ns("a")),
+            other => panic!("expected PinTaken, got {other:?}"),
+        }
+        // The first room keeps it.
+        assert!(matches!(store.resolve(&ns("a"), &pin("1234567890"), t0()).await.unwrap(),
+            Resolution::Room { room: r, .. } if r == room("r1")));
+        assert!(store.create_pin(new_pin("b", "r2", Some("1234567890"), 10), t0()).await.is_ok());
+    }
+
+    pub async fn pin_resolves_only_within_its_validity_window(db: &TestDb) {
+        let store = db.open().await;
+        let mut req = new_pin("w", "standup", Some("5550001111"), 10);
+        req.valid_from = Some(t0() + Duration::hours(1));
+        req.valid_until = Some(t0() + Duration::hours(2));
+        req.participant_name = Some(ParticipantName::parse("Front desk").unwrap());
+        store.create_pin(req, t0()).await.unwrap();
+        let at = |d: Duration| t0() + d;
+        let p = pin("5550001111");
+        assert_eq!(store.resolve(&ns("w"), &p, at(Duration::minutes(59))).await.unwrap(), Resolution::NotYetValid);
+        assert_eq!(
+            store.resolve(&ns("w"), &p, at(Duration::hours(1))).await.unwrap(),
+            Resolution::Room { room: room("standup"), participant_name: Some(ParticipantName::parse("Front desk").unwrap()) }
+        );
+        assert_eq!(store.resolve(&ns("w"), &p, at(Duration::hours(2))).await.unwrap(), Resolution::Expired);
+        assert_eq!(store.resolve(&ns("w"), &pin("5550001112"), t0()).await.unwrap(), Resolution::Unknown);
+    }
+
+    pub async fn validity_window_must_end_after_it_starts_and_not_in_the_past(db: &TestDb) {
+        let store = db.open().await;
+        let mut req = new_pin("w", "r", None, 10);
+        req.valid_from = Some(t0() + Duration::hours(2));
+        req.valid_until = Some(t0() + Duration::hours(1));
+        assert!(matches!(store.create_pin(req, t0()).await, Err(StoreError::InvalidWindow(_))));
+        let mut req = new_pin("w", "r", None, 10);
+        req.valid_until = Some(t0() - Duration::seconds(1));
+        assert!(matches!(store.create_pin(req, t0()).await, Err(StoreError::InvalidWindow(_))));
+    }
+
+    pub async fn revoked_pin_no_longer_resolves_and_is_not_reissued(db: &TestDb) {
+        let store = db.open().await;
+        store.create_pin(new_pin("v", "r", Some("0000123456"), 10), t0()).await.unwrap();
+        let p = pin("0000123456");
+        assert!(store.revoke(&ns("v"), &p, t0()).await.unwrap());
+        assert_eq!(store.resolve(&ns("v"), &p, t0()).await.unwrap(), Resolution::Revoked);
+        assert!(!store.revoke(&ns("v"), &p, t0()).await.unwrap(), "second revoke finds nothing to revoke");
+        assert!(!store.revoke(&ns("v"), &pin("9999999999"), t0()).await.unwrap());
+        assert!(matches!(
+            store.create_pin(new_pin("v", "other", Some("0000123456"), 10), t0()).await,
+            Err(StoreError::PinTaken { .. })
+        ));
+        assert!(store.list_pins(&PinFilter::default()).await.unwrap().is_empty());
+        let all = store.list_pins(&PinFilter { include_revoked: true, ..PinFilter::default() }).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].revoked);
+    }
+
+    pub async fn list_filters_by_room_and_namespace(db: &TestDb) {
+        let store = db.open().await;
+        for (n, r, p) in [("a", "x", "1111"), ("a", "y", "2222"), ("b", "x", "3333"), ("b", "y", "4444")] {
+            store.create_pin(new_pin(n, r, Some(p), 4), t0()).await.unwrap();
+        }
+        let pins = |f: PinFilter| {
+            let store = store.clone();
+            async move {
+                store.list_pins(&f).await.unwrap().into_iter().map(|r| r.pin.expose().to_owned()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(pins(PinFilter::default()).await, ["1111", "2222", "3333", "4444"]);
+        assert_eq!(pins(PinFilter { room: Some(room("x")), ..Default::default() }).await, ["1111", "3333"]);
+        assert_eq!(pins(PinFilter { namespace: Some(ns("b")), ..Default::default() }).await, ["3333", "4444"]);
+        assert_eq!(
+            pins(PinFilter { room: Some(room("y")), namespace: Some(ns("a")), ..Default::default() }).await,
+            ["2222"]
+        );
+        assert!(pins(PinFilter { room: Some(room("z")), ..Default::default() }).await.is_empty());
+    }
+
+    pub async fn import_skips_pins_already_present(db: &TestDb) {
+        let store = db.open().await;
+        store.create_pin(new_pin("i", "r", Some("1000"), 4), t0()).await.unwrap();
+        let batch: Vec<Pin> = ["1000", "1001", "1002"].iter().map(|p| pin(p)).collect();
+        assert_eq!(store.import_pins(&ns("i"), &room("r"), &batch, t0()).await.unwrap(), 2);
+    }
+
+    pub async fn lockout_limit_is_shared_by_two_nodes_on_one_database(db: &TestDb) {
+        let node_a = db.open().await;
+        let node_b = db.open().await;
+        let policy = LockoutConfig { failed_pin_limit: 10, window_s: 900, lockout_s: 900 };
+        let key = LockoutKey::for_caller(&TrunkId::parse("carrier").unwrap(), &PhoneNumber::new("+33612345678"));
+        for i in 0..9 {
+            let node = if i % 2 == 0 { &node_a } else { &node_b };
+            let state = node.record_failed_attempt(&key, t0() + Duration::seconds(i), &policy).await.unwrap();
+            assert_eq!(state.failures, u32::try_from(i + 1).unwrap());
+            assert!(!state.is_locked(t0() + Duration::seconds(i)));
+        }
+        let now = t0() + Duration::seconds(10);
+        let state = node_b.record_failed_attempt(&key, now, &policy).await.unwrap();
+        assert_eq!(state.failures, 10);
+        assert!(state.is_locked(now));
+        let until = now + Duration::seconds(900);
+        assert_eq!(node_a.locked_until(&key, now).await.unwrap(), Some(until), "node A sees node B's lockout");
+        assert_eq!(node_a.locked_until(&key, until).await.unwrap(), None, "lockout ends after lockout_s");
+        // After the lockout, counting starts afresh.
+        let after = node_a.record_failed_attempt(&key, until + Duration::seconds(1), &policy).await.unwrap();
+        assert_eq!(after.failures, 1);
+        assert!(!after.is_locked(until + Duration::seconds(1)));
+    }
+
+    pub async fn concurrent_failures_from_two_nodes_are_all_counted(db: &TestDb) {
+        let node_a = db.open().await;
+        let node_b = db.open().await;
+        let policy = LockoutConfig { failed_pin_limit: 1000, window_s: 900, lockout_s: 900 };
+        let key = LockoutKey::from_raw("trunk:concurrent");
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let node = if i % 2 == 0 { node_a.clone() } else { node_b.clone() };
+            let key = key.clone();
+            let policy = policy.clone();
+            tasks.push(tokio::spawn(async move { node.record_failed_attempt(&key, t0(), &policy).await.unwrap().failures }));
+        }
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.push(t.await.unwrap());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=40).collect::<Vec<u32>>(), "each failure got its own count");
+    }
+
+    pub async fn failures_older_than_the_window_are_forgotten(db: &TestDb) {
+        let store = db.open().await;
+        let policy = LockoutConfig { failed_pin_limit: 3, window_s: 60, lockout_s: 300 };
+        let key = LockoutKey::from_raw("t:window");
+        store.record_failed_attempt(&key, t0(), &policy).await.unwrap();
+        store.record_failed_attempt(&key, t0() + Duration::seconds(30), &policy).await.unwrap();
+        let state = store.record_failed_attempt(&key, t0() + Duration::seconds(61), &policy).await.unwrap();
+        assert_eq!(state.failures, 1);
+        assert_eq!(state.locked_until, None);
+        assert_eq!(store.purge_failed_attempts(t0() + Duration::seconds(200), &policy).await.unwrap(), 1);
+    }
+
+    pub async fn call_record_round_trips(db: &TestDb) {
+        let store = db.open().await;
+        let id = CallId::new("a84b4c76e66710@pc33.example.com");
+        store
+            .insert_call_record(&CallRecordStart {
+                id: id.clone(),
+                trunk: TrunkId::parse("carrier").unwrap(),
+                caller_masked: PhoneNumber::new("+33612345678").masked(),
+                setup_at: t0(),
+            })
+            .await
+            .unwrap();
+        let open = store.get_call_record(&id).await.unwrap().expect("inserted");
+        assert_eq!(open.outcome, None);
+        assert_eq!(open.caller_masked, "••••5678");
+        let end = CallRecordEnd {
+            outcome: CallOutcome::CallerHangup,
+            room: Some(room("standup")),
+            answered_at: Some(t0() + Duration::milliseconds(120)),
+            ended_at: t0() + Duration::minutes(30),
+            pin_attempts: 2,
+            rtp: RtpStats { packets_received: 90_000, packets_lost: 12, jitter_ms: 3.5, late_frames: 4 },
+        };
+        assert!(store.complete_call_record(&id, &end).await.unwrap());
+        let done = store.get_call_record(&id).await.unwrap().expect("still there");
+        assert_eq!(done.outcome, Some(CallOutcome::CallerHangup));
+        assert_eq!(done.room.as_deref(), Some("standup"));
+        assert_eq!(done.setup_at, t0());
+        assert_eq!(done.answered_at, end.answered_at);
+        assert_eq!(done.ended_at, Some(end.ended_at));
+        assert_eq!(done.pin_attempts, 2);
+        assert_eq!(done.rtp, end.rtp);
+        assert!(!store.complete_call_record(&CallId::new("unknown"), &end).await.unwrap());
+    }
+
+    pub async fn store_answers_ping_and_reopens_with_migrations_already_applied(db: &TestDb) {
+        let store = db.open().await;
+        store.ping().await.unwrap();
+        store.create_pin(new_pin("p", "r", Some("4242"), 4), t0()).await.unwrap();
+        store.close().await;
+        let again = db.open().await;
+        assert!(again.get_pin(&ns("p"), &pin("4242")).await.unwrap().is_some());
+    }
+}
+
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::TestDb::sqlite();
+                    super::cases::$case(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = super::TestDb::postgres().await else { return };
+                    super::cases::$case(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    generated_pins_have_the_namespace_length_in_digits_with_leading_zeros_kept,
+    full_namespace_reports_pin_space_exhausted,
+    explicit_pin_already_taken_is_refused_but_free_in_another_namespace,
+    pin_resolves_only_within_its_validity_window,
+    validity_window_must_end_after_it_starts_and_not_in_the_past,
+    revoked_pin_no_longer_resolves_and_is_not_reissued,
+    list_filters_by_room_and_namespace,
+    import_skips_pins_already_present,
+    lockout_limit_is_shared_by_two_nodes_on_one_database,
+    concurrent_failures_from_two_nodes_are_all_counted,
+    failures_older_than_the_window_are_forgotten,
+    call_record_round_trips,
+    store_answers_ping_and_reopens_with_migrations_already_applied,
+);
+
+#[tokio::test]
+async fn in_memory_sqlite_store_works_without_a_file() {
+    let store = Store::open("sqlite::memory:", 4).await.unwrap();
+    store.create_pin(new_pin("m", "r", Some("1234"), 4), t0()).await.unwrap();
+    assert!(matches!(store.resolve(&ns("m"), &pin("1234"), t0()).await.unwrap(), Resolution::Room { .. }));
+}
+
+#[tokio::test]
+async fn unsupported_store_url_is_refused_with_its_password_hidden() {
+    let err = Store::open("mysql://u:secret@db/x", 1).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::UnsupportedUrl(_)));
+    assert!(!text.contains("secret"), "{text}");
+}
