@@ -261,7 +261,7 @@ impl CallTask {
                     if let Some(ivr) = self.ivr.as_mut() { ivr.on_lookup(res, now); }
                     if let Some(o) = self.run_ivr_actions(now) { return o; }
                 }
-                res = recv_once(&mut self.join_rx) => {
+                res = recv_join(&mut self.join_rx) => {
                     if let Some(o) = self.on_joined(res) { return o; }
                 }
                 ev = room_event(&mut self.room) => {
@@ -349,12 +349,8 @@ impl CallTask {
         let text = std::str::from_utf8(body).map_err(|_| StatusCode(400))?;
         if text.trim().is_empty() {
             // A session refresh without an offer: repeat our last answer.
-            return self
-                .s
-                .negotiated
-                .as_ref()
-                .map(|n| Bytes::from(n.answer_sdp(&self.bump_version())))
-                .ok_or(StatusCode(488));
+            let local = self.bump_version();
+            return self.s.negotiated.as_ref().map(|n| Bytes::from(n.answer_sdp(&local))).ok_or(StatusCode(488));
         }
         let offer = SessionDescription::parse(text).map_err(|_| StatusCode(400))?;
         let next = match self.s.negotiated.as_ref() {
@@ -381,13 +377,14 @@ impl CallTask {
         play_pcm: &mut [i16; MAX_FRAME],
         out_packet: &mut [u8],
     ) -> Option<CallOutcome> {
+        let on_hold = self.on_hold();
         let Some(leg) = self.s.leg.as_mut() else { return None };
         if self.phase == Phase::AwaitingAck {
             return None;
         }
         // RTP inactivity (DESIGN.md §Call flow step 6), counted from the answer.
         let last = leg.last_received().unwrap_or(self.media_started);
-        if now.saturating_duration_since(last) >= self.s.limits.rtp_timeout && !self.on_hold() {
+        if now.saturating_duration_since(last) >= self.s.limits.rtp_timeout && !on_hold {
             info!(call = %self.s.id, "no RTP from the caller: ending the call");
             return Some(CallOutcome::RtpTimeout);
         }
@@ -846,6 +843,17 @@ async fn recv_once<T: Default>(slot: &mut Option<oneshot::Receiver<T>>) -> T {
     match slot.as_mut() {
         Some(rx) => {
             let v = rx.await.unwrap_or_default();
+            *slot = None;
+            v
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_join(slot: &mut Option<oneshot::Receiver<Result<RoomHandle, String>>>) -> Result<RoomHandle, String> {
+    match slot.as_mut() {
+        Some(rx) => {
+            let v = rx.await.unwrap_or_else(|_| Err("the join task ended".to_owned()));
             *slot = None;
             v
         }

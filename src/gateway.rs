@@ -392,9 +392,9 @@ fn called_number(req: &Request) -> String {
 
 /// The calling number from From (P-Asserted-Identity when the trunk provides it).
 fn calling_number(req: &Request) -> String {
-    let pai = HeaderName::from_str_name("P-Asserted-Identity");
+    let pai = HeaderName::parse(&Text::from("P-Asserted-Identity".to_owned()));
     if let Some(v) = req.headers.get(&pai) {
-        if let Ok(na) = dialin_sip::header::NameAddr::parse(v.clone()) {
+        if let Ok(na) = dialin_sip::header::NameAddr::parse(v, "P-Asserted-Identity") {
             if let Some(u) = na.uri.user() {
                 return u.as_str().to_owned();
             }
