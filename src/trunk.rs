@@ -262,6 +262,101 @@ impl SharedTrunkTable {
     }
 }
 
+/// Per-source token bucket for SIP messages from sources that match no trunk
+/// (`[security.unmatched_source]`). Such sources are refused before any work; this
+/// bounds even the refusals, so a scanner gets a few `403`s and then silence, and the
+/// rest are dropped and counted (`dialin_unmatched_source_dropped_total`).
+///
+/// Sans-IO: the caller passes `now`. Memory is bounded by `max_sources`: UDP sources
+/// can be spoofed, so a flood of new addresses must not grow the table without end;
+/// when it is full, unknown sources are dropped until `prune` frees room.
+#[derive(Debug)]
+pub struct SourceRateLimiter {
+    burst: f64,
+    per_second: f64,
+    max_sources: usize,
+    buckets: dashmap::DashMap<IpAddr, Bucket>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl SourceRateLimiter {
+    /// Sources tracked at most; 100 000 buckets take a few MiB.
+    pub const DEFAULT_MAX_SOURCES: usize = 100_000;
+
+    pub fn new(burst: u32, per_second: u32, max_sources: usize) -> SourceRateLimiter {
+        SourceRateLimiter {
+            burst: f64::from(burst.max(1)),
+            per_second: f64::from(per_second),
+            max_sources,
+            buckets: dashmap::DashMap::new(),
+        }
+    }
+
+    /// True when a message from `source` may be answered now.
+    pub fn allow(&self, source: IpAddr, now: std::time::Instant) -> bool {
+        if let Some(mut b) = self.buckets.get_mut(&source) {
+            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+            b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
+            b.last = now;
+            if b.tokens >= 1.0 {
+                b.tokens -= 1.0;
+                return true;
+            }
+            return false;
+        }
+        if self.buckets.len() >= self.max_sources {
+            return false;
+        }
+        self.buckets.insert(source, Bucket { tokens: self.burst - 1.0, last: now });
+        true
+    }
+
+    /// Forgets sources whose bucket has refilled: they are as if never seen.
+    pub fn prune(&self, now: std::time::Instant) {
+        let (burst, rate) = (self.burst, self.per_second);
+        self.buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst);
+    }
+
+    /// Sources currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// Failed PINs per trunk per minute, for the alarm of DESIGN.md "Privacy and security
+/// defaults": a trunk's callers share the carrier's address, so guessing spread over
+/// many numbers is only visible per trunk. Sans-IO; fixed one-minute windows.
+#[derive(Debug)]
+pub struct TrunkFailureAlarm {
+    threshold: u32,
+    windows: dashmap::DashMap<TrunkId, (std::time::Instant, u32)>,
+}
+
+impl TrunkFailureAlarm {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// `threshold` is `[security] trunk_alarm_failed_per_minute`.
+    pub fn new(threshold: u32) -> TrunkFailureAlarm {
+        TrunkFailureAlarm { threshold: threshold.max(1), windows: dashmap::DashMap::new() }
+    }
+
+    /// Counts a failed PIN on `trunk`; true exactly once per minute window, when the
+    /// count goes over the threshold (raise the metric and log the alarm then).
+    pub fn record_failure(&self, trunk: &TrunkId, now: std::time::Instant) -> bool {
+        let mut w = self.windows.entry(trunk.clone()).or_insert((now, 0));
+        if now.saturating_duration_since(w.0) >= Self::WINDOW {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+        w.1 == self.threshold + 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +444,41 @@ mod tests {
         shared.replace(TrunkTable::new(vec![trunk("new", &["192.0.2.0/24"], &[])]));
         assert!(before.get(&TrunkId::parse("old").unwrap()).is_some());
         assert!(shared.load().get(&TrunkId::parse("new").unwrap()).is_some());
+    }
+
+    #[test]
+    fn unmatched_source_gets_its_burst_then_its_rate() {
+        let limiter = SourceRateLimiter::new(3, 2, 100);
+        let t = std::time::Instant::now();
+        let scanner = ip("203.0.113.9");
+        let allowed = (0..10).filter(|_| limiter.allow(scanner, t)).count();
+        assert_eq!(allowed, 3);
+        assert!(!limiter.allow(scanner, t + std::time::Duration::from_millis(400)));
+        assert!(limiter.allow(scanner, t + std::time::Duration::from_millis(1000)), "2 tokens/s refilled");
+        assert!(limiter.allow(ip("203.0.113.10"), t), "another source has its own bucket");
+    }
+
+    #[test]
+    fn source_table_is_bounded_and_pruned_when_buckets_refill() {
+        let limiter = SourceRateLimiter::new(2, 1, 2);
+        let t = std::time::Instant::now();
+        assert!(limiter.allow(ip("203.0.113.1"), t));
+        assert!(limiter.allow(ip("203.0.113.2"), t));
+        assert!(!limiter.allow(ip("203.0.113.3"), t), "table full: new sources are dropped");
+        limiter.prune(t + std::time::Duration::from_secs(5));
+        assert_eq!(limiter.tracked(), 0);
+        assert!(limiter.allow(ip("203.0.113.3"), t + std::time::Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn trunk_alarm_fires_once_per_minute_over_the_threshold() {
+        let alarm = TrunkFailureAlarm::new(3);
+        let trunk = TrunkId::parse("carrier").unwrap();
+        let t = std::time::Instant::now();
+        let fired: Vec<bool> = (0..6).map(|_| alarm.record_failure(&trunk, t)).collect();
+        assert_eq!(fired, [false, false, false, true, false, false]);
+        let later = t + std::time::Duration::from_secs(61);
+        let fired: Vec<bool> = (0..4).map(|_| alarm.record_failure(&trunk, later)).collect();
+        assert_eq!(fired, [false, false, false, true], "a new minute starts a new count");
     }
 }

@@ -188,3 +188,69 @@ fn pin_list_filters_and_revoke_removes() {
     assert_eq!(again.status.code(), Some(1));
     assert!(!stderr(&again).contains("11111111"), "the PIN is masked in messages: {}", stderr(&again));
 }
+
+/// One HTTP/1.1 GET over a plain socket; returns the status code and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").args([sig, &pid.to_string()]).status().expect("run kill");
+    assert!(status.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_runs_the_admin_api_reloads_on_sighup_and_stops_on_sigterm() {
+    let sandbox = Sandbox::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = std::fs::read_to_string(sandbox.config())
+        .unwrap()
+        .replace("[admin]\n", &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(sandbox.config(), text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", sandbox.config().to_str().unwrap()])
+        .env_remove("DIALIN_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let health = loop {
+        if let Some(answer) = http_get(port, "/healthz") {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "admin API never came up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(health.0, 200);
+    let ready = http_get(port, "/readyz").unwrap();
+    assert_eq!(ready.0, 503, "no SIP transport is bound by this module: {}", ready.1);
+
+    signal(child.id(), "-HUP");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not stop the gateway");
+    assert_eq!(http_get(port, "/healthz").map(|a| a.0), Some(200));
+
+    signal(child.id(), "-TERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gateway did not stop on SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
