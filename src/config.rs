@@ -474,11 +474,19 @@ pub struct RateLimitConfig {
 pub struct LimitsConfig {
     /// Concurrent calls on this node, all trunks together.
     pub max_calls: u32,
+    /// On SIGTERM, how long calls in progress may go on before they are ended with a prompt.
+    pub drain_timeout_s: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_calls: 1000 }
+        LimitsConfig { max_calls: 1000, drain_timeout_s: 300 }
+    }
+}
+
+impl LimitsConfig {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s)
     }
 }
 

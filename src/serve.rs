@@ -73,14 +73,16 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
 
-    // SIP transports, media and the IVR are started here by the call-flow module, from
-    // `services` and `config`; it calls `services.readiness.set_transports_bound(true)`
-    // once its sockets are bound.
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sip = start_sip(&config, &services, shutdown_rx).await?;
+    services.readiness.set_transports_bound(true);
 
     wait_for_signals(&services, &config_path).await?;
 
     services.readiness.set_draining(true);
     tracing::info!(calls = services.calls.len(), "draining: refusing new calls");
+    drain(&services, &config, &shutdown_tx).await;
+    let _ = sip.shutdown();
     let _ = stop_tx.send(true);
     match admin_task.await {
         Ok(Ok(())) => {}
@@ -89,6 +91,85 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     services.store.close().await;
     Ok(())
+}
+
+/// Binds the SIP transports and starts the endpoint and the gateway's SIP front.
+async fn start_sip(
+    config: &Config,
+    services: &Services,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<dialin_sip::endpoint::EndpointHandle> {
+    use dialin_sip::endpoint::{EndpointConfig, EndpointDriver};
+    use dialin_sip::transport::{ListenAddr, Transport, TransportConfig, Transports};
+
+    let listen: Vec<ListenAddr> = config
+        .sip
+        .listen
+        .iter()
+        .map(|l| ListenAddr {
+            transport: match l.transport {
+                crate::config::Transport::Udp => Transport::Udp,
+                crate::config::Transport::Tcp => Transport::Tcp,
+                crate::config::Transport::Tls => Transport::Tls,
+            },
+            addr: l.addr,
+        })
+        .collect();
+    let mut tconf = TransportConfig { listen: listen.clone(), ..TransportConfig::default() };
+    tconf.tls_cert_pem = config.sip.tls.cert.clone();
+    tconf.tls_key_pem = config.sip.tls.key.clone();
+    tconf.limits.max_message_size = config.sip.max_message_size;
+    let (transports, incoming) = Transports::bind(tconf).await.context("binding the SIP listen addresses")?;
+    for l in transports.local_addrs() {
+        tracing::info!(transport = l.transport.via_token(), addr = %l.addr, "SIP listening");
+    }
+    let econf = EndpointConfig {
+        public_address: config.sip.public_address,
+        user_agent: config.sip.user_agent.clone(),
+        max_calls: (config.limits.max_calls as usize).saturating_mul(2).max(16),
+        ..EndpointConfig::default()
+    };
+    let (handle, events) = EndpointDriver::spawn(transports, incoming, econf);
+
+    let ports = dialin_media::ports::PortAllocator::new(config.media.rtp_ports.first..=config.media.rtp_ports.last)
+        .map_err(|e| anyhow::anyhow!("media.rtp_ports: {e}"))?;
+    let media_bind = listen.first().map(|l| l.addr.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let rooms: Arc<dyn crate::room::RoomBackend> = match config.rooms.backend {
+        crate::config::RoomsBackend::Local => Arc::new(crate::room::local::LocalRooms::new()),
+        crate::config::RoomsBackend::Livekit => {
+            anyhow::bail!("rooms.backend = \"livekit\": the LiveKit room backend is not built yet; use \"local\"")
+        }
+    };
+    let prompts = crate::gateway::Prompts::load(config.prompts.dir.as_deref()).context("loading prompts")?;
+    let gw = crate::gateway::Gateway {
+        config: Arc::new(config.clone()),
+        services: services.clone(),
+        sip: handle.clone(),
+        ports,
+        rooms,
+        prompts,
+        media_bind,
+        shutdown,
+    };
+    tokio::spawn(crate::gateway::run(gw, events));
+    Ok(handle)
+}
+
+/// Lets calls in progress go on until they end or `limits.drain_timeout_s` passes, then
+/// ends the rest with a goodbye prompt.
+async fn drain(services: &Services, config: &Config, shutdown: &watch::Sender<bool>) {
+    let deadline = tokio::time::Instant::now() + config.limits.drain_timeout();
+    while !services.calls.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if !services.calls.is_empty() {
+        tracing::info!(calls = services.calls.len(), "drain timeout: ending the remaining calls");
+        let _ = shutdown.send(true);
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !services.calls.is_empty() && tokio::time::Instant::now() < end {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Reloads trunks on SIGHUP; returns on SIGTERM or Ctrl-C.
