@@ -82,7 +82,7 @@ impl HeaderName {
         Self::known(name).unwrap_or_else(|| HeaderName::Other(Text::from(name.to_owned())))
     }
 
-    fn known(n: &str) -> Option<HeaderName> {
+    pub(crate) fn known(n: &str) -> Option<HeaderName> {
         use HeaderName::*;
         if n.len() == 1 {
             // RFC 3261 §7.3.3, RFC 3265 (o, u), RFC 3515 (r), RFC 3892 (b), RFC 4028 (x)
