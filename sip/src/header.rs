@@ -82,7 +82,7 @@ impl HeaderName {
         Self::known(name).unwrap_or_else(|| HeaderName::Other(Text::from(name.to_owned())))
     }
 
-    fn known(n: &str) -> Option<HeaderName> {
+    pub(crate) fn known(n: &str) -> Option<HeaderName> {
         use HeaderName::*;
         if n.len() == 1 {
             // RFC 3261 §7.3.3, RFC 3265 (o, u), RFC 3515 (r), RFC 3892 (b), RFC 4028 (x)
@@ -533,6 +533,22 @@ impl Via {
         })
     }
 
+    /// A Via for a request we send: `SIP/2.0/<transport> host[:port];branch=<branch>;rport`
+    /// (RFC 3261 §8.1.1.7; `rport` asks for symmetric response routing, RFC 3581 §3).
+    pub fn new(transport: ViaTransport, host: Host, port: Option<u16>, branch: &str) -> Via {
+        let mut params = Params::default();
+        params.set(Text::from_static("branch"), Some(Text::from(branch.to_owned())));
+        params.set(Text::from_static("rport"), None);
+        Via {
+            protocol: Text::from_static("SIP"),
+            version: Text::from_static("2.0"),
+            transport,
+            host,
+            port,
+            params,
+        }
+    }
+
     /// `branch=`.
     pub fn branch(&self) -> Option<&str> {
         self.params.value("branch")
@@ -637,6 +653,17 @@ impl NameAddr {
         let uri = Uri::parse(v.slice_ref(uri_str)).map_err(|_| e.clone())?;
         let params = parse_params(v, params_str).map_err(|_| e)?;
         Ok(NameAddr { display_name, uri, params })
+    }
+
+    /// `<uri>` with no display name and no parameters.
+    pub fn new(uri: Uri) -> NameAddr {
+        NameAddr { display_name: None, uri, params: Params::default() }
+    }
+
+    /// Sets `;tag=` (builder style).
+    pub fn with_tag(mut self, tag: &str) -> NameAddr {
+        self.params.set(Text::from_static("tag"), Some(Text::from(tag.to_owned())));
+        self
     }
 
     /// `tag=` (From/To).
@@ -841,6 +868,18 @@ mod tests {
     #[test]
     fn unterminated_display_name_is_malformed() {
         assert!(NameAddr::parse(&t("\"Mr J. User <sip:j.user@example.com>"), "To").is_err());
+    }
+
+    #[test]
+    fn built_via_and_name_addr_serialize_and_reparse() {
+        let v = Via::new(ViaTransport::Tcp, Host::Ipv4([127, 0, 0, 1].into()), Some(5062), "z9hG4bKabc");
+        let back = Via::parse(&Text::from(v.to_string())).unwrap();
+        assert_eq!(back, v);
+        assert!(back.has_rport());
+        let n = NameAddr::new(Uri::parse_str("sip:gw@127.0.0.1").unwrap()).with_tag("t1");
+        let back = NameAddr::parse(&Text::from(n.to_string()), "To").unwrap();
+        assert_eq!(back.tag(), Some("t1"));
+        assert_eq!(back.uri.as_str(), "sip:gw@127.0.0.1");
     }
 
     #[test]

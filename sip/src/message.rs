@@ -132,6 +132,8 @@ impl StatusCode {
     pub const DECLINE: StatusCode = StatusCode(603);
 
     /// The RFC's reason phrase, or a class default.
+    // Specific codes first, class ranges as the fallback: the overlap is the point.
+    #[allow(clippy::match_overlapping_arm)]
     pub fn reason_phrase(self) -> &'static str {
         match self.0 {
             100 => "Trying",
@@ -872,7 +874,8 @@ fn parse_message(data: Bytes, limits: &Limits) -> Result<Message, ParseError> {
         if headers.len() >= limits.max_headers {
             return Err(e(ParseErrorKind::TooManyHeaders(limits.max_headers)));
         }
-        let name = HeaderName::parse(&head.slice_ref(name));
+        // Known names need no copy of the spelling; unknown ones keep it (zero-copy).
+        let name = HeaderName::known(name).unwrap_or_else(|| HeaderName::Other(head.slice_ref(name)));
         match name {
             HeaderName::Via => {
                 via_count += split_list(&value).count();

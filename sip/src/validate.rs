@@ -211,7 +211,7 @@ pub fn check_response(resp: &Response) -> Result<(), ResponseDrop> {
     h.cseq().map_err(|_| ResponseDrop::BadHeader("CSeq"))?;
     h.content_length().map_err(|_| ResponseDrop::BadHeader("Content-Length"))?;
     if let Some(ra) = h.get(&HeaderName::RetryAfter) {
-        let secs = ra.split(|c: char| c == ';' || c == '(').next().unwrap_or("").trim();
+        let secs = ra.split([';', '(']).next().unwrap_or("").trim();
         if crate::header::parse_delta(secs).is_none() {
             return Err(ResponseDrop::BadHeader("Retry-After"));
         }

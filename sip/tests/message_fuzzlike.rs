@@ -105,14 +105,9 @@ fn exercise(raw: &[u8], rng: &mut StdRng) {
         let (a, b) = rest.split_at(n);
         f.push(a);
         rest = b;
-        loop {
-            match f.pop() {
-                Ok(Some(frame)) => {
-                    assert!(frame.len() <= limits.max_message_size);
-                    let _ = Message::parse(frame, &limits);
-                }
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(frame)) = f.pop() {
+            assert!(frame.len() <= limits.max_message_size);
+            let _ = Message::parse(frame, &limits);
         }
     }
     assert!(f.buffered() <= raw.len());

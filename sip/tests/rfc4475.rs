@@ -13,7 +13,7 @@ use dialin_sip::message::{reject_unparsable, Limits, Message, Method, ParseError
 use dialin_sip::transport::{response_target, FramingError, StreamFramer, Transport};
 use dialin_sip::uri::Uri;
 use dialin_sip::validate::{check_request, check_response, ValidationPolicy};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn corpus_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance/rfc4475"));
@@ -28,7 +28,7 @@ fn corpus_dir() -> Option<PathBuf> {
 }
 
 /// (file, verdict) rows of the INDEX table.
-fn index(dir: &PathBuf) -> Vec<(String, String)> {
+fn index(dir: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(dir.join("INDEX")).expect("INDEX readable");
     text.lines()
         .filter_map(|l| {

@@ -10,7 +10,7 @@
 
 use super::{stamp_received, ConnectionId, Incoming, ListenAddr, StreamFramer, Target, Transport};
 use crate::message::{reject_unparsable, Limits, Message};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -369,12 +369,12 @@ async fn udp_loop(me: Transports, sock: Arc<UdpSocket>) {
         Ok(a) => a,
         Err(_) => return,
     };
-    // RFC 3261 §18.1.1: a datagram is at most 65,535 octets.
-    let mut buf = BytesMut::with_capacity(65_536);
+    // RFC 3261 §18.1.1: a datagram is at most 65,535 octets. The receive buffer is
+    // reused; each datagram is copied out at its exact size so a queued message
+    // never pins a 64 KiB buffer.
+    let mut buf = vec![0u8; 65_536];
     loop {
-        buf.clear();
-        buf.reserve(65_536);
-        let (n, source) = match sock.recv_buf_from(&mut buf).await {
+        let (n, source) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors surface here on some systems; keep serving.
@@ -382,7 +382,7 @@ async fn udp_loop(me: Transports, sock: Arc<UdpSocket>) {
                 continue;
             }
         };
-        let raw = buf.split_to(n).freeze();
+        let raw = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
         // Lone CRLF keep-alives (RFC 5626 §4.4.1 uses STUN on UDP; CRLF is seen in the wild).
         if raw.iter().all(|b| *b == b'\r' || *b == b'\n') {
             continue;
