@@ -81,9 +81,8 @@ pub struct EndpointConfig {
 
 impl Default for EndpointConfig {
     fn default() -> EndpointConfig {
-        let mut validation = ValidationPolicy::default();
         // We do session timers only: a Require of 100rel etc. gets 420.
-        validation.supported = vec!["timer"];
+        let validation = ValidationPolicy { supported: vec!["timer"], ..ValidationPolicy::default() };
         EndpointConfig {
             timers: Timers::default(),
             local_addrs: Vec::new(),
@@ -130,7 +129,7 @@ pub enum Event {
     /// A new INVITE (already answered 100 Trying). The gateway reads the
     /// Request-URI, From, To, Authorization and body, then calls
     /// [`Endpoint::answer`] or [`Endpoint::reject`].
-    IncomingCall { key: CallKey, request: Request, source: SocketAddr, transport: Transport },
+    IncomingCall { key: CallKey, request: Box<Request>, source: SocketAddr, transport: Transport },
     /// The caller cancelled before the answer; the endpoint sent 487.
     Cancelled { key: CallKey },
     /// The ACK for our 2xx; `body` is the caller's answer when our 2xx offered.
@@ -648,7 +647,7 @@ impl Endpoint {
                 armed: None,
             },
         );
-        self.events.push_back(Event::IncomingCall { key, request: req, source, transport });
+        self.events.push_back(Event::IncomingCall { key, request: Box::new(req), source, transport });
     }
 
     /// RFC 3261 §9.2: CANCEL matches the INVITE server transaction by branch.
@@ -1047,8 +1046,11 @@ impl Endpoint {
     /// (RFC 3261 §12.1.1), Contact.
     fn dialog_response(&self, call: &Call, req: &Request, status: StatusCode) -> Response {
         let mut resp = Response::to_request(req, status, None).with_to_tag(&call.local_tag);
-        if req.method == Method::Invite && std::ptr::eq(req, &call.invite) {
-            for rr in call.invite.headers.get_all(&HeaderName::RecordRoute) {
+        // Only responses to the dialog-creating INVITE carry Record-Route; in-dialog
+        // requests are matched here by their CSeq, the initial INVITE's being fixed.
+        let initial = req.method == Method::Invite && req.headers.cseq().is_ok_and(|c| c.seq == call.invite_cseq);
+        if initial {
+            for rr in req.headers.get_all(&HeaderName::RecordRoute) {
                 resp.headers.push(HeaderName::RecordRoute, rr.clone());
             }
         }
