@@ -508,3 +508,58 @@ fn commands_for_unknown_calls_are_refused() {
     assert!(h.ep.answer(CallKey(999), None, Vec::new(), h.now).is_err());
     assert!(h.ep.hangup(CallKey(999), h.now).is_err());
 }
+
+#[test]
+fn as_refresher_we_send_a_reinvite_at_half_interval_and_ack_its_2xx() {
+    let mut h = Harness::new();
+    h.send(&invite("z9hG4bK1", "c1", "Supported: timer\nSession-Expires: 120;refresher=uas\n", SDP));
+    let key = h.incoming_call();
+    h.ep.answer(key, Some(Bytes::from_static(b"v=0 ours\r\n")), Vec::new(), h.now).unwrap();
+    let ok = h.responses().pop().unwrap();
+    assert_eq!(ok.headers.get(&HeaderName::SessionExpires).map(|t| t.as_str()), Some("120;refresher=uas"));
+    let tag = ok.headers.to().unwrap().tag().unwrap().to_owned();
+    h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "", ""));
+    h.events();
+    h.run_for(Duration::from_secs(59));
+    assert!(h.sent().is_empty());
+    h.run_for(Duration::from_secs(2));
+    let sent = h.sent();
+    let Some(Message::Request(reinvite)) = sent.first() else { panic!("{sent:?}") };
+    assert_eq!(reinvite.method, Method::Invite);
+    assert_eq!(reinvite.body.as_ref(), b"v=0 ours\r\n");
+    assert_eq!(reinvite.headers.get(&HeaderName::SessionExpires).map(|t| t.as_str()), Some("120;refresher=uas"));
+    let cseq = reinvite.headers.cseq().unwrap().seq;
+    h.send(&format!(
+        "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {}\nCall-ID: c1\nCSeq: {cseq} INVITE\nContact: <sip:a@127.0.0.1:5070>\nContent-Length: 0\n\n",
+        reinvite.headers.get(&HeaderName::Via).unwrap(),
+        reinvite.headers.get(&HeaderName::From).unwrap(),
+        reinvite.headers.get(&HeaderName::To).unwrap()
+    ));
+    let sent = h.sent();
+    let Some(Message::Request(ack)) = sent.first() else { panic!("{sent:?}") };
+    assert_eq!(ack.method, Method::Ack);
+    assert_eq!(ack.headers.cseq().unwrap().seq, cseq);
+    assert_ne!(ack.headers.top_via().unwrap().branch(), reinvite.headers.top_via().unwrap().branch());
+    // The refresh restarted the timer: nothing more for another 59 s, and no expiry.
+    h.run_for(Duration::from_secs(59));
+    assert!(h.sent().iter().all(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)));
+    assert!(h.events().is_empty());
+}
+
+#[test]
+fn failed_refresh_ends_the_call_with_bye() {
+    let mut h = Harness::new();
+    h.send(&invite("z9hG4bK1", "c1", "Supported: timer\nSession-Expires: 120;refresher=uas\n", SDP));
+    let key = h.incoming_call();
+    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now).unwrap();
+    let tag = h.responses().pop().unwrap().headers.to().unwrap().tag().unwrap().to_owned();
+    h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "", ""));
+    h.events();
+    h.run_for(Duration::from_secs(61));
+    h.sent();
+    // Nobody answers the refresh: Timer B, then BYE.
+    h.run_for(Duration::from_secs(33));
+    let sent = h.sent();
+    assert!(sent.iter().any(|m| matches!(m, Message::Request(r) if r.method == Method::Bye)));
+    assert!(h.events().iter().any(|e| matches!(e, Event::SessionExpired { .. })));
+}
