@@ -563,3 +563,16 @@ fn failed_refresh_ends_the_call_with_bye() {
     assert!(sent.iter().any(|m| matches!(m, Message::Request(r) if r.method == Method::Bye)));
     assert!(h.events().iter().any(|e| matches!(e, Event::SessionExpired { .. })));
 }
+
+#[test]
+fn call_never_answered_by_the_gateway_is_refused_with_480_after_the_answer_timeout() {
+    let mut h = Harness::with(EndpointConfig { answer_timeout: Duration::from_secs(60), ..Default::default() });
+    h.send(&invite("z9hG4bK1", "c1", "", SDP));
+    let key = h.incoming_call();
+    h.sent();
+    h.run_for(Duration::from_secs(59));
+    assert!(h.sent().is_empty());
+    h.run_for(Duration::from_millis(1200));
+    assert_eq!(h.statuses(), vec![480], "sent at 60 s, first Timer G retransmission not yet due");
+    assert!(matches!(h.events().as_slice(), [Event::CallEnded { key: k, reason: EndReason::Unanswered }] if *k == key));
+}
