@@ -14,7 +14,6 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use dialin_sip::dialog::OfferKind;
 use dialin_sip::endpoint::{CallKey, EndpointConfig, EndpointDriver, EndpointHandle, Event};
 use dialin_sip::header::HeaderName;
 use dialin_sip::message::{Request, StatusCode, Text};
@@ -110,7 +109,7 @@ impl App {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::IncomingCall { key, request, .. } => self.on_invite(key, &request),
-            Event::ReInvite { key, kind, body } => {
+            Event::ReInvite { key, body, .. } => {
                 self.bump(|s| s.reinvites += 1);
                 let v = self.versions.entry(key).or_insert(1);
                 *v += 1;
@@ -119,7 +118,6 @@ impl App {
                     true => Ok(sdp(version, answer_direction(&body))),
                     false => Err(StatusCode::NOT_ACCEPTABLE_HERE),
                 };
-                let _ = kind == OfferKind::Update;
                 let _ = self.handle.respond_reinvite(key, answer);
             }
             Event::Cancelled { .. } => self.bump(|s| s.cancelled += 1),
@@ -216,22 +214,20 @@ fn md5_hex(s: &str) -> String {
 fn digest_params(v: &str) -> Option<HashMap<String, String>> {
     let rest = v.trim().strip_prefix("Digest")?.trim();
     let mut out = HashMap::new();
-    let mut chars = rest.char_indices().peekable();
-    let bytes = rest;
     let mut start = 0;
     let mut in_quotes = false;
     let mut parts = Vec::new();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in rest.char_indices() {
         match c {
             '"' => in_quotes = !in_quotes,
             ',' if !in_quotes => {
-                parts.push(bytes.get(start..i)?);
+                parts.push(rest.get(start..i)?);
                 start = i + 1;
             }
             _ => {}
         }
     }
-    parts.push(bytes.get(start..)?);
+    parts.push(rest.get(start..)?);
     for p in parts {
         let (k, v) = p.split_once('=')?;
         out.insert(k.trim().to_ascii_lowercase(), v.trim().trim_matches('"').to_owned());

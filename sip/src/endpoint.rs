@@ -38,7 +38,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Methods we implement, for `Allow` (RFC 3261 §20.5).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
@@ -77,13 +77,16 @@ pub struct EndpointConfig {
     pub session_timer: SessionTimerPolicy,
     pub validation: ValidationPolicy,
     pub limits: Limits,
+    /// A call the gateway neither answers nor rejects within this is refused
+    /// with 480, so no call waits forever (proxies give up after Timer C,
+    /// more than 3 minutes, RFC 3261 §16.6).
+    pub answer_timeout: Duration,
 }
 
 impl Default for EndpointConfig {
     fn default() -> EndpointConfig {
-        let mut validation = ValidationPolicy::default();
         // We do session timers only: a Require of 100rel etc. gets 420.
-        validation.supported = vec!["timer"];
+        let validation = ValidationPolicy { supported: vec!["timer"], ..ValidationPolicy::default() };
         EndpointConfig {
             timers: Timers::default(),
             local_addrs: Vec::new(),
@@ -94,6 +97,7 @@ impl Default for EndpointConfig {
             session_timer: SessionTimerPolicy::default(),
             validation,
             limits: Limits::default(),
+            answer_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -122,6 +126,8 @@ pub enum EndReason {
     AckTimeout,
     /// The session timer expired (RFC 4028 §10); we sent BYE.
     SessionExpired,
+    /// The gateway did not answer within `answer_timeout`; we sent 480.
+    Unanswered,
 }
 
 /// What the endpoint tells the gateway.
@@ -130,7 +136,7 @@ pub enum Event {
     /// A new INVITE (already answered 100 Trying). The gateway reads the
     /// Request-URI, From, To, Authorization and body, then calls
     /// [`Endpoint::answer`] or [`Endpoint::reject`].
-    IncomingCall { key: CallKey, request: Request, source: SocketAddr, transport: Transport },
+    IncomingCall { key: CallKey, request: Box<Request>, source: SocketAddr, transport: Transport },
     /// The caller cancelled before the answer; the endpoint sent 487.
     Cancelled { key: CallKey },
     /// The ACK for our 2xx; `body` is the caller's answer when our 2xx offered.
@@ -220,6 +226,8 @@ struct Call {
     reoffer: Option<ReOffer>,
     hangup_after_ack: bool,
     end_reason: EndReason,
+    /// While Offered: when the endpoint refuses the call itself.
+    answer_by: Instant,
     armed: Option<Instant>,
 }
 
@@ -645,10 +653,12 @@ impl Endpoint {
                 reoffer: None,
                 hangup_after_ack: false,
                 end_reason: EndReason::LocalHangup,
+                answer_by: now + self.config.answer_timeout,
                 armed: None,
             },
         );
-        self.events.push_back(Event::IncomingCall { key, request: req, source, transport });
+        self.rearm(Slot::Call(key.0));
+        self.events.push_back(Event::IncomingCall { key, request: Box::new(req), source, transport });
     }
 
     /// RFC 3261 §9.2: CANCEL matches the INVITE server transaction by branch.
@@ -925,6 +935,18 @@ impl Endpoint {
             return;
         }
         c.armed = None;
+        if c.phase == Phase::Offered {
+            if now >= c.answer_by {
+                let resp = Response::to_request(&c.invite, StatusCode::TEMPORARILY_UNAVAILABLE, None)
+                    .with_to_tag(&c.local_tag);
+                let tx = c.invite_tx;
+                self.respond(tx, resp, now);
+                self.end_call(key, EndReason::Unanswered);
+            } else {
+                self.rearm(Slot::Call(id));
+            }
+            return;
+        }
         let Some(d) = c.dialog.as_mut() else { return };
         match d.handle_timeout(now) {
             DialogTimeout::Retransmit2xx(bytes, target) => self.transmits.push_back(Transmit { target, bytes }),
@@ -961,6 +983,7 @@ impl Endpoint {
                 None => return,
             },
             Slot::Call(id) => match self.calls.get_mut(&id) {
+                Some(c) if c.phase == Phase::Offered => (Some(c.answer_by), &mut c.armed),
                 Some(c) => (c.dialog.as_ref().and_then(|d| d.poll_timeout()), &mut c.armed),
                 None => return,
             },
@@ -1047,8 +1070,11 @@ impl Endpoint {
     /// (RFC 3261 §12.1.1), Contact.
     fn dialog_response(&self, call: &Call, req: &Request, status: StatusCode) -> Response {
         let mut resp = Response::to_request(req, status, None).with_to_tag(&call.local_tag);
-        if req.method == Method::Invite && std::ptr::eq(req, &call.invite) {
-            for rr in call.invite.headers.get_all(&HeaderName::RecordRoute) {
+        // Only responses to the dialog-creating INVITE carry Record-Route; in-dialog
+        // requests are matched here by their CSeq, the initial INVITE's being fixed.
+        let initial = req.method == Method::Invite && req.headers.cseq().is_ok_and(|c| c.seq == call.invite_cseq);
+        if initial {
+            for rr in req.headers.get_all(&HeaderName::RecordRoute) {
                 resp.headers.push(HeaderName::RecordRoute, rr.clone());
             }
         }

@@ -55,9 +55,9 @@ impl SippRun {
         // Last "Successful call" line of the final statistics screen.
         self.output
             .lines()
-            .filter(|l| l.contains("Successful call"))
-            .last()
-            .and_then(|l| l.split('|').filter_map(|c| c.trim().parse::<u64>().ok()).last())
+            .rev()
+            .find(|l| l.contains("Successful call"))
+            .and_then(|l| l.split('|').rev().find_map(|c| c.trim().parse::<u64>().ok()))
     }
 
     fn errors(&self) -> String {
