@@ -694,10 +694,10 @@ impl Config {
             match scheme {
                 "stun" | "stuns" => {}
                 "turn" | "turns" => {
-                    if ice.username.as_deref().map_or(true, str::is_empty) {
+                    if !matches!(ice.username.as_deref(), Some(u) if !u.is_empty()) {
                         return Err(ConfigError::invalid(format!("{key}.username"), format!("TURN server {:?} needs a username", ice.url)));
                     }
-                    if ice.credential.as_ref().map_or(true, |c| c.0.is_empty()) {
+                    if !matches!(&ice.credential, Some(c) if !c.0.is_empty()) {
                         return Err(ConfigError::invalid(format!("{key}.credential"), format!("TURN server {:?} needs a credential", ice.url)));
                     }
                 }

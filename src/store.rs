@@ -558,7 +558,8 @@ impl Store {
     /// Counts a failed PIN under `key` and locks the key once `failed_pin_limit`
     /// failures fall within `window_s`. One atomic upsert: concurrent failures from
     /// several nodes are all counted. A window older than `window_s`, or a lockout that
-    /// has run out, starts a fresh count.
+    /// has run out, starts a fresh count. A right PIN does not clear the count: a caller
+    /// holding one valid PIN could otherwise reset it between guesses at others.
     pub async fn record_failed_attempt(
         &self,
         key: &LockoutKey,
