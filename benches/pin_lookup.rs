@@ -49,24 +49,36 @@ async fn prepare(total: u64) -> (Store, PathBuf) {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", building.display()));
         }
-        eprintln!("building {} with {total} PINs (once; cached for later runs)", path.display());
+        eprintln!(
+            "building {} with {total} PINs (once; cached for later runs)",
+            path.display()
+        );
         let started = Instant::now();
-        let store = Store::open(&format!("sqlite://{}", building.display()), 1).await.expect("open");
+        let store = Store::open(&format!("sqlite://{}", building.display()), 1)
+            .await
+            .expect("open");
         let ns = PinNamespace::parse("bench").expect("namespace");
         let now = Utc::now();
         let mut i = 0;
         while i < total {
             let end = (i + PINS_PER_ROOM).min(total);
             let room = RoomName::parse(&format!("room-{:05}", i / PINS_PER_ROOM)).expect("room");
-            let pins: Vec<Pin> = (i..end).map(|n| Pin::parse(&nth_pin(n, total)).expect("pin")).collect();
-            store.import_pins(&ns, &room, &pins, now).await.expect("import");
+            let pins: Vec<Pin> = (i..end)
+                .map(|n| Pin::parse(&nth_pin(n, total)).expect("pin"))
+                .collect();
+            store
+                .import_pins(&ns, &room, &pins, now)
+                .await
+                .expect("import");
             i = end;
         }
         store.close().await;
         std::fs::rename(&building, &path).expect("rename");
         eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
     }
-    let store = Store::open(&format!("sqlite://{}", path.display()), 1).await.expect("open cached");
+    let store = Store::open(&format!("sqlite://{}", path.display()), 1)
+        .await
+        .expect("open cached");
     (store, path)
 }
 
@@ -76,8 +88,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let total = std::env::var("DIALIN_BENCH_PINS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_PINS);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let total = std::env::var("DIALIN_BENCH_PINS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_PINS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (store, path) = rt.block_on(prepare(total));
     let ns = PinNamespace::parse("bench").expect("namespace");
     let mut rng = rand::thread_rng();
@@ -117,13 +135,25 @@ fn main() {
     );
 
     let mut other_rng = rand::thread_rng();
-    let mut unknown = || Pin::parse(&format!("{:010}", other_rng.gen_range(0..10_000_000_000u64))).expect("pin");
+    let mut unknown = || {
+        Pin::parse(&format!(
+            "{:010}",
+            other_rng.gen_range(0..10_000_000_000u64)
+        ))
+        .expect("pin")
+    };
     let mut c = Criterion::default().configure_from_args();
     c.bench_function("resolve_existing_pin_among_10m", |b| {
-        b.iter(|| rt.block_on(store.resolve(&ns, &pick(), Utc::now())).expect("resolve"))
+        b.iter(|| {
+            rt.block_on(store.resolve(&ns, &pick(), Utc::now()))
+                .expect("resolve")
+        })
     });
     c.bench_function("resolve_random_pin_mostly_unknown", |b| {
-        b.iter(|| rt.block_on(store.resolve(&ns, &unknown(), Utc::now())).expect("resolve"))
+        b.iter(|| {
+            rt.block_on(store.resolve(&ns, &unknown(), Utc::now()))
+                .expect("resolve")
+        })
     });
     c.final_summary();
     rt.block_on(store.close());

@@ -110,7 +110,11 @@ impl AdminToken {
     /// Constant-time check of a presented token.
     pub fn verify(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        digest.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        digest
+            .iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
@@ -141,28 +145,46 @@ struct ApiError {
 
 impl ApiError {
     fn bad_request(reason: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, error: "bad_request", reason: reason.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            reason: reason.into(),
+        }
     }
 
     fn not_found(reason: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, error: "not_found", reason: reason.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            reason: reason.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error, "reason": self.reason }))).into_response()
+        (
+            self.status,
+            Json(json!({ "error": self.error, "reason": self.reason })),
+        )
+            .into_response()
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::PinTaken { .. } => ApiError { status: StatusCode::CONFLICT, error: "pin_taken", reason: e.to_string() },
+            StoreError::PinTaken { .. } => ApiError {
+                status: StatusCode::CONFLICT,
+                error: "pin_taken",
+                reason: e.to_string(),
+            },
             StoreError::InvalidWindow(reason) => ApiError::bad_request(reason),
-            StoreError::PinSpaceExhausted { .. } => {
-                ApiError { status: StatusCode::SERVICE_UNAVAILABLE, error: "pin_space_exhausted", reason: e.to_string() }
-            }
+            StoreError::PinSpaceExhausted { .. } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: "pin_space_exhausted",
+                reason: e.to_string(),
+            },
             other => {
                 tracing::error!(error = %other, "store error in admin API");
                 ApiError {
@@ -205,7 +227,9 @@ pub async fn serve_with_shutdown(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -213,7 +237,10 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     match presented {
         Some(token) if state.token.verify(token.trim()) => next.run(request).await,
         _ => {
@@ -223,7 +250,10 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
                 reason: "a valid Authorization: Bearer token is required".to_owned(),
             }
             .into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dialin\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"dialin\""),
+            );
             response
         }
     }
@@ -247,9 +277,16 @@ struct CreatePin {
 }
 
 async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let req: CreatePin = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req: CreatePin =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let namespace = req.namespace.unwrap_or_default();
-    let Some(length) = state.trunks.load().iter().find(|t| t.pin_namespace == namespace).map(|t| t.pin_length) else {
+    let Some(length) = state
+        .trunks
+        .load()
+        .iter()
+        .find(|t| t.pin_namespace == namespace)
+        .map(|t| t.pin_length)
+    else {
         return Err(ApiError::bad_request(format!(
             "no trunk uses PIN namespace {:?}, so no caller could use this PIN",
             namespace.as_str()
@@ -299,7 +336,10 @@ async fn list_pins(
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let filter = PinFilter {
-        room: non_empty(q.room).map(|r| RoomName::parse(&r)).transpose().map_err(|e| ApiError::bad_request(format!("room: {e}")))?,
+        room: non_empty(q.room)
+            .map(|r| RoomName::parse(&r))
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("room: {e}")))?,
         namespace: non_empty(q.namespace)
             .map(|n| PinNamespace::parse(&n))
             .transpose()
@@ -310,14 +350,20 @@ async fn list_pins(
     Ok(Json(json!({ "pins": pins })).into_response())
 }
 
-async fn revoke_pin(State(state): State<AppState>, Path((namespace, pin)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
-    let namespace = PinNamespace::parse(&namespace).map_err(|e| ApiError::bad_request(format!("namespace: {e}")))?;
+async fn revoke_pin(
+    State(state): State<AppState>,
+    Path((namespace, pin)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let namespace = PinNamespace::parse(&namespace)
+        .map_err(|e| ApiError::bad_request(format!("namespace: {e}")))?;
     let pin = Pin::parse(&pin).map_err(|e| ApiError::bad_request(format!("pin: {e}")))?;
     if state.store.revoke(&namespace, &pin, Utc::now()).await? {
         tracing::info!(namespace = %namespace, pin = %pin, "PIN revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found("no such PIN in this namespace (or already revoked)"))
+        Err(ApiError::not_found(
+            "no such PIN in this namespace (or already revoked)",
+        ))
     }
 }
 
@@ -325,7 +371,10 @@ async fn list_calls(State(state): State<AppState>) -> Response {
     Json(json!({ "calls": state.calls.list() })).into_response()
 }
 
-async fn hang_up_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn hang_up_call(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = CallId::new(id);
     if state.calls.hang_up(&id) {
         tracing::info!(call_id = %id, "call hung up by admin");
@@ -360,7 +409,11 @@ async fn list_trunks(State(state): State<AppState>) -> Response {
         .map(|t| TrunkView {
             id: t.id.clone(),
             numbers: t.numbers.iter().map(|n| n.as_str().to_owned()).collect(),
-            allowed_addresses: t.allowed_addresses.iter().map(ToString::to_string).collect(),
+            allowed_addresses: t
+                .allowed_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             digest_auth: t.auth.is_some(),
             pin_namespace: t.pin_namespace.clone(),
             pin_length: t.pin_length,
@@ -381,7 +434,13 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let not_ready = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": reason }))).into_response();
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response()
+    };
     if let Some(reason) = state.readiness.not_ready_reason() {
         return not_ready(reason);
     }
@@ -397,7 +456,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
         state.metrics.render(&state.calls),
     )
         .into_response()
@@ -419,10 +481,16 @@ mod tests {
     #[test]
     fn readiness_reports_draining_before_unbound_transports() {
         let r = Readiness::default();
-        assert_eq!(r.not_ready_reason().as_deref(), Some("SIP transports not bound"));
+        assert_eq!(
+            r.not_ready_reason().as_deref(),
+            Some("SIP transports not bound")
+        );
         r.set_transports_bound(true);
         assert_eq!(r.not_ready_reason(), None);
         r.set_draining(true);
-        assert_eq!(r.not_ready_reason().as_deref(), Some("draining for shutdown"));
+        assert_eq!(
+            r.not_ready_reason().as_deref(),
+            Some("draining for shutdown")
+        );
     }
 }

@@ -68,7 +68,12 @@ pub enum CallState {
 }
 
 impl CallState {
-    pub const ALL: [CallState; 4] = [CallState::Answering, CallState::CollectingPin, CallState::Joining, CallState::InRoom];
+    pub const ALL: [CallState; 4] = [
+        CallState::Answering,
+        CallState::CollectingPin,
+        CallState::Joining,
+        CallState::InRoom,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -206,7 +211,9 @@ pub struct CallRegistry {
 
 impl fmt::Debug for CallRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallRegistry").field("calls", &self.len()).finish()
+        f.debug_struct("CallRegistry")
+            .field("calls", &self.len())
+            .finish()
     }
 }
 
@@ -217,19 +224,27 @@ impl CallRegistry {
 
     /// Registers a call in state `answering`, if the node and trunk limits allow it. The
     /// guard removes the call when dropped; the receiver delivers admin commands.
-    pub fn register(self: &Arc<Self>, call: NewCall) -> Result<(CallGuard, mpsc::Receiver<CallCommand>), RegisterError> {
+    pub fn register(
+        self: &Arc<Self>,
+        call: NewCall,
+    ) -> Result<(CallGuard, mpsc::Receiver<CallCommand>), RegisterError> {
         // Reserve a node slot first; give it back on any refusal.
         let previous = self.total.fetch_add(1, Ordering::AcqRel);
         if previous >= call.node_limit {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(RegisterError::NodeFull { limit: call.node_limit });
+            return Err(RegisterError::NodeFull {
+                limit: call.node_limit,
+            });
         }
         {
             let mut count = self.per_trunk.entry(call.trunk.clone()).or_insert(0);
             if *count >= call.trunk_limit {
                 drop(count);
                 self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err(RegisterError::TrunkFull { trunk: call.trunk, limit: call.trunk_limit });
+                return Err(RegisterError::TrunkFull {
+                    trunk: call.trunk,
+                    limit: call.trunk_limit,
+                });
             }
             *count += 1;
         }
@@ -249,7 +264,14 @@ impl CallRegistry {
             }
             Entry::Vacant(v) => {
                 v.insert(Registered { info, commands: tx });
-                Ok((CallGuard { registry: Arc::clone(self), id: call.id, trunk: call.trunk }, rx))
+                Ok((
+                    CallGuard {
+                        registry: Arc::clone(self),
+                        id: call.id,
+                        trunk: call.trunk,
+                    },
+                    rx,
+                ))
             }
         }
     }
@@ -263,7 +285,9 @@ impl CallRegistry {
 
     /// Asks a call's owner to hang up. False when no such call is in progress.
     pub fn hang_up(&self, id: &CallId) -> bool {
-        let Some(entry) = self.calls.get(id) else { return false };
+        let Some(entry) = self.calls.get(id) else {
+            return false;
+        };
         // A full queue already holds a hang-up; a closed one means the owner is ending
         // the call anyway. Either way the call is going away.
         let _ = entry.commands.try_send(CallCommand::HangUp);
@@ -273,7 +297,11 @@ impl CallRegistry {
     /// A snapshot of the calls in progress, oldest first.
     pub fn list(&self) -> Vec<CallInfo> {
         let mut calls: Vec<CallInfo> = self.calls.iter().map(|e| e.info.clone()).collect();
-        calls.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        calls.sort_by(|a, b| {
+            a.started_at
+                .cmp(&b.started_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         calls
     }
 
@@ -400,9 +428,15 @@ mod tests {
     fn node_and_trunk_limits_refuse_extra_calls() {
         let reg = CallRegistry::new();
         let (_a, _) = reg.register(new_call("a", "t1", 2, 1)).unwrap();
-        assert!(matches!(reg.register(new_call("b", "t1", 2, 1)), Err(RegisterError::TrunkFull { .. })));
+        assert!(matches!(
+            reg.register(new_call("b", "t1", 2, 1)),
+            Err(RegisterError::TrunkFull { .. })
+        ));
         let (_c, _) = reg.register(new_call("c", "t2", 2, 1)).unwrap();
-        assert!(matches!(reg.register(new_call("d", "t3", 2, 1)), Err(RegisterError::NodeFull { limit: 2 })));
+        assert!(matches!(
+            reg.register(new_call("d", "t3", 2, 1)),
+            Err(RegisterError::NodeFull { limit: 2 })
+        ));
         assert_eq!(reg.len(), 2);
     }
 
@@ -410,15 +444,24 @@ mod tests {
     fn duplicate_call_id_is_refused_without_leaking_a_slot() {
         let reg = CallRegistry::new();
         let (_a, _) = reg.register(new_call("a", "t", 10, 10)).unwrap();
-        assert!(matches!(reg.register(new_call("a", "t", 10, 10)), Err(RegisterError::Duplicate(_))));
+        assert!(matches!(
+            reg.register(new_call("a", "t", 10, 10)),
+            Err(RegisterError::Duplicate(_))
+        ));
         assert_eq!(reg.len(), 1);
         assert_eq!(reg.count_for_trunk(&TrunkId::parse("t").unwrap()), 1);
     }
 
     #[test]
     fn states_serialize_in_snake_case() {
-        assert_eq!(serde_json::to_string(&CallState::CollectingPin).unwrap(), "\"collecting_pin\"");
-        assert_eq!(serde_json::to_string(&CallOutcome::RtpTimeout).unwrap(), "\"rtp_timeout\"");
+        assert_eq!(
+            serde_json::to_string(&CallState::CollectingPin).unwrap(),
+            "\"collecting_pin\""
+        );
+        assert_eq!(
+            serde_json::to_string(&CallOutcome::RtpTimeout).unwrap(),
+            "\"rtp_timeout\""
+        );
         for o in CallOutcome::ALL {
             assert_eq!(CallOutcome::parse(o.as_str()), Some(o));
         }

@@ -17,7 +17,13 @@ use crate::store::{NewPin, PinFilter, PinRecord, Store};
 #[command(name = "dialin", version, about)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, short = 'c', global = true, env = "DIALIN_CONFIG", default_value = "configs/dialin.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "DIALIN_CONFIG",
+        default_value = "configs/dialin.toml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -112,9 +118,16 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Serve) { "info" } else { "warn" })
+        tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Serve) {
+            "info"
+        } else {
+            "warn"
+        })
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     if let Command::CheckConfig = cli.command {
         return match Config::load(&cli.config) {
@@ -130,7 +143,10 @@ pub fn main() -> ExitCode {
         };
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -152,7 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig => Ok(()),
         Command::Serve => crate::serve::run(config, cli.config).await,
         Command::Pin { command } => {
-            let store = Store::open(&config.store.url, 1).await.context("opening the store")?;
+            let store = Store::open(&config.store.url, 1)
+                .await
+                .context("opening the store")?;
             let result = pin_command(&config, &store, command).await;
             store.close().await;
             result
@@ -164,11 +182,18 @@ async fn pin_command(config: &Config, store: &Store, command: PinCommand) -> any
     match command {
         PinCommand::Create(args) => {
             let Some(length) = config.pin_length_of(&args.namespace) else {
-                bail!("no trunk uses PIN namespace {:?}, so no caller could use this PIN", args.namespace.as_str());
+                bail!(
+                    "no trunk uses PIN namespace {:?}, so no caller could use this PIN",
+                    args.namespace.as_str()
+                );
             };
             if let Some(pin) = &args.pin {
                 if pin.len() != length {
-                    bail!("PIN namespace {:?} uses {length}-digit PINs, this PIN has {} digits", args.namespace.as_str(), pin.len());
+                    bail!(
+                        "PIN namespace {:?} uses {length}-digit PINs, this PIN has {} digits",
+                        args.namespace.as_str(),
+                        pin.len()
+                    );
                 }
             }
             let record = store
@@ -193,7 +218,11 @@ async fn pin_command(config: &Config, store: &Store, command: PinCommand) -> any
         }
         PinCommand::List(args) => {
             let pins = store
-                .list_pins(&PinFilter { room: args.room, namespace: args.namespace, include_revoked: args.all })
+                .list_pins(&PinFilter {
+                    room: args.room,
+                    namespace: args.namespace,
+                    include_revoked: args.all,
+                })
                 .await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&pins)?);
@@ -203,7 +232,11 @@ async fn pin_command(config: &Config, store: &Store, command: PinCommand) -> any
         }
         PinCommand::Revoke(args) => {
             if !store.revoke(&args.namespace, &args.pin, Utc::now()).await? {
-                bail!("no PIN {} in namespace {:?} (or it is already revoked)", args.pin, args.namespace.as_str());
+                bail!(
+                    "no PIN {} in namespace {:?} (or it is already revoked)",
+                    args.pin,
+                    args.namespace.as_str()
+                );
             }
             println!("revoked");
         }
@@ -222,7 +255,9 @@ fn print_table(pins: &[PinRecord]) {
             p.room,
             time(p.valid_from),
             time(p.valid_until),
-            p.participant_name.as_ref().map_or("-", ParticipantName::as_str),
+            p.participant_name
+                .as_ref()
+                .map_or("-", ParticipantName::as_str),
             if p.revoked { "yes" } else { "no" },
         );
     }

@@ -28,7 +28,10 @@ pub const ENV_LIVEKIT_API_SECRET: &str = "DIALIN_LIVEKIT_API_SECRET";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Syntax(String),
     /// A key holds a value that is not allowed.
@@ -38,7 +41,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid { key: key.into(), message: message.into() }
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     /// The key the error is about, when it is about one.
@@ -88,7 +94,9 @@ pub struct ListenAddr {
 impl FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a listen address (udp://IP:PORT, tcp://IP:PORT or tls://IP:PORT)");
+        let bad = || {
+            format!("{s:?} is not a listen address (udp://IP:PORT, tcp://IP:PORT or tls://IP:PORT)")
+        };
         let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
         let transport = match scheme {
             "udp" => Transport::Udp,
@@ -149,8 +157,14 @@ impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
             listen: vec![
-                ListenAddr { transport: Transport::Udp, addr: SocketAddr::from(([0, 0, 0, 0], 5060)) },
-                ListenAddr { transport: Transport::Tcp, addr: SocketAddr::from(([0, 0, 0, 0], 5060)) },
+                ListenAddr {
+                    transport: Transport::Udp,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 5060)),
+                },
+                ListenAddr {
+                    transport: Transport::Tcp,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 5060)),
+                },
             ],
             public_address: None,
             tls: TlsConfig::default(),
@@ -197,7 +211,9 @@ impl FromStr for PortRange {
         let first: u16 = a.trim().parse().map_err(|_| bad())?;
         let last: u16 = b.trim().parse().map_err(|_| bad())?;
         if first == 0 || last <= first {
-            return Err(format!("{s:?}: the range must hold at least two ports, above 0"));
+            return Err(format!(
+                "{s:?}: the range must hold at least two ports, above 0"
+            ));
         }
         Ok(PortRange { first, last })
     }
@@ -227,7 +243,10 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
-            rtp_ports: PortRange { first: 20_000, last: 29_999 },
+            rtp_ports: PortRange {
+                first: 20_000,
+                last: 29_999,
+            },
             rtp_timeout_s: 30,
             max_call_duration_s: 4 * 3600,
             opus_complexity: 5,
@@ -266,7 +285,12 @@ pub struct IvrConfig {
 
 impl Default for IvrConfig {
     fn default() -> Self {
-        IvrConfig { first_digit_timeout_s: 10, inter_digit_timeout_s: 5, max_prompt_replays: 3, max_ivr_time_s: 120 }
+        IvrConfig {
+            first_digit_timeout_s: 10,
+            inter_digit_timeout_s: 5,
+            max_prompt_replays: 3,
+            max_ivr_time_s: 120,
+        }
     }
 }
 
@@ -294,7 +318,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: "sqlite://dialin.db".to_owned(), max_connections: 8 }
+        StoreConfig {
+            url: "sqlite://dialin.db".to_owned(),
+            max_connections: 8,
+        }
     }
 }
 
@@ -317,7 +344,9 @@ pub struct RoomsConfig {
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        RoomsConfig { backend: RoomsBackend::Local }
+        RoomsConfig {
+            backend: RoomsBackend::Local,
+        }
     }
 }
 
@@ -404,7 +433,10 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8089)), token: None }
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8089)),
+            token: None,
+        }
     }
 }
 
@@ -430,7 +462,10 @@ impl Default for SecurityConfig {
         SecurityConfig {
             lockout: LockoutConfig::default(),
             trunk_alarm_failed_per_minute: 30,
-            unmatched_source: RateLimitConfig { burst: 10, per_second: 1 },
+            unmatched_source: RateLimitConfig {
+                burst: 10,
+                per_second: 1,
+            },
         }
     }
 }
@@ -447,7 +482,11 @@ pub struct LockoutConfig {
 
 impl Default for LockoutConfig {
     fn default() -> Self {
-        LockoutConfig { failed_pin_limit: 10, window_s: 900, lockout_s: 900 }
+        LockoutConfig {
+            failed_pin_limit: 10,
+            window_s: 900,
+            lockout_s: 900,
+        }
     }
 }
 
@@ -579,8 +618,10 @@ impl Config {
     /// Reads, parses and checks a configuration file, with secrets overridden from the
     /// process environment (`DIALIN_ADMIN_TOKEN`, `DIALIN_LIVEKIT_API_SECRET`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, |name| std::env::var(name).ok())
     }
 
@@ -593,13 +634,23 @@ impl Config {
             let inner = e.into_inner();
             let message = inner.message().to_owned();
             let line = inner.span().map(|span| {
-                let line = text.get(..span.start).map_or(0, |s| s.matches('\n').count()) + 1;
+                let line = text
+                    .get(..span.start)
+                    .map_or(0, |s| s.matches('\n').count())
+                    + 1;
                 format!(" (line {line})")
             });
             if key.is_empty() || key == "." {
-                ConfigError::Syntax(format!("{}{}", message.trim_end(), line.unwrap_or_default()))
+                ConfigError::Syntax(format!(
+                    "{}{}",
+                    message.trim_end(),
+                    line.unwrap_or_default()
+                ))
             } else {
-                ConfigError::Invalid { key, message: format!("{}{}", message.trim_end(), line.unwrap_or_default()) }
+                ConfigError::Invalid {
+                    key,
+                    message: format!("{}{}", message.trim_end(), line.unwrap_or_default()),
+                }
             }
         })?;
         if let Some(token) = env(ENV_ADMIN_TOKEN) {
@@ -614,51 +665,84 @@ impl Config {
 
     /// The trunk-wide PIN length of a namespace, if a trunk uses it.
     pub fn pin_length_of(&self, namespace: &PinNamespace) -> Option<usize> {
-        self.trunks.iter().find(|t| &t.pin_namespace == namespace).map(|t| t.pin_length)
+        self.trunks
+            .iter()
+            .find(|t| &t.pin_namespace == namespace)
+            .map(|t| t.pin_length)
     }
 
     /// Checks what types alone cannot: ranges, cross-key rules, required secrets.
     fn validate(&self) -> Result<(), ConfigError> {
         let sip = &self.sip;
         if sip.listen.is_empty() {
-            return Err(ConfigError::invalid("sip.listen", "at least one listen address is needed"));
+            return Err(ConfigError::invalid(
+                "sip.listen",
+                "at least one listen address is needed",
+            ));
         }
         for (i, l) in sip.listen.iter().enumerate() {
             if sip.listen[..i].contains(l) {
-                return Err(ConfigError::invalid(format!("sip.listen[{i}]"), format!("\"{l}\" is listed twice")));
+                return Err(ConfigError::invalid(
+                    format!("sip.listen[{i}]"),
+                    format!("\"{l}\" is listed twice"),
+                ));
             }
         }
         if sip.listen.iter().any(|l| l.transport == Transport::Tls) {
             if sip.tls.cert.is_none() {
-                return Err(ConfigError::invalid("sip.tls.cert", "a tls:// listener needs a certificate file"));
+                return Err(ConfigError::invalid(
+                    "sip.tls.cert",
+                    "a tls:// listener needs a certificate file",
+                ));
             }
             if sip.tls.key.is_none() {
-                return Err(ConfigError::invalid("sip.tls.key", "a tls:// listener needs a private key file"));
+                return Err(ConfigError::invalid(
+                    "sip.tls.key",
+                    "a tls:// listener needs a private key file",
+                ));
             }
         }
         if sip.user_agent.trim().is_empty() || sip.user_agent.chars().any(char::is_control) {
-            return Err(ConfigError::invalid("sip.user_agent", "must be a non-empty single line"));
+            return Err(ConfigError::invalid(
+                "sip.user_agent",
+                "must be a non-empty single line",
+            ));
         }
         // RFC 3261 §18.1.1: an implementation must handle messages up to the path MTU;
         // below 1500 bytes ordinary INVITEs with SDP would be refused.
         if !(1500..=1_048_576).contains(&sip.max_message_size) {
-            return Err(ConfigError::invalid("sip.max_message_size", "must be between 1500 and 1048576 bytes"));
+            return Err(ConfigError::invalid(
+                "sip.max_message_size",
+                "must be between 1500 and 1048576 bytes",
+            ));
         }
 
         let media = &self.media;
         if media.rtp_ports.len() < 4 {
-            return Err(ConfigError::invalid("media.rtp_ports", "must hold at least 4 ports (2 per call: RTP and RTCP)"));
+            return Err(ConfigError::invalid(
+                "media.rtp_ports",
+                "must hold at least 4 ports (2 per call: RTP and RTCP)",
+            ));
         }
         positive("media.rtp_timeout_s", media.rtp_timeout_s)?;
         positive("media.max_call_duration_s", media.max_call_duration_s)?;
         if media.opus_complexity > 10 {
-            return Err(ConfigError::invalid("media.opus_complexity", "must be between 0 and 10"));
+            return Err(ConfigError::invalid(
+                "media.opus_complexity",
+                "must be between 0 and 10",
+            ));
         }
         if media.jitter_max_ms == 0 || media.jitter_max_ms > 2000 {
-            return Err(ConfigError::invalid("media.jitter_max_ms", "must be between 1 and 2000"));
+            return Err(ConfigError::invalid(
+                "media.jitter_max_ms",
+                "must be between 1 and 2000",
+            ));
         }
         if media.jitter_min_ms > media.jitter_max_ms {
-            return Err(ConfigError::invalid("media.jitter_min_ms", "must not exceed media.jitter_max_ms"));
+            return Err(ConfigError::invalid(
+                "media.jitter_min_ms",
+                "must not exceed media.jitter_max_ms",
+            ));
         }
 
         let ivr = &self.ivr;
@@ -667,14 +751,23 @@ impl Config {
         positive("ivr.max_ivr_time_s", ivr.max_ivr_time_s)?;
 
         let url = &self.store.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return Err(ConfigError::invalid(
                 "store.url",
-                format!("{:?} is not a store URL (sqlite://FILE, sqlite::memory: or postgres://...)", redact_url(url)),
+                format!(
+                    "{:?} is not a store URL (sqlite://FILE, sqlite::memory: or postgres://...)",
+                    redact_url(url)
+                ),
             ));
         }
         if self.store.max_connections == 0 {
-            return Err(ConfigError::invalid("store.max_connections", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "store.max_connections",
+                "must be at least 1",
+            ));
         }
 
         let livekit_used = self.rooms.backend == RoomsBackend::Livekit;
@@ -682,7 +775,10 @@ impl Config {
         check_ws_url("livekit.url", &lk.url)?;
         if livekit_used {
             if lk.api_key.trim().is_empty() {
-                return Err(ConfigError::invalid("livekit.api_key", "must not be empty when rooms.backend = \"livekit\""));
+                return Err(ConfigError::invalid(
+                    "livekit.api_key",
+                    "must not be empty when rooms.backend = \"livekit\"",
+                ));
             }
             match &lk.api_secret {
                 None => {
@@ -702,17 +798,26 @@ impl Config {
             match scheme {
                 "stun" | "stuns" => {}
                 "turn" | "turns" => {
-                    if ice.username.as_deref().map_or(true, str::is_empty) {
-                        return Err(ConfigError::invalid(format!("{key}.username"), format!("TURN server {:?} needs a username", ice.url)));
+                    if !matches!(ice.username.as_deref(), Some(u) if !u.is_empty()) {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.username"),
+                            format!("TURN server {:?} needs a username", ice.url),
+                        ));
                     }
-                    if ice.credential.as_ref().map_or(true, |c| c.0.is_empty()) {
-                        return Err(ConfigError::invalid(format!("{key}.credential"), format!("TURN server {:?} needs a credential", ice.url)));
+                    if !matches!(&ice.credential, Some(c) if !c.0.is_empty()) {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.credential"),
+                            format!("TURN server {:?} needs a credential", ice.url),
+                        ));
                     }
                 }
                 _ => {
                     return Err(ConfigError::invalid(
                         format!("{key}.url"),
-                        format!("{:?} is not a STUN or TURN URI (stun:, stuns:, turn:, turns:)", ice.url),
+                        format!(
+                            "{:?} is not a STUN or TURN URI (stun:, stuns:, turn:, turns:)",
+                            ice.url
+                        ),
                     ))
                 }
             }
@@ -720,29 +825,52 @@ impl Config {
 
         match &self.admin.token {
             None => {
-                return Err(ConfigError::invalid("admin.token", format!("is required (or set {ENV_ADMIN_TOKEN})")))
+                return Err(ConfigError::invalid(
+                    "admin.token",
+                    format!("is required (or set {ENV_ADMIN_TOKEN})"),
+                ))
             }
-            Some(t) if t.0.trim().is_empty() => return Err(ConfigError::invalid("admin.token", "must not be empty")),
+            Some(t) if t.0.trim().is_empty() => {
+                return Err(ConfigError::invalid("admin.token", "must not be empty"))
+            }
             Some(_) => {}
         }
 
         let sec = &self.security;
-        positive("security.lockout.failed_pin_limit", u64::from(sec.lockout.failed_pin_limit))?;
+        positive(
+            "security.lockout.failed_pin_limit",
+            u64::from(sec.lockout.failed_pin_limit),
+        )?;
         positive("security.lockout.window_s", sec.lockout.window_s)?;
         positive("security.lockout.lockout_s", sec.lockout.lockout_s)?;
-        positive("security.trunk_alarm_failed_per_minute", u64::from(sec.trunk_alarm_failed_per_minute))?;
-        positive("security.unmatched_source.burst", u64::from(sec.unmatched_source.burst))?;
-        positive("security.unmatched_source.per_second", u64::from(sec.unmatched_source.per_second))?;
+        positive(
+            "security.trunk_alarm_failed_per_minute",
+            u64::from(sec.trunk_alarm_failed_per_minute),
+        )?;
+        positive(
+            "security.unmatched_source.burst",
+            u64::from(sec.unmatched_source.burst),
+        )?;
+        positive(
+            "security.unmatched_source.per_second",
+            u64::from(sec.unmatched_source.per_second),
+        )?;
         positive("limits.max_calls", u64::from(self.limits.max_calls))?;
 
         if self.trunks.is_empty() {
-            return Err(ConfigError::invalid("trunk", "at least one [[trunk]] is needed, or no call can be accepted"));
+            return Err(ConfigError::invalid(
+                "trunk",
+                "at least one [[trunk]] is needed, or no call can be accepted",
+            ));
         }
         let mut namespace_lengths: HashMap<&PinNamespace, (usize, usize)> = HashMap::new();
         for (i, t) in self.trunks.iter().enumerate() {
             let key = |k: &str| format!("trunk[{i}].{k}");
             if let Some(j) = self.trunks[..i].iter().position(|o| o.id == t.id) {
-                return Err(ConfigError::invalid(key("id"), format!("{:?} is already the id of trunk[{j}]", t.id.as_str())));
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    format!("{:?} is already the id of trunk[{j}]", t.id.as_str()),
+                ));
             }
             if t.allowed_addresses.is_empty() {
                 return Err(ConfigError::invalid(
@@ -753,19 +881,33 @@ impl Config {
             if !(Pin::MIN_LEN..=Pin::MAX_LEN).contains(&t.pin_length) {
                 return Err(ConfigError::invalid(
                     key("pin_length"),
-                    format!("{} is out of range ({}..={})", t.pin_length, Pin::MIN_LEN, Pin::MAX_LEN),
+                    format!(
+                        "{} is out of range ({}..={})",
+                        t.pin_length,
+                        Pin::MIN_LEN,
+                        Pin::MAX_LEN
+                    ),
                 ));
             }
             if !(1..=10).contains(&t.max_attempts) {
-                return Err(ConfigError::invalid(key("max_attempts"), format!("{} is out of range (1..=10)", t.max_attempts)));
+                return Err(ConfigError::invalid(
+                    key("max_attempts"),
+                    format!("{} is out of range (1..=10)", t.max_attempts),
+                ));
             }
             positive(&key("max_calls"), u64::from(t.max_calls))?;
             if let Some(auth) = &t.auth {
                 if auth.username.is_empty() {
-                    return Err(ConfigError::invalid(key("auth.username"), "must not be empty"));
+                    return Err(ConfigError::invalid(
+                        key("auth.username"),
+                        "must not be empty",
+                    ));
                 }
                 if auth.password.0.is_empty() {
-                    return Err(ConfigError::invalid(key("auth.password"), "must not be empty"));
+                    return Err(ConfigError::invalid(
+                        key("auth.password"),
+                        "must not be empty",
+                    ));
                 }
             }
             if let Some(lko) = &t.livekit {
@@ -773,7 +915,10 @@ impl Config {
                     check_ws_url(&key("livekit.url"), url)?;
                 }
                 if lko.api_key.is_some() && lko.api_secret.is_none() {
-                    return Err(ConfigError::invalid(key("livekit.api_secret"), "is required with trunk-level livekit.api_key"));
+                    return Err(ConfigError::invalid(
+                        key("livekit.api_secret"),
+                        "is required with trunk-level livekit.api_key",
+                    ));
                 }
             }
             match namespace_lengths.get(&t.pin_namespace) {
@@ -811,11 +956,19 @@ impl Config {
             self.admin.listen,
         );
         for t in &self.trunks {
-            let nets: Vec<String> = t.allowed_addresses.iter().map(ToString::to_string).collect();
+            let nets: Vec<String> = t
+                .allowed_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             let numbers = if t.numbers.is_empty() {
                 "any number".to_owned()
             } else {
-                t.numbers.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>().join(", ")
+                t.numbers
+                    .iter()
+                    .map(|n| n.as_str().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             out.push_str(&format!(
                 "trunk {}: from {}; {}; PIN namespace {:?}, {} digits{}\n",
@@ -824,7 +977,11 @@ impl Config {
                 numbers,
                 t.pin_namespace.as_str(),
                 t.pin_length,
-                if t.auth.is_some() { "; digest auth" } else { "" },
+                if t.auth.is_some() {
+                    "; digest auth"
+                } else {
+                    ""
+                },
             ));
         }
         out
@@ -843,7 +1000,10 @@ fn check_ws_url(key: &str, url: &str) -> Result<(), ConfigError> {
         .iter()
         .any(|p| url.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
     if !ok {
-        return Err(ConfigError::invalid(key, format!("{url:?} is not a ws://, wss://, http:// or https:// URL")));
+        return Err(ConfigError::invalid(
+            key,
+            format!("{url:?} is not a ws://, wss://, http:// or https:// URL"),
+        ));
     }
     Ok(())
 }
@@ -874,7 +1034,10 @@ mod tests {
 
     #[test]
     fn port_range_needs_two_ordered_ports() {
-        assert_eq!("20000-29999".parse::<PortRange>().map(|r| r.len()), Ok(10_000));
+        assert_eq!(
+            "20000-29999".parse::<PortRange>().map(|r| r.len()),
+            Ok(10_000)
+        );
         assert!("29999-20000".parse::<PortRange>().is_err());
         assert!("20000".parse::<PortRange>().is_err());
     }

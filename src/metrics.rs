@@ -24,8 +24,14 @@ pub enum PinResult {
 }
 
 impl PinResult {
-    const ALL: [PinResult; 6] =
-        [PinResult::Accepted, PinResult::Unknown, PinResult::Revoked, PinResult::NotYetValid, PinResult::Expired, PinResult::LockedOut];
+    const ALL: [PinResult; 6] = [
+        PinResult::Accepted,
+        PinResult::Unknown,
+        PinResult::Revoked,
+        PinResult::NotYetValid,
+        PinResult::Expired,
+        PinResult::LockedOut,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -41,8 +47,21 @@ impl PinResult {
 
 /// SIP methods counted by name (RFC 3261 §7.1 and the extensions the gateway meets);
 /// anything else is counted as `other`.
-const SIP_METHODS: [&str; 13] =
-    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "PRACK", "UPDATE", "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE"];
+const SIP_METHODS: [&str; 13] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+    "REFER",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "MESSAGE",
+];
 
 /// Upper bounds of the `dialin_call_setup_seconds` buckets: from INVITE to joined room,
 /// which includes the time the caller takes to key the PIN.
@@ -58,7 +77,11 @@ struct Histogram {
 
 impl Histogram {
     fn new() -> Self {
-        Histogram { buckets: Default::default(), count: AtomicU64::new(0), sum_micros: AtomicU64::new(0) }
+        Histogram {
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
     }
 
     fn observe(&self, d: Duration) {
@@ -70,7 +93,10 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -129,7 +155,10 @@ impl Metrics {
 
     /// A SIP request was received (method as on the wire, case-sensitive per RFC 3261 §7.1).
     pub fn sip_request(&self, method: &str) {
-        let i = SIP_METHODS.iter().position(|m| *m == method).unwrap_or(SIP_METHODS.len());
+        let i = SIP_METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(SIP_METHODS.len());
         bump(self.sip_requests.get(i), 1);
     }
 
@@ -150,7 +179,8 @@ impl Metrics {
 
     /// A packet from a source matching no trunk was dropped (rate limit exhausted).
     pub fn unmatched_source_dropped(&self) {
-        self.unmatched_source_dropped.fetch_add(1, Ordering::Relaxed);
+        self.unmatched_source_dropped
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Media frames that arrived too late for their playout slot.
@@ -160,7 +190,8 @@ impl Metrics {
 
     /// A trunk crossed `trunk_alarm_failed_per_minute`.
     pub fn trunk_pin_failure_alarm(&self) {
-        self.trunk_pin_failure_alarms.fetch_add(1, Ordering::Relaxed);
+        self.trunk_pin_failure_alarms
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Time from INVITE to joining the room.
@@ -173,40 +204,104 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
 
-        header(&mut out, "dialin_calls_active", "gauge", "Calls in progress on this node, by state.");
+        header(
+            &mut out,
+            "dialin_calls_active",
+            "gauge",
+            "Calls in progress on this node, by state.",
+        );
         for (state, n) in calls.count_by_state() {
-            let _ = writeln!(out, "dialin_calls_active{{state=\"{}\"}} {n}", state.as_str());
+            let _ = writeln!(
+                out,
+                "dialin_calls_active{{state=\"{}\"}} {n}",
+                state.as_str()
+            );
         }
 
-        header(&mut out, "dialin_calls_total", "counter", "Calls ended, by outcome.");
+        header(
+            &mut out,
+            "dialin_calls_total",
+            "counter",
+            "Calls ended, by outcome.",
+        );
         for (outcome, c) in CallOutcome::ALL.iter().zip(&self.calls_total) {
-            let _ = writeln!(out, "dialin_calls_total{{outcome=\"{}\"}} {}", outcome.as_str(), load(c));
+            let _ = writeln!(
+                out,
+                "dialin_calls_total{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                load(c)
+            );
         }
 
-        header(&mut out, "dialin_pin_attempts_total", "counter", "PIN entries, by result.");
+        header(
+            &mut out,
+            "dialin_pin_attempts_total",
+            "counter",
+            "PIN entries, by result.",
+        );
         for (result, c) in PinResult::ALL.iter().zip(&self.pin_attempts) {
-            let _ = writeln!(out, "dialin_pin_attempts_total{{result=\"{}\"}} {}", result.as_str(), load(c));
+            let _ = writeln!(
+                out,
+                "dialin_pin_attempts_total{{result=\"{}\"}} {}",
+                result.as_str(),
+                load(c)
+            );
         }
 
-        header(&mut out, "dialin_sip_requests_total", "counter", "SIP requests received, by method.");
-        for (method, c) in SIP_METHODS.iter().chain(std::iter::once(&"other")).zip(&self.sip_requests) {
-            let _ = writeln!(out, "dialin_sip_requests_total{{method=\"{method}\"}} {}", load(c));
+        header(
+            &mut out,
+            "dialin_sip_requests_total",
+            "counter",
+            "SIP requests received, by method.",
+        );
+        for (method, c) in SIP_METHODS
+            .iter()
+            .chain(std::iter::once(&"other"))
+            .zip(&self.sip_requests)
+        {
+            let _ = writeln!(
+                out,
+                "dialin_sip_requests_total{{method=\"{method}\"}} {}",
+                load(c)
+            );
         }
 
-        header(&mut out, "dialin_sip_responses_total", "counter", "SIP responses, by status class.");
+        header(
+            &mut out,
+            "dialin_sip_responses_total",
+            "counter",
+            "SIP responses, by status class.",
+        );
         for (i, c) in self.sip_responses.iter().enumerate() {
-            let _ = writeln!(out, "dialin_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, load(c));
+            let _ = writeln!(
+                out,
+                "dialin_sip_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                load(c)
+            );
         }
 
         let simple = [
-            ("dialin_rtp_packets_received_total", "RTP packets received from callers.", &self.rtp_packets_received),
-            ("dialin_rtp_packets_lost_total", "RTP packets from callers never received.", &self.rtp_packets_lost),
+            (
+                "dialin_rtp_packets_received_total",
+                "RTP packets received from callers.",
+                &self.rtp_packets_received,
+            ),
+            (
+                "dialin_rtp_packets_lost_total",
+                "RTP packets from callers never received.",
+                &self.rtp_packets_lost,
+            ),
             (
                 "dialin_unmatched_source_dropped_total",
                 "SIP messages from sources matching no trunk, dropped by the rate limit.",
                 &self.unmatched_source_dropped,
             ),
-            ("dialin_media_late_frames_total", "Media frames that missed their playout time.", &self.media_late_frames),
+            (
+                "dialin_media_late_frames_total",
+                "Media frames that missed their playout time.",
+                &self.media_late_frames,
+            ),
             (
                 "dialin_trunk_pin_failure_alarms_total",
                 "Times a trunk exceeded its failed-PIN-per-minute alarm threshold.",
@@ -218,15 +313,30 @@ impl Metrics {
             let _ = writeln!(out, "{name} {}", load(c));
         }
 
-        header(&mut out, "dialin_call_setup_seconds", "histogram", "Time from INVITE to joining the room.");
+        header(
+            &mut out,
+            "dialin_call_setup_seconds",
+            "histogram",
+            "Time from INVITE to joining the room.",
+        );
         let mut cumulative = 0;
         for (bound, c) in SETUP_BUCKETS_S.iter().zip(&self.call_setup.buckets) {
             cumulative += load(c);
-            let _ = writeln!(out, "dialin_call_setup_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "dialin_call_setup_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = load(&self.call_setup.count);
-        let _ = writeln!(out, "dialin_call_setup_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "dialin_call_setup_seconds_sum {}", load(&self.call_setup.sum_micros) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "dialin_call_setup_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "dialin_call_setup_seconds_sum {}",
+            load(&self.call_setup.sum_micros) as f64 / 1e6
+        );
         let _ = writeln!(out, "dialin_call_setup_seconds_count {count}");
         out
     }
@@ -242,7 +352,8 @@ mod tests {
     use super::*;
 
     fn value(text: &str, series: &str) -> Option<f64> {
-        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     #[test]
@@ -256,13 +367,34 @@ mod tests {
         m.sip_response(486);
         m.rtp_packets_received(50);
         let text = m.render(&CallRegistry::default());
-        assert_eq!(value(&text, "dialin_calls_total{outcome=\"pin_failed\"}"), Some(1.0));
-        assert_eq!(value(&text, "dialin_pin_attempts_total{result=\"unknown\"}"), Some(2.0));
-        assert_eq!(value(&text, "dialin_sip_requests_total{method=\"INVITE\"}"), Some(1.0));
-        assert_eq!(value(&text, "dialin_sip_requests_total{method=\"other\"}"), Some(1.0));
-        assert_eq!(value(&text, "dialin_sip_responses_total{class=\"4xx\"}"), Some(1.0));
-        assert_eq!(value(&text, "dialin_rtp_packets_received_total"), Some(50.0));
-        assert_eq!(value(&text, "dialin_calls_active{state=\"in_room\"}"), Some(0.0));
+        assert_eq!(
+            value(&text, "dialin_calls_total{outcome=\"pin_failed\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_pin_attempts_total{result=\"unknown\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_sip_requests_total{method=\"INVITE\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_sip_requests_total{method=\"other\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_sip_responses_total{class=\"4xx\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_rtp_packets_received_total"),
+            Some(50.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_calls_active{state=\"in_room\"}"),
+            Some(0.0)
+        );
     }
 
     #[test]
@@ -272,10 +404,22 @@ mod tests {
         m.call_setup(Duration::from_secs(7));
         m.call_setup(Duration::from_secs(500));
         let text = m.render(&CallRegistry::default());
-        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"0.5\"}"), Some(1.0));
-        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"10\"}"), Some(2.0));
-        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"120\"}"), Some(2.0));
-        assert_eq!(value(&text, "dialin_call_setup_seconds_bucket{le=\"+Inf\"}"), Some(3.0));
+        assert_eq!(
+            value(&text, "dialin_call_setup_seconds_bucket{le=\"0.5\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_call_setup_seconds_bucket{le=\"10\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_call_setup_seconds_bucket{le=\"120\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, "dialin_call_setup_seconds_bucket{le=\"+Inf\"}"),
+            Some(3.0)
+        );
         assert_eq!(value(&text, "dialin_call_setup_seconds_count"), Some(3.0));
         assert_eq!(value(&text, "dialin_call_setup_seconds_sum"), Some(507.3));
     }
@@ -285,6 +429,9 @@ mod tests {
         let m = Metrics::new();
         m.sip_response(99);
         m.sip_response(700);
-        assert!(!m.render(&CallRegistry::default()).lines().any(|l| l.starts_with("dialin_sip_responses_total") && !l.ends_with(" 0")));
+        assert!(!m
+            .render(&CallRegistry::default())
+            .lines()
+            .any(|l| l.starts_with("dialin_sip_responses_total") && !l.ends_with(" 0")));
     }
 }

@@ -48,7 +48,11 @@ impl Pin {
         }
         let len = digits.len();
         if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
-            return Err(PinError::BadLength { len, min: Self::MIN_LEN, max: Self::MAX_LEN });
+            return Err(PinError::BadLength {
+                len,
+                min: Self::MIN_LEN,
+                max: Self::MAX_LEN,
+            });
         }
         Ok(Pin(digits.to_owned()))
     }
@@ -57,7 +61,9 @@ impl Pin {
     /// whole space, zero-padded, with the caller's CSPRNG (`rand::thread_rng` is a CSPRNG).
     pub fn generate<R: Rng + ?Sized>(rng: &mut R, len: usize) -> Pin {
         let len = len.clamp(Self::MIN_LEN, Self::MAX_LEN);
-        let digits = (0..len).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect();
+        let digits = (0..len)
+            .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+            .collect();
         Pin(digits)
     }
 
@@ -110,7 +116,10 @@ fn check_identifier(what: &'static str, s: &str, max: usize) -> Result<(), PinEr
     if s.chars().count() > max {
         return Err(PinError::TooLong { what, max });
     }
-    if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err(PinError::BadCharacters { what });
     }
     Ok(())
@@ -209,15 +218,24 @@ mod tests {
 
     #[test]
     fn pin_accepts_digits_with_leading_zeros() {
-        assert_eq!(Pin::parse("0042").map(|p| p.expose().to_owned()), Ok("0042".to_owned()));
+        assert_eq!(
+            Pin::parse("0042").map(|p| p.expose().to_owned()),
+            Ok("0042".to_owned())
+        );
     }
 
     #[test]
     fn pin_refuses_non_digits_and_bad_lengths() {
         assert_eq!(Pin::parse("12a4"), Err(PinError::NotDigits));
         assert_eq!(Pin::parse("+1234"), Err(PinError::NotDigits));
-        assert!(matches!(Pin::parse("123"), Err(PinError::BadLength { len: 3, .. })));
-        assert!(matches!(Pin::parse(&"1".repeat(21)), Err(PinError::BadLength { len: 21, .. })));
+        assert!(matches!(
+            Pin::parse("123"),
+            Err(PinError::BadLength { len: 3, .. })
+        ));
+        assert!(matches!(
+            Pin::parse(&"1".repeat(21)),
+            Err(PinError::BadLength { len: 21, .. })
+        ));
     }
 
     #[test]

@@ -36,7 +36,11 @@ pub fn mask_number(number: &str) -> String {
 /// digits or fewer is masked entirely.
 pub fn mask_pin(pin: &str) -> String {
     let len = pin.chars().count();
-    let visible = if len > PIN_VISIBLE_DIGITS { PIN_VISIBLE_DIGITS } else { 0 };
+    let visible = if len > PIN_VISIBLE_DIGITS {
+        PIN_VISIBLE_DIGITS
+    } else {
+        0
+    };
     pin.chars()
         .enumerate()
         .map(|(i, c)| if i + visible < len { MASK } else { c })
@@ -152,7 +156,10 @@ mod tests {
     #[test]
     fn international_prefix_and_tel_uri_normalise_to_e164() {
         assert_eq!(normalize_number("0033 1 23 45 67 89"), "+33123456789");
-        assert_eq!(normalize_number("tel:+33-1-23-45-67-89;phone-context=example.com"), "+33123456789");
+        assert_eq!(
+            normalize_number("tel:+33-1-23-45-67-89;phone-context=example.com"),
+            "+33123456789"
+        );
         assert_eq!(normalize_number("+33 (1) 23.45.67.89"), "+33123456789");
         assert_eq!(normalize_number("01 23 45 67 89"), "0123456789");
     }

@@ -37,7 +37,9 @@ impl Services {
             .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;
         Ok(Services {
             store,
-            trunks: Arc::new(SharedTrunkTable::new(TrunkTable::new(config.trunks.clone()))),
+            trunks: Arc::new(SharedTrunkTable::new(TrunkTable::new(
+                config.trunks.clone(),
+            ))),
             calls: CallRegistry::new(),
             metrics: Arc::new(Metrics::new()),
             readiness: Readiness::new(),
@@ -69,9 +71,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!(addr = %config.admin.listen, store = services.store.engine(), trunks = config.trunks.len(), "admin API listening");
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve_with_shutdown(admin_listener, services.admin_state(&config), async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    }));
+    let admin_task = tokio::spawn(admin::serve_with_shutdown(
+        admin_listener,
+        services.admin_state(&config),
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+    ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sip = start_sip(&config, &services, shutdown_rx).await?;
@@ -174,7 +180,10 @@ async fn drain(services: &Services, config: &Config, shutdown: &watch::Sender<bo
 
 /// Reloads trunks on SIGHUP; returns on SIGTERM or Ctrl-C.
 #[cfg(unix)]
-async fn wait_for_signals(services: &Services, config_path: &std::path::Path) -> anyhow::Result<()> {
+async fn wait_for_signals(
+    services: &Services,
+    config_path: &std::path::Path,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -188,7 +197,10 @@ async fn wait_for_signals(services: &Services, config_path: &std::path::Path) ->
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_services: &Services, _config_path: &std::path::Path) -> anyhow::Result<()> {
+async fn wait_for_signals(
+    _services: &Services,
+    _config_path: &std::path::Path,
+) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
 }
 
@@ -201,6 +213,8 @@ pub fn reload_trunks(services: &Services, config_path: &std::path::Path) {
             services.trunks.replace(TrunkTable::new(config.trunks));
             tracing::info!(trunks = n, "trunks reloaded");
         }
-        Err(e) => tracing::error!(error = %e, "configuration reload refused; keeping the trunks in force"),
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; keeping the trunks in force")
+        }
     }
 }

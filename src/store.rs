@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::calls::{CallId, CallOutcome};
 use crate::config::{redact_url, LockoutConfig};
@@ -53,7 +55,9 @@ pub enum StoreError {
     #[error("this PIN is already taken in namespace {namespace}")]
     PinTaken { namespace: PinNamespace },
     /// No free PIN was found; the namespace is (nearly) full.
-    #[error("no free PIN found after {attempts} attempts: the namespace is full, increase pin_length")]
+    #[error(
+        "no free PIN found after {attempts} attempts: the namespace is full, increase pin_length"
+    )]
     PinSpaceExhausted { attempts: u32 },
     /// `valid_until` is not after `valid_from`, or already past.
     #[error("{0}")]
@@ -99,7 +103,10 @@ pub struct NewPin {
 /// What a keyed PIN resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    Room { room: RoomName, participant_name: Option<ParticipantName> },
+    Room {
+        room: RoomName,
+        participant_name: Option<ParticipantName>,
+    },
     Unknown,
     Revoked,
     NotYetValid,
@@ -223,14 +230,38 @@ macro_rules! on_pool {
     };
 }
 
-type PinRow = (String, String, String, Option<String>, Option<i64>, Option<i64>, i64, bool);
+type PinRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    bool,
+);
 
 const PIN_COLUMNS: &str =
     "namespace, pin, room, participant_name, valid_from_ms, valid_until_ms, created_at_ms, revoked";
 
-type CallRow = (String, String, String, Option<String>, Option<String>, i64, Option<i64>, Option<i64>, i64, i64, i64, f64, i64);
+type CallRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+    i64,
+    f64,
+    i64,
+);
 
-const CALL_COLUMNS: &str = "id, trunk, caller_masked, room, outcome, setup_at_ms, answered_at_ms, ended_at_ms, \
+const CALL_COLUMNS: &str =
+    "id, trunk, caller_masked, room, outcome, setup_at_ms, answered_at_ms, ended_at_ms, \
      pin_attempts, rtp_packets_received, rtp_packets_lost, jitter_ms, late_frames";
 
 fn millis(t: DateTime<Utc>) -> i64 {
@@ -238,15 +269,24 @@ fn millis(t: DateTime<Utc>) -> i64 {
 }
 
 fn from_millis(table: &'static str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt { table, detail: format!("time {ms} out of range") })
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        table,
+        detail: format!("time {ms} out of range"),
+    })
 }
 
-fn opt_from_millis(table: &'static str, ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+fn opt_from_millis(
+    table: &'static str,
+    ms: Option<i64>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     ms.map(|ms| from_millis(table, ms)).transpose()
 }
 
 fn corrupt(table: &'static str) -> impl Fn(crate::pin::PinError) -> StoreError {
-    move |e| StoreError::Corrupt { table, detail: e.to_string() }
+    move |e| StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    }
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -258,12 +298,17 @@ fn to_u64(n: i64) -> u64 {
 }
 
 fn pin_record(row: PinRow) -> Result<PinRecord, StoreError> {
-    let (namespace, pin, room, participant_name, valid_from, valid_until, created_at, revoked) = row;
+    let (namespace, pin, room, participant_name, valid_from, valid_until, created_at, revoked) =
+        row;
     Ok(PinRecord {
         namespace: PinNamespace::parse(&namespace).map_err(corrupt("pins"))?,
         pin: Pin::parse(&pin).map_err(corrupt("pins"))?,
         room: RoomName::parse(&room).map_err(corrupt("pins"))?,
-        participant_name: participant_name.as_deref().map(ParticipantName::parse).transpose().map_err(corrupt("pins"))?,
+        participant_name: participant_name
+            .as_deref()
+            .map(ParticipantName::parse)
+            .transpose()
+            .map_err(corrupt("pins"))?,
         valid_from: opt_from_millis("pins", valid_from)?,
         valid_until: opt_from_millis("pins", valid_until)?,
         created_at: from_millis("pins", created_at)?,
@@ -272,13 +317,27 @@ fn pin_record(row: PinRow) -> Result<PinRecord, StoreError> {
 }
 
 fn call_record(row: CallRow) -> Result<CallRecord, StoreError> {
-    let (id, trunk, caller_masked, room, outcome, setup, answered, ended, attempts, received, lost, jitter, late) = row;
+    let (
+        id,
+        trunk,
+        caller_masked,
+        room,
+        outcome,
+        setup,
+        answered,
+        ended,
+        attempts,
+        received,
+        lost,
+        jitter,
+        late,
+    ) = row;
     let outcome = match outcome {
         None => None,
-        Some(o) => Some(
-            CallOutcome::parse(&o)
-                .ok_or_else(|| StoreError::Corrupt { table: "call_records", detail: format!("unknown outcome {o:?}") })?,
-        ),
+        Some(o) => Some(CallOutcome::parse(&o).ok_or_else(|| StoreError::Corrupt {
+            table: "call_records",
+            detail: format!("unknown outcome {o:?}"),
+        })?),
     };
     Ok(CallRecord {
         id: CallId::new(id),
@@ -290,7 +349,12 @@ fn call_record(row: CallRow) -> Result<CallRecord, StoreError> {
         answered_at: opt_from_millis("call_records", answered)?,
         ended_at: opt_from_millis("call_records", ended)?,
         pin_attempts: u32::try_from(attempts).unwrap_or(0),
-        rtp: RtpStats { packets_received: to_u64(received), packets_lost: to_u64(lost), jitter_ms: jitter, late_frames: to_u64(late) },
+        rtp: RtpStats {
+            packets_received: to_u64(received),
+            packets_lost: to_u64(lost),
+            jitter_ms: jitter,
+            late_frames: to_u64(late),
+        },
     })
 }
 
@@ -324,13 +388,19 @@ impl Store {
             let pool_options = SqlitePoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
             // An in-memory database lives as long as its one connection.
             let pool_options = if memory {
-                pool_options.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
+                pool_options
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
             } else {
                 pool_options.max_connections(max_connections)
             };
             let pool = pool_options.connect_with(options).await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-            Ok(Store { engine: Engine::Sqlite(pool) })
+            Ok(Store {
+                engine: Engine::Sqlite(pool),
+            })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -338,7 +408,9 @@ impl Store {
                 .connect(url)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
-            Ok(Store { engine: Engine::Postgres(pool) })
+            Ok(Store {
+                engine: Engine::Postgres(pool),
+            })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
         }
@@ -366,10 +438,16 @@ impl Store {
     /// Creates a PIN: the one asked for (`PinTaken` if it exists), or a fresh one drawn
     /// from the OS-seeded CSPRNG, retried on collision up to
     /// [`PIN_GENERATION_ATTEMPTS`] times (`PinSpaceExhausted` after that).
-    pub async fn create_pin(&self, new: NewPin, now: DateTime<Utc>) -> Result<PinRecord, StoreError> {
+    pub async fn create_pin(
+        &self,
+        new: NewPin,
+        now: DateTime<Utc>,
+    ) -> Result<PinRecord, StoreError> {
         if let (Some(from), Some(until)) = (new.valid_from, new.valid_until) {
             if until <= from {
-                return Err(StoreError::InvalidWindow("valid_until must be later than valid_from"));
+                return Err(StoreError::InvalidWindow(
+                    "valid_until must be later than valid_from",
+                ));
             }
         }
         if new.valid_until.is_some_and(|until| until <= now) {
@@ -381,8 +459,12 @@ impl Store {
             pin,
             room: new.room.clone(),
             participant_name: new.participant_name.clone(),
-            valid_from: new.valid_from.and_then(|t| DateTime::from_timestamp_millis(millis(t))),
-            valid_until: new.valid_until.and_then(|t| DateTime::from_timestamp_millis(millis(t))),
+            valid_from: new
+                .valid_from
+                .and_then(|t| DateTime::from_timestamp_millis(millis(t))),
+            valid_until: new
+                .valid_until
+                .and_then(|t| DateTime::from_timestamp_millis(millis(t))),
             created_at,
             revoked: false,
         };
@@ -391,7 +473,9 @@ impl Store {
             if self.insert_pin(&rec).await? {
                 return Ok(rec);
             }
-            return Err(StoreError::PinTaken { namespace: new.namespace });
+            return Err(StoreError::PinTaken {
+                namespace: new.namespace,
+            });
         }
         for _ in 0..PIN_GENERATION_ATTEMPTS {
             let pin = Pin::generate(&mut rand::thread_rng(), new.length);
@@ -401,7 +485,9 @@ impl Store {
             }
         }
         tracing::warn!(namespace = %new.namespace, attempts = PIN_GENERATION_ATTEMPTS, "PIN namespace is full");
-        Err(StoreError::PinSpaceExhausted { attempts: PIN_GENERATION_ATTEMPTS })
+        Err(StoreError::PinSpaceExhausted {
+            attempts: PIN_GENERATION_ATTEMPTS,
+        })
     }
 
     /// Inserts a PIN unless its (namespace, pin) exists; false when it does.
@@ -458,7 +544,11 @@ impl Store {
     }
 
     /// The PIN's record, revoked or not.
-    pub async fn get_pin(&self, namespace: &PinNamespace, pin: &Pin) -> Result<Option<PinRecord>, StoreError> {
+    pub async fn get_pin(
+        &self,
+        namespace: &PinNamespace,
+        pin: &Pin,
+    ) -> Result<Option<PinRecord>, StoreError> {
         let sql = format!("SELECT {PIN_COLUMNS} FROM pins WHERE namespace = $1 AND pin = $2");
         let row: Option<PinRow> = on_pool!(self, pool => sqlx::query_as(&sql)
             .bind(namespace.as_str())
@@ -470,7 +560,12 @@ impl Store {
 
     /// Resolves a keyed PIN at `now` (call flow step 4). A PIN is valid from
     /// `valid_from` (inclusive) until `valid_until` (exclusive).
-    pub async fn resolve(&self, namespace: &PinNamespace, pin: &Pin, now: DateTime<Utc>) -> Result<Resolution, StoreError> {
+    pub async fn resolve(
+        &self,
+        namespace: &PinNamespace,
+        pin: &Pin,
+        now: DateTime<Utc>,
+    ) -> Result<Resolution, StoreError> {
         let Some(record) = self.get_pin(namespace, pin).await? else {
             return Ok(Resolution::Unknown);
         };
@@ -481,7 +576,10 @@ impl Store {
         } else if record.valid_until.is_some_and(|until| now >= until) {
             Resolution::Expired
         } else {
-            Resolution::Room { room: record.room, participant_name: record.participant_name }
+            Resolution::Room {
+                room: record.room,
+                participant_name: record.participant_name,
+            }
         })
     }
 
@@ -502,7 +600,12 @@ impl Store {
 
     /// Revokes a PIN; false when there is no such PIN or it was already revoked. The row
     /// stays, so the PIN is never handed out again for another room.
-    pub async fn revoke(&self, namespace: &PinNamespace, pin: &Pin, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub async fn revoke(
+        &self,
+        namespace: &PinNamespace,
+        pin: &Pin,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let sql = "UPDATE pins SET revoked = TRUE, revoked_at_ms = $3 WHERE namespace = $1 AND pin = $2 AND revoked = FALSE";
         let n = on_pool!(self, pool => sqlx::query(sql)
             .bind(namespace.as_str())
@@ -529,7 +632,11 @@ impl Store {
     }
 
     /// Completes a call record when the call ends; false when no such record exists.
-    pub async fn complete_call_record(&self, id: &CallId, end: &CallRecordEnd) -> Result<bool, StoreError> {
+    pub async fn complete_call_record(
+        &self,
+        id: &CallId,
+        end: &CallRecordEnd,
+    ) -> Result<bool, StoreError> {
         let sql = "UPDATE call_records SET outcome = $2, room = $3, answered_at_ms = $4, ended_at_ms = $5, pin_attempts = $6, \
                    rtp_packets_received = $7, rtp_packets_lost = $8, jitter_ms = $9, late_frames = $10 WHERE id = $1";
         let n = on_pool!(self, pool => sqlx::query(sql)
@@ -558,7 +665,8 @@ impl Store {
     /// Counts a failed PIN under `key` and locks the key once `failed_pin_limit`
     /// failures fall within `window_s`. One atomic upsert: concurrent failures from
     /// several nodes are all counted. A window older than `window_s`, or a lockout that
-    /// has run out, starts a fresh count.
+    /// has run out, starts a fresh count. A right PIN does not clear the count: a caller
+    /// holding one valid PIN could otherwise reset it between guesses at others.
     pub async fn record_failed_attempt(
         &self,
         key: &LockoutKey,
@@ -596,15 +704,22 @@ impl Store {
     }
 
     /// When `key` is locked out at `now`, the end of the lockout.
-    pub async fn locked_until(&self, key: &LockoutKey, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    pub async fn locked_until(
+        &self,
+        key: &LockoutKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let sql = "SELECT locked_until_ms FROM failed_attempts WHERE lockout_key = $1 AND locked_until_ms > $2";
-        let row: Option<(Option<i64>,)> =
-            on_pool!(self, pool => sqlx::query_as(sql).bind(key.as_str()).bind(millis(now)).fetch_optional(pool).await?);
+        let row: Option<(Option<i64>,)> = on_pool!(self, pool => sqlx::query_as(sql).bind(key.as_str()).bind(millis(now)).fetch_optional(pool).await?);
         opt_from_millis("failed_attempts", row.and_then(|(t,)| t))
     }
 
     /// Deletes counters whose window and lockout are both over; returns how many.
-    pub async fn purge_failed_attempts(&self, now: DateTime<Utc>, policy: &LockoutConfig) -> Result<u64, StoreError> {
+    pub async fn purge_failed_attempts(
+        &self,
+        now: DateTime<Utc>,
+        policy: &LockoutConfig,
+    ) -> Result<u64, StoreError> {
         let sql = "DELETE FROM failed_attempts WHERE window_start_ms <= $1 - $2 \
                    AND (locked_until_ms IS NULL OR locked_until_ms <= $1)";
         let n = on_pool!(self, pool => sqlx::query(sql)

@@ -26,8 +26,15 @@ pub struct TrunkId(String);
 
 impl TrunkId {
     pub fn parse(s: &str) -> Result<TrunkId, String> {
-        if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-            return Err(format!("{s:?} is not a trunk id (1 to 64 of A-Z a-z 0-9 - _ .)"));
+        if s.is_empty()
+            || s.len() > 64
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "{s:?} is not a trunk id (1 to 64 of A-Z a-z 0-9 - _ .)"
+            ));
         }
         Ok(TrunkId(s.to_owned()))
     }
@@ -96,11 +103,15 @@ impl IpNetwork {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -124,11 +135,17 @@ impl FromStr for IpNetwork {
         };
         let net = IpNetwork { addr, prefix };
         let host_bits_zero = match addr {
-            IpAddr::V4(a) => u32::from(a) & !u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0) == 0,
-            IpAddr::V6(a) => u128::from(a) & !u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0) == 0,
+            IpAddr::V4(a) => {
+                u32::from(a) & !u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0) == 0
+            }
+            IpAddr::V6(a) => {
+                u128::from(a) & !u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0) == 0
+            }
         };
         if !host_bits_zero {
-            return Err(format!("{s:?} has host bits set after the /{prefix} prefix"));
+            return Err(format!(
+                "{s:?} has host bits set after the /{prefix} prefix"
+            ));
         }
         Ok(net)
     }
@@ -194,7 +211,11 @@ impl TrunkTable {
     pub fn match_call(&self, source: IpAddr, called: &str) -> TrunkMatch<'_> {
         let called = CalledNumber::new(called);
         let mut source_known = false;
-        for trunk in self.trunks.iter().filter(|t| t.allowed_addresses.iter().any(|n| n.contains(source))) {
+        for trunk in self
+            .trunks
+            .iter()
+            .filter(|t| t.allowed_addresses.iter().any(|n| n.contains(source)))
+        {
             source_known = true;
             if trunk.numbers.is_empty() || trunk.numbers.contains(&called) {
                 return TrunkMatch::Matched(trunk);
@@ -210,7 +231,9 @@ impl TrunkTable {
     /// True when `ip` belongs to a configured trunk. Per-source lockouts never fall on such
     /// an address: all of a carrier's callers share it.
     pub fn is_trunk_address(&self, ip: IpAddr) -> bool {
-        self.trunks.iter().any(|t| t.allowed_addresses.iter().any(|n| n.contains(ip)))
+        self.trunks
+            .iter()
+            .any(|t| t.allowed_addresses.iter().any(|n| n.contains(ip)))
     }
 
     pub fn get(&self, id: &TrunkId) -> Option<&TrunkConfig> {
@@ -239,7 +262,9 @@ pub struct SharedTrunkTable {
 
 impl SharedTrunkTable {
     pub fn new(table: TrunkTable) -> SharedTrunkTable {
-        SharedTrunkTable { current: RwLock::new(Arc::new(table)) }
+        SharedTrunkTable {
+            current: RwLock::new(Arc::new(table)),
+        }
     }
 
     /// The table in force now.
@@ -312,14 +337,22 @@ impl SourceRateLimiter {
         if self.buckets.len() >= self.max_sources {
             return false;
         }
-        self.buckets.insert(source, Bucket { tokens: self.burst - 1.0, last: now });
+        self.buckets.insert(
+            source,
+            Bucket {
+                tokens: self.burst - 1.0,
+                last: now,
+            },
+        );
         true
     }
 
     /// Forgets sources whose bucket has refilled: they are as if never seen.
     pub fn prune(&self, now: std::time::Instant) {
         let (burst, rate) = (self.burst, self.per_second);
-        self.buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst);
+        self.buckets.retain(|_, b| {
+            b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
+        });
     }
 
     /// Sources currently tracked.
@@ -342,7 +375,10 @@ impl TrunkFailureAlarm {
 
     /// `threshold` is `[security] trunk_alarm_failed_per_minute`.
     pub fn new(threshold: u32) -> TrunkFailureAlarm {
-        TrunkFailureAlarm { threshold: threshold.max(1), windows: dashmap::DashMap::new() }
+        TrunkFailureAlarm {
+            threshold: threshold.max(1),
+            windows: dashmap::DashMap::new(),
+        }
     }
 
     /// Counts a failed PIN on `trunk`; true exactly once per minute window, when the
@@ -370,9 +406,7 @@ mod tests {
     }
 
     fn trunk(id: &str, nets: &[&str], numbers: &[&str]) -> TrunkConfig {
-        let toml = format!(
-            "id = {id:?}\nallowed_addresses = {nets:?}\nnumbers = {numbers:?}\n",
-        );
+        let toml = format!("id = {id:?}\nallowed_addresses = {nets:?}\nnumbers = {numbers:?}\n",);
         toml::from_str(&toml).unwrap()
     }
 
@@ -403,16 +437,30 @@ mod tests {
     #[test]
     fn call_from_unknown_source_matches_no_trunk() {
         let table = TrunkTable::new(vec![trunk("a", &["192.0.2.0/24"], &[])]);
-        assert!(matches!(table.match_call(ip("198.51.100.1"), "+33123456789"), TrunkMatch::NoTrunkForSource));
+        assert!(matches!(
+            table.match_call(ip("198.51.100.1"), "+33123456789"),
+            TrunkMatch::NoTrunkForSource
+        ));
     }
 
     #[test]
     fn called_number_is_compared_in_normalised_form() {
         let table = TrunkTable::new(vec![trunk("a", &["192.0.2.0/24"], &["+33 1 23 45 67 89"])]);
-        for called in ["+33123456789", "0033123456789", "tel:+33-1-23-45-67-89", "+33 (1) 23.45.67.89"] {
-            assert!(matches!(table.match_call(ip("192.0.2.1"), called), TrunkMatch::Matched(t) if t.id.as_str() == "a"), "{called}");
+        for called in [
+            "+33123456789",
+            "0033123456789",
+            "tel:+33-1-23-45-67-89",
+            "+33 (1) 23.45.67.89",
+        ] {
+            assert!(
+                matches!(table.match_call(ip("192.0.2.1"), called), TrunkMatch::Matched(t) if t.id.as_str() == "a"),
+                "{called}"
+            );
         }
-        assert!(matches!(table.match_call(ip("192.0.2.1"), "+33999999999"), TrunkMatch::NumberNotAccepted));
+        assert!(matches!(
+            table.match_call(ip("192.0.2.1"), "+33999999999"),
+            TrunkMatch::NumberNotAccepted
+        ));
     }
 
     #[test]
@@ -439,7 +487,8 @@ mod tests {
 
     #[test]
     fn replaced_table_is_seen_by_new_readers_while_old_readers_keep_theirs() {
-        let shared = SharedTrunkTable::new(TrunkTable::new(vec![trunk("old", &["192.0.2.0/24"], &[])]));
+        let shared =
+            SharedTrunkTable::new(TrunkTable::new(vec![trunk("old", &["192.0.2.0/24"], &[])]));
         let before = shared.load();
         shared.replace(TrunkTable::new(vec![trunk("new", &["192.0.2.0/24"], &[])]));
         assert!(before.get(&TrunkId::parse("old").unwrap()).is_some());
@@ -454,8 +503,14 @@ mod tests {
         let allowed = (0..10).filter(|_| limiter.allow(scanner, t)).count();
         assert_eq!(allowed, 3);
         assert!(!limiter.allow(scanner, t + std::time::Duration::from_millis(400)));
-        assert!(limiter.allow(scanner, t + std::time::Duration::from_millis(1000)), "2 tokens/s refilled");
-        assert!(limiter.allow(ip("203.0.113.10"), t), "another source has its own bucket");
+        assert!(
+            limiter.allow(scanner, t + std::time::Duration::from_millis(1000)),
+            "2 tokens/s refilled"
+        );
+        assert!(
+            limiter.allow(ip("203.0.113.10"), t),
+            "another source has its own bucket"
+        );
     }
 
     #[test]
@@ -464,7 +519,10 @@ mod tests {
         let t = std::time::Instant::now();
         assert!(limiter.allow(ip("203.0.113.1"), t));
         assert!(limiter.allow(ip("203.0.113.2"), t));
-        assert!(!limiter.allow(ip("203.0.113.3"), t), "table full: new sources are dropped");
+        assert!(
+            !limiter.allow(ip("203.0.113.3"), t),
+            "table full: new sources are dropped"
+        );
         limiter.prune(t + std::time::Duration::from_secs(5));
         assert_eq!(limiter.tracked(), 0);
         assert!(limiter.allow(ip("203.0.113.3"), t + std::time::Duration::from_secs(5)));
@@ -478,7 +536,13 @@ mod tests {
         let fired: Vec<bool> = (0..6).map(|_| alarm.record_failure(&trunk, t)).collect();
         assert_eq!(fired, [false, false, false, true, false, false]);
         let later = t + std::time::Duration::from_secs(61);
-        let fired: Vec<bool> = (0..4).map(|_| alarm.record_failure(&trunk, later)).collect();
-        assert_eq!(fired, [false, false, false, true], "a new minute starts a new count");
+        let fired: Vec<bool> = (0..4)
+            .map(|_| alarm.record_failure(&trunk, later))
+            .collect();
+        assert_eq!(
+            fired,
+            [false, false, false, true],
+            "a new minute starts a new count"
+        );
     }
 }

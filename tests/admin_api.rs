@@ -58,22 +58,40 @@ impl Api {
         tokio::spawn(admin::serve(listener, state.clone()));
         // Loopback only: never let an environment proxy see the requests.
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        Api { base, client, state }
+        Api {
+            base,
+            client,
+            state,
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, self.url(path)).bearer_auth(TOKEN);
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN);
         if let Some(body) = body {
-            req = req.header("content-type", "application/json").body(body.to_owned());
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_owned());
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, value)
     }
 
@@ -92,7 +110,10 @@ impl Api {
 
 fn assert_json_error(body: &Value, code: &str) {
     assert_eq!(body["error"], code, "{body}");
-    assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()), "a reason is given: {body}");
+    assert!(
+        body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "a reason is given: {body}"
+    );
 }
 
 #[tokio::test]
@@ -114,13 +135,22 @@ async fn every_v1_endpoint_refuses_a_missing_or_wrong_token_with_json_401() {
         (reqwest::Method::GET, "/v1/trunks"),
     ];
     for (method, path) in endpoints {
-        for auth in [None, Some("Bearer wrong-token"), Some("Basic dGVzdDp0ZXN0"), Some(TOKEN)] {
+        for auth in [
+            None,
+            Some("Bearer wrong-token"),
+            Some("Basic dGVzdDp0ZXN0"),
+            Some(TOKEN),
+        ] {
             let mut req = api.client.request(method.clone(), api.url(path));
             if let Some(a) = auth {
                 req = req.header("authorization", a);
             }
             let resp = req.send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}");
+            assert_eq!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {auth:?}"
+            );
             assert!(resp.headers().get("www-authenticate").is_some());
             let body: Value = resp.json().await.unwrap();
             assert_json_error(&body, "unauthorized");
@@ -149,16 +179,23 @@ async fn created_pin_is_drawn_with_its_namespace_length_and_returned_with_201() 
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["pin"].as_str().unwrap().len(), 4);
     assert_eq!(body["participant_name"], "Reception");
-    assert_eq!(body["valid_until"], "2030-01-01T10:00:00Z", "times are normalised to UTC");
+    assert_eq!(
+        body["valid_until"], "2030-01-01T10:00:00Z",
+        "times are normalised to UTC"
+    );
 }
 
 #[tokio::test]
 async fn explicit_pin_already_taken_gets_409() {
     let api = Api::start().await;
-    let (status, body) = api.post("/v1/pins", r#"{"room": "a", "pin": "012345"}"#).await;
+    let (status, body) = api
+        .post("/v1/pins", r#"{"room": "a", "pin": "012345"}"#)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["pin"], "012345");
-    let (status, body) = api.post("/v1/pins", r#"{"room": "b", "pin": "012345"}"#).await;
+    let (status, body) = api
+        .post("/v1/pins", r#"{"room": "b", "pin": "012345"}"#)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_json_error(&body, "pin_taken");
 }
@@ -173,9 +210,18 @@ async fn bad_pin_requests_get_400_with_a_reason() {
         (r#"{"room": "a", "colour": "blue"}"#, "unknown field"),
         (r#"{"namespace": "default"}"#, "missing field `room`"),
         (r#"{"room": ""}"#, "room name"),
-        (r#"{"room": "a", "namespace": "nobody-uses-this"}"#, "no trunk uses"),
-        (r#"{"room": "a", "valid_from": "2030-01-02T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"}"#, "later than"),
-        (r#"{"room": "a", "valid_until": "2001-01-01T00:00:00Z"}"#, "past"),
+        (
+            r#"{"room": "a", "namespace": "nobody-uses-this"}"#,
+            "no trunk uses",
+        ),
+        (
+            r#"{"room": "a", "valid_from": "2030-01-02T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"}"#,
+            "later than",
+        ),
+        (
+            r#"{"room": "a", "valid_until": "2001-01-01T00:00:00Z"}"#,
+            "past",
+        ),
         (r#"{"room": "a", "valid_from": "tomorrow"}"#, "input"),
         (r#"{"room": "a""#, "EOF"),
     ];
@@ -184,7 +230,10 @@ async fn bad_pin_requests_get_400_with_a_reason() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {answer}");
         assert_json_error(&answer, "bad_request");
         let reason = answer["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains(expected), "{body}: reason {reason:?} should mention {expected:?}");
+        assert!(
+            reason.contains(expected),
+            "{body}: reason {reason:?} should mention {expected:?}"
+        );
     }
 }
 
@@ -199,13 +248,28 @@ async fn pin_list_filters_by_room_and_namespace() {
         assert_eq!(api.post("/v1/pins", body).await.0, StatusCode::CREATED);
     }
     let pins = |v: Value| -> Vec<String> {
-        v["pins"].as_array().unwrap().iter().map(|p| p["pin"].as_str().unwrap().to_owned()).collect()
+        v["pins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pin"].as_str().unwrap().to_owned())
+            .collect()
     };
-    assert_eq!(pins(api.get("/v1/pins").await.1), ["111111", "222222", "3333"]);
+    assert_eq!(
+        pins(api.get("/v1/pins").await.1),
+        ["111111", "222222", "3333"]
+    );
     assert_eq!(pins(api.get("/v1/pins?room=x").await.1), ["111111", "3333"]);
     assert_eq!(pins(api.get("/v1/pins?namespace=office").await.1), ["3333"]);
-    assert_eq!(pins(api.get("/v1/pins?room=x&namespace=default").await.1), ["111111"]);
-    assert_eq!(pins(api.get("/v1/pins?room=&namespace=").await.1).len(), 3, "empty filters mean no filter");
+    assert_eq!(
+        pins(api.get("/v1/pins?room=x&namespace=default").await.1),
+        ["111111"]
+    );
+    assert_eq!(
+        pins(api.get("/v1/pins?room=&namespace=").await.1).len(),
+        3,
+        "empty filters mean no filter"
+    );
     let (status, body) = api.get("/v1/pins?colour=blue").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_json_error(&body, "bad_request");
@@ -214,18 +278,39 @@ async fn pin_list_filters_by_room_and_namespace() {
 #[tokio::test]
 async fn revoking_a_pin_answers_204_then_404() {
     let api = Api::start().await;
-    assert_eq!(api.post("/v1/pins", r#"{"room": "x", "pin": "654321"}"#).await.0, StatusCode::CREATED);
+    assert_eq!(
+        api.post("/v1/pins", r#"{"room": "x", "pin": "654321"}"#)
+            .await
+            .0,
+        StatusCode::CREATED
+    );
     let (status, body) = api.delete("/v1/pins/default/654321").await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, body) = api.delete("/v1/pins/default/654321").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_json_error(&body, "not_found");
-    assert_eq!(api.delete("/v1/pins/office/654321").await.0, StatusCode::NOT_FOUND, "other namespace");
+    assert_eq!(
+        api.delete("/v1/pins/office/654321").await.0,
+        StatusCode::NOT_FOUND,
+        "other namespace"
+    );
     let (status, body) = api.delete("/v1/pins/default/65x321").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_json_error(&body, "bad_request");
-    assert!(api.get("/v1/pins").await.1["pins"].as_array().unwrap().is_empty(), "revoked PINs are not listed");
-    assert_eq!(api.get("/v1/pins?include_revoked=true").await.1["pins"].as_array().unwrap().len(), 1);
+    assert!(
+        api.get("/v1/pins").await.1["pins"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "revoked PINs are not listed"
+    );
+    assert_eq!(
+        api.get("/v1/pins?include_revoked=true").await.1["pins"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -253,7 +338,10 @@ async fn calls_are_listed_masked_and_can_be_hung_up() {
     assert_eq!(call["state"], "collecting_pin");
     assert_eq!(call["room"], Value::Null);
     assert!(call["started_at"].as_str().is_some());
-    assert!(!body.to_string().contains("612345678"), "no full number: {body}");
+    assert!(
+        !body.to_string().contains("612345678"),
+        "no full number: {body}"
+    );
 
     guard.set_state(CallState::InRoom);
     guard.set_room(Some(RoomName::parse("standup").unwrap()));
@@ -261,7 +349,10 @@ async fn calls_are_listed_masked_and_can_be_hung_up() {
     assert_eq!(body["calls"][0]["state"], "in_room");
     assert_eq!(body["calls"][0]["room"], "standup");
 
-    assert_eq!(api.delete("/v1/calls/call-1@192.0.2.10").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.delete("/v1/calls/call-1@192.0.2.10").await.0,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(commands.recv().await, Some(CallCommand::HangUp));
     let (status, body) = api.delete("/v1/calls/no-such-call").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -299,7 +390,10 @@ async fn readyz_follows_transports_draining_and_the_store() {
     };
     let (status, body) = ready().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body["reason"].as_str().unwrap().contains("transports"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("transports"),
+        "{body}"
+    );
 
     api.state.readiness.set_transports_bound(true);
     assert_eq!(ready().await.0, StatusCode::OK);
@@ -307,7 +401,10 @@ async fn readyz_follows_transports_draining_and_the_store() {
     api.state.readiness.set_draining(true);
     let (status, body) = ready().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body["reason"].as_str().unwrap().contains("draining"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("draining"),
+        "{body}"
+    );
 
     api.state.readiness.set_draining(false);
     api.state.store.close().await;
@@ -322,9 +419,15 @@ async fn metrics_are_served_in_prometheus_text_format_without_a_token() {
     api.state.metrics.sip_request("INVITE");
     let resp = api.client.get(api.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = resp.text().await.unwrap();
-    assert!(text.contains("dialin_sip_requests_total{method=\"INVITE\"} 1"), "{text}");
+    assert!(
+        text.contains("dialin_sip_requests_total{method=\"INVITE\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE dialin_calls_active gauge"));
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("dialin_"), "{line}");

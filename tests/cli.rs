@@ -18,7 +18,11 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Sandbox {
-        let dir = std::env::temp_dir().join(format!("dialin_cli_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "dialin_cli_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             "[store]\nurl = \"sqlite://{}\"\n[admin]\ntoken = \"t\"\n\
@@ -68,14 +72,24 @@ fn stderr(o: &Output) -> String {
 }
 
 fn ok(o: Output) -> String {
-    assert!(o.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", o.status.code(), stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
     stdout(&o)
 }
 
 #[test]
 fn check_config_accepts_the_shipped_file_and_prints_a_summary() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/dialin.toml");
-    let out = ok(dialin(&["check-config", "--config", shipped.to_str().unwrap()]));
+    let out = ok(dialin(&[
+        "check-config",
+        "--config",
+        shipped.to_str().unwrap(),
+    ]));
     assert!(out.starts_with("OK: "), "{out}");
     assert!(out.contains("trunk default"), "{out}");
 }
@@ -83,11 +97,17 @@ fn check_config_accepts_the_shipped_file_and_prints_a_summary() {
 #[test]
 fn check_config_names_the_bad_key_and_exits_1() {
     let sandbox = Sandbox::new();
-    let text = std::fs::read_to_string(sandbox.config()).unwrap().replace("pin_length = 8", "pin_length = 30");
+    let text = std::fs::read_to_string(sandbox.config())
+        .unwrap()
+        .replace("pin_length = 8", "pin_length = 30");
     std::fs::write(sandbox.config(), text).unwrap();
     let out = sandbox.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("trunk[0].pin_length"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("trunk[0].pin_length"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -100,7 +120,10 @@ fn config_path_defaults_to_the_dialin_config_variable() {
         .output()
         .unwrap();
     let text = ok(out);
-    assert!(text.contains(&sandbox.config().display().to_string()), "{text}");
+    assert!(
+        text.contains(&sandbox.config().display().to_string()),
+        "{text}"
+    );
 }
 
 #[test]
@@ -146,19 +169,35 @@ fn pin_create_refuses_a_taken_pin_and_bad_input() {
     ok(sandbox.run(&["pin", "create", "--room", "a", "--pin", "12345678"]));
     let taken = sandbox.run(&["pin", "create", "--room", "b", "--pin", "12345678"]);
     assert_eq!(taken.status.code(), Some(1));
-    assert!(stderr(&taken).contains("already taken"), "{}", stderr(&taken));
+    assert!(
+        stderr(&taken).contains("already taken"),
+        "{}",
+        stderr(&taken)
+    );
 
     let wrong_length = sandbox.run(&["pin", "create", "--room", "b", "--pin", "1234"]);
     assert_eq!(wrong_length.status.code(), Some(1));
-    assert!(stderr(&wrong_length).contains("8-digit"), "{}", stderr(&wrong_length));
+    assert!(
+        stderr(&wrong_length).contains("8-digit"),
+        "{}",
+        stderr(&wrong_length)
+    );
 
     let bad_digits = sandbox.run(&["pin", "create", "--room", "b", "--pin", "1234abcd"]);
     assert_eq!(bad_digits.status.code(), Some(2), "a usage error");
-    assert!(stderr(&bad_digits).contains("digits"), "{}", stderr(&bad_digits));
+    assert!(
+        stderr(&bad_digits).contains("digits"),
+        "{}",
+        stderr(&bad_digits)
+    );
 
     let bad_time = sandbox.run(&["pin", "create", "--room", "b", "--valid-from", "tomorrow"]);
     assert_eq!(bad_time.status.code(), Some(2));
-    assert!(stderr(&bad_time).contains("RFC 3339"), "{}", stderr(&bad_time));
+    assert!(
+        stderr(&bad_time).contains("RFC 3339"),
+        "{}",
+        stderr(&bad_time)
+    );
 }
 
 #[test]
@@ -166,7 +205,16 @@ fn pin_list_filters_and_revoke_removes() {
     let sandbox = Sandbox::new();
     ok(sandbox.run(&["pin", "create", "--room", "x", "--pin", "11111111"]));
     ok(sandbox.run(&["pin", "create", "--room", "y", "--pin", "22222222"]));
-    ok(sandbox.run(&["pin", "create", "--room", "x", "--namespace", "office", "--pin", "33333"]));
+    ok(sandbox.run(&[
+        "pin",
+        "create",
+        "--room",
+        "x",
+        "--namespace",
+        "office",
+        "--pin",
+        "33333",
+    ]));
 
     let table = ok(sandbox.run(&["pin", "list"]));
     assert_eq!(table.lines().count(), 4, "header and three PINs:\n{table}");
@@ -176,7 +224,11 @@ fn pin_list_filters_and_revoke_removes() {
         let mut full = vec!["pin", "list", "--json"];
         full.extend_from_slice(args);
         let v: Value = serde_json::from_str(&ok(sandbox.run(&full))).unwrap();
-        v.as_array().unwrap().iter().map(|p| p["pin"].as_str().unwrap().to_owned()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pin"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(json(&["--room", "x"]), ["11111111", "33333"]);
     assert_eq!(json(&["--namespace", "office"]), ["33333"]);
@@ -186,24 +238,40 @@ fn pin_list_filters_and_revoke_removes() {
     assert_eq!(json(&["--room", "x", "--all"]), ["11111111", "33333"]);
     let again = sandbox.run(&["pin", "revoke", "--namespace", "default", "11111111"]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(!stderr(&again).contains("11111111"), "the PIN is masked in messages: {}", stderr(&again));
+    assert!(
+        !stderr(&again).contains("11111111"),
+        "the PIN is masked in messages: {}",
+        stderr(&again)
+    );
 }
 
 /// One HTTP/1.1 GET over a plain socket; returns the status code and body.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill").args([sig, &pid.to_string()]).status().expect("run kill");
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
     assert!(status.success());
 }
 
@@ -211,10 +279,15 @@ fn signal(pid: u32, sig: &str) {
 #[test]
 fn serve_runs_the_admin_api_reloads_on_sighup_and_stops_on_sigterm() {
     let sandbox = Sandbox::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = std::fs::read_to_string(sandbox.config())
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
-        .replace("[admin]\n", &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(sandbox.config()).unwrap().replace(
+        "[admin]\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     std::fs::write(sandbox.config(), text).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config", sandbox.config().to_str().unwrap()])
@@ -228,16 +301,26 @@ fn serve_runs_the_admin_api_reloads_on_sighup_and_stops_on_sigterm() {
         if let Some(answer) = http_get(port, "/healthz") {
             break answer;
         }
-        assert!(std::time::Instant::now() < deadline, "admin API never came up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin API never came up"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(health.0, 200);
     let ready = http_get(port, "/readyz").unwrap();
-    assert_eq!(ready.0, 503, "no SIP transport is bound by this module: {}", ready.1);
+    assert_eq!(
+        ready.0, 503,
+        "no SIP transport is bound by this module: {}",
+        ready.1
+    );
 
     signal(child.id(), "-HUP");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not stop the gateway");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the gateway"
+    );
     assert_eq!(http_get(port, "/healthz").map(|a| a.0), Some(200));
 
     signal(child.id(), "-TERM");

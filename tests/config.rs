@@ -9,7 +9,8 @@ use dialin::trunk::{TrunkMatch, TrunkTable};
 const SHIPPED: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/dialin.toml"));
 
 /// The smallest valid file: the admin token (a secret) and one trunk.
-const MINIMAL: &str = "[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\nallowed_addresses = [\"192.0.2.0/24\"]\n";
+const MINIMAL: &str =
+    "[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\nallowed_addresses = [\"192.0.2.0/24\"]\n";
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -24,8 +25,14 @@ fn error_key(text: &str) -> String {
     match parse(text) {
         Ok(_) => panic!("expected an error for:\n{text}"),
         Err(e) => {
-            let key = e.key().unwrap_or_else(|| panic!("error names no key: {e}")).to_owned();
-            assert!(e.to_string().starts_with(&format!("{key}: ")), "message must start with the key: {e}");
+            let key = e
+                .key()
+                .unwrap_or_else(|| panic!("error names no key: {e}"))
+                .to_owned();
+            assert!(
+                e.to_string().starts_with(&format!("{key}: ")),
+                "message must start with the key: {e}"
+            );
             key
         }
     }
@@ -43,7 +50,13 @@ fn shipped_config_is_valid_and_serves_loopback_with_local_rooms() {
     assert_eq!(config.trunks.len(), 1);
     let table = TrunkTable::new(config.trunks.clone());
     for source in ["127.0.0.1", "::1"] {
-        assert!(matches!(table.match_call(source.parse::<IpAddr>().unwrap(), "1000"), TrunkMatch::Matched(_)), "{source}");
+        assert!(
+            matches!(
+                table.match_call(source.parse::<IpAddr>().unwrap(), "1000"),
+                TrunkMatch::Matched(_)
+            ),
+            "{source}"
+        );
     }
 }
 
@@ -57,7 +70,11 @@ fn shipped_config_loads_from_its_file() {
 fn every_key_but_secrets_has_a_default() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.sip.listen.len(), 2);
-    assert!(config.sip.listen.iter().any(|l| l.transport == Transport::Udp));
+    assert!(config
+        .sip
+        .listen
+        .iter()
+        .any(|l| l.transport == Transport::Udp));
     assert_eq!(config.media.rtp_timeout_s, 30);
     assert_eq!(config.ivr.first_digit_timeout_s, 10);
     assert_eq!(config.ivr.inter_digit_timeout_s, 5);
@@ -76,15 +93,24 @@ fn every_key_but_secrets_has_a_default() {
 fn admin_token_is_required_and_may_come_from_the_environment() {
     let no_token = "[[trunk]]\nid = \"a\"\nallowed_addresses = [\"192.0.2.0/24\"]\n";
     assert_eq!(error_key(no_token), "admin.token");
-    let config = Config::parse(no_token, |k| (k == "DIALIN_ADMIN_TOKEN").then(|| "from-env".to_owned())).unwrap();
+    let config = Config::parse(no_token, |k| {
+        (k == "DIALIN_ADMIN_TOKEN").then(|| "from-env".to_owned())
+    })
+    .unwrap();
     assert_eq!(config.admin.token(), "from-env");
-    let overridden = Config::parse(MINIMAL, |k| (k == "DIALIN_ADMIN_TOKEN").then(|| "env-wins".to_owned())).unwrap();
+    let overridden = Config::parse(MINIMAL, |k| {
+        (k == "DIALIN_ADMIN_TOKEN").then(|| "env-wins".to_owned())
+    })
+    .unwrap();
     assert_eq!(overridden.admin.token(), "env-wins");
 }
 
 #[test]
 fn empty_admin_token_is_refused() {
-    assert_eq!(error_key(&MINIMAL.replace("token = \"t\"", "token = \"\"")), "admin.token");
+    assert_eq!(
+        error_key(&MINIMAL.replace("token = \"t\"", "token = \"\"")),
+        "admin.token"
+    );
     assert!(Config::parse(MINIMAL, |k| (k == "DIALIN_ADMIN_TOKEN").then(String::new)).is_err());
 }
 
@@ -92,8 +118,18 @@ fn empty_admin_token_is_refused() {
 fn livekit_backend_needs_an_api_secret_which_the_environment_may_supply() {
     let text = format!("[rooms]\nbackend = \"livekit\"\n{MINIMAL}");
     assert_eq!(error_key(&text), "livekit.api_secret");
-    let config = Config::parse(&text, |k| (k == "DIALIN_LIVEKIT_API_SECRET").then(|| "s".to_owned())).unwrap();
-    assert_eq!(config.livekit.api_secret.map(|s| s.expose().to_owned()).as_deref(), Some("s"));
+    let config = Config::parse(&text, |k| {
+        (k == "DIALIN_LIVEKIT_API_SECRET").then(|| "s".to_owned())
+    })
+    .unwrap();
+    assert_eq!(
+        config
+            .livekit
+            .api_secret
+            .map(|s| s.expose().to_owned())
+            .as_deref(),
+        Some("s")
+    );
 }
 
 #[test]
@@ -106,8 +142,14 @@ fn secrets_never_appear_in_debug_output() {
 
 #[test]
 fn unknown_keys_are_refused_with_the_key_named() {
-    assert_eq!(error_key(&format!("[sip]\nlisten_on = []\n{MINIMAL}")), "sip.listen_on");
-    assert_eq!(error_key(&format!("{MINIMAL}pin_lenght = 6\n")), "trunk[0].pin_lenght");
+    assert_eq!(
+        error_key(&format!("[sip]\nlisten_on = []\n{MINIMAL}")),
+        "sip.listen_on"
+    );
+    assert_eq!(
+        error_key(&format!("{MINIMAL}pin_lenght = 6\n")),
+        "trunk[0].pin_lenght"
+    );
     assert_eq!(error_key(&format!("[medias]\nx = 1\n{MINIMAL}")), "medias");
 }
 
@@ -116,7 +158,11 @@ fn malformed_trunk_network_names_its_trunk_and_index() {
     let text = format!("{MINIMAL}[[trunk]]\nid = \"b\"\nallowed_addresses = [\"10.0.0/8\"]\n");
     let err = parse(&text).unwrap_err();
     assert_eq!(err.key(), Some("trunk[1].allowed_addresses[0]"));
-    assert!(err.to_string().contains("\"10.0.0/8\" is not an IP network"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("\"10.0.0/8\" is not an IP network"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,23 +173,37 @@ fn duplicate_trunk_ids_are_refused() {
 
 #[test]
 fn pin_length_must_be_between_4_and_20() {
-    assert_eq!(error_key(&format!("{MINIMAL}pin_length = 3\n")), "trunk[0].pin_length");
-    assert_eq!(error_key(&format!("{MINIMAL}pin_length = 21\n")), "trunk[0].pin_length");
+    assert_eq!(
+        error_key(&format!("{MINIMAL}pin_length = 3\n")),
+        "trunk[0].pin_length"
+    );
+    assert_eq!(
+        error_key(&format!("{MINIMAL}pin_length = 21\n")),
+        "trunk[0].pin_length"
+    );
     assert!(parse(&format!("{MINIMAL}pin_length = 4\n")).is_ok());
     assert!(parse(&format!("{MINIMAL}pin_length = 20\n")).is_ok());
 }
 
 #[test]
 fn trunks_sharing_a_namespace_must_agree_on_pin_length() {
-    let text = format!("{MINIMAL}[[trunk]]\nid = \"b\"\nallowed_addresses = [\"10.0.0.0/8\"]\npin_length = 6\n");
+    let text = format!(
+        "{MINIMAL}[[trunk]]\nid = \"b\"\nallowed_addresses = [\"10.0.0.0/8\"]\npin_length = 6\n"
+    );
     assert_eq!(error_key(&text), "trunk[1].pin_length");
     assert!(parse(&format!("{text}pin_namespace = \"other\"\n")).is_ok());
 }
 
 #[test]
 fn trunk_without_allowed_addresses_is_refused() {
-    assert_eq!(error_key("[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\nallowed_addresses = []\n"), "trunk[0].allowed_addresses");
-    assert_eq!(error_key("[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\n"), "trunk[0]");
+    assert_eq!(
+        error_key("[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\nallowed_addresses = []\n"),
+        "trunk[0].allowed_addresses"
+    );
+    assert_eq!(
+        error_key("[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\n"),
+        "trunk[0]"
+    );
 }
 
 #[test]
@@ -156,28 +216,50 @@ fn bad_values_name_their_keys() {
     let cases = [
         ("[sip]\nlisten = [\"127.0.0.1:5060\"]\n", "sip.listen[0]"),
         ("[sip]\nlisten = []\n", "sip.listen"),
-        ("[sip]\nlisten = [\"tls://127.0.0.1:5061\"]\n", "sip.tls.cert"),
-        ("[sip]\npublic_address = \"not-an-ip\"\n", "sip.public_address"),
+        (
+            "[sip]\nlisten = [\"tls://127.0.0.1:5061\"]\n",
+            "sip.tls.cert",
+        ),
+        (
+            "[sip]\npublic_address = \"not-an-ip\"\n",
+            "sip.public_address",
+        ),
         ("[sip]\nmax_message_size = 100\n", "sip.max_message_size"),
         ("[media]\nrtp_ports = \"30000-20000\"\n", "media.rtp_ports"),
         ("[media]\nrtp_ports = 5\n", "media.rtp_ports"),
         ("[media]\nrtp_timeout_s = 0\n", "media.rtp_timeout_s"),
         ("[media]\nopus_complexity = 11\n", "media.opus_complexity"),
-        ("[media]\njitter_min_ms = 300\njitter_max_ms = 200\n", "media.jitter_min_ms"),
-        ("[ivr]\ninter_digit_timeout_s = 0\n", "ivr.inter_digit_timeout_s"),
+        (
+            "[media]\njitter_min_ms = 300\njitter_max_ms = 200\n",
+            "media.jitter_min_ms",
+        ),
+        (
+            "[ivr]\ninter_digit_timeout_s = 0\n",
+            "ivr.inter_digit_timeout_s",
+        ),
         ("[store]\nurl = \"mysql://x\"\n", "store.url"),
         ("[rooms]\nbackend = \"janus\"\n", "rooms.backend"),
         ("[livekit]\nurl = \"localhost:7880\"\n", "livekit.url"),
         ("[admin]\nlisten = \"localhost\"\n", "admin.listen"),
-        ("[security.lockout]\nfailed_pin_limit = 0\n", "security.lockout.failed_pin_limit"),
-        ("[security.unmatched_source]\nburst = 0\nper_second = 1\n", "security.unmatched_source.burst"),
+        (
+            "[security.lockout]\nfailed_pin_limit = 0\n",
+            "security.lockout.failed_pin_limit",
+        ),
+        (
+            "[security.unmatched_source]\nburst = 0\nper_second = 1\n",
+            "security.unmatched_source.burst",
+        ),
         ("[limits]\nmax_calls = 0\n", "limits.max_calls"),
     ];
     for (section, key) in cases {
         // The section comes first, so [admin] and [[trunk]] from MINIMAL follow it; for
         // the [admin] case, drop MINIMAL's own [admin] table and keep its token.
         let text = if section.starts_with("[admin]") {
-            format!("{}token = \"t\"\n{}", section, MINIMAL.replace("[admin]\ntoken = \"t\"\n", ""))
+            format!(
+                "{}token = \"t\"\n{}",
+                section,
+                MINIMAL.replace("[admin]\ntoken = \"t\"\n", "")
+            )
         } else {
             format!("{section}{MINIMAL}")
         };
@@ -192,24 +274,41 @@ fn bad_trunk_values_name_their_keys() {
         ("srtp = \"maybe\"\n", "trunk[0].srtp"),
         ("max_attempts = 0\n", "trunk[0].max_attempts"),
         ("max_calls = 0\n", "trunk[0].max_calls"),
-        ("numbers = [\"+33 1 23 45 67 89\", \"call-me\"]\n", "trunk[0].numbers[1]"),
+        (
+            "numbers = [\"+33 1 23 45 67 89\", \"call-me\"]\n",
+            "trunk[0].numbers[1]",
+        ),
         ("pin_namespace = \"sales team\"\n", "trunk[0].pin_namespace"),
         ("auth = { username = \"u\" }\n", "trunk[0].auth"),
-        ("auth = { username = \"\", password = \"p\" }\n", "trunk[0].auth.username"),
+        (
+            "auth = { username = \"\", password = \"p\" }\n",
+            "trunk[0].auth.username",
+        ),
         ("livekit = { url = \"nope\" }\n", "trunk[0].livekit.url"),
-        ("livekit = { api_key = \"k\" }\n", "trunk[0].livekit.api_secret"),
+        (
+            "livekit = { api_key = \"k\" }\n",
+            "trunk[0].livekit.api_secret",
+        ),
     ];
     for (line, key) in cases {
         assert_eq!(error_key(&format!("{MINIMAL}{line}")), key, "for {line}");
     }
-    assert_eq!(error_key(&MINIMAL.replace("id = \"a\"", "id = \"a b\"")), "trunk[0].id");
+    assert_eq!(
+        error_key(&MINIMAL.replace("id = \"a\"", "id = \"a b\"")),
+        "trunk[0].id"
+    );
 }
 
 #[test]
 fn turn_server_without_credentials_is_refused() {
-    let turn = |extra: &str| format!("{MINIMAL}[[livekit.ice_servers]]\nurl = \"turn:turn.example.com:3478\"\n{extra}");
+    let turn = |extra: &str| {
+        format!("{MINIMAL}[[livekit.ice_servers]]\nurl = \"turn:turn.example.com:3478\"\n{extra}")
+    };
     assert_eq!(error_key(&turn("")), "livekit.ice_servers[0].username");
-    assert_eq!(error_key(&turn("username = \"u\"\n")), "livekit.ice_servers[0].credential");
+    assert_eq!(
+        error_key(&turn("username = \"u\"\n")),
+        "livekit.ice_servers[0].credential"
+    );
     assert!(parse(&turn("username = \"u\"\ncredential = \"c\"\n")).is_ok());
     let stun = format!("{MINIMAL}[[livekit.ice_servers]]\nurl = \"stun:stun.example.com:3478\"\n");
     assert!(parse(&stun).is_ok());

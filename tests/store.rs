@@ -11,16 +11,23 @@ use dialin::config::LockoutConfig;
 use dialin::pin::{ParticipantName, Pin, PinNamespace, RoomName};
 use dialin::privacy::PhoneNumber;
 use dialin::store::{
-    CallRecordEnd, CallRecordStart, LockoutKey, NewPin, PinFilter, Resolution, RtpStats, Store, StoreError,
-    PIN_GENERATION_ATTEMPTS,
+    CallRecordEnd, CallRecordStart, LockoutKey, NewPin, PinFilter, Resolution, RtpStats, Store,
+    StoreError, PIN_GENERATION_ATTEMPTS,
 };
 use dialin::trunk::TrunkId;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique_name(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}_{}_{}_{}", std::process::id(), nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A database for one test, dropped by `cleanup`.
@@ -37,7 +44,10 @@ enum Cleanup {
 impl TestDb {
     fn sqlite() -> TestDb {
         let path = std::env::temp_dir().join(format!("{}.db", unique_name("dialin_store")));
-        TestDb { url: format!("sqlite://{}", path.display()), cleanup: Cleanup::File(path) }
+        TestDb {
+            url: format!("sqlite://{}", path.display()),
+            cleanup: Cleanup::File(path),
+        }
     }
 
     /// A fresh PostgreSQL database, or None (test skipped) when no server is configured.
@@ -50,8 +60,13 @@ impl TestDb {
             return None;
         };
         let name = unique_name("dialin_t");
-        let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect to DIALIN_TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("connect to DIALIN_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
         admin.close().await;
         let (base, query) = match admin_url.split_once('?') {
             Some((b, q)) => (b, format!("?{q}")),
@@ -63,7 +78,10 @@ impl TestDb {
             None => base,
         };
         let url = format!("{}/{name}{query}", server.trim_end_matches('/'));
-        Some(TestDb { url, cleanup: Cleanup::Database { admin_url, name } })
+        Some(TestDb {
+            url,
+            cleanup: Cleanup::Database { admin_url, name },
+        })
     }
 
     async fn open(&self) -> Store {
@@ -79,7 +97,9 @@ impl TestDb {
             }
             Cleanup::Database { admin_url, name } => {
                 if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
                     admin.close().await;
                 }
             }
@@ -119,17 +139,25 @@ fn new_pin(namespace: &str, room_name: &str, explicit: Option<&str>, length: usi
 mod cases {
     use super::*;
 
-    pub async fn generated_pins_have_the_namespace_length_in_digits_with_leading_zeros_kept(db: &TestDb) {
+    pub async fn generated_pins_have_the_namespace_length_in_digits_with_leading_zeros_kept(
+        db: &TestDb,
+    ) {
         let store = db.open().await;
         for _ in 0..20 {
-            let rec = store.create_pin(new_pin("ten", "r", None, 10), t0()).await.unwrap();
+            let rec = store
+                .create_pin(new_pin("ten", "r", None, 10), t0())
+                .await
+                .unwrap();
             assert_eq!(rec.pin.len(), 10);
             assert!(rec.pin.expose().chars().all(|c| c.is_ascii_digit()));
         }
         // A tenth of 4-digit PINs start with 0; the stored PIN must keep it.
         let mut zero_led = None;
         for _ in 0..500 {
-            let rec = store.create_pin(new_pin("four", "r", None, 4), t0()).await.unwrap();
+            let rec = store
+                .create_pin(new_pin("four", "r", None, 4), t0())
+                .await
+                .unwrap();
             assert_eq!(rec.pin.len(), 4);
             if rec.pin.expose().starts_with('0') {
                 zero_led = Some(rec.pin);
@@ -137,34 +165,60 @@ mod cases {
             }
         }
         let zero_led = zero_led.expect("no zero-led PIN in 500 draws");
-        let stored = store.get_pin(&ns("four"), &zero_led).await.unwrap().expect("stored");
+        let stored = store
+            .get_pin(&ns("four"), &zero_led)
+            .await
+            .unwrap()
+            .expect("stored");
         assert_eq!(stored.pin.expose(), zero_led.expose());
     }
 
     pub async fn full_namespace_reports_pin_space_exhausted(db: &TestDb) {
         let store = db.open().await;
         let all: Vec<Pin> = (0..10_000).map(|n| pin(&format!("{n:04}"))).collect();
-        assert_eq!(store.import_pins(&ns("tiny"), &room("r"), &all, t0()).await.unwrap(), 10_000);
+        assert_eq!(
+            store
+                .import_pins(&ns("tiny"), &room("r"), &all, t0())
+                .await
+                .unwrap(),
+            10_000
+        );
         match store.create_pin(new_pin("tiny", "r", None, 4), t0()).await {
-            Err(StoreError::PinSpaceExhausted { attempts }) => assert_eq!(attempts, PIN_GENERATION_ATTEMPTS),
+            Err(StoreError::PinSpaceExhausted { attempts }) => {
+                assert_eq!(attempts, PIN_GENERATION_ATTEMPTS)
+            }
             other => panic!("expected PinSpaceExhausted, got {other:?}"),
         }
         // Another namespace is unaffected.
-        assert!(store.create_pin(new_pin("other", "r", None, 4), t0()).await.is_ok());
+        assert!(store
+            .create_pin(new_pin("other", "r", None, 4), t0())
+            .await
+            .is_ok());
     }
 
     pub async fn explicit_pin_already_taken_is_refused_but_free_in_another_namespace(db: &TestDb) {
         let store = db.open().await;
-        let first = store.create_pin(new_pin("a", "r1", Some("1234567890"), 10), t0()).await.unwrap();
+        let first = store
+            .create_pin(new_pin("a", "r1", Some("1234567890"), 10), t0())
+            .await
+            .unwrap();
         assert_eq!(first.pin.expose(), "1234567890");
-        match store.create_pin(new_pin("a", "r2", Some("1234567890"), 10), t0()).await {
+        match store
+            .create_pin(new_pin("a", "r2", Some("1234567890"), 10), t0())
+            .await
+        {
             Err(StoreError::PinTaken { namespace }) => assert_eq!(namespace, ns("a")),
             other => panic!("expected PinTaken, got {other:?}"),
         }
         // The first room keeps it.
-        assert!(matches!(store.resolve(&ns("a"), &pin("1234567890"), t0()).await.unwrap(),
-            Resolution::Room { room: r, .. } if r == room("r1")));
-        assert!(store.create_pin(new_pin("b", "r2", Some("1234567890"), 10), t0()).await.is_ok());
+        assert!(
+            matches!(store.resolve(&ns("a"), &pin("1234567890"), t0()).await.unwrap(),
+            Resolution::Room { room: r, .. } if r == room("r1"))
+        );
+        assert!(store
+            .create_pin(new_pin("b", "r2", Some("1234567890"), 10), t0())
+            .await
+            .is_ok());
     }
 
     pub async fn pin_resolves_only_within_its_validity_window(db: &TestDb) {
@@ -176,13 +230,37 @@ mod cases {
         store.create_pin(req, t0()).await.unwrap();
         let at = |d: Duration| t0() + d;
         let p = pin("5550001111");
-        assert_eq!(store.resolve(&ns("w"), &p, at(Duration::minutes(59))).await.unwrap(), Resolution::NotYetValid);
         assert_eq!(
-            store.resolve(&ns("w"), &p, at(Duration::hours(1))).await.unwrap(),
-            Resolution::Room { room: room("standup"), participant_name: Some(ParticipantName::parse("Front desk").unwrap()) }
+            store
+                .resolve(&ns("w"), &p, at(Duration::minutes(59)))
+                .await
+                .unwrap(),
+            Resolution::NotYetValid
         );
-        assert_eq!(store.resolve(&ns("w"), &p, at(Duration::hours(2))).await.unwrap(), Resolution::Expired);
-        assert_eq!(store.resolve(&ns("w"), &pin("5550001112"), t0()).await.unwrap(), Resolution::Unknown);
+        assert_eq!(
+            store
+                .resolve(&ns("w"), &p, at(Duration::hours(1)))
+                .await
+                .unwrap(),
+            Resolution::Room {
+                room: room("standup"),
+                participant_name: Some(ParticipantName::parse("Front desk").unwrap())
+            }
+        );
+        assert_eq!(
+            store
+                .resolve(&ns("w"), &p, at(Duration::hours(2)))
+                .await
+                .unwrap(),
+            Resolution::Expired
+        );
+        assert_eq!(
+            store
+                .resolve(&ns("w"), &pin("5550001112"), t0())
+                .await
+                .unwrap(),
+            Resolution::Unknown
+        );
     }
 
     pub async fn validity_window_must_end_after_it_starts_and_not_in_the_past(db: &TestDb) {
@@ -190,78 +268,182 @@ mod cases {
         let mut req = new_pin("w", "r", None, 10);
         req.valid_from = Some(t0() + Duration::hours(2));
         req.valid_until = Some(t0() + Duration::hours(1));
-        assert!(matches!(store.create_pin(req, t0()).await, Err(StoreError::InvalidWindow(_))));
+        assert!(matches!(
+            store.create_pin(req, t0()).await,
+            Err(StoreError::InvalidWindow(_))
+        ));
         let mut req = new_pin("w", "r", None, 10);
         req.valid_until = Some(t0() - Duration::seconds(1));
-        assert!(matches!(store.create_pin(req, t0()).await, Err(StoreError::InvalidWindow(_))));
+        assert!(matches!(
+            store.create_pin(req, t0()).await,
+            Err(StoreError::InvalidWindow(_))
+        ));
     }
 
     pub async fn revoked_pin_no_longer_resolves_and_is_not_reissued(db: &TestDb) {
         let store = db.open().await;
-        store.create_pin(new_pin("v", "r", Some("0000123456"), 10), t0()).await.unwrap();
+        store
+            .create_pin(new_pin("v", "r", Some("0000123456"), 10), t0())
+            .await
+            .unwrap();
         let p = pin("0000123456");
         assert!(store.revoke(&ns("v"), &p, t0()).await.unwrap());
-        assert_eq!(store.resolve(&ns("v"), &p, t0()).await.unwrap(), Resolution::Revoked);
-        assert!(!store.revoke(&ns("v"), &p, t0()).await.unwrap(), "second revoke finds nothing to revoke");
-        assert!(!store.revoke(&ns("v"), &pin("9999999999"), t0()).await.unwrap());
+        assert_eq!(
+            store.resolve(&ns("v"), &p, t0()).await.unwrap(),
+            Resolution::Revoked
+        );
+        assert!(
+            !store.revoke(&ns("v"), &p, t0()).await.unwrap(),
+            "second revoke finds nothing to revoke"
+        );
+        assert!(!store
+            .revoke(&ns("v"), &pin("9999999999"), t0())
+            .await
+            .unwrap());
         assert!(matches!(
-            store.create_pin(new_pin("v", "other", Some("0000123456"), 10), t0()).await,
+            store
+                .create_pin(new_pin("v", "other", Some("0000123456"), 10), t0())
+                .await,
             Err(StoreError::PinTaken { .. })
         ));
-        assert!(store.list_pins(&PinFilter::default()).await.unwrap().is_empty());
-        let all = store.list_pins(&PinFilter { include_revoked: true, ..PinFilter::default() }).await.unwrap();
+        assert!(store
+            .list_pins(&PinFilter::default())
+            .await
+            .unwrap()
+            .is_empty());
+        let all = store
+            .list_pins(&PinFilter {
+                include_revoked: true,
+                ..PinFilter::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(all.len(), 1);
         assert!(all[0].revoked);
     }
 
     pub async fn list_filters_by_room_and_namespace(db: &TestDb) {
         let store = db.open().await;
-        for (n, r, p) in [("a", "x", "1111"), ("a", "y", "2222"), ("b", "x", "3333"), ("b", "y", "4444")] {
-            store.create_pin(new_pin(n, r, Some(p), 4), t0()).await.unwrap();
+        for (n, r, p) in [
+            ("a", "x", "1111"),
+            ("a", "y", "2222"),
+            ("b", "x", "3333"),
+            ("b", "y", "4444"),
+        ] {
+            store
+                .create_pin(new_pin(n, r, Some(p), 4), t0())
+                .await
+                .unwrap();
         }
         let pins = |f: PinFilter| {
             let store = store.clone();
             async move {
-                store.list_pins(&f).await.unwrap().into_iter().map(|r| r.pin.expose().to_owned()).collect::<Vec<_>>()
+                store
+                    .list_pins(&f)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.pin.expose().to_owned())
+                    .collect::<Vec<_>>()
             }
         };
-        assert_eq!(pins(PinFilter::default()).await, ["1111", "2222", "3333", "4444"]);
-        assert_eq!(pins(PinFilter { room: Some(room("x")), ..Default::default() }).await, ["1111", "3333"]);
-        assert_eq!(pins(PinFilter { namespace: Some(ns("b")), ..Default::default() }).await, ["3333", "4444"]);
         assert_eq!(
-            pins(PinFilter { room: Some(room("y")), namespace: Some(ns("a")), ..Default::default() }).await,
+            pins(PinFilter::default()).await,
+            ["1111", "2222", "3333", "4444"]
+        );
+        assert_eq!(
+            pins(PinFilter {
+                room: Some(room("x")),
+                ..Default::default()
+            })
+            .await,
+            ["1111", "3333"]
+        );
+        assert_eq!(
+            pins(PinFilter {
+                namespace: Some(ns("b")),
+                ..Default::default()
+            })
+            .await,
+            ["3333", "4444"]
+        );
+        assert_eq!(
+            pins(PinFilter {
+                room: Some(room("y")),
+                namespace: Some(ns("a")),
+                ..Default::default()
+            })
+            .await,
             ["2222"]
         );
-        assert!(pins(PinFilter { room: Some(room("z")), ..Default::default() }).await.is_empty());
+        assert!(pins(PinFilter {
+            room: Some(room("z")),
+            ..Default::default()
+        })
+        .await
+        .is_empty());
     }
 
     pub async fn import_skips_pins_already_present(db: &TestDb) {
         let store = db.open().await;
-        store.create_pin(new_pin("i", "r", Some("1000"), 4), t0()).await.unwrap();
+        store
+            .create_pin(new_pin("i", "r", Some("1000"), 4), t0())
+            .await
+            .unwrap();
         let batch: Vec<Pin> = ["1000", "1001", "1002"].iter().map(|p| pin(p)).collect();
-        assert_eq!(store.import_pins(&ns("i"), &room("r"), &batch, t0()).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .import_pins(&ns("i"), &room("r"), &batch, t0())
+                .await
+                .unwrap(),
+            2
+        );
     }
 
     pub async fn lockout_limit_is_shared_by_two_nodes_on_one_database(db: &TestDb) {
         let node_a = db.open().await;
         let node_b = db.open().await;
-        let policy = LockoutConfig { failed_pin_limit: 10, window_s: 900, lockout_s: 900 };
-        let key = LockoutKey::for_caller(&TrunkId::parse("carrier").unwrap(), &PhoneNumber::new("+33612345678"));
+        let policy = LockoutConfig {
+            failed_pin_limit: 10,
+            window_s: 900,
+            lockout_s: 900,
+        };
+        let key = LockoutKey::for_caller(
+            &TrunkId::parse("carrier").unwrap(),
+            &PhoneNumber::new("+33612345678"),
+        );
         for i in 0..9 {
             let node = if i % 2 == 0 { &node_a } else { &node_b };
-            let state = node.record_failed_attempt(&key, t0() + Duration::seconds(i), &policy).await.unwrap();
+            let state = node
+                .record_failed_attempt(&key, t0() + Duration::seconds(i), &policy)
+                .await
+                .unwrap();
             assert_eq!(state.failures, u32::try_from(i + 1).unwrap());
             assert!(!state.is_locked(t0() + Duration::seconds(i)));
         }
         let now = t0() + Duration::seconds(10);
-        let state = node_b.record_failed_attempt(&key, now, &policy).await.unwrap();
+        let state = node_b
+            .record_failed_attempt(&key, now, &policy)
+            .await
+            .unwrap();
         assert_eq!(state.failures, 10);
         assert!(state.is_locked(now));
         let until = now + Duration::seconds(900);
-        assert_eq!(node_a.locked_until(&key, now).await.unwrap(), Some(until), "node A sees node B's lockout");
-        assert_eq!(node_a.locked_until(&key, until).await.unwrap(), None, "lockout ends after lockout_s");
+        assert_eq!(
+            node_a.locked_until(&key, now).await.unwrap(),
+            Some(until),
+            "node A sees node B's lockout"
+        );
+        assert_eq!(
+            node_a.locked_until(&key, until).await.unwrap(),
+            None,
+            "lockout ends after lockout_s"
+        );
         // After the lockout, counting starts afresh.
-        let after = node_a.record_failed_attempt(&key, until + Duration::seconds(1), &policy).await.unwrap();
+        let after = node_a
+            .record_failed_attempt(&key, until + Duration::seconds(1), &policy)
+            .await
+            .unwrap();
         assert_eq!(after.failures, 1);
         assert!(!after.is_locked(until + Duration::seconds(1)));
     }
@@ -269,33 +451,69 @@ mod cases {
     pub async fn concurrent_failures_from_two_nodes_are_all_counted(db: &TestDb) {
         let node_a = db.open().await;
         let node_b = db.open().await;
-        let policy = LockoutConfig { failed_pin_limit: 1000, window_s: 900, lockout_s: 900 };
+        let policy = LockoutConfig {
+            failed_pin_limit: 1000,
+            window_s: 900,
+            lockout_s: 900,
+        };
         let key = LockoutKey::from_raw("trunk:concurrent");
         let mut tasks = Vec::new();
         for i in 0..40 {
-            let node = if i % 2 == 0 { node_a.clone() } else { node_b.clone() };
+            let node = if i % 2 == 0 {
+                node_a.clone()
+            } else {
+                node_b.clone()
+            };
             let key = key.clone();
             let policy = policy.clone();
-            tasks.push(tokio::spawn(async move { node.record_failed_attempt(&key, t0(), &policy).await.unwrap().failures }));
+            tasks.push(tokio::spawn(async move {
+                node.record_failed_attempt(&key, t0(), &policy)
+                    .await
+                    .unwrap()
+                    .failures
+            }));
         }
         let mut seen = Vec::new();
         for t in tasks {
             seen.push(t.await.unwrap());
         }
         seen.sort_unstable();
-        assert_eq!(seen, (1..=40).collect::<Vec<u32>>(), "each failure got its own count");
+        assert_eq!(
+            seen,
+            (1..=40).collect::<Vec<u32>>(),
+            "each failure got its own count"
+        );
     }
 
     pub async fn failures_older_than_the_window_are_forgotten(db: &TestDb) {
         let store = db.open().await;
-        let policy = LockoutConfig { failed_pin_limit: 3, window_s: 60, lockout_s: 300 };
+        let policy = LockoutConfig {
+            failed_pin_limit: 3,
+            window_s: 60,
+            lockout_s: 300,
+        };
         let key = LockoutKey::from_raw("t:window");
-        store.record_failed_attempt(&key, t0(), &policy).await.unwrap();
-        store.record_failed_attempt(&key, t0() + Duration::seconds(30), &policy).await.unwrap();
-        let state = store.record_failed_attempt(&key, t0() + Duration::seconds(61), &policy).await.unwrap();
+        store
+            .record_failed_attempt(&key, t0(), &policy)
+            .await
+            .unwrap();
+        store
+            .record_failed_attempt(&key, t0() + Duration::seconds(30), &policy)
+            .await
+            .unwrap();
+        let state = store
+            .record_failed_attempt(&key, t0() + Duration::seconds(61), &policy)
+            .await
+            .unwrap();
         assert_eq!(state.failures, 1);
         assert_eq!(state.locked_until, None);
-        assert_eq!(store.purge_failed_attempts(t0() + Duration::seconds(200), &policy).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .purge_failed_attempts(t0() + Duration::seconds(200), &policy)
+                .await
+                .unwrap(),
+            1
+        );
     }
 
     pub async fn call_record_round_trips(db: &TestDb) {
@@ -319,10 +537,19 @@ mod cases {
             answered_at: Some(t0() + Duration::milliseconds(120)),
             ended_at: t0() + Duration::minutes(30),
             pin_attempts: 2,
-            rtp: RtpStats { packets_received: 90_000, packets_lost: 12, jitter_ms: 3.5, late_frames: 4 },
+            rtp: RtpStats {
+                packets_received: 90_000,
+                packets_lost: 12,
+                jitter_ms: 3.5,
+                late_frames: 4,
+            },
         };
         assert!(store.complete_call_record(&id, &end).await.unwrap());
-        let done = store.get_call_record(&id).await.unwrap().expect("still there");
+        let done = store
+            .get_call_record(&id)
+            .await
+            .unwrap()
+            .expect("still there");
         assert_eq!(done.outcome, Some(CallOutcome::CallerHangup));
         assert_eq!(done.room.as_deref(), Some("standup"));
         assert_eq!(done.setup_at, t0());
@@ -330,16 +557,26 @@ mod cases {
         assert_eq!(done.ended_at, Some(end.ended_at));
         assert_eq!(done.pin_attempts, 2);
         assert_eq!(done.rtp, end.rtp);
-        assert!(!store.complete_call_record(&CallId::new("unknown"), &end).await.unwrap());
+        assert!(!store
+            .complete_call_record(&CallId::new("unknown"), &end)
+            .await
+            .unwrap());
     }
 
     pub async fn store_answers_ping_and_reopens_with_migrations_already_applied(db: &TestDb) {
         let store = db.open().await;
         store.ping().await.unwrap();
-        store.create_pin(new_pin("p", "r", Some("4242"), 4), t0()).await.unwrap();
+        store
+            .create_pin(new_pin("p", "r", Some("4242"), 4), t0())
+            .await
+            .unwrap();
         store.close().await;
         let again = db.open().await;
-        assert!(again.get_pin(&ns("p"), &pin("4242")).await.unwrap().is_some());
+        assert!(again
+            .get_pin(&ns("p"), &pin("4242"))
+            .await
+            .unwrap()
+            .is_some());
     }
 }
 
@@ -387,8 +624,14 @@ store_suite!(
 #[tokio::test]
 async fn in_memory_sqlite_store_works_without_a_file() {
     let store = Store::open("sqlite::memory:", 4).await.unwrap();
-    store.create_pin(new_pin("m", "r", Some("1234"), 4), t0()).await.unwrap();
-    assert!(matches!(store.resolve(&ns("m"), &pin("1234"), t0()).await.unwrap(), Resolution::Room { .. }));
+    store
+        .create_pin(new_pin("m", "r", Some("1234"), 4), t0())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.resolve(&ns("m"), &pin("1234"), t0()).await.unwrap(),
+        Resolution::Room { .. }
+    ));
 }
 
 #[tokio::test]
