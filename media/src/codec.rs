@@ -148,8 +148,9 @@ pub struct CodecConfig {
 /// Default Opus complexity, chosen by measurement (`codec` benchmark, thread CPU time,
 /// and the `codec_quality` complexity sweep, speech-like input at 24 kbit/s): from 0
 /// to 10 the encode cost per 20 ms frame grows about 3.7x (8 kHz: 65 -> 238 µs;
-/// 16 kHz: 86 -> 459 µs) while the segmental SNR moves by 0.3 dB at 8 kHz
-/// (13.0 -> 13.3) and 1 dB at 16 kHz (11.2 -> 12.2). Only complexity 0 keeps the
+/// 16 kHz: 86 -> 459 µs) while the segmental SNR moves by 0.2 dB at 8 kHz
+/// (13.6 -> 13.8) and 1 dB at 16 kHz (11.6 -> 12.6). Segmental SNR cannot credit
+/// SILK's perceptual noise shaping, so this is a cost-led choice. Only complexity 0 keeps the
 /// narrowband caller-to-room path near the 100 µs per frame budget, so it is the
 /// default; raise it per deployment where CPU is plentiful.
 pub const DEFAULT_OPUS_COMPLEXITY: u8 = 0;
