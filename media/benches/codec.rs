@@ -224,6 +224,24 @@ fn opus_complexity(c: &mut Criterion) {
                 })
             });
         }
+        // In-band FEC costs a second SILK quantisation pass (LBRR); measure without.
+        for complexity in [0u8, 1, 5, 10] {
+            let config =
+                CodecConfig { opus_complexity: complexity, fec: false, ..CodecConfig::default() };
+            let mut enc = new_encoder(CodecKind::Opus, rate, &config).expect("encoder");
+            let mut out = [0u8; 1500];
+            let mut k = 0;
+            group.bench_with_input(
+                BenchmarkId::new("complexity_without_fec", complexity),
+                &complexity,
+                |b, _| {
+                    b.iter(|| {
+                        k += 1;
+                        black_box(enc.encode(&frames[k % FRAMES], &mut out).expect("encode"))
+                    })
+                },
+            );
+        }
         group.finish();
     }
 }

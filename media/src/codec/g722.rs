@@ -238,7 +238,7 @@ impl Encoder for G722Encoder {
     }
 
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
-        if pcm.len() % 2 != 0 {
+        if !pcm.len().is_multiple_of(2) {
             return Err(CodecError::FrameLength { kind: CodecKind::G722, len: pcm.len() });
         }
         let n = pcm.len() / 2;

@@ -87,7 +87,7 @@ impl Encoder for OpusEncoder {
         // anything else would be an argument error deep in the library.
         let per_2_5_ms = self.rate.hz() as usize / 400;
         let units = pcm.len() / per_2_5_ms;
-        let valid = pcm.len() % per_2_5_ms == 0
+        let valid = pcm.len().is_multiple_of(per_2_5_ms)
             && matches!(units, 1 | 2 | 4 | 8 | 16 | 24 | 32 | 40 | 48);
         if !valid {
             return Err(CodecError::FrameLength { kind: CodecKind::Opus, len: pcm.len() });
