@@ -273,7 +273,7 @@ impl JitterBuffer {
             None => (1u64 << 32) + u64::from(info.seq),
             Some(highest) => {
                 let delta = i64::from(info.seq.wrapping_sub(highest as u16) as i16);
-                if delta > MAX_DROPOUT || delta < -MAX_MISORDER {
+                if !(-MAX_MISORDER..=MAX_DROPOUT).contains(&delta) {
                     self.restart();
                     resynced = true;
                     (1u64 << 32) + u64::from(info.seq)

@@ -63,7 +63,7 @@ fn push_tone(out: &mut Vec<f64>, digit: Digit, ms: u32, t: Tone) {
 }
 
 fn push_silence(out: &mut Vec<f64>, rate: u32, ms: u32) {
-    out.extend(std::iter::repeat(0.0).take((rate * ms / 1000) as usize));
+    out.extend(std::iter::repeat_n(0.0, (rate * ms / 1000) as usize));
 }
 
 fn to_pcm(signal: &[f64]) -> Vec<i16> {
