@@ -273,7 +273,7 @@ impl JitterBuffer {
             None => (1u64 << 32) + u64::from(info.seq),
             Some(highest) => {
                 let delta = i64::from(info.seq.wrapping_sub(highest as u16) as i16);
-                if delta > MAX_DROPOUT || delta < -MAX_MISORDER {
+                if !(-MAX_MISORDER..=MAX_DROPOUT).contains(&delta) {
                     self.restart();
                     resynced = true;
                     (1u64 << 32) + u64::from(info.seq)
@@ -534,6 +534,10 @@ impl JitterBuffer {
     }
 
     fn units_to_duration(&self, units: f64) -> Duration {
-        Duration::from_secs_f64((units / f64::from(self.config.clock_rate.max(1))).clamp(0.0, 3600.0))
+        let seconds = units / f64::from(self.config.clock_rate.max(1));
+        if !seconds.is_finite() {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(seconds.clamp(0.0, 3600.0))
     }
 }

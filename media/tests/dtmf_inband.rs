@@ -3,6 +3,10 @@
 
 use std::process::Command;
 
+use std::time::{Duration, Instant};
+
+use dialin_media::dtmf::dedup::{DigitDeduplicator, DigitSource};
+use dialin_media::dtmf::event::{EventReceiver, EventSender};
 use dialin_media::dtmf::inband::InbandDetector;
 use dialin_media::dtmf::Digit;
 
@@ -59,7 +63,7 @@ fn push_tone(out: &mut Vec<f64>, digit: Digit, ms: u32, t: Tone) {
 }
 
 fn push_silence(out: &mut Vec<f64>, rate: u32, ms: u32) {
-    out.extend(std::iter::repeat(0.0).take((rate * ms / 1000) as usize));
+    out.extend(std::iter::repeat_n(0.0, (rate * ms / 1000) as usize));
 }
 
 fn to_pcm(signal: &[f64]) -> Vec<i16> {
@@ -261,7 +265,7 @@ fn parse_wav(bytes: &[u8]) -> Option<(u32, Vec<i16>)> {
 fn resample_to_8k(rate: u32, input: &[i16]) -> Vec<f64> {
     let ratio = f64::from(rate) / 8000.0;
     let cutoff = 3600.0 / f64::from(rate);
-    let taps = 24isize;
+    let taps = 16isize;
     let out_len = (input.len() as f64 / ratio) as usize;
     (0..out_len)
         .map(|n| {
@@ -325,4 +329,52 @@ fn three_minutes_of_speech_yield_no_digit_talk_off() {
         total += digits.len();
     }
     assert_eq!(total, 0, "speech was mistaken for DTMF");
+}
+
+#[test]
+fn a_pin_sent_both_as_telephone_events_and_as_tones_is_collected_once() {
+    // A gateway that relays each key press as RFC 4733 packets and also leaves the tones
+    // in the audio: the digits must reach the IVR once each, double presses included.
+    let pin = [Digit::D1, Digit::D2, Digit::D2, Digit::D9, Digit::Pound];
+    let t0 = Instant::now();
+    let mut events: Vec<(u64, DigitSource, Digit)> = Vec::new();
+
+    // RFC 4733: 100 ms presses every 250 ms, packets handled on arrival.
+    let mut rx = EventReceiver::new(8000);
+    let mut seq = 0u16;
+    for (i, &d) in pin.iter().enumerate() {
+        let start_ms = 250 * i as u64;
+        let mut sender = EventSender::new(d, 8000 * start_ms as u32 / 1000, 8000, Duration::from_millis(100), 10);
+        let mut buf = [0u8; 4];
+        while let Ok(Some(p)) = sender.next_packet(&mut buf) {
+            let at = start_ms + p.send_after.as_millis() as u64;
+            if let Ok(Some(got)) = rx.receive(p.timestamp, p.marker, seq, &buf, t0 + Duration::from_millis(at)) {
+                events.push((at, DigitSource::Rfc4733, got.digit));
+            }
+            seq = seq.wrapping_add(1);
+        }
+    }
+
+    // In-band: the same presses as tones, seen after a 60 ms jitter buffer.
+    let mut audio = Vec::new();
+    for &d in &pin {
+        push_tone(&mut audio, d, 100, Tone::nominal(8000));
+        push_silence(&mut audio, 8000, 150);
+    }
+    let mut det = InbandDetector::new(8000).expect("8 kHz");
+    for (i, frame) in to_pcm(&audio).chunks(160).enumerate() {
+        if let Some(d) = det.process(frame) {
+            events.push((20 * (i as u64 + 1) + 60, DigitSource::Inband, d));
+        }
+    }
+
+    events.sort_by_key(|e| e.0);
+    let mut dedup = DigitDeduplicator::default();
+    let collected: Vec<Digit> = events
+        .iter()
+        .filter(|(at, src, d)| dedup.accept(*d, *src, t0 + Duration::from_millis(*at)))
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(events.len(), 2 * pin.len(), "each source saw every press");
+    assert_eq!(collected, pin);
 }
