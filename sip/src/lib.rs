@@ -1,3 +1,24 @@
 //! dialin-sip
 pub mod digest;
 pub mod sdp;
+//! dialin-sip: the SIP user agent core of dialin.
+//!
+//! Flow: a [`transport`] receives octets, [`message::Message::parse`] turns them
+//! into a typed message (zero-copy over `bytes::Bytes`), [`validate`] decides
+//! whether a request can be processed or which error response it gets, and the
+//! transaction/dialog layers act on it. Outgoing messages are built with
+//! [`message::Response::to_request`] / [`message::RequestBuilder`] and sent back
+//! through the transport, routed by [`transport::response_target`].
+
+pub mod header;
+pub mod message;
+pub mod transport;
+pub mod uri;
+pub mod validate;
+
+pub use header::{CSeq, Header, HeaderError, HeaderName, MediaType, NameAddr, Params, Via, ViaTransport};
+pub use message::{
+    Headers, Limits, Message, Method, ParseError, ParseErrorKind, Request, RequestBuilder, Response, StatusCode,
+    Text,
+};
+pub use uri::{Host, Uri};
