@@ -2,3 +2,8 @@
 pub mod mixer;
 pub mod prompt;
 pub mod tone;
+pub mod ports;
+pub mod rtcp;
+pub mod rtp;
+pub mod srtp;
+pub mod stream;
