@@ -7,3 +7,8 @@ pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
 pub mod stream;
+
+pub mod codec;
+pub use codec::{
+    new_decoder, new_encoder, CodecConfig, CodecError, CodecKind, Decoder, Encoder, SampleRate,
+};
