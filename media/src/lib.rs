@@ -12,3 +12,5 @@ pub mod codec;
 pub use codec::{
     new_decoder, new_encoder, CodecConfig, CodecError, CodecKind, Decoder, Encoder, SampleRate,
 };
+pub mod dtmf;
+pub mod jitter;
