@@ -1,6 +1,3 @@
-//! dialin-sip
-pub mod digest;
-pub mod sdp;
 //! dialin-sip: the SIP user agent core of dialin.
 //!
 //! Flow: a [`transport`] receives octets, [`message::Message::parse`] turns them
@@ -9,6 +6,9 @@ pub mod sdp;
 //! transaction/dialog layers act on it. Outgoing messages are built with
 //! [`message::Response::to_request`] / [`message::RequestBuilder`] and sent back
 //! through the transport, routed by [`transport::response_target`].
+
+pub mod digest;
+pub mod sdp;
 
 pub mod header;
 pub mod message;
