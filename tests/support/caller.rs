@@ -2014,6 +2014,12 @@ impl Call {
         m.recorded.iter().filter(|c| c.at >= since).flat_map(|c| c.samples.iter().copied()).collect()
     }
 
+    /// All decoded audio received so far.
+    pub fn recorded_all(&self) -> Vec<i16> {
+        let m = self.shared.media();
+        m.recorded.iter().flat_map(|c| c.samples.iter().copied()).collect()
+    }
+
     /// Decoded audio received between `from` and `to`.
     pub fn recorded_between(&self, from: Instant, to: Instant) -> Vec<i16> {
         let m = self.shared.media();
