@@ -498,7 +498,7 @@ const PCAP_UAC: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
   </send>
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
-  <recv response="200" rtd="true"/>
+  <recv response="200" rtd="true" rrs="true"/>
   <send>
     <![CDATA[
 
@@ -580,9 +580,12 @@ async fn sipp_plays_pcap(
     .into_iter()
     .collect();
     let p = SippProcess::spawn_in(bin, &args, target, dir).expect("sipp starts");
-    let call = a.next_call(10 * SECOND).await.expect("sipp's call is answered");
+    let call = a.next_call(10 * SECOND).await;
     let outcome = p.wait(Duration::from_secs(30)).await;
-    (call, outcome)
+    match call {
+        Some(call) => (call, outcome),
+        None => panic!("sipp's call was not answered: {outcome:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
