@@ -615,3 +615,89 @@ async fn sipp_plays_the_rfc4733_pcap_and_the_answerer_gets_the_digits() {
     assert!(outcome.success(), "{outcome:?}");
     assert_eq!(call.received_digits(), "2468#");
 }
+
+// ---------------------------------------------------------------------------
+// Dialog details
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_to_hold_is_answered_with_the_mirrored_direction_and_resume_restores_media() {
+    let mut a = answerer(AnswerOptions { source: AnswerSource::Tone { hz: 440.0, dbfs: -10.0 }, ..Default::default() }).await;
+    let call = Caller::dial(dial_to(&a, SipTransport::Udp)).await.expect("answered");
+    let answered = a.next_call(5 * SECOND).await.expect("answerer has the call");
+    assert_eq!(answered.reinvite(Direction::SendOnly).await.expect("re-INVITE answered"), 200);
+    assert_eq!(call.reinvites_received(), 1);
+    assert_eq!(call.local_direction(), Some(Direction::RecvOnly));
+    assert_eq!(answered.local_direction(), Some(Direction::SendOnly));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let (sent, heard) = (call.packets_sent(), call.packets_received());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(call.packets_sent() <= sent + 1, "a held caller stops sending");
+    assert!(call.packets_received() >= heard + 10, "the holding side keeps sending");
+
+    assert_eq!(answered.reinvite(Direction::SendRecv).await.expect("re-INVITE answered"), 200);
+    assert_eq!(call.local_direction(), Some(Direction::SendRecv));
+    let sent = call.packets_sent();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(call.packets_sent() >= sent + 10, "resumed caller sends again");
+    call.hangup().await.expect("hung up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_carries_the_headers_a_trunk_sends() {
+    let mut a = answerer(AnswerOptions::default()).await;
+    let mut opts = dial_to(&a, SipTransport::Udp);
+    opts.extra_headers = vec![("X-Test".into(), "yes".into())];
+    let call = Caller::dial(opts).await.expect("answered");
+    let _answered = a.next_call(5 * SECOND).await.expect("answerer has the call");
+    let invite = a.invites_received().pop().expect("an INVITE");
+    let h = &invite.headers;
+    assert!(h.top_via().expect("Via").branch().is_some_and(|b| b.starts_with("z9hG4bK")));
+    assert!(h.from().expect("From").tag().is_some());
+    assert!(h.to().expect("To").tag().is_none());
+    assert_eq!(h.from().expect("From").uri.user().map(|u| u.as_str().to_owned()), Some("+33612345678".into()));
+    assert_eq!(invite.uri.user().map(|u| u.as_str().to_owned()), Some("1000".into()));
+    assert_eq!(h.max_forwards().expect("Max-Forwards"), Some(70));
+    assert_eq!(h.cseq().expect("CSeq").method.as_str(), "INVITE");
+    assert!(!h.contacts().expect("Contact").is_empty());
+    assert_eq!(h.call_id().expect("Call-ID").as_str(), call.call_id());
+    assert!(h.content_type().ok().flatten().is_some_and(|m| m.is("application", "sdp")));
+    assert_eq!(h.get(&dialin_sip::HeaderName::from_str_name("X-Test")).map(|t| t.as_str().to_owned()), Some("yes".into()));
+    let sdp = String::from_utf8_lossy(&invite.body).into_owned();
+    assert!(sdp.contains("m=audio ") && sdp.contains(" RTP/AVP 0 8 9 111 110 101"), "{sdp}");
+    assert!(sdp.contains("a=rtpmap:101 telephone-event/8000") && sdp.contains("a=rtpmap:110 telephone-event/48000"));
+    call.hangup().await.expect("hung up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_is_retransmitted_over_udp_until_a_response_arrives() {
+    use dialin_sip::{Limits, Message, Response, StatusCode};
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut opts = DialOptions::new(peer.local_addr().expect("addr"));
+    opts.codecs = vec![Codec::Pcmu];
+    let dialing = tokio::spawn(Caller::dial(opts));
+    let mut buf = vec![0u8; 65_536];
+    let mut arrivals = Vec::new();
+    let mut last = None;
+    while arrivals.len() < 3 {
+        let (n, from) = tokio::time::timeout(3 * SECOND, peer.recv_from(&mut buf)).await.expect("INVITE").expect("recv");
+        let msg = Message::parse(bytes::Bytes::copy_from_slice(&buf[..n]), &Limits::default()).expect("parses");
+        arrivals.push(Instant::now());
+        last = Some((msg, from));
+    }
+    // RFC 3261 Timer A: 0, T1 (500 ms), 3*T1 (1.5 s).
+    let gaps: Vec<u128> = arrivals.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert!((400..=650).contains(&gaps[0]) && (900..=1200).contains(&gaps[1]), "{gaps:?}");
+    let (msg, from) = last.expect("an INVITE");
+    let req = msg.as_request().expect("a request");
+    let busy = Response::to_request(req, StatusCode::BUSY_HERE, None).with_to_tag("busy");
+    peer.send_to(&busy.to_bytes(), from).await.expect("send 486");
+    let err = dialing.await.expect("task").expect_err("busy");
+    assert_eq!(err.status(), Some(486));
+    // The 486 is ACKed within the INVITE transaction (same branch).
+    let (n, _) = tokio::time::timeout(SECOND, peer.recv_from(&mut buf)).await.expect("ACK").expect("recv");
+    let ack = Message::parse(bytes::Bytes::copy_from_slice(&buf[..n]), &Limits::default()).expect("parses");
+    let ack = ack.as_request().expect("a request");
+    assert_eq!(ack.method.as_str(), "ACK");
+    assert_eq!(ack.headers.top_via().expect("Via").branch(), req.headers.top_via().expect("Via").branch());
+    assert_eq!(ack.headers.to().expect("To").tag(), Some("busy"));
+}

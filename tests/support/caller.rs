@@ -846,6 +846,7 @@ enum Command {
     Cancel(oneshot::Sender<Result<u16, CallerError>>),
     Hangup(oneshot::Sender<Result<(), CallerError>>),
     Info { digits: Vec<Digit>, done: oneshot::Sender<Result<(), CallerError>> },
+    Reinvite { direction: Direction, done: oneshot::Sender<Result<u16, CallerError>> },
 }
 
 impl Command {
@@ -858,6 +859,9 @@ impl Command {
                 let _ = r.send(Err(CallerError::WrongState(why)));
             }
             Command::Info { done, .. } => {
+                let _ = done.send(Err(CallerError::WrongState(why)));
+            }
+            Command::Reinvite { done, .. } => {
                 let _ = done.send(Err(CallerError::WrongState(why)));
             }
         }
@@ -1172,6 +1176,36 @@ impl Leg {
         Ok(())
     }
 
+    /// Sends a re-INVITE offering our codecs with `direction` (RFC 3264 §8.4: `sendonly`
+    /// holds the peer), ACKs the final response and applies the answer. Returns the
+    /// final status. Retransmitted like a non-INVITE request (fine on loopback).
+    async fn reinvite(&mut self, direction: Direction) -> Result<u16, CallerError> {
+        let local = self.local_media();
+        let mut offer = build_offer(&self.offer_policy, &local);
+        offer.sdp = offer.sdp.replace("a=sendrecv\r\n", &format!("a={direction}\r\n"));
+        let req = self
+            .in_dialog(Method::Invite)?
+            .body("application/sdp", Bytes::from(offer.sdp.clone()))
+            .build();
+        let seq = self.dialog.local_cseq;
+        let resp = self.transact(req.clone()).await?;
+        if !resp.status.is_success() {
+            self.send(self.non2xx_ack(&req, &resp).to_bytes()).await?;
+            return Ok(resp.status.0);
+        }
+        self.dialog.local_cseq = seq.saturating_sub(1);
+        let ack = self.in_dialog(Method::Ack)?.build();
+        let bytes = ack.to_bytes();
+        self.send(bytes.clone()).await?;
+        self.last_ack = Some(bytes);
+        let answer = String::from_utf8_lossy(&resp.body).into_owned();
+        let n = SessionDescription::parse(&answer)
+            .map_err(|e| CallerError::Sdp(e.to_string()))
+            .and_then(|a| accept_answer(&offer, &a).map_err(CallerError::from))?;
+        self.apply(n, answer, offer.sdp.clone())?;
+        Ok(resp.status.0)
+    }
+
     /// The established dialog: serve the peer's requests and the handle's commands until
     /// the call ends, then linger to answer retransmissions.
     async fn run_dialog(&mut self, cmds: &mut mpsc::Receiver<Command>) {
@@ -1194,6 +1228,10 @@ impl Leg {
                     }
                     Some(Command::Info { digits, done }) => {
                         let r = self.send_info(digits).await;
+                        let _ = done.send(r);
+                    }
+                    Some(Command::Reinvite { direction, done }) => {
+                        let r = self.reinvite(direction).await;
                         let _ = done.send(r);
                     }
                     Some(c @ Command::Cancel(_)) => c.refuse("the call is already answered"),
@@ -2084,6 +2122,15 @@ impl Call {
     /// Whether the dialog has ended (either side).
     pub fn is_terminated(&self) -> bool {
         self.shared.sip().terminated
+    }
+
+    /// Sends a re-INVITE offering `direction` (`SendOnly` puts the peer on hold,
+    /// `SendRecv` resumes) and returns its final status; the answer's direction is
+    /// applied to our media.
+    pub async fn reinvite(&self, direction: Direction) -> Result<u16, CallerError> {
+        let (done, rx) = oneshot::channel();
+        self.cmd.send(Command::Reinvite { direction, done }).await.map_err(|_| CallerError::Closed)?;
+        rx.await.map_err(|_| CallerError::Closed)?
     }
 
     /// Sends BYE and waits for its 200.
