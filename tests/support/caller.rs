@@ -30,14 +30,19 @@ use dialin_media::dtmf::event::{EventReceiver, EventSender, OutgoingEvent, DEFAU
 use dialin_media::dtmf::Digit;
 use dialin_media::rtp::{Header, Packet, PayloadType as RtpPayloadType, RtpTimestamp, SeqNo, Ssrc};
 use dialin_media::srtp::{MasterKey, SrtpContext, SrtpProfile, MASTER_KEY_LEN};
-use dialin_media::{new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate};
+use dialin_media::{
+    new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
+};
 use dialin_sip::digest::{Algorithm, Credential, DigestServer, VerifyOutcome};
 use dialin_sip::sdp::{
-    accept_answer, build_offer, negotiate, AnswerPolicy, Direction, LocalMedia, Negotiated, Offer, OfferPolicy,
-    SessionDescription, SrtpPolicy,
+    accept_answer, build_offer, negotiate, AnswerPolicy, Direction, LocalMedia, Negotiated, Offer,
+    OfferPolicy, SessionDescription, SrtpPolicy,
 };
 use dialin_sip::transport::{Incoming, ListenAddr, Target, Transport, TransportConfig, Transports};
-use dialin_sip::{HeaderName, Headers, Message, Method, NameAddr, Request, RequestBuilder, Response, StatusCode, Uri};
+use dialin_sip::{
+    HeaderName, Headers, Message, Method, NameAddr, Request, RequestBuilder, Response, StatusCode,
+    Uri,
+};
 
 pub use dialin_sip::sdp::Codec;
 
@@ -155,7 +160,11 @@ pub enum CallerError {
     Transport(#[from] dialin_sip::transport::TransportError),
     /// A final non-2xx response to the INVITE (after any digest retry).
     #[error("call rejected with {status} {reason}")]
-    Rejected { status: u16, reason: String, headers: Headers },
+    Rejected {
+        status: u16,
+        reason: String,
+        headers: Headers,
+    },
     #[error("no final response within {0:?}")]
     Timeout(Duration),
     #[error("unusable SDP from the peer: {0}")]
@@ -185,15 +194,20 @@ impl CallerError {
     /// A header of the rejecting response (`Retry-After`, `Warning`, ...).
     pub fn header(&self, name: &str) -> Option<String> {
         match self {
-            CallerError::Rejected { headers, .. } => {
-                headers.get(&HeaderName::from_str_name(name)).map(|t| t.as_str().to_owned())
-            }
+            CallerError::Rejected { headers, .. } => headers
+                .get(&HeaderName::from_str_name(name))
+                .map(|t| t.as_str().to_owned()),
             _ => None,
         }
     }
     /// `Retry-After` seconds of a rejection (RFC 3261 §20.33).
     pub fn retry_after(&self) -> Option<u32> {
-        self.header("Retry-After")?.split([';', '(', ' ']).next()?.trim().parse().ok()
+        self.header("Retry-After")?
+            .split([';', '(', ' '])
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -211,8 +225,16 @@ struct Chunk {
 #[derive(Debug, Clone)]
 enum Source {
     Silence,
-    Tone { hz: f64, amplitude: f64, phase: f64 },
-    Pcm { samples: Arc<[i16]>, pos: usize, looped: bool },
+    Tone {
+        hz: f64,
+        amplitude: f64,
+        phase: f64,
+    },
+    Pcm {
+        samples: Arc<[i16]>,
+        pos: usize,
+        looped: bool,
+    },
     /// Plays back what was received (the answerer's echo mode).
     Echo,
 }
@@ -345,10 +367,16 @@ impl MediaSetup {
         let kind = codec_kind(codec);
         let rate = sample_rate(codec);
         let cfg = CodecConfig::default();
-        let pt = RtpPayloadType::new(n.codec.payload_type.get()).map_err(|e| CallerError::Sdp(e.to_string()))?;
-        let te_pt = n.telephone_event.and_then(|p| RtpPayloadType::new(p.get()).ok());
+        let pt = RtpPayloadType::new(n.codec.payload_type.get())
+            .map_err(|e| CallerError::Sdp(e.to_string()))?;
+        let te_pt = n
+            .telephone_event
+            .and_then(|p| RtpPayloadType::new(p.get()).ok());
         let (srtp_tx, srtp_rx) = match &n.srtp {
-            Some(s) => (srtp_context(&s.suite, &s.local_key_salt), srtp_context(&s.suite, &s.remote_key_salt)),
+            Some(s) => (
+                srtp_context(&s.suite, &s.local_key_salt),
+                srtp_context(&s.suite, &s.remote_key_salt),
+            ),
             None => (None, None),
         };
         Ok(MediaSetup {
@@ -357,7 +385,9 @@ impl MediaSetup {
             te_pt,
             clock: n.codec.clock_rate,
             rate,
-            sends: n.local_direction.sends() && !n.remote_rtp.ip().is_unspecified() && n.remote_rtp.port() != 0,
+            sends: n.local_direction.sends()
+                && !n.remote_rtp.ip().is_unspecified()
+                && n.remote_rtp.port() != 0,
             encoder: new_encoder(kind, rate, &cfg)?,
             decoder: new_decoder(kind, rate, &cfg)?,
             srtp_tx,
@@ -395,7 +425,10 @@ impl MediaTask {
         let mut tick = tokio::time::interval(PTIME);
         let mut buf = vec![0u8; MAX_PACKET + 64];
         loop {
-            let event_at = self.event.as_ref().and_then(|e| e.next.as_ref().map(|(p, _)| e.start + p.send_after));
+            let event_at = self
+                .event
+                .as_ref()
+                .and_then(|e| e.next.as_ref().map(|(p, _)| e.start + p.send_after));
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             let event_deadline = event_at.map(tokio::time::Instant::from_std).unwrap_or(far);
             tokio::select! {
@@ -422,12 +455,16 @@ impl MediaTask {
         let negotiated = self.shared.sip().negotiated.clone();
         self.generation = generation;
         if let Some(n) = negotiated {
-            let same_codec = n.codec.payload_type.get() == self.setup.pt.get() && sample_rate(n.codec.codec) == self.setup.rate;
+            let same_codec = n.codec.payload_type.get() == self.setup.pt.get()
+                && sample_rate(n.codec.codec) == self.setup.rate;
             if same_codec {
                 self.setup.remote = n.remote_rtp;
-                self.setup.sends =
-                    n.local_direction.sends() && !n.remote_rtp.ip().is_unspecified() && n.remote_rtp.port() != 0;
-                self.setup.te_pt = n.telephone_event.and_then(|p| RtpPayloadType::new(p.get()).ok());
+                self.setup.sends = n.local_direction.sends()
+                    && !n.remote_rtp.ip().is_unspecified()
+                    && n.remote_rtp.port() != 0;
+                self.setup.te_pt = n
+                    .telephone_event
+                    .and_then(|p| RtpPayloadType::new(p.get()).ok());
             } else if let Ok(s) = MediaSetup::new(&n) {
                 self.setup = s;
             }
@@ -454,7 +491,8 @@ impl MediaTask {
             if let Ok(n) = self.setup.encoder.encode(&pcm, &mut payload) {
                 let marker = std::mem::take(&mut self.first);
                 let pt = self.setup.pt;
-                self.send_rtp(pt, marker, self.ts, payload.get(..n).unwrap_or(&[])).await;
+                self.send_rtp(pt, marker, self.ts, payload.get(..n).unwrap_or(&[]))
+                    .await;
             }
         }
         self.pcm = pcm;
@@ -473,13 +511,18 @@ impl MediaTask {
                     let _ = tx.send(());
                 }
                 Some(EventStep::Digit(d)) => {
-                    let mut sender = EventSender::new(d, self.ts, te_clock, DTMF_PRESS, DEFAULT_VOLUME);
+                    let mut sender =
+                        EventSender::new(d, self.ts, te_clock, DTMF_PRESS, DEFAULT_VOLUME);
                     let mut b = [0u8; 4];
                     let next = match sender.next_packet(&mut b) {
                         Ok(Some(p)) => Some((p, b)),
                         _ => None,
                     };
-                    self.event = Some(ActiveEvent { sender, start: now, next });
+                    self.event = Some(ActiveEvent {
+                        sender,
+                        start: now,
+                        next,
+                    });
                     return;
                 }
                 None => return,
@@ -495,7 +538,9 @@ impl MediaTask {
             return;
         };
         loop {
-            let Some(ev) = self.event.as_mut() else { return };
+            let Some(ev) = self.event.as_mut() else {
+                return;
+            };
             let Some((p, b)) = ev.next.take() else {
                 self.event = None;
                 self.event_gap_until = Some(now + DTMF_GAP);
@@ -511,7 +556,8 @@ impl MediaTask {
                 _ => None,
             };
             if self.setup.sends {
-                self.send_rtp(te_pt, p.marker, p.timestamp, b.get(..p.len).unwrap_or(&[])).await;
+                self.send_rtp(te_pt, p.marker, p.timestamp, b.get(..p.len).unwrap_or(&[]))
+                    .await;
             }
         }
     }
@@ -548,8 +594,9 @@ impl MediaTask {
             let amp = 10f64.powf(INBAND_DTMF_DBFS / 20.0) * 32767.0;
             for (i, s) in pcm.iter_mut().enumerate() {
                 let t = (n0 + i as u64) as f64 / rate;
-                let v = amp * ((2.0 * std::f64::consts::PI * f64::from(lo) * t).sin()
-                    + (2.0 * std::f64::consts::PI * f64::from(hi) * t).sin());
+                let v = amp
+                    * ((2.0 * std::f64::consts::PI * f64::from(lo) * t).sin()
+                        + (2.0 * std::f64::consts::PI * f64::from(hi) * t).sin());
                 *s = v.round().clamp(-32768.0, 32767.0) as i16;
             }
             return;
@@ -557,14 +604,22 @@ impl MediaTask {
         let MediaFacts { source, echo, .. } = &mut *m;
         match source {
             Source::Silence => pcm.fill(0),
-            Source::Tone { hz, amplitude, phase } => {
+            Source::Tone {
+                hz,
+                amplitude,
+                phase,
+            } => {
                 let inc = 2.0 * std::f64::consts::PI * *hz / rate;
                 for s in pcm.iter_mut() {
                     *s = (*amplitude * phase.sin()).round().clamp(-32768.0, 32767.0) as i16;
                     *phase = (*phase + inc) % (2.0 * std::f64::consts::PI);
                 }
             }
-            Source::Pcm { samples, pos, looped } => {
+            Source::Pcm {
+                samples,
+                pos,
+                looped,
+            } => {
                 for s in pcm.iter_mut() {
                     if *pos >= samples.len() && *looped && !samples.is_empty() {
                         *pos = 0;
@@ -585,7 +640,9 @@ impl MediaTask {
         let mut h = Header::new(pt, self.seq, RtpTimestamp(ts), self.ssrc);
         h.marker = marker;
         self.out.resize(MAX_PACKET + 64, 0);
-        let Ok(mut n) = h.write(payload, &mut self.out) else { return };
+        let Ok(mut n) = h.write(payload, &mut self.out) else {
+            return;
+        };
         if let Some(ctx) = self.setup.srtp_tx.as_mut() {
             match ctx.protect_rtp(&mut self.out, n) {
                 Ok(len) => n = len,
@@ -617,7 +674,13 @@ impl MediaTask {
         let Ok(p) = Packet::parse(data) else { return };
         let now = Instant::now();
         if Some(p.payload_type()) == self.setup.te_pt {
-            let got = self.setup.events_rx.receive(p.timestamp().0, p.marker(), p.seq().0, p.payload(), now);
+            let got = self.setup.events_rx.receive(
+                p.timestamp().0,
+                p.marker(),
+                p.seq().0,
+                p.payload(),
+                now,
+            );
             let mut m = self.shared.media();
             m.packets_received += 1;
             if let Ok(Some(d)) = got {
@@ -625,7 +688,11 @@ impl MediaTask {
             }
         } else if p.payload_type() == self.setup.pt {
             let mut pcm = vec![0i16; MAX_DECODED];
-            let n = self.setup.decoder.decode(p.payload(), &mut pcm).unwrap_or(0);
+            let n = self
+                .setup
+                .decoder
+                .decode(p.payload(), &mut pcm)
+                .unwrap_or(0);
             pcm.truncate(n);
             let mut m = self.shared.media();
             m.packets_received += 1;
@@ -637,7 +704,10 @@ impl MediaTask {
                     m.echo.pop_front();
                 }
             }
-            m.recorded.push(Chunk { at: now, samples: pcm });
+            m.recorded.push(Chunk {
+                at: now,
+                samples: pcm,
+            });
         }
     }
 }
@@ -649,7 +719,11 @@ struct MediaHandle {
 
 impl MediaHandle {
     /// Starts media for `negotiated` on `sock`.
-    fn start(sock: Arc<UdpSocket>, shared: Arc<Shared>, negotiated: &Negotiated) -> Result<MediaHandle, CallerError> {
+    fn start(
+        sock: Arc<UdpSocket>,
+        shared: Arc<Shared>,
+        negotiated: &Negotiated,
+    ) -> Result<MediaHandle, CallerError> {
         let setup = MediaSetup::new(negotiated)?;
         let generation = shared.media().generation;
         let (stop, rx) = watch::channel(false);
@@ -699,20 +773,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Endpoint {
     /// Binds UDP and TCP on loopback ephemeral ports. Messages for no registered Call-ID
     /// go to `unrouted`, or are answered 481 (RFC 3261 §12.2.2) when it is `None`.
-    async fn bind(unrouted: Option<mpsc::UnboundedSender<Incoming>>) -> Result<Endpoint, CallerError> {
+    async fn bind(
+        unrouted: Option<mpsc::UnboundedSender<Incoming>>,
+    ) -> Result<Endpoint, CallerError> {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let cfg = TransportConfig {
             listen: vec![
-                ListenAddr { transport: Transport::Udp, addr: SocketAddr::new(lo, 0) },
-                ListenAddr { transport: Transport::Tcp, addr: SocketAddr::new(lo, 0) },
+                ListenAddr {
+                    transport: Transport::Udp,
+                    addr: SocketAddr::new(lo, 0),
+                },
+                ListenAddr {
+                    transport: Transport::Tcp,
+                    addr: SocketAddr::new(lo, 0),
+                },
             ],
             ..TransportConfig::default()
         };
         let (transports, mut rx) = Transports::bind(cfg).await?;
-        let udp = transports.local_addr(Transport::Udp).ok_or(CallerError::WrongState("no UDP listener"))?;
-        let tcp = transports.local_addr(Transport::Tcp).ok_or(CallerError::WrongState("no TCP listener"))?;
+        let udp = transports
+            .local_addr(Transport::Udp)
+            .ok_or(CallerError::WrongState("no UDP listener"))?;
+        let tcp = transports
+            .local_addr(Transport::Tcp)
+            .ok_or(CallerError::WrongState("no TCP listener"))?;
         let (stop, mut stop_rx) = watch::channel(false);
-        let ep = Endpoint { transports, udp, tcp, routes: Routes::default(), stop: Arc::new(stop) };
+        let ep = Endpoint {
+            transports,
+            udp,
+            tcp,
+            routes: Routes::default(),
+            stop: Arc::new(stop),
+        };
         let me = ep.clone();
         tokio::spawn(async move {
             loop {
@@ -729,7 +821,12 @@ impl Endpoint {
     }
 
     async fn dispatch(&self, inc: Incoming, unrouted: Option<&mpsc::UnboundedSender<Incoming>>) {
-        let call_id = inc.message.headers().call_id().map(|t| t.as_str().to_owned()).unwrap_or_default();
+        let call_id = inc
+            .message
+            .headers()
+            .call_id()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default();
         let route = lock(&self.routes).get(&call_id).cloned();
         let inc = match route {
             Some(tx) => match tx.send(inc) {
@@ -747,7 +844,8 @@ impl Endpoint {
         }
         if let Message::Request(req) = &inc.message {
             if req.method != Method::Ack {
-                let resp = Response::to_request(req, StatusCode::CALL_DOES_NOT_EXIST, None).with_to_tag(&new_tag());
+                let resp = Response::to_request(req, StatusCode::CALL_DOES_NOT_EXIST, None)
+                    .with_to_tag(&new_tag());
                 self.reply(&inc, &resp).await;
             }
         }
@@ -845,8 +943,14 @@ struct Dialog {
 enum Command {
     Cancel(oneshot::Sender<Result<u16, CallerError>>),
     Hangup(oneshot::Sender<Result<(), CallerError>>),
-    Info { digits: Vec<Digit>, done: oneshot::Sender<Result<(), CallerError>> },
-    Reinvite { direction: Direction, done: oneshot::Sender<Result<u16, CallerError>> },
+    Info {
+        digits: Vec<Digit>,
+        done: oneshot::Sender<Result<(), CallerError>>,
+    },
+    Reinvite {
+        direction: Direction,
+        done: oneshot::Sender<Result<u16, CallerError>>,
+    },
 }
 
 impl Command {
@@ -895,7 +999,11 @@ struct Leg {
 
 impl Leg {
     fn via(&self, branch: &str) -> String {
-        format!("SIP/2.0/{} {};branch={branch};rport", self.transport.via_token(), self.ep.local(self.transport))
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            self.transport.via_token(),
+            self.ep.local(self.transport)
+        )
     }
 
     fn local_media(&mut self) -> LocalMedia {
@@ -924,7 +1032,12 @@ impl Leg {
     }
 
     /// Records the outcome of an offer/answer and starts or updates the media.
-    fn apply(&mut self, n: Negotiated, remote_sdp: String, local_sdp: String) -> Result<(), CallerError> {
+    fn apply(
+        &mut self,
+        n: Negotiated,
+        remote_sdp: String,
+        local_sdp: String,
+    ) -> Result<(), CallerError> {
         {
             let mut s = self.shared.sip();
             s.negotiated = Some(n.clone());
@@ -933,7 +1046,11 @@ impl Leg {
         }
         self.shared.media().generation += 1;
         if self.media.is_none() {
-            self.media = Some(MediaHandle::start(self.rtp.clone(), self.shared.clone(), &n)?);
+            self.media = Some(MediaHandle::start(
+                self.rtp.clone(),
+                self.shared.clone(),
+                &n,
+            )?);
         }
         Ok(())
     }
@@ -954,7 +1071,8 @@ impl Leg {
         for r in &self.dialog.routes {
             b = b.header(HeaderName::Route, r.clone());
         }
-        Ok(b.header(HeaderName::Contact, self.dialog.contact.clone()).header(HeaderName::UserAgent, USER_AGENT))
+        Ok(b.header(HeaderName::Contact, self.dialog.contact.clone())
+            .header(HeaderName::UserAgent, USER_AGENT))
     }
 
     /// A non-INVITE client transaction (RFC 3261 §17.1.2): retransmits over UDP (Timer E)
@@ -968,7 +1086,11 @@ impl Leg {
         let mut interval = T1;
         let mut next = start + interval;
         loop {
-            let wake = if self.transport == Transport::Udp { next.min(start + TIMER_F) } else { start + TIMER_F };
+            let wake = if self.transport == Transport::Udp {
+                next.min(start + TIMER_F)
+            } else {
+                start + TIMER_F
+            };
             tokio::select! {
                 m = self.rx.recv() => {
                     let Some(inc) = m else { return Err(CallerError::Closed) };
@@ -1001,7 +1123,8 @@ impl Leg {
 
     async fn on_stray_response(&mut self, r: &Response) {
         // A retransmitted 2xx to our INVITE: the ACK was lost (RFC 3261 §13.2.2.4).
-        let is_invite_2xx = r.status.is_success() && r.headers.cseq().is_ok_and(|c| c.method == Method::Invite);
+        let is_invite_2xx =
+            r.status.is_success() && r.headers.cseq().is_ok_and(|c| c.method == Method::Invite);
         if is_invite_2xx {
             if let Some(ack) = self.last_ack.clone() {
                 let _ = self.send(ack).await;
@@ -1032,7 +1155,9 @@ impl Leg {
 
     /// Requests the peer sends inside the dialog.
     async fn on_request(&mut self, inc: Incoming) {
-        let Message::Request(req) = &inc.message else { return };
+        let Message::Request(req) = &inc.message else {
+            return;
+        };
         let req = req.clone();
         self.shared.sip().requests.push(req.clone());
         match req.method {
@@ -1117,13 +1242,15 @@ impl Leg {
         }
         let body = String::from_utf8_lossy(&req.body).into_owned();
         let current = self.shared.sip().negotiated.clone();
-        let result = SessionDescription::parse(&body).map_err(|e| CallerError::Sdp(e.to_string())).and_then(|offer| {
-            match &current {
-                Some(c) => c.renegotiate(&offer, &self.answer_policy),
-                None => negotiate(&offer, &self.answer_policy),
-            }
-            .map_err(CallerError::from)
-        });
+        let result = SessionDescription::parse(&body)
+            .map_err(|e| CallerError::Sdp(e.to_string()))
+            .and_then(|offer| {
+                match &current {
+                    Some(c) => c.renegotiate(&offer, &self.answer_policy),
+                    None => negotiate(&offer, &self.answer_policy),
+                }
+                .map_err(CallerError::from)
+            });
         match result {
             Ok(n) => {
                 let local = self.local_media();
@@ -1136,7 +1263,8 @@ impl Leg {
                 self.reply(inc, &resp).await;
             }
             Err(_) => {
-                let resp = Response::to_request(req, StatusCode::NOT_ACCEPTABLE_HERE, None).with_to_tag(&self.local_tag());
+                let resp = Response::to_request(req, StatusCode::NOT_ACCEPTABLE_HERE, None)
+                    .with_to_tag(&self.local_tag());
                 self.reply(inc, &resp).await;
             }
         }
@@ -1155,7 +1283,10 @@ impl Leg {
         if resp.status.is_success() {
             Ok(())
         } else {
-            Err(CallerError::RequestFailed { method: "BYE".into(), status: resp.status.0 })
+            Err(CallerError::RequestFailed {
+                method: "BYE".into(),
+                status: resp.status.0,
+            })
         }
     }
 
@@ -1167,10 +1298,16 @@ impl Leg {
                 tokio::time::sleep(DTMF_PRESS + DTMF_GAP).await;
             }
             let body = format!("Signal={}\r\nDuration={duration_ms}\r\n", d.to_char());
-            let req = self.in_dialog(Method::Info)?.body("application/dtmf-relay", Bytes::from(body)).build();
+            let req = self
+                .in_dialog(Method::Info)?
+                .body("application/dtmf-relay", Bytes::from(body))
+                .build();
             let resp = self.transact(req).await?;
             if !resp.status.is_success() {
-                return Err(CallerError::RequestFailed { method: "INFO".into(), status: resp.status.0 });
+                return Err(CallerError::RequestFailed {
+                    method: "INFO".into(),
+                    status: resp.status.0,
+                });
             }
         }
         Ok(())
@@ -1182,7 +1319,9 @@ impl Leg {
     async fn reinvite(&mut self, direction: Direction) -> Result<u16, CallerError> {
         let local = self.local_media();
         let mut offer = build_offer(&self.offer_policy, &local);
-        offer.sdp = offer.sdp.replace("a=sendrecv\r\n", &format!("a={direction}\r\n"));
+        offer.sdp = offer
+            .sdp
+            .replace("a=sendrecv\r\n", &format!("a={direction}\r\n"));
         let req = self
             .in_dialog(Method::Invite)?
             .body("application/sdp", Bytes::from(offer.sdp.clone()))
@@ -1275,7 +1414,11 @@ impl Leg {
     /// retransmits over UDP until a provisional response, answers one digest challenge
     /// (two if the first credentials were stale), CANCELs on request once a provisional
     /// response has come (§9.1), ACKs every final response.
-    async fn invite(&mut self, opts: &DialOptions, cmds: &mut mpsc::Receiver<Command>) -> Result<(), CallerError> {
+    async fn invite(
+        &mut self,
+        opts: &DialOptions,
+        cmds: &mut mpsc::Receiver<Command>,
+    ) -> Result<(), CallerError> {
         let offer = if opts.no_sdp_in_invite {
             None
         } else {
@@ -1283,8 +1426,14 @@ impl Leg {
             Some(build_offer(&self.offer_policy, &local))
         };
         let tcp = self.transport == Transport::Tcp;
-        let uri_text = format!("sip:{}@{}{}", opts.to_user, opts.gateway, if tcp { ";transport=tcp" } else { "" });
-        let uri = Uri::parse_str(&uri_text).map_err(|_| CallerError::WrongState("the called number makes a bad URI"))?;
+        let uri_text = format!(
+            "sip:{}@{}{}",
+            opts.to_user,
+            opts.gateway,
+            if tcp { ";transport=tcp" } else { "" }
+        );
+        let uri = Uri::parse_str(&uri_text)
+            .map_err(|_| CallerError::WrongState("the called number makes a bad URI"))?;
         let to = format!("<sip:{}@{}>", opts.to_user, opts.gateway);
         self.dialog.remote = to.clone();
         self.dialog.remote_target = uri_text;
@@ -1403,7 +1552,8 @@ impl Leg {
                 return established;
             }
             // RFC 3261 §17.1.1.3: the ACK of a non-2xx final response.
-            self.send(self.non2xx_ack(&invite, &resp).to_bytes()).await?;
+            self.send(self.non2xx_ack(&invite, &resp).to_bytes())
+                .await?;
             let status = resp.status.0;
             let challenged = status == 401 || status == 407;
             if challenged && !cancel_wanted && auth_tries < 2 {
@@ -1411,12 +1561,27 @@ impl Leg {
                     let (challenge_name, answer_name) = if status == 401 {
                         (HeaderName::WwwAuthenticate, HeaderName::Authorization)
                     } else {
-                        (HeaderName::ProxyAuthenticate, HeaderName::ProxyAuthorization)
+                        (
+                            HeaderName::ProxyAuthenticate,
+                            HeaderName::ProxyAuthorization,
+                        )
                     };
-                    let challenges: Vec<String> = resp.headers.get_all(&challenge_name).map(|t| t.as_str().to_owned()).collect();
-                    let stale = challenges.iter().any(|c| digest_client::Challenge::parse(c).is_some_and(|c| c.stale));
+                    let challenges: Vec<String> = resp
+                        .headers
+                        .get_all(&challenge_name)
+                        .map(|t| t.as_str().to_owned())
+                        .collect();
+                    let stale = challenges
+                        .iter()
+                        .any(|c| digest_client::Challenge::parse(c).is_some_and(|c| c.stale));
                     if auth_tries == 0 || stale {
-                        if let Some(value) = digest_client::authorize(&challenges, user, pass, "INVITE", uri.as_str()) {
+                        if let Some(value) = digest_client::authorize(
+                            &challenges,
+                            user,
+                            pass,
+                            "INVITE",
+                            uri.as_str(),
+                        ) {
                             auth = Some((answer_name, value));
                             auth_tries += 1;
                             cseq += 1;
@@ -1441,7 +1606,12 @@ impl Leg {
     /// INVITE; method CANCEL.
     fn cancel_for(&self, invite: &Request) -> Request {
         let mut b = RequestBuilder::new(Method::Cancel, invite.uri.clone());
-        for name in [HeaderName::Via, HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        for name in [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+        ] {
             if let Some(v) = invite.headers.get(&name) {
                 b = b.header(name, v.clone());
             }
@@ -1477,22 +1647,40 @@ impl Leg {
     /// A 2xx to our INVITE: set up the dialog (RFC 3261 §12.1.2), take the answer (or the
     /// late offer), ACK (§13.2.2.4), start media. If the SDP is unusable the call is
     /// still ACKed, then hung up.
-    async fn on_invite_2xx(&mut self, resp: &Response, offer: Option<&Offer>) -> Result<(), CallerError> {
+    async fn on_invite_2xx(
+        &mut self,
+        resp: &Response,
+        offer: Option<&Offer>,
+    ) -> Result<(), CallerError> {
         if let Some(to) = header_text(&resp.headers, &HeaderName::To) {
             self.dialog.remote = to;
         }
-        if let Some(c) = resp.headers.contacts().ok().and_then(|c| c.into_iter().next()) {
+        if let Some(c) = resp
+            .headers
+            .contacts()
+            .ok()
+            .and_then(|c| c.into_iter().next())
+        {
             self.dialog.remote_target = c.uri.as_str().to_owned();
         }
-        let mut rr: Vec<String> = resp.headers.values(&HeaderName::RecordRoute).map(|t| t.as_str().to_owned()).collect();
+        let mut rr: Vec<String> = resp
+            .headers
+            .values(&HeaderName::RecordRoute)
+            .map(|t| t.as_str().to_owned())
+            .collect();
         rr.reverse();
         self.dialog.routes = rr;
         let remote_sdp = String::from_utf8_lossy(&resp.body).into_owned();
-        let parsed = SessionDescription::parse(&remote_sdp).map_err(|e| CallerError::Sdp(e.to_string()));
+        let parsed =
+            SessionDescription::parse(&remote_sdp).map_err(|e| CallerError::Sdp(e.to_string()));
         let (negotiated, ack_body) = match offer {
-            Some(o) => (parsed.and_then(|a| accept_answer(o, &a).map_err(CallerError::from)), None),
+            Some(o) => (
+                parsed.and_then(|a| accept_answer(o, &a).map_err(CallerError::from)),
+                None,
+            ),
             None => {
-                let n = parsed.and_then(|o| negotiate(&o, &self.answer_policy).map_err(CallerError::from));
+                let n = parsed
+                    .and_then(|o| negotiate(&o, &self.answer_policy).map_err(CallerError::from));
                 let body = match &n {
                     Ok(n) => {
                         let local = self.local_media();
@@ -1521,7 +1709,9 @@ impl Leg {
         }
         match negotiated {
             Ok(n) => {
-                let local_sdp = ack_body.or_else(|| offer.map(|o| o.sdp.clone())).unwrap_or_default();
+                let local_sdp = ack_body
+                    .or_else(|| offer.map(|o| o.sdp.clone()))
+                    .unwrap_or_default();
                 self.apply(n, remote_sdp, local_sdp)
             }
             Err(e) => {
@@ -1592,21 +1782,37 @@ impl Leg {
     /// with our answer (or offer) retransmitted until the ACK (RFC 3261 §13.3.1.4).
     /// Returns whether the call is established.
     async fn answer(&mut self, inc: Incoming, opts: &AnswerOptions) -> Result<bool, CallerError> {
-        let Message::Request(req) = &inc.message else { return Ok(false) };
+        let Message::Request(req) = &inc.message else {
+            return Ok(false);
+        };
         let req = req.clone();
         self.peer = inc.reply_target().unwrap_or(self.peer);
         let cseq = req.headers.cseq().map(|c| c.seq).unwrap_or(0);
         let local_tag = new_tag();
         self.dialog.remote = header_text(&req.headers, &HeaderName::From).unwrap_or_default();
-        self.dialog.local = format!("{};tag={local_tag}", header_text(&req.headers, &HeaderName::To).unwrap_or_default());
-        if let Some(c) = req.headers.contacts().ok().and_then(|c| c.into_iter().next()) {
+        self.dialog.local = format!(
+            "{};tag={local_tag}",
+            header_text(&req.headers, &HeaderName::To).unwrap_or_default()
+        );
+        if let Some(c) = req
+            .headers
+            .contacts()
+            .ok()
+            .and_then(|c| c.into_iter().next())
+        {
             self.dialog.remote_target = c.uri.as_str().to_owned();
         }
-        self.dialog.routes = req.headers.values(&HeaderName::RecordRoute).map(|t| t.as_str().to_owned()).collect();
+        self.dialog.routes = req
+            .headers
+            .values(&HeaderName::RecordRoute)
+            .map(|t| t.as_str().to_owned())
+            .collect();
         self.shared.sip().invite = Some(req.clone());
 
-        let respond = |status: StatusCode| Response::to_request(&req, status, None).with_to_tag(&local_tag);
-        self.reply(&inc, &Response::to_request(&req, StatusCode::TRYING, None)).await;
+        let respond =
+            |status: StatusCode| Response::to_request(&req, status, None).with_to_tag(&local_tag);
+        self.reply(&inc, &Response::to_request(&req, StatusCode::TRYING, None))
+            .await;
 
         if let Some((status, headers)) = &opts.reject {
             let mut r = respond(StatusCode(*status));
@@ -1634,7 +1840,8 @@ impl Leg {
                     (n.answer_sdp(&local), Some(n))
                 }
                 Err(_) => {
-                    self.final_non2xx(&inc, cseq, respond(StatusCode::NOT_ACCEPTABLE_HERE)).await;
+                    self.final_non2xx(&inc, cseq, respond(StatusCode::NOT_ACCEPTABLE_HERE))
+                        .await;
                     return Ok(false);
                 }
             }
@@ -1786,12 +1993,24 @@ impl Caller {
         let contact = format!(
             "<sip:{}@{local}{}>",
             opts.from_user,
-            if transport == Transport::Tcp { ";transport=tcp" } else { "" }
+            if transport == Transport::Tcp {
+                ";transport=tcp"
+            } else {
+                ""
+            }
         );
-        let srtp = if opts.srtp { SrtpPolicy::Require } else { SrtpPolicy::Allow };
+        let srtp = if opts.srtp {
+            SrtpPolicy::Require
+        } else {
+            SrtpPolicy::Allow
+        };
         let mut leg = Leg {
             role: Role::Uac,
-            peer: Target { addr: opts.gateway, transport, conn: None },
+            peer: Target {
+                addr: opts.gateway,
+                transport,
+                conn: None,
+            },
             ep,
             owns_endpoint: true,
             transport,
@@ -1835,7 +2054,14 @@ impl Caller {
                 leg.finish();
             }
         });
-        Ok(Dialing { call: Call { shared, cmd, role: Role::Uac }, outcome })
+        Ok(Dialing {
+            call: Call {
+                shared,
+                cmd,
+                role: Role::Uac,
+            },
+            outcome,
+        })
     }
 }
 
@@ -1857,7 +2083,10 @@ impl Dialing {
 
     /// Waits until a provisional response with `status` has come.
     pub async fn wait_provisional(&self, status: u16, timeout: Duration) -> bool {
-        poll_until(timeout, || self.call.shared.sip().provisional.contains(&status)).await
+        poll_until(timeout, || {
+            self.call.shared.sip().provisional.contains(&status)
+        })
+        .await
     }
 
     /// Waits for the final response.
@@ -1874,7 +2103,11 @@ impl Dialing {
     /// the CANCEL (the call is then hung up with BYE).
     pub async fn cancel(self) -> Result<u16, CallerError> {
         let (tx, rx) = oneshot::channel();
-        self.call.cmd.send(Command::Cancel(tx)).await.map_err(|_| CallerError::Closed)?;
+        self.call
+            .cmd
+            .send(Command::Cancel(tx))
+            .await
+            .map_err(|_| CallerError::Closed)?;
         rx.await.map_err(|_| CallerError::Closed)?
     }
 }
@@ -1889,7 +2122,10 @@ pub struct Call {
 
 impl fmt::Debug for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Call").field("call_id", &self.call_id()).field("role", &self.role).finish_non_exhaustive()
+        f.debug_struct("Call")
+            .field("call_id", &self.call_id())
+            .field("role", &self.role)
+            .finish_non_exhaustive()
     }
 }
 
@@ -1933,12 +2169,21 @@ impl Call {
 
     /// The negotiated `telephone-event` payload type.
     pub fn telephone_event_pt(&self) -> Option<u8> {
-        self.shared.sip().negotiated.as_ref().and_then(|n| n.telephone_event).map(|p| p.get())
+        self.shared
+            .sip()
+            .negotiated
+            .as_ref()
+            .and_then(|n| n.telephone_event)
+            .map(|p| p.get())
     }
 
     /// Our direction for the audio stream (changes with re-INVITEs).
     pub fn local_direction(&self) -> Option<Direction> {
-        self.shared.sip().negotiated.as_ref().map(|n| n.local_direction)
+        self.shared
+            .sip()
+            .negotiated
+            .as_ref()
+            .map(|n| n.local_direction)
     }
 
     /// Sample rate of [`Call::recorded`] PCM: the codec's (8000 for G.711, 16000 for
@@ -1984,12 +2229,20 @@ impl Call {
     /// A sine at `hz`, peak level `dbfs` (AES17: 0 is full scale).
     pub fn play_tone(&self, hz: f64, dbfs: f64) {
         let amplitude = 10f64.powf(dbfs / 20.0) * 32767.0;
-        self.set_source(Source::Tone { hz, amplitude, phase: 0.0 });
+        self.set_source(Source::Tone {
+            hz,
+            amplitude,
+            phase: 0.0,
+        });
     }
 
     /// PCM at the codec's rate ([`Call::sample_rate`]), once or looped; silence after.
     pub fn play_pcm(&self, samples: &[i16], looped: bool) {
-        self.set_source(Source::Pcm { samples: samples.into(), pos: 0, looped });
+        self.set_source(Source::Pcm {
+            samples: samples.into(),
+            pos: 0,
+            looped,
+        });
     }
 
     /// Plays back what is received (about one packet late).
@@ -2006,13 +2259,18 @@ impl Call {
     /// 100 ms of the current source). RFC 4733 digits are dropped if no telephone-event
     /// was negotiated.
     pub async fn send_dtmf(&self, digits: &str, mode: DtmfMode) -> Result<(), CallerError> {
-        let digits: Vec<Digit> =
-            digits.chars().map(|c| Digit::from_char(c).map_err(|_| CallerError::BadDigit(c))).collect::<Result<_, _>>()?;
+        let digits: Vec<Digit> = digits
+            .chars()
+            .map(|c| Digit::from_char(c).map_err(|_| CallerError::BadDigit(c)))
+            .collect::<Result<_, _>>()?;
         let frames = |d: Duration| (d.as_millis() / PTIME.as_millis()) as u32;
         match mode {
             DtmfMode::Info => {
                 let (done, rx) = oneshot::channel();
-                self.cmd.send(Command::Info { digits, done }).await.map_err(|_| CallerError::Closed)?;
+                self.cmd
+                    .send(Command::Info { digits, done })
+                    .await
+                    .map_err(|_| CallerError::Closed)?;
                 rx.await.map_err(|_| CallerError::Closed)?
             }
             DtmfMode::Rfc4733 => {
@@ -2035,8 +2293,14 @@ impl Call {
                 {
                     let mut m = self.shared.media();
                     for d in digits {
-                        m.inband.push_back(InbandStep::Tone { digit: d, frames: frames(DTMF_PRESS), n: 0 });
-                        m.inband.push_back(InbandStep::Gap { frames: frames(DTMF_GAP) });
+                        m.inband.push_back(InbandStep::Tone {
+                            digit: d,
+                            frames: frames(DTMF_PRESS),
+                            n: 0,
+                        });
+                        m.inband.push_back(InbandStep::Gap {
+                            frames: frames(DTMF_GAP),
+                        });
                     }
                     m.inband.push_back(InbandStep::Done(done));
                 }
@@ -2049,13 +2313,20 @@ impl Call {
     /// concatenated in arrival order.
     pub fn recorded(&self, since: Instant) -> Vec<i16> {
         let m = self.shared.media();
-        m.recorded.iter().filter(|c| c.at >= since).flat_map(|c| c.samples.iter().copied()).collect()
+        m.recorded
+            .iter()
+            .filter(|c| c.at >= since)
+            .flat_map(|c| c.samples.iter().copied())
+            .collect()
     }
 
     /// All decoded audio received so far.
     pub fn recorded_all(&self) -> Vec<i16> {
         let m = self.shared.media();
-        m.recorded.iter().flat_map(|c| c.samples.iter().copied()).collect()
+        m.recorded
+            .iter()
+            .flat_map(|c| c.samples.iter().copied())
+            .collect()
     }
 
     /// Decoded audio received between `from` and `to`.
@@ -2091,7 +2362,10 @@ impl Call {
 
     /// Waits until `n` SIP INFO digits have arrived; returns those received.
     pub async fn wait_for_info_digits(&self, n: usize, timeout: Duration) -> String {
-        poll_until(timeout, || self.shared.sip().info_digits.chars().count() >= n).await;
+        poll_until(timeout, || {
+            self.shared.sip().info_digits.chars().count() >= n
+        })
+        .await;
         self.info_digits()
     }
 
@@ -2129,14 +2403,20 @@ impl Call {
     /// applied to our media.
     pub async fn reinvite(&self, direction: Direction) -> Result<u16, CallerError> {
         let (done, rx) = oneshot::channel();
-        self.cmd.send(Command::Reinvite { direction, done }).await.map_err(|_| CallerError::Closed)?;
+        self.cmd
+            .send(Command::Reinvite { direction, done })
+            .await
+            .map_err(|_| CallerError::Closed)?;
         rx.await.map_err(|_| CallerError::Closed)?
     }
 
     /// Sends BYE and waits for its 200.
     pub async fn hangup(&self) -> Result<(), CallerError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd.send(Command::Hangup(tx)).await.map_err(|_| CallerError::Closed)?;
+        self.cmd
+            .send(Command::Hangup(tx))
+            .await
+            .map_err(|_| CallerError::Closed)?;
         rx.await.map_err(|_| CallerError::Closed)?
     }
 }
@@ -2171,20 +2451,46 @@ impl Answerer {
         let f = facts.clone();
         tokio::spawn(async move {
             while let Some(inc) = unrouted.recv().await {
-                let Message::Request(req) = &inc.message else { continue };
+                let Message::Request(req) = &inc.message else {
+                    continue;
+                };
                 match req.method {
-                    Method::Invite if req.headers.to().ok().and_then(|t| t.tag().map(str::to_owned)).is_none() => {
+                    Method::Invite
+                        if req
+                            .headers
+                            .to()
+                            .ok()
+                            .and_then(|t| t.tag().map(str::to_owned))
+                            .is_none() =>
+                    {
                         lock(&f).invites.push(req.clone());
                         if let (Some(server), Some(auth)) = (digest.as_mut(), opts.auth.as_ref()) {
-                            let values: Vec<&str> = req.headers.get_all(&HeaderName::Authorization).map(|t| t.as_str()).collect();
-                            let outcome = server.verify(SystemTime::now(), "INVITE", req.uri.as_str(), values, |u| {
-                                (u == auth.username).then(|| Credential::Password(auth.password.clone()))
-                            });
+                            let values: Vec<&str> = req
+                                .headers
+                                .get_all(&HeaderName::Authorization)
+                                .map(|t| t.as_str())
+                                .collect();
+                            let outcome = server.verify(
+                                SystemTime::now(),
+                                "INVITE",
+                                req.uri.as_str(),
+                                values,
+                                |u| {
+                                    (u == auth.username)
+                                        .then(|| Credential::Password(auth.password.clone()))
+                                },
+                            );
                             lock(&f).auth.push(outcome.clone());
                             if !matches!(outcome, VerifyOutcome::Ok { .. }) {
                                 let stale = outcome == VerifyOutcome::Stale;
-                                let mut r = Response::to_request(req, StatusCode::UNAUTHORIZED, None).with_to_tag(&new_tag());
-                                for c in server.challenge(SystemTime::now(), stale, &[Algorithm::Sha256, Algorithm::Md5]) {
+                                let mut r =
+                                    Response::to_request(req, StatusCode::UNAUTHORIZED, None)
+                                        .with_to_tag(&new_tag());
+                                for c in server.challenge(
+                                    SystemTime::now(),
+                                    stale,
+                                    &[Algorithm::Sha256, Algorithm::Md5],
+                                ) {
                                     r = r.header(HeaderName::WwwAuthenticate, c);
                                 }
                                 me.reply(&inc, &r).await;
@@ -2201,7 +2507,8 @@ impl Answerer {
                         me.reply(&inc, &r).await;
                     }
                     _ => {
-                        let r = Response::to_request(req, StatusCode::CALL_DOES_NOT_EXIST, None).with_to_tag(&new_tag());
+                        let r = Response::to_request(req, StatusCode::CALL_DOES_NOT_EXIST, None)
+                            .with_to_tag(&new_tag());
                         me.reply(&inc, &r).await;
                     }
                 }
@@ -2217,7 +2524,10 @@ impl Answerer {
 
     /// The next established call (200 sent and ACKed), if one comes within `timeout`.
     pub async fn next_call(&mut self, timeout: Duration) -> Option<Call> {
-        tokio::time::timeout(timeout, self.calls.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.calls.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Initial INVITEs received (challenged ones included).
@@ -2237,23 +2547,45 @@ impl Drop for Answerer {
     }
 }
 
-fn spawn_answering_leg(ep: &Endpoint, inc: Incoming, opts: &AnswerOptions, calls: mpsc::UnboundedSender<Call>) {
-    let call_id = inc.message.headers().call_id().map(|t| t.as_str().to_owned()).unwrap_or_default();
+fn spawn_answering_leg(
+    ep: &Endpoint,
+    inc: Incoming,
+    opts: &AnswerOptions,
+    calls: mpsc::UnboundedSender<Call>,
+) {
+    let call_id = inc
+        .message
+        .headers()
+        .call_id()
+        .map(|t| t.as_str().to_owned())
+        .unwrap_or_default();
     let rx = ep.register(&call_id);
     let shared = Arc::new(Shared::default());
     shared.sip().call_id = call_id.clone();
     shared.media().source = match opts.source {
         AnswerSource::Silence => Source::Silence,
-        AnswerSource::Tone { hz, dbfs } => Source::Tone { hz, amplitude: 10f64.powf(dbfs / 20.0) * 32767.0, phase: 0.0 },
+        AnswerSource::Tone { hz, dbfs } => Source::Tone {
+            hz,
+            amplitude: 10f64.powf(dbfs / 20.0) * 32767.0,
+            phase: 0.0,
+        },
         AnswerSource::Echo => Source::Echo,
     };
     let transport = inc.transport;
     let contact = format!(
         "<sip:answerer@{}{}>",
         ep.local(transport),
-        if transport == Transport::Tcp { ";transport=tcp" } else { "" }
+        if transport == Transport::Tcp {
+            ";transport=tcp"
+        } else {
+            ""
+        }
     );
-    let srtp = if opts.srtp { SrtpPolicy::Allow } else { SrtpPolicy::Disable };
+    let srtp = if opts.srtp {
+        SrtpPolicy::Allow
+    } else {
+        SrtpPolicy::Disable
+    };
     let ep = ep.clone();
     let opts = opts.clone();
     tokio::spawn(async move {
@@ -2264,13 +2596,21 @@ fn spawn_answering_leg(ep: &Endpoint, inc: Incoming, opts: &AnswerOptions, calls
         shared.media().local_rtp = rtp.local_addr().ok();
         let mut leg = Leg {
             role: Role::Uas,
-            peer: Target { addr: inc.source, transport, conn: inc.conn },
+            peer: Target {
+                addr: inc.source,
+                transport,
+                conn: inc.conn,
+            },
             ep,
             owns_endpoint: false,
             transport,
             rx,
             shared: shared.clone(),
-            dialog: Dialog { call_id, contact, ..Dialog::default() },
+            dialog: Dialog {
+                call_id,
+                contact,
+                ..Dialog::default()
+            },
             rtp,
             media: None,
             answer_policy: AnswerPolicy {
@@ -2294,7 +2634,11 @@ fn spawn_answering_leg(ep: &Endpoint, inc: Incoming, opts: &AnswerOptions, calls
         let (cmd, mut cmds) = mpsc::channel(16);
         match leg.answer(inc, &opts).await {
             Ok(true) => {
-                let _ = calls.send(Call { shared, cmd, role: Role::Uas });
+                let _ = calls.send(Call {
+                    shared,
+                    cmd,
+                    role: Role::Uas,
+                });
                 leg.run_dialog(&mut cmds).await;
             }
             _ => {
@@ -2338,14 +2682,24 @@ pub mod digest_client {
                 return None;
             }
             let params = parse_params(rest);
-            let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+            let get = |k: &str| {
+                params
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.clone())
+            };
             Some(Challenge {
                 realm: get("realm")?,
                 nonce: get("nonce")?,
                 opaque: get("opaque"),
                 algorithm: get("algorithm").unwrap_or_else(|| "MD5".to_owned()),
                 qop: get("qop")
-                    .map(|q| q.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                    .map(|q| {
+                        q.split(',')
+                            .map(|s| s.trim().to_owned())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 stale: get("stale").is_some_and(|s| s.eq_ignore_ascii_case("true")),
             })
@@ -2425,22 +2779,46 @@ pub mod digest_client {
     /// The `Authorization` value answering the best challenge we support among
     /// `challenges` (SHA-256 over MD5; `-sess` variants too), with `qop=auth` when
     /// offered. `None` when no challenge is usable.
-    pub fn authorize(challenges: &[String], user: &str, pass: &str, method: &str, uri: &str) -> Option<String> {
-        let parsed: Vec<Challenge> = challenges.iter().filter_map(|c| Challenge::parse(c)).collect();
+    pub fn authorize(
+        challenges: &[String],
+        user: &str,
+        pass: &str,
+        method: &str,
+        uri: &str,
+    ) -> Option<String> {
+        let parsed: Vec<Challenge> = challenges
+            .iter()
+            .filter_map(|c| Challenge::parse(c))
+            .collect();
         let rank = |c: &Challenge| match c.algorithm.to_ascii_uppercase().as_str() {
             "SHA-256" | "SHA-256-SESS" => Some(2),
             "MD5" | "MD5-SESS" => Some(1),
             _ => None,
         };
-        let best = parsed.iter().filter(|c| rank(c).is_some()).max_by_key(|c| rank(c))?;
+        let best = parsed
+            .iter()
+            .filter(|c| rank(c).is_some())
+            .max_by_key(|c| rank(c))?;
         let cnonce = format!("{:016x}", rand::random::<u64>());
         Some(response(best, user, pass, method, uri, &cnonce, 1))
     }
 
     /// The `Authorization` value for one challenge (RFC 7616 §3.4.1).
-    pub fn response(c: &Challenge, user: &str, pass: &str, method: &str, uri: &str, cnonce: &str, nc: u32) -> String {
+    pub fn response(
+        c: &Challenge,
+        user: &str,
+        pass: &str,
+        method: &str,
+        uri: &str,
+        cnonce: &str,
+        nc: u32,
+    ) -> String {
         let alg = c.algorithm.to_ascii_uppercase();
-        let hash = if alg.starts_with("SHA-256") { Hash::Sha256 } else { Hash::Md5 };
+        let hash = if alg.starts_with("SHA-256") {
+            Hash::Sha256
+        } else {
+            Hash::Md5
+        };
         let sess = alg.ends_with("-SESS");
         let mut ha1 = hash.hex(&format!("{user}:{}:{pass}", c.realm));
         if sess {
@@ -2468,10 +2846,12 @@ pub mod digest_client {
     }
 
     pub fn to_hex(bytes: &[u8]) -> String {
-        bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        bytes
+            .iter()
+            .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
     }
 
     /// Message padding shared by MD5 and SHA-256: 0x80, zeros to 56 mod 64, the bit
@@ -2483,23 +2863,31 @@ pub mod digest_client {
         while m.len() % 64 != 56 {
             m.push(0);
         }
-        m.extend_from_slice(&if big_endian { bits.to_be_bytes() } else { bits.to_le_bytes() });
+        m.extend_from_slice(&if big_endian {
+            bits.to_be_bytes()
+        } else {
+            bits.to_le_bytes()
+        });
         m
     }
 
     /// MD5, RFC 1321.
     pub fn md5(data: &[u8]) -> [u8; 16] {
         const S: [u32; 64] = [
-            7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9,
-            14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15,
-            21, 6, 10, 15, 21,
+            7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20,
+            5, 9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+            6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
         ];
         // RFC 1321 §3.4: T[i] = floor(2^32 * |sin(i)|), i in radians, 1-based.
-        let k: Vec<u32> = (1..=64).map(|i| (f64::from(i).sin().abs() * 4_294_967_296.0) as u32).collect();
+        let k: Vec<u32> = (1..=64)
+            .map(|i| (f64::from(i).sin().abs() * 4_294_967_296.0) as u32)
+            .collect();
         let mut h: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
         for chunk in pad(data, false).chunks_exact(64) {
-            let w: Vec<u32> =
-                chunk.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let w: Vec<u32> = chunk
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
             let [mut a, mut b, mut c, mut d] = h;
             for i in 0..64 {
                 let (f, g) = match i / 16 {
@@ -2531,7 +2919,10 @@ pub mod digest_client {
         let mut p = Vec::with_capacity(n);
         let mut x = 2u32;
         while p.len() < n {
-            if p.iter().take_while(|&&q| q * q <= x).all(|&q| x % q != 0) {
+            if p.iter()
+                .take_while(|&&q| q * q <= x)
+                .all(|&q| x % q > 0)
+            {
                 p.push(x);
             }
             x += 1;
@@ -2549,7 +2940,11 @@ pub mod digest_client {
     pub fn sha256(data: &[u8]) -> [u8; 32] {
         let ps = primes(64);
         let k: Vec<u32> = ps.iter().map(|&p| frac32(f64::from(p).cbrt())).collect();
-        let mut h: Vec<u32> = ps.iter().take(8).map(|&p| frac32(f64::from(p).sqrt())).collect();
+        let mut h: Vec<u32> = ps
+            .iter()
+            .take(8)
+            .map(|&p| frac32(f64::from(p).sqrt()))
+            .collect();
         for chunk in pad(data, true).chunks_exact(64) {
             let mut w = [0u32; 64];
             for (i, b) in chunk.chunks_exact(4).enumerate() {
@@ -2558,14 +2953,21 @@ pub mod digest_client {
             for i in 16..64 {
                 let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
                 let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-                w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+                w[i] = w[i - 16]
+                    .wrapping_add(s0)
+                    .wrapping_add(w[i - 7])
+                    .wrapping_add(s1);
             }
             let mut v = [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]];
             for i in 0..64 {
                 let [a, b, c, d, e, f, g, hh] = v;
                 let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
                 let ch = (e & f) ^ (!e & g);
-                let t1 = hh.wrapping_add(s1).wrapping_add(ch).wrapping_add(k[i]).wrapping_add(w[i]);
+                let t1 = hh
+                    .wrapping_add(s1)
+                    .wrapping_add(ch)
+                    .wrapping_add(k[i])
+                    .wrapping_add(w[i]);
                 let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
                 let maj = (a & b) ^ (a & c) ^ (b & c);
                 let t2 = s0.wrapping_add(maj);

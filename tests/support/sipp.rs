@@ -55,7 +55,10 @@ fn find_sipp() -> Result<PathBuf, String> {
         return if is_executable(&p) {
             Ok(p)
         } else {
-            Err(format!("{SIPP_ENV}={} is not an executable file", p.display()))
+            Err(format!(
+                "{SIPP_ENV}={} is not an executable file",
+                p.display()
+            ))
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -90,7 +93,9 @@ impl SippTransport {
 /// with other processes; loopback tests live with it).
 pub fn free_port() -> u16 {
     for _ in 0..64 {
-        let Ok(u) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else { continue };
+        let Ok(u) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+            continue;
+        };
         let Ok(addr) = u.local_addr() else { continue };
         if TcpListener::bind((Ipv4Addr::LOCALHOST, addr.port())).is_ok() {
             return addr.port();
@@ -103,7 +108,9 @@ pub fn free_port() -> u16 {
 /// `-mp` (SIPp binds both).
 pub fn free_media_port() -> u16 {
     for _ in 0..256 {
-        let Ok(u) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else { continue };
+        let Ok(u) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+            continue;
+        };
         let Ok(addr) = u.local_addr() else { continue };
         let p = addr.port() & !1;
         drop(u);
@@ -134,7 +141,8 @@ impl ScratchDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("dialin-{label}-{}-{n}-{nanos}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("dialin-{label}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         Ok(ScratchDir { path })
     }
@@ -160,7 +168,7 @@ pub struct SippProcess {
     child: Child,
     dir: ScratchDir,
     args: Vec<String>,
-    /// The SIP address SIPp listens on (`-i`/`-p`).
+    /// A UAS's SIP address (where to call it); for a UAC, the address it calls.
     pub sip_addr: SocketAddr,
 }
 
@@ -189,10 +197,18 @@ impl fmt::Debug for SippOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn tail(s: &str, n: usize) -> &str {
             let start = s.len().saturating_sub(n);
-            let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+            let start = (start..s.len())
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(s.len());
             &s[start..]
         }
-        writeln!(f, "sipp {} exited with {:?} (timed out: {})", self.args.join(" "), self.code, self.timed_out)?;
+        writeln!(
+            f,
+            "sipp {} exited with {:?} (timed out: {})",
+            self.args.join(" "),
+            self.code,
+            self.timed_out
+        )?;
         writeln!(f, "--- stderr ---\n{}", tail(&self.stderr, 4000))?;
         writeln!(f, "--- errors ---\n{}", tail(&self.errors, 4000))?;
         writeln!(f, "--- messages ---\n{}", tail(&self.messages, 12000))
@@ -202,14 +218,19 @@ impl fmt::Debug for SippOutcome {
 impl SippProcess {
     /// Starts `sipp` with `args`, in a fresh scratch directory, with `-nostdin`,
     /// `-trace_msg` and `-trace_err` added (logs read back by [`SippProcess::wait`]).
-    /// `sip_addr` is what the test tells its peer to reach SIPp at.
+    /// `sip_addr` is recorded as [`SippProcess::sip_addr`].
     pub fn spawn(sipp: &Path, args: &[String], sip_addr: SocketAddr) -> io::Result<SippProcess> {
         let dir = ScratchDir::new("sipp")?;
         Self::spawn_in(sipp, args, sip_addr, dir)
     }
 
     /// As [`SippProcess::spawn`], in a directory the test already filled (scenario, pcaps).
-    pub fn spawn_in(sipp: &Path, args: &[String], sip_addr: SocketAddr, dir: ScratchDir) -> io::Result<SippProcess> {
+    pub fn spawn_in(
+        sipp: &Path,
+        args: &[String],
+        sip_addr: SocketAddr,
+        dir: ScratchDir,
+    ) -> io::Result<SippProcess> {
         let mut all: Vec<String> = args.to_vec();
         let log = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
         all.extend([
@@ -228,19 +249,43 @@ impl SippProcess {
             .stdout(std::fs::File::create(dir.path().join("stdout.log"))?)
             .stderr(std::fs::File::create(dir.path().join("stderr.log"))?)
             .spawn()?;
-        Ok(SippProcess { child, dir, args: all, sip_addr })
+        Ok(SippProcess {
+            child,
+            dir,
+            args: all,
+            sip_addr,
+        })
     }
 
     /// Starts SIPp's built-in UAS (`-sn uas`: 180, 200 with a PCMU offer/answer, then
     /// waits for ACK and BYE and answers 200) for `calls` calls on a free loopback port,
     /// and waits until it listens. It exits 0 once `calls` calls completed, and fails after
     /// `timeout`.
-    pub async fn uas(sipp: &Path, transport: SippTransport, calls: u32, timeout: Duration) -> io::Result<SippProcess> {
+    pub async fn uas(
+        sipp: &Path,
+        transport: SippTransport,
+        calls: u32,
+        timeout: Duration,
+    ) -> io::Result<SippProcess> {
         let port = free_port();
         let media = free_media_port();
         let args: Vec<String> = [
-            "-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-t", transport.flag(), "-m", &calls.to_string(),
-            "-mi", "127.0.0.1", "-mp", &media.to_string(), "-timeout", &format!("{}s", timeout.as_secs().max(1)),
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            transport.flag(),
+            "-m",
+            &calls.to_string(),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media.to_string(),
+            "-timeout",
+            &format!("{}s", timeout.as_secs().max(1)),
             "-timeout_error",
         ]
         .iter()
@@ -253,7 +298,11 @@ impl SippProcess {
     }
 
     /// Waits until SIPp has bound its SIP port (binding it ourselves fails).
-    pub async fn wait_listening(&mut self, transport: SippTransport, limit: Duration) -> io::Result<()> {
+    pub async fn wait_listening(
+        &mut self,
+        transport: SippTransport,
+        limit: Duration,
+    ) -> io::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let bound = match transport {
@@ -288,7 +337,9 @@ impl SippProcess {
         let status: Option<ExitStatus> = loop {
             match self.child.try_wait() {
                 Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
                 Ok(None) => {
                     timed_out = true;
                     let _ = self.child.kill();
@@ -299,7 +350,11 @@ impl SippProcess {
         };
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
         SippOutcome {
-            code: if timed_out { None } else { status.and_then(|s| s.code()) },
+            code: if timed_out {
+                None
+            } else {
+                status.and_then(|s| s.code())
+            },
             timed_out,
             stdout: read("stdout.log"),
             stderr: read("stderr.log"),
@@ -307,6 +362,49 @@ impl SippProcess {
             errors: read("errors.log"),
             args: self.args.clone(),
         }
+    }
+}
+
+impl SippProcess {
+    /// Starts a SIPp UAC that calls `target` (UDP, Request-URI user `1000`), plays `pcap`
+    /// (see [`write_g711_pcap`], [`write_rfc4733_pcap`]) once answered, waits `pause`, and
+    /// hangs up. Exits 0 when the call went through.
+    pub fn uac_playing_pcap(
+        sipp: &Path,
+        target: SocketAddr,
+        pcap: &Path,
+        pause: Duration,
+        dir: ScratchDir,
+    ) -> io::Result<SippProcess> {
+        let scenario = UAC_PLAY_PCAP_SCENARIO
+            .replace("PCAP_FILE", &pcap.to_string_lossy())
+            .replace("PAUSE_MS", &pause.as_millis().to_string());
+        let sf = dir.write("uac.xml", scenario.as_bytes())?;
+        let args: Vec<String> = [
+            target.to_string(),
+            "-sf".into(),
+            sf.to_string_lossy().into_owned(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            free_port().to_string(),
+            "-t".into(),
+            "u1".into(),
+            "-m".into(),
+            "1".into(),
+            "-s".into(),
+            "1000".into(),
+            "-mi".into(),
+            "127.0.0.1".into(),
+            "-mp".into(),
+            free_media_port().to_string(),
+            "-timeout".into(),
+            "30s".into(),
+            "-timeout_error".into(),
+        ]
+        .into_iter()
+        .collect();
+        SippProcess::spawn_in(sipp, &args, target, dir)
     }
 }
 
@@ -318,6 +416,78 @@ impl Drop for SippProcess {
         }
     }
 }
+
+/// SIPp UAC scenario: calls (PCMU and telephone-event/8000 as payload type 101), plays
+/// `PCAP_FILE` with `play_pcap_audio`, waits `PAUSE_MS`, hangs up. Used by
+/// [`SippProcess::uac_playing_pcap`]; a starting point for tests' own scenarios.
+pub const UAC_PLAY_PCAP_SCENARIO: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="pcap player">
+  <send retrans="500">
+    <![CDATA[
+
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-15
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rtd="true" rrs="true"/>
+  <send>
+    <![CDATA[
+
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <nop>
+    <action>
+      <exec play_pcap_audio="PCAP_FILE"/>
+    </action>
+  </nop>
+  <pause milliseconds="PAUSE_MS"/>
+  <send retrans="500">
+    <![CDATA[
+
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"#;
 
 // ---------------------------------------------------------------------------
 // pcap files for <exec play_pcap_audio="..."/>
@@ -356,7 +526,8 @@ impl G711 {
 /// Writes 8 kHz `pcm` as G.711 RTP (20 ms packets, payload type 0 or 8) into a pcap file
 /// that SIPp can play with `<exec play_pcap_audio="file"/>`.
 pub fn write_g711_pcap(path: &Path, law: G711, pcm: &[i16]) -> io::Result<()> {
-    let mut enc = new_encoder(law.kind(), SampleRate::Hz8000, &CodecConfig::default()).map_err(io::Error::other)?;
+    let mut enc = new_encoder(law.kind(), SampleRate::Hz8000, &CodecConfig::default())
+        .map_err(io::Error::other)?;
     let mut w = PcapWriter::new();
     let mut payload = [0u8; 160];
     for (i, frame) in pcm.chunks(160).enumerate() {
@@ -366,15 +537,30 @@ pub fn write_g711_pcap(path: &Path, law: G711, pcm: &[i16]) -> io::Result<()> {
         }
         let n = enc.encode(&f, &mut payload).map_err(io::Error::other)?;
         let i = i as u32;
-        let mut h = Header::new(law.payload_type(), SeqNo(i as u16), RtpTimestamp(i * 160), Ssrc(0x5151_7070));
+        let mut h = Header::new(
+            law.payload_type(),
+            SeqNo(i as u16),
+            RtpTimestamp(i * 160),
+            Ssrc(0x5151_7070),
+        );
         h.marker = i == 0;
-        w.rtp(Duration::from_millis(u64::from(i) * 20), &h, payload.get(..n).unwrap_or(&[]))?;
+        w.rtp(
+            Duration::from_millis(u64::from(i) * 20),
+            &h,
+            payload.get(..n).unwrap_or(&[]),
+        )?;
     }
     std::fs::write(path, w.finish())
 }
 
 /// Writes a tone (`hz`, peak `dbfs` AES17) of `duration` as G.711 RTP into a pcap file.
-pub fn write_tone_pcap(path: &Path, law: G711, hz: f64, dbfs: f64, duration: Duration) -> io::Result<()> {
+pub fn write_tone_pcap(
+    path: &Path,
+    law: G711,
+    hz: f64,
+    dbfs: f64,
+    duration: Duration,
+) -> io::Result<()> {
     let len = (duration.as_millis() as usize) * 8;
     write_g711_pcap(path, law, &super::tone::sine(8000, hz, dbfs, len))
 }
@@ -396,10 +582,19 @@ pub fn write_rfc4733_pcap(path: &Path, digits: &str, pt: u8, lead_in: Duration) 
     let silence = [0xffu8; 160];
     let mut t = Duration::ZERO;
     let mut ts = 0u32;
-    let send_silence = |w: &mut PcapWriter, t: &mut Duration, ts: &mut u32, seq: &mut SeqNo, dur: Duration| -> io::Result<()> {
+    let send_silence = |w: &mut PcapWriter,
+                        t: &mut Duration,
+                        ts: &mut u32,
+                        seq: &mut SeqNo,
+                        dur: Duration|
+     -> io::Result<()> {
         let end = *t + dur;
         while *t < end {
-            w.rtp(*t, &Header::new(PayloadType::PCMU, *seq, RtpTimestamp(*ts), ssrc), &silence)?;
+            w.rtp(
+                *t,
+                &Header::new(PayloadType::PCMU, *seq, RtpTimestamp(*ts), ssrc),
+                &silence,
+            )?;
             *seq = seq.next();
             *ts = ts.wrapping_add(160);
             *t += Duration::from_millis(20);
@@ -423,7 +618,13 @@ pub fn write_rfc4733_pcap(path: &Path, digits: &str, pt: u8, lead_in: Duration) 
         let elapsed = last - start + Duration::from_millis(20);
         t = start + elapsed;
         ts = ts.wrapping_add((elapsed.as_millis() as u32) * 8);
-        send_silence(&mut w, &mut t, &mut ts, &mut seq, Duration::from_millis(100))?;
+        send_silence(
+            &mut w,
+            &mut t,
+            &mut ts,
+            &mut seq,
+            Duration::from_millis(100),
+        )?;
     }
     std::fs::write(path, w.finish())
 }
@@ -497,7 +698,10 @@ impl PcapWriter {
 
 /// RFC 791 header checksum: one's complement of the one's complement sum of 16-bit words.
 fn ipv4_checksum(header: &[u8; 20]) -> u16 {
-    let mut sum: u32 = header.chunks_exact(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let mut sum: u32 = header
+        .chunks_exact(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -508,7 +712,12 @@ fn ipv4_checksum(header: &[u8; 20]) -> u16 {
 /// For checking the files themselves.
 pub fn read_pcap_rtp(path: &Path) -> io::Result<Vec<(Duration, Vec<u8>)>> {
     let data = std::fs::read(path)?;
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "not a pcap written by write_*_pcap");
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a pcap written by write_*_pcap",
+        )
+    };
     let magic = data.get(0..4).ok_or_else(bad)?;
     if magic != PCAP_MAGIC.to_le_bytes() {
         return Err(bad());
@@ -523,7 +732,10 @@ pub fn read_pcap_rtp(path: &Path) -> io::Result<Vec<(Duration, Vec<u8>)>> {
         let frame = data.get(pos + 16..pos + 16 + len).ok_or_else(bad)?;
         let udp = frame.get(14 + 20..).ok_or_else(bad)?;
         let payload = udp.get(8..).ok_or_else(bad)?;
-        out.push((Duration::from_secs(u64::from(secs)) + Duration::from_micros(u64::from(micros)), payload.to_vec()));
+        out.push((
+            Duration::from_secs(u64::from(secs)) + Duration::from_micros(u64::from(micros)),
+            payload.to_vec(),
+        ));
         pos += 16 + len;
     }
     Ok(out)

@@ -49,7 +49,10 @@ fn hann(samples: &[i16]) -> Windowed {
             f64::from(x) / FULL_SCALE * w
         })
         .collect();
-    Windowed { samples, window_sum }
+    Windowed {
+        samples,
+        window_sum,
+    }
 }
 
 fn windowed_amplitude(x: &Windowed, rate: u32, hz: f64) -> f64 {
@@ -125,7 +128,12 @@ pub fn is_speech_like(samples: &[i16], rate: u32) -> bool {
     }
     let mut levels: Vec<f64> = samples.chunks_exact(frame).map(rms_dbfs).collect();
     levels.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| levels.get(((levels.len() - 1) as f64 * q) as usize).copied().unwrap_or(SILENCE_DBFS);
+    let pick = |q: f64| {
+        levels
+            .get(((levels.len() - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or(SILENCE_DBFS)
+    };
     let (quiet, loud) = (pick(0.1), pick(0.9));
     if loud - quiet < 15.0 {
         return false;
