@@ -314,6 +314,15 @@ async fn a_440_hz_tone_survives_the_pcmu_round_trip_both_ways() {
         .expect("answerer has the call");
     assert_eq!(call.codec(), Some(Codec::Pcmu));
     assert_eq!(answered.call_id(), call.call_id());
+    let t0 = Instant::now();
+    assert!(
+        call.wait_for_sound(t0, -30.0, 2 * SECOND).await.is_some(),
+        "the answerer's tone arrives"
+    );
+    assert!(call
+        .recorded_chunks(t0)
+        .iter()
+        .all(|(at, pcm)| *at >= t0 && pcm.len() == 160));
     call.play_tone(440.0, -12.0);
 
     let heard_by_caller = record(&call, Duration::from_millis(200), SECOND).await;

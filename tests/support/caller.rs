@@ -2320,6 +2320,40 @@ impl Call {
             .collect()
     }
 
+    /// Decoded packets received since `since`, each with its arrival time.
+    pub fn recorded_chunks(&self, since: Instant) -> Vec<(Instant, Vec<i16>)> {
+        let m = self.shared.media();
+        m.recorded
+            .iter()
+            .filter(|c| c.at >= since)
+            .map(|c| (c.at, c.samples.clone()))
+            .collect()
+    }
+
+    /// Waits until a packet at least `min_dbfs` loud (RMS, AES17) arrives after `since`
+    /// (a prompt starting, the far end talking); returns its arrival time.
+    pub async fn wait_for_sound(
+        &self,
+        since: Instant,
+        min_dbfs: f64,
+        timeout: Duration,
+    ) -> Option<Instant> {
+        let find = || {
+            let m = self.shared.media();
+            m.recorded
+                .iter()
+                .find(|c| c.at >= since && super::tone::rms_dbfs(&c.samples) >= min_dbfs)
+                .map(|c| c.at)
+        };
+        let mut at = None;
+        poll_until(timeout, || {
+            at = find();
+            at.is_some()
+        })
+        .await;
+        at
+    }
+
     /// All decoded audio received so far.
     pub fn recorded_all(&self) -> Vec<i16> {
         let m = self.shared.media();
@@ -2919,10 +2953,7 @@ pub mod digest_client {
         let mut p = Vec::with_capacity(n);
         let mut x = 2u32;
         while p.len() < n {
-            if p.iter()
-                .take_while(|&&q| q * q <= x)
-                .all(|&q| x % q > 0)
-            {
+            if p.iter().take_while(|&&q| q * q <= x).all(|&q| x % q > 0) {
                 p.push(x);
             }
             x += 1;
