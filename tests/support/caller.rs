@@ -973,7 +973,6 @@ impl Command {
 }
 
 struct Leg {
-    role: Role,
     ep: Endpoint,
     /// The caller owns its endpoint and shuts it down when the call ends.
     owns_endpoint: bool,
@@ -2005,7 +2004,6 @@ impl Caller {
             SrtpPolicy::Allow
         };
         let mut leg = Leg {
-            role: Role::Uac,
             peer: Target {
                 addr: opts.gateway,
                 transport,
@@ -2629,7 +2627,6 @@ fn spawn_answering_leg(
         };
         shared.media().local_rtp = rtp.local_addr().ok();
         let mut leg = Leg {
-            role: Role::Uas,
             peer: Target {
                 addr: inc.source,
                 transport,
@@ -2949,11 +2946,13 @@ pub mod digest_client {
     }
 
     /// The first `n` primes.
+    // `is_multiple_of` is newer than the workspace's rust-version (1.80).
+    #[allow(clippy::manual_is_multiple_of)]
     fn primes(n: usize) -> Vec<u32> {
         let mut p = Vec::with_capacity(n);
         let mut x = 2u32;
         while p.len() < n {
-            if p.iter().take_while(|&&q| q * q <= x).all(|&q| x % q > 0) {
+            if p.iter().take_while(|&&q| q * q <= x).all(|&q| x % q != 0) {
                 p.push(x);
             }
             x += 1;
