@@ -1,0 +1,1 @@
+//! Test-only stand-in for a LiveKit server (work in progress).
