@@ -291,3 +291,29 @@ async fn second_join_with_the_same_identity_replaces_the_first() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].sid, a2.sid());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_real_clients_hear_each_other_and_a_late_joiner_gets_existing_tracks() {
+    let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
+    let a = TestClient::connect(opts(&server, "r", "a", Some(440.0))).await;
+    assert!(a.wait(SECS, |s| s.publisher_connected).await);
+    server.wait_for_participant("r", |p| p.identity == "a" && !p.tracks.is_empty(), SECS).await.unwrap().expect("a publishes");
+    // b joins after a's track is live: it must be in b's first subscriber offer.
+    let b = TestClient::connect(opts(&server, "r", "b", Some(1000.0))).await;
+    assert!(a.wait(SECS, |s| s.audio.len() > 48_000).await, "a hears b");
+    assert!(b.wait(SECS, |s| s.audio.len() > 48_000).await, "b hears a");
+    let at_a = a.state().audio.clone();
+    let at_b = b.state().audio.clone();
+    let a1000 = tone_energy_fraction(tail(&at_a, 0.5), 48_000.0, 1000.0);
+    let b440 = tone_energy_fraction(tail(&at_b, 0.5), 48_000.0, 440.0);
+    println!("client a hears 1000 Hz {a1000:.3}; client b hears 440 Hz {b440:.3}");
+    assert!(a1000 > 0.5 && b440 > 0.5);
+    let b_offers = b.count(|m| matches!(m, Resp::Offer(sd) if sd.mid_to_track_id.len() == 1));
+    assert!(b_offers >= 1, "b's subscriber offer carries a's track");
+
+    // When b leaves, a gets a new subscriber offer that stops b's m-line.
+    let offers_before = a.count(|m| matches!(m, Resp::Offer(_)));
+    b.send(Req::Leave(proto::LeaveRequest { reason: proto::DisconnectReason::ClientInitiated as i32, ..Default::default() }));
+    b.stop();
+    assert!(a.wait(SECS, |s| s.messages.iter().filter(|m| matches!(m, Resp::Offer(_))).count() > offers_before).await, "renegotiation after unpublish");
+}
