@@ -5,7 +5,7 @@
 //! datagrams collected in [`Engine::transmits`]. The wire behaviour follows LiveKit's
 //! `livekit_rtc.proto` and its server (`rtcservice`, `participant`, `room`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -122,6 +122,17 @@ pub struct ParticipantCounters {
     pub data_dropped: u64,
 }
 
+/// Whole-engine figures for load runs.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    /// Time the engine task spent working (not waiting), since start.
+    pub busy: Duration,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Peer connections alive now (publisher + subscriber).
+    pub peer_connections: usize,
+}
+
 pub(crate) enum Command {
     Connect { conn: ConnId, grant: Box<JoinGrant>, params: JoinParams, out: mpsc::UnboundedSender<WsOut> },
     Signal { conn: ConnId, msg: Box<Req> },
@@ -142,6 +153,8 @@ pub(crate) enum Command {
     KillPeerConnection { identity: String, reply: oneshot::Sender<bool> },
     Counters { reply: oneshot::Sender<Vec<ParticipantCounters>> },
     DataPackets { room: String, reply: oneshot::Sender<Vec<DataPacket>> },
+    Blackhole { identity: String, on: bool, reply: oneshot::Sender<bool> },
+    Stats { reply: oneshot::Sender<EngineStats> },
 }
 
 struct Room {
@@ -159,7 +172,7 @@ struct PublishedTrack {
 }
 
 enum Media {
-    Remote { publisher: Option<Peer>, subscriber: Box<Subscriber>, early_candidates: Vec<str0m::Candidate> },
+    Remote { publisher: Option<Box<Peer>>, subscriber: Box<Subscriber>, early_candidates: Vec<str0m::Candidate> },
     Synthetic(Box<Synthetic>),
 }
 
@@ -239,7 +252,7 @@ impl Participant {
 
     fn peer_mut(&mut self, role: Role) -> Option<&mut Peer> {
         match (&mut self.media, role) {
-            (Media::Remote { publisher, .. }, Role::Publisher) => publisher.as_mut(),
+            (Media::Remote { publisher, .. }, Role::Publisher) => publisher.as_deref_mut(),
             (Media::Remote { subscriber, .. }, Role::Subscriber) => Some(&mut subscriber.peer),
             (Media::Synthetic(_), _) => None,
         }
@@ -280,8 +293,12 @@ pub(crate) struct Engine {
     next_key: u64,
     next_housekeeping: Instant,
     next_frame: Instant,
+    /// Participants whose UDP traffic is dropped both ways (test hook).
+    blackholed: HashSet<Key>,
     /// Datagrams to send; the driver empties it.
     pub transmits: Vec<Transmit>,
+    /// Updated by the driver.
+    pub stats: EngineStats,
 }
 
 fn random_id(prefix: &str) -> String {
@@ -333,7 +350,9 @@ impl Engine {
             next_key: 1,
             next_housekeeping: now + HOUSEKEEPING,
             next_frame: now + FRAME,
+            blackholed: HashSet::new(),
             transmits: Vec::new(),
+            stats: EngineStats::default(),
         }
     }
 
@@ -465,6 +484,29 @@ impl Engine {
                 list.sort_by(|a, b| (&a.room, &a.identity).cmp(&(&b.room, &b.identity)));
                 let _ = reply.send(list);
             }
+            Command::Blackhole { identity, on, reply } => {
+                let keys: Vec<Key> = self.parts.iter().filter(|(_, p)| p.identity == identity).map(|(k, _)| *k).collect();
+                for k in &keys {
+                    if on {
+                        self.blackholed.insert(*k);
+                    } else {
+                        self.blackholed.remove(k);
+                    }
+                }
+                let _ = reply.send(!keys.is_empty());
+            }
+            Command::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.peer_connections = self
+                    .parts
+                    .values()
+                    .map(|p| match &p.media {
+                        Media::Remote { publisher, .. } => 1 + usize::from(publisher.is_some()),
+                        Media::Synthetic(_) => 0,
+                    })
+                    .sum();
+                let _ = reply.send(stats);
+            }
             Command::DataPackets { room, reply } => {
                 let _ = reply.send(self.rooms.get(&room).map(|r| r.data.clone()).unwrap_or_default());
             }
@@ -498,6 +540,9 @@ impl Engine {
             }
         }
         let Some((key, role)) = target else { return };
+        if self.blackholed.contains(&key) {
+            return;
+        }
         self.by_addr.insert(source, (key, role));
         if let Some(pe) = self.parts.get_mut(&key).and_then(|p| p.peer_mut(role)) {
             if let Err(e) = pe.rtc.handle_input(input) {
@@ -575,13 +620,18 @@ impl Engine {
                 let Some(p) = self.parts.get_mut(&key) else { continue };
                 let Some(pe) = p.peer_mut(role) else { continue };
                 pe.dirty = false;
+                let blackholed = self.blackholed.contains(&key);
                 loop {
                     match pe.rtc.poll_output() {
                         Ok(Output::Timeout(t)) => {
                             pe.next_timeout = t;
                             break;
                         }
-                        Ok(Output::Transmit(t)) => self.transmits.push(t),
+                        Ok(Output::Transmit(t)) => {
+                            if !blackholed {
+                                self.transmits.push(t);
+                            }
+                        }
                         Ok(Output::Event(e)) => events.push((key, role, e)),
                         Err(e) => {
                             tracing::debug!("rtc poll: {e}");
@@ -891,7 +941,7 @@ impl Engine {
                     for c in early_candidates.drain(..) {
                         pe.rtc.add_remote_candidate(c);
                     }
-                    *publisher = Some(pe);
+                    *publisher = Some(Box::new(pe));
                 }
                 Err(e) => {
                     tracing::warn!("cannot create publisher PC: {e}");
@@ -899,7 +949,7 @@ impl Engine {
                 }
             }
         }
-        let Some(pe) = publisher.as_mut() else { return };
+        let Some(pe) = publisher.as_deref_mut() else { return };
         match peer::answer_offer(pe, &sd.sdp) {
             Ok(answer) => {
                 if p.state == State::Joining {
@@ -951,14 +1001,16 @@ impl Engine {
     fn handle_event(&mut self, key: Key, role: Role, e: Event, now: Instant) {
         match e {
             Event::Connected => {
-                if let Some(p) = self.parts.get_mut(&key) {
-                    if let Some(pe) = p.peer_mut(role) {
-                        pe.connected = true;
-                    }
-                    if p.state != State::Disconnected {
-                        p.state = State::Active;
-                    }
-                    tracing::debug!(identity = %p.identity, ?role, "DTLS-SRTP connected");
+                let Some(p) = self.parts.get_mut(&key) else { return };
+                if let Some(pe) = p.peer_mut(role) {
+                    pe.connected = true;
+                }
+                tracing::debug!(identity = %p.identity, ?role, "DTLS-SRTP connected");
+                if matches!(p.state, State::Joining | State::Joined) {
+                    // ICE/DTLS up: the participant is ACTIVE, and the room is told so.
+                    p.state = State::Active;
+                    p.version += 1;
+                    self.broadcast_participant(key, false);
                 }
             }
             Event::IceConnectionStateChange(s) => {
@@ -1316,6 +1368,7 @@ impl Engine {
         self.conns.retain(|_, k| *k != key);
         self.by_addr.retain(|_, (k, _)| *k != key);
         self.dirty.retain(|(k, _)| *k != key);
+        self.blackholed.remove(&key);
         if let Media::Remote { publisher, subscriber, .. } = &mut p.media {
             if let Some(pb) = publisher {
                 pb.rtc.disconnect();

@@ -54,7 +54,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use engine::{EngineConfig, ParticipantCounters, ParticipantSnapshot};
+pub use engine::{EngineConfig, EngineStats, ParticipantCounters, ParticipantSnapshot};
 pub use livekit_protocol as proto;
 pub use livekit_protocol::participant_info::{Kind as ParticipantKind, State as ParticipantState};
 pub use synthetic::{Signal, FRAME_SAMPLES, SAMPLE_RATE};
@@ -245,6 +245,17 @@ impl TestServer {
         self.ask(|reply| Command::Counters { reply }).await
     }
 
+    /// Drop all of `identity`'s UDP traffic, both ways, while `on` (a network outage with the
+    /// signal connection still up: ICE consent fails, media stops). `false` if unknown.
+    pub async fn blackhole_media(&self, identity: &str, on: bool) -> Result<bool, ServerError> {
+        self.ask(|reply| Command::Blackhole { identity: identity.into(), on, reply }).await
+    }
+
+    /// Engine busy time and datagram counts since start.
+    pub async fn stats(&self) -> Result<EngineStats, ServerError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
     /// Every data packet the server received in `room` (sender stamped), in arrival order.
     pub async fn data_packets(&self, room: &str) -> Result<Vec<proto::DataPacket>, ServerError> {
         self.ask(|reply| Command::DataPackets { room: room.into(), reply }).await
@@ -314,30 +325,44 @@ async fn run_engine(mut engine: Engine, socket: UdpSocket, mut rx: mpsc::Unbound
     let mut buf = vec![0u8; 2048];
     loop {
         let deadline = engine.next_deadline();
+        let woke;
         tokio::select! {
-            cmd = rx.recv() => match cmd {
-                Some(c) => engine.handle_command(c, Instant::now()),
-                None => break,
-            },
+            cmd = rx.recv() => {
+                woke = Instant::now();
+                match cmd {
+                    Some(c) => engine.handle_command(c, woke),
+                    None => break,
+                }
+            }
             r = socket.recv_from(&mut buf) => {
+                woke = Instant::now();
                 if let Ok((n, src)) = r {
-                    engine.handle_udp(src, buf.get(..n).unwrap_or_default(), Instant::now());
+                    engine.stats.datagrams_in += 1;
+                    engine.handle_udp(src, buf.get(..n).unwrap_or_default(), woke);
                     // Take what else is queued before polling outputs.
                     for _ in 0..64 {
                         match socket.try_recv_from(&mut buf) {
-                            Ok((n, src)) => engine.handle_udp(src, buf.get(..n).unwrap_or_default(), Instant::now()),
+                            Ok((n, src)) => {
+                                engine.stats.datagrams_in += 1;
+                                engine.handle_udp(src, buf.get(..n).unwrap_or_default(), Instant::now());
+                            }
                             Err(_) => break,
                         }
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep_until(deadline.into()) => woke = Instant::now(),
         }
         let now = Instant::now();
         engine.handle_timeout(now);
         engine.drain(now);
+        let mut sent = 0;
         for t in engine.transmits.drain(..) {
-            let _ = socket.try_send_to(&t.contents, t.destination);
+            if socket.try_send_to(&t.contents, t.destination).is_ok() {
+                sent += 1;
+            }
         }
+        engine.stats.datagrams_out += sent;
+        engine.stats.busy += woke.elapsed();
     }
 }

@@ -317,3 +317,20 @@ async fn two_real_clients_hear_each_other_and_a_late_joiner_gets_existing_tracks
     b.stop();
     assert!(a.wait(SECS, |s| s.messages.iter().filter(|m| matches!(m, Resp::Offer(_))).count() > offers_before).await, "renegotiation after unpublish");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_media_stops_audio_and_lifting_it_lets_it_resume() {
+    let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
+    let synth = server.add_synthetic_participant("r", "synth", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
+    let client = TestClient::connect(opts(&server, "r", "gw", Some(440.0))).await;
+    assert!(client.wait(SECS, |s| s.audio.len() > 24_000).await);
+    assert!(server.blackhole_media("gw", true).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (c0, s0) = (client.state().audio.len(), synth.received_audio_from("gw").len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.state().audio.len(), c0, "no audio reaches the client");
+    assert_eq!(synth.received_audio_from("gw").len(), s0, "no audio from the client is forwarded");
+    assert!(server.blackhole_media("gw", false).await.unwrap());
+    assert!(client.wait(SECS, |s| s.audio.len() > c0 + 24_000).await, "audio flows again");
+    assert!(!client.state().ended, "the signal connection was never touched");
+}
