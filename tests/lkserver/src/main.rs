@@ -3,6 +3,7 @@
 //! `dialin-lkserver --listen 127.0.0.1:7880 --api-key devkey --api-secret secret [--udp ADDR]`
 //! prints its URL, then the packet counters every 10 s.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,7 +42,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    println!("dialin-lkserver listening on {} (UDP {})", server.url(), server.udp_addr());
+    // Output errors (a closed pipe) must not stop the server.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "dialin-lkserver listening on {} (UDP {})", server.url(), server.udp_addr());
+    let _ = out.flush();
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
@@ -49,7 +53,7 @@ async fn main() {
             _ = tick.tick() => {
                 if let Ok(counters) = server.counters().await {
                     let (pin, pout): (u64, u64) = counters.iter().fold((0, 0), |(a, b), c| (a + c.packets_in, b + c.packets_out));
-                    println!("participants={} packets_in={pin} packets_out={pout}", counters.len());
+                    let _ = writeln!(out, "participants={} packets_in={pin} packets_out={pout}", counters.len());
                 }
             }
         }
