@@ -19,6 +19,27 @@
 //! relayed between data channels. The server is a full ICE agent: controlled on the publisher PC,
 //! controlling on the subscriber PC.
 //!
+//! How a client joins (what this server expects, in order, as LiveKit SDKs do it):
+//! 1. `GET {url}/rtc?access_token=JWT&protocol=16&auto_subscribe=1&sdk=..&version=..` upgraded
+//!    to a WebSocket (a bad token gets HTTP 401/400 and a text body instead). Binary frames
+//!    only, one protobuf `SignalRequest`/`SignalResponse` per frame.
+//! 2. Server → `Join(JoinResponse)` first; then `Offer` for the subscriber PC (data channels,
+//!    plus an m-line per track already published) and a `Trickle{target: SUBSCRIBER}` with the
+//!    server's candidate; `ParticipantUpdate`/`RoomUpdate` as the room changes.
+//! 3. Client → `AddTrack{cid, type: AUDIO, source: MICROPHONE}` (answered by
+//!    `TrackPublished{cid, track.sid = TR_..}`), then `Offer` for the publisher PC with the
+//!    sendonly Opus m-line and the `_reliable`/`_lossy` channels, then `Trickle{target:
+//!    PUBLISHER}`. Server → `Answer` (same `id`) and `Trickle{target: PUBLISHER}`.
+//! 4. Client → `Answer` to each subscriber `Offer` (echo its `id`). Server offers again
+//!    whenever a remote track comes or goes; `mid_to_track_id` maps each m-line to its track.
+//! 5. Client → `PingReq` every `ping_interval` (server → `PongResp`); nothing for
+//!    `ping_timeout` closes the WebSocket. Data packets go on the publisher PC's channels and
+//!    arrive, sender-stamped, on the subscriber PC's channel of the same kind.
+//! 6. Leaving: client → `Leave`. Resuming after a lost WebSocket: a new `/rtc` with
+//!    `reconnect=1&sid=PA_..` within `resume_grace` → `Reconnect(ReconnectResponse)`, a
+//!    `ParticipantUpdate` with the others, and an ICE-restart subscriber `Offer`; the client may
+//!    re-offer its publisher PC (ICE restart). An unknown `sid` gets `Leave{action: RECONNECT}`.
+//!
 //! Differences from the real server (livekit-server 1.11), short and honest:
 //! - Single node, in-process; no Redis, no room service HTTP API (rooms are created on first
 //!   join; `close_room`/`remove_participant` are test hooks), no webhooks, egress, ingress,

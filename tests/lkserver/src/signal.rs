@@ -217,3 +217,31 @@ async fn session(
     }
     let _ = engine.send(Command::WsClosed { conn });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_head_yields_path_query_and_bearer() {
+        let raw = b"GET /rtc/?access_token=a.b.c&reconnect=1&sid=PA_x&sdk=js%20sdk HTTP/1.1\r\nHost: h\r\nauthorization: Bearer tok\r\n";
+        let head = parse_head(raw, raw.len() + 2).unwrap();
+        assert_eq!(head.path, "/rtc");
+        assert_eq!(head.param("access_token"), Some("a.b.c"));
+        assert_eq!(head.param("reconnect"), Some("1"));
+        assert_eq!(head.param("sdk"), Some("js sdk"));
+        assert_eq!(head.bearer.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn malformed_percent_escapes_are_kept_verbatim() {
+        assert_eq!(percent_decode("a%zzb%4"), "a%zzb%4");
+        assert_eq!(percent_decode("%41+b"), "A b");
+    }
+
+    #[test]
+    fn garbage_request_line_is_rejected() {
+        assert!(parse_head(b"\xff\xfe", 2).is_none());
+        assert!(parse_head(b"GET", 3).is_none());
+    }
+}

@@ -18,6 +18,9 @@ pub const SAMPLE_RATE: u32 = 48_000;
 pub const FRAME_SAMPLES: usize = 960;
 /// Longest stretch of received audio kept per source: 60 s at 48 kHz.
 const MAX_RECORDED_SAMPLES: usize = 60 * SAMPLE_RATE as usize;
+/// Frames in one second: a tone with a whole number of hertz repeats exactly after it, so a
+/// synthetic participant encodes its first second and then replays it (cheap load runs).
+const LOOP_FRAMES: usize = 50;
 /// Data packets kept per synthetic participant.
 const MAX_RECORDED_PACKETS: usize = 10_000;
 
@@ -90,6 +93,10 @@ pub(crate) struct Synthetic {
     decoders: HashMap<String, OpusDecoder>,
     pcm: Vec<i16>,
     packet: Vec<u8>,
+    decoded: Vec<i16>,
+    /// The first second of encoded frames, replayed once complete.
+    replay: Vec<Arc<[u8]>>,
+    frame_index: usize,
     /// RTP time of the next frame, in 48 kHz ticks.
     pub rtp_time: u64,
     pub recording: SharedRecording,
@@ -111,6 +118,10 @@ impl Synthetic {
             decoders: HashMap::new(),
             pcm: vec![0; FRAME_SAMPLES],
             packet: vec![0; MAX_PACKET_BYTES],
+            // 120 ms is the longest Opus packet (RFC 6716 §3.2.1).
+            decoded: vec![0; 5760],
+            replay: Vec::with_capacity(LOOP_FRAMES),
+            frame_index: 0,
             rtp_time: 0,
             recording,
         })
@@ -118,10 +129,27 @@ impl Synthetic {
 
     pub(crate) fn set_signal(&mut self, signal: Signal) {
         self.signal = signal;
+        self.replay.clear();
+        self.frame_index = 0;
+    }
+
+    fn loops_each_second(&self) -> bool {
+        match self.signal {
+            Signal::Tone { hz, .. } => hz.fract() == 0.0,
+            Signal::Silence => true,
+        }
     }
 
     /// Produce the next 20 ms frame as an Opus packet.
     pub(crate) fn next_frame(&mut self) -> Result<Arc<[u8]>, CodecError> {
+        self.rtp_time += FRAME_SAMPLES as u64;
+        if self.replay.len() == LOOP_FRAMES {
+            let frame = self.replay.get(self.frame_index % LOOP_FRAMES).cloned();
+            self.frame_index = (self.frame_index + 1) % LOOP_FRAMES;
+            if let Some(f) = frame {
+                return Ok(f);
+            }
+        }
         match self.signal {
             Signal::Tone { hz, amplitude } => {
                 let step = TAU * hz / f64::from(SAMPLE_RATE);
@@ -137,9 +165,12 @@ impl Synthetic {
             .encoder
             .encode_s16(&self.pcm, FRAME_SAMPLES, &mut self.packet)
             .map_err(|e| CodecError(e.to_string()))?;
-        self.rtp_time += FRAME_SAMPLES as u64;
-        let frame = self.packet.get(..n).ok_or_else(|| CodecError("encoder overran its buffer".into()))?;
-        Ok(Arc::from(frame))
+        let frame: Arc<[u8]> =
+            Arc::from(self.packet.get(..n).ok_or_else(|| CodecError("encoder overran its buffer".into()))?);
+        if self.loops_each_second() {
+            self.replay.push(frame.clone());
+        }
+        Ok(frame)
     }
 
     /// Decode a frame forwarded from `from` and record it.
@@ -156,15 +187,55 @@ impl Synthetic {
             }
         }
         let Some(dec) = self.decoders.get_mut(from) else { return };
-        // 120 ms is the longest Opus packet (RFC 6716 §3.2.1).
-        let mut out = [0i16; 5760];
-        match dec.decode_s16(payload, out.len(), &mut out) {
+        let max = self.decoded.len();
+        match dec.decode_s16(payload, max, &mut self.decoded) {
             Ok(n) => {
-                if let Some(pcm) = out.get(..n) {
+                if let Some(pcm) = self.decoded.get(..n) {
                     lock(&self.recording).push_audio(from, pcm);
                 }
             }
             Err(e) => tracing::debug!("synthetic decode from {from}: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synth(signal: Signal) -> Synthetic {
+        Synthetic::new(signal, Arc::new(Mutex::new(Recording::default()))).unwrap()
+    }
+
+    #[test]
+    fn whole_hertz_tone_replays_its_first_second() {
+        let mut s = synth(Signal::Tone { hz: 1000.0, amplitude: 0.3 });
+        let first: Vec<_> = (0..LOOP_FRAMES).map(|_| s.next_frame().unwrap()).collect();
+        let again = s.next_frame().unwrap();
+        assert!(Arc::ptr_eq(&first[0], &again));
+        assert_eq!(s.rtp_time, (LOOP_FRAMES as u64 + 1) * FRAME_SAMPLES as u64, "RTP time keeps advancing");
+    }
+
+    #[test]
+    fn fractional_tone_is_encoded_every_frame() {
+        let mut s = synth(Signal::Tone { hz: 440.5, amplitude: 0.3 });
+        for _ in 0..LOOP_FRAMES + 1 {
+            s.next_frame().unwrap();
+        }
+        assert!(s.replay.is_empty());
+    }
+
+    #[test]
+    fn received_frames_are_decoded_per_source() {
+        let mut tx = synth(Signal::Tone { hz: 1000.0, amplitude: 0.3 });
+        let mut rx = synth(Signal::Silence);
+        for _ in 0..10 {
+            let f = tx.next_frame().unwrap();
+            rx.receive("a", &f);
+        }
+        rx.receive("b", &[0xff, 0x00]);
+        let rec = lock(&rx.recording);
+        assert_eq!(rec.audio.get("a").map(Vec::len), Some(10 * FRAME_SAMPLES));
+        assert_eq!(rec.sources.first().map(String::as_str), Some("a"));
     }
 }

@@ -108,3 +108,41 @@ fn kind_from_claim(kind: &str) -> Kind {
         _ => Kind::Standard,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livekit_api::access_token::{AccessToken, VideoGrants};
+
+    fn mint(kind: &str, room: &str) -> String {
+        AccessToken::with_api_key("k", "s")
+            .with_identity("id")
+            .with_kind(kind)
+            .with_grants(VideoGrants { room_join: true, room: room.into(), ..Default::default() })
+            .to_jwt()
+            .unwrap()
+    }
+
+    #[test]
+    fn kind_claim_sip_makes_a_sip_participant() {
+        let g = TokenCheck::new("k", "s").check(Some(&mint("sip", "r")), None).unwrap();
+        assert_eq!(g.kind, Kind::Sip);
+        assert_eq!(g.room, "r");
+        assert!(g.can_publish && g.can_subscribe && g.can_publish_data && !g.can_update_own_metadata);
+    }
+
+    #[test]
+    fn token_from_another_api_key_is_invalid() {
+        let err = TokenCheck::new("other", "s").check(Some(&mint("", "r")), None).unwrap_err();
+        assert!(matches!(err, TokenError::Invalid(_)));
+        assert_eq!(err.http_status(), 401);
+    }
+
+    #[test]
+    fn room_query_parameter_must_match_the_token() {
+        let check = TokenCheck::new("k", "s");
+        assert!(check.check(Some(&mint("", "r")), Some("r")).is_ok());
+        assert!(matches!(check.check(Some(&mint("", "r")), Some("x")), Err(TokenError::WrongRoom { .. })));
+        assert!(matches!(check.check(None, None), Err(TokenError::Missing)));
+    }
+}
