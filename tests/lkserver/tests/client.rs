@@ -37,17 +37,18 @@ async fn real_client_and_synthetic_participant_hear_each_others_tones() {
     assert!(c1000 > 0.5 && c440 < 0.05);
     assert!(s440 > 0.5 && s1000 < 0.05);
 
-    let st = client.state();
-    let tp = st.track_published.as_ref().expect("TrackPublished");
+    let (tp, channels) = {
+        let st = client.state();
+        (st.track_published.clone().expect("TrackPublished"), st.subscriber_channels.clone())
+    };
     assert_eq!(tp.cid, "mic-1");
     let track = tp.track.as_ref().unwrap();
     assert!(track.sid.starts_with("TR_"));
     assert_eq!(track.mime_type, "audio/opus");
     assert_eq!(track.source, proto::TrackSource::Microphone as i32);
     for label in ["_reliable", "_lossy", "_data_track"] {
-        assert!(st.subscriber_channels.iter().any(|l| l == label), "server opens {label} on the subscriber PC");
+        assert!(channels.iter().any(|l| l == label), "server opens {label} on the subscriber PC");
     }
-    drop(st);
     let counters = server.counters().await.unwrap();
     let gw = counters.iter().find(|c| c.identity == "gw").unwrap();
     assert!(gw.packets_in > 40 && gw.packets_out > 40, "{gw:?}");
@@ -68,9 +69,11 @@ async fn join_response_describes_room_participant_and_server() {
         .unwrap();
     let client = TestClient::connect(ClientOptions { url: server.url().into(), token: t, publish_tone: None, ping: false, auto_resume: false }).await;
     assert!(client.wait(SECS, |s| s.join.is_some()).await);
-    let st = client.state();
-    assert!(matches!(st.messages.first(), Some(Resp::Join(_))), "JoinResponse comes first");
-    let j = st.join.clone().unwrap();
+    let (first, j) = {
+        let st = client.state();
+        (st.messages.first().cloned(), st.join.clone().unwrap())
+    };
+    assert!(matches!(first, Some(Resp::Join(_))), "JoinResponse comes first");
     let room = j.room.unwrap();
     assert_eq!(room.name, "r");
     assert!(room.sid.starts_with("RM_"));
@@ -89,7 +92,6 @@ async fn join_response_describes_room_participant_and_server() {
     let info = j.server_info.unwrap();
     assert_eq!(info.protocol, 17);
     assert!(!j.server_version.is_empty());
-    drop(st);
     let snap = server.wait_for_participant("r", |p| p.identity == "sip_1", SECS).await.unwrap().unwrap();
     assert_eq!(snap.kind, ParticipantKind::Sip);
     assert_eq!(snap.attributes.get("sip.phoneNumber").map(String::as_str), Some("••••1234"));
