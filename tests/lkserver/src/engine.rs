@@ -34,6 +34,8 @@ pub(crate) const SERVER_VERSION: &str = "1.11.0";
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// One Opus frame (RFC 7587 §4.2).
 const FRAME: Duration = Duration::from_millis(20);
+/// Synthetic frames sent at once after a late wake-up (100 ms of audio).
+const MAX_CATCH_UP_FRAMES: u32 = 5;
 /// Data packets the server keeps per room for [`crate::TestServer::data_packets`].
 const MAX_ROOM_DATA: usize = 10_000;
 /// `Room.empty_timeout` / `departure_timeout` defaults of livekit-server's config.
@@ -155,6 +157,7 @@ pub(crate) enum Command {
     DataPackets { room: String, reply: oneshot::Sender<Vec<DataPacket>> },
     Blackhole { identity: String, on: bool, reply: oneshot::Sender<bool> },
     Stats { reply: oneshot::Sender<EngineStats> },
+    Shutdown,
 }
 
 struct Room {
@@ -507,6 +510,7 @@ impl Engine {
                     .sum();
                 let _ = reply.send(stats);
             }
+            Command::Shutdown => {}
             Command::DataPackets { room, reply } => {
                 let _ = reply.send(self.rooms.get(&room).map(|r| r.data.clone()).unwrap_or_default());
             }
@@ -570,13 +574,16 @@ impl Engine {
         for (k, r) in due {
             self.mark(k, r);
         }
-        if now >= self.next_frame {
+        // Late wake-ups (a loaded machine) are caught up, a few frames at most, as a sender's
+        // audio clock would; beyond that the lost time is skipped rather than burst out.
+        let mut caught_up = 0;
+        while now >= self.next_frame && caught_up < MAX_CATCH_UP_FRAMES {
             self.next_frame += FRAME;
-            if self.next_frame < now {
-                // Fell behind (debugger, overloaded machine): skip rather than burst.
-                self.next_frame = now + FRAME;
-            }
+            caught_up += 1;
             self.synthetic_frames(now);
+        }
+        if now >= self.next_frame {
+            self.next_frame = now + FRAME;
         }
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;

@@ -131,6 +131,7 @@ pub struct TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        let _ = self.cmd.send(Command::Shutdown);
         for t in &self.tasks {
             t.abort();
         }
@@ -146,15 +147,24 @@ impl TestServer {
     pub async fn start_with(opts: ServerOptions) -> Result<TestServer, ServerError> {
         let listener = TcpListener::bind(opts.listen).await?;
         let http_addr = listener.local_addr()?;
-        let socket = UdpSocket::bind(opts.udp).await?;
+        let socket = std::net::UdpSocket::bind(opts.udp)?;
+        socket.set_nonblocking(true)?;
         let udp_addr = socket.local_addr()?;
         let (cmd, rx) = mpsc::unbounded_channel();
         let engine = Engine::new(opts.engine.clone(), udp_addr, Instant::now());
+        // The engine gets a thread of its own so that tests' client tasks in the same process
+        // cannot delay its timers.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("lkserver-engine".into()).spawn(move || {
+            runtime.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => run_engine(engine, socket, rx).await,
+                    Err(e) => tracing::error!("engine socket: {e}"),
+                }
+            })
+        })?;
         let tokens = token::TokenCheck::new(&opts.api_key, &opts.api_secret);
-        let tasks = vec![
-            tokio::spawn(run_engine(engine, socket, rx)),
-            tokio::spawn(signal::serve(listener, tokens, cmd.clone())),
-        ];
+        let tasks = vec![tokio::spawn(signal::serve(listener, tokens, cmd.clone()))];
         Ok(TestServer {
             url: format!("ws://{http_addr}"),
             http_addr,
@@ -351,8 +361,8 @@ async fn run_engine(mut engine: Engine, socket: UdpSocket, mut rx: mpsc::Unbound
             cmd = rx.recv() => {
                 woke = Instant::now();
                 match cmd {
+                    Some(Command::Shutdown) | None => break,
                     Some(c) => engine.handle_command(c, woke),
-                    None => break,
                 }
             }
             r = socket.recv_from(&mut buf) => {

@@ -38,6 +38,8 @@ async fn load_rooms_with_a_client_and_a_synthetic_participant_each() {
     for c in &clients {
         assert!(c.wait(Duration::from_secs(30), |s| s.publisher_connected && s.subscriber_connected).await);
     }
+    let sent = |cs: &[TestClient]| cs.iter().map(|c| c.state().rtp_sent).sum::<u64>();
+    let sent0 = sent(&clients);
     let before = server.stats().await.unwrap();
     let c0 = server.counters().await.unwrap();
     let t0 = Instant::now();
@@ -45,6 +47,13 @@ async fn load_rooms_with_a_client_and_a_synthetic_participant_each() {
     let elapsed = t0.elapsed();
     let after = server.stats().await.unwrap();
     let c1 = server.counters().await.unwrap();
+    let client_frames = sent(&clients) - sent0;
+    let into_server = |c: &[dialin_lkserver::ParticipantCounters]| c.iter().filter(|c| c.identity == "gw").map(|c| c.packets_in).sum::<u64>();
+    println!(
+        "clients wrote {client_frames} frames ({:.0}% of real time), server received {} of them",
+        client_frames as f64 * 100.0 / (rooms * 50) as f64 / elapsed.as_secs_f64(),
+        into_server(&c1) - into_server(&c0)
+    );
     let sum = |c: &[dialin_lkserver::ParticipantCounters]| c.iter().map(|c| c.packets_out).sum::<u64>();
     let forwarded = sum(&c1) - sum(&c0);
     let busy = (after.busy - before.busy).as_secs_f64() / elapsed.as_secs_f64();
