@@ -12,6 +12,7 @@
 //! is copied, never allocated, and a full channel drops the frame and counts it rather than
 //! letting latency grow.
 
+pub mod livekit;
 pub mod local;
 
 use std::collections::BTreeMap;

@@ -142,9 +142,9 @@ async fn start_sip(
     let media_bind = listen.first().map(|l| l.addr.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let rooms: Arc<dyn crate::room::RoomBackend> = match config.rooms.backend {
         crate::config::RoomsBackend::Local => Arc::new(crate::room::local::LocalRooms::new()),
-        crate::config::RoomsBackend::Livekit => {
-            anyhow::bail!("rooms.backend = \"livekit\": the LiveKit room backend is not built yet; use \"local\"")
-        }
+        crate::config::RoomsBackend::Livekit => Arc::new(
+            crate::room::livekit::LiveKitRooms::new(&config.livekit).map_err(|e| anyhow::anyhow!("livekit: {e}"))?,
+        ),
     };
     let prompts = crate::gateway::Prompts::load(config.prompts.dir.as_deref()).context("loading prompts")?;
     let gw = crate::gateway::Gateway {

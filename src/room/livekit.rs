@@ -1,0 +1,189 @@
+//! The `livekit` room backend: after the PIN, the caller joins a LiveKit room as a participant
+//! of kind SIP (DESIGN.md §Participant in the room).
+//!
+//! ```text
+//!  call task ──to_room (PCM 16 kHz)──► session task ─ Opus ─► publisher PC ──UDP──► LiveKit
+//!            ◄─from_room (mix)──────── (one per call:  ◄─ Opus ─ subscriber PC ◄──UDP──┘
+//!            ◄─events / dtmf ────────►  2 str0m Rtc,   ◄──── WebSocket /rtc (protobuf) ──►
+//!                                        2 sockets, WS)
+//! ```
+//!
+//! [`LiveKitRooms::join`] mints a per-call access token (identity, name, kind `sip`, the `sip.*`
+//! attributes, grants for that one room, short TTL), opens the signal WebSocket and waits for the
+//! `JoinResponse`; a failure there is a [`RoomError`] and the caller hears "service unavailable".
+//! The session task ([`session`]) then does what LiveKit's SDKs do: `AddTrack` then the publisher
+//! offer (Opus sendonly and the `_reliable`/`_lossy` data channels), answers the server's
+//! subscriber offers, trickles candidates by target, pings, and resumes a dropped WebSocket
+//! with `reconnect=1&sid=` while keeping both peer connections.
+//!
+//! The room is exchanged at [`LIVEKIT_SAMPLE_RATE`] (16 kHz, wideband): Opus codes it natively,
+//! G.722 callers need no resampling, and G.711 callers are resampled 2:1 by the call task.
+
+mod session;
+mod signal;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
+use crate::config::LiveKitConfig;
+
+/// PCM rate of [`RoomHandle`]s from this backend.
+pub const LIVEKIT_SAMPLE_RATE: u32 = 16_000;
+
+/// How long the WebSocket upgrade and then the `JoinResponse` may each take before the join
+/// fails. LiveKit's client SDKs give up on the signal connection after about 5 s.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The token's `kind` claim for a phone participant (LiveKit's `ParticipantInfo.Kind.SIP`,
+/// spelled as LiveKit's server SDKs write it).
+const SIP_KIND: &str = "sip";
+
+/// Frames the audio channels hold each way: 60 ms of slack between the call's clock and the
+/// session's, as the `local` backend does.
+const CHANNEL_FRAMES: usize = 3;
+
+/// Where a call's participant goes: a LiveKit server and the API key that signs its tokens.
+pub struct LiveKitRooms {
+    url: String,
+    api_key: String,
+    api_secret: String,
+    token_ttl: Duration,
+}
+
+impl LiveKitRooms {
+    /// From `[livekit]`. The secret must be set (configuration checking requires it when
+    /// `rooms.backend = "livekit"`).
+    pub fn new(config: &LiveKitConfig) -> Result<LiveKitRooms, RoomError> {
+        let secret = config
+            .api_secret
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| RoomError::Refused("livekit.api_secret is not set".into()))?;
+        Ok(LiveKitRooms {
+            url: config.url.clone(),
+            api_key: config.api_key.clone(),
+            api_secret: secret,
+            token_ttl: Duration::from_secs(config.token_ttl_s),
+        })
+    }
+
+    /// The access token for one call: kind SIP, the request's identity, name and attributes,
+    /// allowed to join only `req.room`, publish its microphone, subscribe and send data.
+    fn token(&self, req: &JoinRequest) -> Result<String, RoomError> {
+        mint_token(&self.api_key, &self.api_secret, self.token_ttl, req)
+    }
+
+    async fn join_room(&self, req: JoinRequest) -> Result<RoomHandle, RoomError> {
+        let token = self.token(&req)?;
+        let mut ws = signal::connect(&self.url, &token, None, JOIN_TIMEOUT).await.map_err(room_error)?;
+        let (join, early) = signal::await_join(&mut ws, JOIN_TIMEOUT).await.map_err(room_error)?;
+        let others_at_join = join.other_participants.len();
+
+        let (to_room, to_room_rx) = mpsc::channel(CHANNEL_FRAMES);
+        let (from_room_tx, from_room) = mpsc::channel(CHANNEL_FRAMES);
+        let (events_tx, events) = mpsc::channel(16);
+        let (dtmf_tx, dtmf_rx) = mpsc::channel(16);
+        let (leave_tx, leave_rx) = oneshot::channel();
+        let io = session::SessionIo {
+            to_room: to_room_rx,
+            from_room: from_room_tx,
+            events: events_tx,
+            dtmf: dtmf_rx,
+            leave: leave_rx,
+        };
+        let target = session::Target { url: self.url.clone(), token };
+        let session = session::Session::start(target, ws, join, io, &req.identity)
+            .await
+            .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;
+        tokio::spawn(session.run(early));
+        Ok(RoomHandle {
+            sample_rate: LIVEKIT_SAMPLE_RATE,
+            others_at_join,
+            to_room,
+            from_room,
+            events,
+            dtmf: Some(dtmf_tx),
+            _membership: Box::new(Membership { _leave: leave_tx }),
+        })
+    }
+}
+
+impl RoomBackend for LiveKitRooms {
+    fn join(&self, req: JoinRequest) -> JoinFuture<'_> {
+        Box::pin(self.join_room(req))
+    }
+
+    fn name(&self) -> &'static str {
+        "livekit"
+    }
+}
+
+/// Dropping it closes the oneshot, which tells the session task to send `Leave` and stop.
+struct Membership {
+    _leave: oneshot::Sender<()>,
+}
+
+fn room_error(e: signal::SignalError) -> RoomError {
+    match e {
+        signal::SignalError::Refused { .. } => RoomError::Refused(e.to_string()),
+        signal::SignalError::Unreachable { .. } | signal::SignalError::NoJoin(_) => RoomError::Unreachable(e.to_string()),
+    }
+}
+
+fn mint_token(api_key: &str, api_secret: &str, ttl: Duration, req: &JoinRequest) -> Result<String, RoomError> {
+    let attributes: BTreeMap<String, String> = req.attributes.clone();
+    AccessToken::with_api_key(api_key, api_secret)
+        .with_identity(&req.identity)
+        .with_name(&req.name)
+        .with_kind(SIP_KIND)
+        .with_attributes(attributes)
+        .with_ttl(ttl)
+        .with_grants(VideoGrants {
+            room_join: true,
+            room: req.room.clone(),
+            can_publish: Some(true),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            can_publish_sources: vec!["microphone".to_owned()],
+            ..Default::default()
+        })
+        .to_jwt()
+        .map_err(|e| RoomError::Refused(format!("minting the access token: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livekit_api::access_token::TokenVerifier;
+
+    fn request() -> JoinRequest {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("sip.phoneNumber".to_owned(), "••••1234".to_owned());
+        JoinRequest { room: "standup".into(), identity: "sip_abc".into(), name: "Phone ••••1234".into(), attributes }
+    }
+
+    #[test]
+    fn token_is_scoped_to_one_room_with_sip_kind_and_attributes() {
+        let jwt = mint_token("key", "secret-secret-secret", Duration::from_secs(90), &request()).unwrap();
+        let claims = TokenVerifier::with_api_key("key", "secret-secret-secret").verify(&jwt).unwrap();
+        assert_eq!(claims.sub, "sip_abc");
+        assert_eq!(claims.name, "Phone ••••1234");
+        assert_eq!(claims.kind, "sip");
+        assert_eq!(claims.attributes.get("sip.phoneNumber").map(String::as_str), Some("••••1234"));
+        assert_eq!(claims.video.room, "standup");
+        assert!(claims.video.room_join && !claims.video.room_admin && !claims.video.room_create);
+        assert_eq!(claims.video.can_publish_sources, vec!["microphone".to_owned()]);
+        assert!(claims.exp - claims.nbf <= 90);
+    }
+
+    #[test]
+    fn missing_secret_is_refused_at_construction() {
+        let config = LiveKitConfig { api_secret: None, ..LiveKitConfig::default() };
+        assert!(LiveKitRooms::new(&config).is_err());
+    }
+}

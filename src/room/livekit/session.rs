@@ -1,0 +1,734 @@
+//! One call's LiveKit session: the task that owns the signal WebSocket, the publisher and
+//! subscriber peer connections (str0m, sans-IO) and their UDP sockets.
+//!
+//! It follows LiveKit's two-peer-connection model (protocol 16): we offer the publisher PC
+//! (ICE controlling; the server is controlled there) with one sendonly Opus m-line bound to the
+//! track announced by `AddTrack`, plus the `_reliable` and `_lossy` data channels without which
+//! the server never completes it; the server offers the subscriber PC (it is controlling there)
+//! and we only answer. Candidates travel as `Trickle` messages tagged with their target PC.
+//!
+//! Per 20 ms, caller → room: a PCM frame from the call → Opus → the publisher's writer.
+//! Room → caller: each subscribed track's Opus is decoded into its own small ring of frames;
+//! every 20 ms one frame per track goes through [`Mixer`] (top-K loudest) and the mix goes to
+//! the call. Buffers are sized when a track first appears; the steady state allocates only
+//! inside str0m (its API takes and hands out owned payloads).
+//!
+//! A WebSocket that drops (or stops answering pings) is resumed with `reconnect=1&sid=` from a
+//! helper task while media keeps flowing on the peer connections; if that fails for
+//! [`RESUME_WINDOW`], the room is reported closed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use dialin_media::codec::{new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate};
+use dialin_media::mixer::{Mixer, ParticipantId};
+use livekit_protocol as proto;
+use prost::Message as _;
+use proto::signal_request::Message as Req;
+use proto::signal_response::Message as Resp;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::signal::{self, SignalError, Ws};
+use crate::room::{AudioFrame, RoomEvent};
+
+/// Samples per 20 ms frame at the room rate (16 kHz).
+const FRAME: usize = 320;
+/// Opus RTP clock: always 48 kHz whatever the coded bandwidth (RFC 7587 §4.1).
+const OPUS_RTP_STEP: u64 = 960;
+/// A decoded packet may carry up to 120 ms (RFC 6716 §3.2.5): 1920 samples at 16 kHz.
+const MAX_DECODED: usize = 1920;
+/// Frames buffered per remote track: 80 ms. One or two absorb network jitter; beyond that the
+/// oldest frame is dropped so that latency cannot build up.
+const TRACK_RING: usize = 4;
+/// The mix tick (one frame).
+const TICK: Duration = Duration::from_millis(20);
+/// How long a dropped signal connection may take to resume before the room counts as lost.
+/// Within LiveKit's default 20 s departure timeout, short enough that a caller is not left in
+/// a silent call.
+pub(crate) const RESUME_WINDOW: Duration = Duration::from_secs(10);
+/// Time between resume attempts, and the limit on each.
+const RESUME_RETRY: Duration = Duration::from_millis(500);
+const RESUME_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Used until the `JoinResponse` says otherwise (livekit-server's defaults: 5 s / 15 s).
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where to resume a dropped signal connection.
+pub(crate) struct Target {
+    pub url: String,
+    pub token: String,
+}
+
+/// The session's side of the [`crate::room::RoomHandle`] channels.
+pub(crate) struct SessionIo {
+    pub to_room: mpsc::Receiver<AudioFrame>,
+    pub from_room: mpsc::Sender<AudioFrame>,
+    pub events: mpsc::Sender<RoomEvent>,
+    pub dtmf: mpsc::Receiver<char>,
+    /// Closed when the call drops its handle.
+    pub leave: oneshot::Receiver<()>,
+}
+
+/// One peer connection and its socket.
+struct Pc {
+    rtc: Rtc,
+    sock: UdpSocket,
+    addr: SocketAddr,
+    timeout: Instant,
+    connected: bool,
+}
+
+impl Pc {
+    async fn bind(ip: IpAddr, now: Instant) -> std::io::Result<Pc> {
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let addr = sock.local_addr()?;
+        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true).build(now);
+        let cand = Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
+        rtc.add_local_candidate(cand);
+        Ok(Pc { rtc, sock, addr, timeout: now, connected: false })
+    }
+
+    fn receive(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
+        let Ok(contents) = data.try_into() else { return };
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source: src, destination: self.addr, contents });
+        if let Err(e) = self.rtc.handle_input(input) {
+            debug!(error = %e, "peer connection refused a datagram");
+        }
+    }
+
+    /// Sends what str0m has to send and collects its events until its next deadline.
+    fn drain(&mut self, events: &mut Vec<Event>) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    let _ = self.sock.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => events.push(e),
+                Err(e) => {
+                    debug!(error = %e, "peer connection output");
+                    self.timeout = Instant::now() + TICK;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn candidate_init(&self) -> Option<String> {
+        Candidate::host(self.addr, "udp").ok().map(|c| signal::candidate_init(&c.to_sdp_string()))
+    }
+}
+
+/// A subscribed remote audio track: its decoder and a ring of decoded frames.
+struct Track {
+    mid: Mid,
+    id: ParticipantId,
+    decoder: Box<dyn Decoder>,
+    ring: Box<[[i16; FRAME]; TRACK_RING]>,
+    head: usize,
+    len: usize,
+}
+
+impl Track {
+    fn push(&mut self, frame: &[i16]) {
+        if self.len == TRACK_RING {
+            self.head = (self.head + 1) % TRACK_RING;
+            self.len -= 1;
+        }
+        let at = (self.head + self.len) % TRACK_RING;
+        if let Some(slot) = self.ring.get_mut(at) {
+            let n = frame.len().min(FRAME);
+            slot[..n].copy_from_slice(&frame[..n]);
+            slot[n..].fill(0);
+            self.len += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<&[i16; FRAME]> {
+        if self.len == 0 {
+            return None;
+        }
+        let at = self.head;
+        self.head = (self.head + 1) % TRACK_RING;
+        self.len -= 1;
+        self.ring.get(at)
+    }
+}
+
+/// How the session ended.
+enum End {
+    /// The call left: send `Leave`.
+    Left,
+    /// The room ended it: tell the call.
+    Room(RoomEvent),
+}
+
+pub(crate) struct Session {
+    target: Target,
+    ws: Option<Ws>,
+    io: SessionIo,
+    publ: Pc,
+    subs: Pc,
+    pending: Option<SdpPendingOffer>,
+    mic: Option<Mid>,
+    mic_pt: Option<Pt>,
+    reliable: Option<ChannelId>,
+    sid: String,
+    identity: String,
+    /// Other participants by sid → identity.
+    others: HashMap<String, String>,
+    ping_every: Duration,
+    ping_timeout: Duration,
+    next_ping: Instant,
+    last_pong: Instant,
+    /// Set while the WebSocket is down: when it was lost, and the pending resume attempt.
+    lost_at: Option<Instant>,
+    resume: Option<oneshot::Receiver<Result<Ws, SignalError>>>,
+    next_resume: Instant,
+    encoder: Box<dyn Encoder>,
+    opus_out: Vec<u8>,
+    rtp_time: u64,
+    tracks: Vec<Track>,
+    next_track_id: u32,
+    mixer: Mixer,
+    listener: ParticipantId,
+    next_mix: Instant,
+    decoded: Vec<i16>,
+    events: Vec<Event>,
+    buf_pub: Vec<u8>,
+    buf_sub: Vec<u8>,
+    frames_sent: u64,
+}
+
+/// The local address that routes to the LiveKit server: what our host candidates advertise.
+/// Found by "connecting" a UDP socket (no packet is sent).
+fn local_ip_towards(url: &str) -> IpAddr {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let default_port = if url.starts_with("wss") { 443 } else { 80 };
+    let with_port = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !hostport.ends_with(']') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:{default_port}")
+    };
+    let server = std::net::ToSocketAddrs::to_socket_addrs(&with_port).ok().and_then(|mut a| a.next());
+    let Some(server) = server else { return IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+    let any = if server.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    std::net::UdpSocket::bind(SocketAddr::new(any, 0))
+        .and_then(|s| s.connect(server).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(any)
+}
+
+fn duration_s(secs: i32, default: Duration) -> Duration {
+    u64::try_from(secs).ok().filter(|&s| s > 0).map(Duration::from_secs).unwrap_or(default)
+}
+
+/// RFC 4733 §3.2 event code of a DTMF key (what LiveKit's `SipDTMF.code` carries).
+fn dtmf_code(key: char) -> Option<u32> {
+    match key {
+        '0'..='9' => key.to_digit(10),
+        '*' => Some(10),
+        '#' => Some(11),
+        'A'..='D' => Some(12 + u32::from(key) - u32::from('A')),
+        _ => None,
+    }
+}
+
+async fn recv_ws(ws: &mut Option<Ws>) -> Option<Resp> {
+    match ws.as_mut() {
+        Some(ws) => signal::recv(ws).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_resume(r: &mut Option<oneshot::Receiver<Result<Ws, SignalError>>>) -> Result<Ws, String> {
+    match r.as_mut() {
+        Some(rx) => match rx.await {
+            Ok(Ok(ws)) => Ok(ws),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("resume task ended".into()),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    pub(crate) async fn start(target: Target, ws: Ws, join: proto::JoinResponse, io: SessionIo, identity: &str) -> Result<Session, String> {
+        let now = Instant::now();
+        let ip = local_ip_towards(&target.url);
+        let publ = Pc::bind(ip, now).await.map_err(|e| format!("publisher socket: {e}"))?;
+        let subs = Pc::bind(ip, now).await.map_err(|e| format!("subscriber socket: {e}"))?;
+        let encoder = new_encoder(CodecKind::Opus, SampleRate::Hz16000, &CodecConfig::default()).map_err(|e| e.to_string())?;
+        let mut mixer = Mixer::new(FRAME);
+        let listener = ParticipantId(0);
+        mixer.add(listener).map_err(|e| e.to_string())?;
+        let others = join
+            .other_participants
+            .iter()
+            .map(|p| (p.sid.clone(), p.identity.clone()))
+            .collect();
+        let sid = join.participant.as_ref().map(|p| p.sid.clone()).unwrap_or_default();
+        let ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
+        Ok(Session {
+            target,
+            ws: Some(ws),
+            io,
+            publ,
+            subs,
+            pending: None,
+            mic: None,
+            mic_pt: None,
+            reliable: None,
+            sid,
+            identity: identity.to_owned(),
+            others,
+            ping_every,
+            ping_timeout: duration_s(join.ping_timeout, DEFAULT_PING_TIMEOUT),
+            next_ping: now + ping_every,
+            last_pong: now,
+            lost_at: None,
+            resume: None,
+            next_resume: now,
+            encoder,
+            opus_out: vec![0u8; 1500],
+            rtp_time: 0,
+            tracks: Vec::new(),
+            next_track_id: 1,
+            mixer,
+            listener,
+            next_mix: now + TICK,
+            decoded: vec![0i16; MAX_DECODED],
+            events: Vec::new(),
+            buf_pub: vec![0u8; 2048],
+            buf_sub: vec![0u8; 2048],
+            frames_sent: 0,
+        })
+    }
+
+    /// Drives the session until the call leaves or the room ends it.
+    pub(crate) async fn run(mut self, early: Vec<Resp>) {
+        info!(identity = %self.identity, sid = %self.sid, others = self.others.len(), "joined the LiveKit room");
+        self.publish().await;
+        for m in early {
+            if let Some(end) = self.on_signal(m).await {
+                return self.finish(end).await;
+            }
+        }
+        let end = self.drive().await;
+        self.finish(end).await
+    }
+
+    async fn finish(mut self, end: End) {
+        match end {
+            End::Left => {
+                let leave = proto::LeaveRequest {
+                    can_reconnect: false,
+                    reason: proto::DisconnectReason::ClientInitiated as i32,
+                    action: proto::leave_request::Action::Disconnect as i32,
+                    ..Default::default()
+                };
+                if let Some(ws) = self.ws.as_mut() {
+                    let _ = signal::send(ws, Req::Leave(leave)).await;
+                    let _ = ws.close(None).await;
+                }
+                info!(identity = %self.identity, frames_sent = self.frames_sent, "left the LiveKit room");
+            }
+            End::Room(ev) => {
+                info!(identity = %self.identity, event = ?ev, "the LiveKit room ended the session");
+                if let Some(ws) = self.ws.as_mut() {
+                    let _ = ws.close(None).await;
+                }
+                let _ = self.io.events.send(ev).await;
+            }
+        }
+        self.publ.rtc.disconnect();
+        self.subs.rtc.disconnect();
+    }
+
+    /// `AddTrack`, then the publisher offer (Opus sendonly + the two data channels) and our
+    /// publisher candidate, as LiveKit's SDKs order them.
+    async fn publish(&mut self) {
+        const CID: &str = "phone-microphone";
+        let add = proto::AddTrackRequest {
+            cid: CID.into(),
+            name: "phone".into(),
+            r#type: proto::TrackType::Audio as i32,
+            source: proto::TrackSource::Microphone as i32,
+            ..Default::default()
+        };
+        self.send(Req::AddTrack(add)).await;
+        let mut api = self.publ.rtc.sdp_api();
+        self.mic = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, Some("phone-stream".into()), Some(CID.into()), None));
+        api.add_channel("_reliable".into());
+        api.add_channel("_lossy".into());
+        if let Some((offer, pending)) = api.apply() {
+            self.pending = Some(pending);
+            let sd = proto::SessionDescription { r#type: "offer".into(), sdp: offer.to_sdp_string(), id: 1, ..Default::default() };
+            self.send(Req::Offer(sd)).await;
+        }
+        if let Some(c) = self.publ.candidate_init() {
+            self.send(Req::Trickle(proto::TrickleRequest { candidate_init: c, target: proto::SignalTarget::Publisher as i32, r#final: false }))
+                .await;
+        }
+    }
+
+    async fn send(&mut self, req: Req) {
+        let Some(ws) = self.ws.as_mut() else { return };
+        if !signal::send(ws, req).await {
+            self.signal_lost(Instant::now());
+        }
+    }
+
+    fn signal_lost(&mut self, now: Instant) {
+        if self.ws.take().is_some() || self.lost_at.is_none() {
+            warn!(identity = %self.identity, "LiveKit signal connection lost; resuming");
+            self.lost_at = Some(now);
+            self.next_resume = now;
+        }
+    }
+
+    fn start_resume(&mut self, now: Instant) {
+        let (tx, rx) = oneshot::channel();
+        let (url, token, sid) = (self.target.url.clone(), self.target.token.clone(), self.sid.clone());
+        tokio::spawn(async move {
+            let r = signal::connect(&url, &token, Some(&sid), RESUME_CONNECT_TIMEOUT).await;
+            let _ = tx.send(r);
+        });
+        self.resume = Some(rx);
+        self.next_resume = now + RESUME_RETRY;
+    }
+
+    async fn drive(&mut self) -> End {
+        loop {
+            let now = Instant::now();
+            if let Some(lost) = self.lost_at {
+                if now.duration_since(lost) >= RESUME_WINDOW {
+                    warn!(identity = %self.identity, "LiveKit signal connection not resumed in time");
+                    return End::Room(RoomEvent::Closed);
+                }
+                if self.resume.is_none() && now >= self.next_resume {
+                    self.start_resume(now);
+                }
+            }
+            let mut deadline = self.publ.timeout.min(self.subs.timeout).min(self.next_mix).min(self.next_ping);
+            if self.lost_at.is_some() && self.resume.is_none() {
+                deadline = deadline.min(self.next_resume);
+            }
+            tokio::select! {
+                m = recv_ws(&mut self.ws) => match m {
+                    Some(m) => {
+                        if let Some(end) = self.on_signal(m).await {
+                            return end;
+                        }
+                    }
+                    None => self.signal_lost(Instant::now()),
+                },
+                r = recv_resume(&mut self.resume) => {
+                    self.resume = None;
+                    match r {
+                        Ok(ws) => {
+                            info!(identity = %self.identity, "LiveKit signal connection resumed");
+                            self.ws = Some(ws);
+                            self.lost_at = None;
+                            self.last_pong = Instant::now();
+                        }
+                        Err(e) => debug!(identity = %self.identity, error = %e, "resume attempt failed"),
+                    }
+                }
+                f = self.io.to_room.recv() => match f {
+                    Some(frame) => self.send_audio(&frame, Instant::now()),
+                    None => return End::Left,
+                },
+                d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
+                _ = &mut self.io.leave => return End::Left,
+                r = self.publ.sock.recv_from(&mut self.buf_pub) => if let Ok((n, src)) = r {
+                    if let Some(data) = self.buf_pub.get(..n) { self.publ.receive(src, data, Instant::now()); }
+                },
+                r = self.subs.sock.recv_from(&mut self.buf_sub) => if let Ok((n, src)) = r {
+                    if let Some(data) = self.buf_sub.get(..n) { self.subs.receive(src, data, Instant::now()); }
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            let now = Instant::now();
+            if now >= self.publ.timeout {
+                let _ = self.publ.rtc.handle_input(Input::Timeout(now));
+            }
+            if now >= self.subs.timeout {
+                let _ = self.subs.rtc.handle_input(Input::Timeout(now));
+            }
+            if now >= self.next_ping {
+                self.next_ping = now + self.ping_every;
+                if self.ws.is_some() {
+                    if now.duration_since(self.last_pong) > self.ping_timeout {
+                        self.signal_lost(now);
+                    } else {
+                        let ts = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
+                            .unwrap_or(0);
+                        self.send(Req::PingReq(proto::Ping { timestamp: ts, rtt: 0 })).await;
+                    }
+                }
+            }
+            if now >= self.next_mix {
+                self.mix();
+                self.next_mix += TICK;
+                if self.next_mix < now {
+                    // Woken late (a loaded machine): skip ahead rather than burst.
+                    self.next_mix = now + TICK;
+                }
+            }
+            self.poll_publisher();
+            self.poll_subscriber();
+            if !self.publ.rtc.is_alive() || !self.subs.rtc.is_alive() {
+                warn!(identity = %self.identity, "a LiveKit peer connection failed");
+                return End::Room(RoomEvent::Closed);
+            }
+        }
+    }
+
+    async fn on_signal(&mut self, m: Resp) -> Option<End> {
+        match m {
+            Resp::Answer(sd) => {
+                let answer = SdpAnswer::from_sdp_string(&sd.sdp);
+                match (self.pending.take(), answer) {
+                    (Some(p), Ok(a)) => {
+                        if let Err(e) = self.publ.rtc.sdp_api().accept_answer(p, a) {
+                            warn!(error = %e, "publisher answer refused");
+                        }
+                    }
+                    (_, Err(e)) => warn!(error = %e, "publisher answer unreadable"),
+                    (None, Ok(_)) => debug!("publisher answer without an offer"),
+                }
+            }
+            Resp::Offer(sd) => match SdpOffer::from_sdp_string(&sd.sdp) {
+                Ok(offer) => match self.subs.rtc.sdp_api().accept_offer(offer) {
+                    Ok(answer) => {
+                        let reply = proto::SessionDescription { r#type: "answer".into(), sdp: answer.to_sdp_string(), id: sd.id, ..Default::default() };
+                        self.send(Req::Answer(reply)).await;
+                        if let Some(c) = self.subs.candidate_init() {
+                            let t = proto::TrickleRequest { candidate_init: c, target: proto::SignalTarget::Subscriber as i32, r#final: false };
+                            self.send(Req::Trickle(t)).await;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "subscriber offer refused"),
+                },
+                Err(e) => warn!(error = %e, "subscriber offer unreadable"),
+            },
+            Resp::Trickle(t) => {
+                if let Some(c) = signal::candidate_from_init(&t.candidate_init) {
+                    if t.target == proto::SignalTarget::Publisher as i32 {
+                        self.publ.rtc.add_remote_candidate(c);
+                    } else {
+                        self.subs.rtc.add_remote_candidate(c);
+                    }
+                }
+            }
+            Resp::Update(u) => self.on_participants(&u.participants),
+            Resp::Leave(l) => {
+                let ev = if l.reason == proto::DisconnectReason::ParticipantRemoved as i32 {
+                    RoomEvent::Removed
+                } else {
+                    // Room deleted or closed, server shutdown, or a full reconnect asked for
+                    // (not done: the call hears that the meeting ended).
+                    RoomEvent::Closed
+                };
+                debug!(reason = l.reason, action = l.action, "Leave from the server");
+                return Some(End::Room(ev));
+            }
+            Resp::PongResp(_) | Resp::Pong(_) => self.last_pong = Instant::now(),
+            Resp::Reconnect(_) => debug!("signal resume accepted"),
+            Resp::Join(j) => {
+                // Only on a fresh join, which we never make after the first.
+                debug!(sid = ?j.participant.map(|p| p.sid), "unexpected JoinResponse");
+            }
+            other => debug!(message = ?std::mem::discriminant(&other), "signal message ignored"),
+        }
+        None
+    }
+
+    fn on_participants(&mut self, participants: &[proto::ParticipantInfo]) {
+        use proto::participant_info::State;
+        for p in participants {
+            if p.sid == self.sid || p.identity == self.identity {
+                continue;
+            }
+            if p.state == State::Disconnected as i32 {
+                if self.others.remove(&p.sid).is_some() {
+                    let _ = self.io.events.try_send(RoomEvent::ParticipantLeft { identity: p.identity.clone() });
+                }
+            } else if !self.others.contains_key(&p.sid) {
+                self.others.insert(p.sid.clone(), p.identity.clone());
+                let _ = self.io.events.try_send(RoomEvent::ParticipantJoined { identity: p.identity.clone() });
+            }
+        }
+    }
+
+    fn send_audio(&mut self, frame: &AudioFrame, now: Instant) {
+        let (Some(mid), true) = (self.mic, self.publ.connected) else { return };
+        let pcm = frame.samples();
+        if pcm.len() != FRAME {
+            debug!(len = pcm.len(), "caller frame of the wrong size");
+            return;
+        }
+        let n = match self.encoder.encode(pcm, &mut self.opus_out) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "Opus encode");
+                return;
+            }
+        };
+        self.rtp_time = self.rtp_time.wrapping_add(OPUS_RTP_STEP);
+        if self.mic_pt.is_none() {
+            self.mic_pt = self.publ.rtc.writer(mid).and_then(|w| w.payload_params().next().map(|p| p.pt()));
+        }
+        let (Some(pt), Some(payload)) = (self.mic_pt, self.opus_out.get(..n)) else { return };
+        if let Some(w) = self.publ.rtc.writer(mid) {
+            if w.write(pt, now, MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ), payload).is_ok() {
+                self.frames_sent += 1;
+            }
+        }
+    }
+
+    fn send_dtmf(&mut self, key: char) {
+        let Some(code) = dtmf_code(key) else { return };
+        let packet = proto::DataPacket {
+            kind: proto::data_packet::Kind::Reliable as i32,
+            participant_identity: self.identity.clone(),
+            value: Some(proto::data_packet::Value::SipDtmf(proto::SipDtmf { code, digit: key.to_string() })),
+            ..Default::default()
+        };
+        let Some(id) = self.reliable else {
+            debug!("DTMF before the reliable data channel opened: dropped");
+            return;
+        };
+        if let Some(mut ch) = self.publ.rtc.channel(id) {
+            if let Err(e) = ch.write(true, &packet.encode_to_vec()) {
+                debug!(error = %e, "DTMF data packet");
+            }
+        }
+    }
+
+    fn poll_publisher(&mut self) {
+        self.publ.drain(&mut self.events);
+        for e in self.events.drain(..) {
+            match e {
+                Event::Connected => {
+                    debug!(identity = %self.identity, "publisher connected");
+                    self.publ.connected = true;
+                }
+                Event::ChannelOpen(id, label) if label == "_reliable" => self.reliable = Some(id),
+                Event::IceConnectionStateChange(s) => debug!(state = ?s, "publisher ICE"),
+                _ => {}
+            }
+        }
+    }
+
+    fn poll_subscriber(&mut self) {
+        self.subs.drain(&mut self.events);
+        let mut events = std::mem::take(&mut self.events);
+        for e in events.drain(..) {
+            match e {
+                Event::Connected => {
+                    debug!(identity = %self.identity, "subscriber connected");
+                    self.subs.connected = true;
+                }
+                Event::MediaData(d) => self.on_media(d.mid, &d.data),
+                Event::IceConnectionStateChange(s) => debug!(state = ?s, "subscriber ICE"),
+                _ => {}
+            }
+        }
+        self.events = events;
+    }
+
+    fn on_media(&mut self, mid: Mid, payload: &[u8]) {
+        let at = match self.tracks.iter().position(|t| t.mid == mid) {
+            Some(at) => at,
+            None => {
+                // A new remote track: its decoder and ring are made once, here.
+                let Ok(decoder) = new_decoder(CodecKind::Opus, SampleRate::Hz16000, &CodecConfig::default()) else { return };
+                let id = ParticipantId(self.next_track_id);
+                self.next_track_id += 1;
+                if self.mixer.add(id).is_err() {
+                    return;
+                }
+                self.tracks.push(Track { mid, id, decoder, ring: Box::new([[0; FRAME]; TRACK_RING]), head: 0, len: 0 });
+                self.tracks.len() - 1
+            }
+        };
+        let Some(track) = self.tracks.get_mut(at) else { return };
+        let n = match track.decoder.decode(payload, &mut self.decoded) {
+            Ok(n) => n.min(self.decoded.len()),
+            Err(e) => {
+                debug!(error = %e, "Opus decode");
+                return;
+            }
+        };
+        for frame in self.decoded[..n].chunks(FRAME) {
+            track.push(frame);
+        }
+    }
+
+    fn mix(&mut self) {
+        if self.tracks.is_empty() {
+            return;
+        }
+        for t in &mut self.tracks {
+            let id = t.id;
+            if let Some(frame) = t.pop() {
+                let _ = self.mixer.push(id, frame);
+            }
+        }
+        self.mixer.mix();
+        if let Some(out) = self.mixer.output_for(self.listener) {
+            let _ = self.io.from_room.try_send(AudioFrame::from_samples(out));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtmf_codes_follow_rfc4733() {
+        assert_eq!(dtmf_code('0'), Some(0));
+        assert_eq!(dtmf_code('9'), Some(9));
+        assert_eq!(dtmf_code('*'), Some(10));
+        assert_eq!(dtmf_code('#'), Some(11));
+        assert_eq!(dtmf_code('D'), Some(15));
+        assert_eq!(dtmf_code('x'), None);
+    }
+
+    #[test]
+    fn track_ring_drops_the_oldest_frame_when_full() {
+        let Ok(decoder) = new_decoder(CodecKind::Opus, SampleRate::Hz16000, &CodecConfig::default()) else { panic!() };
+        let mut t = Track { mid: Mid::from("0"), id: ParticipantId(1), decoder, ring: Box::new([[0; FRAME]; TRACK_RING]), head: 0, len: 0 };
+        for v in 0..(TRACK_RING as i16 + 2) {
+            t.push(&[v; FRAME]);
+        }
+        assert_eq!(t.pop().map(|f| f[0]), Some(2));
+        let mut rest = 0;
+        while t.pop().is_some() {
+            rest += 1;
+        }
+        assert_eq!(rest, TRACK_RING - 1);
+    }
+
+    #[test]
+    fn local_ip_towards_loopback_is_loopback() {
+        assert_eq!(local_ip_towards("ws://127.0.0.1:7880"), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+}
