@@ -122,6 +122,8 @@ pub struct ParticipantCounters {
     pub data_out: u64,
     /// Data packets for this participant dropped because its channel was not open.
     pub data_dropped: u64,
+    /// Datagrams to or from this participant dropped by `blackhole_media`.
+    pub datagrams_blackholed: u64,
 }
 
 /// Whole-engine figures for load runs.
@@ -545,6 +547,9 @@ impl Engine {
         }
         let Some((key, role)) = target else { return };
         if self.blackholed.contains(&key) {
+            if let Some(p) = self.parts.get_mut(&key) {
+                p.counters.datagrams_blackholed += 1;
+            }
             return;
         }
         self.by_addr.insert(source, (key, role));
@@ -625,9 +630,10 @@ impl Engine {
             let batch = std::mem::take(&mut self.dirty);
             for (key, role) in batch {
                 let Some(p) = self.parts.get_mut(&key) else { continue };
+                let blackholed = self.blackholed.contains(&key);
+                let mut dropped = 0;
                 let Some(pe) = p.peer_mut(role) else { continue };
                 pe.dirty = false;
-                let blackholed = self.blackholed.contains(&key);
                 loop {
                     match pe.rtc.poll_output() {
                         Ok(Output::Timeout(t)) => {
@@ -635,7 +641,9 @@ impl Engine {
                             break;
                         }
                         Ok(Output::Transmit(t)) => {
-                            if !blackholed {
+                            if blackholed {
+                                dropped += 1;
+                            } else {
                                 self.transmits.push(t);
                             }
                         }
@@ -647,6 +655,7 @@ impl Engine {
                         }
                     }
                 }
+                p.counters.datagrams_blackholed += dropped;
             }
             for (key, role, e) in events.drain(..) {
                 self.handle_event(key, role, e, now);
