@@ -1,0 +1,402 @@
+//! A test-only stand-in for a LiveKit server, so the gateway's LiveKit room backend can be
+//! tested end to end in `cargo test`, on loopback, with no external process.
+//!
+//! ```text
+//!  client ──WS /rtc (protobuf SignalRequest/Response)──► signal task ─┐
+//!                                                                      ▼ Command
+//!  client PCs ◄──UDP (ICE, DTLS-SRTP, SCTP) one shared socket──► engine task (all str0m Rtc,
+//!                                                                  rooms, forwarding, synthetic
+//!  test ──TestServer hooks (oneshot replies)──────────────────────► participants, timers)
+//! ```
+//!
+//! It speaks the real protocol: `JoinResponse` first, `AddTrack` → `TrackPublished`, the
+//! client offers the publisher PC and the server answers, the server offers the subscriber PC
+//! (with `_reliable`, `_lossy` and `_data_track` channels, one sendonly Opus m-line per remote
+//! track, msid `participant_sid|track_sid`) and the client answers, `Trickle` by target,
+//! `Ping`/`PingReq` → `Pong`/`PongResp`, `ParticipantUpdate`, `RoomUpdate`, `LeaveRequest` both
+//! ways, `UpdateParticipantMetadata`, `MuteTrack`, `UpdateSubscription`, resume with
+//! `reconnect=1&sid=` (`ReconnectResponse` then an ICE-restart subscriber offer), data packets
+//! relayed between data channels. The server is a full ICE agent: controlled on the publisher PC,
+//! controlling on the subscriber PC.
+//!
+//! How a client joins (what this server expects, in order, as LiveKit SDKs do it):
+//! 1. `GET {url}/rtc?access_token=JWT&protocol=16&auto_subscribe=1&sdk=..&version=..` upgraded
+//!    to a WebSocket (a bad token gets HTTP 401/400 and a text body instead). Binary frames
+//!    only, one protobuf `SignalRequest`/`SignalResponse` per frame.
+//! 2. Server → `Join(JoinResponse)` first; then `Offer` for the subscriber PC (data channels,
+//!    plus an m-line per track already published) and a `Trickle{target: SUBSCRIBER}` with the
+//!    server's candidate; `ParticipantUpdate`/`RoomUpdate` as the room changes.
+//! 3. Client → `AddTrack{cid, type: AUDIO, source: MICROPHONE}` (answered by
+//!    `TrackPublished{cid, track.sid = TR_..}`), then `Offer` for the publisher PC with the
+//!    sendonly Opus m-line and the `_reliable`/`_lossy` channels, then `Trickle{target:
+//!    PUBLISHER}`. Server → `Answer` (same `id`) and `Trickle{target: PUBLISHER}`.
+//! 4. Client → `Answer` to each subscriber `Offer` (echo its `id`). Server offers again
+//!    whenever a remote track comes or goes; `mid_to_track_id` maps each m-line to its track.
+//! 5. Client → `PingReq` every `ping_interval` (server → `PongResp`); nothing for
+//!    `ping_timeout` closes the WebSocket. Data packets go on the publisher PC's channels and
+//!    arrive, sender-stamped, on the subscriber PC's channel of the same kind.
+//! 6. Leaving: client → `Leave`. Resuming after a lost WebSocket: a new `/rtc` with
+//!    `reconnect=1&sid=PA_..` within `resume_grace` → `Reconnect(ReconnectResponse)`, a
+//!    `ParticipantUpdate` with the others, and an ICE-restart subscriber `Offer`; the client may
+//!    re-offer its publisher PC (ICE restart). An unknown `sid` gets `Leave{action: RECONNECT}`.
+//!
+//! Differences from the real server (livekit-server 1.11), short and honest:
+//! - Single node, in-process; no Redis, no room service HTTP API (rooms are created on first
+//!   join; `close_room`/`remove_participant` are test hooks), no webhooks, egress, ingress,
+//!   SIP service or agents.
+//! - Audio only, Opus only (no RED, no DTX negotiation logic, no simulcast, no video, no
+//!   codec fallback); payloads are forwarded as received (str0m assigns the subscriber-side
+//!   SSRC, sequence numbers and payload type). No bandwidth estimation, no NACK/RTX, no
+//!   speaker detection (`SpeakersChanged` is never sent), no connection-quality updates.
+//! - ICE: one UDP host candidate on loopback (no TURN, no ICE/TCP, no STUN server entry in
+//!   `ice_servers` unless configured). A client must use a distinct local port per PC, as it
+//!   must with livekit-server's single-port UDP mux.
+//! - An audio m-line on the publisher PC is bound to the oldest pending `AddTrack` (the real
+//!   server matches by the msid track id / cid).
+//! - Guesses: the `LeaveRequest` reasons for a failed peer connection (`STATE_MISMATCH`,
+//!   action `RECONNECT`) and for an unknown resume (same); `ServerInfo.protocol` = 17,
+//!   `version` = 1.11.0; a dropped signal connection leaves the participant in the room for
+//!   `resume_grace` (20 s default) before it is removed with `SIGNAL_CLOSE`.
+//! - `RoomUpdate` goes out on every join, leave and publish (the real server batches its
+//!   participant counts); `ReconnectResponse.last_message_seq` is always 0 (no data-packet
+//!   replay on resume); permissions cannot change mid-session; no `refresh_token`.
+//! - Synthetic participants live inside the server (no WebRTC of their own); the rest of the
+//!   room sees them as ordinary publishing participants.
+
+mod engine;
+mod peer;
+mod signal;
+mod synthetic;
+mod token;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use engine::{EngineConfig, EngineStats, ParticipantCounters, ParticipantSnapshot};
+pub use livekit_protocol as proto;
+pub use livekit_protocol::participant_info::{Kind as ParticipantKind, State as ParticipantState};
+pub use synthetic::{Signal, FRAME_SAMPLES, SAMPLE_RATE};
+pub use token::TokenError;
+
+use engine::{Command, Engine};
+use synthetic::{Recording, SharedRecording};
+
+/// Why the server or a hook failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("bind: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("the server task has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Refused(String),
+    #[error("token: {0}")]
+    Token(String),
+}
+
+/// Where and how to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub api_key: String,
+    pub api_secret: String,
+    /// HTTP/WebSocket listen address (port 0: any).
+    pub listen: SocketAddr,
+    /// UDP address for all peer connections (port 0: any). Its IP is the advertised host
+    /// candidate, so it must not be unspecified.
+    pub udp: SocketAddr,
+    pub engine: EngineConfig,
+}
+
+impl ServerOptions {
+    /// Loopback, ephemeral ports, livekit-server's default timings.
+    pub fn new(api_key: &str, api_secret: &str) -> Self {
+        let lo: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self { api_key: api_key.into(), api_secret: api_secret.into(), listen: lo, udp: lo, engine: EngineConfig::default() }
+    }
+}
+
+/// A running stand-in server. Dropping it stops it.
+pub struct TestServer {
+    url: String,
+    http_addr: SocketAddr,
+    udp_addr: SocketAddr,
+    api_key: String,
+    api_secret: String,
+    cmd: mpsc::UnboundedSender<Command>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.cmd.send(Command::Shutdown);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl TestServer {
+    /// Start on 127.0.0.1 with ephemeral ports.
+    pub async fn start(api_key: &str, api_secret: &str) -> Result<TestServer, ServerError> {
+        Self::start_with(ServerOptions::new(api_key, api_secret)).await
+    }
+
+    pub async fn start_with(opts: ServerOptions) -> Result<TestServer, ServerError> {
+        let listener = TcpListener::bind(opts.listen).await?;
+        let http_addr = listener.local_addr()?;
+        let socket = std::net::UdpSocket::bind(opts.udp)?;
+        socket.set_nonblocking(true)?;
+        let udp_addr = socket.local_addr()?;
+        let (cmd, rx) = mpsc::unbounded_channel();
+        let engine = Engine::new(opts.engine.clone(), udp_addr, Instant::now());
+        // The engine gets a thread of its own so that tests' client tasks in the same process
+        // cannot delay its timers.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("lkserver-engine".into()).spawn(move || {
+            runtime.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => run_engine(engine, socket, rx).await,
+                    Err(e) => tracing::error!("engine socket: {e}"),
+                }
+            })
+        })?;
+        let tokens = token::TokenCheck::new(&opts.api_key, &opts.api_secret);
+        let tasks = vec![tokio::spawn(signal::serve(listener, tokens, cmd.clone()))];
+        Ok(TestServer {
+            url: format!("ws://{http_addr}"),
+            http_addr,
+            udp_addr,
+            api_key: opts.api_key,
+            api_secret: opts.api_secret,
+            cmd,
+            tasks,
+        })
+    }
+
+    /// `ws://127.0.0.1:PORT`: the URL a LiveKit client is given (it appends `/rtc`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The UDP address every peer connection uses.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    /// A token for `identity` in `room` with publish/subscribe/data grants, valid 10 minutes.
+    pub fn token(&self, room: &str, identity: &str) -> Result<String, ServerError> {
+        AccessToken::with_api_key(&self.api_key, &self.api_secret)
+            .with_identity(identity)
+            .with_ttl(Duration::from_secs(600))
+            .with_grants(VideoGrants { room_join: true, room: room.into(), ..Default::default() })
+            .to_jwt()
+            .map_err(|e| ServerError::Token(e.to_string()))
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).map_err(|_| ServerError::Stopped)?;
+        rx.await.map_err(|_| ServerError::Stopped)
+    }
+
+    /// Everyone in `room` (empty if the room does not exist), in join order.
+    pub async fn participants(&self, room: &str) -> Result<Vec<ParticipantSnapshot>, ServerError> {
+        self.ask(|reply| Command::Participants { room: room.into(), reply }).await
+    }
+
+    /// Poll `participants(room)` until one matches `pred`, or `None` after `timeout`.
+    pub async fn wait_for_participant(
+        &self,
+        room: &str,
+        pred: impl Fn(&ParticipantSnapshot) -> bool,
+        timeout: Duration,
+    ) -> Result<Option<ParticipantSnapshot>, ServerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.participants(room).await?.into_iter().find(|p| pred(p)) {
+                return Ok(Some(p));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Put an in-process participant in `room` that publishes `signal` as 48 kHz Opus, every
+    /// 20 ms, and records what is forwarded to it.
+    pub async fn add_synthetic_participant(&self, room: &str, identity: &str, signal: Signal) -> Result<SyntheticParticipant, ServerError> {
+        let recording: SharedRecording = Arc::new(Mutex::new(Recording::default()));
+        let sid = self
+            .ask(|reply| Command::AddSynthetic {
+                room: room.into(),
+                identity: identity.into(),
+                signal,
+                recording: recording.clone(),
+                reply,
+            })
+            .await?
+            .map_err(ServerError::Refused)?;
+        Ok(SyntheticParticipant { identity: identity.into(), sid, recording, cmd: self.cmd.clone() })
+    }
+
+    /// Delete the room: every participant gets `LeaveRequest{reason: ROOM_DELETED}` and its
+    /// signal connection is closed. `false` if there was no such room.
+    pub async fn close_room(&self, room: &str) -> Result<bool, ServerError> {
+        self.ask(|reply| Command::CloseRoom { room: room.into(), reply }).await
+    }
+
+    /// Remove one participant: `LeaveRequest{reason: PARTICIPANT_REMOVED}` to it, a
+    /// `ParticipantUpdate` (DISCONNECTED) to the others.
+    pub async fn remove_participant(&self, room: &str, identity: &str) -> Result<bool, ServerError> {
+        self.ask(|reply| Command::RemoveParticipant { room: room.into(), identity: identity.into(), reply }).await
+    }
+
+    /// Close `identity`'s signal WebSocket without a Leave, as a network failure would; the
+    /// participant stays for `resume_grace`, waiting for `reconnect=1&sid=`.
+    pub async fn drop_websocket(&self, identity: &str) -> Result<bool, ServerError> {
+        self.ask(|reply| Command::DropWebsocket { identity: identity.into(), reply }).await
+    }
+
+    /// Fail `identity`'s peer connections server-side: `LeaveRequest{action: RECONNECT}` and
+    /// the participant is removed, so the client must join again (LiveKit's full reconnect).
+    pub async fn kill_peer_connection(&self, identity: &str) -> Result<bool, ServerError> {
+        self.ask(|reply| Command::KillPeerConnection { identity: identity.into(), reply }).await
+    }
+
+    /// Packet counters of every participant, sorted by (room, identity).
+    pub async fn counters(&self) -> Result<Vec<ParticipantCounters>, ServerError> {
+        self.ask(|reply| Command::Counters { reply }).await
+    }
+
+    /// Drop all of `identity`'s UDP traffic, both ways, while `on` (a network outage with the
+    /// signal connection still up: ICE consent fails, media stops). `false` if unknown.
+    pub async fn blackhole_media(&self, identity: &str, on: bool) -> Result<bool, ServerError> {
+        self.ask(|reply| Command::Blackhole { identity: identity.into(), on, reply }).await
+    }
+
+    /// Engine busy time and datagram counts since start.
+    pub async fn stats(&self) -> Result<EngineStats, ServerError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Every data packet the server received in `room` (sender stamped), in arrival order.
+    pub async fn data_packets(&self, room: &str) -> Result<Vec<proto::DataPacket>, ServerError> {
+        self.ask(|reply| Command::DataPackets { room: room.into(), reply }).await
+    }
+}
+
+/// Handle on an in-process participant; its recordings outlive its removal from the room.
+pub struct SyntheticParticipant {
+    identity: String,
+    sid: String,
+    recording: SharedRecording,
+    cmd: mpsc::UnboundedSender<Command>,
+}
+
+impl SyntheticParticipant {
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// Everything heard so far, 48 kHz mono ([`SAMPLE_RATE`]); several sources are summed,
+    /// each aligned on its first sample.
+    pub fn received_audio(&self) -> Vec<i16> {
+        synthetic::lock(&self.recording).mixed()
+    }
+
+    /// What was heard from one participant, 48 kHz mono, in arrival order (lost packets are
+    /// simply missing; no concealment).
+    pub fn received_audio_from(&self, identity: &str) -> Vec<i16> {
+        synthetic::lock(&self.recording).audio.get(identity).cloned().unwrap_or_default()
+    }
+
+    /// Identities heard, in the order first heard.
+    pub fn heard_from(&self) -> Vec<String> {
+        synthetic::lock(&self.recording).sources.clone()
+    }
+
+    /// Data packets delivered to this participant (sender stamped by the server).
+    pub fn received_data(&self) -> Vec<proto::DataPacket> {
+        synthetic::lock(&self.recording).data.clone()
+    }
+
+    /// Switch what it publishes.
+    pub async fn set_signal(&self, signal: Signal) -> Result<bool, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::SetSignal { identity: self.identity.clone(), signal, reply: tx })
+            .map_err(|_| ServerError::Stopped)?;
+        rx.await.map_err(|_| ServerError::Stopped)
+    }
+
+    /// Send a data packet into the room from this participant (reliable unless `lossy`).
+    pub async fn send_data(&self, packet: proto::DataPacket, lossy: bool) -> Result<bool, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::SyntheticData { identity: self.identity.clone(), packet: Box::new(packet), lossy, reply: tx })
+            .map_err(|_| ServerError::Stopped)?;
+        rx.await.map_err(|_| ServerError::Stopped)
+    }
+}
+
+/// The engine's driver: one task, one UDP socket, all peer connections.
+async fn run_engine(mut engine: Engine, socket: UdpSocket, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let deadline = engine.next_deadline();
+        let woke;
+        tokio::select! {
+            cmd = rx.recv() => {
+                woke = Instant::now();
+                match cmd {
+                    Some(Command::Shutdown) | None => break,
+                    Some(c) => engine.handle_command(c, woke),
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                woke = Instant::now();
+                if let Ok((n, src)) = r {
+                    engine.stats.datagrams_in += 1;
+                    engine.handle_udp(src, buf.get(..n).unwrap_or_default(), woke);
+                    // Take what else is queued before polling outputs.
+                    for _ in 0..64 {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, src)) => {
+                                engine.stats.datagrams_in += 1;
+                                engine.handle_udp(src, buf.get(..n).unwrap_or_default(), Instant::now());
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => woke = Instant::now(),
+        }
+        let now = Instant::now();
+        engine.handle_timeout(now);
+        engine.drain(now);
+        let mut sent = 0;
+        for t in engine.transmits.drain(..) {
+            if socket.try_send_to(&t.contents, t.destination).is_ok() {
+                sent += 1;
+            }
+        }
+        engine.stats.datagrams_out += sent;
+        engine.stats.busy += woke.elapsed();
+    }
+}
