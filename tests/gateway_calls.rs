@@ -30,48 +30,45 @@ async fn hears_speech(call: &Call, since: Instant, limit: Duration) -> bool {
     tone::is_speech_like(&heard, call.sample_rate())
 }
 
-/// Where `prompt` (8 kHz) starts in `heard` (8 kHz), searched at 20 ms frame boundaries, if
-/// the best match correlates above 0.9 over the whole prompt (G.711 keeps it near 1).
-fn find_prompt(heard: &[i16], prompt: &[i16]) -> Option<usize> {
-    let corr = |off: usize| {
-        let seg = heard.get(off..off + prompt.len())?;
-        let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
-        for (&a, &b) in seg.iter().zip(prompt) {
-            let (a, b) = (f64::from(a), f64::from(b));
-            xy += a * b;
-            xx += a * a;
-            yy += b * b;
-        }
-        Some(xy / (xx * yy).sqrt().max(1.0))
-    };
-    let mut best = (0usize, 0f64);
-    let mut off = 0;
-    while off + prompt.len() <= heard.len() {
-        if let Some(c) = corr(off) {
-            if c > best.1 {
-                best = (off, c);
-            }
-        }
-        off += 160;
+/// Normalised correlation of `prompt` with `heard` starting at `off` (1: the same waveform).
+fn correlation(heard: &[i16], prompt: &[i16], off: usize) -> f64 {
+    let Some(seg) = heard.get(off..off + prompt.len()) else { return 0.0 };
+    let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
+    for (&a, &b) in seg.iter().zip(prompt) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        xy += a * b;
+        xx += a * a;
+        yy += b * b;
     }
-    (best.1 > 0.9).then_some(best.0)
+    xy / (xx * yy).sqrt().max(1.0)
 }
 
-/// Correlation of `prompt` with `heard` at exactly `off`.
-fn matches_at(heard: &[i16], prompt: &[i16], off: usize) -> bool {
-    // A queued prompt may start mid-frame: search the few samples around.
-    (off.saturating_sub(160)..off + 160).any(|o| {
-        heard.get(o..o + prompt.len()).is_some_and(|seg| {
-            let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
-            for (&a, &b) in seg.iter().zip(prompt) {
-                let (a, b) = (f64::from(a), f64::from(b));
-                xy += a * b;
-                xx += a * a;
-                yy += b * b;
-            }
-            xy / (xx * yy).sqrt().max(1.0) > 0.9
-        })
-    })
+/// Level of each 20 ms frame, in dB.
+fn envelope(pcm: &[i16]) -> Vec<f64> {
+    pcm.chunks(160).map(|c| 10.0 * (c.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / c.len() as f64 + 1.0).log10()).collect()
+}
+
+/// Where `prompt` (8 kHz samples) starts in `heard` (8 kHz), if it is there: the level
+/// envelopes give the frame, the waveform the exact sample, and the whole prompt must then
+/// correlate above 0.9 (G.711 keeps it near 1).
+fn find_prompt(heard: &[i16], prompt: &[i16]) -> Option<usize> {
+    let (eh, ep) = (envelope(heard), envelope(prompt));
+    let mut coarse = (0usize, f64::MIN);
+    for lag in 0..eh.len().saturating_sub(ep.len()) {
+        let score: f64 = -ep.iter().zip(&eh[lag..]).map(|(a, b)| (a - b).abs()).sum::<f64>();
+        if score > coarse.1 {
+            coarse = (lag, score);
+        }
+    }
+    find_prompt_near(heard, prompt, coarse.0 * 160)
+}
+
+/// Where `prompt` starts within a frame or two of `around`, if it is there.
+fn find_prompt_near(heard: &[i16], prompt: &[i16], around: usize) -> Option<usize> {
+    let (off, c) = (around.saturating_sub(320)..around + 320)
+        .map(|o| (o, correlation(heard, prompt, o)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (c > 0.9).then_some(off)
 }
 
 async fn dial_and_join(gw: &Gateway, opts: DialOptions, mode: DtmfMode) -> (Call, serde_json::Value) {
@@ -104,7 +101,7 @@ async fn two_callers_with_the_same_pin_are_bridged_and_hear_each_other() {
     tokio::time::sleep(prompts_len + 3 * SECOND).await;
     let heard = a.recorded(keyed);
     let at = find_prompt(&heard, &joining).expect("A hears \"joining\"");
-    assert!(matches_at(&heard, &first, at + joining.len()), "A hears \"you are the first participant\" after \"joining\"");
+    assert!(find_prompt_near(&heard, &first, at + joining.len()).is_some(), "A hears \"you are the first participant\" after \"joining\"");
     let music_from = at + joining.len() + first.len() + 1600;
     let music = heard.get(music_from..music_from + 16000).expect("two seconds after the prompts");
     assert!(tone::rms_dbfs(music) > -45.0, "hold music after the prompts, got {} dBFS", tone::rms_dbfs(music));
