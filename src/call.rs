@@ -173,6 +173,8 @@ struct CallTask {
     media_started: Instant,
     remote_bye: bool,
     ended_by_sip: bool,
+    /// Failed PIN lookups, kept for the call record once the menu is gone.
+    pin_attempts: u32,
     /// Resampling state between the leg's rate and the room's.
     up_prev: i16,
 }
@@ -201,6 +203,7 @@ impl CallTask {
             media_started: Instant::now(),
             remote_bye: false,
             ended_by_sip: false,
+            pin_attempts: 0,
             up_prev: 0,
         }
     }
@@ -227,7 +230,8 @@ impl CallTask {
                 cmd = self.s.commands.recv() => {
                     if let Some(CallCommand::HangUp) = cmd {
                         info!(call = %self.s.id, "hung up by an admin");
-                        return CallOutcome::AdminHangup;
+                        // Callers are told, never just cut off (DESIGN.md: no silent failures).
+                        if let Some(o) = self.leave(CallOutcome::AdminHangup, Some(PromptId::Goodbye)) { return o; }
                     }
                 }
                 _ = self.s.shutdown.changed() => {
@@ -628,7 +632,9 @@ impl CallTask {
         }
         self.room = None;
         self.hold = None;
-        self.ivr = None;
+        if let Some(ivr) = self.ivr.take() {
+            self.pin_attempts = ivr.attempts();
+        }
         match (prompt, self.s.leg.is_some()) {
             (Some(p), true) => {
                 self.phase = Phase::Leaving(outcome);
@@ -655,7 +661,7 @@ impl CallTask {
             room: self.room_name.clone(),
             answered_at: self.answered_at,
             ended_at: Utc::now(),
-            pin_attempts: self.ivr.as_ref().map(|i| i.attempts()).unwrap_or(0),
+            pin_attempts: self.ivr.as_ref().map(|i| i.attempts()).unwrap_or(self.pin_attempts),
             rtp: RtpStats {
                 packets_received: stats.packets_received,
                 packets_lost: u64::try_from(stats.packets_lost.max(0)).unwrap_or(0),

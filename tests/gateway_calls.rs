@@ -117,15 +117,29 @@ async fn two_callers_with_the_same_pin_are_bridged_and_hear_each_other() {
     tokio::time::sleep(SECOND).await;
     let b_heard = b.recorded(from);
     let a_heard = a.recorded(from);
+    for (who, call) in [("A", &a), ("B", &b)] {
+        let frames = call.recorded_chunks(from);
+        let gaps = frames.iter().filter(|(_, c)| tone::rms_dbfs(c) < -30.0).count();
+        assert!(frames.len() >= 40 && gaps * 20 <= frames.len(), "{who} hears the other without gaps: {gaps} quiet frames of {}", frames.len());
+    }
     let fb = tone::dominant_frequency(&b_heard, b.sample_rate());
     let fa = tone::dominant_frequency(&a_heard, a.sample_rate());
     assert!((fb - 440.0).abs() <= 10.0, "B hears A's 440 Hz, measured {fb} Hz ({} dBFS)", tone::rms_dbfs(&b_heard));
     assert!((fa - 1000.0).abs() <= 10.0, "A hears B's 1000 Hz, measured {fa} Hz ({} dBFS)", tone::rms_dbfs(&a_heard));
     assert!(tone::goertzel_level(&a_heard, a.sample_rate(), 440.0) < tone::goertzel_level(&a_heard, a.sample_rate(), 1000.0) - 20.0, "A does not hear itself");
 
+    // B leaves: A is alone again and hears the hold music.
+    b.hangup().await.unwrap();
+    tokio::time::sleep(SECOND).await;
+    let alone = Instant::now();
+    tokio::time::sleep(2 * SECOND).await;
+    let after = a.recorded(alone);
+    assert!(tone::rms_dbfs(&after) > -45.0, "hold music once alone, got {} dBFS", tone::rms_dbfs(&after));
+    assert!(tone::goertzel_level(&after, a.sample_rate(), 1000.0) < -40.0, "B is gone");
+    assert_eq!(gw.calls().await.len(), 1);
+
     // Hanging up frees everything and completes both records.
     a.hangup().await.unwrap();
-    b.hangup().await.unwrap();
     assert!(gw.wait_no_calls(5 * SECOND).await, "calls still listed: {:?}", gw.calls().await);
     for info in [&a_info, &b_info] {
         let rec = gw.completed_record(info["id"].as_str().unwrap(), 5 * SECOND).await.expect("call record");
@@ -175,8 +189,12 @@ async fn admin_hang_up_sends_bye_and_records_the_outcome() {
     gw.create_pin("standup", Some(PIN)).await;
     let (call, info) = dial_and_join(&gw, DialOptions::new(gw.sip), DtmfMode::Rfc4733).await;
     let id = info["id"].as_str().unwrap();
+    tokio::time::sleep(3 * SECOND).await;
+    let asked = Instant::now();
     assert_eq!(gw.hang_up(id).await, 204);
-    assert!(call.wait_for_bye(5 * SECOND).await, "the caller gets BYE");
+    assert!(call.wait_for_bye(10 * SECOND).await, "the caller gets BYE");
+    let told = call.recorded_between(asked, Instant::now());
+    assert!(tone::is_speech_like(&told, call.sample_rate()), "the caller hears goodbye before the BYE");
     assert!(gw.wait_no_calls(5 * SECOND).await);
     let rec = gw.completed_record(id, 5 * SECOND).await.unwrap();
     assert_eq!(outcome_label(&rec), Some("admin_hangup"));
@@ -370,7 +388,7 @@ async fn caller_that_stops_sending_rtp_is_hung_up_after_rtp_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_call_logged_at_trace_never_shows_the_pin_or_the_calling_number() {
-    let gw = Gateway::start(GatewayOptions { rust_log: "trace".into(), ..Default::default() }).await;
+    let mut gw = Gateway::start(GatewayOptions { rust_log: "trace".into(), ..Default::default() }).await;
     gw.create_pin("private", Some(PIN)).await;
     let (call, info) = dial_and_join(&gw, DialOptions::new(gw.sip), DtmfMode::Rfc4733).await;
     assert_eq!(info["caller"].as_str().map(|c| c.contains("612345678")), Some(false));
@@ -382,4 +400,41 @@ async fn a_full_call_logged_at_trace_never_shows_the_pin_or_the_calling_number()
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(secret)).take(5).collect();
         assert!(lines.is_empty(), "the log shows the full {what}:\n{}", lines.join("\n"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_over_tcp_keys_the_pin_and_joins() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    gw.create_pin("tcp-room", Some(PIN)).await;
+    let opts = DialOptions { transport: support::caller::SipTransport::Tcp, ..DialOptions::new(gw.sip) };
+    let (call, info) = dial_and_join(&gw, opts, DtmfMode::Rfc4733).await;
+    assert_eq!(info["room"], "tcp-room");
+    call.hangup().await.unwrap();
+    assert!(gw.wait_no_calls(5 * SECOND).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_putting_the_gateway_on_hold_and_back_keeps_the_call() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    gw.create_pin("hold-room", Some(PIN)).await;
+    let (call, _) = dial_and_join(&gw, DialOptions::new(gw.sip), DtmfMode::Rfc4733).await;
+    assert_eq!(call.reinvite(dialin_sip::sdp::Direction::SendOnly).await.unwrap(), 200);
+    assert_eq!(call.reinvite(dialin_sip::sdp::Direction::SendRecv).await.unwrap(), 200);
+    let calls = gw.calls().await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["state"], "in_room");
+    call.hangup().await.unwrap();
+    assert!(gw.wait_no_calls(5 * SECOND).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_calls_in_progress_with_goodbye_and_bye() {
+    let mut gw = Gateway::start(GatewayOptions::default()).await;
+    let call = Caller::dial(DialOptions::new(gw.sip)).await.expect("answered");
+    call.play_silence();
+    let listed = gw.wait_for_call(5 * SECOND, |c| c["state"] == "collecting_pin").await.expect("call listed");
+    let log = gw.stop().await;
+    assert!(call.wait_for_bye(5 * SECOND).await, "the caller gets BYE before the gateway exits:\n{log}");
+    let rec = gw.completed_record(listed["id"].as_str().unwrap(), 5 * SECOND).await.expect("call record");
+    assert_eq!(outcome_label(&rec), Some("shutdown"));
 }
