@@ -396,6 +396,7 @@ async fn a_full_call_logged_at_trace_never_shows_the_pin_or_the_calling_number()
     assert!(gw.wait_no_calls(5 * SECOND).await);
     let log = gw.stop().await;
     assert!(log.contains("call ended"), "the trace log was captured ({} bytes)", log.len());
+    assert!(log.contains("••••5678"), "the caller is logged masked");
     for (what, secret) in [("calling number", "612345678"), ("PIN", PIN)] {
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(secret)).take(5).collect();
         assert!(lines.is_empty(), "the log shows the full {what}:\n{}", lines.join("\n"));
@@ -403,12 +404,13 @@ async fn a_full_call_logged_at_trace_never_shows_the_pin_or_the_calling_number()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caller_over_tcp_keys_the_pin_and_joins() {
+async fn g722_caller_over_tcp_keys_the_pin_and_joins() {
     let gw = Gateway::start(GatewayOptions::default()).await;
     gw.create_pin("tcp-room", Some(PIN)).await;
-    let opts = DialOptions { transport: support::caller::SipTransport::Tcp, ..DialOptions::new(gw.sip) };
+    let opts = DialOptions { transport: support::caller::SipTransport::Tcp, codecs: vec![Codec::G722], ..DialOptions::new(gw.sip) };
     let (call, info) = dial_and_join(&gw, opts, DtmfMode::Rfc4733).await;
     assert_eq!(info["room"], "tcp-room");
+    assert_eq!(call.codec(), Some(Codec::G722));
     call.hangup().await.unwrap();
     assert!(gw.wait_no_calls(5 * SECOND).await);
 }
@@ -437,4 +439,64 @@ async fn shutdown_ends_calls_in_progress_with_goodbye_and_bye() {
     assert!(call.wait_for_bye(5 * SECOND).await, "the caller gets BYE before the gateway exits:\n{log}");
     let rec = gw.completed_record(listed["id"].as_str().unwrap(), 5 * SECOND).await.expect("call record");
     assert_eq!(outcome_label(&rec), Some("shutdown"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_caller_on_a_trunk_allowing_srtp_keys_the_pin_and_joins() {
+    let trunks = format!("{DEFAULT_TRUNK}srtp = \"allow\"\n");
+    let gw = Gateway::start(GatewayOptions { trunks: Some(trunks), ..Default::default() }).await;
+    gw.create_pin("secure", Some(PIN)).await;
+    let opts = DialOptions { srtp: true, ..pcmu(&gw) };
+    let (call, info) = dial_and_join(&gw, opts, DtmfMode::Rfc4733).await;
+    assert_eq!(info["room"], "secure");
+    assert!(call.remote_sdp().is_some_and(|s| s.contains("RTP/SAVP") && s.contains("a=crypto")), "{:?}", call.remote_sdp());
+    call.hangup().await.unwrap();
+    assert!(gw.wait_no_calls(5 * SECOND).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_reaching_its_maximum_duration_is_ended_with_bye() {
+    let gw = Gateway::start(GatewayOptions { max_call_duration_s: 4, first_digit_timeout_s: 30, ..Default::default() }).await;
+    let t0 = Instant::now();
+    let call = Caller::dial(DialOptions::new(gw.sip)).await.expect("answered");
+    call.play_silence();
+    let listed = gw.wait_for_call(5 * SECOND, |_| true).await.expect("call listed");
+    assert!(call.wait_for_bye(15 * SECOND).await, "BYE at the maximum duration");
+    assert!(t0.elapsed() >= Duration::from_millis(3800), "not before the limit: {:?}", t0.elapsed());
+    let rec = gw.completed_record(listed["id"].as_str().unwrap(), 5 * SECOND).await.unwrap();
+    assert_eq!(outcome_label(&rec), Some("max_duration"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calling_number_with_too_many_failed_pins_is_locked_out_even_with_the_right_pin() {
+    let gw = Gateway::start(GatewayOptions { failed_pin_limit: 2, ..Default::default() }).await;
+    gw.create_pin("standup", Some(PIN)).await;
+    let t0 = Instant::now();
+    let call = Caller::dial(DialOptions::new(gw.sip)).await.expect("answered");
+    call.play_silence();
+    assert!(hears_speech(&call, t0, 5 * SECOND).await, "no welcome prompt");
+    let listed = gw.wait_for_call(5 * SECOND, |_| true).await.expect("call listed");
+    call.send_dtmf("1111111111#", DtmfMode::Info).await.unwrap();
+    tokio::time::sleep(SECOND).await;
+    call.send_dtmf("2222222222#", DtmfMode::Info).await.unwrap();
+    assert!(call.wait_for_bye(15 * SECOND).await, "locked out after two failures");
+    let rec = gw.completed_record(listed["id"].as_str().unwrap(), 5 * SECOND).await.unwrap();
+    assert_eq!(outcome_label(&rec), Some("locked_out"));
+
+    // The same number calls back with the right PIN: still refused, never joined.
+    let again = Caller::dial(DialOptions::new(gw.sip)).await.expect("answered");
+    again.play_silence();
+    let listed = gw.wait_for_call(5 * SECOND, |_| true).await.expect("call listed");
+    tokio::time::sleep(SECOND).await;
+    again.send_dtmf(&format!("{PIN}#"), DtmfMode::Info).await.unwrap();
+    assert!(again.wait_for_bye(15 * SECOND).await, "locked-out caller hung up");
+    let rec = gw.completed_record(listed["id"].as_str().unwrap(), 5 * SECOND).await.unwrap();
+    assert_eq!(outcome_label(&rec), Some("locked_out"));
+    assert_eq!(rec.room, None);
+
+    // Another number is not affected.
+    let other = DialOptions { from_user: "+33698765432".into(), ..DialOptions::new(gw.sip) };
+    let (call, info) = dial_and_join(&gw, other, DtmfMode::Info).await;
+    assert_eq!(info["room"], "standup");
+    call.hangup().await.unwrap();
 }

@@ -37,7 +37,10 @@ pub struct GatewayOptions {
     pub max_prompt_replays: u32,
     pub max_ivr_time_s: u64,
     pub rtp_timeout_s: u64,
+    pub max_call_duration_s: u64,
     pub max_calls: u32,
+    /// Failed PINs per calling number before a lockout (`[security.lockout]`).
+    pub failed_pin_limit: u32,
     /// `RUST_LOG` for the gateway.
     pub rust_log: String,
     /// The `[[trunk]]` tables; `None`: one trunk `default` allowing 127.0.0.0/8, PIN length 10.
@@ -52,7 +55,9 @@ impl Default for GatewayOptions {
             max_prompt_replays: 1,
             max_ivr_time_s: 60,
             rtp_timeout_s: 10,
+            max_call_duration_s: 3600,
             max_calls: 100,
+            failed_pin_limit: 10,
             rust_log: "info,dialin=debug".to_owned(),
             trunks: None,
         }
@@ -102,6 +107,7 @@ listen = ["udp://127.0.0.1:{sip_port}", "tcp://127.0.0.1:{sip_port}"]
 [media]
 rtp_ports = "{rtp_first}-{rtp_last}"
 rtp_timeout_s = {rtp_timeout}
+max_call_duration_s = {max_duration}
 
 [ivr]
 first_digit_timeout_s = {first}
@@ -119,6 +125,11 @@ backend = "local"
 listen = "127.0.0.1:{admin_port}"
 token = "{TOKEN}"
 
+[security.lockout]
+failed_pin_limit = {failed_pin_limit}
+window_s = 900
+lockout_s = 900
+
 [limits]
 max_calls = {max_calls}
 drain_timeout_s = 1
@@ -126,6 +137,8 @@ drain_timeout_s = 1
 {trunks}
 "#,
             rtp_timeout = opts.rtp_timeout_s,
+            max_duration = opts.max_call_duration_s,
+            failed_pin_limit = opts.failed_pin_limit,
             first = opts.first_digit_timeout_s,
             inter = opts.inter_digit_timeout_s,
             replays = opts.max_prompt_replays,
