@@ -416,12 +416,20 @@ async fn g722_caller_over_tcp_keys_the_pin_and_joins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caller_putting_the_gateway_on_hold_and_back_keeps_the_call() {
-    let gw = Gateway::start(GatewayOptions::default()).await;
+async fn caller_putting_the_gateway_on_hold_gets_no_media_until_it_resumes() {
+    let gw = Gateway::start(GatewayOptions { rtp_timeout_s: 2, ..Default::default() }).await;
     gw.create_pin("hold-room", Some(PIN)).await;
     let (call, _) = dial_and_join(&gw, DialOptions::new(gw.sip), DtmfMode::Rfc4733).await;
     assert_eq!(call.reinvite(dialin_sip::sdp::Direction::SendOnly).await.unwrap(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = call.packets_received();
+    // Longer than rtp_timeout: a held call is not hung up for its silence.
+    tokio::time::sleep(3 * SECOND).await;
+    assert!(call.packets_received() - held <= 2, "the gateway kept sending while held: {} packets", call.packets_received() - held);
+    assert!(!call.bye_received());
     assert_eq!(call.reinvite(dialin_sip::sdp::Direction::SendRecv).await.unwrap(), 200);
+    let resumed = call.packets_received();
+    assert!(call.wait_for_packets(resumed + 25, 2 * SECOND).await, "media flows again after resume");
     let calls = gw.calls().await;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["state"], "in_room");
