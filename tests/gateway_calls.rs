@@ -508,3 +508,33 @@ async fn calling_number_with_too_many_failed_pins_is_locked_out_even_with_the_ri
     assert_eq!(info["room"], "standup");
     call.hangup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_to_a_number_the_trunk_does_not_serve_is_refused_with_403() {
+    let trunks = DEFAULT_TRUNK.replace("max_calls = 10", "max_calls = 10\nnumbers = [\"+33 1 23 45 67 89\"]");
+    let gw = Gateway::start(GatewayOptions { trunks: Some(trunks), ..Default::default() }).await;
+    let err = Caller::dial(DialOptions { to_user: "1000".into(), ..DialOptions::new(gw.sip) }).await.expect_err("refused");
+    assert_eq!(err.status(), Some(403), "{err}");
+    let served = Caller::dial(DialOptions { to_user: "+33123456789".into(), ..DialOptions::new(gw.sip) })
+        .await
+        .expect("the served number is answered");
+    served.hangup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trunk_in_french_greets_callers_with_the_french_prompt() {
+    let trunks = DEFAULT_TRUNK.replace("max_calls = 10", "max_calls = 10\nlanguage = \"fr\"");
+    let gw = Gateway::start(GatewayOptions { trunks: Some(trunks), ..Default::default() }).await;
+    let t0 = Instant::now();
+    let call = Caller::dial(pcmu(&gw)).await.expect("answered");
+    call.play_silence();
+    let fr = PromptCatalog::load(Language::Fr, None).unwrap();
+    let en = PromptCatalog::load(Language::En, None).unwrap();
+    // The first two seconds of each welcome prompt, looked for in what the caller heard.
+    let head = |c: &PromptCatalog| c.get(PromptId::WelcomeEnterPin).samples(SampleRate::Hz8000)[..16000].to_vec();
+    tokio::time::sleep(3 * SECOND).await;
+    let heard = call.recorded(t0);
+    assert!(find_prompt(&heard, &head(&fr)).is_some(), "the French welcome plays");
+    assert!(find_prompt(&heard, &head(&en)).is_none(), "not the English one");
+    call.hangup().await.unwrap();
+}
