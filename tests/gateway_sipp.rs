@@ -168,6 +168,8 @@ async fn sipp_caller_keying_three_wrong_pins_is_told_goodbye_and_hung_up() {
     assert_eq!(outcome_label(&rec), Some("pin_failed"));
     assert_eq!(rec.pin_attempts, 3);
     assert_eq!(rec.room, None);
+    assert_eq!(gw.metric("dialin_calls_total{outcome=\"pin_failed\"}").await, Some(1.0));
+    assert_eq!(gw.metric("dialin_pin_attempts_total{result=\"unknown\"}").await, Some(3.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

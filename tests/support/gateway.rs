@@ -287,6 +287,20 @@ drain_timeout_s = 1
         }
     }
 
+    /// The value of one series of `GET /metrics`, e.g. `dialin_calls_total{outcome="pin_failed"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
     /// `DELETE /v1/calls/{id}`; returns the status.
     pub async fn hang_up(&self, id: &str) -> u16 {
         self.request(reqwest::Method::DELETE, &format!("/v1/calls/{id}"), None).await.0
