@@ -538,3 +538,28 @@ async fn trunk_in_french_greets_callers_with_the_french_prompt() {
     assert!(find_prompt(&heard, &head(&en)).is_none(), "not the English one");
     call.hangup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_calls_give_their_rtp_ports_back() {
+    // Two even/odd pairs: two calls at a time.
+    let gw = Gateway::start(GatewayOptions { rtp_ports: 4, ..Default::default() }).await;
+    let (first, last) = gw.rtp_ports;
+    let a = Caller::dial(DialOptions::new(gw.sip)).await.expect("first call");
+    let b = Caller::dial(DialOptions { from_user: "+33698765432".into(), ..DialOptions::new(gw.sip) }).await.expect("second call");
+    let err = Caller::dial(DialOptions { from_user: "+33611111111".into(), ..DialOptions::new(gw.sip) })
+        .await
+        .expect_err("no RTP port left");
+    assert_eq!(err.status(), Some(503), "{err}");
+    a.hangup().await.unwrap();
+    b.hangup().await.unwrap();
+    assert!(gw.wait_no_calls(5 * SECOND).await);
+    for port in (first..=last).step_by(2) {
+        assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(), "RTP port {port} still bound after the calls ended");
+    }
+    // Many more calls than ports, one after the other.
+    for i in 0..6 {
+        let call = Caller::dial(DialOptions::new(gw.sip)).await.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        call.hangup().await.unwrap();
+        assert!(gw.wait_no_calls(5 * SECOND).await);
+    }
+}

@@ -37,6 +37,8 @@ pub struct GatewayOptions {
     pub max_prompt_replays: u32,
     pub max_ivr_time_s: u64,
     pub rtp_timeout_s: u64,
+    /// Ports in the RTP range (two per call).
+    pub rtp_ports: u16,
     pub max_call_duration_s: u64,
     pub max_calls: u32,
     /// Failed PINs per calling number before a lockout (`[security.lockout]`).
@@ -55,6 +57,7 @@ impl Default for GatewayOptions {
             max_prompt_replays: 1,
             max_ivr_time_s: 60,
             rtp_timeout_s: 10,
+            rtp_ports: RTP_PORTS,
             max_call_duration_s: 3600,
             max_calls: 100,
             failed_pin_limit: 10,
@@ -95,7 +98,7 @@ impl Gateway {
         let dir = ScratchDir::new("gateway").expect("scratch dir");
         let sip_port = free_port();
         let admin_port = free_tcp_port();
-        let (rtp_first, rtp_last) = free_rtp_range();
+        let (rtp_first, rtp_last) = free_rtp_range(opts.rtp_ports);
         let db = dir.path().join("dialin.db");
         let log = dir.path().join("dialin.log");
         let trunks = opts.trunks.clone().unwrap_or_else(|| DEFAULT_TRUNK.to_owned());
@@ -373,16 +376,17 @@ fn free_tcp_port() -> u16 {
         .expect("free TCP port")
 }
 
-/// A range of [`RTP_PORTS`] ports, free right now, distinct from the other gateways this
-/// process started and (through the process id) likely distinct from other test binaries'.
-fn free_rtp_range() -> (u16, u16) {
+/// `count` ports (at most [`RTP_PORTS`]) free right now, in a slot distinct from the other
+/// gateways this process started and (through the process id) likely from other test binaries'.
+fn free_rtp_range(count: u16) -> (u16, u16) {
+    let count = count.clamp(2, RTP_PORTS);
     let slots = u32::from((RTP_LAST - RTP_FIRST) / RTP_PORTS);
     let base = std::process::id().wrapping_mul(7919);
     for _ in 0..slots {
         let n = NEXT_RANGE.fetch_add(1, Ordering::Relaxed);
         let slot = (base.wrapping_add(n)) % slots;
         let first = RTP_FIRST + (slot as u16) * RTP_PORTS;
-        let last = first + RTP_PORTS - 1;
+        let last = first + count - 1;
         if (first..=last).all(|p| UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
             return (first, last);
         }
