@@ -60,7 +60,11 @@ fn capture(key: char) -> Option<PathBuf> {
         return Some(p);
     }
     if sipp::strict() {
-        panic!("SIPp's RFC 2833 captures are required ({}=1) but {} is missing", sipp::STRICT_ENV, p.display());
+        panic!(
+            "SIPp's RFC 2833 captures are required ({}=1) but {} is missing",
+            sipp::STRICT_ENV,
+            p.display()
+        );
     }
     eprintln!("skipping: {} is missing (install sip-tester)", p.display());
     None
@@ -80,8 +84,12 @@ fn scenario(steps: &[Step]) -> Option<String> {
                     ));
                 }
             }
-            Step::Pause(d) => body.push_str(&format!("  <pause milliseconds=\"{}\"/>\n", d.as_millis())),
-            Step::AwaitBye(limit) => body.push_str(&AWAIT_BYE.replace("LIMIT_MS", &limit.as_millis().to_string())),
+            Step::Pause(d) => {
+                body.push_str(&format!("  <pause milliseconds=\"{}\"/>\n", d.as_millis()))
+            }
+            Step::AwaitBye(limit) => {
+                body.push_str(&AWAIT_BYE.replace("LIMIT_MS", &limit.as_millis().to_string()))
+            }
             Step::Bye => body.push_str(SEND_BYE),
         }
     }
@@ -94,7 +102,9 @@ fn start_sipp(gw: &Gateway, steps: &[Step]) -> Option<SippProcess> {
     let bin = sipp::sipp_or_skip()?;
     let xml = scenario(steps)?;
     let dir = ScratchDir::new("gw-sipp").expect("scratch dir");
-    let sf = dir.write("uac.xml", xml.as_bytes()).expect("scenario written");
+    let sf = dir
+        .write("uac.xml", xml.as_bytes())
+        .expect("scenario written");
     let args: Vec<String> = [
         gw.sip.to_string(),
         "-sf".into(),
@@ -128,10 +138,21 @@ fn keys_duration(keys: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_caller_keying_the_right_pin_with_rfc2833_joins_the_room() {
-    let gw = Gateway::start(GatewayOptions { trunks: Some(trunk(10)), ..Default::default() }).await;
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(trunk(10)),
+        ..Default::default()
+    })
+    .await;
     gw.create_pin("weekly", Some("1023456789")).await;
-    let steps = [Step::Pause(SECOND), Step::Keys("1023456789#"), Step::Pause(5 * SECOND), Step::Bye];
-    let Some(sipp) = start_sipp(&gw, &steps) else { return };
+    let steps = [
+        Step::Pause(SECOND),
+        Step::Keys("1023456789#"),
+        Step::Pause(5 * SECOND),
+        Step::Bye,
+    ];
+    let Some(sipp) = start_sipp(&gw, &steps) else {
+        return;
+    };
     let limit = SECOND + keys_duration("1023456789#") + 4 * SECOND;
     let joined = gw.wait_for_call(limit, |c| c["state"] == "in_room").await;
     let outcome = sipp.wait(20 * SECOND).await;
@@ -139,14 +160,22 @@ async fn sipp_caller_keying_the_right_pin_with_rfc2833_joins_the_room() {
     assert_eq!(joined["room"], "weekly");
     assert!(outcome.success(), "{outcome:?}");
     assert!(gw.wait_no_calls(5 * SECOND).await);
-    let rec = gw.completed_record(joined["id"].as_str().unwrap(), 5 * SECOND).await.unwrap();
+    let rec = gw
+        .completed_record(joined["id"].as_str().unwrap(), 5 * SECOND)
+        .await
+        .unwrap();
     assert_eq!(outcome_label(&rec), Some("caller_hangup"));
     assert_eq!(rec.room.as_deref(), Some("weekly"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_caller_keying_three_wrong_pins_is_told_goodbye_and_hung_up() {
-    let gw = Gateway::start(GatewayOptions { trunks: Some(trunk(4)), rtp_timeout_s: 30, ..Default::default() }).await;
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(trunk(4)),
+        rtp_timeout_s: 30,
+        ..Default::default()
+    })
+    .await;
     gw.create_pin("weekly", Some("9876")).await;
     // Three wrong entries: ended by `#`, then twice by the inter-digit timeout (2 s).
     let steps = [
@@ -158,67 +187,138 @@ async fn sipp_caller_keying_three_wrong_pins_is_told_goodbye_and_hung_up() {
         Step::Keys("89"),
         Step::AwaitBye(15 * SECOND),
     ];
-    let Some(sipp) = start_sipp(&gw, &steps) else { return };
-    let call = gw.wait_for_call(5 * SECOND, |_| true).await.expect("call listed");
+    let Some(sipp) = start_sipp(&gw, &steps) else {
+        return;
+    };
+    let call = gw
+        .wait_for_call(5 * SECOND, |_| true)
+        .await
+        .expect("call listed");
     let outcome = sipp.wait(30 * SECOND).await;
-    assert!(outcome.success(), "the gateway hangs up with BYE: {outcome:?}");
+    assert!(
+        outcome.success(),
+        "the gateway hangs up with BYE: {outcome:?}"
+    );
     assert!(outcome.messages.contains("BYE sip:"), "{outcome:?}");
     assert!(gw.wait_no_calls(5 * SECOND).await);
-    let rec = gw.completed_record(call["id"].as_str().unwrap(), 5 * SECOND).await.unwrap();
+    let rec = gw
+        .completed_record(call["id"].as_str().unwrap(), 5 * SECOND)
+        .await
+        .unwrap();
     assert_eq!(outcome_label(&rec), Some("pin_failed"));
     assert_eq!(rec.pin_attempts, 3);
     assert_eq!(rec.room, None);
-    assert_eq!(gw.metric("dialin_calls_total{outcome=\"pin_failed\"}").await, Some(1.0));
-    assert_eq!(gw.metric("dialin_pin_attempts_total{result=\"unknown\"}").await, Some(3.0));
+    assert_eq!(
+        gw.metric("dialin_calls_total{outcome=\"pin_failed\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gw.metric("dialin_pin_attempts_total{result=\"unknown\"}")
+            .await,
+        Some(3.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_caller_star_clears_the_entry_and_the_right_pin_then_joins() {
-    let gw = Gateway::start(GatewayOptions { trunks: Some(trunk(4)), ..Default::default() }).await;
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(trunk(4)),
+        ..Default::default()
+    })
+    .await;
     gw.create_pin("retro", Some("5678")).await;
     // "12" alone would be a wrong PIN; `*` throws it away, so the next entry is the first attempt.
-    let steps = [Step::Pause(SECOND), Step::Keys("12*"), Step::Pause(SECOND), Step::Keys("5678#"), Step::Pause(5 * SECOND), Step::Bye];
-    let Some(sipp) = start_sipp(&gw, &steps) else { return };
+    let steps = [
+        Step::Pause(SECOND),
+        Step::Keys("12*"),
+        Step::Pause(SECOND),
+        Step::Keys("5678#"),
+        Step::Pause(5 * SECOND),
+        Step::Bye,
+    ];
+    let Some(sipp) = start_sipp(&gw, &steps) else {
+        return;
+    };
     let limit = 2 * SECOND + keys_duration("12*5678#") + 4 * SECOND;
     let joined = gw.wait_for_call(limit, |c| c["state"] == "in_room").await;
     let outcome = sipp.wait(20 * SECOND).await;
     let joined = joined.unwrap_or_else(|| panic!("never in_room; sipp: {outcome:?}"));
     assert_eq!(joined["room"], "retro");
     assert!(outcome.success(), "{outcome:?}");
-    let rec = gw.completed_record(joined["id"].as_str().unwrap(), 5 * SECOND).await.unwrap();
+    let rec = gw
+        .completed_record(joined["id"].as_str().unwrap(), 5 * SECOND)
+        .await
+        .unwrap();
     assert_eq!(outcome_label(&rec), Some("caller_hangup"));
     assert_eq!(rec.pin_attempts, 0, "the cleared entry was not an attempt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_caller_keying_nothing_is_told_goodbye_and_hung_up() {
-    let gw = Gateway::start(GatewayOptions { rtp_timeout_s: 60, ..Default::default() }).await;
+    let gw = Gateway::start(GatewayOptions {
+        rtp_timeout_s: 60,
+        ..Default::default()
+    })
+    .await;
     let steps = [Step::AwaitBye(30 * SECOND)];
-    let Some(sipp) = start_sipp(&gw, &steps) else { return };
-    let call = gw.wait_for_call(5 * SECOND, |c| c["state"] == "collecting_pin").await.expect("call in the PIN menu");
+    let Some(sipp) = start_sipp(&gw, &steps) else {
+        return;
+    };
+    let call = gw
+        .wait_for_call(5 * SECOND, |c| c["state"] == "collecting_pin")
+        .await
+        .expect("call in the PIN menu");
     let outcome = sipp.wait(40 * SECOND).await;
-    assert!(outcome.success(), "the gateway hangs up with BYE: {outcome:?}");
-    let rec = gw.completed_record(call["id"].as_str().unwrap(), 5 * SECOND).await.unwrap();
+    assert!(
+        outcome.success(),
+        "the gateway hangs up with BYE: {outcome:?}"
+    );
+    let rec = gw
+        .completed_record(call["id"].as_str().unwrap(), 5 * SECOND)
+        .await
+        .unwrap();
     assert_eq!(outcome_label(&rec), Some("no_input"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_keying_nothing_hears_the_welcome_prompt_again_then_goodbye() {
-    let gw = Gateway::start(GatewayOptions { first_digit_timeout_s: 2, max_prompt_replays: 1, ..Default::default() }).await;
+    let gw = Gateway::start(GatewayOptions {
+        first_digit_timeout_s: 2,
+        max_prompt_replays: 1,
+        ..Default::default()
+    })
+    .await;
     let t0 = Instant::now();
-    let call = Caller::dial(DialOptions { codecs: vec![Codec::Pcmu], ..DialOptions::new(gw.sip) }).await.expect("answered");
+    let call = Caller::dial(DialOptions {
+        codecs: vec![Codec::Pcmu],
+        ..DialOptions::new(gw.sip)
+    })
+    .await
+    .expect("answered");
     call.play_silence();
-    assert!(call.wait_for_bye(40 * SECOND).await, "the gateway hangs up after the replays");
+    assert!(
+        call.wait_for_bye(40 * SECOND).await,
+        "the gateway hangs up after the replays"
+    );
     let bye_at = Instant::now();
     // Sound, a silent gap of about first_digit_timeout, sound again (the replay), a gap, the goodbye.
     let chunks = call.recorded_chunks(t0);
-    let loud: Vec<bool> = chunks.iter().map(|(_, s)| tone::rms_dbfs(s) > -45.0).collect();
+    let loud: Vec<bool> = chunks
+        .iter()
+        .map(|(_, s)| tone::rms_dbfs(s) > -45.0)
+        .collect();
     let mut bursts: Vec<(Instant, Instant)> = Vec::new();
     let mut quiet_since: Option<Instant> = None;
     for ((at, _), &is_loud) in chunks.iter().zip(&loud) {
         if is_loud {
             match bursts.last_mut() {
-                Some(b) if quiet_since.is_none_or(|q| at.duration_since(q) < Duration::from_millis(1200)) => b.1 = *at,
+                Some(b)
+                    if quiet_since
+                        .is_none_or(|q| at.duration_since(q) < Duration::from_millis(1200)) =>
+                {
+                    b.1 = *at
+                }
                 _ => bursts.push((*at, *at)),
             }
             quiet_since = None;
@@ -226,17 +326,27 @@ async fn caller_keying_nothing_hears_the_welcome_prompt_again_then_goodbye() {
             quiet_since = Some(*at);
         }
     }
-    assert_eq!(bursts.len(), 3, "welcome, welcome again, goodbye: {bursts:?} (t0 {t0:?}, bye {bye_at:?})");
+    assert_eq!(
+        bursts.len(),
+        3,
+        "welcome, welcome again, goodbye: {bursts:?} (t0 {t0:?}, bye {bye_at:?})"
+    );
     for w in bursts.windows(2) {
         let gap = w[1].0.duration_since(w[0].1);
-        assert!(gap >= Duration::from_millis(1700) && gap <= Duration::from_millis(3500), "gap of {gap:?} between prompts");
+        assert!(
+            gap >= Duration::from_millis(1700) && gap <= Duration::from_millis(3500),
+            "gap of {gap:?} between prompts"
+        );
     }
     let rate = call.sample_rate();
     let welcome = call.recorded_between(bursts[0].0, bursts[0].1);
     let replay = call.recorded_between(bursts[1].0, bursts[1].1);
     assert!(tone::is_speech_like(&welcome, rate) && tone::is_speech_like(&replay, rate));
     let (l0, l1) = (welcome.len() as f64, replay.len() as f64);
-    assert!((l0 - l1).abs() / l0 < 0.1, "the replay is the same prompt ({l0} vs {l1} samples)");
+    assert!(
+        (l0 - l1).abs() / l0 < 0.1,
+        "the replay is the same prompt ({l0} vs {l1} samples)"
+    );
 }
 
 const INVITE_AND_ACK: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>

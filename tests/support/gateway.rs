@@ -101,7 +101,10 @@ impl Gateway {
         let (rtp_first, rtp_last) = free_rtp_range(opts.rtp_ports);
         let db = dir.path().join("dialin.db");
         let log = dir.path().join("dialin.log");
-        let trunks = opts.trunks.clone().unwrap_or_else(|| DEFAULT_TRUNK.to_owned());
+        let trunks = opts
+            .trunks
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TRUNK.to_owned());
         let config = format!(
             r#"
 [sip]
@@ -149,7 +152,9 @@ drain_timeout_s = 1
             db = db.display(),
             max_calls = opts.max_calls,
         );
-        let config_path = dir.write("dialin.toml", config.as_bytes()).expect("write config");
+        let config_path = dir
+            .write("dialin.toml", config.as_bytes())
+            .expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_dialin"))
             .arg("serve")
             .arg("--config")
@@ -213,7 +218,12 @@ drain_timeout_s = 1
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .client
             .request(method, format!("http://{}{path}", self.admin))
@@ -238,7 +248,9 @@ drain_timeout_s = 1
         if let Some(p) = pin {
             body["pin"] = json!(p);
         }
-        let (status, v) = self.request(reqwest::Method::POST, "/v1/pins", Some(body)).await;
+        let (status, v) = self
+            .request(reqwest::Method::POST, "/v1/pins", Some(body))
+            .await;
         assert_eq!(status, 201, "POST /v1/pins answered {status}: {v}");
         v["pin"].as_str().expect("pin in the answer").to_owned()
     }
@@ -251,7 +263,11 @@ drain_timeout_s = 1
     }
 
     /// Waits until some call in progress satisfies `pred`; returns it.
-    pub async fn wait_for_call(&self, limit: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub async fn wait_for_call(
+        &self,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(c) = self.calls().await.into_iter().find(|c| pred(c)) {
@@ -268,7 +284,12 @@ drain_timeout_s = 1
     pub async fn wait_for_calls_in(&self, state: &str, n: usize, limit: Duration) -> Vec<Value> {
         let deadline = Instant::now() + limit;
         loop {
-            let calls: Vec<Value> = self.calls().await.into_iter().filter(|c| c["state"] == state).collect();
+            let calls: Vec<Value> = self
+                .calls()
+                .await
+                .into_iter()
+                .filter(|c| c["state"] == state)
+                .collect();
             if calls.len() >= n || Instant::now() > deadline {
                 return calls;
             }
@@ -301,22 +322,34 @@ drain_timeout_s = 1
             .text()
             .await
             .unwrap_or_default();
-        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
     /// `DELETE /v1/calls/{id}`; returns the status.
     pub async fn hang_up(&self, id: &str) -> u16 {
-        self.request(reqwest::Method::DELETE, &format!("/v1/calls/{id}"), None).await.0
+        self.request(reqwest::Method::DELETE, &format!("/v1/calls/{id}"), None)
+            .await
+            .0
     }
 
     /// The call's record in the store, once completed (waits up to `limit` for an outcome).
-    pub async fn completed_record(&self, id: &str, limit: Duration) -> Option<dialin::store::CallRecord> {
+    pub async fn completed_record(
+        &self,
+        id: &str,
+        limit: Duration,
+    ) -> Option<dialin::store::CallRecord> {
         let url = format!("sqlite://{}", self.db.display());
-        let store = dialin::store::Store::open(&url, 1).await.expect("open the gateway's store");
+        let store = dialin::store::Store::open(&url, 1)
+            .await
+            .expect("open the gateway's store");
         let id = dialin::calls::CallId::new(id);
         let deadline = Instant::now() + limit;
         let rec = loop {
-            let rec = store.get_call_record(&id).await.expect("read the call record");
+            let rec = store
+                .get_call_record(&id)
+                .await
+                .expect("read the call record");
             if rec.as_ref().is_some_and(|r| r.outcome.is_some()) || Instant::now() > deadline {
                 break rec;
             }
@@ -335,7 +368,9 @@ drain_timeout_s = 1
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(None) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                     Ok(None) => {
                         let _ = child.kill();
                         let _ = child.wait();
@@ -358,7 +393,9 @@ impl Drop for Gateway {
         {
             let log = self.logs();
             let start = log.len().saturating_sub(20_000);
-            let start = (start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
+            let start = (start..log.len())
+                .find(|&i| log.is_char_boundary(i))
+                .unwrap_or(log.len());
             eprintln!("--- dialin log (tail) ---\n{}", &log[start..]);
         }
     }
