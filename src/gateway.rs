@@ -230,7 +230,7 @@ impl Front {
             }
         }
 
-        if self.gw.services.overload.check(Instant::now()) {
+        if self.gw.services.overload.check(Instant::now(), self.gw.services.calls.len()) {
             self.gw.services.metrics.overload_refused();
             info!(trunk = %trunk.id, "call refused: media loops running late (overload)");
             return Err(Refusal::unavailable());

@@ -26,9 +26,16 @@ pub const LATE_TICK: Duration = Duration::from_millis(10);
 pub const ENTER_LATE_FRACTION: f64 = 0.10;
 /// Back to normal when at most this share of the last second's ticks were late.
 pub const LEAVE_LATE_FRACTION: f64 = 0.02;
-/// Ticks needed in the window before judging: two calls' worth (50 ticks/s each), so one
-/// call descheduled once cannot shut the door on everyone.
-pub const MIN_TICKS: u32 = 100;
+/// Ticks needed in the window before judging: five calls' worth (50 ticks/s each). A node
+/// with fewer calls is not loaded by its calls; if its ticks run late, something else on
+/// the machine is to blame and refusing calls would not help.
+pub const MIN_TICKS: u32 = 250;
+
+/// Media ticks per call per second (one per 20 ms).
+const TICKS_PER_CALL: u32 = 50;
+/// A starved process records few ticks (each late); this many are enough to judge when
+/// the calls in progress should have produced [`MIN_TICKS`].
+const MIN_SAMPLE: u32 = 10;
 
 /// Width of one slot of the window.
 const SLOT: Duration = Duration::from_millis(100);
@@ -119,13 +126,17 @@ impl OverloadMonitor {
         load
     }
 
-    /// Judges the last second and returns whether the node is overloaded now; new calls
-    /// must be refused while it is.
-    pub fn check(&self, now: Instant) -> bool {
+    /// Judges the last second, with `calls` calls in progress, and returns whether the
+    /// node is overloaded now; new calls must be refused while it is. A node starved of CPU
+    /// for whole seconds records few ticks, all late: when the calls in progress should
+    /// have produced [`MIN_TICKS`], a small sample is enough to judge.
+    pub fn check(&self, now: Instant, calls: usize) -> bool {
         let load = self.load(now);
         let was = self.overloaded.load(Ordering::Acquire);
         let fraction = load.late_fraction();
-        let is = if load.ticks < MIN_TICKS {
+        let expected = u32::try_from(calls).unwrap_or(u32::MAX).saturating_mul(TICKS_PER_CALL);
+        let enough = load.ticks >= MIN_TICKS || (expected >= MIN_TICKS && load.ticks >= MIN_SAMPLE);
+        let is = if !enough {
             false
         } else if was {
             fraction > LEAVE_LATE_FRACTION
@@ -172,7 +183,7 @@ mod tests {
         let m = OverloadMonitor::new(t0);
         let t = run(&m, t0, Duration::from_secs(3), 200, 0);
         assert_eq!(m.load(t).late, 0);
-        assert!(!m.check(t));
+        assert!(!m.check(t, 20));
     }
 
     #[test]
@@ -182,7 +193,7 @@ mod tests {
         let t = run(&m, t0, Duration::from_secs(1), 20, 4);
         let load = m.load(t);
         assert!(load.late_fraction() > ENTER_LATE_FRACTION, "{load:?}");
-        assert!(m.check(t));
+        assert!(m.check(t, 20));
         assert!(m.is_overloaded());
     }
 
@@ -192,7 +203,7 @@ mod tests {
         let m = OverloadMonitor::new(t0);
         // One tick in 20 late: 5 %, under the 10 % that marks overload.
         let t = run(&m, t0, Duration::from_secs(2), 20, 20);
-        assert!(!m.check(t));
+        assert!(!m.check(t, 20));
     }
 
     #[test]
@@ -201,7 +212,7 @@ mod tests {
         let m = OverloadMonitor::new(t0);
         let t = run(&m, t0, Duration::from_secs(2), 1, 1);
         assert!(m.load(t).ticks < MIN_TICKS);
-        assert!(!m.check(t));
+        assert!(!m.check(t, 1));
     }
 
     #[test]
@@ -209,12 +220,12 @@ mod tests {
         let t0 = Instant::now();
         let m = OverloadMonitor::new(t0);
         let t = run(&m, t0, Duration::from_secs(1), 20, 2);
-        assert!(m.check(t));
+        assert!(m.check(t, 20));
         // Half a second of on-time ticks: the late half-second is still in the window.
         let t = run(&m, t, Duration::from_millis(500), 20, 0);
-        assert!(m.check(t), "still overloaded while late ticks remain in the last second");
+        assert!(m.check(t, 20), "still overloaded while late ticks remain in the last second");
         let t = run(&m, t, Duration::from_millis(1100), 20, 0);
-        assert!(!m.check(t), "recovered: {:?}", m.load(t));
+        assert!(!m.check(t, 20), "recovered: {:?}", m.load(t));
     }
 
     #[test]
@@ -222,13 +233,13 @@ mod tests {
         let t0 = Instant::now();
         let m = OverloadMonitor::new(t0);
         let t = run(&m, t0, Duration::from_secs(1), 20, 2);
-        assert!(m.check(t));
+        assert!(m.check(t, 20));
         // 1 tick in 20 late (5 %): below the entry threshold, above the exit one.
         let t = run(&m, t, Duration::from_secs(2), 20, 20);
-        assert!(m.check(t), "stays overloaded at 5 %: {:?}", m.load(t));
+        assert!(m.check(t, 20), "stays overloaded at 5 %: {:?}", m.load(t));
         let fresh = OverloadMonitor::new(t0);
         let t = run(&fresh, t0, Duration::from_secs(2), 20, 20);
-        assert!(!fresh.check(t), "but 5 % does not enter overload");
+        assert!(!fresh.check(t, 20), "but 5 % does not enter overload");
     }
 
     #[test]
@@ -236,8 +247,26 @@ mod tests {
         let t0 = Instant::now();
         let m = OverloadMonitor::new(t0);
         let t = run(&m, t0, Duration::from_secs(1), 20, 1);
-        assert!(m.check(t));
-        assert!(!m.check(t + Duration::from_secs(2)), "no ticks in the last second");
+        assert!(m.check(t, 20));
+        assert!(!m.check(t + Duration::from_secs(2), 0), "no ticks in the last second");
+    }
+
+    #[test]
+    fn starved_node_with_many_calls_is_judged_on_the_few_ticks_it_records() {
+        let t0 = Instant::now();
+        let m = OverloadMonitor::new(t0);
+        // 20 calls should tick 1000 times a second; a starved process ran 12 ticks, all late.
+        let mut t = t0;
+        for _ in 0..12 {
+            m.record_tick(Duration::from_millis(400), t);
+            t += Duration::from_millis(80);
+        }
+        assert!(m.check(t, 20), "{:?}", m.load(t));
+        let m = OverloadMonitor::new(t0);
+        for i in 0..12 {
+            m.record_tick(ON_TIME, t0 + Duration::from_millis(10 * i));
+        }
+        assert!(!m.check(t0 + Duration::from_millis(120), 20), "new calls ticking on time are not overload");
     }
 
     #[test]

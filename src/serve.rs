@@ -145,9 +145,10 @@ async fn watch_overload(services: Services) {
     loop {
         every.tick().await;
         let now = std::time::Instant::now();
-        let is = services.overload.check(now);
+        let is = services.overload.check(now, services.calls.len());
+        let load = services.overload.load(now);
+        tracing::trace!(ticks = load.ticks, late = load.late, overloaded = is, "media tick load");
         if is != was {
-            let load = services.overload.load(now);
             if is {
                 tracing::warn!(
                     ticks = load.ticks,

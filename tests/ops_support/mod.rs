@@ -101,6 +101,8 @@ pub struct GatewayOptions {
     pub extra: String,
     /// `RUST_LOG` for the process.
     pub log_filter: String,
+    /// Programs that exec the gateway (`["nice", "-n", "19", "taskset", "-c", "0"]`).
+    pub command_prefix: Vec<String>,
 }
 
 impl Default for GatewayOptions {
@@ -121,6 +123,7 @@ impl Default for GatewayOptions {
             rtp_timeout_s: 30,
             extra: String::new(),
             log_filter: "info".to_owned(),
+            command_prefix: Vec::new(),
         }
     }
 }
@@ -193,7 +196,15 @@ impl Gateway {
             .expect("write the config");
         let log_path = dir.path().join("dialin.log");
         let log = std::fs::File::create(&log_path).expect("create the log");
-        let child = Command::new(env!("CARGO_BIN_EXE_dialin"))
+        let mut cmd = match options.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_dialin"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_dialin")),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
