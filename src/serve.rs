@@ -95,6 +95,7 @@ impl Services {
 
 /// Runs the gateway until SIGTERM or Ctrl-C. `config_path` is re-read on SIGHUP.
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let services = Services::open(&config).await?;
     if config.admin.token() == "change-me" {
         tracing::warn!("admin.token is still the shipped example value; set DIALIN_ADMIN_TOKEN");
@@ -118,7 +119,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     services.readiness.set_transports_bound(true);
     let overload_task = tokio::spawn(watch_overload(services.clone()));
 
-    wait_for_signals(&services, &config_path).await?;
+    wait_for_signals(&mut signals, &services, &config_path).await?;
 
     services.readiness.set_draining(true);
     tracing::info!(calls = services.calls.len(), "draining: refusing new calls");
@@ -245,19 +246,47 @@ async fn drain(services: &Services, config: &Config, shutdown: &watch::Sender<bo
     }
 }
 
+/// The process's signals, installed before anything listens: a SIGHUP or SIGTERM that
+/// arrives while the store opens or the transports bind must be handled, not kill the
+/// process with the default action.
+#[cfg(unix)]
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals)
+    }
+}
+
 /// Reloads trunks on SIGHUP; returns on SIGTERM or Ctrl-C.
 #[cfg(unix)]
 async fn wait_for_signals(
+    signals: &mut Signals,
     services: &Services,
     config_path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload_trunks(services, config_path),
-            _ = term.recv() => return Ok(()),
+            _ = signals.hup.recv() => reload_trunks(services, config_path),
+            _ = signals.term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
@@ -265,6 +294,7 @@ async fn wait_for_signals(
 
 #[cfg(not(unix))]
 async fn wait_for_signals(
+    _signals: &mut Signals,
     _services: &Services,
     _config_path: &std::path::Path,
 ) -> anyhow::Result<()> {
