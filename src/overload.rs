@@ -78,7 +78,11 @@ pub struct OverloadMonitor {
 
 impl OverloadMonitor {
     pub fn new(origin: Instant) -> OverloadMonitor {
-        OverloadMonitor { origin, slots: Default::default(), overloaded: AtomicBool::new(false) }
+        OverloadMonitor {
+            origin,
+            slots: Default::default(),
+            overloaded: AtomicBool::new(false),
+        }
     }
 
     fn period(&self, now: Instant) -> u64 {
@@ -87,17 +91,23 @@ impl OverloadMonitor {
     }
 
     fn slot(&self, period: u64) -> Option<&Slot> {
-        self.slots.get(usize::try_from(period % SLOTS as u64).unwrap_or(0))
+        self.slots
+            .get(usize::try_from(period % SLOTS as u64).unwrap_or(0))
     }
 
     /// A call's media tick fired `lateness` after its scheduled time. Hot path: three
     /// relaxed atomic operations, no allocation, no lock.
     pub fn record_tick(&self, lateness: Duration, now: Instant) {
         let period = self.period(now);
-        let Some(slot) = self.slot(period) else { return };
+        let Some(slot) = self.slot(period) else {
+            return;
+        };
         let seen = slot.period.load(Ordering::Acquire);
         if seen != period
-            && slot.period.compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && slot
+                .period
+                .compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             // This slot last held a period a second or more ago: start it afresh. A tick
             // counted by another thread between the exchange and these stores is lost,
@@ -119,7 +129,9 @@ impl OverloadMonitor {
         for slot in &self.slots {
             let p = slot.period.load(Ordering::Acquire);
             if (oldest..=current).contains(&p) {
-                load.ticks = load.ticks.saturating_add(slot.ticks.load(Ordering::Relaxed));
+                load.ticks = load
+                    .ticks
+                    .saturating_add(slot.ticks.load(Ordering::Relaxed));
                 load.late = load.late.saturating_add(slot.late.load(Ordering::Relaxed));
             }
         }
@@ -134,7 +146,9 @@ impl OverloadMonitor {
         let load = self.load(now);
         let was = self.overloaded.load(Ordering::Acquire);
         let fraction = load.late_fraction();
-        let expected = u32::try_from(calls).unwrap_or(u32::MAX).saturating_mul(TICKS_PER_CALL);
+        let expected = u32::try_from(calls)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(TICKS_PER_CALL);
         let enough = load.ticks >= MIN_TICKS || (expected >= MIN_TICKS && load.ticks >= MIN_SAMPLE);
         let is = if !enough {
             false
@@ -163,13 +177,23 @@ mod tests {
     const LATE: Duration = Duration::from_millis(25);
 
     /// `calls` calls tick every 20 ms for `d`, `late_every`-th tick of each late (0: none).
-    fn run(m: &OverloadMonitor, start: Instant, d: Duration, calls: u32, late_every: u32) -> Instant {
+    fn run(
+        m: &OverloadMonitor,
+        start: Instant,
+        d: Duration,
+        calls: u32,
+        late_every: u32,
+    ) -> Instant {
         let mut t = start;
         let mut n = 0u32;
         while t < start + d {
             for _ in 0..calls {
                 n += 1;
-                let lateness = if late_every > 0 && n % late_every == 0 { LATE } else { ON_TIME };
+                let lateness = if late_every > 0 && n % late_every == 0 {
+                    LATE
+                } else {
+                    ON_TIME
+                };
                 m.record_tick(lateness, t);
             }
             t += Duration::from_millis(20);
@@ -223,7 +247,10 @@ mod tests {
         assert!(m.check(t, 20));
         // Half a second of on-time ticks: the late half-second is still in the window.
         let t = run(&m, t, Duration::from_millis(500), 20, 0);
-        assert!(m.check(t, 20), "still overloaded while late ticks remain in the last second");
+        assert!(
+            m.check(t, 20),
+            "still overloaded while late ticks remain in the last second"
+        );
         let t = run(&m, t, Duration::from_millis(1100), 20, 0);
         assert!(!m.check(t, 20), "recovered: {:?}", m.load(t));
     }
@@ -248,7 +275,10 @@ mod tests {
         let m = OverloadMonitor::new(t0);
         let t = run(&m, t0, Duration::from_secs(1), 20, 1);
         assert!(m.check(t, 20));
-        assert!(!m.check(t + Duration::from_secs(2), 0), "no ticks in the last second");
+        assert!(
+            !m.check(t + Duration::from_secs(2), 0),
+            "no ticks in the last second"
+        );
     }
 
     #[test]
@@ -266,7 +296,10 @@ mod tests {
         for i in 0..12 {
             m.record_tick(ON_TIME, t0 + Duration::from_millis(10 * i));
         }
-        assert!(!m.check(t0 + Duration::from_millis(120), 20), "new calls ticking on time are not overload");
+        assert!(
+            !m.check(t0 + Duration::from_millis(120), 20),
+            "new calls ticking on time are not overload"
+        );
     }
 
     #[test]

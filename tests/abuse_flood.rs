@@ -40,7 +40,11 @@ async fn collect_statuses(sock: &UdpSocket, quiet: Duration) -> Vec<u16> {
     let mut out = Vec::new();
     while let Ok(Ok(n)) = tokio::time::timeout(quiet, sock.recv(&mut buf)).await {
         let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
-        if let Some(code) = text.strip_prefix("SIP/2.0 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()) {
+        if let Some(code) = text
+            .strip_prefix("SIP/2.0 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+        {
             out.push(code);
         }
     }
@@ -60,12 +64,17 @@ async fn invite_burst_from_unmatched_source_gets_at_most_burst_403s_then_silence
     .await;
 
     // 127.0.0.9 is loopback but outside the trunk's 127.0.0.1/32.
-    let scanner = UdpSocket::bind("127.0.0.9:0").await.expect("bind 127.0.0.9");
+    let scanner = UdpSocket::bind("127.0.0.9:0")
+        .await
+        .expect("bind 127.0.0.9");
     scanner.connect(gw.sip).await.unwrap();
     let from = scanner.local_addr().unwrap();
     let started = std::time::Instant::now();
     for i in 0..SENT {
-        scanner.send(invite(gw.sip, from, i).as_bytes()).await.unwrap();
+        scanner
+            .send(invite(gw.sip, from, i).as_bytes())
+            .await
+            .unwrap();
         if i % 20 == 19 {
             // Paced so that the kernel's socket buffer, not the gateway, is not what drops.
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -79,14 +88,27 @@ async fn invite_burst_from_unmatched_source_gets_at_most_burst_403s_then_silence
     }
     eprintln!("{SENT} INVITEs from an unmatched source in {elapsed:.2} s: responses {by_code:?}");
 
-    assert!(!statuses.contains(&100), "no 100 Trying for an unmatched source: {by_code:?}");
+    assert!(
+        !statuses.contains(&100),
+        "no 100 Trying for an unmatched source: {by_code:?}"
+    );
     assert!(statuses.iter().all(|s| *s == 403), "only 403s: {by_code:?}");
     // The bucket refills at 1/s while the test runs: allow those extra tokens.
     let allowed = BURST as usize + elapsed.ceil() as usize + 2;
-    assert!(!statuses.is_empty(), "the first INVITEs are refused with 403");
-    assert!(statuses.len() <= allowed, "{} answers, at most {allowed} expected", statuses.len());
+    assert!(
+        !statuses.is_empty(),
+        "the first INVITEs are refused with 403"
+    );
+    assert!(
+        statuses.len() <= allowed,
+        "{} answers, at most {allowed} expected",
+        statuses.len()
+    );
 
-    let dropped = gw.metric("dialin_unmatched_source_dropped_total").await.expect("the drop counter");
+    let dropped = gw
+        .metric("dialin_unmatched_source_dropped_total")
+        .await
+        .expect("the drop counter");
     // Every INVITE the gateway read was either answered 403 or dropped and counted (a
     // datagram lost in the kernel's buffer under load never reaches either).
     eprintln!("dropped and counted: {dropped}");
@@ -95,9 +117,14 @@ async fn invite_burst_from_unmatched_source_gets_at_most_burst_403s_then_silence
         "dropped {dropped}, sent {SENT}, answered {}",
         statuses.len()
     );
-    assert_eq!(gw.active_calls().await, Some(0), "no call state for the scanner");
     assert_eq!(
-        gw.metric("dialin_sip_requests_total{method=\"INVITE\"}").await,
+        gw.active_calls().await,
+        Some(0),
+        "no call state for the scanner"
+    );
+    assert_eq!(
+        gw.metric("dialin_sip_requests_total{method=\"INVITE\"}")
+            .await,
         Some(0.0),
         "the SIP front never saw the scanner's INVITEs"
     );
@@ -106,23 +133,48 @@ async fn invite_burst_from_unmatched_source_gets_at_most_burst_403s_then_silence
     let trunk = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     trunk.connect(gw.sip).await.unwrap();
     let trunk_addr = trunk.local_addr().unwrap();
-    trunk.send(options(gw.sip, trunk_addr).as_bytes()).await.unwrap();
-    assert_eq!(collect_statuses(&trunk, Duration::from_secs(2)).await, vec![200], "the trunk still gets answers");
+    trunk
+        .send(options(gw.sip, trunk_addr).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        collect_statuses(&trunk, Duration::from_secs(2)).await,
+        vec![200],
+        "the trunk still gets answers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_source_is_answered_again_after_its_bucket_refills() {
-    let gw = Gateway::start(GatewayOptions { unmatched_burst: 2, unmatched_per_second: 1, ..GatewayOptions::default() })
-        .await;
-    let scanner = UdpSocket::bind("127.0.0.10:0").await.expect("bind 127.0.0.10");
+    let gw = Gateway::start(GatewayOptions {
+        unmatched_burst: 2,
+        unmatched_per_second: 1,
+        ..GatewayOptions::default()
+    })
+    .await;
+    let scanner = UdpSocket::bind("127.0.0.10:0")
+        .await
+        .expect("bind 127.0.0.10");
     scanner.connect(gw.sip).await.unwrap();
     let from = scanner.local_addr().unwrap();
     for i in 0..10 {
-        scanner.send(invite(gw.sip, from, i).as_bytes()).await.unwrap();
+        scanner
+            .send(invite(gw.sip, from, i).as_bytes())
+            .await
+            .unwrap();
     }
     let first = collect_statuses(&scanner, Duration::from_millis(500)).await;
-    assert!(!first.is_empty() && first.len() <= 3, "burst of 2 (+1 refilled): {first:?}");
+    assert!(
+        !first.is_empty() && first.len() <= 3,
+        "burst of 2 (+1 refilled): {first:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    scanner.send(invite(gw.sip, from, 100).as_bytes()).await.unwrap();
-    assert_eq!(collect_statuses(&scanner, Duration::from_millis(500)).await, vec![403]);
+    scanner
+        .send(invite(gw.sip, from, 100).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        collect_statuses(&scanner, Duration::from_millis(500)).await,
+        vec![403]
+    );
 }

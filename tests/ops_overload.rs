@@ -42,7 +42,12 @@ impl Drop for Hog {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 async fn wait_metric(gw: &Gateway, series: &str, value: f64, timeout: Duration) -> bool {
@@ -92,10 +97,18 @@ async fn late_media_ticks_on_a_starved_core_refuse_new_calls_with_503_until_they
     );
     let mut opts = DialOptions::new(gw.sip);
     opts.answer_timeout = Duration::from_secs(20);
-    let refused = Caller::dial(opts).await.err().expect("a new call is refused while overloaded");
+    let refused = Caller::dial(opts)
+        .await
+        .err()
+        .expect("a new call is refused while overloaded");
     assert_eq!(refused.status(), Some(503), "{refused}");
     assert!(refused.retry_after().is_some(), "503 carries Retry-After");
-    assert!(gw.metric("dialin_overload_refused_total").await.unwrap_or(0.0) >= 1.0);
+    assert!(
+        gw.metric("dialin_overload_refused_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 
     // The load goes away: the busy loops stop and the calls end.
     drop(hogs);
@@ -106,7 +119,12 @@ async fn late_media_ticks_on_a_starved_core_refuse_new_calls_with_503_until_they
         wait_metric(&gw, "dialin_overloaded", 0.0, Duration::from_secs(20)).await,
         "overload clears once the load is gone"
     );
-    let again = Caller::dial(DialOptions::new(gw.sip)).await.expect("calls are accepted again");
-    assert!(gw.log().contains("overload cleared"), "the recovery is logged");
+    let again = Caller::dial(DialOptions::new(gw.sip))
+        .await
+        .expect("calls are accepted again");
+    assert!(
+        gw.log().contains("overload cleared"),
+        "the recovery is logged"
+    );
     again.hangup().await.ok();
 }

@@ -47,7 +47,10 @@ fn endpoint(allowed: IpAddr, rejects: usize) -> (Endpoint, Arc<AtomicUsize>) {
         }
     });
     let config = EndpointConfig {
-        local_addrs: vec![ListenAddr { transport: Transport::Udp, addr: "127.0.0.1:5060".parse().unwrap() }],
+        local_addrs: vec![ListenAddr {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5060".parse().unwrap(),
+        }],
         source_filter: Some(filter),
         ..EndpointConfig::default()
     };
@@ -67,7 +70,13 @@ fn statuses(ep: &mut Endpoint) -> Vec<u16> {
 fn rejected_source_gets_a_stateless_403_without_100_trying_or_call_state() {
     let (mut ep, _) = endpoint("127.0.0.1".parse().unwrap(), usize::MAX);
     let scanner: SocketAddr = "127.0.0.9:5070".parse().unwrap();
-    ep.handle_datagram(invite("z9hG4bK1", "c1"), scanner, Transport::Udp, None, Instant::now());
+    ep.handle_datagram(
+        invite("z9hG4bK1", "c1"),
+        scanner,
+        Transport::Udp,
+        None,
+        Instant::now(),
+    );
     assert_eq!(statuses(&mut ep), vec![403]);
     assert_eq!(ep.transaction_count(), 0);
     assert_eq!(ep.call_count(), 0);
@@ -80,7 +89,13 @@ fn dropped_source_gets_no_answer_and_leaves_nothing_behind() {
     let (mut ep, _) = endpoint("127.0.0.1".parse().unwrap(), 0);
     let scanner: SocketAddr = "127.0.0.9:5070".parse().unwrap();
     for i in 0..100 {
-        ep.handle_datagram(invite(&format!("z9hG4bK{i}"), &format!("c{i}")), scanner, Transport::Udp, None, Instant::now());
+        ep.handle_datagram(
+            invite(&format!("z9hG4bK{i}"), &format!("c{i}")),
+            scanner,
+            Transport::Udp,
+            None,
+            Instant::now(),
+        );
     }
     assert!(statuses(&mut ep).is_empty());
     assert_eq!(ep.transaction_count(), 0);
@@ -91,7 +106,13 @@ fn dropped_source_gets_no_answer_and_leaves_nothing_behind() {
 fn ack_from_a_rejected_source_is_never_answered() {
     let (mut ep, asked) = endpoint("127.0.0.1".parse().unwrap(), usize::MAX);
     let scanner: SocketAddr = "127.0.0.9:5070".parse().unwrap();
-    ep.handle_datagram(ack("z9hG4bKa", "c1"), scanner, Transport::Udp, None, Instant::now());
+    ep.handle_datagram(
+        ack("z9hG4bKa", "c1"),
+        scanner,
+        Transport::Udp,
+        None,
+        Instant::now(),
+    );
     assert_eq!(asked.load(Ordering::Relaxed), 1, "the filter saw the ACK");
     assert!(statuses(&mut ep).is_empty());
 }
@@ -100,7 +121,13 @@ fn ack_from_a_rejected_source_is_never_answered() {
 fn allowed_source_goes_through_the_normal_invite_path() {
     let (mut ep, _) = endpoint("127.0.0.1".parse().unwrap(), usize::MAX);
     let trunk: SocketAddr = "127.0.0.1:5070".parse().unwrap();
-    ep.handle_datagram(invite("z9hG4bK1", "c1"), trunk, Transport::Udp, None, Instant::now());
+    ep.handle_datagram(
+        invite("z9hG4bK1", "c1"),
+        trunk,
+        Transport::Udp,
+        None,
+        Instant::now(),
+    );
     assert_eq!(statuses(&mut ep), vec![100]);
     assert!(matches!(ep.poll_event(), Some(Event::IncomingCall { .. })));
     assert_eq!(ep.call_count(), 1);

@@ -61,11 +61,17 @@ impl Drop for TempDir {
 
 /// A free loopback UDP port (also free for TCP at the time of asking, most likely).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
 }
 
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free TCP port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
 }
 
 /// An RTP port range of `n` ports that no other gateway of this test process uses.
@@ -141,7 +147,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// The configuration file text for these options and ports.
-    pub fn config_text(o: &GatewayOptions, dir: &Path, sip: u16, admin: u16, rtp: (u16, u16)) -> String {
+    pub fn config_text(
+        o: &GatewayOptions,
+        dir: &Path,
+        sip: u16,
+        admin: u16,
+        rtp: (u16, u16),
+    ) -> String {
         let store = o
             .store_url
             .clone()
@@ -192,8 +204,11 @@ impl Gateway {
         let admin = free_tcp_port();
         let rtp = rtp_range(options.rtp_ports);
         let config_path = dir.path().join("dialin.toml");
-        std::fs::write(&config_path, Gateway::config_text(&options, dir.path(), sip, admin, rtp))
-            .expect("write the config");
+        std::fs::write(
+            &config_path,
+            Gateway::config_text(&options, dir.path(), sip, admin, rtp),
+        )
+        .expect("write the config");
         let log_path = dir.path().join("dialin.log");
         let log = std::fs::File::create(&log_path).expect("create the log");
         let mut cmd = match options.command_prefix.split_first() {
@@ -238,7 +253,13 @@ impl Gateway {
             .expect("rtp_ports in the config");
         std::fs::write(
             &self.config_path,
-            Gateway::config_text(options, self.dir.path(), self.sip.port(), self.admin.port(), rtp),
+            Gateway::config_text(
+                options,
+                self.dir.path(),
+                self.sip.port(),
+                self.admin.port(),
+                rtp,
+            ),
         )
         .expect("rewrite config");
     }
@@ -299,12 +320,20 @@ impl Gateway {
     }
 
     fn client() -> reqwest::Client {
-        reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("HTTP client")
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client")
     }
 
     /// GET on the admin API (with the token); status and body, or None when unreachable.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let r = Gateway::client().get(self.url(path)).bearer_auth(ADMIN_TOKEN).send().await.ok()?;
+        let r = Gateway::client()
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?;
         let status = r.status().as_u16();
         Some((status, r.text().await.unwrap_or_default()))
     }
@@ -335,7 +364,13 @@ impl Gateway {
     /// A metric's value from `/metrics` (the full series name with labels).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await?;
-        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     /// Active calls from `GET /v1/calls`.
@@ -345,7 +380,9 @@ impl Gateway {
             return None;
         }
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        v.as_array().or_else(|| v.get("calls").and_then(|c| c.as_array())).map(|a| a.len())
+        v.as_array()
+            .or_else(|| v.get("calls").and_then(|c| c.as_array()))
+            .map(|a| a.len())
     }
 
     /// Creates a PIN for `room` in the default namespace through the admin API.
@@ -358,7 +395,12 @@ impl Gateway {
             .await
             .expect("POST /v1/pins");
         let status = r.status().as_u16();
-        assert_eq!(status, 201, "create PIN: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            status,
+            201,
+            "create PIN: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 
     /// Kills the process now (SIGKILL).
@@ -424,13 +466,30 @@ impl PgServer {
             .unwrap_or(false);
         let dir = TempDir::new("pg");
         if root {
-            let ok = Command::new("chown").arg("-R").arg("postgres").arg(dir.path()).status().is_ok_and(|s| s.success());
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
             assert!(ok, "chown the PostgreSQL directory to the postgres user");
         }
-        let pg = PgServer { bin, dir, port: free_tcp_port(), as_postgres: root };
+        let pg = PgServer {
+            bin,
+            dir,
+            port: free_tcp_port(),
+            as_postgres: root,
+        };
         let data = pg.dir.path().join("data");
-        let out = pg.tool("initdb", &["-D", path_str(&data), "-A", "trust", "-U", "postgres"]);
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = pg.tool(
+            "initdb",
+            &["-D", path_str(&data), "-A", "trust", "-U", "postgres"],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         pg.start_server();
         Some(pg)
     }
@@ -444,7 +503,10 @@ impl PgServer {
         } else {
             Command::new(&exe)
         };
-        cmd.args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run {}: {e}", exe.display()))
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", exe.display()))
     }
 
     /// Starts (or restarts) the server on the same port and data directory.
@@ -456,7 +518,19 @@ impl PgServer {
             self.port,
             self.dir.path().display()
         );
-        let out = self.tool("pg_ctl", &["-D", path_str(&data), "-o", &opts, "-l", path_str(&log), "-w", "start"]);
+        let out = self.tool(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-o",
+                &opts,
+                "-l",
+                path_str(&log),
+                "-w",
+                "start",
+            ],
+        );
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}{}",
@@ -468,8 +542,15 @@ impl PgServer {
     /// Stops the server at once (clients see their connections cut).
     pub fn stop_server(&self) {
         let data = self.dir.path().join("data");
-        let out = self.tool("pg_ctl", &["-D", path_str(&data), "-m", "immediate", "-w", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.tool(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", "immediate", "-w", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn url(&self) -> String {
@@ -480,7 +561,10 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let _ = self.tool("pg_ctl", &["-D", path_str(&data), "-m", "immediate", "stop"]);
+        let _ = self.tool(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", "immediate", "stop"],
+        );
     }
 }
 
