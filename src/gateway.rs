@@ -27,7 +27,7 @@ use dialin_media::prompt::{Language as PromptLanguage, PromptCatalog};
 use dialin_sip::digest::{Algorithm, Credential, DigestServer, VerifyOutcome};
 use dialin_sip::endpoint::{CallKey, EndpointHandle, Event as SipEvent, SourceFilter, SourceVerdict};
 use dialin_sip::header::HeaderName;
-use dialin_sip::message::{Request, StatusCode, Text};
+use dialin_sip::message::{Method, Request, StatusCode, Text};
 use dialin_sip::sdp::{self, AnswerPolicy, LocalMedia, OfferPolicy, SessionDescription, SrtpPolicy as SdpSrtp};
 use dialin_sip::transport::Transport;
 use tokio::net::UdpSocket;
@@ -60,9 +60,17 @@ pub fn source_filter(services: &Services) -> SourceFilter {
     let trunks = services.trunks.clone();
     let limiter = services.unmatched.clone();
     let metrics = services.metrics.clone();
-    SourceFilter::new(move |ip, _req, now| {
+    let readiness = services.readiness.clone();
+    let overload = services.overload.clone();
+    SourceFilter::new(move |ip, req, now| {
         if trunks.load().is_trunk_address(ip) {
-            SourceVerdict::Allow
+            // A SIP load balancer probes nodes with OPTIONS (Kamailio's dispatcher): a
+            // draining or overloaded node answers 503 so that it is taken out of rotation.
+            if req.method == Method::Options && (readiness.is_draining() || overload.is_overloaded()) {
+                SourceVerdict::Reject(StatusCode(503))
+            } else {
+                SourceVerdict::Allow
+            }
         } else if limiter.allow(ip, now) {
             metrics.sip_response(403);
             SourceVerdict::Reject(StatusCode(403))
