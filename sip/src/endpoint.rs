@@ -105,7 +105,9 @@ pub enum SourceVerdict {
 /// `(source IP, request, now) -> verdict`. It runs on the endpoint task for
 /// every request, so it must be quick and must not block.
 #[derive(Clone)]
-pub struct SourceFilter(Arc<dyn Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync>);
+pub struct SourceFilter(Arc<FilterFn>);
+
+type FilterFn = dyn Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync;
 
 impl SourceFilter {
     pub fn new(f: impl Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync + 'static) -> SourceFilter {
