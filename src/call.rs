@@ -248,8 +248,9 @@ impl CallTask {
                         self.drain_digits(now);
                     }
                 }
-                _ = ticker.tick() => {
+                at = ticker.tick() => {
                     let now = Instant::now();
+                    self.s.services.overload.record_tick(now.saturating_duration_since(at.into_std()), now);
                     if let Some(o) = self.tick(now, &mut caller_pcm, &mut play_pcm, &mut out_packet).await { return o; }
                     if self.phase == Phase::AwaitingAck && now >= ack_deadline {
                         return CallOutcome::Error;
@@ -262,6 +263,7 @@ impl CallTask {
                 }
                 res = recv_once(&mut self.lookup_rx) => {
                     let now = Instant::now();
+                    if matches!(res, Lookup::Invalid | Lookup::LockedOut) { self.s.services.pin_refused(&self.s.trunk.id, now); }
                     if let Some(ivr) = self.ivr.as_mut() { ivr.on_lookup(res, now); }
                     if let Some(o) = self.run_ivr_actions(now) { return o; }
                 }
