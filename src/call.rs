@@ -173,6 +173,8 @@ struct CallTask {
     media_started: Instant,
     remote_bye: bool,
     ended_by_sip: bool,
+    /// Failed PIN lookups, kept for the call record once the menu is gone.
+    pin_attempts: u32,
     /// Resampling state between the leg's rate and the room's.
     up_prev: i16,
 }
@@ -201,6 +203,7 @@ impl CallTask {
             media_started: Instant::now(),
             remote_bye: false,
             ended_by_sip: false,
+            pin_attempts: 0,
             up_prev: 0,
         }
     }
@@ -227,7 +230,8 @@ impl CallTask {
                 cmd = self.s.commands.recv() => {
                     if let Some(CallCommand::HangUp) = cmd {
                         info!(call = %self.s.id, "hung up by an admin");
-                        return CallOutcome::AdminHangup;
+                        // Callers are told, never just cut off (DESIGN.md: no silent failures).
+                        if let Some(o) = self.leave(CallOutcome::AdminHangup, Some(PromptId::Goodbye)) { return o; }
                     }
                 }
                 _ = self.s.shutdown.changed() => {
@@ -244,8 +248,9 @@ impl CallTask {
                         self.drain_digits(now);
                     }
                 }
-                _ = ticker.tick() => {
+                at = ticker.tick() => {
                     let now = Instant::now();
+                    self.s.services.overload.record_tick(now.saturating_duration_since(at.into_std()), now);
                     if let Some(o) = self.tick(now, &mut caller_pcm, &mut play_pcm, &mut out_packet).await { return o; }
                     if self.phase == Phase::AwaitingAck && now >= ack_deadline {
                         return CallOutcome::Error;
@@ -258,6 +263,7 @@ impl CallTask {
                 }
                 res = recv_once(&mut self.lookup_rx) => {
                     let now = Instant::now();
+                    if matches!(res, Lookup::Invalid | Lookup::LockedOut) { self.s.services.pin_refused(&self.s.trunk.id, now); }
                     if let Some(ivr) = self.ivr.as_mut() { ivr.on_lookup(res, now); }
                     if let Some(o) = self.run_ivr_actions(now) { return o; }
                 }
@@ -282,10 +288,12 @@ impl CallTask {
                     return None;
                 }
                 if let Some(offer) = self.s.pending_offer.take() {
-                    let Some(leg) = body.as_ref().and_then(|b| self.leg_from_answer(&offer, b)) else {
+                    let Some((leg, negotiated)) = body.as_ref().and_then(|b| self.leg_from_answer(&offer, b)) else {
                         warn!(call = %self.s.id, "late-offer call: no usable SDP answer in the ACK");
                         return Some(CallOutcome::Error);
                     };
+                    // Kept for re-INVITEs: hold, a new address, session refreshes.
+                    self.s.negotiated = Some(negotiated);
                     self.player = PromptPlayer::new(prompt_rate(leg.sample_rate().hz()));
                     self.s.leg = Some(leg);
                 }
@@ -317,6 +325,8 @@ impl CallTask {
                 self.ended_by_sip = true;
                 Some(match self.phase {
                     Phase::InRoom => CallOutcome::CallerHangup,
+                    // Hanging up during the farewell does not change why the call ended.
+                    Phase::Leaving(o) => o,
                     _ => CallOutcome::AbandonedInIvr,
                 })
             }
@@ -336,12 +346,12 @@ impl CallTask {
         }
     }
 
-    fn leg_from_answer(&self, offer: &sdp::Offer, body: &Bytes) -> Option<CallerLeg> {
+    fn leg_from_answer(&self, offer: &sdp::Offer, body: &Bytes) -> Option<(CallerLeg, Negotiated)> {
         let text = std::str::from_utf8(body).ok()?;
         let answer = SessionDescription::parse(text).ok()?;
         let n = sdp::accept_answer(offer, &answer).ok()?;
         let params = self.s.leg_template.params(&n)?;
-        CallerLeg::new(&params).ok()
+        Some((CallerLeg::new(&params).ok()?, n))
     }
 
     /// A re-INVITE/UPDATE offer: hold/unhold or a new address. The codec stays.
@@ -361,6 +371,10 @@ impl CallTask {
         let local = self.bump_version();
         let answer = Bytes::from(next.answer_sdp(&local));
         debug!(call = %self.s.id, hold = ?next.hold, "re-INVITE answered");
+        if let Some(leg) = self.s.leg.as_mut() {
+            // A new `c=`/`m=` address moves our RTP there (transfers, media anchoring).
+            leg.retarget(next.remote_rtp);
+        }
         self.s.negotiated = Some(next);
         Ok(answer)
     }
@@ -427,11 +441,24 @@ impl CallTask {
                 }
             }
         }
+        let may_send = self.may_send();
         let leg = self.s.leg.as_mut()?;
+        if !may_send {
+            // RFC 3264 §6.1: answering `sendonly`/`inactive` (hold), we send nothing.
+            return None;
+        }
         if let Some(len) = leg.encode_frame(out, now, out_packet) {
             let _ = self.s.socket.try_send_to(&out_packet[..len], leg.remote());
         }
         None
+    }
+
+    /// Whether our side of the negotiated media may send (`sendrecv` or `sendonly`).
+    fn may_send(&self) -> bool {
+        self.s
+            .negotiated
+            .as_ref()
+            .map_or(true, |n| matches!(n.local_direction, sdp::Direction::SendRecv | sdp::Direction::SendOnly))
     }
 
     fn on_hold(&self) -> bool {
@@ -628,7 +655,9 @@ impl CallTask {
         }
         self.room = None;
         self.hold = None;
-        self.ivr = None;
+        if let Some(ivr) = self.ivr.take() {
+            self.pin_attempts = ivr.attempts();
+        }
         match (prompt, self.s.leg.is_some()) {
             (Some(p), true) => {
                 self.phase = Phase::Leaving(outcome);
@@ -655,7 +684,7 @@ impl CallTask {
             room: self.room_name.clone(),
             answered_at: self.answered_at,
             ended_at: Utc::now(),
-            pin_attempts: self.ivr.as_ref().map(|i| i.attempts()).unwrap_or(0),
+            pin_attempts: self.ivr.as_ref().map(|i| i.attempts()).unwrap_or(self.pin_attempts),
             rtp: RtpStats {
                 packets_received: stats.packets_received,
                 packets_lost: u64::try_from(stats.packets_lost.max(0)).unwrap_or(0),

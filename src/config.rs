@@ -249,7 +249,7 @@ impl Default for MediaConfig {
             },
             rtp_timeout_s: 30,
             max_call_duration_s: 4 * 3600,
-            opus_complexity: 5,
+            opus_complexity: dialin_media::codec::DEFAULT_OPUS_COMPLEXITY,
             jitter_min_ms: 20,
             jitter_max_ms: 200,
         }

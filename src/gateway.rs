@@ -1,12 +1,16 @@
 //! The gateway's SIP front (DESIGN.md §Call flow steps 1–2): from an INVITE to a running
 //! call task.
 //!
-//! One task owns the SIP endpoint's event stream. For each new INVITE it decides, in this
-//! order and before allocating anything: draining → `503`; source address matching no trunk →
-//! `403` (at a bounded rate per source, then dropped silently); called number not accepted →
-//! `403`; digest credentials when the trunk has them → `401` challenge (`stale=true` on an
-//! expired nonce); concurrent-call limits (global, per trunk) → `503` + `Retry-After`; SDP
-//! negotiation → `488` when no codec matches. Then it leases an RTP port, binds it, answers
+//! Sources matching no trunk never reach this task: [`source_filter`] runs inside the SIP
+//! endpoint, before any transaction or `100 Trying`, and answers them with a stateless `403`
+//! at a bounded rate per source, then drops them silently (DESIGN.md §Privacy and security
+//! defaults). One task owns the endpoint's event stream. For each new INVITE it decides, in
+//! this order and before allocating anything: draining → `503`; source address matching no
+//! trunk (the trunks changed since the filter looked) → `403`, same rate bound; called
+//! number not accepted → `403`; digest credentials when the trunk has them → `401`
+//! challenge (`stale=true` on an expired nonce); media loops running late
+//! ([`crate::overload`]) or concurrent-call limits (global, per trunk) → `503` +
+//! `Retry-After`; SDP negotiation → `488` when no codec matches. Then it leases an RTP port, binds it, answers
 //! `200 OK` with our SDP and hands the call to [`crate::call::run`]. Later events of a call
 //! (ACK, BYE, INFO, re-INVITE…) are routed to its task by [`CallKey`].
 
@@ -21,9 +25,9 @@ use dialin_media::codec::CodecConfig;
 use dialin_media::ports::{PortAllocator, PortLease};
 use dialin_media::prompt::{Language as PromptLanguage, PromptCatalog};
 use dialin_sip::digest::{Algorithm, Credential, DigestServer, VerifyOutcome};
-use dialin_sip::endpoint::{CallKey, EndpointHandle, Event as SipEvent};
+use dialin_sip::endpoint::{CallKey, EndpointHandle, Event as SipEvent, SourceFilter, SourceVerdict};
 use dialin_sip::header::HeaderName;
-use dialin_sip::message::{Request, StatusCode, Text};
+use dialin_sip::message::{Method, Request, StatusCode, Text};
 use dialin_sip::sdp::{self, AnswerPolicy, LocalMedia, OfferPolicy, SessionDescription, SrtpPolicy as SdpSrtp};
 use dialin_sip::transport::Transport;
 use tokio::net::UdpSocket;
@@ -39,14 +43,43 @@ use crate::privacy::PhoneNumber;
 use crate::room::RoomBackend;
 use crate::serve::Services;
 use crate::store::CallRecordStart;
-use crate::trunk::{SourceRateLimiter, TrunkMatch};
+use crate::trunk::TrunkMatch;
 
 /// Seconds a refused caller should wait before retrying (RFC 3261 §20.33).
 const RETRY_AFTER_S: &str = "5";
 /// Lifetime of our digest nonces; a later response gets `stale=true` (RFC 7616 §3.3).
 const NONCE_TTL: Duration = Duration::from_secs(300);
-/// Sources tracked by the unmatched-source rate limiter before the oldest are pruned.
-const MAX_TRACKED_SOURCES: usize = 65_536;
+/// How often forgotten sources are pruned from the unmatched-source rate limiter.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The endpoint's pre-filter: a request from an address no trunk allows gets a stateless
+/// `403` while its source's token bucket (`[security.unmatched_source]`) has tokens, then
+/// nothing, counted in `dialin_unmatched_source_dropped_total`. Runs on the endpoint task
+/// for every request; costs one read of the trunk table and one bucket update.
+pub fn source_filter(services: &Services) -> SourceFilter {
+    let trunks = services.trunks.clone();
+    let limiter = services.unmatched.clone();
+    let metrics = services.metrics.clone();
+    let readiness = services.readiness.clone();
+    let overload = services.overload.clone();
+    SourceFilter::new(move |ip, req, now| {
+        if trunks.load().is_trunk_address(ip) {
+            // A SIP load balancer probes nodes with OPTIONS (Kamailio's dispatcher): a
+            // draining or overloaded node answers 503 so that it is taken out of rotation.
+            if req.method == Method::Options && (readiness.is_draining() || overload.is_overloaded()) {
+                SourceVerdict::Reject(StatusCode(503))
+            } else {
+                SourceVerdict::Allow
+            }
+        } else if limiter.allow(ip, now) {
+            metrics.sip_response(403);
+            SourceVerdict::Reject(StatusCode(403))
+        } else {
+            metrics.unmatched_source_dropped();
+            SourceVerdict::Drop
+        }
+    })
+}
 
 /// Prompt catalogs, one per language, loaded once and shared by every call.
 #[derive(Clone)]
@@ -89,7 +122,6 @@ pub struct Gateway {
 struct Front {
     gw: Gateway,
     digest: DigestServer,
-    unmatched: SourceRateLimiter,
     calls: HashMap<CallKey, mpsc::UnboundedSender<SipEvent>>,
     next_id: u64,
     id_prefix: String,
@@ -98,24 +130,21 @@ struct Front {
 /// Runs the SIP front until the endpoint's event stream ends.
 pub async fn run(gw: Gateway, mut events: mpsc::Receiver<SipEvent>) {
     let secret: [u8; 32] = rand::random();
-    let rl = &gw.config.security.unmatched_source;
-    let unmatched = SourceRateLimiter::new(rl.burst, rl.per_second, MAX_TRACKED_SOURCES);
     let mut front = Front {
         digest: DigestServer::new("dialin", &secret, NONCE_TTL),
-        unmatched,
         calls: HashMap::new(),
         next_id: 0,
         id_prefix: format!("{:08x}", rand::random::<u32>()),
         gw,
     };
-    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => front.on_event(ev).await,
                 None => break,
             },
-            _ = prune.tick() => front.unmatched.prune(Instant::now()),
+            _ = prune.tick() => front.gw.services.unmatched.prune(Instant::now()),
         }
     }
 }
@@ -180,7 +209,7 @@ impl Front {
         let trunk = match trunks.match_call(source.ip(), &called) {
             TrunkMatch::Matched(t) => Arc::new(t.clone()),
             TrunkMatch::NoTrunkForSource => {
-                if self.unmatched.allow(source.ip(), Instant::now()) {
+                if self.gw.services.unmatched.allow(source.ip(), Instant::now()) {
                     debug!(source = %source.ip(), "INVITE from a source matching no trunk");
                     return Err(Refusal::Status(StatusCode(403), vec![]));
                 }
@@ -207,6 +236,12 @@ impl Front {
                     return Err(self.challenge(false));
                 }
             }
+        }
+
+        if self.gw.services.overload.check(Instant::now(), self.gw.services.calls.len()) {
+            self.gw.services.metrics.overload_refused();
+            info!(trunk = %trunk.id, "call refused: media loops running late (overload)");
+            return Err(Refusal::unavailable());
         }
 
         let caller = PhoneNumber::new(&calling_number(req));
@@ -274,21 +309,22 @@ impl Front {
             (Bytes::from(negotiated.answer_sdp(&local)), Some(leg), None, Some(negotiated))
         };
 
-        if let Err(e) = self
-            .gw
-            .services
-            .store
-            .insert_call_record(&CallRecordStart {
-                id: id.clone(),
-                trunk: trunk.id.clone(),
-                caller_masked: caller.masked(),
-                setup_at: Utc::now(),
-            })
-            .await
-        {
-            // The call can still be served; its record will be missing. Say so.
-            warn!(call = %id, error = %e, "could not insert the call record");
-        }
+        // The record is written beside the call, never in this task's way: while the store is
+        // unreachable each write waits for the pool's acquire timeout, and this task admits
+        // every call. The call can still be served (it tells the caller the service is
+        // unavailable when the PIN cannot be looked up); its record will be missing.
+        let store = self.gw.services.store.clone();
+        let record = CallRecordStart {
+            id: id.clone(),
+            trunk: trunk.id.clone(),
+            caller_masked: caller.masked(),
+            setup_at: Utc::now(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = store.insert_call_record(&record).await {
+                warn!(call = %record.id, error = %e, "could not insert the call record");
+            }
+        });
 
         let _ = self.gw.sip.answer(key, Some(answer_sdp), vec![]);
         self.gw.services.metrics.sip_response(200);

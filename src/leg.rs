@@ -100,6 +100,8 @@ pub struct CallerLeg {
     send_stats: SendStats,
     payload_scratch: [u8; MAX_PACKET],
     stats: LegStats,
+    /// Packets lost from earlier peer addresses (see [`CallerLeg::retarget`]).
+    carried_lost: i64,
 }
 
 impl std::fmt::Debug for CallerLeg {
@@ -154,6 +156,7 @@ impl CallerLeg {
             send_stats: SendStats::new(clock),
             payload_scratch: [0; MAX_PACKET],
             stats: LegStats::default(),
+            carried_lost: 0,
         })
     }
 
@@ -179,6 +182,18 @@ impl CallerLeg {
     /// When the last accepted packet arrived.
     pub fn last_received(&self) -> Option<Instant> {
         self.receiver.last_received()
+    }
+
+    /// The peer moved its media to `remote` (a re-INVITE with a new `c=`/`m=` address,
+    /// RFC 3264 §8.3.1): send there and accept packets from there, latching once more as at
+    /// call start. The counters carry over; nothing changes when the address is the same.
+    pub fn retarget(&mut self, remote: SocketAddr) {
+        if remote == self.receiver.peer().negotiated() {
+            return;
+        }
+        self.carried_lost += self.receiver.stats().cumulative_lost();
+        self.receiver = RtpReceiver::new(remote, self.codec.rtp_clock_rate());
+        self.events.reset();
     }
 
     /// Stop looking for in-band digits (after the PIN: speech must not be read as keys).
@@ -308,7 +323,7 @@ impl CallerLeg {
     pub fn stats(&self) -> LegStats {
         let rs = self.receiver.stats();
         LegStats {
-            packets_lost: rs.cumulative_lost(),
+            packets_lost: rs.cumulative_lost() + self.carried_lost,
             jitter_ms: rs.jitter_duration().as_secs_f64() * 1000.0,
             ..self.stats
         }
@@ -327,5 +342,62 @@ impl CallerLeg {
     fn discard(&mut self, why: Discard) -> Discard {
         self.stats.discarded += 1;
         why
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(remote: SocketAddr) -> LegParams {
+        LegParams {
+            codec: CodecKind::Pcmu,
+            payload_type: 0,
+            telephone_event: Some(101),
+            remote,
+            srtp: None,
+            codec_config: CodecConfig::default(),
+            jitter_min: Duration::from_millis(20),
+            jitter_max: Duration::from_millis(200),
+        }
+    }
+
+    fn packet(seq: u16) -> Vec<u8> {
+        let mut out = vec![0u8; MAX_PACKET];
+        let header = Header::new(PayloadType::new(0).unwrap(), SeqNo(seq), RtpTimestamp(u32::from(seq) * 160), Ssrc(7));
+        let len = header.write(&[0xff; 160], &mut out).unwrap();
+        out.truncate(len);
+        out
+    }
+
+    fn feed(leg: &mut CallerLeg, seq: u16, from: SocketAddr, now: Instant) -> Result<(), Discard> {
+        let mut buf = packet(seq);
+        let len = buf.len();
+        leg.on_datagram(&mut buf, len, from, now)
+    }
+
+    #[test]
+    fn reinvite_to_a_new_address_moves_our_rtp_and_accepts_the_new_source() {
+        let old: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let new: SocketAddr = "127.0.0.1:40100".parse().unwrap();
+        let now = Instant::now();
+        let mut leg = CallerLeg::new(&params(old)).unwrap();
+        assert_eq!(feed(&mut leg, 1, old, now), Ok(()));
+        assert_eq!(feed(&mut leg, 2, new, now), Err(Discard::ForeignSource), "latched on the SDP address");
+        leg.retarget(new);
+        assert_eq!(leg.remote(), new);
+        assert_eq!(feed(&mut leg, 3, new, now), Ok(()));
+        assert_eq!(feed(&mut leg, 4, old, now), Err(Discard::ForeignSource), "the old address is gone");
+        assert_eq!(leg.stats().packets_received, 2);
+    }
+
+    #[test]
+    fn retarget_to_the_same_address_changes_nothing() {
+        let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Instant::now();
+        let mut leg = CallerLeg::new(&params(addr)).unwrap();
+        assert_eq!(feed(&mut leg, 1, addr, now), Ok(()));
+        leg.retarget(addr);
+        assert_eq!(feed(&mut leg, 1, addr, now), Err(Discard::Duplicate), "the receiver kept its state");
     }
 }

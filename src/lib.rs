@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod ivr;
 pub mod leg;
 pub mod metrics;
+pub mod overload;
 pub mod pin;
 pub mod privacy;
 pub mod room;

@@ -112,6 +112,8 @@ pub struct Metrics {
     unmatched_source_dropped: AtomicU64,
     media_late_frames: AtomicU64,
     trunk_pin_failure_alarms: AtomicU64,
+    overloaded: AtomicU64,
+    overload_refused: AtomicU64,
     call_setup: Histogram,
 }
 
@@ -127,6 +129,8 @@ impl Default for Metrics {
             unmatched_source_dropped: AtomicU64::new(0),
             media_late_frames: AtomicU64::new(0),
             trunk_pin_failure_alarms: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
+            overload_refused: AtomicU64::new(0),
             call_setup: Histogram::new(),
         }
     }
@@ -192,6 +196,16 @@ impl Metrics {
     pub fn trunk_pin_failure_alarm(&self) {
         self.trunk_pin_failure_alarms
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the node is refusing new calls because its media loops run late.
+    pub fn set_overloaded(&self, overloaded: bool) {
+        self.overloaded.store(u64::from(overloaded), Ordering::Relaxed);
+    }
+
+    /// An INVITE was refused with `503` because the node is overloaded.
+    pub fn overload_refused(&self) {
+        self.overload_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Time from INVITE to joining the room.
@@ -307,11 +321,24 @@ impl Metrics {
                 "Times a trunk exceeded its failed-PIN-per-minute alarm threshold.",
                 &self.trunk_pin_failure_alarms,
             ),
+            (
+                "dialin_overload_refused_total",
+                "INVITEs refused with 503 because media ticks were running late.",
+                &self.overload_refused,
+            ),
         ];
         for (name, help, c) in simple {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", load(c));
         }
+
+        header(
+            &mut out,
+            "dialin_overloaded",
+            "gauge",
+            "1 while new calls are refused because media ticks run late, else 0.",
+        );
+        let _ = writeln!(out, "dialin_overloaded {}", load(&self.overloaded));
 
         header(
             &mut out,

@@ -1,9 +1,13 @@
-//! `dialin serve`: opens the store, starts the admin API, reloads trunks on SIGHUP and
-//! drains on SIGTERM/Ctrl-C.
+//! `dialin serve`: opens the store, starts the admin API, the SIP transports and endpoint
+//! (with the gateway's source pre-filter) and the SIP front; reloads trunks on SIGHUP
+//! without touching calls in progress; drains on SIGTERM/Ctrl-C.
 //!
-//! The SIP transports, media and the IVR call flow are started by the call-flow module,
-//! which plugs into [`Services`] (trunks, store, call registry, metrics, readiness). Until
-//! they are wired in, `/readyz` honestly reports the SIP transports as not bound.
+//! Draining (DESIGN.md §Call flow step 1, §Admin API `/readyz`): `/readyz` turns `503`
+//! and new INVITEs get `503` + `Retry-After` at once; calls in progress go on until they
+//! end or `limits.drain_timeout_s` passes, then hear a goodbye prompt and get a BYE; the
+//! process exits when the last call is gone. [`Services`] holds what every task shares:
+//! trunks, store, call registry, metrics, readiness, the overload monitor and the abuse
+//! counters.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +20,9 @@ use crate::admin::{self, AdminToken, AppState, Readiness};
 use crate::calls::CallRegistry;
 use crate::config::{redact_url, Config};
 use crate::metrics::Metrics;
+use crate::overload::OverloadMonitor;
 use crate::store::Store;
-use crate::trunk::{SharedTrunkTable, TrunkTable};
+use crate::trunk::{SharedTrunkTable, SourceRateLimiter, TrunkFailureAlarm, TrunkId, TrunkTable};
 
 /// The shared parts of a running gateway, handed to the SIP/call-flow drivers.
 #[derive(Debug, Clone)]
@@ -27,6 +32,12 @@ pub struct Services {
     pub calls: Arc<CallRegistry>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Tick lateness of every call's media loop: new calls get `503` while it is high.
+    pub overload: Arc<OverloadMonitor>,
+    /// Failed PINs per trunk per minute (`security.trunk_alarm_failed_per_minute`).
+    pub pin_alarm: Arc<TrunkFailureAlarm>,
+    /// `403`s allowed to sources matching no trunk (`[security.unmatched_source]`).
+    pub unmatched: Arc<SourceRateLimiter>,
 }
 
 impl Services {
@@ -43,7 +54,30 @@ impl Services {
             calls: CallRegistry::new(),
             metrics: Arc::new(Metrics::new()),
             readiness: Readiness::new(),
+            overload: Arc::new(OverloadMonitor::new(std::time::Instant::now())),
+            pin_alarm: Arc::new(TrunkFailureAlarm::new(config.security.trunk_alarm_failed_per_minute)),
+            unmatched: Arc::new(SourceRateLimiter::new(
+                config.security.unmatched_source.burst,
+                config.security.unmatched_source.per_second,
+                SourceRateLimiter::DEFAULT_MAX_SOURCES,
+            )),
         })
+    }
+
+    /// A caller on `trunk` keyed a PIN that was refused (unknown, revoked, out of its
+    /// validity window, or the caller is locked out). Raises the per-trunk alarm when the
+    /// trunk crosses its failed-PIN ceiling for the minute: guessing spread over many
+    /// calling numbers is only visible per trunk, and the trunk's address is never locked.
+    pub fn pin_refused(&self, trunk: &TrunkId, now: std::time::Instant) {
+        if self.pin_alarm.record_failure(trunk, now) {
+            self.metrics.trunk_pin_failure_alarm();
+            tracing::warn!(
+                alarm = "trunk_failed_pins",
+                trunk = %trunk,
+                per_minute = self.pin_alarm.threshold(),
+                "alarm: failed PINs on this trunk are over the per-minute ceiling (PIN guessing?)"
+            );
+        }
     }
 
     /// The admin API's view of these services.
@@ -61,6 +95,7 @@ impl Services {
 
 /// Runs the gateway until SIGTERM or Ctrl-C. `config_path` is re-read on SIGHUP.
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let services = Services::open(&config).await?;
     if config.admin.token() == "change-me" {
         tracing::warn!("admin.token is still the shipped example value; set DIALIN_ADMIN_TOKEN");
@@ -82,8 +117,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sip = start_sip(&config, &services, shutdown_rx).await?;
     services.readiness.set_transports_bound(true);
+    let overload_task = tokio::spawn(watch_overload(services.clone()));
 
-    wait_for_signals(&services, &config_path).await?;
+    wait_for_signals(&mut signals, &services, &config_path).await?;
 
     services.readiness.set_draining(true);
     tracing::info!(calls = services.calls.len(), "draining: refusing new calls");
@@ -95,8 +131,39 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "admin API stopped with an error"),
         Err(e) => tracing::error!(error = %e, "admin API task failed"),
     }
+    overload_task.abort();
     services.store.close().await;
     Ok(())
+}
+
+/// How often the overload state is judged for the gauge and the log, between INVITEs.
+const OVERLOAD_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps `dialin_overloaded` current and logs when the node enters or leaves overload.
+async fn watch_overload(services: Services) {
+    let mut every = tokio::time::interval(OVERLOAD_WATCH_EVERY);
+    let mut was = false;
+    loop {
+        every.tick().await;
+        let now = std::time::Instant::now();
+        let is = services.overload.check(now, services.calls.len());
+        let load = services.overload.load(now);
+        tracing::trace!(ticks = load.ticks, late = load.late, overloaded = is, "media tick load");
+        if is != was {
+            if is {
+                tracing::warn!(
+                    ticks = load.ticks,
+                    late = load.late,
+                    calls = services.calls.len(),
+                    "overloaded: media ticks running late; refusing new calls with 503"
+                );
+            } else {
+                tracing::info!(ticks = load.ticks, late = load.late, "overload cleared: accepting new calls");
+            }
+            services.metrics.set_overloaded(is);
+            was = is;
+        }
+    }
 }
 
 /// Binds the SIP transports and starts the endpoint and the gateway's SIP front.
@@ -133,6 +200,7 @@ async fn start_sip(
         public_address: config.sip.public_address,
         user_agent: config.sip.user_agent.clone(),
         max_calls: (config.limits.max_calls as usize).saturating_mul(2).max(16),
+        source_filter: Some(crate::gateway::source_filter(services)),
         ..EndpointConfig::default()
     };
     let (handle, events) = EndpointDriver::spawn(transports, incoming, econf);
@@ -178,19 +246,47 @@ async fn drain(services: &Services, config: &Config, shutdown: &watch::Sender<bo
     }
 }
 
+/// The process's signals, installed before anything listens: a SIGHUP or SIGTERM that
+/// arrives while the store opens or the transports bind must be handled, not kill the
+/// process with the default action.
+#[cfg(unix)]
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals)
+    }
+}
+
 /// Reloads trunks on SIGHUP; returns on SIGTERM or Ctrl-C.
 #[cfg(unix)]
 async fn wait_for_signals(
+    signals: &mut Signals,
     services: &Services,
     config_path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload_trunks(services, config_path),
-            _ = term.recv() => return Ok(()),
+            _ = signals.hup.recv() => reload_trunks(services, config_path),
+            _ = signals.term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
@@ -198,6 +294,7 @@ async fn wait_for_signals(
 
 #[cfg(not(unix))]
 async fn wait_for_signals(
+    _signals: &mut Signals,
     _services: &Services,
     _config_path: &std::path::Path,
 ) -> anyhow::Result<()> {

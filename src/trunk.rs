@@ -381,6 +381,11 @@ impl TrunkFailureAlarm {
         }
     }
 
+    /// Failed PINs per minute tolerated before the alarm.
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
+
     /// Counts a failed PIN on `trunk`; true exactly once per minute window, when the
     /// count goes over the threshold (raise the metric and log the alarm then).
     pub fn record_failure(&self, trunk: &TrunkId, now: std::time::Instant) -> bool {

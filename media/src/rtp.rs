@@ -128,37 +128,55 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-impl<'a> Packet<'a> {
-    /// Parse `buf` as one RTP packet (RFC 3550 §5.1, §5.3.1).
-    pub fn parse(buf: &'a [u8]) -> Result<Self, RtpError> {
-        let have = buf.len();
-        let too_short = |needed| RtpError::TooShort { needed, have };
-        let first = *buf.first().ok_or(too_short(FIXED_HEADER_LEN))?;
-        let version = first >> 6;
-        if version != RTP_VERSION {
-            return Err(RtpError::BadVersion(version));
-        }
-        if have < FIXED_HEADER_LEN {
-            return Err(too_short(FIXED_HEADER_LEN));
-        }
-        let csrc_count = first & 0x0f;
-        let mut pos = FIXED_HEADER_LEN + 4 * usize::from(csrc_count);
+/// Octets taken by the fixed header, CSRC list and extension at the start of `buf`,
+/// checked as [`Packet::parse`] checks them but without the padding check: under SRTP
+/// the padding count is encrypted with the payload (RFC 3711 §3.1), so it can only be
+/// checked once the packet is decrypted.
+pub(crate) fn header_len(buf: &[u8]) -> Result<usize, RtpError> {
+    parse_header(buf).map(|(_, len, _)| len)
+}
+
+/// CSRC count, header length, and extension (profile, data offset, data length).
+type HeaderParts = (u8, usize, Option<(u16, usize, usize)>);
+
+fn parse_header(buf: &[u8]) -> Result<HeaderParts, RtpError> {
+    let have = buf.len();
+    let too_short = |needed| RtpError::TooShort { needed, have };
+    let first = *buf.first().ok_or(too_short(FIXED_HEADER_LEN))?;
+    let version = first >> 6;
+    if version != RTP_VERSION {
+        return Err(RtpError::BadVersion(version));
+    }
+    if have < FIXED_HEADER_LEN {
+        return Err(too_short(FIXED_HEADER_LEN));
+    }
+    let csrc_count = first & 0x0f;
+    let mut pos = FIXED_HEADER_LEN + 4 * usize::from(csrc_count);
+    if have < pos {
+        return Err(too_short(pos));
+    }
+    let ext = if first & 0x10 != 0 {
+        let profile = be16(buf, pos).ok_or(too_short(pos + 4))?;
+        let words = be16(buf, pos + 2).ok_or(too_short(pos + 4))?;
+        let start = pos + 4;
+        let len = 4 * usize::from(words);
+        pos = start + len;
         if have < pos {
             return Err(too_short(pos));
         }
-        let ext = if first & 0x10 != 0 {
-            let profile = be16(buf, pos).ok_or(too_short(pos + 4))?;
-            let words = be16(buf, pos + 2).ok_or(too_short(pos + 4))?;
-            let start = pos + 4;
-            let len = 4 * usize::from(words);
-            pos = start + len;
-            if have < pos {
-                return Err(too_short(pos));
-            }
-            Some((profile, start, len))
-        } else {
-            None
-        };
+        Some((profile, start, len))
+    } else {
+        None
+    };
+    Ok((csrc_count, pos, ext))
+}
+
+impl<'a> Packet<'a> {
+    /// Parse `buf` as one RTP packet (RFC 3550 §5.1, §5.3.1).
+    pub fn parse(buf: &'a [u8]) -> Result<Self, RtpError> {
+        let (csrc_count, pos, ext) = parse_header(buf)?;
+        let have = buf.len();
+        let first = buf.first().copied().unwrap_or(0);
         let mut payload_end = have;
         if first & 0x20 != 0 {
             // RFC 3550 §5.1: the last octet counts the padding octets, itself included.

@@ -451,10 +451,11 @@ impl SrtpContext {
     pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
         let tag_len = self.profile.rtp_tag_len();
         let len = buf.len().checked_sub(tag_len).ok_or(SrtpError::TooShort)?;
-        let (header_len, seq, ssrc) = {
-            let p = Packet::parse(&buf[..len])?;
-            (p.header_len(), p.seq().0, p.ssrc().0)
-        };
+        // Not `Packet::parse`: the padding count is still encrypted here.
+        let header_len = crate::rtp::header_len(&buf[..len])?;
+        // `header_len` checked that the 12-octet fixed header is there.
+        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
         // A new SSRC starts a fresh state, committed only if the packet authenticates.
         let mut state = self.recv.get(ssrc).unwrap_or_else(|| RtpIndexState::new(ssrc, seq));
         let v = state.estimate(seq);
@@ -578,6 +579,25 @@ fn base64_decode(input: &[u8], out: &mut [u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::rtp::{Header, PayloadType, RtpTimestamp, SeqNo};
+
+    #[test]
+    fn padded_rtp_packet_round_trips_through_protect_and_unprotect() {
+        // The padding count is the last payload octet, so it is encrypted: unprotect
+        // must not check it before decrypting (found by the `srtp_unprotect` fuzz target).
+        let key = MasterKey::new([7; MASTER_KEY_LEN], [9; MASTER_SALT_LEN]);
+        let mut tx = SrtpContext::new(SrtpProfile::AesCm128HmacSha1_80, &key);
+        let mut rx = SrtpContext::new(SrtpProfile::AesCm128HmacSha1_80, &key);
+        let mut buf = [0u8; 64];
+        let body = [0xd5, 0xd5, 0xd5, 0xd5, 0, 0, 0, 4];
+        let header = Header::new(PayloadType::PCMU, SeqNo(1), RtpTimestamp(160), Ssrc(42));
+        let len = header.write(&body, &mut buf).unwrap();
+        buf[0] |= 0x20;
+        let plain = buf[..len].to_vec();
+        assert_eq!(Packet::parse(&plain).unwrap().payload(), &body[..4]);
+        let n = tx.protect_rtp(&mut buf, len).unwrap();
+        let m = rx.unprotect_rtp(&mut buf[..n]).unwrap();
+        assert_eq!(&buf[..m], &plain[..]);
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();

@@ -38,6 +38,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Methods we implement, for `Allow` (RFC 3261 §20.5).
@@ -81,6 +82,47 @@ pub struct EndpointConfig {
     /// with 480, so no call waits forever (proxies give up after Timer C,
     /// more than 3 minutes, RFC 3261 §16.6).
     pub answer_timeout: Duration,
+    /// Consulted for every request before any transaction exists or any
+    /// `100 Trying` goes out; `None` lets everything in.
+    pub source_filter: Option<SourceFilter>,
+}
+
+/// What the endpoint does with a request, decided from its source before any
+/// work: a gateway on a public address refuses sources it has no trunk for
+/// without spending transaction state on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceVerdict {
+    /// Handle the request normally.
+    Allow,
+    /// Answer statelessly with this final status (RFC 3261 §8.2: a UAS may
+    /// reject before creating a transaction); an ACK is dropped instead.
+    Reject(StatusCode),
+    /// Send nothing, keep nothing.
+    Drop,
+}
+
+/// The gateway's decision function for [`EndpointConfig::source_filter`]:
+/// `(source IP, request, now) -> verdict`. It runs on the endpoint task for
+/// every request, so it must be quick and must not block.
+#[derive(Clone)]
+pub struct SourceFilter(Arc<FilterFn>);
+
+type FilterFn = dyn Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync;
+
+impl SourceFilter {
+    pub fn new(f: impl Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync + 'static) -> SourceFilter {
+        SourceFilter(Arc::new(f))
+    }
+
+    fn verdict(&self, source: IpAddr, req: &Request, now: Instant) -> SourceVerdict {
+        (self.0)(source, req, now)
+    }
+}
+
+impl fmt::Debug for SourceFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SourceFilter(..)")
+    }
 }
 
 impl Default for EndpointConfig {
@@ -98,6 +140,7 @@ impl Default for EndpointConfig {
             validation,
             limits: Limits::default(),
             answer_timeout: Duration::from_secs(180),
+            source_filter: None,
         }
     }
 }
@@ -547,6 +590,19 @@ impl Endpoint {
             return;
         };
         target.conn = conn;
+        if let Some(filter) = &self.config.source_filter {
+            match filter.verdict(source.ip(), &req, now) {
+                SourceVerdict::Allow => {}
+                SourceVerdict::Drop => return,
+                // RFC 3261 §17.2.1: an ACK is never answered.
+                SourceVerdict::Reject(_) if req.method == Method::Ack => return,
+                SourceVerdict::Reject(status) => {
+                    let resp = Response::to_request(&req, status, None).with_to_tag(&random_token());
+                    self.transmits.push_back(Transmit { target, bytes: resp.to_bytes() });
+                    return;
+                }
+            }
+        }
         if req.method == Method::Ack {
             self.on_ack(req, now);
             return;

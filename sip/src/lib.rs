@@ -28,3 +28,4 @@ pub use uri::{Host, Uri};
 pub use endpoint::{
     CallKey, CommandError, EndReason, Endpoint, EndpointConfig, EndpointDriver, EndpointHandle, Event, Transmit,
 };
+pub use endpoint::{SourceFilter, SourceVerdict};

@@ -8,5 +8,6 @@
 #![allow(dead_code)]
 
 pub mod caller;
+pub mod gateway;
 pub mod sipp;
 pub mod tone;

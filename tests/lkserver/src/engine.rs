@@ -122,6 +122,8 @@ pub struct ParticipantCounters {
     pub data_out: u64,
     /// Data packets for this participant dropped because its channel was not open.
     pub data_dropped: u64,
+    /// Datagrams to or from this participant dropped by `blackhole_media`.
+    pub datagrams_blackholed: u64,
 }
 
 /// Whole-engine figures for load runs.
@@ -442,7 +444,7 @@ impl Engine {
                 let found = self.rooms.contains_key(&room);
                 let members = self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default();
                 for key in members {
-                    self.remove(key, proto::DisconnectReason::RoomDeleted, true, now);
+                    self.remove(key, proto::DisconnectReason::RoomDeleted, true);
                 }
                 self.rooms.remove(&room);
                 let _ = reply.send(found);
@@ -450,7 +452,7 @@ impl Engine {
             Command::RemoveParticipant { room, identity, reply } => {
                 let key = self.find(&room, &identity);
                 if let Some(key) = key {
-                    self.remove(key, proto::DisconnectReason::ParticipantRemoved, true, now);
+                    self.remove(key, proto::DisconnectReason::ParticipantRemoved, true);
                 }
                 let _ = reply.send(key.is_some());
             }
@@ -478,7 +480,7 @@ impl Engine {
                     .map(|(k, _)| *k)
                     .collect();
                 for key in &keys {
-                    self.full_reconnect(*key, now);
+                    self.full_reconnect(*key);
                 }
                 let _ = reply.send(!keys.is_empty());
             }
@@ -545,6 +547,9 @@ impl Engine {
         }
         let Some((key, role)) = target else { return };
         if self.blackholed.contains(&key) {
+            if let Some(p) = self.parts.get_mut(&key) {
+                p.counters.datagrams_blackholed += 1;
+            }
             return;
         }
         self.by_addr.insert(source, (key, role));
@@ -613,7 +618,7 @@ impl Engine {
             }
         }
         for key in expired {
-            self.remove(key, proto::DisconnectReason::SignalClose, false, now);
+            self.remove(key, proto::DisconnectReason::SignalClose, false);
         }
     }
 
@@ -625,9 +630,10 @@ impl Engine {
             let batch = std::mem::take(&mut self.dirty);
             for (key, role) in batch {
                 let Some(p) = self.parts.get_mut(&key) else { continue };
+                let blackholed = self.blackholed.contains(&key);
+                let mut dropped = 0;
                 let Some(pe) = p.peer_mut(role) else { continue };
                 pe.dirty = false;
-                let blackholed = self.blackholed.contains(&key);
                 loop {
                     match pe.rtc.poll_output() {
                         Ok(Output::Timeout(t)) => {
@@ -635,7 +641,9 @@ impl Engine {
                             break;
                         }
                         Ok(Output::Transmit(t)) => {
-                            if !blackholed {
+                            if blackholed {
+                                dropped += 1;
+                            } else {
                                 self.transmits.push(t);
                             }
                         }
@@ -647,6 +655,7 @@ impl Engine {
                         }
                     }
                 }
+                p.counters.datagrams_blackholed += dropped;
             }
             for (key, role, e) in events.drain(..) {
                 self.handle_event(key, role, e, now);
@@ -677,7 +686,7 @@ impl Engine {
             return;
         }
         if let Some(old) = self.find(&grant.room, &grant.identity) {
-            self.remove(old, proto::DisconnectReason::DuplicateIdentity, true, now);
+            self.remove(old, proto::DisconnectReason::DuplicateIdentity, true);
         }
         let subscriber = match Peer::new(self.local_addr, now) {
             Ok(p) => Subscriber::new(p),
@@ -884,7 +893,7 @@ impl Engine {
                 self.apply_subscriptions(key);
             }
             Req::Leave(_) => {
-                self.remove(key, proto::DisconnectReason::ClientInitiated, false, now);
+                self.remove(key, proto::DisconnectReason::ClientInitiated, false);
             }
             Req::Ping(ts) => {
                 p.last_ping = now;
@@ -1024,7 +1033,7 @@ impl Engine {
                 tracing::trace!(?key, ?role, "ICE {s:?}");
             }
             Event::MediaAdded(m) if role == Role::Publisher && m.kind == MediaKind::Audio => {
-                self.publish_track(key, m.mid, now);
+                self.publish_track(key, m.mid);
             }
             Event::MediaData(d) if role == Role::Publisher => {
                 let Some(p) = self.parts.get_mut(&key) else { return };
@@ -1059,7 +1068,7 @@ impl Engine {
 
     /// A new audio m-line appeared on `key`'s publisher PC: bind it to the oldest pending
     /// AddTrack, announce the track and subscribe everyone else to it.
-    fn publish_track(&mut self, key: Key, mid: Mid, _now: Instant) {
+    fn publish_track(&mut self, key: Key, mid: Mid) {
         let Some(p) = self.parts.get_mut(&key) else { return };
         if p.tracks.iter().any(|t| t.mid == Some(mid)) {
             return;
@@ -1358,15 +1367,15 @@ impl Engine {
 
     /// The server gives up on `key`'s peer connections (LiveKit's "full reconnect"): Leave
     /// with action RECONNECT, and the participant is removed.
-    fn full_reconnect(&mut self, key: Key, now: Instant) {
+    fn full_reconnect(&mut self, key: Key) {
         if let Some(p) = self.parts.get_mut(&key) {
             p.send(leave(proto::DisconnectReason::StateMismatch, proto::leave_request::Action::Reconnect));
         }
-        self.remove(key, proto::DisconnectReason::StateMismatch, false, now);
+        self.remove(key, proto::DisconnectReason::StateMismatch, false);
     }
 
     /// Take `key` out of its room. With `send_leave`, the participant is told why first.
-    fn remove(&mut self, key: Key, reason: proto::DisconnectReason, send_leave: bool, _now: Instant) {
+    fn remove(&mut self, key: Key, reason: proto::DisconnectReason, send_leave: bool) {
         let Some(mut p) = self.parts.remove(&key) else { return };
         if send_leave {
             p.send(leave(reason, proto::leave_request::Action::Disconnect));

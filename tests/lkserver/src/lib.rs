@@ -57,6 +57,9 @@
 //!   action `RECONNECT`) and for an unknown resume (same); `ServerInfo.protocol` = 17,
 //!   `version` = 1.11.0; a dropped signal connection leaves the participant in the room for
 //!   `resume_grace` (20 s default) before it is removed with `SIGNAL_CLOSE`.
+//! - `RoomUpdate` goes out on every join, leave and publish (the real server batches its
+//!   participant counts); `ReconnectResponse.last_message_seq` is always 0 (no data-packet
+//!   replay on resume); permissions cannot change mid-session; no `refresh_token`.
 //! - Synthetic participants live inside the server (no WebRTC of their own); the rest of the
 //!   room sees them as ordinary publishing participants.
 

@@ -8,12 +8,13 @@ use dialin_lkserver::{Signal, TestServer, SAMPLE_RATE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_synthetic_participants_hear_each_others_tones() {
+    let _media = common::media_lock().await;
     let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
     let a = server.add_synthetic_participant("r", "alice", Signal::Tone { hz: 440.0, amplitude: 0.3 }).await.unwrap();
     let b = server.add_synthetic_participant("r", "bob", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
     let rate = f64::from(SAMPLE_RATE);
     assert!(
-        common::eventually(Duration::from_secs(5), || a.received_audio_from("bob").len() > rate as usize
+        common::eventually(Duration::from_secs(30), || a.received_audio_from("bob").len() > rate as usize
             && b.received_audio_from("alice").len() > rate as usize)
         .await,
         "each should receive a second of audio"

@@ -22,6 +22,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+/// Tests that encode and decode audio in real time take this lock, so that they do not starve
+/// each other of CPU on a small machine (Opus in a debug build is slow).
+pub async fn media_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 pub const API_KEY: &str = "devkey";
 pub const API_SECRET: &str = "secret";
 
