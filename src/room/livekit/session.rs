@@ -90,7 +90,7 @@ impl Pc {
     async fn bind(ip: IpAddr, now: Instant) -> std::io::Result<Pc> {
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = sock.local_addr()?;
-        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true).build(now);
+        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).build(now);
         let cand = Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
         rtc.add_local_candidate(cand);
         Ok(Pc { rtc, sock, addr, timeout: now, connected: false })
@@ -602,6 +602,9 @@ impl Session {
         }
     }
 
+    // `DataPacket.kind` is deprecated in favour of the channel it travels on, but LiveKit's
+    // SIP service still sets it and older servers read it.
+    #[allow(deprecated)]
     fn send_dtmf(&mut self, key: char) {
         let Some(code) = dtmf_code(key) else { return };
         let packet = proto::DataPacket {
