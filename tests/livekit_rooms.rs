@@ -1,6 +1,11 @@
 //! The `livekit` room backend against the in-process LiveKit test server: the caller's
 //! participant as LiveKit apps see it, audio both ways over real WebRTC, DTMF data packets,
 //! the room ending the call, and the signal connection resuming after a drop.
+//!
+//! Two levels: the backend alone ([`LiveKitRooms::join`] driven by the test, as a call task
+//! would), then whole calls through the real `dialin serve` binary configured with
+//! `rooms.backend = "livekit"`, placed by the in-tree SIP caller (DESIGN.md §Call flow,
+//! §Participant in the room).
 
 mod support;
 
@@ -204,13 +209,16 @@ async fn dropped_websocket_is_resumed_without_ending_the_call() {
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, "resume", "c7").await;
     let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
+    let sid = server.participants("resume").await.unwrap().into_iter().find(|p| p.identity == "sip_c7").map(|p| p.sid);
     assert!(server.drop_websocket("sip_c7").await.unwrap());
+    // The hook marks the participant's signal connection gone before it answers, so only a
+    // new WebSocket makes this true again.
     let resumed = server
         .wait_for_participant("resume", |p| p.identity == "sip_c7" && p.signal_connected, Duration::from_secs(8))
         .await
         .unwrap();
-    // Let the first check see the disconnection before it is resumed.
-    assert!(resumed.is_some(), "the signal connection is resumed");
+    let resumed = resumed.expect("the signal connection is resumed");
+    assert_eq!(Some(resumed.sid), sid, "the same participant session goes on (reconnect=1&sid=, not a new join)");
     let before = synth.received_audio_from("sip_c7").len();
     let heard = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
     assert!(handle.events.try_recv().is_err(), "no Closed after a resumed WebSocket");
@@ -236,4 +244,278 @@ async fn wrong_api_secret_is_refused() {
     let rooms = rooms_for(server.url(), "not-the-secret-the-server-knows");
     let r = rooms.join(request("standup", "c9")).await;
     assert!(matches!(r, Err(RoomError::Refused(_))), "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole calls: SIP caller → dialin serve → LiveKit (test server).
+
+use dialin_media::prompt::{Language, PromptCatalog, PromptId, SampleRate};
+use support::caller::{Call, Caller, Codec, DialOptions, DtmfMode};
+use support::gateway::{outcome_label, Gateway, GatewayOptions};
+use support::tone;
+
+const PIN: &str = "2468013579";
+const NAMED_PIN: &str = "1357924680";
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A gateway whose rooms are on the LiveKit server at `url`, signing tokens with `secret`.
+async fn livekit_gateway(url: &str, secret: &str) -> Gateway {
+    let rooms = format!(
+        "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{url}\"\napi_key = \"{KEY}\"\napi_secret = \"{secret}\"\ntoken_ttl_s = 60\n"
+    );
+    Gateway::start(GatewayOptions { rooms: Some(rooms), ..GatewayOptions::default() }).await
+}
+
+/// A G.711 call from `from`: every prompt and tone is compared at 8 kHz.
+fn pcmu_from(gw: &Gateway, from: &str) -> DialOptions {
+    DialOptions { codecs: vec![Codec::Pcmu], from_user: from.to_owned(), ..DialOptions::new(gw.sip) }
+}
+
+/// Dials, waits for the welcome prompt and keys `pin#`; returns the call when the gateway
+/// has it in a room (`joined`) or after the keys are sent (`!joined`).
+async fn dial_and_key(gw: &Gateway, opts: DialOptions, pin: &str, joined: bool) -> (Call, Option<serde_json::Value>) {
+    let before: Vec<String> = gw.calls().await.iter().filter_map(|c| c["id"].as_str().map(str::to_owned)).collect();
+    let t0 = Instant::now();
+    let call = Caller::dial(opts).await.expect("the gateway answers");
+    call.play_silence();
+    assert!(call.wait_for_sound(t0, -40.0, 5 * SECOND).await.is_some(), "no welcome prompt");
+    call.send_dtmf(&format!("{pin}#"), DtmfMode::Rfc4733).await.expect("digits sent");
+    if !joined {
+        return (call, None);
+    }
+    let info = gw
+        .wait_for_call(10 * SECOND, |c| c["state"] == "in_room" && !before.iter().any(|b| c["id"] == b.as_str()))
+        .await
+        .expect("the call reaches in_room");
+    (call, Some(info))
+}
+
+fn identity_of(info: &Option<serde_json::Value>) -> (String, String) {
+    let id = info.as_ref().and_then(|i| i["id"].as_str()).expect("call id").to_owned();
+    (format!("sip_{id}"), id)
+}
+
+/// Normalised correlation of `prompt` with `heard` at `off` (1: the same waveform).
+fn correlation(heard: &[i16], prompt: &[i16], off: usize) -> f64 {
+    let Some(seg) = heard.get(off..off + prompt.len()) else { return 0.0 };
+    let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
+    for (&a, &b) in seg.iter().zip(prompt) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        xy += a * b;
+        xx += a * a;
+        yy += b * b;
+    }
+    xy / (xx * yy).sqrt().max(1.0)
+}
+
+/// Whether `prompt` (8 kHz) is in `heard` (8 kHz): its first 20 ms frame of sound located by
+/// waveform, then the whole prompt must correlate above 0.9 (G.711 keeps it near 1).
+fn contains_prompt(heard: &[i16], prompt: &[i16]) -> bool {
+    let Some(lead) = prompt.chunks(160).position(|c| tone::rms_dbfs(c) > -40.0) else { return false };
+    let probe = &prompt[lead * 160..(lead * 160 + 800).min(prompt.len())];
+    (0..heard.len().saturating_sub(prompt.len()))
+        .filter(|&o| correlation(heard, probe, o + lead * 160) > 0.8)
+        .any(|o| correlation(heard, prompt, o) > 0.9)
+}
+
+fn prompt_8k(id: PromptId) -> Vec<i16> {
+    let catalog = PromptCatalog::load(Language::En, None).expect("the built-in prompts");
+    catalog.get(id).samples(SampleRate::Hz8000).to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_keying_a_pin_joins_livekit_as_a_sip_participant_named_and_tagged_per_call() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin("standup", Some(PIN)).await;
+    gw.create_named_pin("standup", NAMED_PIN, "Front desk").await;
+
+    let (_a, a_info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (_b, b_info) = dial_and_key(&gw, pcmu_from(&gw, "+33698765432"), NAMED_PIN, true).await;
+    let (a_identity, a_call) = identity_of(&a_info);
+    let (b_identity, b_call) = identity_of(&b_info);
+    assert_ne!(a_identity, b_identity, "identity is unique per call");
+
+    let wait = |identity: String| {
+        let server = &server;
+        async move {
+            server
+                .wait_for_participant("standup", |p| p.identity == identity && p.publisher_connected && !p.tracks.is_empty(), 10 * SECOND)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{identity} publishes its microphone in the LiveKit room"))
+        }
+    };
+    let pa = wait(a_identity).await;
+    let pb = wait(b_identity).await;
+    for (p, call, number, name) in [(&pa, &a_call, "••••5678", "Phone ••••5678"), (&pb, &b_call, "••••5432", "Front desk")] {
+        assert_eq!(p.kind, ParticipantKind::Sip, "kind SIP");
+        assert_eq!(p.name, name, "name: the PIN's participant_name, else Phone and the masked number");
+        assert_eq!(p.attributes.get("sip.callID"), Some(call), "sip.callID is the call's id");
+        assert_eq!(p.attributes.get("sip.trunkID").map(String::as_str), Some("default"));
+        assert_eq!(p.attributes.get("sip.phoneNumber").map(String::as_str), Some(number), "masked number");
+        assert_eq!(p.attributes.get("sip.callStatus").map(String::as_str), Some("active"));
+        assert!(
+            !p.attributes.values().chain([&p.name, &p.metadata]).any(|v| v.contains("612345678") || v.contains("698765432")),
+            "the full number appears nowhere"
+        );
+        assert_eq!(p.tracks.first().map(|t| t.source), Some(proto::TrackSource::Microphone as i32));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_tone_reaches_the_caller_and_caller_tone_reaches_the_room() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let alice = server.add_synthetic_participant("audio", "alice", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin("audio", Some(PIN)).await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    call.play_tone(440.0, -12.0);
+    // "joining" plays over the room at first; measure well after it.
+    let joining = prompt_8k(PromptId::Joining);
+    tokio::time::sleep(Duration::from_millis((joining.len() / 8) as u64) + 2 * SECOND).await;
+    let from = Instant::now();
+    tokio::time::sleep(SECOND).await;
+
+    let heard = call.recorded(from);
+    let f = tone::dominant_frequency(&heard, call.sample_rate());
+    let (at_1k, at_440) = (tone::goertzel_level(&heard, 8000, 1000.0), tone::goertzel_level(&heard, 8000, 440.0));
+    println!("caller heard {} samples: dominant {f} Hz, 1000 Hz at {at_1k:.1} dBFS, 440 Hz at {at_440:.1} dBFS", heard.len());
+    assert!(heard.len() >= 6000, "about a second of audio on the caller's RTP");
+    assert!((f - 1000.0).abs() <= 10.0, "the caller hears alice's 1000 Hz tone, measured {f} Hz");
+    assert!(at_1k > -25.0, "at a useful level ({at_1k:.1} dBFS)");
+    assert!(at_1k - at_440 > 20.0, "the caller does not hear itself");
+
+    let room = alice.received_audio_from(&identity);
+    let tail = last(&room, SAMPLE_RATE, 1.0);
+    let (r440, r1k) = (tone::goertzel_level(tail, SAMPLE_RATE, 440.0), tone::goertzel_level(tail, SAMPLE_RATE, 1000.0));
+    println!("alice heard {} samples from the caller: 440 Hz at {r440:.1} dBFS, 1000 Hz at {r1k:.1} dBFS", room.len());
+    assert!(tail.len() >= SAMPLE_RATE as usize / 2, "alice hears the caller");
+    assert!(r440 > -25.0, "alice hears the caller's 440 Hz tone ({r440:.1} dBFS)");
+    assert!(r440 - r1k > 20.0, "and not her own tone back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_closed_by_livekit_plays_meeting_ended_then_bye() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin("closing", Some(PIN)).await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, id) = identity_of(&info);
+    server.wait_for_participant("closing", |p| p.identity == identity, 10 * SECOND).await.unwrap().expect("in the room");
+    // Let "joining" and "you are the first participant" end; hold music plays meanwhile.
+    tokio::time::sleep(5 * SECOND).await;
+    let closed = Instant::now();
+    assert!(server.close_room("closing").await.unwrap());
+    assert!(call.wait_for_bye(15 * SECOND).await, "the caller gets BYE after the room closed");
+    let heard = call.recorded(closed);
+    assert!(contains_prompt(&heard, &prompt_8k(PromptId::MeetingEnded)), "the caller hears \"the meeting has ended\" before the BYE");
+    let rec = gw.completed_record(&id, 5 * SECOND).await.expect("call record");
+    assert_eq!(outcome_label(&rec), Some("room_ended"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_keyed_in_the_room_reaches_livekit_as_sip_dtmf_data_packets() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin("keys", Some(PIN)).await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    call.send_dtmf("7*", DtmfMode::Rfc4733).await.expect("digits sent");
+    let mut digits = Vec::new();
+    let deadline = Instant::now() + 10 * SECOND;
+    while Instant::now() < deadline && digits.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        digits = server
+            .data_packets("keys")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.participant_identity == identity)
+            .filter_map(|p| match p.value {
+                Some(proto::data_packet::Value::SipDtmf(d)) => Some((d.code, d.digit)),
+                _ => None,
+            })
+            .collect();
+    }
+    assert_eq!(digits, vec![(7, "7".to_owned()), (10, "*".to_owned())], "each key once, in order, RFC 4733 codes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_unreachable_at_join_plays_service_unavailable_then_bye() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gw = livekit_gateway(&format!("ws://127.0.0.1:{port}"), SECRET).await;
+    join_fails_with_service_unavailable(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_refusing_the_token_at_join_plays_service_unavailable_then_bye() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let gw = livekit_gateway(server.url(), "a-secret-the-livekit-server-does-not-know").await;
+    join_fails_with_service_unavailable(&gw).await;
+    assert!(server.participants("standup").await.unwrap().is_empty(), "nobody joined");
+}
+
+async fn join_fails_with_service_unavailable(gw: &Gateway) {
+    gw.create_pin("standup", Some(PIN)).await;
+    let (call, _) = dial_and_key(gw, pcmu_from(gw, "+33612345678"), PIN, false).await;
+    assert!(call.wait_for_bye(20 * SECOND).await, "the caller gets BYE");
+    // A refused join is quick: the prompt may start while the last key is still going out.
+    let heard = call.recorded_all();
+    assert!(
+        contains_prompt(&heard, &prompt_8k(PromptId::ServiceUnavailable)),
+        "the caller hears \"service unavailable\" before the BYE"
+    );
+    assert!(!contains_prompt(&heard, &prompt_8k(PromptId::MeetingEnded)), "and not another farewell");
+    let mut ended = None;
+    for _ in 0..50 {
+        ended = gw.metric("dialin_calls_total{outcome=\"join_failed\"}").await.filter(|&n| n >= 1.0);
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended, Some(1.0), "the call is recorded as join_failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_websocket_dropped_mid_call_is_resumed_and_the_call_goes_on() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let carol = server.add_synthetic_participant("resume", "carol", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin("resume", Some(PIN)).await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    call.play_tone(440.0, -12.0);
+    let p = server
+        .wait_for_participant("resume", |p| p.identity == identity && p.publisher_connected, 10 * SECOND)
+        .await
+        .unwrap()
+        .expect("in the room");
+    tokio::time::sleep(2 * SECOND).await;
+
+    assert!(server.drop_websocket(&identity).await.unwrap());
+    let resumed = server
+        .wait_for_participant("resume", |p| p.identity == identity && p.signal_connected, 10 * SECOND)
+        .await
+        .unwrap()
+        .expect("the gateway resumes the signal connection");
+    assert_eq!(resumed.sid, p.sid, "the same participant session (reconnect=1&sid=), not a new join");
+
+    let before = carol.received_audio_from(&identity).len();
+    tokio::time::sleep(SECOND).await;
+    let from = Instant::now();
+    tokio::time::sleep(2 * SECOND).await;
+    assert!(!call.bye_received(), "the call goes on");
+    let heard = call.recorded(from);
+    let f = tone::dominant_frequency(&heard, call.sample_rate());
+    assert!((f - 1000.0).abs() <= 10.0, "the caller still hears carol after the resume, measured {f} Hz");
+    let room = carol.received_audio_from(&identity);
+    assert!(room.len() > before + SAMPLE_RATE as usize, "carol still hears the caller after the resume");
+    let r440 = tone::goertzel_level(last(&room, SAMPLE_RATE, 1.0), SAMPLE_RATE, 440.0);
+    assert!(r440 > -25.0, "the caller's tone after the resume ({r440:.1} dBFS)");
+    let calls = gw.calls().await;
+    assert!(calls.iter().any(|c| c["state"] == "in_room"), "the call is still in the room: {calls:?}");
 }

@@ -47,6 +47,8 @@ pub struct GatewayOptions {
     pub rust_log: String,
     /// The `[[trunk]]` tables; `None`: one trunk `default` allowing 127.0.0.0/8, PIN length 10.
     pub trunks: Option<String>,
+    /// The `[rooms]` table and what it needs (e.g. `[livekit]`); `None`: local rooms.
+    pub rooms: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -63,6 +65,7 @@ impl Default for GatewayOptions {
             failed_pin_limit: 10,
             rust_log: "info,dialin=debug".to_owned(),
             trunks: None,
+            rooms: None,
         }
     }
 }
@@ -124,8 +127,7 @@ max_ivr_time_s = {ivr_time}
 [store]
 url = "sqlite://{db}"
 
-[rooms]
-backend = "local"
+{rooms}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -151,6 +153,7 @@ drain_timeout_s = 1
             ivr_time = opts.max_ivr_time_s,
             db = db.display(),
             max_calls = opts.max_calls,
+            rooms = opts.rooms.as_deref().unwrap_or("[rooms]\nbackend = \"local\""),
         );
         let config_path = dir
             .write("dialin.toml", config.as_bytes())
@@ -248,6 +251,16 @@ drain_timeout_s = 1
         if let Some(p) = pin {
             body["pin"] = json!(p);
         }
+        let (status, v) = self
+            .request(reqwest::Method::POST, "/v1/pins", Some(body))
+            .await;
+        assert_eq!(status, 201, "POST /v1/pins answered {status}: {v}");
+        v["pin"].as_str().expect("pin in the answer").to_owned()
+    }
+
+    /// Creates a PIN for `room` whose callers appear in the room as `participant_name`.
+    pub async fn create_named_pin(&self, room: &str, pin: &str, participant_name: &str) -> String {
+        let body = json!({ "room": room, "pin": pin, "participant_name": participant_name });
         let (status, v) = self
             .request(reqwest::Method::POST, "/v1/pins", Some(body))
             .await;

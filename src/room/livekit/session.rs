@@ -48,6 +48,8 @@ const MAX_DECODED: usize = 1920;
 /// Frames buffered per remote track: 80 ms. One or two absorb network jitter; beyond that the
 /// oldest frame is dropped so that latency cannot build up.
 const TRACK_RING: usize = 4;
+/// Keys kept while the reliable data channel is not open yet; more are dropped.
+const EARLY_DTMF: usize = 16;
 /// The mix tick (one frame).
 const TICK: Duration = Duration::from_millis(20);
 /// How long a dropped signal connection may take to resume before the room counts as lost.
@@ -184,6 +186,9 @@ pub(crate) struct Session {
     mic: Option<Mid>,
     mic_pt: Option<Pt>,
     reliable: Option<ChannelId>,
+    /// Keys pressed before the `_reliable` channel opened, sent when it does (a caller may
+    /// key right after the join, while the publisher PC still connects).
+    early_dtmf: std::collections::VecDeque<char>,
     sid: String,
     identity: String,
     /// Other participants by sid → identity.
@@ -291,6 +296,7 @@ impl Session {
             mic: None,
             mic_pt: None,
             reliable: None,
+            early_dtmf: std::collections::VecDeque::with_capacity(EARLY_DTMF),
             sid,
             identity: identity.to_owned(),
             others,
@@ -614,7 +620,11 @@ impl Session {
             ..Default::default()
         };
         let Some(id) = self.reliable else {
-            debug!("DTMF before the reliable data channel opened: dropped");
+            if self.early_dtmf.len() < EARLY_DTMF {
+                self.early_dtmf.push_back(key);
+            } else {
+                debug!("DTMF before the reliable data channel opened: queue full, dropped");
+            }
             return;
         };
         if let Some(mut ch) = self.publ.rtc.channel(id) {
@@ -626,17 +636,24 @@ impl Session {
 
     fn poll_publisher(&mut self) {
         self.publ.drain(&mut self.events);
-        for e in self.events.drain(..) {
+        let mut events = std::mem::take(&mut self.events);
+        for e in events.drain(..) {
             match e {
                 Event::Connected => {
                     debug!(identity = %self.identity, "publisher connected");
                     self.publ.connected = true;
                 }
-                Event::ChannelOpen(id, label) if label == "_reliable" => self.reliable = Some(id),
+                Event::ChannelOpen(id, label) if label == "_reliable" => {
+                    self.reliable = Some(id);
+                    while let Some(key) = self.early_dtmf.pop_front() {
+                        self.send_dtmf(key);
+                    }
+                }
                 Event::IceConnectionStateChange(s) => debug!(state = ?s, "publisher ICE"),
                 _ => {}
             }
         }
+        self.events = events;
     }
 
     fn poll_subscriber(&mut self) {
