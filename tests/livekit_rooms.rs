@@ -38,7 +38,12 @@ fn request(room: &str, call: &str) -> JoinRequest {
     attributes.insert("sip.trunkID".to_owned(), "default".to_owned());
     attributes.insert("sip.phoneNumber".to_owned(), "••••1234".to_owned());
     attributes.insert("sip.callStatus".to_owned(), "active".to_owned());
-    JoinRequest { room: room.to_owned(), identity: format!("sip_{call}"), name: "Phone ••••1234".to_owned(), attributes }
+    JoinRequest {
+        room: room.to_owned(),
+        identity: format!("sip_{call}"),
+        name: "Phone ••••1234".to_owned(),
+        attributes,
+    }
 }
 
 async fn join(rooms: &LiveKitRooms, room: &str, call: &str) -> RoomHandle {
@@ -51,7 +56,12 @@ async fn join(rooms: &LiveKitRooms, room: &str, call: &str) -> RoomHandle {
 /// Feeds `tone` into `to_room` in 20 ms frames for `dur`, collecting `from_room` meanwhile.
 async fn exchange(handle: &mut RoomHandle, hz: Option<f64>, dur: Duration) -> Vec<i16> {
     let frame_len = (LIVEKIT_SAMPLE_RATE / 50) as usize;
-    let tone = sine(LIVEKIT_SAMPLE_RATE, hz.unwrap_or(440.0), -12.0, frame_len * 50);
+    let tone = sine(
+        LIVEKIT_SAMPLE_RATE,
+        hz.unwrap_or(440.0),
+        -12.0,
+        frame_len * 50,
+    );
     let mut heard = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let end = Instant::now() + dur;
@@ -60,7 +70,9 @@ async fn exchange(handle: &mut RoomHandle, hz: Option<f64>, dur: Duration) -> Ve
         tick.tick().await;
         if hz.is_some() {
             let at = (i % 50) * frame_len;
-            let _ = handle.to_room.try_send(AudioFrame::from_samples(&tone[at..at + frame_len]));
+            let _ = handle
+                .to_room
+                .try_send(AudioFrame::from_samples(&tone[at..at + frame_len]));
             i += 1;
         }
         while let Ok(f) = handle.from_room.try_recv() {
@@ -76,7 +88,10 @@ fn last(samples: &[i16], rate: u32, secs: f64) -> &[i16] {
 }
 
 async fn next_event(handle: &mut RoomHandle, timeout: Duration) -> Option<RoomEvent> {
-    tokio::time::timeout(timeout, handle.events.recv()).await.ok().flatten()
+    tokio::time::timeout(timeout, handle.events.recv())
+        .await
+        .ok()
+        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,20 +101,45 @@ async fn caller_appears_as_a_sip_participant_with_masked_number() {
     let handle = join(&rooms, "standup", "c1").await;
     assert_eq!(handle.sample_rate, 16_000);
     let p = server
-        .wait_for_participant("standup", |p| p.identity == "sip_c1" && p.publisher_connected && !p.tracks.is_empty(), Duration::from_secs(10))
+        .wait_for_participant(
+            "standup",
+            |p| p.identity == "sip_c1" && p.publisher_connected && !p.tracks.is_empty(),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap()
         .expect("the caller's participant publishes its microphone");
     assert_eq!(p.kind, ParticipantKind::Sip);
     assert_eq!(p.name, "Phone ••••1234");
-    assert_eq!(p.attributes.get("sip.phoneNumber").map(String::as_str), Some("••••1234"));
-    assert_eq!(p.attributes.get("sip.callID").map(String::as_str), Some("c1"));
-    assert_eq!(p.attributes.get("sip.trunkID").map(String::as_str), Some("default"));
-    assert_eq!(p.attributes.get("sip.callStatus").map(String::as_str), Some("active"));
-    assert_eq!(p.tracks.first().map(|t| t.source), Some(proto::TrackSource::Microphone as i32));
+    assert_eq!(
+        p.attributes.get("sip.phoneNumber").map(String::as_str),
+        Some("••••1234")
+    );
+    assert_eq!(
+        p.attributes.get("sip.callID").map(String::as_str),
+        Some("c1")
+    );
+    assert_eq!(
+        p.attributes.get("sip.trunkID").map(String::as_str),
+        Some("default")
+    );
+    assert_eq!(
+        p.attributes.get("sip.callStatus").map(String::as_str),
+        Some("active")
+    );
+    assert_eq!(
+        p.tracks.first().map(|t| t.source),
+        Some(proto::TrackSource::Microphone as i32)
+    );
     drop(handle);
     let gone = tokio::time::timeout(Duration::from_secs(5), async {
-        while server.participants("standup").await.unwrap().iter().any(|p| p.identity == "sip_c1") {
+        while server
+            .participants("standup")
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.identity == "sip_c1")
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -110,7 +150,17 @@ async fn caller_appears_as_a_sip_participant_with_masked_number() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_audio_reaches_the_caller_and_caller_audio_reaches_the_room() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let synth = server.add_synthetic_participant("audio", "alice", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
+    let synth = server
+        .add_synthetic_participant(
+            "audio",
+            "alice",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, "audio", "c2").await;
     assert_eq!(handle.others_at_join, 1);
@@ -119,17 +169,35 @@ async fn room_audio_reaches_the_caller_and_caller_audio_reaches_the_room() {
     let tail = last(&heard, LIVEKIT_SAMPLE_RATE, 1.0);
     let at_1k = goertzel_level(tail, LIVEKIT_SAMPLE_RATE, 1000.0);
     let at_440 = goertzel_level(tail, LIVEKIT_SAMPLE_RATE, 440.0);
-    println!("caller heard {} samples; 1000 Hz at {at_1k:.1} dBFS, 440 Hz at {at_440:.1} dBFS", heard.len());
-    assert!(tail.len() >= LIVEKIT_SAMPLE_RATE as usize / 2, "at least half a second of room audio");
-    assert!(at_1k > -20.0, "the room's 1000 Hz tone reaches the caller ({at_1k:.1} dBFS)");
+    println!(
+        "caller heard {} samples; 1000 Hz at {at_1k:.1} dBFS, 440 Hz at {at_440:.1} dBFS",
+        heard.len()
+    );
+    assert!(
+        tail.len() >= LIVEKIT_SAMPLE_RATE as usize / 2,
+        "at least half a second of room audio"
+    );
+    assert!(
+        at_1k > -20.0,
+        "the room's 1000 Hz tone reaches the caller ({at_1k:.1} dBFS)"
+    );
     assert!(at_1k - at_440 > 30.0, "the caller does not hear itself");
 
     let room_heard = synth.received_audio_from("sip_c2");
     let rtail = last(&room_heard, SAMPLE_RATE, 1.0);
     let r440 = goertzel_level(rtail, SAMPLE_RATE, 440.0);
-    println!("room heard {} samples from the caller; 440 Hz at {r440:.1} dBFS", room_heard.len());
-    assert!(rtail.len() >= SAMPLE_RATE as usize / 2, "at least half a second of the caller's audio in the room");
-    assert!(r440 > -20.0, "the caller's 440 Hz tone reaches the room ({r440:.1} dBFS)");
+    println!(
+        "room heard {} samples from the caller; 440 Hz at {r440:.1} dBFS",
+        room_heard.len()
+    );
+    assert!(
+        rtail.len() >= SAMPLE_RATE as usize / 2,
+        "at least half a second of the caller's audio in the room"
+    );
+    assert!(
+        r440 > -20.0,
+        "the caller's 440 Hz tone reaches the room ({r440:.1} dBFS)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +206,11 @@ async fn caller_dtmf_becomes_a_sip_dtmf_data_packet() {
     let rooms = rooms_for(server.url(), SECRET);
     let handle = join(&rooms, "keys", "c3").await;
     server
-        .wait_for_participant("keys", |p| p.identity == "sip_c3" && p.publisher_connected, Duration::from_secs(10))
+        .wait_for_participant(
+            "keys",
+            |p| p.identity == "sip_c3" && p.publisher_connected,
+            Duration::from_secs(10),
+        )
         .await
         .unwrap()
         .expect("publisher connected");
@@ -161,10 +233,18 @@ async fn caller_dtmf_becomes_a_sip_dtmf_data_packet() {
             _ => None,
         })
         .collect();
-    assert!(digits.contains(&(5, "5".to_owned())), "digit 5 arrives: {digits:?}");
-    assert!(digits.contains(&(11, "#".to_owned())), "# arrives with RFC 4733 code 11: {digits:?}");
+    assert!(
+        digits.contains(&(5, "5".to_owned())),
+        "digit 5 arrives: {digits:?}"
+    );
+    assert!(
+        digits.contains(&(11, "#".to_owned())),
+        "# arrives with RFC 4733 code 11: {digits:?}"
+    );
     #[allow(deprecated)] // the server stamps the kind of the channel a packet came on
-    let all_reliable = found.iter().all(|p| p.kind == proto::data_packet::Kind::Reliable as i32);
+    let all_reliable = found
+        .iter()
+        .all(|p| p.kind == proto::data_packet::Kind::Reliable as i32);
     assert!(all_reliable, "DTMF goes on the reliable channel");
     drop(handle);
 }
@@ -174,9 +254,20 @@ async fn closing_the_room_ends_the_call_with_closed() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, "closing", "c4").await;
-    server.wait_for_participant("closing", |p| p.identity == "sip_c4", Duration::from_secs(5)).await.unwrap().expect("joined");
+    server
+        .wait_for_participant(
+            "closing",
+            |p| p.identity == "sip_c4",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .expect("joined");
     assert!(server.close_room("closing").await.unwrap());
-    assert_eq!(next_event(&mut handle, Duration::from_secs(5)).await, Some(RoomEvent::Closed));
+    assert_eq!(
+        next_event(&mut handle, Duration::from_secs(5)).await,
+        Some(RoomEvent::Closed)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,9 +275,16 @@ async fn removing_the_participant_ends_the_call_with_removed() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, "kick", "c5").await;
-    server.wait_for_participant("kick", |p| p.identity == "sip_c5", Duration::from_secs(5)).await.unwrap().expect("joined");
+    server
+        .wait_for_participant("kick", |p| p.identity == "sip_c5", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("joined");
     assert!(server.remove_participant("kick", "sip_c5").await.unwrap());
-    assert_eq!(next_event(&mut handle, Duration::from_secs(5)).await, Some(RoomEvent::Removed));
+    assert_eq!(
+        next_event(&mut handle, Duration::from_secs(5)).await,
+        Some(RoomEvent::Removed)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,42 +293,103 @@ async fn others_joining_and_leaving_are_reported() {
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, "lobby", "c6").await;
     assert_eq!(handle.others_at_join, 0);
-    server.wait_for_participant("lobby", |p| p.identity == "sip_c6", Duration::from_secs(5)).await.unwrap().expect("joined");
-    let bob = server.add_synthetic_participant("lobby", "bob", Signal::Silence).await.unwrap();
-    assert_eq!(next_event(&mut handle, Duration::from_secs(5)).await, Some(RoomEvent::ParticipantJoined { identity: "bob".into() }));
-    assert!(server.remove_participant("lobby", bob.identity()).await.unwrap());
-    assert_eq!(next_event(&mut handle, Duration::from_secs(5)).await, Some(RoomEvent::ParticipantLeft { identity: "bob".into() }));
+    server
+        .wait_for_participant("lobby", |p| p.identity == "sip_c6", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("joined");
+    let bob = server
+        .add_synthetic_participant("lobby", "bob", Signal::Silence)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut handle, Duration::from_secs(5)).await,
+        Some(RoomEvent::ParticipantJoined {
+            identity: "bob".into()
+        })
+    );
+    assert!(server
+        .remove_participant("lobby", bob.identity())
+        .await
+        .unwrap());
+    assert_eq!(
+        next_event(&mut handle, Duration::from_secs(5)).await,
+        Some(RoomEvent::ParticipantLeft {
+            identity: "bob".into()
+        })
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_websocket_is_resumed_without_ending_the_call() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let synth = server.add_synthetic_participant("resume", "carol", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
+    let synth = server
+        .add_synthetic_participant(
+            "resume",
+            "carol",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, "resume", "c7").await;
     let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
-    let sid = server.participants("resume").await.unwrap().into_iter().find(|p| p.identity == "sip_c7").map(|p| p.sid);
+    let sid = server
+        .participants("resume")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.identity == "sip_c7")
+        .map(|p| p.sid);
     assert!(server.drop_websocket("sip_c7").await.unwrap());
     // The hook marks the participant's signal connection gone before it answers, so only a
     // new WebSocket makes this true again.
     let resumed = server
-        .wait_for_participant("resume", |p| p.identity == "sip_c7" && p.signal_connected, Duration::from_secs(8))
+        .wait_for_participant(
+            "resume",
+            |p| p.identity == "sip_c7" && p.signal_connected,
+            Duration::from_secs(8),
+        )
         .await
         .unwrap();
     let resumed = resumed.expect("the signal connection is resumed");
-    assert_eq!(Some(resumed.sid), sid, "the same participant session goes on (reconnect=1&sid=, not a new join)");
+    assert_eq!(
+        Some(resumed.sid),
+        sid,
+        "the same participant session goes on (reconnect=1&sid=, not a new join)"
+    );
     let before = synth.received_audio_from("sip_c7").len();
     let heard = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
-    assert!(handle.events.try_recv().is_err(), "no Closed after a resumed WebSocket");
-    let at_1k = goertzel_level(last(&heard, LIVEKIT_SAMPLE_RATE, 1.0), LIVEKIT_SAMPLE_RATE, 1000.0);
-    assert!(at_1k > -20.0, "room audio still reaches the caller after the resume ({at_1k:.1} dBFS)");
-    assert!(synth.received_audio_from("sip_c7").len() > before + SAMPLE_RATE as usize / 2, "caller audio still reaches the room");
+    assert!(
+        handle.events.try_recv().is_err(),
+        "no Closed after a resumed WebSocket"
+    );
+    let at_1k = goertzel_level(
+        last(&heard, LIVEKIT_SAMPLE_RATE, 1.0),
+        LIVEKIT_SAMPLE_RATE,
+        1000.0,
+    );
+    assert!(
+        at_1k > -20.0,
+        "room audio still reaches the caller after the resume ({at_1k:.1} dBFS)"
+    );
+    assert!(
+        synth.received_audio_from("sip_c7").len() > before + SAMPLE_RATE as usize / 2,
+        "caller audio still reaches the room"
+    );
 }
 
 #[tokio::test]
 async fn unreachable_server_fails_the_join() {
     // A port nothing listens on: bind one, note it, close it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let rooms = rooms_for(&format!("ws://127.0.0.1:{port}"), SECRET);
     let started = Instant::now();
     let r = rooms.join(request("nowhere", "c8")).await;
@@ -263,41 +422,72 @@ async fn livekit_gateway(url: &str, secret: &str) -> Gateway {
     let rooms = format!(
         "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{url}\"\napi_key = \"{KEY}\"\napi_secret = \"{secret}\"\ntoken_ttl_s = 60\n"
     );
-    Gateway::start(GatewayOptions { rooms: Some(rooms), ..GatewayOptions::default() }).await
+    Gateway::start(GatewayOptions {
+        rooms: Some(rooms),
+        ..GatewayOptions::default()
+    })
+    .await
 }
 
 /// A G.711 call from `from`: every prompt and tone is compared at 8 kHz.
 fn pcmu_from(gw: &Gateway, from: &str) -> DialOptions {
-    DialOptions { codecs: vec![Codec::Pcmu], from_user: from.to_owned(), ..DialOptions::new(gw.sip) }
+    DialOptions {
+        codecs: vec![Codec::Pcmu],
+        from_user: from.to_owned(),
+        ..DialOptions::new(gw.sip)
+    }
 }
 
 /// Dials, waits for the welcome prompt and keys `pin#`; returns the call when the gateway
 /// has it in a room (`joined`) or after the keys are sent (`!joined`).
-async fn dial_and_key(gw: &Gateway, opts: DialOptions, pin: &str, joined: bool) -> (Call, Option<serde_json::Value>) {
-    let before: Vec<String> = gw.calls().await.iter().filter_map(|c| c["id"].as_str().map(str::to_owned)).collect();
+async fn dial_and_key(
+    gw: &Gateway,
+    opts: DialOptions,
+    pin: &str,
+    joined: bool,
+) -> (Call, Option<serde_json::Value>) {
+    let before: Vec<String> = gw
+        .calls()
+        .await
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect();
     let t0 = Instant::now();
     let call = Caller::dial(opts).await.expect("the gateway answers");
     call.play_silence();
-    assert!(call.wait_for_sound(t0, -40.0, 5 * SECOND).await.is_some(), "no welcome prompt");
-    call.send_dtmf(&format!("{pin}#"), DtmfMode::Rfc4733).await.expect("digits sent");
+    assert!(
+        call.wait_for_sound(t0, -40.0, 5 * SECOND).await.is_some(),
+        "no welcome prompt"
+    );
+    call.send_dtmf(&format!("{pin}#"), DtmfMode::Rfc4733)
+        .await
+        .expect("digits sent");
     if !joined {
         return (call, None);
     }
     let info = gw
-        .wait_for_call(10 * SECOND, |c| c["state"] == "in_room" && !before.iter().any(|b| c["id"] == b.as_str()))
+        .wait_for_call(10 * SECOND, |c| {
+            c["state"] == "in_room" && !before.iter().any(|b| c["id"] == b.as_str())
+        })
         .await
         .expect("the call reaches in_room");
     (call, Some(info))
 }
 
 fn identity_of(info: &Option<serde_json::Value>) -> (String, String) {
-    let id = info.as_ref().and_then(|i| i["id"].as_str()).expect("call id").to_owned();
+    let id = info
+        .as_ref()
+        .and_then(|i| i["id"].as_str())
+        .expect("call id")
+        .to_owned();
     (format!("sip_{id}"), id)
 }
 
 /// Normalised correlation of `prompt` with `heard` at `off` (1: the same waveform).
 fn correlation(heard: &[i16], prompt: &[i16], off: usize) -> f64 {
-    let Some(seg) = heard.get(off..off + prompt.len()) else { return 0.0 };
+    let Some(seg) = heard.get(off..off + prompt.len()) else {
+        return 0.0;
+    };
     let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
     for (&a, &b) in seg.iter().zip(prompt) {
         let (a, b) = (f64::from(a), f64::from(b));
@@ -311,7 +501,9 @@ fn correlation(heard: &[i16], prompt: &[i16], off: usize) -> f64 {
 /// Whether `prompt` (8 kHz) is in `heard` (8 kHz): its first 20 ms frame of sound located by
 /// waveform, then the whole prompt must correlate above 0.9 (G.711 keeps it near 1).
 fn contains_prompt(heard: &[i16], prompt: &[i16]) -> bool {
-    let Some(lead) = prompt.chunks(160).position(|c| tone::rms_dbfs(c) > -40.0) else { return false };
+    let Some(lead) = prompt.chunks(160).position(|c| tone::rms_dbfs(c) > -40.0) else {
+        return false;
+    };
     let probe = &prompt[lead * 160..(lead * 160 + 800).min(prompt.len())];
     (0..heard.len().saturating_sub(prompt.len()))
         .filter(|&o| correlation(heard, probe, o + lead * 160) > 0.8)
@@ -328,7 +520,8 @@ async fn caller_keying_a_pin_joins_livekit_as_a_sip_participant_named_and_tagged
     let server = TestServer::start(KEY, SECRET).await.unwrap();
     let gw = livekit_gateway(server.url(), SECRET).await;
     gw.create_pin("standup", Some(PIN)).await;
-    gw.create_named_pin("standup", NAMED_PIN, "Front desk").await;
+    gw.create_named_pin("standup", NAMED_PIN, "Front desk")
+        .await;
 
     let (_a, a_info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
     let (_b, b_info) = dial_and_key(&gw, pcmu_from(&gw, "+33698765432"), NAMED_PIN, true).await;
@@ -340,33 +533,75 @@ async fn caller_keying_a_pin_joins_livekit_as_a_sip_participant_named_and_tagged
         let server = &server;
         async move {
             server
-                .wait_for_participant("standup", |p| p.identity == identity && p.publisher_connected && !p.tracks.is_empty(), 10 * SECOND)
+                .wait_for_participant(
+                    "standup",
+                    |p| p.identity == identity && p.publisher_connected && !p.tracks.is_empty(),
+                    10 * SECOND,
+                )
                 .await
                 .unwrap()
-                .unwrap_or_else(|| panic!("{identity} publishes its microphone in the LiveKit room"))
+                .unwrap_or_else(|| {
+                    panic!("{identity} publishes its microphone in the LiveKit room")
+                })
         }
     };
     let pa = wait(a_identity).await;
     let pb = wait(b_identity).await;
-    for (p, call, number, name) in [(&pa, &a_call, "••••5678", "Phone ••••5678"), (&pb, &b_call, "••••5432", "Front desk")] {
+    for (p, call, number, name) in [
+        (&pa, &a_call, "••••5678", "Phone ••••5678"),
+        (&pb, &b_call, "••••5432", "Front desk"),
+    ] {
         assert_eq!(p.kind, ParticipantKind::Sip, "kind SIP");
-        assert_eq!(p.name, name, "name: the PIN's participant_name, else Phone and the masked number");
-        assert_eq!(p.attributes.get("sip.callID"), Some(call), "sip.callID is the call's id");
-        assert_eq!(p.attributes.get("sip.trunkID").map(String::as_str), Some("default"));
-        assert_eq!(p.attributes.get("sip.phoneNumber").map(String::as_str), Some(number), "masked number");
-        assert_eq!(p.attributes.get("sip.callStatus").map(String::as_str), Some("active"));
+        assert_eq!(
+            p.name, name,
+            "name: the PIN's participant_name, else Phone and the masked number"
+        );
+        assert_eq!(
+            p.attributes.get("sip.callID"),
+            Some(call),
+            "sip.callID is the call's id"
+        );
+        assert_eq!(
+            p.attributes.get("sip.trunkID").map(String::as_str),
+            Some("default")
+        );
+        assert_eq!(
+            p.attributes.get("sip.phoneNumber").map(String::as_str),
+            Some(number),
+            "masked number"
+        );
+        assert_eq!(
+            p.attributes.get("sip.callStatus").map(String::as_str),
+            Some("active")
+        );
         assert!(
-            !p.attributes.values().chain([&p.name, &p.metadata]).any(|v| v.contains("612345678") || v.contains("698765432")),
+            !p.attributes
+                .values()
+                .chain([&p.name, &p.metadata])
+                .any(|v| v.contains("612345678") || v.contains("698765432")),
             "the full number appears nowhere"
         );
-        assert_eq!(p.tracks.first().map(|t| t.source), Some(proto::TrackSource::Microphone as i32));
+        assert_eq!(
+            p.tracks.first().map(|t| t.source),
+            Some(proto::TrackSource::Microphone as i32)
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_tone_reaches_the_caller_and_caller_tone_reaches_the_room() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let alice = server.add_synthetic_participant("audio", "alice", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
+    let alice = server
+        .add_synthetic_participant(
+            "audio",
+            "alice",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
     let gw = livekit_gateway(server.url(), SECRET).await;
     gw.create_pin("audio", Some(PIN)).await;
     let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
@@ -380,19 +615,37 @@ async fn room_tone_reaches_the_caller_and_caller_tone_reaches_the_room() {
 
     let heard = call.recorded(from);
     let f = tone::dominant_frequency(&heard, call.sample_rate());
-    let (at_1k, at_440) = (tone::goertzel_level(&heard, 8000, 1000.0), tone::goertzel_level(&heard, 8000, 440.0));
+    let (at_1k, at_440) = (
+        tone::goertzel_level(&heard, 8000, 1000.0),
+        tone::goertzel_level(&heard, 8000, 440.0),
+    );
     println!("caller heard {} samples: dominant {f} Hz, 1000 Hz at {at_1k:.1} dBFS, 440 Hz at {at_440:.1} dBFS", heard.len());
-    assert!(heard.len() >= 6000, "about a second of audio on the caller's RTP");
-    assert!((f - 1000.0).abs() <= 10.0, "the caller hears alice's 1000 Hz tone, measured {f} Hz");
+    assert!(
+        heard.len() >= 6000,
+        "about a second of audio on the caller's RTP"
+    );
+    assert!(
+        (f - 1000.0).abs() <= 10.0,
+        "the caller hears alice's 1000 Hz tone, measured {f} Hz"
+    );
     assert!(at_1k > -25.0, "at a useful level ({at_1k:.1} dBFS)");
     assert!(at_1k - at_440 > 20.0, "the caller does not hear itself");
 
     let room = alice.received_audio_from(&identity);
     let tail = last(&room, SAMPLE_RATE, 1.0);
-    let (r440, r1k) = (tone::goertzel_level(tail, SAMPLE_RATE, 440.0), tone::goertzel_level(tail, SAMPLE_RATE, 1000.0));
+    let (r440, r1k) = (
+        tone::goertzel_level(tail, SAMPLE_RATE, 440.0),
+        tone::goertzel_level(tail, SAMPLE_RATE, 1000.0),
+    );
     println!("alice heard {} samples from the caller: 440 Hz at {r440:.1} dBFS, 1000 Hz at {r1k:.1} dBFS", room.len());
-    assert!(tail.len() >= SAMPLE_RATE as usize / 2, "alice hears the caller");
-    assert!(r440 > -25.0, "alice hears the caller's 440 Hz tone ({r440:.1} dBFS)");
+    assert!(
+        tail.len() >= SAMPLE_RATE as usize / 2,
+        "alice hears the caller"
+    );
+    assert!(
+        r440 > -25.0,
+        "alice hears the caller's 440 Hz tone ({r440:.1} dBFS)"
+    );
     assert!(r440 - r1k > 20.0, "and not her own tone back");
 }
 
@@ -403,15 +656,28 @@ async fn room_closed_by_livekit_plays_meeting_ended_then_bye() {
     gw.create_pin("closing", Some(PIN)).await;
     let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
     let (identity, id) = identity_of(&info);
-    server.wait_for_participant("closing", |p| p.identity == identity, 10 * SECOND).await.unwrap().expect("in the room");
+    server
+        .wait_for_participant("closing", |p| p.identity == identity, 10 * SECOND)
+        .await
+        .unwrap()
+        .expect("in the room");
     // Let "joining" and "you are the first participant" end; hold music plays meanwhile.
     tokio::time::sleep(5 * SECOND).await;
     let closed = Instant::now();
     assert!(server.close_room("closing").await.unwrap());
-    assert!(call.wait_for_bye(15 * SECOND).await, "the caller gets BYE after the room closed");
+    assert!(
+        call.wait_for_bye(15 * SECOND).await,
+        "the caller gets BYE after the room closed"
+    );
     let heard = call.recorded(closed);
-    assert!(contains_prompt(&heard, &prompt_8k(PromptId::MeetingEnded)), "the caller hears \"the meeting has ended\" before the BYE");
-    let rec = gw.completed_record(&id, 5 * SECOND).await.expect("call record");
+    assert!(
+        contains_prompt(&heard, &prompt_8k(PromptId::MeetingEnded)),
+        "the caller hears \"the meeting has ended\" before the BYE"
+    );
+    let rec = gw
+        .completed_record(&id, 5 * SECOND)
+        .await
+        .expect("call record");
     assert_eq!(outcome_label(&rec), Some("room_ended"));
 }
 
@@ -422,7 +688,9 @@ async fn dtmf_keyed_in_the_room_reaches_livekit_as_sip_dtmf_data_packets() {
     gw.create_pin("keys", Some(PIN)).await;
     let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
     let (identity, _) = identity_of(&info);
-    call.send_dtmf("7*", DtmfMode::Rfc4733).await.expect("digits sent");
+    call.send_dtmf("7*", DtmfMode::Rfc4733)
+        .await
+        .expect("digits sent");
     let mut digits = Vec::new();
     let deadline = Instant::now() + 10 * SECOND;
     while Instant::now() < deadline && digits.len() < 2 {
@@ -439,13 +707,21 @@ async fn dtmf_keyed_in_the_room_reaches_livekit_as_sip_dtmf_data_packets() {
             })
             .collect();
     }
-    assert_eq!(digits, vec![(7, "7".to_owned()), (10, "*".to_owned())], "each key once, in order, RFC 4733 codes");
+    assert_eq!(
+        digits,
+        vec![(7, "7".to_owned()), (10, "*".to_owned())],
+        "each key once, in order, RFC 4733 codes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_unreachable_at_join_plays_service_unavailable_then_bye() {
     // A port nothing listens on: bind one, note it, close it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gw = livekit_gateway(&format!("ws://127.0.0.1:{port}"), SECRET).await;
     join_fails_with_service_unavailable(&gw).await;
 }
@@ -455,7 +731,10 @@ async fn livekit_refusing_the_token_at_join_plays_service_unavailable_then_bye()
     let server = TestServer::start(KEY, SECRET).await.unwrap();
     let gw = livekit_gateway(server.url(), "a-secret-the-livekit-server-does-not-know").await;
     join_fails_with_service_unavailable(&gw).await;
-    assert!(server.participants("standup").await.unwrap().is_empty(), "nobody joined");
+    assert!(
+        server.participants("standup").await.unwrap().is_empty(),
+        "nobody joined"
+    );
 }
 
 async fn join_fails_with_service_unavailable(gw: &Gateway) {
@@ -468,10 +747,16 @@ async fn join_fails_with_service_unavailable(gw: &Gateway) {
         contains_prompt(&heard, &prompt_8k(PromptId::ServiceUnavailable)),
         "the caller hears \"service unavailable\" before the BYE"
     );
-    assert!(!contains_prompt(&heard, &prompt_8k(PromptId::MeetingEnded)), "and not another farewell");
+    assert!(
+        !contains_prompt(&heard, &prompt_8k(PromptId::MeetingEnded)),
+        "and not another farewell"
+    );
     let mut ended = None;
     for _ in 0..50 {
-        ended = gw.metric("dialin_calls_total{outcome=\"join_failed\"}").await.filter(|&n| n >= 1.0);
+        ended = gw
+            .metric("dialin_calls_total{outcome=\"join_failed\"}")
+            .await
+            .filter(|&n| n >= 1.0);
         if ended.is_some() {
             break;
         }
@@ -483,14 +768,28 @@ async fn join_fails_with_service_unavailable(gw: &Gateway) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_websocket_dropped_mid_call_is_resumed_and_the_call_goes_on() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let carol = server.add_synthetic_participant("resume", "carol", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap();
+    let carol = server
+        .add_synthetic_participant(
+            "resume",
+            "carol",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
     let gw = livekit_gateway(server.url(), SECRET).await;
     gw.create_pin("resume", Some(PIN)).await;
     let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
     let (identity, _) = identity_of(&info);
     call.play_tone(440.0, -12.0);
     let p = server
-        .wait_for_participant("resume", |p| p.identity == identity && p.publisher_connected, 10 * SECOND)
+        .wait_for_participant(
+            "resume",
+            |p| p.identity == identity && p.publisher_connected,
+            10 * SECOND,
+        )
         .await
         .unwrap()
         .expect("in the room");
@@ -498,11 +797,18 @@ async fn livekit_websocket_dropped_mid_call_is_resumed_and_the_call_goes_on() {
 
     assert!(server.drop_websocket(&identity).await.unwrap());
     let resumed = server
-        .wait_for_participant("resume", |p| p.identity == identity && p.signal_connected, 10 * SECOND)
+        .wait_for_participant(
+            "resume",
+            |p| p.identity == identity && p.signal_connected,
+            10 * SECOND,
+        )
         .await
         .unwrap()
         .expect("the gateway resumes the signal connection");
-    assert_eq!(resumed.sid, p.sid, "the same participant session (reconnect=1&sid=), not a new join");
+    assert_eq!(
+        resumed.sid, p.sid,
+        "the same participant session (reconnect=1&sid=), not a new join"
+    );
 
     let before = carol.received_audio_from(&identity).len();
     tokio::time::sleep(SECOND).await;
@@ -511,11 +817,23 @@ async fn livekit_websocket_dropped_mid_call_is_resumed_and_the_call_goes_on() {
     assert!(!call.bye_received(), "the call goes on");
     let heard = call.recorded(from);
     let f = tone::dominant_frequency(&heard, call.sample_rate());
-    assert!((f - 1000.0).abs() <= 10.0, "the caller still hears carol after the resume, measured {f} Hz");
+    assert!(
+        (f - 1000.0).abs() <= 10.0,
+        "the caller still hears carol after the resume, measured {f} Hz"
+    );
     let room = carol.received_audio_from(&identity);
-    assert!(room.len() > before + SAMPLE_RATE as usize, "carol still hears the caller after the resume");
+    assert!(
+        room.len() > before + SAMPLE_RATE as usize,
+        "carol still hears the caller after the resume"
+    );
     let r440 = tone::goertzel_level(last(&room, SAMPLE_RATE, 1.0), SAMPLE_RATE, 440.0);
-    assert!(r440 > -25.0, "the caller's tone after the resume ({r440:.1} dBFS)");
+    assert!(
+        r440 > -25.0,
+        "the caller's tone after the resume ({r440:.1} dBFS)"
+    );
     let calls = gw.calls().await;
-    assert!(calls.iter().any(|c| c["state"] == "in_room"), "the call is still in the room: {calls:?}");
+    assert!(
+        calls.iter().any(|c| c["state"] == "in_room"),
+        "the call is still in the room: {calls:?}"
+    );
 }

@@ -80,8 +80,12 @@ impl LiveKitRooms {
 
     async fn join_room(&self, req: JoinRequest) -> Result<RoomHandle, RoomError> {
         let token = self.token(&req)?;
-        let mut ws = signal::connect(&self.url, &token, None, JOIN_TIMEOUT).await.map_err(room_error)?;
-        let (join, early) = signal::await_join(&mut ws, JOIN_TIMEOUT).await.map_err(room_error)?;
+        let mut ws = signal::connect(&self.url, &token, None, JOIN_TIMEOUT)
+            .await
+            .map_err(room_error)?;
+        let (join, early) = signal::await_join(&mut ws, JOIN_TIMEOUT)
+            .await
+            .map_err(room_error)?;
         let others_at_join = join.other_participants.len();
 
         let (to_room, to_room_rx) = mpsc::channel(CHANNEL_FRAMES);
@@ -96,7 +100,10 @@ impl LiveKitRooms {
             dtmf: dtmf_rx,
             leave: leave_rx,
         };
-        let target = session::Target { url: self.url.clone(), token };
+        let target = session::Target {
+            url: self.url.clone(),
+            token,
+        };
         let session = session::Session::start(target, ws, join, io, &req.identity)
             .await
             .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;
@@ -131,11 +138,18 @@ struct Membership {
 fn room_error(e: signal::SignalError) -> RoomError {
     match e {
         signal::SignalError::Refused { .. } => RoomError::Refused(e.to_string()),
-        signal::SignalError::Unreachable { .. } | signal::SignalError::NoJoin(_) => RoomError::Unreachable(e.to_string()),
+        signal::SignalError::Unreachable { .. } | signal::SignalError::NoJoin(_) => {
+            RoomError::Unreachable(e.to_string())
+        }
     }
 }
 
-fn mint_token(api_key: &str, api_secret: &str, ttl: Duration, req: &JoinRequest) -> Result<String, RoomError> {
+fn mint_token(
+    api_key: &str,
+    api_secret: &str,
+    ttl: Duration,
+    req: &JoinRequest,
+) -> Result<String, RoomError> {
     let attributes: BTreeMap<String, String> = req.attributes.clone();
     AccessToken::with_api_key(api_key, api_secret)
         .with_identity(&req.identity)
@@ -164,26 +178,48 @@ mod tests {
     fn request() -> JoinRequest {
         let mut attributes = BTreeMap::new();
         attributes.insert("sip.phoneNumber".to_owned(), "••••1234".to_owned());
-        JoinRequest { room: "standup".into(), identity: "sip_abc".into(), name: "Phone ••••1234".into(), attributes }
+        JoinRequest {
+            room: "standup".into(),
+            identity: "sip_abc".into(),
+            name: "Phone ••••1234".into(),
+            attributes,
+        }
     }
 
     #[test]
     fn token_is_scoped_to_one_room_with_sip_kind_and_attributes() {
-        let jwt = mint_token("key", "secret-secret-secret", Duration::from_secs(90), &request()).unwrap();
-        let claims = TokenVerifier::with_api_key("key", "secret-secret-secret").verify(&jwt).unwrap();
+        let jwt = mint_token(
+            "key",
+            "secret-secret-secret",
+            Duration::from_secs(90),
+            &request(),
+        )
+        .unwrap();
+        let claims = TokenVerifier::with_api_key("key", "secret-secret-secret")
+            .verify(&jwt)
+            .unwrap();
         assert_eq!(claims.sub, "sip_abc");
         assert_eq!(claims.name, "Phone ••••1234");
         assert_eq!(claims.kind, "sip");
-        assert_eq!(claims.attributes.get("sip.phoneNumber").map(String::as_str), Some("••••1234"));
+        assert_eq!(
+            claims.attributes.get("sip.phoneNumber").map(String::as_str),
+            Some("••••1234")
+        );
         assert_eq!(claims.video.room, "standup");
         assert!(claims.video.room_join && !claims.video.room_admin && !claims.video.room_create);
-        assert_eq!(claims.video.can_publish_sources, vec!["microphone".to_owned()]);
+        assert_eq!(
+            claims.video.can_publish_sources,
+            vec!["microphone".to_owned()]
+        );
         assert!(claims.exp - claims.nbf <= 90);
     }
 
     #[test]
     fn missing_secret_is_refused_at_construction() {
-        let config = LiveKitConfig { api_secret: None, ..LiveKitConfig::default() };
+        let config = LiveKitConfig {
+            api_secret: None,
+            ..LiveKitConfig::default()
+        };
         assert!(LiveKitRooms::new(&config).is_err());
     }
 }

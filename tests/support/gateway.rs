@@ -153,7 +153,10 @@ drain_timeout_s = 1
             ivr_time = opts.max_ivr_time_s,
             db = db.display(),
             max_calls = opts.max_calls,
-            rooms = opts.rooms.as_deref().unwrap_or("[rooms]\nbackend = \"local\""),
+            rooms = opts
+                .rooms
+                .as_deref()
+                .unwrap_or("[rooms]\nbackend = \"local\""),
         );
         let config_path = dir
             .write("dialin.toml", config.as_bytes())

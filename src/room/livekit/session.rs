@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use dialin_media::codec::{new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate};
+use dialin_media::codec::{
+    new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
+};
 use dialin_media::mixer::{Mixer, ParticipantId};
 use livekit_protocol as proto;
 use prost::Message as _;
@@ -92,15 +94,35 @@ impl Pc {
     async fn bind(ip: IpAddr, now: Instant) -> std::io::Result<Pc> {
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = sock.local_addr()?;
-        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).build(now);
-        let cand = Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
+        let cand =
+            Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
         rtc.add_local_candidate(cand);
-        Ok(Pc { rtc, sock, addr, timeout: now, connected: false })
+        Ok(Pc {
+            rtc,
+            sock,
+            addr,
+            timeout: now,
+            connected: false,
+        })
     }
 
     fn receive(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
-        let Ok(contents) = data.try_into() else { return };
-        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source: src, destination: self.addr, contents });
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: src,
+                destination: self.addr,
+                contents,
+            },
+        );
         if let Err(e) = self.rtc.handle_input(input) {
             debug!(error = %e, "peer connection refused a datagram");
         }
@@ -128,7 +150,9 @@ impl Pc {
     }
 
     fn candidate_init(&self) -> Option<String> {
-        Candidate::host(self.addr, "udp").ok().map(|c| signal::candidate_init(&c.to_sdp_string()))
+        Candidate::host(self.addr, "udp")
+            .ok()
+            .map(|c| signal::candidate_init(&c.to_sdp_string()))
     }
 }
 
@@ -222,14 +246,26 @@ fn local_ip_towards(url: &str) -> IpAddr {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let hostport = rest.split('/').next().unwrap_or(rest);
     let default_port = if url.starts_with("wss") { 443 } else { 80 };
-    let with_port = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !hostport.ends_with(']') {
+    let with_port = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !hostport.ends_with(']')
+    {
         hostport.to_owned()
     } else {
         format!("{hostport}:{default_port}")
     };
-    let server = std::net::ToSocketAddrs::to_socket_addrs(&with_port).ok().and_then(|mut a| a.next());
-    let Some(server) = server else { return IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
-    let any = if server.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    let server = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .ok()
+        .and_then(|mut a| a.next());
+    let Some(server) = server else {
+        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    };
+    let any = if server.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
     std::net::UdpSocket::bind(SocketAddr::new(any, 0))
         .and_then(|s| s.connect(server).and_then(|_| s.local_addr()))
         .map(|a| a.ip())
@@ -237,7 +273,11 @@ fn local_ip_towards(url: &str) -> IpAddr {
 }
 
 fn duration_s(secs: i32, default: Duration) -> Duration {
-    u64::try_from(secs).ok().filter(|&s| s > 0).map(Duration::from_secs).unwrap_or(default)
+    u64::try_from(secs)
+        .ok()
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(default)
 }
 
 /// RFC 4733 §3.2 event code of a DTMF key (what LiveKit's `SipDTMF.code` carries).
@@ -258,7 +298,9 @@ async fn recv_ws(ws: &mut Option<Ws>) -> Option<Resp> {
     }
 }
 
-async fn recv_resume(r: &mut Option<oneshot::Receiver<Result<Ws, SignalError>>>) -> Result<Ws, String> {
+async fn recv_resume(
+    r: &mut Option<oneshot::Receiver<Result<Ws, SignalError>>>,
+) -> Result<Ws, String> {
     match r.as_mut() {
         Some(rx) => match rx.await {
             Ok(Ok(ws)) => Ok(ws),
@@ -270,12 +312,27 @@ async fn recv_resume(r: &mut Option<oneshot::Receiver<Result<Ws, SignalError>>>)
 }
 
 impl Session {
-    pub(crate) async fn start(target: Target, ws: Ws, join: proto::JoinResponse, io: SessionIo, identity: &str) -> Result<Session, String> {
+    pub(crate) async fn start(
+        target: Target,
+        ws: Ws,
+        join: proto::JoinResponse,
+        io: SessionIo,
+        identity: &str,
+    ) -> Result<Session, String> {
         let now = Instant::now();
         let ip = local_ip_towards(&target.url);
-        let publ = Pc::bind(ip, now).await.map_err(|e| format!("publisher socket: {e}"))?;
-        let subs = Pc::bind(ip, now).await.map_err(|e| format!("subscriber socket: {e}"))?;
-        let encoder = new_encoder(CodecKind::Opus, SampleRate::Hz16000, &CodecConfig::default()).map_err(|e| e.to_string())?;
+        let publ = Pc::bind(ip, now)
+            .await
+            .map_err(|e| format!("publisher socket: {e}"))?;
+        let subs = Pc::bind(ip, now)
+            .await
+            .map_err(|e| format!("subscriber socket: {e}"))?;
+        let encoder = new_encoder(
+            CodecKind::Opus,
+            SampleRate::Hz16000,
+            &CodecConfig::default(),
+        )
+        .map_err(|e| e.to_string())?;
         let mut mixer = Mixer::new(FRAME);
         let listener = ParticipantId(0);
         mixer.add(listener).map_err(|e| e.to_string())?;
@@ -284,7 +341,11 @@ impl Session {
             .iter()
             .map(|p| (p.sid.clone(), p.identity.clone()))
             .collect();
-        let sid = join.participant.as_ref().map(|p| p.sid.clone()).unwrap_or_default();
+        let sid = join
+            .participant
+            .as_ref()
+            .map(|p| p.sid.clone())
+            .unwrap_or_default();
         let ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
         Ok(Session {
             target,
@@ -376,17 +437,32 @@ impl Session {
         };
         self.send(Req::AddTrack(add)).await;
         let mut api = self.publ.rtc.sdp_api();
-        self.mic = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, Some("phone-stream".into()), Some(CID.into()), None));
+        self.mic = Some(api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("phone-stream".into()),
+            Some(CID.into()),
+            None,
+        ));
         api.add_channel("_reliable".into());
         api.add_channel("_lossy".into());
         if let Some((offer, pending)) = api.apply() {
             self.pending = Some(pending);
-            let sd = proto::SessionDescription { r#type: "offer".into(), sdp: offer.to_sdp_string(), id: 1, ..Default::default() };
+            let sd = proto::SessionDescription {
+                r#type: "offer".into(),
+                sdp: offer.to_sdp_string(),
+                id: 1,
+                ..Default::default()
+            };
             self.send(Req::Offer(sd)).await;
         }
         if let Some(c) = self.publ.candidate_init() {
-            self.send(Req::Trickle(proto::TrickleRequest { candidate_init: c, target: proto::SignalTarget::Publisher as i32, r#final: false }))
-                .await;
+            self.send(Req::Trickle(proto::TrickleRequest {
+                candidate_init: c,
+                target: proto::SignalTarget::Publisher as i32,
+                r#final: false,
+            }))
+            .await;
         }
     }
 
@@ -407,7 +483,11 @@ impl Session {
 
     fn start_resume(&mut self, now: Instant) {
         let (tx, rx) = oneshot::channel();
-        let (url, token, sid) = (self.target.url.clone(), self.target.token.clone(), self.sid.clone());
+        let (url, token, sid) = (
+            self.target.url.clone(),
+            self.target.token.clone(),
+            self.sid.clone(),
+        );
         tokio::spawn(async move {
             let r = signal::connect(&url, &token, Some(&sid), RESUME_CONNECT_TIMEOUT).await;
             let _ = tx.send(r);
@@ -428,7 +508,12 @@ impl Session {
                     self.start_resume(now);
                 }
             }
-            let mut deadline = self.publ.timeout.min(self.subs.timeout).min(self.next_mix).min(self.next_ping);
+            let mut deadline = self
+                .publ
+                .timeout
+                .min(self.subs.timeout)
+                .min(self.next_mix)
+                .min(self.next_ping);
             if self.lost_at.is_some() && self.resume.is_none() {
                 deadline = deadline.min(self.next_resume);
             }
@@ -484,7 +569,11 @@ impl Session {
                             .duration_since(std::time::UNIX_EPOCH)
                             .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
                             .unwrap_or(0);
-                        self.send(Req::PingReq(proto::Ping { timestamp: ts, rtt: 0 })).await;
+                        self.send(Req::PingReq(proto::Ping {
+                            timestamp: ts,
+                            rtt: 0,
+                        }))
+                        .await;
                     }
                 }
             }
@@ -522,10 +611,19 @@ impl Session {
             Resp::Offer(sd) => match SdpOffer::from_sdp_string(&sd.sdp) {
                 Ok(offer) => match self.subs.rtc.sdp_api().accept_offer(offer) {
                     Ok(answer) => {
-                        let reply = proto::SessionDescription { r#type: "answer".into(), sdp: answer.to_sdp_string(), id: sd.id, ..Default::default() };
+                        let reply = proto::SessionDescription {
+                            r#type: "answer".into(),
+                            sdp: answer.to_sdp_string(),
+                            id: sd.id,
+                            ..Default::default()
+                        };
                         self.send(Req::Answer(reply)).await;
                         if let Some(c) = self.subs.candidate_init() {
-                            let t = proto::TrickleRequest { candidate_init: c, target: proto::SignalTarget::Subscriber as i32, r#final: false };
+                            let t = proto::TrickleRequest {
+                                candidate_init: c,
+                                target: proto::SignalTarget::Subscriber as i32,
+                                r#final: false,
+                            };
                             self.send(Req::Trickle(t)).await;
                         }
                     }
@@ -551,7 +649,11 @@ impl Session {
                     // (not done: the call hears that the meeting ended).
                     RoomEvent::Closed
                 };
-                debug!(reason = l.reason, action = l.action, "Leave from the server");
+                debug!(
+                    reason = l.reason,
+                    action = l.action,
+                    "Leave from the server"
+                );
                 return Some(End::Room(ev));
             }
             Resp::PongResp(_) | Resp::Pong(_) => self.last_pong = Instant::now(),
@@ -573,17 +675,23 @@ impl Session {
             }
             if p.state == State::Disconnected as i32 {
                 if self.others.remove(&p.sid).is_some() {
-                    let _ = self.io.events.try_send(RoomEvent::ParticipantLeft { identity: p.identity.clone() });
+                    let _ = self.io.events.try_send(RoomEvent::ParticipantLeft {
+                        identity: p.identity.clone(),
+                    });
                 }
             } else if !self.others.contains_key(&p.sid) {
                 self.others.insert(p.sid.clone(), p.identity.clone());
-                let _ = self.io.events.try_send(RoomEvent::ParticipantJoined { identity: p.identity.clone() });
+                let _ = self.io.events.try_send(RoomEvent::ParticipantJoined {
+                    identity: p.identity.clone(),
+                });
             }
         }
     }
 
     fn send_audio(&mut self, frame: &AudioFrame, now: Instant) {
-        let (Some(mid), true) = (self.mic, self.publ.connected) else { return };
+        let (Some(mid), true) = (self.mic, self.publ.connected) else {
+            return;
+        };
         let pcm = frame.samples();
         if pcm.len() != FRAME {
             debug!(len = pcm.len(), "caller frame of the wrong size");
@@ -598,11 +706,24 @@ impl Session {
         };
         self.rtp_time = self.rtp_time.wrapping_add(OPUS_RTP_STEP);
         if self.mic_pt.is_none() {
-            self.mic_pt = self.publ.rtc.writer(mid).and_then(|w| w.payload_params().next().map(|p| p.pt()));
+            self.mic_pt = self
+                .publ
+                .rtc
+                .writer(mid)
+                .and_then(|w| w.payload_params().next().map(|p| p.pt()));
         }
-        let (Some(pt), Some(payload)) = (self.mic_pt, self.opus_out.get(..n)) else { return };
+        let (Some(pt), Some(payload)) = (self.mic_pt, self.opus_out.get(..n)) else {
+            return;
+        };
         if let Some(w) = self.publ.rtc.writer(mid) {
-            if w.write(pt, now, MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ), payload).is_ok() {
+            if w.write(
+                pt,
+                now,
+                MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ),
+                payload,
+            )
+            .is_ok()
+            {
                 self.frames_sent += 1;
             }
         }
@@ -616,7 +737,10 @@ impl Session {
         let packet = proto::DataPacket {
             kind: proto::data_packet::Kind::Reliable as i32,
             participant_identity: self.identity.clone(),
-            value: Some(proto::data_packet::Value::SipDtmf(proto::SipDtmf { code, digit: key.to_string() })),
+            value: Some(proto::data_packet::Value::SipDtmf(proto::SipDtmf {
+                code,
+                digit: key.to_string(),
+            })),
             ..Default::default()
         };
         let Some(id) = self.reliable else {
@@ -678,17 +802,32 @@ impl Session {
             Some(at) => at,
             None => {
                 // A new remote track: its decoder and ring are made once, here.
-                let Ok(decoder) = new_decoder(CodecKind::Opus, SampleRate::Hz16000, &CodecConfig::default()) else { return };
+                let Ok(decoder) = new_decoder(
+                    CodecKind::Opus,
+                    SampleRate::Hz16000,
+                    &CodecConfig::default(),
+                ) else {
+                    return;
+                };
                 let id = ParticipantId(self.next_track_id);
                 self.next_track_id += 1;
                 if self.mixer.add(id).is_err() {
                     return;
                 }
-                self.tracks.push(Track { mid, id, decoder, ring: Box::new([[0; FRAME]; TRACK_RING]), head: 0, len: 0 });
+                self.tracks.push(Track {
+                    mid,
+                    id,
+                    decoder,
+                    ring: Box::new([[0; FRAME]; TRACK_RING]),
+                    head: 0,
+                    len: 0,
+                });
                 self.tracks.len() - 1
             }
         };
-        let Some(track) = self.tracks.get_mut(at) else { return };
+        let Some(track) = self.tracks.get_mut(at) else {
+            return;
+        };
         let n = match track.decoder.decode(payload, &mut self.decoded) {
             Ok(n) => n.min(self.decoded.len()),
             Err(e) => {
@@ -734,8 +873,21 @@ mod tests {
 
     #[test]
     fn track_ring_drops_the_oldest_frame_when_full() {
-        let Ok(decoder) = new_decoder(CodecKind::Opus, SampleRate::Hz16000, &CodecConfig::default()) else { panic!() };
-        let mut t = Track { mid: Mid::from("0"), id: ParticipantId(1), decoder, ring: Box::new([[0; FRAME]; TRACK_RING]), head: 0, len: 0 };
+        let Ok(decoder) = new_decoder(
+            CodecKind::Opus,
+            SampleRate::Hz16000,
+            &CodecConfig::default(),
+        ) else {
+            panic!()
+        };
+        let mut t = Track {
+            mid: Mid::from("0"),
+            id: ParticipantId(1),
+            decoder,
+            ring: Box::new([[0; FRAME]; TRACK_RING]),
+            head: 0,
+            len: 0,
+        };
         for v in 0..(TRACK_RING as i16 + 2) {
             t.push(&[v; FRAME]);
         }
@@ -749,6 +901,9 @@ mod tests {
 
     #[test]
     fn local_ip_towards_loopback_is_loopback() {
-        assert_eq!(local_ip_towards("ws://127.0.0.1:7880"), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            local_ip_towards("ws://127.0.0.1:7880"),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
     }
 }

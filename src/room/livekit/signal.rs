@@ -55,15 +55,27 @@ pub(crate) fn rtc_url(base: &str, token: &str, resume_sid: Option<&str>) -> Stri
 }
 
 /// Opens the WebSocket within `timeout`. The URL (it carries the token) is never logged.
-pub(crate) async fn connect(base: &str, token: &str, resume_sid: Option<&str>, timeout: Duration) -> Result<Ws, SignalError> {
+pub(crate) async fn connect(
+    base: &str,
+    token: &str,
+    resume_sid: Option<&str>,
+    timeout: Duration,
+) -> Result<Ws, SignalError> {
     let url = rtc_url(base, token, resume_sid);
-    let unreachable = |reason: String| SignalError::Unreachable { url: base.to_owned(), reason };
+    let unreachable = |reason: String| SignalError::Unreachable {
+        url: base.to_owned(),
+        reason,
+    };
     match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
         Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let status = resp.status().as_u16();
-            let body = resp.body().as_deref().map(|b| String::from_utf8_lossy(b).chars().take(200).collect()).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).chars().take(200).collect())
+                .unwrap_or_default();
             Err(SignalError::Refused { status, body })
         }
         Ok(Err(e)) => Err(unreachable(e.to_string())),
@@ -72,7 +84,10 @@ pub(crate) async fn connect(base: &str, token: &str, resume_sid: Option<&str>, t
 
 /// Waits for the `JoinResponse`, the server's first message. Anything else before it is
 /// handed back so that the session task can replay it (a subscriber offer may race ahead).
-pub(crate) async fn await_join(ws: &mut Ws, timeout: Duration) -> Result<(proto::JoinResponse, Vec<Resp>), SignalError> {
+pub(crate) async fn await_join(
+    ws: &mut Ws,
+    timeout: Duration,
+) -> Result<(proto::JoinResponse, Vec<Resp>), SignalError> {
     let mut early = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -81,7 +96,9 @@ pub(crate) async fn await_join(ws: &mut Ws, timeout: Duration) -> Result<(proto:
             .map_err(|_| SignalError::NoJoin(format!("nothing within {timeout:?}")))?;
         match msg {
             Some(Resp::Join(j)) => return Ok((j, early)),
-            Some(Resp::Leave(l)) => return Err(SignalError::NoJoin(format!("Leave (reason {})", l.reason))),
+            Some(Resp::Leave(l)) => {
+                return Err(SignalError::NoJoin(format!("Leave (reason {})", l.reason)))
+            }
             Some(other) => early.push(other),
             None => return Err(SignalError::NoJoin("the WebSocket closed".into())),
         }
@@ -94,7 +111,9 @@ pub(crate) async fn recv(ws: &mut Ws) -> Option<Resp> {
     loop {
         match ws.next().await? {
             Ok(WsMessage::Binary(b)) => {
-                if let Ok(proto::SignalResponse { message: Some(m) }) = proto::SignalResponse::decode(b.as_ref()) {
+                if let Ok(proto::SignalResponse { message: Some(m) }) =
+                    proto::SignalResponse::decode(b.as_ref())
+                {
                     return Some(m);
                 }
             }
@@ -133,7 +152,9 @@ mod tests {
     #[test]
     fn rtc_url_carries_protocol_version_and_resume_sid() {
         let u = rtc_url("ws://lk.example:7880/", "TOK", Some("PA_1"));
-        assert!(u.starts_with("ws://lk.example:7880/rtc?access_token=TOK&protocol=16&auto_subscribe=1&sdk=rust"));
+        assert!(u.starts_with(
+            "ws://lk.example:7880/rtc?access_token=TOK&protocol=16&auto_subscribe=1&sdk=rust"
+        ));
         assert!(u.ends_with("&reconnect=1&sid=PA_1"));
         assert!(!rtc_url("ws://h", "T", None).contains("reconnect"));
     }
