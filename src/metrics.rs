@@ -115,6 +115,8 @@ pub struct Metrics {
     overloaded: AtomicU64,
     overload_refused: AtomicU64,
     call_setup: Histogram,
+    /// The RTP port pool, once the SIP side has made it: its lease count is a gauge.
+    ports: std::sync::OnceLock<dialin_media::ports::PortAllocator>,
 }
 
 impl Default for Metrics {
@@ -132,6 +134,7 @@ impl Default for Metrics {
             overloaded: AtomicU64::new(0),
             overload_refused: AtomicU64::new(0),
             call_setup: Histogram::new(),
+            ports: std::sync::OnceLock::new(),
         }
     }
 }
@@ -214,9 +217,37 @@ impl Metrics {
     }
 
     /// The text exposition of every series; `calls` supplies `dialin_calls_active`.
+    /// Reports the pool's leased ports as `dialin_rtp_ports_in_use` (set once at start).
+    pub fn watch_ports(&self, ports: dialin_media::ports::PortAllocator) {
+        let _ = self.ports.set(ports);
+    }
+
     pub fn render(&self, calls: &CallRegistry) -> String {
         let mut out = String::with_capacity(4096);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+
+        if let Some(ports) = self.ports.get() {
+            header(
+                &mut out,
+                "dialin_rtp_ports_in_use",
+                "gauge",
+                "RTP ports leased to calls (a port pair counts once).",
+            );
+            let _ = writeln!(out, "dialin_rtp_ports_in_use {}", ports.in_use());
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            header(
+                &mut out,
+                "dialin_tasks_alive",
+                "gauge",
+                "Tasks alive in the gateway's async runtime (a leak shows as growth at rest).",
+            );
+            let _ = writeln!(
+                out,
+                "dialin_tasks_alive {}",
+                runtime.metrics().num_alive_tasks()
+            );
+        }
 
         header(
             &mut out,
@@ -381,6 +412,23 @@ mod tests {
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn leased_rtp_ports_are_a_gauge_that_falls_back_when_leases_end() {
+        let m = Metrics::new();
+        let text = m.render(&CallRegistry::default());
+        assert_eq!(value(&text, "dialin_rtp_ports_in_use"), None);
+        let ports = dialin_media::ports::PortAllocator::new(30000..=30009).unwrap();
+        m.watch_ports(ports.clone());
+        let a = ports.allocate().unwrap();
+        let b = ports.allocate().unwrap();
+        let text = m.render(&CallRegistry::default());
+        assert_eq!(value(&text, "dialin_rtp_ports_in_use"), Some(2.0));
+        drop(a);
+        drop(b);
+        let text = m.render(&CallRegistry::default());
+        assert_eq!(value(&text, "dialin_rtp_ports_in_use"), Some(0.0));
     }
 
     #[test]

@@ -207,6 +207,7 @@ async fn start_sip(
 
     let ports = dialin_media::ports::PortAllocator::new(config.media.rtp_ports.first..=config.media.rtp_ports.last)
         .map_err(|e| anyhow::anyhow!("media.rtp_ports: {e}"))?;
+    services.metrics.watch_ports(ports.clone());
     let media_bind = listen.first().map(|l| l.addr.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let rooms: Arc<dyn crate::room::RoomBackend> = match config.rooms.backend {
         crate::config::RoomsBackend::Local => Arc::new(crate::room::local::LocalRooms::new()),

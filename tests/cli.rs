@@ -284,9 +284,17 @@ fn serve_runs_the_admin_api_reloads_on_sighup_and_stops_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
+    let sip_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let text = std::fs::read_to_string(sandbox.config()).unwrap().replace(
         "[admin]\n",
-        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!(
+            "[sip]\nlisten = [\"udp://127.0.0.1:{sip_port}\"]\n[media]\nrtp_ports = \"31000-31099\"\n\
+             [admin]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
     );
     std::fs::write(sandbox.config(), text).unwrap();
     let mut child = Command::new(BIN)
@@ -308,12 +316,15 @@ fn serve_runs_the_admin_api_reloads_on_sighup_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(health.0, 200);
-    let ready = http_get(port, "/readyz").unwrap();
-    assert_eq!(
-        ready.0, 503,
-        "no SIP transport is bound by this module: {}",
-        ready.1
-    );
+    // Ready once the SIP transport is bound and the store answers.
+    let ready = loop {
+        let answer = http_get(port, "/readyz").unwrap();
+        if answer.0 == 200 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(ready.0, 200, "/readyz: {}", ready.1);
 
     signal(child.id(), "-HUP");
     std::thread::sleep(std::time::Duration::from_millis(200));
