@@ -18,7 +18,7 @@
 //! [`RESUME_WINDOW`], the room is reported closed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dialin_media::codec::{
@@ -240,38 +240,6 @@ pub(crate) struct Session {
     frames_sent: u64,
 }
 
-/// The local address that routes to the LiveKit server: what our host candidates advertise.
-/// Found by "connecting" a UDP socket (no packet is sent).
-fn local_ip_towards(url: &str) -> IpAddr {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let default_port = if url.starts_with("wss") { 443 } else { 80 };
-    let with_port = if hostport
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !hostport.ends_with(']')
-    {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:{default_port}")
-    };
-    let server = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
-        .ok()
-        .and_then(|mut a| a.next());
-    let Some(server) = server else {
-        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    };
-    let any = if server.is_ipv4() {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    };
-    std::net::UdpSocket::bind(SocketAddr::new(any, 0))
-        .and_then(|s| s.connect(server).and_then(|_| s.local_addr()))
-        .map(|a| a.ip())
-        .unwrap_or(any)
-}
-
 fn duration_s(secs: i32, default: Duration) -> Duration {
     u64::try_from(secs)
         .ok()
@@ -320,7 +288,9 @@ impl Session {
         identity: &str,
     ) -> Result<Session, String> {
         let now = Instant::now();
-        let ip = local_ip_towards(&target.url);
+        // Our host candidates advertise the address the signal connection left from: the
+        // one that routes to the LiveKit server.
+        let ip = signal::local_ip(&ws).ok_or("the signal connection has no local address")?;
         let publ = Pc::bind(ip, now)
             .await
             .map_err(|e| format!("publisher socket: {e}"))?;
@@ -897,13 +867,5 @@ mod tests {
             rest += 1;
         }
         assert_eq!(rest, TRACK_RING - 1);
-    }
-
-    #[test]
-    fn local_ip_towards_loopback_is_loopback() {
-        assert_eq!(
-            local_ip_towards("ws://127.0.0.1:7880"),
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        );
     }
 }

@@ -82,6 +82,15 @@ pub(crate) async fn connect(
     }
 }
 
+/// The local IP address of the signal connection's TCP socket.
+pub(crate) fn local_ip(ws: &Ws) -> Option<std::net::IpAddr> {
+    let tcp = match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => s,
+        _ => return None,
+    };
+    tcp.local_addr().ok().map(|a| a.ip())
+}
+
 /// Waits for the `JoinResponse`, the server's first message. Anything else before it is
 /// handed back so that the session task can replay it (a subscriber offer may race ahead).
 pub(crate) async fn await_join(
