@@ -837,3 +837,28 @@ async fn livekit_websocket_dropped_mid_call_is_resumed_and_the_call_goes_on() {
         "the call is still in the room: {calls:?}"
     );
 }
+
+#[tokio::test]
+async fn wss_url_is_joined_over_tls_and_a_failed_handshake_is_unreachable() {
+    // A loopback server that answers plain HTTP 403: over TLS that is a failed handshake
+    // (Unreachable), whereas a client speaking plain ws:// would read an HTTP refusal.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let rooms = rooms_for(&format!("wss://127.0.0.1:{port}"), SECRET);
+    let r = rooms.join(request("tls", "c10")).await;
+    server.abort();
+    match r {
+        Err(RoomError::Unreachable(e)) => println!("as expected: {e}"),
+        other => panic!("expected a failed TLS handshake, got {other:?}"),
+    }
+}

@@ -52,6 +52,7 @@ pub struct LiveKitRooms {
     api_key: String,
     api_secret: String,
     token_ttl: Duration,
+    tls: tokio_tungstenite::Connector,
 }
 
 impl LiveKitRooms {
@@ -69,6 +70,7 @@ impl LiveKitRooms {
             api_key: config.api_key.clone(),
             api_secret: secret,
             token_ttl: Duration::from_secs(config.token_ttl_s),
+            tls: signal::tls_connector().map_err(RoomError::Refused)?,
         })
     }
 
@@ -80,7 +82,7 @@ impl LiveKitRooms {
 
     async fn join_room(&self, req: JoinRequest) -> Result<RoomHandle, RoomError> {
         let token = self.token(&req)?;
-        let mut ws = signal::connect(&self.url, &token, None, JOIN_TIMEOUT)
+        let mut ws = signal::connect(&self.url, &token, None, JOIN_TIMEOUT, &self.tls)
             .await
             .map_err(room_error)?;
         let (join, early) = signal::await_join(&mut ws, JOIN_TIMEOUT)
@@ -101,6 +103,7 @@ impl LiveKitRooms {
             leave: leave_rx,
         };
         let target = session::Target {
+            tls: self.tls.clone(),
             url: self.url.clone(),
             token,
         };

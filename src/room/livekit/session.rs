@@ -61,12 +61,16 @@ pub(crate) const RESUME_WINDOW: Duration = Duration::from_secs(10);
 /// Time between resume attempts, and the limit on each.
 const RESUME_RETRY: Duration = Duration::from_millis(500);
 const RESUME_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the WebSocket may still be read after a send on it failed, for the server's
+/// last messages (its `Leave` comes just before it closes).
+const SEND_FAILURE_GRACE: Duration = Duration::from_secs(1);
 /// Used until the `JoinResponse` says otherwise (livekit-server's defaults: 5 s / 15 s).
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where to resume a dropped signal connection.
 pub(crate) struct Target {
+    pub tls: tokio_tungstenite::Connector,
     pub url: String,
     pub token: String,
 }
@@ -223,6 +227,8 @@ pub(crate) struct Session {
     last_pong: Instant,
     /// Set while the WebSocket is down: when it was lost, and the pending resume attempt.
     lost_at: Option<Instant>,
+    /// When a send on the WebSocket failed while it still had something to read.
+    send_failed_at: Option<Instant>,
     resume: Option<oneshot::Receiver<Result<Ws, SignalError>>>,
     next_resume: Instant,
     encoder: Box<dyn Encoder>,
@@ -336,6 +342,7 @@ impl Session {
             next_ping: now + ping_every,
             last_pong: now,
             lost_at: None,
+            send_failed_at: None,
             resume: None,
             next_resume: now,
             encoder,
@@ -439,11 +446,14 @@ impl Session {
     async fn send(&mut self, req: Req) {
         let Some(ws) = self.ws.as_mut() else { return };
         if !signal::send(ws, req).await {
-            self.signal_lost(Instant::now());
+            // The server may have closed after a `Leave` we have not read yet (a removal):
+            // give the reading side a moment to deliver it before resuming.
+            self.send_failed_at.get_or_insert_with(Instant::now);
         }
     }
 
     fn signal_lost(&mut self, now: Instant) {
+        self.send_failed_at = None;
         if self.ws.take().is_some() || self.lost_at.is_none() {
             warn!(identity = %self.identity, "LiveKit signal connection lost; resuming");
             self.lost_at = Some(now);
@@ -453,13 +463,14 @@ impl Session {
 
     fn start_resume(&mut self, now: Instant) {
         let (tx, rx) = oneshot::channel();
-        let (url, token, sid) = (
+        let (url, token, sid, tls) = (
             self.target.url.clone(),
             self.target.token.clone(),
             self.sid.clone(),
+            self.target.tls.clone(),
         );
         tokio::spawn(async move {
-            let r = signal::connect(&url, &token, Some(&sid), RESUME_CONNECT_TIMEOUT).await;
+            let r = signal::connect(&url, &token, Some(&sid), RESUME_CONNECT_TIMEOUT, &tls).await;
             let _ = tx.send(r);
         });
         self.resume = Some(rx);
@@ -469,6 +480,11 @@ impl Session {
     async fn drive(&mut self) -> End {
         loop {
             let now = Instant::now();
+            if let Some(failed) = self.send_failed_at {
+                if now.duration_since(failed) >= SEND_FAILURE_GRACE {
+                    self.signal_lost(now);
+                }
+            }
             if let Some(lost) = self.lost_at {
                 if now.duration_since(lost) >= RESUME_WINDOW {
                     warn!(identity = %self.identity, "LiveKit signal connection not resumed in time");
@@ -487,6 +503,9 @@ impl Session {
             if self.lost_at.is_some() && self.resume.is_none() {
                 deadline = deadline.min(self.next_resume);
             }
+            if let Some(failed) = self.send_failed_at {
+                deadline = deadline.min(failed + SEND_FAILURE_GRACE);
+            }
             tokio::select! {
                 m = recv_ws(&mut self.ws) => match m {
                     Some(m) => {
@@ -503,6 +522,7 @@ impl Session {
                             info!(identity = %self.identity, "LiveKit signal connection resumed");
                             self.ws = Some(ws);
                             self.lost_at = None;
+                            self.send_failed_at = None;
                             self.last_pong = Instant::now();
                         }
                         Err(e) => debug!(identity = %self.identity, error = %e, "resume attempt failed"),

@@ -14,7 +14,7 @@ use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// Signalling protocol version we speak. Explicit, because a server picks single- or
 /// two-peer-connection behaviour from it; 16 keeps the two peer connections (publisher,
@@ -54,19 +54,38 @@ pub(crate) fn rtc_url(base: &str, token: &str, resume_sid: Option<&str>) -> Stri
     url
 }
 
+/// The TLS client for `wss://` URLs: rustls on ring with Mozilla's root certificates, built
+/// once per backend. Explicit, so that the process-wide rustls provider (ambiguous when
+/// several crates enable one) is never consulted.
+pub(crate) fn tls_connector() -> Result<Connector, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Connector::Rustls(std::sync::Arc::new(config)))
+}
+
 /// Opens the WebSocket within `timeout`. The URL (it carries the token) is never logged.
 pub(crate) async fn connect(
     base: &str,
     token: &str,
     resume_sid: Option<&str>,
     timeout: Duration,
+    tls: &Connector,
 ) -> Result<Ws, SignalError> {
     let url = rtc_url(base, token, resume_sid);
     let unreachable = |reason: String| SignalError::Unreachable {
         url: base.to_owned(),
         reason,
     };
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(tls.clone()));
+    match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(resp))) => {
@@ -86,6 +105,7 @@ pub(crate) async fn connect(
 pub(crate) fn local_ip(ws: &Ws) -> Option<std::net::IpAddr> {
     let tcp = match ws.get_ref() {
         MaybeTlsStream::Plain(s) => s,
+        MaybeTlsStream::Rustls(s) => s.get_ref().0,
         _ => return None,
     };
     tcp.local_addr().ok().map(|a| a.ip())
