@@ -648,6 +648,9 @@ impl Session {
             }
             Resp::PongResp(_) | Resp::Pong(_) => self.last_pong = Instant::now(),
             Resp::Reconnect(_) => debug!("signal resume accepted"),
+            // LiveKit refreshes the access token before it expires; a resume must present
+            // the fresh one, or a call longer than the token's lifetime could not resume.
+            Resp::RefreshToken(token) if !token.is_empty() => self.target.token = token,
             Resp::Join(j) => {
                 // Only on a fresh join, which we never make after the first.
                 debug!(sid = ?j.participant.map(|p| p.sid), "unexpected JoinResponse");
