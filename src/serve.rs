@@ -212,7 +212,9 @@ async fn start_sip(
     let rooms: Arc<dyn crate::room::RoomBackend> = match config.rooms.backend {
         crate::config::RoomsBackend::Local => Arc::new(crate::room::local::LocalRooms::new()),
         crate::config::RoomsBackend::Livekit => Arc::new(
-            crate::room::livekit::LiveKitRooms::new(&config.livekit).map_err(|e| anyhow::anyhow!("livekit: {e}"))?,
+            crate::room::livekit::LiveKitRooms::new(&config.livekit)
+                .map_err(|e| anyhow::anyhow!("livekit: {e}"))?
+                .with_trunk_overrides(Arc::clone(&services.trunks)),
         ),
     };
     let prompts = crate::gateway::Prompts::load(config.prompts.dir.as_deref()).context("loading prompts")?;

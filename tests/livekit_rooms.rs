@@ -862,3 +862,41 @@ async fn wss_url_is_joined_over_tls_and_a_failed_handshake_is_unreachable() {
         other => panic!("expected a failed TLS handshake, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trunk_with_its_own_livekit_sends_its_calls_there() {
+    let main = TestServer::start(KEY, SECRET).await.unwrap();
+    let other = TestServer::start("otherkey", "the-other-projects-secret")
+        .await
+        .unwrap();
+    let trunks = format!(
+        "{}livekit = {{ url = \"{}\", api_key = \"otherkey\", api_secret = \"the-other-projects-secret\" }}\n",
+        support::gateway::DEFAULT_TRUNK,
+        other.url()
+    );
+    let rooms = format!(
+        "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{}\"\napi_key = \"{KEY}\"\napi_secret = \"{SECRET}\"\n",
+        main.url()
+    );
+    let gw = Gateway::start(GatewayOptions {
+        rooms: Some(rooms),
+        trunks: Some(trunks),
+        ..GatewayOptions::default()
+    })
+    .await;
+    gw.create_pin("elsewhere", Some(PIN)).await;
+    let (_call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    let p = other
+        .wait_for_participant("elsewhere", |p| p.identity == identity, 10 * SECOND)
+        .await
+        .unwrap();
+    assert!(
+        p.is_some(),
+        "the call joined the trunk's LiveKit server with the trunk's key"
+    );
+    assert!(
+        main.participants("elsewhere").await.unwrap().is_empty(),
+        "and not the default one"
+    );
+}

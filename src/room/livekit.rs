@@ -23,6 +23,7 @@ mod session;
 mod signal;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use livekit_api::access_token::{AccessToken, VideoGrants};
@@ -30,6 +31,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
 use crate::config::LiveKitConfig;
+use crate::trunk::{SharedTrunkTable, TrunkId};
+
+/// The attribute naming the call's trunk (LiveKit SIP conventions), which picks the trunk's
+/// LiveKit override.
+const TRUNK_ATTRIBUTE: &str = "sip.trunkID";
 
 /// PCM rate of [`RoomHandle`]s from this backend.
 pub const LIVEKIT_SAMPLE_RATE: u32 = 16_000;
@@ -53,6 +59,16 @@ pub struct LiveKitRooms {
     api_secret: String,
     token_ttl: Duration,
     tls: tokio_tungstenite::Connector,
+    /// Trunks whose `livekit = { ... }` sends their calls to another server or project,
+    /// read at each join so that a reload applies to the next call.
+    trunks: Option<Arc<SharedTrunkTable>>,
+}
+
+/// The server and key one call's participant uses.
+struct Server<'a> {
+    url: &'a str,
+    api_key: &'a str,
+    api_secret: &'a str,
 }
 
 impl LiveKitRooms {
@@ -71,18 +87,42 @@ impl LiveKitRooms {
             api_secret: secret,
             token_ttl: Duration::from_secs(config.token_ttl_s),
             tls: signal::tls_connector().map_err(RoomError::Refused)?,
+            trunks: None,
         })
     }
 
-    /// The access token for one call: kind SIP, the request's identity, name and attributes,
-    /// allowed to join only `req.room`, publish its microphone, subscribe and send data.
-    fn token(&self, req: &JoinRequest) -> Result<String, RoomError> {
-        mint_token(&self.api_key, &self.api_secret, self.token_ttl, req)
+    /// Honours the trunks' `livekit = { url, api_key, api_secret }` overrides (unset keys fall
+    /// back to `[livekit]`); the call's trunk is its `sip.trunkID` attribute.
+    pub fn with_trunk_overrides(mut self, trunks: Arc<SharedTrunkTable>) -> LiveKitRooms {
+        self.trunks = Some(trunks);
+        self
     }
 
     async fn join_room(&self, req: JoinRequest) -> Result<RoomHandle, RoomError> {
-        let token = self.token(&req)?;
-        let mut ws = signal::connect(&self.url, &token, None, JOIN_TIMEOUT, &self.tls)
+        let table = self.trunks.as_ref().map(|t| t.load());
+        let trunk_override = table.as_deref().and_then(|table| {
+            let id = TrunkId::parse(req.attributes.get(TRUNK_ATTRIBUTE)?).ok()?;
+            table.get(&id)?.livekit.as_ref()
+        });
+        let server = Server {
+            url: trunk_override
+                .and_then(|o| o.url.as_deref())
+                .unwrap_or(&self.url),
+            api_key: trunk_override
+                .and_then(|o| o.api_key.as_deref())
+                .unwrap_or(&self.api_key),
+            api_secret: trunk_override
+                .and_then(|o| o.api_secret.as_ref())
+                .map(|s| s.expose())
+                .unwrap_or(&self.api_secret),
+        };
+        let url = server.url.to_owned();
+        // The access token for this call: kind SIP, the request's identity, name and
+        // attributes, allowed to join only `req.room`, publish its microphone, subscribe and
+        // send data.
+        let token = mint_token(server.api_key, server.api_secret, self.token_ttl, &req)?;
+        drop(table);
+        let mut ws = signal::connect(&url, &token, None, JOIN_TIMEOUT, &self.tls)
             .await
             .map_err(room_error)?;
         let (join, early) = signal::await_join(&mut ws, JOIN_TIMEOUT)
@@ -104,7 +144,7 @@ impl LiveKitRooms {
         };
         let target = session::Target {
             tls: self.tls.clone(),
-            url: self.url.clone(),
+            url,
             token,
         };
         let session = session::Session::start(target, ws, join, io, &req.identity)
