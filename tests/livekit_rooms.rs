@@ -382,6 +382,74 @@ async fn dropped_websocket_is_resumed_without_ending_the_call() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let dave = server
+        .add_synthetic_participant(
+            "rejoin",
+            "dave",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let rooms = rooms_for(server.url(), SECRET);
+    let mut handle = join(&rooms, "rejoin", "c11").await;
+    let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
+    let old = server
+        .participants("rejoin")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.identity == "sip_c11")
+        .expect("in the room")
+        .sid;
+    // Leave{action: RECONNECT} and the participant is gone from the server.
+    assert!(server.kill_peer_connection("sip_c11").await.unwrap());
+    let again = server
+        .wait_for_participant(
+            "rejoin",
+            |p| p.identity == "sip_c11" && p.sid != old && p.publisher_connected,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        again.is_some(),
+        "the backend joins again as a new participant session"
+    );
+    let before = dave.received_audio_from("sip_c11").len();
+    let heard = exchange(&mut handle, Some(440.0), Duration::from_secs(3)).await;
+    while let Ok(ev) = handle.events.try_recv() {
+        assert!(
+            !matches!(ev, RoomEvent::Closed | RoomEvent::Removed),
+            "the call is not ended: {ev:?}"
+        );
+    }
+    let at_1k = goertzel_level(
+        last(&heard, LIVEKIT_SAMPLE_RATE, 1.0),
+        LIVEKIT_SAMPLE_RATE,
+        1000.0,
+    );
+    assert!(
+        at_1k > -20.0,
+        "room audio reaches the caller again ({at_1k:.1} dBFS)"
+    );
+    let room = dave.received_audio_from("sip_c11");
+    assert!(
+        room.len() > before + SAMPLE_RATE as usize,
+        "caller audio reaches the room again"
+    );
+    let r440 = goertzel_level(last(&room, SAMPLE_RATE, 1.0), SAMPLE_RATE, 440.0);
+    assert!(
+        r440 > -20.0,
+        "the caller's tone after the rejoin ({r440:.1} dBFS)"
+    );
+}
+
 #[tokio::test]
 async fn unreachable_server_fails_the_join() {
     // A port nothing listens on: bind one, note it, close it.

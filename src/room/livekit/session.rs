@@ -58,6 +58,8 @@ const TICK: Duration = Duration::from_millis(20);
 /// Within LiveKit's default 20 s departure timeout, short enough that a caller is not left in
 /// a silent call.
 pub(crate) const RESUME_WINDOW: Duration = Duration::from_secs(10);
+/// Full reconnects (`Leave{action: RECONNECT}`) one call may make; beyond, the room is lost.
+const MAX_REJOINS: u32 = 3;
 /// Time between resume attempts, and the limit on each.
 const RESUME_RETRY: Duration = Duration::from_millis(500);
 const RESUME_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -202,6 +204,8 @@ enum End {
     Left,
     /// The room ended it: tell the call.
     Room(RoomEvent),
+    /// The server asked for a full reconnect (`Leave{action: RECONNECT}`): join again.
+    Rejoin,
 }
 
 pub(crate) struct Session {
@@ -364,19 +368,117 @@ impl Session {
     /// Drives the session until the call leaves or the room ends it.
     pub(crate) async fn run(mut self, early: Vec<Resp>) {
         info!(identity = %self.identity, sid = %self.sid, others = self.others.len(), "joined the LiveKit room");
+        let mut end = self.begin(early).await;
+        let mut rejoins = 0;
+        loop {
+            let ended = match end {
+                Some(e) => e,
+                None => self.drive().await,
+            };
+            if !matches!(ended, End::Rejoin) {
+                return self.finish(ended).await;
+            }
+            rejoins += 1;
+            if rejoins > MAX_REJOINS {
+                warn!(identity = %self.identity, "LiveKit keeps asking for a full reconnect; giving up");
+                return self.finish(End::Room(RoomEvent::Closed)).await;
+            }
+            end = match self.rejoin().await {
+                Ok(early) => self.begin(early).await,
+                Err(e) => {
+                    warn!(identity = %self.identity, error = %e, "full reconnect to LiveKit failed");
+                    Some(End::Room(RoomEvent::Closed))
+                }
+            };
+        }
+    }
+
+    /// Publishes, then handles what the server sent along with the `JoinResponse`.
+    async fn begin(&mut self, early: Vec<Resp>) -> Option<End> {
         self.publish().await;
         for m in early {
             if let Some(end) = self.on_signal(m).await {
-                return self.finish(end).await;
+                return Some(end);
             }
         }
-        let end = self.drive().await;
-        self.finish(end).await
+        None
+    }
+
+    /// LiveKit's full reconnect: a new signal connection without `sid` (a new participant
+    /// session with the same identity), new peer connections, the microphone published again.
+    /// The call keeps its channels; others that came or went meanwhile are reported.
+    async fn rejoin(&mut self) -> Result<Vec<Resp>, String> {
+        info!(identity = %self.identity, "LiveKit asked for a full reconnect; joining again");
+        if let Some(mut ws) = self.ws.take() {
+            let _ = ws.close(None).await;
+        }
+        self.publ.rtc.disconnect();
+        self.subs.rtc.disconnect();
+        let t = &self.target;
+        let mut ws = signal::connect(&t.url, &t.token, None, super::JOIN_TIMEOUT, &t.tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (join, early) = signal::await_join(&mut ws, super::JOIN_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let ip = signal::local_ip(&ws).ok_or("the signal connection has no local address")?;
+        self.publ = Pc::bind(ip, now)
+            .await
+            .map_err(|e| format!("publisher socket: {e}"))?;
+        self.subs = Pc::bind(ip, now)
+            .await
+            .map_err(|e| format!("subscriber socket: {e}"))?;
+        self.pending = None;
+        self.mic = None;
+        self.mic_pt = None;
+        self.reliable = None;
+        for t in self.tracks.drain(..) {
+            let _ = self.mixer.remove(t.id);
+        }
+        self.sid = join
+            .participant
+            .as_ref()
+            .map(|p| p.sid.clone())
+            .unwrap_or_default();
+        let others: HashMap<String, String> = join
+            .other_participants
+            .iter()
+            .map(|p| (p.sid.clone(), p.identity.clone()))
+            .collect();
+        for gone in self
+            .others
+            .values()
+            .filter(|i| !others.values().any(|o| o == *i))
+        {
+            let _ = self.io.events.try_send(RoomEvent::ParticipantLeft {
+                identity: gone.clone(),
+            });
+        }
+        for came in others
+            .values()
+            .filter(|i| !self.others.values().any(|o| o == *i))
+        {
+            let _ = self.io.events.try_send(RoomEvent::ParticipantJoined {
+                identity: came.clone(),
+            });
+        }
+        self.others = others;
+        self.ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
+        self.ping_timeout = duration_s(join.ping_timeout, DEFAULT_PING_TIMEOUT);
+        self.next_ping = now + self.ping_every;
+        self.last_pong = now;
+        self.lost_at = None;
+        self.resume = None;
+        self.send_failed_at = None;
+        self.ws = Some(ws);
+        info!(identity = %self.identity, sid = %self.sid, others = self.others.len(), "joined the LiveKit room again");
+        Ok(early)
     }
 
     async fn finish(mut self, end: End) {
         match end {
-            End::Left => {
+            End::Left | End::Rejoin => {
                 let leave = proto::LeaveRequest {
                     can_reconnect: false,
                     reason: proto::DisconnectReason::ClientInitiated as i32,
@@ -632,19 +734,19 @@ impl Session {
             }
             Resp::Update(u) => self.on_participants(&u.participants),
             Resp::Leave(l) => {
-                let ev = if l.reason == proto::DisconnectReason::ParticipantRemoved as i32 {
-                    RoomEvent::Removed
-                } else {
-                    // Room deleted or closed, server shutdown, or a full reconnect asked for
-                    // (not done: the call hears that the meeting ended).
-                    RoomEvent::Closed
-                };
                 debug!(
                     reason = l.reason,
                     action = l.action,
                     "Leave from the server"
                 );
-                return Some(End::Room(ev));
+                if l.reason == proto::DisconnectReason::ParticipantRemoved as i32 {
+                    return Some(End::Room(RoomEvent::Removed));
+                }
+                if l.action == proto::leave_request::Action::Reconnect as i32 {
+                    return Some(End::Rejoin);
+                }
+                // Room deleted or closed, server shutdown.
+                return Some(End::Room(RoomEvent::Closed));
             }
             Resp::PongResp(_) | Resp::Pong(_) => self.last_pong = Instant::now(),
             Resp::Reconnect(_) => debug!("signal resume accepted"),
