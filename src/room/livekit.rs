@@ -11,10 +11,17 @@
 //! [`LiveKitRooms::join`] mints a per-call access token (identity, name, kind `sip`, the `sip.*`
 //! attributes, grants for that one room, short TTL), opens the signal WebSocket and waits for the
 //! `JoinResponse`; a failure there is a [`RoomError`] and the caller hears "service unavailable".
-//! The session task ([`session`]) then does what LiveKit's SDKs do: `AddTrack` then the publisher
+//! The session task (module `session`) then does what LiveKit's SDKs do: `AddTrack` then the publisher
 //! offer (Opus sendonly and the `_reliable`/`_lossy` data channels), answers the server's
-//! subscriber offers, trickles candidates by target, pings, and resumes a dropped WebSocket
-//! with `reconnect=1&sid=` while keeping both peer connections.
+//! subscriber offers, trickles candidates by target, pings, resumes a dropped WebSocket
+//! with `reconnect=1&sid=` while keeping both peer connections, and joins again from scratch
+//! when the server asks for a full reconnect (`Leave{action: RECONNECT}`).
+//!
+//! A trunk's `livekit = { url, api_key, api_secret }` sends its calls to another server or
+//! project (the call's trunk is its `sip.trunkID` attribute). `wss://` URLs go through rustls
+//! (ring) with Mozilla's root certificates compiled in. ICE uses host candidates only (the
+//! address the signal connection left from); `livekit.ice_servers` and the TURN servers
+//! LiveKit hands out are not used yet.
 //!
 //! The room is exchanged at [`LIVEKIT_SAMPLE_RATE`] (16 kHz, wideband): Opus codes it natively,
 //! G.722 callers need no resampling, and G.711 callers are resampled 2:1 by the call task.

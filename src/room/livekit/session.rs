@@ -15,7 +15,9 @@
 //!
 //! A WebSocket that drops (or stops answering pings) is resumed with `reconnect=1&sid=` from a
 //! helper task while media keeps flowing on the peer connections; if that fails for
-//! [`RESUME_WINDOW`], the room is reported closed.
+//! [`RESUME_WINDOW`], the room is reported closed. A `Leave{action: RECONNECT}` (the server
+//! lost our peer connections, or does not know the session we resume) makes the task join
+//! again with new peer connections, at most [`MAX_REJOINS`] times per call.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -1,7 +1,7 @@
 //! The LiveKit signal connection: one WebSocket to `{url}/rtc`, one protobuf
 //! `SignalRequest` per binary frame up, one `SignalResponse` per binary frame down.
 //!
-//! Sits between [`super::LiveKitRooms::join`] (which opens it and waits for the
+//! Sits between `LiveKitRooms::join` (which opens it and waits for the
 //! `JoinResponse`) and the call's session task (which keeps it, pings it and resumes it with
 //! `reconnect=1&sid=` when it drops). Query parameters follow what LiveKit's client SDKs send.
 
