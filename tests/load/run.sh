@@ -23,7 +23,7 @@ cat >"$work/dialin.toml" <<CONF
 [sip]
 listen = ["udp://127.0.0.1:$SIP_PORT"]
 [media]
-rtp_ports = "20000-39999"
+rtp_ports = "10000-19999"
 [store]
 url = "sqlite://$work/dialin.db"
 [admin]
@@ -82,7 +82,7 @@ xml = open("tests/load/pin_caller.xml").read()
 open(out, "w").write(xml.replace("@KEYS@", keys).replace("@STAY_MS@", stay))
 PY
   sipp_args=(-sf "$work/pin_caller.xml" -s 1000 -r "$rate" -rp 1000 -m "$calls" -l $((rate * hold * 3))
-             -mi 127.0.0.1 -mp 40000)
+             -mi 127.0.0.1 -mp 6000)
   ;;
 *) echo "mode: signalling | soak"; exit 2 ;;
 esac
