@@ -268,14 +268,27 @@ impl Front {
 
         // SDP: an offer in the INVITE, or none (we offer in the 200, the answer is in the ACK).
         let policy = answer_policy(&trunk);
-        let lease = self.gw.ports.allocate().map_err(|_| {
-            warn!("RTP ports exhausted");
-            Refusal::unavailable()
-        })?;
-        let socket = bind_rtp(self.gw.media_bind, &lease).await.map_err(|e| {
-            warn!(port = lease.rtp_port(), error = %e, "cannot bind the RTP port");
-            Refusal::unavailable()
-        })?;
+        // A port of the range may be held by another program: skip it and lease the next.
+        // The skipped leases go back to the pool once this call has its port.
+        let mut skipped = Vec::new();
+        let (lease, socket) = loop {
+            let lease = self.gw.ports.allocate().map_err(|_| {
+                warn!(skipped = skipped.len(), "RTP ports exhausted");
+                Refusal::unavailable()
+            })?;
+            match bind_rtp(self.gw.media_bind, &lease).await {
+                Ok(socket) => break (lease, socket),
+                Err(e) => {
+                    warn!(port = lease.rtp_port(), error = %e, "RTP port taken by another program; trying the next");
+                    skipped.push(lease);
+                    if skipped.len() >= RTP_BIND_ATTEMPTS {
+                        warn!(attempts = RTP_BIND_ATTEMPTS, "no RTP port could be bound");
+                        return Err(Refusal::unavailable());
+                    }
+                }
+            }
+        };
+        drop(skipped);
         let local = LocalMedia {
             addr: advertised_ip(&config, self.gw.media_bind, source),
             port: lease.rtp_port(),
@@ -442,6 +455,9 @@ fn calling_number(req: &Request) -> String {
         .and_then(|f| f.uri.user().map(|u| u.as_str().to_owned()))
         .unwrap_or_else(|| "anonymous".to_owned())
 }
+
+/// Leases tried per call when ports of the range are bound by other programs.
+const RTP_BIND_ATTEMPTS: usize = 8;
 
 async fn bind_rtp(ip: IpAddr, lease: &PortLease) -> std::io::Result<UdpSocket> {
     UdpSocket::bind(SocketAddr::new(ip, lease.rtp_port())).await

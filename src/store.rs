@@ -176,7 +176,13 @@ pub struct CallRecord {
 pub struct LockoutKey(String);
 
 impl LockoutKey {
+    /// The counter of `caller` on `trunk`. Callers without a number (withheld, `anonymous`,
+    /// any user part without a digit) share one bucket per trunk, so that a guesser cannot
+    /// get a fresh counter by changing a made-up name.
     pub fn for_caller(trunk: &TrunkId, caller: &PhoneNumber) -> LockoutKey {
+        if caller.is_anonymous() {
+            return LockoutKey(format!("{trunk}:anonymous"));
+        }
         let digest = Sha256::digest(caller.expose().as_bytes());
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         LockoutKey(format!("{trunk}:{hex}"))
@@ -729,5 +735,24 @@ impl Store {
             .await?
             .rows_affected());
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_without_a_number_share_one_lockout_bucket_per_trunk() {
+        let a = TrunkId::parse("a").unwrap();
+        let b = TrunkId::parse("b").unwrap();
+        let key = |t: &TrunkId, n: &str| LockoutKey::for_caller(t, &PhoneNumber::new(n));
+        assert_eq!(key(&a, "anonymous"), key(&a, "Anonymous"));
+        assert_eq!(key(&a, "anonymous"), key(&a, ""));
+        assert_eq!(key(&a, "anonymous"), key(&a, "restricted"));
+        assert_ne!(key(&a, "anonymous"), key(&b, "anonymous"));
+        assert_ne!(key(&a, "+33612345678"), key(&a, "+33612345679"));
+        assert_ne!(key(&a, "+33612345678"), key(&a, "anonymous"));
+        assert!(!key(&a, "+33612345678").as_str().contains("612345678"));
     }
 }

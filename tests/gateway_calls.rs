@@ -889,3 +889,34 @@ async fn ended_calls_give_their_rtp_ports_back() {
         assert!(gw.wait_no_calls(5 * SECOND).await);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtp_port_held_by_another_program_is_skipped() {
+    let gw = Gateway::start(GatewayOptions {
+        rtp_ports: 4,
+        ..Default::default()
+    })
+    .await;
+    let (first, _) = gw.rtp_ports;
+    // The pair the pool would lease first is taken by someone else.
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", first)).expect("squat the first port");
+    let call = Caller::dial(DialOptions::new(gw.sip))
+        .await
+        .expect("the call gets the next pair");
+    let sdp = call.remote_sdp().expect("an SDP answer");
+    assert!(
+        sdp.contains(&format!("m=audio {} ", first + 2)),
+        "the answer names the next pair: {sdp}"
+    );
+    // Only the squatted pair is left: the next call is refused, not half set up.
+    let err = Caller::dial(DialOptions {
+        from_user: "+33698765432".into(),
+        ..DialOptions::new(gw.sip)
+    })
+    .await
+    .expect_err("no bindable RTP port left");
+    assert_eq!(err.status(), Some(503), "{err}");
+    drop(squatter);
+    call.hangup().await.unwrap();
+    assert!(gw.wait_no_calls(5 * SECOND).await);
+}

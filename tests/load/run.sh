@@ -23,7 +23,7 @@ cat >"$work/dialin.toml" <<CONF
 [sip]
 listen = ["udp://127.0.0.1:$SIP_PORT"]
 [media]
-rtp_ports = "20000-39999"
+rtp_ports = "10000-19999"
 [store]
 url = "sqlite://$work/dialin.db"
 [admin]
@@ -39,7 +39,7 @@ max_calls = 2000
 CONF
 
 gw_pid=
-cleanup() { [ -n "$gw_pid" ] && kill -TERM "$gw_pid" 2>/dev/null; sleep 1; [ -n "$gw_pid" ] && kill -KILL "$gw_pid" 2>/dev/null; true; }
+cleanup() { if [ -n "$gw_pid" ]; then kill -TERM "$gw_pid" 2>/dev/null || true; sleep 1; kill -KILL "$gw_pid" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 
 metric() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v m="$1" '$1==m {print $2}' | head -n1; }
@@ -82,7 +82,7 @@ xml = open("tests/load/pin_caller.xml").read()
 open(out, "w").write(xml.replace("@KEYS@", keys).replace("@STAY_MS@", stay))
 PY
   sipp_args=(-sf "$work/pin_caller.xml" -s 1000 -r "$rate" -rp 1000 -m "$calls" -l $((rate * hold * 3))
-             -mi 127.0.0.1 -mp 40000)
+             -mi 127.0.0.1 -mp 6000)
   ;;
 *) echo "mode: signalling | soak"; exit 2 ;;
 esac
@@ -111,4 +111,8 @@ head, last = rows[0], rows[-1]
 want = ["TotalCallCreated", "SuccessfulCall(C)", "FailedCall(C)", "OutgoingCall(C)", "Retransmissions(C)", "CurrentCall"]
 print("sipp:", ", ".join(f"{k}={last[head.index(k)]}" for k in want if k in head))
 PY
-grep -c "ERROR\|panicked" "$work/gateway.log" | sed 's/^/gateway log error lines: /'
+curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" \
+  | grep -E '^dialin_(calls_total|pin_attempts_total|media_late_frames_total|overload_refused_total|rtp_packets)' \
+  | grep -v ' 0$' || true
+echo "gateway log error lines: $(grep -c 'ERROR\|panicked' "$work/gateway.log" || true)"
+exit "$sipp_rc"
