@@ -14,7 +14,8 @@
 //! State is allocated once, by Rust, at setup: `opus_*_get_size` says how large it is
 //! and `opus_*_init` fills a buffer we own, so libopus never calls `malloc` for it and
 //! nothing needs freeing on the C side. Encoding and decoding then allocate nothing:
-//! libopus keeps its per-frame scratch on the stack.
+//! libopus keeps its per-frame scratch on the stack, and in its shared library only the
+//! `*_create` functions, never called here, reach `malloc`.
 
 use super::{check_config, check_frame_length, rate_i32};
 use crate::codec::{ensure_room, CodecConfig, CodecError, CodecKind, Decoder, Encoder, SampleRate};
