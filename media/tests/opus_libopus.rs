@@ -267,7 +267,8 @@ fn libopus_encode_decode_conceal_and_recover_allocate_nothing_per_frame() {
         }
         let [encode, decode, conceal, recover] = totals;
         println!(
-            "libopus@{}: allocations over {measured} frames: encode {encode:?}, decode {decode:?}, conceal {conceal:?}, recover {recover:?}",
+            "libopus@{}: allocations over {measured} frames: encode {encode:?}, \
+             decode {decode:?}, conceal {conceal:?}, recover {recover:?}",
             rate.hz()
         );
         assert_eq!(encode, (0, 0), "encode allocates");
@@ -348,7 +349,10 @@ fn pure_rust_fec_is_recovered_by_libopus_as_opus_pure_recovers_it() {
         pure.decode_fec_s16(next, frame, &mut pure_fec).expect("opus-pure FEC");
         let (fec_db, plc_db) = (snr_db(reference, &fec), snr_db(reference, &plc));
         let agreement = snr_db(&pure_fec, &fec);
-        println!("lost frame {lost}: libopus FEC {fec_db:.1} dB, PLC {plc_db:.1} dB, vs opus-pure FEC {agreement:.1} dB");
+        println!(
+            "lost frame {lost}: libopus FEC {fec_db:.1} dB, PLC {plc_db:.1} dB, \
+             vs opus-pure FEC {agreement:.1} dB"
+        );
         if fec_db > plc_db + 3.0 {
             rebuilt += 1;
             assert!(agreement > 60.0, "frame {lost}: libopus and opus-pure FEC differ ({agreement:.1} dB)");

@@ -1,4 +1,5 @@
-//! Opus (RFC 6716): the room leg's codec, behind [`Encoder`] / [`Decoder`].
+//! Opus (RFC 6716): the room leg's codec, behind [`Encoder`](super::Encoder) and
+//! [`Decoder`](super::Decoder).
 //!
 //! The room leg: LiveKit carries Opus, so a caller's audio is encoded here and the
 //! room's is decoded here, at the SIP leg's own rate (8 kHz beside G.711, 16 kHz beside
@@ -7,8 +8,8 @@
 //! fewer samples to analyse. Packets follow RFC 7587: one mono 20 ms frame each.
 //!
 //! Lost packets are concealed by the decoder itself (RFC 6716 §4.4); when the packet
-//! after a loss carries in-band FEC (LBRR, §2.1.7), [`Decoder::recover`] rebuilds the
-//! lost frame from it instead.
+//! after a loss carries in-band FEC (LBRR, §2.1.7),
+//! [`Decoder::recover`](super::Decoder::recover) rebuilds the lost frame from it instead.
 //!
 //! Two backends keep that one contract. By default the pure-Rust `opus-pure` crate,
 //! which builds anywhere. With the `libopus` cargo feature, the system libopus through

@@ -172,7 +172,8 @@ impl OpusEncoder {
         // SAFETY: `state` holds `size` writable, aligned bytes, as opus_encoder_init
         // requires; the rate is one Opus supports and the channel count is 1.
         let rc = unsafe {
-            ffi::opus_encoder_init(encoder.raw(), rate_i32(rate), CHANNELS, ffi::OPUS_APPLICATION_VOIP)
+            let application = ffi::OPUS_APPLICATION_VOIP;
+            ffi::opus_encoder_init(encoder.raw(), rate_i32(rate), CHANNELS, application)
         };
         if rc != ffi::OPUS_OK {
             return Err(error_from_code(rc));
@@ -183,7 +184,8 @@ impl OpusEncoder {
         encoder.set(ffi::OPUS_SET_COMPLEXITY_REQUEST, i32::from(config.opus_complexity))?;
         encoder.set(ffi::OPUS_SET_BITRATE_REQUEST, bitrate)?;
         encoder.set(ffi::OPUS_SET_INBAND_FEC_REQUEST, i32::from(config.fec))?;
-        encoder.set(ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST, i32::from(config.expected_loss_percent))?;
+        let loss = i32::from(config.expected_loss_percent);
+        encoder.set(ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss)?;
         encoder.set(ffi::OPUS_SET_SIGNAL_REQUEST, ffi::OPUS_SIGNAL_VOICE)?;
         tracing::debug!(engine = version(), rate = rate.hz(), "Opus encoder on the system libopus");
         Ok(encoder)
@@ -231,7 +233,8 @@ impl Encoder for OpusEncoder {
             ffi::opus_encode(self.raw(), pcm.as_ptr(), frame_size, out.as_mut_ptr(), max_bytes)
         };
         if ret == ffi::OPUS_BUFFER_TOO_SMALL {
-            return Err(CodecError::OutputTooSmall { needed: MAX_FRAME_BYTES, available: out.len() });
+            let available = out.len();
+            return Err(CodecError::OutputTooSmall { needed: MAX_FRAME_BYTES, available });
         }
         count_or_error(ret)
     }
@@ -239,7 +242,7 @@ impl Encoder for OpusEncoder {
 
 /// Opus decoder writing mono PCM at the leg's rate, on libopus.
 pub(crate) struct OpusDecoder {
-    /// libopus's `OpusDecoder`, in memory we own (see [`OpusEncoder::state`]).
+    /// libopus's `OpusDecoder`, in memory we own (as for the encoder's).
     state: Box<[Block]>,
     rate: SampleRate,
 }
@@ -349,7 +352,8 @@ impl Decoder for OpusDecoder {
         // SAFETY: the state is initialised; a null packet of length 0 asks libopus for
         // concealment of `n` samples, and `out` has at least `n` writable samples.
         let ret = unsafe {
-            ffi::opus_decode(self.raw(), std::ptr::null::<c_uchar>(), 0, out.as_mut_ptr(), frame_c, 0)
+            let lost = std::ptr::null::<c_uchar>();
+            ffi::opus_decode(self.raw(), lost, 0, out.as_mut_ptr(), frame_c, 0)
         };
         count_or_error(ret)
     }
