@@ -3,12 +3,16 @@
 //! caller → room: jitter buffer → PCMU decode → Opus encode (8 kHz) → LiveKit.
 //! room → caller: three speakers' Opus decode (8 kHz) → sum → PCMU encode → RTP.
 //! The same two paths at 16 kHz with G.722, and Opus encode at each complexity.
+//! With the `libopus` feature, the `engines/` cases run both paths on libopus and on
+//! `opus-pure` in the same run; every other Opus case then measures libopus.
 //!
 //! Timed in CPU time of the benchmark thread (`CLOCK_THREAD_CPUTIME_ID`), not wall
 //! time: the build machine is shared, and a frame's cost is what it takes from a core.
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId};
+#[cfg(feature = "libopus")]
+use dialin_media::codec::CodecError;
 use dialin_media::codec::{
     new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
 };
@@ -108,9 +112,20 @@ fn setup(kind: CodecKind, rate: SampleRate, c: &CodecConfig) -> (Box<dyn Encoder
 
 /// caller → room: SIP codec decode, then Opus encode, at the SIP leg's rate.
 fn caller_to_room(c: &mut Criterion, sip: CodecKind, rate: SampleRate, name: &str) {
+    let opus = new_encoder(CodecKind::Opus, rate, &CodecConfig::default()).expect("opus");
+    caller_to_room_with(c, sip, rate, name, opus);
+}
+
+/// caller → room with a given Opus encoder.
+fn caller_to_room_with(
+    c: &mut Criterion,
+    sip: CodecKind,
+    rate: SampleRate,
+    name: &str,
+    mut opus: Box<dyn Encoder>,
+) {
     let config = CodecConfig::default();
     let (mut sip_enc, mut sip_dec) = setup(sip, rate, &config);
-    let mut opus = new_encoder(CodecKind::Opus, rate, &config).expect("opus");
     let payloads = encode_all(sip_enc.as_mut(), &speaker(rate, 120.0, 0.0));
     let mut pcm = vec![0i16; rate.frame_samples()];
     let mut out = [0u8; 1500];
@@ -128,6 +143,21 @@ fn caller_to_room(c: &mut Criterion, sip: CodecKind, rate: SampleRate, name: &st
 /// room → caller: three Opus decodes, their sum, then the SIP codec's encode.
 fn room_to_caller(c: &mut Criterion, sip: CodecKind, rate: SampleRate, name: &str) {
     let config = CodecConfig::default();
+    let decoders = (0..3)
+        .map(|_| new_decoder(CodecKind::Opus, rate, &config).expect("opus decoder"))
+        .collect();
+    room_to_caller_with(c, sip, rate, name, decoders);
+}
+
+/// room → caller with given Opus decoders, one per speaker.
+fn room_to_caller_with(
+    c: &mut Criterion,
+    sip: CodecKind,
+    rate: SampleRate,
+    name: &str,
+    mut decoders: Vec<Box<dyn Decoder>>,
+) {
+    let config = CodecConfig::default();
     let mut sip_enc = new_encoder(sip, rate, &config).expect("sip encoder");
     let streams: Vec<Vec<Vec<u8>>> = [(110.0, 0.0), (180.0, 1.0), (230.0, 2.0)]
         .iter()
@@ -135,9 +165,6 @@ fn room_to_caller(c: &mut Criterion, sip: CodecKind, rate: SampleRate, name: &st
             let mut e = new_encoder(CodecKind::Opus, rate, &config).expect("opus");
             encode_all(e.as_mut(), &speaker(rate, f0, seed))
         })
-        .collect();
-    let mut decoders: Vec<Box<dyn Decoder>> = (0..3)
-        .map(|_| new_decoder(CodecKind::Opus, rate, &config).expect("opus decoder"))
         .collect();
     let n = rate.frame_samples();
     let mut pcm = vec![0i16; n];
@@ -246,6 +273,119 @@ fn opus_complexity(c: &mut Criterion) {
     }
 }
 
+/// The two Opus engines side by side on the same call paths, in the same run: with the
+/// `libopus` feature, `new_encoder` / `new_decoder` give libopus, and `opus-pure` (the
+/// default build's engine) is driven directly, set up as the default build sets it up.
+#[cfg(feature = "libopus")]
+mod engines {
+    use super::*;
+
+    /// `opus-pure` behind the crate's `Encoder` trait, configured like the default build.
+    pub(super) struct PureOpusEncoder {
+        inner: opus_pure::OpusEncoder,
+        rate: SampleRate,
+    }
+
+    impl PureOpusEncoder {
+        pub(super) fn new(rate: SampleRate, config: &CodecConfig) -> Self {
+            let mut inner =
+                opus_pure::OpusEncoder::new(rate.hz() as i32, 1, opus_pure::Application::Voip)
+                    .expect("opus-pure encoder");
+            inner.complexity = i32::from(config.opus_complexity);
+            inner.bitrate_bps = config.opus_bitrate as i32;
+            inner.use_inband_fec = config.fec;
+            inner.packet_loss_perc = i32::from(config.expected_loss_percent);
+            inner.signal_type = Some(opus_pure::Signal::Voice);
+            PureOpusEncoder { inner, rate }
+        }
+    }
+
+    impl Encoder for PureOpusEncoder {
+        fn kind(&self) -> CodecKind {
+            CodecKind::Opus
+        }
+        fn sample_rate(&self) -> SampleRate {
+            self.rate
+        }
+        fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
+            self.inner.encode_s16(pcm, pcm.len(), out).map_err(|_| CodecError::Internal {
+                kind: CodecKind::Opus,
+                reason: "opus-pure encode",
+            })
+        }
+    }
+
+    /// `opus-pure` behind the crate's `Decoder` trait.
+    pub(super) struct PureOpusDecoder {
+        inner: opus_pure::OpusDecoder,
+        rate: SampleRate,
+    }
+
+    impl PureOpusDecoder {
+        pub(super) fn new(rate: SampleRate) -> Self {
+            let inner = opus_pure::OpusDecoder::new(rate.hz() as i32, 1).expect("opus-pure decoder");
+            PureOpusDecoder { inner, rate }
+        }
+    }
+
+    fn pure_error(_: opus_pure::Error) -> CodecError {
+        CodecError::MalformedPayload { kind: CodecKind::Opus, reason: "opus-pure decode" }
+    }
+
+    impl Decoder for PureOpusDecoder {
+        fn kind(&self) -> CodecKind {
+            CodecKind::Opus
+        }
+        fn sample_rate(&self) -> SampleRate {
+            self.rate
+        }
+        fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
+            self.inner.decode_s16(payload, out.len(), out).map_err(pure_error)
+        }
+        fn conceal(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
+            let n = self.rate.frame_samples();
+            self.inner.decode_s16(&[], n, out).map_err(pure_error)
+        }
+    }
+
+    pub(super) fn libopus_vs_pure(c: &mut Criterion) {
+        let config = CodecConfig::default();
+        for (sip, rate, c2r, r2c) in [
+            (
+                CodecKind::Pcmu,
+                SampleRate::Hz8000,
+                "pcmu_decode+opus_encode@8k",
+                "3x_opus_decode+sum+pcmu_encode@8k",
+            ),
+            (
+                CodecKind::G722,
+                SampleRate::Hz16000,
+                "g722_decode+opus_encode@16k",
+                "3x_opus_decode+sum+g722_encode@16k",
+            ),
+        ] {
+            let libopus = new_encoder(CodecKind::Opus, rate, &config).expect("libopus encoder");
+            let pure: Box<dyn Encoder> = Box::new(PureOpusEncoder::new(rate, &config));
+            caller_to_room_with(c, sip, rate, &format!("engines/caller_to_room/{c2r}/libopus"), libopus);
+            caller_to_room_with(c, sip, rate, &format!("engines/caller_to_room/{c2r}/opus-pure"), pure);
+            let libopus = (0..3)
+                .map(|_| new_decoder(CodecKind::Opus, rate, &config).expect("libopus decoder"))
+                .collect();
+            let pure = (0..3)
+                .map(|_| Box::new(PureOpusDecoder::new(rate)) as Box<dyn Decoder>)
+                .collect();
+            room_to_caller_with(c, sip, rate, &format!("engines/room_to_caller/{r2c}/libopus"), libopus);
+            room_to_caller_with(c, sip, rate, &format!("engines/room_to_caller/{r2c}/opus-pure"), pure);
+        }
+    }
+}
+
+/// Without the `libopus` feature there is one engine and nothing to compare.
+#[cfg(not(feature = "libopus"))]
+mod engines {
+    pub(super) fn libopus_vs_pure(_: &mut super::Criterion) {}
+}
+
 criterion_group! {
     name = benches;
     config = criterion::Criterion::default()
@@ -253,6 +393,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = call_paths, single_codecs, opus_complexity
+    targets = call_paths, engines::libopus_vs_pure, single_codecs, opus_complexity
 }
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-//! Opus (RFC 6716) through the pure-Rust `opus-pure` crate.
+//! Opus (RFC 6716): the room leg's codec, behind [`Encoder`](super::Encoder) and
+//! [`Decoder`](super::Decoder).
 //!
 //! The room leg: LiveKit carries Opus, so a caller's audio is encoded here and the
 //! room's is decoded here, at the SIP leg's own rate (8 kHz beside G.711, 16 kHz beside
@@ -7,16 +8,63 @@
 //! fewer samples to analyse. Packets follow RFC 7587: one mono 20 ms frame each.
 //!
 //! Lost packets are concealed by the decoder itself (RFC 6716 §4.4); when the packet
-//! after a loss carries in-band FEC (LBRR, §2.1.7), [`Decoder::recover`] rebuilds the
-//! lost frame from it instead.
+//! after a loss carries in-band FEC (LBRR, §2.1.7),
+//! [`Decoder::recover`](super::Decoder::recover) rebuilds the lost frame from it instead.
+//!
+//! Two backends keep that one contract. By default the pure-Rust `opus-pure` crate,
+//! which builds anywhere. With the `libopus` cargo feature, the system libopus through
+//! the `libopus` submodule, for the fastest encoder. Settings checks and the frame
+//! lengths Opus accepts are shared here so both refuse the same inputs.
 
-use super::{ensure_room, CodecConfig, CodecError, CodecKind, Decoder, Encoder, SampleRate};
+use super::{CodecConfig, CodecError, CodecKind, SampleRate};
+#[cfg(not(feature = "libopus"))]
+use super::{ensure_room, Decoder, Encoder};
+
+#[cfg(feature = "libopus")]
+mod libopus;
+#[cfg(feature = "libopus")]
+pub(crate) use libopus::{OpusDecoder, OpusEncoder};
 
 /// Largest complexity Opus defines (RFC 6716 §2.1.5 — 0 to 10).
 const MAX_COMPLEXITY: u8 = 10;
 /// Bitrate bounds libopus accepts (`OPUS_SET_BITRATE`: 500 to 512 000 bit/s).
 const BITRATE_RANGE: std::ops::RangeInclusive<u32> = 500..=512_000;
 
+/// Refuses settings outside what Opus defines, before any backend sees them.
+fn check_config(config: &CodecConfig) -> Result<(), CodecError> {
+    if config.opus_complexity > MAX_COMPLEXITY {
+        return Err(CodecError::InvalidConfig("opus_complexity must be 0 to 10"));
+    }
+    if !BITRATE_RANGE.contains(&config.opus_bitrate) {
+        return Err(CodecError::InvalidConfig("opus_bitrate must be 500 to 512000 bit/s"));
+    }
+    if config.expected_loss_percent > 100 {
+        return Err(CodecError::InvalidConfig("expected_loss_percent must be 0 to 100"));
+    }
+    Ok(())
+}
+
+/// Refuses PCM that is not one Opus frame duration at `rate`.
+fn check_frame_length(rate: SampleRate, len: usize) -> Result<(), CodecError> {
+    // Opus accepts 2.5, 5, 10, 20, 40 and 60 ms (and multiples up to 120 ms);
+    // anything else would be an argument error deep in the library.
+    let per_2_5_ms = rate.hz() as usize / 400;
+    let units = len / per_2_5_ms;
+    let valid = len.is_multiple_of(per_2_5_ms)
+        && matches!(units, 1 | 2 | 4 | 8 | 16 | 24 | 32 | 40 | 48);
+    if valid {
+        Ok(())
+    } else {
+        Err(CodecError::FrameLength { kind: CodecKind::Opus, len })
+    }
+}
+
+fn rate_i32(rate: SampleRate) -> i32 {
+    // Every `SampleRate` is an Opus rate (8, 16 or 48 kHz).
+    rate.hz() as i32
+}
+
+#[cfg(not(feature = "libopus"))]
 fn map_err(e: opus_pure::Error) -> CodecError {
     use opus_pure::Error as E;
     match e {
@@ -33,34 +81,24 @@ fn map_err(e: opus_pure::Error) -> CodecError {
     }
 }
 
-fn rate_i32(rate: SampleRate) -> i32 {
-    // Every `SampleRate` is an Opus rate (8, 16 or 48 kHz).
-    rate.hz() as i32
-}
-
-/// Opus encoder for mono speech.
+/// Opus encoder for mono speech, on `opus-pure`.
+#[cfg(not(feature = "libopus"))]
 pub(crate) struct OpusEncoder {
     inner: opus_pure::OpusEncoder,
     rate: SampleRate,
 }
 
+#[cfg(not(feature = "libopus"))]
 impl std::fmt::Debug for OpusEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpusEncoder").field("rate", &self.rate).finish_non_exhaustive()
     }
 }
 
+#[cfg(not(feature = "libopus"))]
 impl OpusEncoder {
     pub(crate) fn new(rate: SampleRate, config: &CodecConfig) -> Result<Self, CodecError> {
-        if config.opus_complexity > MAX_COMPLEXITY {
-            return Err(CodecError::InvalidConfig("opus_complexity must be 0 to 10"));
-        }
-        if !BITRATE_RANGE.contains(&config.opus_bitrate) {
-            return Err(CodecError::InvalidConfig("opus_bitrate must be 500 to 512000 bit/s"));
-        }
-        if config.expected_loss_percent > 100 {
-            return Err(CodecError::InvalidConfig("expected_loss_percent must be 0 to 100"));
-        }
+        check_config(config)?;
         let mut inner =
             opus_pure::OpusEncoder::new(rate_i32(rate), 1, opus_pure::Application::Voip)
                 .map_err(map_err)?;
@@ -73,6 +111,7 @@ impl OpusEncoder {
     }
 }
 
+#[cfg(not(feature = "libopus"))]
 impl Encoder for OpusEncoder {
     fn kind(&self) -> CodecKind {
         CodecKind::Opus
@@ -83,31 +122,26 @@ impl Encoder for OpusEncoder {
     }
 
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
-        // Opus accepts 2.5, 5, 10, 20, 40 and 60 ms (and multiples up to 120 ms);
-        // anything else would be an argument error deep in the library.
-        let per_2_5_ms = self.rate.hz() as usize / 400;
-        let units = pcm.len() / per_2_5_ms;
-        let valid = pcm.len().is_multiple_of(per_2_5_ms)
-            && matches!(units, 1 | 2 | 4 | 8 | 16 | 24 | 32 | 40 | 48);
-        if !valid {
-            return Err(CodecError::FrameLength { kind: CodecKind::Opus, len: pcm.len() });
-        }
+        check_frame_length(self.rate, pcm.len())?;
         self.inner.encode_s16(pcm, pcm.len(), out).map_err(map_err)
     }
 }
 
-/// Opus decoder writing mono PCM at the leg's rate.
+/// Opus decoder writing mono PCM at the leg's rate, on `opus-pure`.
+#[cfg(not(feature = "libopus"))]
 pub(crate) struct OpusDecoder {
     inner: opus_pure::OpusDecoder,
     rate: SampleRate,
 }
 
+#[cfg(not(feature = "libopus"))]
 impl std::fmt::Debug for OpusDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpusDecoder").field("rate", &self.rate).finish_non_exhaustive()
     }
 }
 
+#[cfg(not(feature = "libopus"))]
 impl OpusDecoder {
     pub(crate) fn new(rate: SampleRate) -> Result<Self, CodecError> {
         let inner = opus_pure::OpusDecoder::new(rate_i32(rate), 1).map_err(map_err)?;
@@ -115,6 +149,7 @@ impl OpusDecoder {
     }
 }
 
+#[cfg(not(feature = "libopus"))]
 impl Decoder for OpusDecoder {
     fn kind(&self) -> CodecKind {
         CodecKind::Opus
