@@ -28,6 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::calls::CallId;
 use crate::calls::{CallCommand, CallGuard, CallOutcome, CallState};
 use crate::config::{LockoutConfig, TrunkConfig};
 use crate::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
@@ -38,7 +39,6 @@ use crate::privacy::PhoneNumber;
 use crate::room::{AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
 use crate::serve::Services;
 use crate::store::{CallRecordEnd, LockoutKey, Resolution, RtpStats};
-use crate::calls::CallId;
 
 /// Media tick: one frame each way (RFC 3551 §4.5 default packetisation).
 const TICK: Duration = Duration::from_millis(20);
@@ -95,8 +95,12 @@ impl LegTemplate {
         let srtp = match &n.srtp {
             Some(s) => {
                 let profile = match s.suite {
-                    sdp::CryptoSuite::AesCm128HmacSha1_80 => dialin_media::srtp::SrtpProfile::AesCm128HmacSha1_80,
-                    sdp::CryptoSuite::AesCm128HmacSha1_32 => dialin_media::srtp::SrtpProfile::AesCm128HmacSha1_32,
+                    sdp::CryptoSuite::AesCm128HmacSha1_80 => {
+                        dialin_media::srtp::SrtpProfile::AesCm128HmacSha1_80
+                    }
+                    sdp::CryptoSuite::AesCm128HmacSha1_32 => {
+                        dialin_media::srtp::SrtpProfile::AesCm128HmacSha1_32
+                    }
                     sdp::CryptoSuite::Other(_) => return None,
                 };
                 Some(crate::leg::LegSrtp {
@@ -215,7 +219,8 @@ impl CallTask {
         let mut play_pcm = [0i16; MAX_FRAME];
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let hard_end = tokio::time::Instant::from_std(self.s.setup_started + self.s.limits.max_duration);
+        let hard_end =
+            tokio::time::Instant::from_std(self.s.setup_started + self.s.limits.max_duration);
         // RFC 3261 §13.3.1.4: the 2xx is retransmitted for 64·T1 = 32 s waiting for the ACK.
         let ack_deadline = Instant::now() + Duration::from_secs(32);
         loop {
@@ -288,7 +293,9 @@ impl CallTask {
                     return None;
                 }
                 if let Some(offer) = self.s.pending_offer.take() {
-                    let Some((leg, negotiated)) = body.as_ref().and_then(|b| self.leg_from_answer(&offer, b)) else {
+                    let Some((leg, negotiated)) =
+                        body.as_ref().and_then(|b| self.leg_from_answer(&offer, b))
+                    else {
                         warn!(call = %self.s.id, "late-offer call: no usable SDP answer in the ACK");
                         return Some(CallOutcome::Error);
                     };
@@ -304,8 +311,13 @@ impl CallTask {
                 self.ivr = Some(Ivr::start(self.s.ivr.clone(), Instant::now()));
                 self.run_ivr_actions(Instant::now())
             }
-            SipEvent::Info { content_type, body, .. } => {
-                let ct = content_type.as_ref().map(|t| t.as_str().to_ascii_lowercase()).unwrap_or_default();
+            SipEvent::Info {
+                content_type, body, ..
+            } => {
+                let ct = content_type
+                    .as_ref()
+                    .map(|t| t.as_str().to_ascii_lowercase())
+                    .unwrap_or_default();
                 if let Some(key) = info_digit(&ct, &body) {
                     let now = Instant::now();
                     if let Some(leg) = self.s.leg.as_mut() {
@@ -360,7 +372,12 @@ impl CallTask {
         if text.trim().is_empty() {
             // A session refresh without an offer: repeat our last answer.
             let local = self.bump_version();
-            return self.s.negotiated.as_ref().map(|n| Bytes::from(n.answer_sdp(&local))).ok_or(StatusCode(488));
+            return self
+                .s
+                .negotiated
+                .as_ref()
+                .map(|n| Bytes::from(n.answer_sdp(&local)))
+                .ok_or(StatusCode(488));
         }
         let offer = SessionDescription::parse(text).map_err(|_| StatusCode(400))?;
         let next = match self.s.negotiated.as_ref() {
@@ -392,7 +409,9 @@ impl CallTask {
         out_packet: &mut [u8],
     ) -> Option<CallOutcome> {
         let on_hold = self.on_hold();
-        let Some(leg) = self.s.leg.as_mut() else { return None };
+        let Some(leg) = self.s.leg.as_mut() else {
+            return None;
+        };
         if self.phase == Phase::AwaitingAck {
             return None;
         }
@@ -431,7 +450,13 @@ impl CallTask {
             if let Some(room) = self.room.as_mut() {
                 while let Ok(frame) = room.from_room.try_recv() {
                     // Keep the newest: latency must not build up.
-                    from_room_rate(frame.samples(), room.sample_rate, out, leg_rate, &mut self.up_prev);
+                    from_room_rate(
+                        frame.samples(),
+                        room.sample_rate,
+                        out,
+                        leg_rate,
+                        &mut self.up_prev,
+                    );
                     got = true;
                 }
             }
@@ -455,18 +480,25 @@ impl CallTask {
 
     /// Whether our side of the negotiated media may send (`sendrecv` or `sendonly`).
     fn may_send(&self) -> bool {
-        self.s
-            .negotiated
-            .as_ref()
-            .map_or(true, |n| matches!(n.local_direction, sdp::Direction::SendRecv | sdp::Direction::SendOnly))
+        self.s.negotiated.as_ref().map_or(true, |n| {
+            matches!(
+                n.local_direction,
+                sdp::Direction::SendRecv | sdp::Direction::SendOnly
+            )
+        })
     }
 
     fn on_hold(&self) -> bool {
-        self.s.negotiated.as_ref().is_some_and(|n| n.hold == sdp::HoldState::HeldByRemote)
+        self.s
+            .negotiated
+            .as_ref()
+            .is_some_and(|n| n.hold == sdp::HoldState::HeldByRemote)
     }
 
     fn drain_digits(&mut self, now: Instant) {
-        let Some(leg) = self.s.leg.as_mut() else { return };
+        let Some(leg) = self.s.leg.as_mut() else {
+            return;
+        };
         while let Some(key) = leg.poll_digit() {
             match self.phase {
                 Phase::Ivr => {
@@ -522,7 +554,10 @@ impl CallTask {
                     self.player_active = false;
                 }
                 Action::Resolve(entry) => self.start_lookup(entry.digits()),
-                Action::Join { room, participant_name } => self.start_join(room, participant_name),
+                Action::Join {
+                    room,
+                    participant_name,
+                } => self.start_join(room, participant_name),
                 Action::HangUp(reason) => {
                     let outcome = match reason {
                         EndReason::TooManyAttempts => CallOutcome::PinFailed,
@@ -577,8 +612,15 @@ impl CallTask {
         let rooms = self.s.rooms.clone();
         let mut attributes = std::collections::BTreeMap::new();
         attributes.insert("sip.callID".to_owned(), self.s.id.as_str().to_owned());
-        attributes.insert("sip.trunkID".to_owned(), self.s.trunk.id.as_str().to_owned());
-        let number = if self.s.trunk.expose_phone_number { self.s.caller.expose().to_owned() } else { self.s.caller.masked() };
+        attributes.insert(
+            "sip.trunkID".to_owned(),
+            self.s.trunk.id.as_str().to_owned(),
+        );
+        let number = if self.s.trunk.expose_phone_number {
+            self.s.caller.expose().to_owned()
+        } else {
+            self.s.caller.masked()
+        };
         attributes.insert("sip.phoneNumber".to_owned(), number);
         attributes.insert("sip.callStatus".to_owned(), "active".to_owned());
         let req = JoinRequest {
@@ -611,7 +653,8 @@ impl CallTask {
                 if self.others_in_room == 0 {
                     // Let "joining" finish, then "you are the first participant", then music.
                     if self.player_active {
-                        self.player.play(self.s.prompts.get(PromptId::FirstParticipant));
+                        self.player
+                            .play(self.s.prompts.get(PromptId::FirstParticipant));
                     } else {
                         self.play(PromptId::FirstParticipant);
                     }
@@ -684,7 +727,11 @@ impl CallTask {
             room: self.room_name.clone(),
             answered_at: self.answered_at,
             ended_at: Utc::now(),
-            pin_attempts: self.ivr.as_ref().map(|i| i.attempts()).unwrap_or(self.pin_attempts),
+            pin_attempts: self
+                .ivr
+                .as_ref()
+                .map(|i| i.attempts())
+                .unwrap_or(self.pin_attempts),
             rtp: RtpStats {
                 packets_received: stats.packets_received,
                 packets_lost: u64::try_from(stats.packets_lost.max(0)).unwrap_or(0),
@@ -692,7 +739,13 @@ impl CallTask {
                 late_frames: stats.late_packets,
             },
         };
-        if let Err(e) = self.s.services.store.complete_call_record(&self.s.id, &end).await {
+        if let Err(e) = self
+            .s
+            .services
+            .store
+            .complete_call_record(&self.s.id, &end)
+            .await
+        {
             warn!(call = %self.s.id, error = %e, "could not complete the call record");
         }
         info!(call = %self.s.id, outcome = outcome.as_str(), caller = %self.s.caller.masked(), "call ended");
@@ -732,7 +785,10 @@ async fn lookup_pin(
     };
     metrics.pin_attempt(result);
     match resolution {
-        Resolution::Room { room, participant_name } => Lookup::Room {
+        Resolution::Room {
+            room,
+            participant_name,
+        } => Lookup::Room {
             room: room.as_str().to_owned(),
             participant_name: participant_name.map(|n| n.as_str().to_owned()),
         },
@@ -879,10 +935,14 @@ async fn recv_once<T: Default>(slot: &mut Option<oneshot::Receiver<T>>) -> T {
     }
 }
 
-async fn recv_join(slot: &mut Option<oneshot::Receiver<Result<RoomHandle, String>>>) -> Result<RoomHandle, String> {
+async fn recv_join(
+    slot: &mut Option<oneshot::Receiver<Result<RoomHandle, String>>>,
+) -> Result<RoomHandle, String> {
     match slot.as_mut() {
         Some(rx) => {
-            let v = rx.await.unwrap_or_else(|_| Err("the join task ended".to_owned()));
+            let v = rx
+                .await
+                .unwrap_or_else(|_| Err("the join task ended".to_owned()));
             *slot = None;
             v
         }
@@ -909,10 +969,19 @@ mod tests {
 
     #[test]
     fn info_bodies_give_their_key() {
-        assert_eq!(info_digit("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"), Some('5'));
-        assert_eq!(info_digit("application/dtmf-relay", b"Signal= #\r\n"), Some('#'));
+        assert_eq!(
+            info_digit("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"),
+            Some('5')
+        );
+        assert_eq!(
+            info_digit("application/dtmf-relay", b"Signal= #\r\n"),
+            Some('#')
+        );
         assert_eq!(info_digit("application/dtmf", b"*"), Some('*'));
-        assert_eq!(info_digit("application/dtmf-relay", b"Signal=11\r\n"), Some('#'));
+        assert_eq!(
+            info_digit("application/dtmf-relay", b"Signal=11\r\n"),
+            Some('#')
+        );
         assert_eq!(info_digit("application/dtmf-relay", b"Duration=160"), None);
         assert_eq!(info_digit("text/plain", b"5"), None);
         assert_eq!(info_digit("application/dtmf", b"x"), None);
@@ -921,10 +990,16 @@ mod tests {
 
     #[test]
     fn rate_conversion_keeps_a_tone_level() {
-        let tone: Vec<i16> = (0..320).map(|n| (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * n as f32 / 16000.0).sin()) as i16).collect();
+        let tone: Vec<i16> = (0..320)
+            .map(|n| {
+                (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * n as f32 / 16000.0).sin()) as i16
+            })
+            .collect();
         let down = to_room_rate(&tone, 16000, 8000);
         assert_eq!(down.samples().len(), 160);
-        let rms = |s: &[i16]| (s.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / s.len() as f64).sqrt();
+        let rms = |s: &[i16]| {
+            (s.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / s.len() as f64).sqrt()
+        };
         let ratio = rms(down.samples()) / rms(&tone);
         assert!((0.85..1.05).contains(&ratio), "ratio {ratio}");
         let mut up = [0i16; 320];

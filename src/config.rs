@@ -519,7 +519,10 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_calls: 1000, drain_timeout_s: 300 }
+        LimitsConfig {
+            max_calls: 1000,
+            drain_timeout_s: 300,
+        }
     }
 }
 

@@ -25,10 +25,14 @@ use dialin_media::codec::CodecConfig;
 use dialin_media::ports::{PortAllocator, PortLease};
 use dialin_media::prompt::{Language as PromptLanguage, PromptCatalog};
 use dialin_sip::digest::{Algorithm, Credential, DigestServer, VerifyOutcome};
-use dialin_sip::endpoint::{CallKey, EndpointHandle, Event as SipEvent, SourceFilter, SourceVerdict};
+use dialin_sip::endpoint::{
+    CallKey, EndpointHandle, Event as SipEvent, SourceFilter, SourceVerdict,
+};
 use dialin_sip::header::HeaderName;
 use dialin_sip::message::{Method, Request, StatusCode, Text};
-use dialin_sip::sdp::{self, AnswerPolicy, LocalMedia, OfferPolicy, SessionDescription, SrtpPolicy as SdpSrtp};
+use dialin_sip::sdp::{
+    self, AnswerPolicy, LocalMedia, OfferPolicy, SessionDescription, SrtpPolicy as SdpSrtp,
+};
 use dialin_sip::transport::Transport;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -66,7 +70,9 @@ pub fn source_filter(services: &Services) -> SourceFilter {
         if trunks.load().is_trunk_address(ip) {
             // A SIP load balancer probes nodes with OPTIONS (Kamailio's dispatcher): a
             // draining or overloaded node answers 503 so that it is taken out of rotation.
-            if req.method == Method::Options && (readiness.is_draining() || overload.is_overloaded()) {
+            if req.method == Method::Options
+                && (readiness.is_draining() || overload.is_overloaded())
+            {
                 SourceVerdict::Reject(StatusCode(503))
             } else {
                 SourceVerdict::Allow
@@ -95,7 +101,10 @@ impl Prompts {
             let sub = dir.map(|d| d.join(lang.code())).filter(|p| p.is_dir());
             PromptCatalog::load(lang, sub.as_deref())
         };
-        Ok(Prompts { en: load(PromptLanguage::En)?, fr: load(PromptLanguage::Fr)? })
+        Ok(Prompts {
+            en: load(PromptLanguage::En)?,
+            fr: load(PromptLanguage::Fr)?,
+        })
     }
 
     pub fn for_language(&self, lang: Language) -> &PromptCatalog {
@@ -164,7 +173,13 @@ impl Front {
         };
         match key {
             None => {
-                if let SipEvent::IncomingCall { key, request, source, transport } = ev {
+                if let SipEvent::IncomingCall {
+                    key,
+                    request,
+                    source,
+                    transport,
+                } = ev
+                {
                     self.gw.services.metrics.sip_request("INVITE");
                     if let Err(refusal) = self.on_invite(key, &request, source, transport).await {
                         self.refuse(key, refusal);
@@ -209,7 +224,12 @@ impl Front {
         let trunk = match trunks.match_call(source.ip(), &called) {
             TrunkMatch::Matched(t) => Arc::new(t.clone()),
             TrunkMatch::NoTrunkForSource => {
-                if self.gw.services.unmatched.allow(source.ip(), Instant::now()) {
+                if self
+                    .gw
+                    .services
+                    .unmatched
+                    .allow(source.ip(), Instant::now())
+                {
                     debug!(source = %source.ip(), "INVITE from a source matching no trunk");
                     return Err(Refusal::Status(StatusCode(403), vec![]));
                 }
@@ -223,10 +243,17 @@ impl Front {
         };
         if let Some(auth) = &trunk.auth {
             let now = SystemTime::now();
-            let authz: Vec<&str> = req.headers.get_all(&HeaderName::Authorization).map(|t| t.as_str()).collect();
-            let outcome = self.digest.verify(now, "INVITE", req.uri.as_str(), authz, |user| {
-                (user == auth.username).then(|| Credential::Password(auth.password.expose().to_owned()))
-            });
+            let authz: Vec<&str> = req
+                .headers
+                .get_all(&HeaderName::Authorization)
+                .map(|t| t.as_str())
+                .collect();
+            let outcome = self
+                .digest
+                .verify(now, "INVITE", req.uri.as_str(), authz, |user| {
+                    (user == auth.username)
+                        .then(|| Credential::Password(auth.password.expose().to_owned()))
+                });
             match outcome {
                 VerifyOutcome::Ok { .. } => {}
                 VerifyOutcome::Stale => return Err(self.challenge(true)),
@@ -238,7 +265,12 @@ impl Front {
             }
         }
 
-        if self.gw.services.overload.check(Instant::now(), self.gw.services.calls.len()) {
+        if self
+            .gw
+            .services
+            .overload
+            .check(Instant::now(), self.gw.services.calls.len())
+        {
             self.gw.services.metrics.overload_refused();
             info!(trunk = %trunk.id, "call refused: media loops running late (overload)");
             return Err(Refusal::unavailable());
@@ -297,7 +329,10 @@ impl Front {
             username: "dialin".to_owned(),
         };
         let template = LegTemplate {
-            codec_config: CodecConfig { opus_complexity: config.media.opus_complexity, ..CodecConfig::default() },
+            codec_config: CodecConfig {
+                opus_complexity: config.media.opus_complexity,
+                ..CodecConfig::default()
+            },
             jitter_min: config.media.jitter_min(),
             jitter_max: config.media.jitter_max(),
         };
@@ -305,7 +340,8 @@ impl Front {
             let offer = sdp::build_offer(&offer_policy(&trunk), &local);
             (Bytes::from(offer.sdp.clone()), None, Some(offer), None)
         } else {
-            let text = std::str::from_utf8(&req.body).map_err(|_| Refusal::Status(StatusCode(400), vec![]))?;
+            let text = std::str::from_utf8(&req.body)
+                .map_err(|_| Refusal::Status(StatusCode(400), vec![]))?;
             let offer = SessionDescription::parse(text).map_err(|e| {
                 debug!(error = %e, "bad SDP offer");
                 Refusal::Status(StatusCode(400), vec![])
@@ -314,12 +350,19 @@ impl Front {
                 info!(trunk = %trunk.id, reason = %e, "no acceptable media: 488");
                 Refusal::Status(StatusCode(488), vec![])
             })?;
-            let params = template.params(&negotiated).ok_or(Refusal::Status(StatusCode(488), vec![]))?;
+            let params = template
+                .params(&negotiated)
+                .ok_or(Refusal::Status(StatusCode(488), vec![]))?;
             let leg = CallerLeg::new(&params).map_err(|e| {
                 warn!(error = %e, "media leg");
                 Refusal::Status(StatusCode(488), vec![])
             })?;
-            (Bytes::from(negotiated.answer_sdp(&local)), Some(leg), None, Some(negotiated))
+            (
+                Bytes::from(negotiated.answer_sdp(&local)),
+                Some(leg),
+                None,
+                Some(negotiated),
+            )
         };
 
         // The record is written beside the call, never in this task's way: while the store is
@@ -365,7 +408,10 @@ impl Front {
             leg_template: template,
             services: self.gw.services.clone(),
             rooms: self.gw.rooms.clone(),
-            limits: CallLimits { rtp_timeout: config.media.rtp_timeout(), max_duration: config.media.max_call_duration() },
+            limits: CallLimits {
+                rtp_timeout: config.media.rtp_timeout(),
+                max_duration: config.media.max_call_duration(),
+            },
             ivr: IvrConfig {
                 first_digit_timeout: config.ivr.first_digit_timeout(),
                 inter_digit_timeout: config.ivr.inter_digit_timeout(),
@@ -385,8 +431,15 @@ impl Front {
     }
 
     fn challenge(&self, stale: bool) -> Refusal {
-        let values = self.digest.challenge(SystemTime::now(), stale, &[Algorithm::Sha256, Algorithm::Md5]);
-        let headers = values.into_iter().map(|v| (HeaderName::WwwAuthenticate, Text::from(v))).collect();
+        let values = self.digest.challenge(
+            SystemTime::now(),
+            stale,
+            &[Algorithm::Sha256, Algorithm::Md5],
+        );
+        let headers = values
+            .into_iter()
+            .map(|v| (HeaderName::WwwAuthenticate, Text::from(v)))
+            .collect();
         Refusal::Status(StatusCode(401), headers)
     }
 
@@ -404,7 +457,10 @@ enum Refusal {
 
 impl Refusal {
     fn unavailable() -> Refusal {
-        Refusal::Status(StatusCode(503), vec![(HeaderName::RetryAfter, Text::from(RETRY_AFTER_S.to_owned()))])
+        Refusal::Status(
+            StatusCode(503),
+            vec![(HeaderName::RetryAfter, Text::from(RETRY_AFTER_S.to_owned()))],
+        )
     }
 
     fn status(&self) -> StatusCode {
@@ -416,11 +472,17 @@ impl Refusal {
 }
 
 fn answer_policy(trunk: &TrunkConfig) -> AnswerPolicy {
-    AnswerPolicy { srtp: sdp_srtp(trunk.srtp), ..AnswerPolicy::default() }
+    AnswerPolicy {
+        srtp: sdp_srtp(trunk.srtp),
+        ..AnswerPolicy::default()
+    }
 }
 
 fn offer_policy(trunk: &TrunkConfig) -> OfferPolicy {
-    OfferPolicy { srtp: sdp_srtp(trunk.srtp), ..OfferPolicy::default() }
+    OfferPolicy {
+        srtp: sdp_srtp(trunk.srtp),
+        ..OfferPolicy::default()
+    }
 }
 
 fn sdp_srtp(p: SrtpPolicy) -> SdpSrtp {
@@ -436,7 +498,11 @@ fn called_number(req: &Request) -> String {
     if let Some(u) = req.uri.user() {
         return u.as_str().to_owned();
     }
-    req.headers.to().ok().and_then(|to| to.uri.user().map(|u| u.as_str().to_owned())).unwrap_or_default()
+    req.headers
+        .to()
+        .ok()
+        .and_then(|to| to.uri.user().map(|u| u.as_str().to_owned()))
+        .unwrap_or_default()
 }
 
 /// The calling number from From (P-Asserted-Identity when the trunk provides it).

@@ -100,7 +100,10 @@ impl std::fmt::Debug for PinEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     /// The PIN is valid now: join this room.
-    Room { room: String, participant_name: Option<String> },
+    Room {
+        room: String,
+        participant_name: Option<String>,
+    },
     /// Unknown, revoked or outside its validity window: the caller may try again.
     Invalid,
     /// The calling number is locked out for guessing: refuse even a right PIN.
@@ -119,7 +122,10 @@ pub enum Action {
     /// Look this PIN up in the trunk's namespace and report with [`Ivr::on_lookup`].
     Resolve(PinEntry),
     /// Join this room; the menu is over. "Joining" was queued just before.
-    Join { room: String, participant_name: Option<String> },
+    Join {
+        room: String,
+        participant_name: Option<String>,
+    },
     /// Hang up now (the farewell prompt, if any, has finished playing).
     HangUp(EndReason),
 }
@@ -272,7 +278,9 @@ impl Ivr {
             self.end(EndReason::IvrTimeLimit, Prompt::Goodbye);
             return;
         }
-        let Some(deadline) = self.digit_deadline else { return };
+        let Some(deadline) = self.digit_deadline else {
+            return;
+        };
         if now < deadline {
             return;
         }
@@ -299,10 +307,16 @@ impl Ivr {
             return;
         }
         match lookup {
-            Lookup::Room { room, participant_name } => {
+            Lookup::Room {
+                room,
+                participant_name,
+            } => {
                 self.state = State::Done;
                 self.play(Prompt::Joining);
-                self.actions.push_back(Action::Join { room, participant_name });
+                self.actions.push_back(Action::Join {
+                    room,
+                    participant_name,
+                });
             }
             Lookup::Invalid => {
                 self.attempts += 1;
@@ -315,7 +329,9 @@ impl Ivr {
                 }
             }
             Lookup::LockedOut => self.end(EndReason::LockedOut, Prompt::LockedOut),
-            Lookup::Unavailable => self.end(EndReason::ServiceUnavailable, Prompt::ServiceUnavailable),
+            Lookup::Unavailable => {
+                self.end(EndReason::ServiceUnavailable, Prompt::ServiceUnavailable)
+            }
         }
     }
 
@@ -376,7 +392,10 @@ mod tests {
     }
 
     fn room() -> Lookup {
-        Lookup::Room { room: "standup".into(), participant_name: None }
+        Lookup::Room {
+            room: "standup".into(),
+            participant_name: None,
+        }
     }
 
     #[test]
@@ -393,13 +412,19 @@ mod tests {
         let mut ivr = Ivr::start(cfg(), t0);
         drain(&mut ivr);
         ivr.on_prompt_finished(t0 + Duration::from_secs(3));
-        assert_eq!(keys(&mut ivr, "1234#", t0 + Duration::from_secs(4)), vec![resolve("1234")]);
+        assert_eq!(
+            keys(&mut ivr, "1234#", t0 + Duration::from_secs(4)),
+            vec![resolve("1234")]
+        );
         ivr.on_lookup(room(), t0 + Duration::from_secs(4));
         assert_eq!(
             drain(&mut ivr),
             vec![
                 Action::Play(Prompt::Joining),
-                Action::Join { room: "standup".into(), participant_name: None }
+                Action::Join {
+                    room: "standup".into(),
+                    participant_name: None
+                }
             ]
         );
         assert!(ivr.is_done());
@@ -478,16 +503,26 @@ mod tests {
         let mut ivr = Ivr::start(cfg(), t0);
         drain(&mut ivr);
         for attempt in 1..=3u32 {
-            assert_eq!(keys(&mut ivr, "000#", t0), vec![Action::StopPrompt, resolve("000")]);
+            assert_eq!(
+                keys(&mut ivr, "000#", t0),
+                vec![Action::StopPrompt, resolve("000")]
+            );
             ivr.on_lookup(Lookup::Invalid, t0);
             assert_eq!(ivr.attempts(), attempt);
-            let expected = if attempt < 3 { Prompt::InvalidPin } else { Prompt::TooManyAttemptsGoodbye };
+            let expected = if attempt < 3 {
+                Prompt::InvalidPin
+            } else {
+                Prompt::TooManyAttemptsGoodbye
+            };
             assert_eq!(drain(&mut ivr), vec![Action::Play(expected)]);
         }
         // Keys while saying goodbye are not a fourth attempt.
         assert!(keys(&mut ivr, "1#", t0).is_empty());
         ivr.on_prompt_finished(t0);
-        assert_eq!(drain(&mut ivr), vec![Action::HangUp(EndReason::TooManyAttempts)]);
+        assert_eq!(
+            drain(&mut ivr),
+            vec![Action::HangUp(EndReason::TooManyAttempts)]
+        );
         assert!(ivr.is_done());
     }
 
@@ -524,7 +559,10 @@ mod tests {
         assert!(keys(&mut ivr, "8#", t0).is_empty());
         ivr.on_lookup(Lookup::Invalid, t0);
         drain(&mut ivr);
-        assert_eq!(keys(&mut ivr, "9#", t0), vec![Action::StopPrompt, resolve("9")]);
+        assert_eq!(
+            keys(&mut ivr, "9#", t0),
+            vec![Action::StopPrompt, resolve("9")]
+        );
     }
 
     #[test]
@@ -546,9 +584,15 @@ mod tests {
         drain(&mut ivr);
         keys(&mut ivr, "1234#", t0);
         ivr.on_lookup(Lookup::Unavailable, t0);
-        assert_eq!(drain(&mut ivr), vec![Action::Play(Prompt::ServiceUnavailable)]);
+        assert_eq!(
+            drain(&mut ivr),
+            vec![Action::Play(Prompt::ServiceUnavailable)]
+        );
         ivr.on_prompt_finished(t0);
-        assert_eq!(drain(&mut ivr), vec![Action::HangUp(EndReason::ServiceUnavailable)]);
+        assert_eq!(
+            drain(&mut ivr),
+            vec![Action::HangUp(EndReason::ServiceUnavailable)]
+        );
     }
 
     #[test]
@@ -568,7 +612,10 @@ mod tests {
         ivr.on_timeout(t0 + Duration::from_secs(30));
         assert_eq!(drain(&mut ivr), vec![Action::Play(Prompt::Goodbye)]);
         ivr.on_prompt_finished(t0 + Duration::from_secs(31));
-        assert_eq!(drain(&mut ivr), vec![Action::HangUp(EndReason::IvrTimeLimit)]);
+        assert_eq!(
+            drain(&mut ivr),
+            vec![Action::HangUp(EndReason::IvrTimeLimit)]
+        );
     }
 
     #[test]

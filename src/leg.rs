@@ -13,7 +13,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dialin_media::codec::{new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate};
+use dialin_media::codec::{
+    new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
+};
 use dialin_media::dtmf::dedup::{DigitDeduplicator, DigitSource};
 use dialin_media::dtmf::event::EventReceiver;
 use dialin_media::dtmf::inband::InbandDetector;
@@ -106,7 +108,10 @@ pub struct CallerLeg {
 
 impl std::fmt::Debug for CallerLeg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallerLeg").field("codec", &self.codec).field("remote", &self.remote()).finish_non_exhaustive()
+        f.debug_struct("CallerLeg")
+            .field("codec", &self.codec)
+            .field("remote", &self.remote())
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,8 +124,10 @@ impl CallerLeg {
     /// Builds the leg; allocates every buffer it will use.
     pub fn new(params: &LegParams) -> Result<CallerLeg, LegError> {
         let rate = params.codec.default_sample_rate();
-        let decoder = new_decoder(params.codec, rate, &params.codec_config).map_err(|e| LegError(e.to_string()))?;
-        let encoder = new_encoder(params.codec, rate, &params.codec_config).map_err(|e| LegError(e.to_string()))?;
+        let decoder = new_decoder(params.codec, rate, &params.codec_config)
+            .map_err(|e| LegError(e.to_string()))?;
+        let encoder = new_encoder(params.codec, rate, &params.codec_config)
+            .map_err(|e| LegError(e.to_string()))?;
         let clock = params.codec.rtp_clock_rate();
         let jitter = JitterBuffer::new(JitterConfig {
             clock_rate: clock,
@@ -131,7 +138,10 @@ impl CallerLeg {
         });
         let inband = InbandDetector::new(rate.hz()).map_err(|e| LegError(e.to_string()))?;
         let (srtp_in, srtp_out) = match &params.srtp {
-            Some(s) => (Some(SrtpContext::new(s.profile, &s.remote)), Some(SrtpContext::new(s.profile, &s.local))),
+            Some(s) => (
+                Some(SrtpContext::new(s.profile, &s.remote)),
+                Some(SrtpContext::new(s.profile, &s.local)),
+            ),
             None => (None, None),
         };
         Ok(CallerLeg {
@@ -198,12 +208,24 @@ impl CallerLeg {
 
     /// Stop looking for in-band digits (after the PIN: speech must not be read as keys).
     pub fn set_inband_detection(&mut self, on: bool, sample_rate_hz: u32) {
-        self.inband = if on { InbandDetector::new(sample_rate_hz).ok() } else { None };
+        self.inband = if on {
+            InbandDetector::new(sample_rate_hz).ok()
+        } else {
+            None
+        };
     }
 
     /// Handles one datagram from the leg's socket; `buf[..len]` may be decrypted in place.
-    pub fn on_datagram(&mut self, buf: &mut [u8], len: usize, from: SocketAddr, now: Instant) -> Result<(), Discard> {
-        let Some(data) = buf.get_mut(..len) else { return Err(self.discard(Discard::Malformed)) };
+    pub fn on_datagram(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Result<(), Discard> {
+        let Some(data) = buf.get_mut(..len) else {
+            return Err(self.discard(Discard::Malformed));
+        };
         if rtcp::is_rtcp(data) {
             // Reports from the trunk are accepted silently; our own RR/SR come from the stats.
             return Err(Discard::Rtcp);
@@ -215,7 +237,9 @@ impl CallerLeg {
             },
             None => len,
         };
-        let Some(data) = buf.get(..plain_len) else { return Err(self.discard(Discard::Malformed)) };
+        let Some(data) = buf.get(..plain_len) else {
+            return Err(self.discard(Discard::Malformed));
+        };
         let packet = match Packet::parse(data) {
             Ok(p) => p,
             Err(_) => return Err(self.discard(Discard::Malformed)),
@@ -231,9 +255,13 @@ impl CallerLeg {
         self.stats.packets_received += 1;
         let pt = packet.payload_type().get();
         if Some(pt) == self.te_pt {
-            if let Ok(Some(d)) =
-                self.events.receive(packet.timestamp().0, packet.marker(), packet.seq().0, packet.payload(), now)
-            {
+            if let Ok(Some(d)) = self.events.receive(
+                packet.timestamp().0,
+                packet.marker(),
+                packet.seq().0,
+                packet.payload(),
+                now,
+            ) {
                 self.push_digit(d.digit, DigitSource::Rfc4733, now);
             }
             return Ok(());
@@ -247,7 +275,9 @@ impl CallerLeg {
             timestamp: packet.timestamp().0,
             marker: packet.marker(),
         };
-        if let dialin_media::jitter::PushOutcome::Late = self.jitter.push(info, packet.payload(), now) {
+        if let dialin_media::jitter::PushOutcome::Late =
+            self.jitter.push(info, packet.payload(), now)
+        {
             self.stats.late_packets += 1;
         }
         Ok(())
@@ -364,7 +394,12 @@ mod tests {
 
     fn packet(seq: u16) -> Vec<u8> {
         let mut out = vec![0u8; MAX_PACKET];
-        let header = Header::new(PayloadType::new(0).unwrap(), SeqNo(seq), RtpTimestamp(u32::from(seq) * 160), Ssrc(7));
+        let header = Header::new(
+            PayloadType::new(0).unwrap(),
+            SeqNo(seq),
+            RtpTimestamp(u32::from(seq) * 160),
+            Ssrc(7),
+        );
         let len = header.write(&[0xff; 160], &mut out).unwrap();
         out.truncate(len);
         out
@@ -383,11 +418,19 @@ mod tests {
         let now = Instant::now();
         let mut leg = CallerLeg::new(&params(old)).unwrap();
         assert_eq!(feed(&mut leg, 1, old, now), Ok(()));
-        assert_eq!(feed(&mut leg, 2, new, now), Err(Discard::ForeignSource), "latched on the SDP address");
+        assert_eq!(
+            feed(&mut leg, 2, new, now),
+            Err(Discard::ForeignSource),
+            "latched on the SDP address"
+        );
         leg.retarget(new);
         assert_eq!(leg.remote(), new);
         assert_eq!(feed(&mut leg, 3, new, now), Ok(()));
-        assert_eq!(feed(&mut leg, 4, old, now), Err(Discard::ForeignSource), "the old address is gone");
+        assert_eq!(
+            feed(&mut leg, 4, old, now),
+            Err(Discard::ForeignSource),
+            "the old address is gone"
+        );
         assert_eq!(leg.stats().packets_received, 2);
     }
 
@@ -398,6 +441,10 @@ mod tests {
         let mut leg = CallerLeg::new(&params(addr)).unwrap();
         assert_eq!(feed(&mut leg, 1, addr, now), Ok(()));
         leg.retarget(addr);
-        assert_eq!(feed(&mut leg, 1, addr, now), Err(Discard::Duplicate), "the receiver kept its state");
+        assert_eq!(
+            feed(&mut leg, 1, addr, now),
+            Err(Discard::Duplicate),
+            "the receiver kept its state"
+        );
     }
 }

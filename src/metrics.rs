@@ -203,7 +203,8 @@ impl Metrics {
 
     /// Whether the node is refusing new calls because its media loops run late.
     pub fn set_overloaded(&self, overloaded: bool) {
-        self.overloaded.store(u64::from(overloaded), Ordering::Relaxed);
+        self.overloaded
+            .store(u64::from(overloaded), Ordering::Relaxed);
     }
 
     /// An INVITE was refused with `503` because the node is overloaded.

@@ -151,7 +151,11 @@ impl OverloadMonitor {
             .saturating_mul(TICKS_PER_CALL);
         let enough = load.ticks >= MIN_TICKS || (expected >= MIN_TICKS && load.ticks >= MIN_SAMPLE);
         let is = if !enough {
-            false
+            // Too few ticks to judge. With calls in progress that should have ticked, the
+            // silence is no evidence of recovery: a process starved for whole seconds
+            // records nothing at all between its bursts of late ticks, so keep the verdict.
+            // With few calls, the node is not loaded by its calls.
+            was && expected >= MIN_TICKS
         } else if was {
             fraction > LEAVE_LATE_FRACTION
         } else {
@@ -300,6 +304,34 @@ mod tests {
             !m.check(t0 + Duration::from_millis(120), 20),
             "new calls ticking on time are not overload"
         );
+    }
+
+    #[test]
+    fn a_node_starved_for_whole_seconds_stays_overloaded_through_its_silences() {
+        let t0 = Instant::now();
+        let m = OverloadMonitor::new(t0);
+        // 16 calls; the process runs once every few seconds and then fires late ticks.
+        for i in 0..24 {
+            m.record_tick(Duration::from_secs(2), t0 + Duration::from_millis(i));
+        }
+        let t = t0 + Duration::from_millis(30);
+        assert!(m.check(t, 16));
+        // Two seconds without a single tick recorded: still overloaded.
+        let t = t + Duration::from_secs(2);
+        assert_eq!(m.load(t).ticks, 0);
+        assert!(m.check(t, 16), "no ticks while calls are up is no recovery");
+        // Back on time: cleared.
+        let t = run(&m, t, Duration::from_secs(2), 16, 0);
+        assert!(!m.check(t, 16), "recovered: {:?}", m.load(t));
+        // Silence alone never enters overload, and with the calls gone it is none.
+        let t = t + Duration::from_secs(2);
+        assert!(!m.check(t, 16));
+        let starved = OverloadMonitor::new(t0);
+        for i in 0..24 {
+            starved.record_tick(Duration::from_secs(2), t0 + Duration::from_millis(i));
+        }
+        assert!(starved.check(t0 + Duration::from_millis(30), 16));
+        assert!(!starved.check(t0 + Duration::from_secs(3), 0));
     }
 
     #[test]

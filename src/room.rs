@@ -37,7 +37,10 @@ impl AudioFrame {
         let len = pcm.len().min(MAX_FRAME_SAMPLES);
         let mut samples = [0i16; MAX_FRAME_SAMPLES];
         samples[..len].copy_from_slice(&pcm[..len]);
-        AudioFrame { samples, len: len as u16 }
+        AudioFrame {
+            samples,
+            len: len as u16,
+        }
     }
 
     pub fn samples(&self) -> &[i16] {
@@ -65,8 +68,12 @@ pub struct JoinRequest {
 /// Something that happened in the room, from the caller's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
-    ParticipantJoined { identity: String },
-    ParticipantLeft { identity: String },
+    ParticipantJoined {
+        identity: String,
+    },
+    ParticipantLeft {
+        identity: String,
+    },
     /// The room was closed: play "the meeting has ended" and hang up.
     Closed,
     /// This participant was removed from the room: same as `Closed` for the caller.

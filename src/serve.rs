@@ -55,7 +55,9 @@ impl Services {
             metrics: Arc::new(Metrics::new()),
             readiness: Readiness::new(),
             overload: Arc::new(OverloadMonitor::new(std::time::Instant::now())),
-            pin_alarm: Arc::new(TrunkFailureAlarm::new(config.security.trunk_alarm_failed_per_minute)),
+            pin_alarm: Arc::new(TrunkFailureAlarm::new(
+                config.security.trunk_alarm_failed_per_minute,
+            )),
             unmatched: Arc::new(SourceRateLimiter::new(
                 config.security.unmatched_source.burst,
                 config.security.unmatched_source.per_second,
@@ -148,7 +150,12 @@ async fn watch_overload(services: Services) {
         let now = std::time::Instant::now();
         let is = services.overload.check(now, services.calls.len());
         let load = services.overload.load(now);
-        tracing::trace!(ticks = load.ticks, late = load.late, overloaded = is, "media tick load");
+        tracing::trace!(
+            ticks = load.ticks,
+            late = load.late,
+            overloaded = is,
+            "media tick load"
+        );
         if is != was {
             if is {
                 tracing::warn!(
@@ -158,7 +165,11 @@ async fn watch_overload(services: Services) {
                     "overloaded: media ticks running late; refusing new calls with 503"
                 );
             } else {
-                tracing::info!(ticks = load.ticks, late = load.late, "overload cleared: accepting new calls");
+                tracing::info!(
+                    ticks = load.ticks,
+                    late = load.late,
+                    "overload cleared: accepting new calls"
+                );
             }
             services.metrics.set_overloaded(is);
             was = is;
@@ -188,11 +199,16 @@ async fn start_sip(
             addr: l.addr,
         })
         .collect();
-    let mut tconf = TransportConfig { listen: listen.clone(), ..TransportConfig::default() };
+    let mut tconf = TransportConfig {
+        listen: listen.clone(),
+        ..TransportConfig::default()
+    };
     tconf.tls_cert_pem = config.sip.tls.cert.clone();
     tconf.tls_key_pem = config.sip.tls.key.clone();
     tconf.limits.max_message_size = config.sip.max_message_size;
-    let (transports, incoming) = Transports::bind(tconf).await.context("binding the SIP listen addresses")?;
+    let (transports, incoming) = Transports::bind(tconf)
+        .await
+        .context("binding the SIP listen addresses")?;
     for l in transports.local_addrs() {
         tracing::info!(transport = l.transport.via_token(), addr = %l.addr, "SIP listening");
     }
@@ -205,10 +221,15 @@ async fn start_sip(
     };
     let (handle, events) = EndpointDriver::spawn(transports, incoming, econf);
 
-    let ports = dialin_media::ports::PortAllocator::new(config.media.rtp_ports.first..=config.media.rtp_ports.last)
-        .map_err(|e| anyhow::anyhow!("media.rtp_ports: {e}"))?;
+    let ports = dialin_media::ports::PortAllocator::new(
+        config.media.rtp_ports.first..=config.media.rtp_ports.last,
+    )
+    .map_err(|e| anyhow::anyhow!("media.rtp_ports: {e}"))?;
     services.metrics.watch_ports(ports.clone());
-    let media_bind = listen.first().map(|l| l.addr.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let media_bind = listen
+        .first()
+        .map(|l| l.addr.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let rooms: Arc<dyn crate::room::RoomBackend> = match config.rooms.backend {
         crate::config::RoomsBackend::Local => Arc::new(crate::room::local::LocalRooms::new()),
         crate::config::RoomsBackend::Livekit => Arc::new(
@@ -217,7 +238,8 @@ async fn start_sip(
                 .with_trunk_overrides(Arc::clone(&services.trunks)),
         ),
     };
-    let prompts = crate::gateway::Prompts::load(config.prompts.dir.as_deref()).context("loading prompts")?;
+    let prompts =
+        crate::gateway::Prompts::load(config.prompts.dir.as_deref()).context("loading prompts")?;
     let gw = crate::gateway::Gateway {
         config: Arc::new(config.clone()),
         services: services.clone(),
@@ -240,7 +262,10 @@ async fn drain(services: &Services, config: &Config, shutdown: &watch::Sender<bo
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     if !services.calls.is_empty() {
-        tracing::info!(calls = services.calls.len(), "drain timeout: ending the remaining calls");
+        tracing::info!(
+            calls = services.calls.len(),
+            "drain timeout: ending the remaining calls"
+        );
         let _ = shutdown.send(true);
         let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !services.calls.is_empty() && tokio::time::Instant::now() < end {

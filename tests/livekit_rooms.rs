@@ -145,6 +145,21 @@ async fn caller_appears_as_a_sip_participant_with_masked_number() {
     })
     .await;
     assert!(gone.is_ok(), "dropping the handle leaves the room");
+    let departed = server.departed("standup").await.unwrap();
+    let left = departed
+        .iter()
+        .find(|p| p.identity == "sip_c1")
+        .expect("the server saw the participant leave");
+    assert_eq!(
+        left.attributes.get("sip.callStatus").map(String::as_str),
+        Some("hangup"),
+        "the participant leaves with sip.callStatus = hangup"
+    );
+    assert_eq!(
+        left.attributes.get("sip.phoneNumber").map(String::as_str),
+        Some("••••1234"),
+        "the other attributes are kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

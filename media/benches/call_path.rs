@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main};
-use dialin_media::codec::{new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate};
+use dialin_media::codec::{
+    new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
+};
 use dialin_media::dtmf::inband::InbandDetector;
 use dialin_media::dtmf::Digit;
 use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
@@ -35,7 +37,10 @@ struct ThreadCpuTime {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
@@ -118,12 +123,19 @@ fn encode_all(kind: CodecKind, frames: &[Vec<i16>]) -> Vec<Vec<u8>> {
 }
 
 fn pcmu_header(seq: u16) -> Header<'static> {
-    Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(u32::from(seq).wrapping_mul(160)), Ssrc(0xca11))
+    Header::new(
+        PayloadType::PCMU,
+        SeqNo(seq),
+        RtpTimestamp(u32::from(seq).wrapping_mul(160)),
+        Ssrc(0xca11),
+    )
 }
 
 fn rtp_parse(c: &mut Criterion) {
     let mut pkt = [0u8; 172];
-    let n = pcmu_header(1).write(&[0xd5; 160], &mut pkt).expect("rtp write");
+    let n = pcmu_header(1)
+        .write(&[0xd5; 160], &mut pkt)
+        .expect("rtp write");
     c.bench_function("call_path/rtp_parse", |b| {
         b.iter(|| {
             let p = Packet::parse(black_box(&pkt[..n])).expect("parse");
@@ -150,7 +162,9 @@ fn caller_to_room(c: &mut Criterion) {
             k = k.wrapping_add(1);
             let now = t0 + FRAME * k;
             let payload = &payloads[k as usize % FRAMES];
-            let len = pcmu_header(k as u16).write(payload, &mut wire).expect("rtp write");
+            let len = pcmu_header(k as u16)
+                .write(payload, &mut wire)
+                .expect("rtp write");
             let packet = Packet::parse(&wire[..len]).expect("parse");
             if receiver.on_packet(peer, &packet, now).is_ok() {
                 let info = PacketInfo {
@@ -180,7 +194,8 @@ fn room_to_caller(c: &mut Criterion) {
     let mut decoders: Vec<Box<dyn Decoder>> = (0..3)
         .map(|_| new_decoder(CodecKind::Opus, RATE, &config).expect("opus decoder"))
         .collect();
-    let mut pcmu: Box<dyn Encoder> = new_encoder(CodecKind::Pcmu, RATE, &config).expect("pcmu encoder");
+    let mut pcmu: Box<dyn Encoder> =
+        new_encoder(CodecKind::Pcmu, RATE, &config).expect("pcmu encoder");
     let caller = ParticipantId(0);
     let mut mixer = Mixer::new(RATE.frame_samples());
     for p in 0..4 {
@@ -194,13 +209,21 @@ fn room_to_caller(c: &mut Criterion) {
         b.iter(|| {
             k += 1;
             for (i, (dec, stream)) in decoders.iter_mut().zip(&streams).enumerate() {
-                let n = dec.decode(&stream[k % FRAMES], &mut pcm).expect("opus decode");
-                mixer.push(ParticipantId(i as u32 + 1), &pcm[..n]).expect("push");
+                let n = dec
+                    .decode(&stream[k % FRAMES], &mut pcm)
+                    .expect("opus decode");
+                mixer
+                    .push(ParticipantId(i as u32 + 1), &pcm[..n])
+                    .expect("push");
             }
             mixer.mix();
             let heard = mixer.output_for(caller).expect("caller");
             let n = pcmu.encode(heard, &mut payload).expect("pcmu encode");
-            black_box(pcmu_header(k as u16).write(&payload[..n], &mut wire).expect("rtp write"))
+            black_box(
+                pcmu_header(k as u16)
+                    .write(&payload[..n], &mut wire)
+                    .expect("rtp write"),
+            )
         })
     });
 }
@@ -214,7 +237,9 @@ fn mixer(c: &mut Criterion) {
                 let hz = 150.0 + 37.0 * p as f64;
                 let amplitude = 500.0 + 300.0 * p as f64;
                 (0..frame_len)
-                    .map(|n| (amplitude * (std::f64::consts::TAU * hz * n as f64 / 8000.0).sin()) as i16)
+                    .map(|n| {
+                        (amplitude * (std::f64::consts::TAU * hz * n as f64 / 8000.0).sin()) as i16
+                    })
                     .collect()
             })
             .collect();
@@ -249,7 +274,12 @@ fn jitter(c: &mut Criterion) {
         b.iter(|| {
             n = n.wrapping_add(1);
             let now = t0 + FRAME * n;
-            let info = PacketInfo { ssrc: 1, seq: n as u16, timestamp: n.wrapping_mul(160), marker: false };
+            let info = PacketInfo {
+                ssrc: 1,
+                seq: n as u16,
+                timestamp: n.wrapping_mul(160),
+                marker: false,
+            };
             jb.push(black_box(info), black_box(&payload), now);
             match jb.pop(now) {
                 Playout::Frame(f) => black_box(f.payload.len()),

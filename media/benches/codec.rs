@@ -26,7 +26,10 @@ struct ThreadCpuTime {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
@@ -103,7 +106,11 @@ fn encode_all(enc: &mut dyn Encoder, frames: &[Vec<i16>]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn setup(kind: CodecKind, rate: SampleRate, c: &CodecConfig) -> (Box<dyn Encoder>, Box<dyn Decoder>) {
+fn setup(
+    kind: CodecKind,
+    rate: SampleRate,
+    c: &CodecConfig,
+) -> (Box<dyn Encoder>, Box<dyn Decoder>) {
     (
         new_encoder(kind, rate, c).expect("encoder"),
         new_decoder(kind, rate, c).expect("decoder"),
@@ -132,7 +139,9 @@ fn caller_to_room_with(
     let mut k = 0;
     c.bench_function(name, |b| {
         b.iter(|| {
-            let n = sip_dec.decode(&payloads[k % FRAMES], &mut pcm).expect("decode");
+            let n = sip_dec
+                .decode(&payloads[k % FRAMES], &mut pcm)
+                .expect("decode");
             let m = opus.encode(&pcm[..n], &mut out).expect("encode");
             k += 1;
             black_box(m)
@@ -191,10 +200,30 @@ fn room_to_caller_with(
 }
 
 fn call_paths(c: &mut Criterion) {
-    caller_to_room(c, CodecKind::Pcmu, SampleRate::Hz8000, "caller_to_room/pcmu_decode+opus_encode@8k");
-    room_to_caller(c, CodecKind::Pcmu, SampleRate::Hz8000, "room_to_caller/3x_opus_decode+sum+pcmu_encode@8k");
-    caller_to_room(c, CodecKind::G722, SampleRate::Hz16000, "caller_to_room/g722_decode+opus_encode@16k");
-    room_to_caller(c, CodecKind::G722, SampleRate::Hz16000, "room_to_caller/3x_opus_decode+sum+g722_encode@16k");
+    caller_to_room(
+        c,
+        CodecKind::Pcmu,
+        SampleRate::Hz8000,
+        "caller_to_room/pcmu_decode+opus_encode@8k",
+    );
+    room_to_caller(
+        c,
+        CodecKind::Pcmu,
+        SampleRate::Hz8000,
+        "room_to_caller/3x_opus_decode+sum+pcmu_encode@8k",
+    );
+    caller_to_room(
+        c,
+        CodecKind::G722,
+        SampleRate::Hz16000,
+        "caller_to_room/g722_decode+opus_encode@16k",
+    );
+    room_to_caller(
+        c,
+        CodecKind::G722,
+        SampleRate::Hz16000,
+        "room_to_caller/3x_opus_decode+sum+g722_encode@16k",
+    );
 }
 
 fn single_codecs(c: &mut Criterion) {
@@ -240,21 +269,31 @@ fn opus_complexity(c: &mut Criterion) {
         let frames = speaker(rate, 140.0, 0.5);
         let mut group = c.benchmark_group(format!("opus_encode@{}", rate.hz()));
         for complexity in 0..=10u8 {
-            let config = CodecConfig { opus_complexity: complexity, ..CodecConfig::default() };
+            let config = CodecConfig {
+                opus_complexity: complexity,
+                ..CodecConfig::default()
+            };
             let mut enc = new_encoder(CodecKind::Opus, rate, &config).expect("encoder");
             let mut out = [0u8; 1500];
             let mut k = 0;
-            group.bench_with_input(BenchmarkId::new("complexity", complexity), &complexity, |b, _| {
-                b.iter(|| {
-                    k += 1;
-                    black_box(enc.encode(&frames[k % FRAMES], &mut out).expect("encode"))
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new("complexity", complexity),
+                &complexity,
+                |b, _| {
+                    b.iter(|| {
+                        k += 1;
+                        black_box(enc.encode(&frames[k % FRAMES], &mut out).expect("encode"))
+                    })
+                },
+            );
         }
         // In-band FEC costs a second SILK quantisation pass (LBRR); measure without.
         for complexity in [0u8, 1, 5, 10] {
-            let config =
-                CodecConfig { opus_complexity: complexity, fec: false, ..CodecConfig::default() };
+            let config = CodecConfig {
+                opus_complexity: complexity,
+                fec: false,
+                ..CodecConfig::default()
+            };
             let mut enc = new_encoder(CodecKind::Opus, rate, &config).expect("encoder");
             let mut out = [0u8; 1500];
             let mut k = 0;
@@ -308,10 +347,12 @@ mod engines {
             self.rate
         }
         fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
-            self.inner.encode_s16(pcm, pcm.len(), out).map_err(|_| CodecError::Internal {
-                kind: CodecKind::Opus,
-                reason: "opus-pure encode",
-            })
+            self.inner
+                .encode_s16(pcm, pcm.len(), out)
+                .map_err(|_| CodecError::Internal {
+                    kind: CodecKind::Opus,
+                    reason: "opus-pure encode",
+                })
         }
     }
 
@@ -323,13 +364,17 @@ mod engines {
 
     impl PureOpusDecoder {
         pub(super) fn new(rate: SampleRate) -> Self {
-            let inner = opus_pure::OpusDecoder::new(rate.hz() as i32, 1).expect("opus-pure decoder");
+            let inner =
+                opus_pure::OpusDecoder::new(rate.hz() as i32, 1).expect("opus-pure decoder");
             PureOpusDecoder { inner, rate }
         }
     }
 
     fn pure_error(_: opus_pure::Error) -> CodecError {
-        CodecError::MalformedPayload { kind: CodecKind::Opus, reason: "opus-pure decode" }
+        CodecError::MalformedPayload {
+            kind: CodecKind::Opus,
+            reason: "opus-pure decode",
+        }
     }
 
     impl Decoder for PureOpusDecoder {
@@ -340,7 +385,9 @@ mod engines {
             self.rate
         }
         fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
-            self.inner.decode_s16(payload, out.len(), out).map_err(pure_error)
+            self.inner
+                .decode_s16(payload, out.len(), out)
+                .map_err(pure_error)
         }
         fn conceal(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
             let n = self.rate.frame_samples();
@@ -366,16 +413,40 @@ mod engines {
         ] {
             let libopus = new_encoder(CodecKind::Opus, rate, &config).expect("libopus encoder");
             let pure: Box<dyn Encoder> = Box::new(PureOpusEncoder::new(rate, &config));
-            caller_to_room_with(c, sip, rate, &format!("engines/caller_to_room/{c2r}/libopus"), libopus);
-            caller_to_room_with(c, sip, rate, &format!("engines/caller_to_room/{c2r}/opus-pure"), pure);
+            caller_to_room_with(
+                c,
+                sip,
+                rate,
+                &format!("engines/caller_to_room/{c2r}/libopus"),
+                libopus,
+            );
+            caller_to_room_with(
+                c,
+                sip,
+                rate,
+                &format!("engines/caller_to_room/{c2r}/opus-pure"),
+                pure,
+            );
             let libopus = (0..3)
                 .map(|_| new_decoder(CodecKind::Opus, rate, &config).expect("libopus decoder"))
                 .collect();
             let pure = (0..3)
                 .map(|_| Box::new(PureOpusDecoder::new(rate)) as Box<dyn Decoder>)
                 .collect();
-            room_to_caller_with(c, sip, rate, &format!("engines/room_to_caller/{r2c}/libopus"), libopus);
-            room_to_caller_with(c, sip, rate, &format!("engines/room_to_caller/{r2c}/opus-pure"), pure);
+            room_to_caller_with(
+                c,
+                sip,
+                rate,
+                &format!("engines/room_to_caller/{r2c}/libopus"),
+                libopus,
+            );
+            room_to_caller_with(
+                c,
+                sip,
+                rate,
+                &format!("engines/room_to_caller/{r2c}/opus-pure"),
+                pure,
+            );
         }
     }
 }

@@ -54,7 +54,12 @@ fn jitter(c: &mut Criterion) {
         b.iter(|| {
             n = n.wrapping_add(1);
             let now = t0 + Duration::from_millis(u64::from(n) * 20);
-            let info = PacketInfo { ssrc: 1, seq: n as u16, timestamp: n.wrapping_mul(160), marker: false };
+            let info = PacketInfo {
+                ssrc: 1,
+                seq: n as u16,
+                timestamp: n.wrapping_mul(160),
+                marker: false,
+            };
             jb.push(black_box(info), black_box(&payload), now);
             match jb.pop(now) {
                 Playout::Frame(f) => black_box(f.payload.len()),

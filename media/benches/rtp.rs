@@ -6,7 +6,12 @@ use dialin_media::rtp::{Header, Packet, PayloadType, RtpTimestamp, SeqNo, Ssrc};
 use dialin_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
 fn pcmu_header(seq: u16) -> Header<'static> {
-    Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(u32::from(seq) * 160), Ssrc(0x1234_5678))
+    Header::new(
+        PayloadType::PCMU,
+        SeqNo(seq),
+        RtpTimestamp(u32::from(seq) * 160),
+        Ssrc(0x1234_5678),
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -26,24 +31,34 @@ fn bench(c: &mut Criterion) {
     c.bench_function("rtp_write_pcmu_160", |b| {
         b.iter(|| {
             seq = seq.wrapping_add(1);
-            black_box(pcmu_header(seq).write(black_box(&payload), &mut out).unwrap())
+            black_box(
+                pcmu_header(seq)
+                    .write(black_box(&payload), &mut out)
+                    .unwrap(),
+            )
         })
     });
 
-    for profile in [SrtpProfile::AesCm128HmacSha1_80, SrtpProfile::AesCm128HmacSha1_32] {
+    for profile in [
+        SrtpProfile::AesCm128HmacSha1_80,
+        SrtpProfile::AesCm128HmacSha1_32,
+    ] {
         let key = MasterKey::random();
         let mut tx = SrtpContext::new(profile, &key);
         let mut rx = SrtpContext::new(profile, &key);
         let mut buf = [0u8; 1500];
         let mut seq = 0u16;
-        c.bench_function(&format!("srtp_protect_unprotect_pcmu_160_{}", profile.sdes_name()), |b| {
-            b.iter(|| {
-                seq = seq.wrapping_add(1);
-                let n = pcmu_header(seq).write(&payload, &mut buf).unwrap();
-                let m = tx.protect_rtp(&mut buf, n).unwrap();
-                black_box(rx.unprotect_rtp(&mut buf[..m]).unwrap())
-            })
-        });
+        c.bench_function(
+            &format!("srtp_protect_unprotect_pcmu_160_{}", profile.sdes_name()),
+            |b| {
+                b.iter(|| {
+                    seq = seq.wrapping_add(1);
+                    let n = pcmu_header(seq).write(&payload, &mut buf).unwrap();
+                    let m = tx.protect_rtp(&mut buf, n).unwrap();
+                    black_box(rx.unprotect_rtp(&mut buf[..m]).unwrap())
+                })
+            },
+        );
     }
 }
 

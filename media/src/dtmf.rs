@@ -193,7 +193,10 @@ mod tests {
     #[test]
     fn non_digits_are_rejected_with_a_typed_error() {
         assert_eq!(Digit::from_char('x'), Err(DigitError::NotADigitChar('x')));
-        assert_eq!(Digit::from_event_code(16), Err(DigitError::NotADigitEvent(16)));
+        assert_eq!(
+            Digit::from_event_code(16),
+            Err(DigitError::NotADigitEvent(16))
+        );
         assert_eq!(Digit::from_char('a'), Ok(Digit::A));
         assert_eq!(Digit::from_event_code(11), Ok(Digit::Pound));
     }

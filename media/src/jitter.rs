@@ -175,7 +175,9 @@ enum Mode {
     /// Nothing to play: no stream yet, or silence after a talkspurt.
     Idle,
     /// Collecting the first packets of a talkspurt until the target delay is reached.
-    Buffering { since: Instant },
+    Buffering {
+        since: Instant,
+    },
     Playing,
 }
 
@@ -253,7 +255,10 @@ impl JitterBuffer {
     /// Delay the buffer currently aims for.
     pub fn target_delay(&self) -> Duration {
         let wanted = self.units_to_duration(JITTER_FACTOR * self.jitter_peak) + self.config.frame;
-        wanted.clamp(self.config.min_delay, self.config.max_delay.max(self.config.min_delay))
+        wanted.clamp(
+            self.config.min_delay,
+            self.config.max_delay.max(self.config.min_delay),
+        )
     }
 
     /// Stores a packet that arrived at `now`.
@@ -295,7 +300,10 @@ impl JitterBuffer {
                 }
             }
         }
-        if self.slot(ext).is_some_and(|s| s.ext_seq == ext && s.state != SlotState::Empty) {
+        if self
+            .slot(ext)
+            .is_some_and(|s| s.ext_seq == ext && s.state != SlotState::Empty)
+        {
             self.stats.duplicates += 1;
             return PushOutcome::Duplicate;
         }
@@ -319,7 +327,9 @@ impl JitterBuffer {
         self.make_room_for(ext);
 
         let index = self.index(ext);
-        let Some(slot) = self.slots.get_mut(index) else { return PushOutcome::Late };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return PushOutcome::Late;
+        };
         let Some(dst) = slot.data.get_mut(..payload.len()) else {
             return PushOutcome::TooLarge;
         };
@@ -355,7 +365,9 @@ impl JitterBuffer {
             Mode::Buffering { since } => {
                 let buffered = self.frame_duration(self.depth());
                 let waited = now.saturating_duration_since(since);
-                if waited < self.target_delay() && buffered < self.target_delay() + self.config.frame {
+                if waited < self.target_delay()
+                    && buffered < self.target_delay() + self.config.frame
+                {
                     return Playout::Empty;
                 }
                 self.mode = Mode::Playing;
@@ -415,7 +427,9 @@ impl JitterBuffer {
 
         self.next = Some(next + 1);
         let index = self.index(next);
-        let Some(slot) = self.slots.get_mut(index) else { return Playout::Missing };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return Playout::Missing;
+        };
         if slot.ext_seq == next && slot.state == SlotState::Filled {
             slot.state = SlotState::Played;
             self.filled = self.filled.saturating_sub(1);
@@ -434,7 +448,10 @@ impl JitterBuffer {
     }
 
     fn reject_old(&mut self, ext: u64) -> PushOutcome {
-        if self.slot(ext).is_some_and(|s| s.ext_seq == ext && s.state != SlotState::Empty) {
+        if self
+            .slot(ext)
+            .is_some_and(|s| s.ext_seq == ext && s.state != SlotState::Empty)
+        {
             self.stats.duplicates += 1;
             PushOutcome::Duplicate
         } else {
@@ -446,7 +463,8 @@ impl JitterBuffer {
     /// RFC 3550 §A.8 interarrival jitter, in timestamp units.
     fn measure_jitter(&mut self, timestamp: u32, now: Instant) {
         let epoch = *self.epoch.get_or_insert(now);
-        let arrival = now.saturating_duration_since(epoch).as_secs_f64() * f64::from(self.config.clock_rate);
+        let arrival =
+            now.saturating_duration_since(epoch).as_secs_f64() * f64::from(self.config.clock_rate);
         if let Some(last_ts) = self.last_timestamp {
             let ts_delta = f64::from(timestamp.wrapping_sub(last_ts) as i32);
             let d = ((arrival - self.last_arrival) - ts_delta).abs();
@@ -525,7 +543,9 @@ impl JitterBuffer {
     }
 
     fn frame_duration(&self, frames: u64) -> Duration {
-        self.config.frame.saturating_mul(u32::try_from(frames).unwrap_or(u32::MAX))
+        self.config
+            .frame
+            .saturating_mul(u32::try_from(frames).unwrap_or(u32::MAX))
     }
 
     fn duration_frames(&self, d: Duration) -> u64 {

@@ -1,12 +1,12 @@
 //! dialin-media
 pub mod mixer;
-pub mod prompt;
-pub mod tone;
 pub mod ports;
+pub mod prompt;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
 pub mod stream;
+pub mod tone;
 
 pub mod codec;
 pub use codec::{

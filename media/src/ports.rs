@@ -63,15 +63,26 @@ impl PortAllocator {
         }
         let capacity = free.len();
         Ok(PortAllocator {
-            inner: Arc::new(Inner { free: Mutex::new(free), in_use: AtomicUsize::new(0), capacity }),
+            inner: Arc::new(Inner {
+                free: Mutex::new(free),
+                in_use: AtomicUsize::new(0),
+                capacity,
+            }),
         })
     }
 
     /// Lease the pair that has been free the longest.
     pub fn allocate(&self) -> Result<PortLease, PortError> {
-        let port = self.inner.free().pop_front().ok_or(PortError::Exhausted(self.inner.capacity))?;
+        let port = self
+            .inner
+            .free()
+            .pop_front()
+            .ok_or(PortError::Exhausted(self.inner.capacity))?;
         self.inner.in_use.fetch_add(1, Ordering::Relaxed);
-        Ok(PortLease { port, pool: Arc::clone(&self.inner) })
+        Ok(PortLease {
+            port,
+            pool: Arc::clone(&self.inner),
+        })
     }
 
     /// Pairs currently leased.
@@ -125,7 +136,13 @@ mod tests {
 
     #[test]
     fn range_without_a_pair_is_refused() {
-        assert_eq!(PortAllocator::new(20001..=20001).err(), Some(PortError::EmptyRange { start: 20001, end: 20001 }));
+        assert_eq!(
+            PortAllocator::new(20001..=20001).err(),
+            Some(PortError::EmptyRange {
+                start: 20001,
+                end: 20001
+            })
+        );
         assert!(PortAllocator::new(65534..=65535).is_ok());
         assert!(PortAllocator::new(65535..=65535).is_err());
     }

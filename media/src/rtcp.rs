@@ -141,7 +141,9 @@ impl<'a> ReportBlocks<'a> {
 
     /// The blocks.
     pub fn iter(&self) -> impl Iterator<Item = ReportBlock> + 'a {
-        self.data.chunks_exact(REPORT_BLOCK_LEN).filter_map(ReportBlock::parse)
+        self.data
+            .chunks_exact(REPORT_BLOCK_LEN)
+            .filter_map(ReportBlock::parse)
     }
 }
 
@@ -179,7 +181,10 @@ pub struct Sdes<'a> {
 impl<'a> Sdes<'a> {
     /// `(ssrc, cname)` for each chunk that has a CNAME item; stops at malformed data.
     pub fn cnames(&self) -> impl Iterator<Item = (Ssrc, &'a [u8])> + 'a {
-        SdesChunks { rest: self.body, left: self.count }
+        SdesChunks {
+            rest: self.body,
+            left: self.count,
+        }
     }
 }
 
@@ -246,7 +251,10 @@ pub enum RtcpPacket<'a> {
     Sdes(Sdes<'a>),
     Bye(Bye<'a>),
     /// APP (204), feedback (205/206, RFC 4585) or any other type: passed over.
-    Other { packet_type: u8, body: &'a [u8] },
+    Other {
+        packet_type: u8,
+        body: &'a [u8],
+    },
 }
 
 /// A compound RTCP packet (RFC 3550 §6.1), iterated packet by packet.
@@ -341,14 +349,23 @@ fn parse_one(b: &[u8]) -> Result<(RtcpPacket<'_>, usize), RtcpError> {
                 packet_count: word(16)?,
                 octet_count: word(20)?,
             };
-            RtcpPacket::SenderReport(SenderReport { ssrc, info, reports: blocks(4 + SENDER_INFO_LEN)? })
+            RtcpPacket::SenderReport(SenderReport {
+                ssrc,
+                info,
+                reports: blocks(4 + SENDER_INFO_LEN)?,
+            })
         }
-        PT_RR => RtcpPacket::ReceiverReport(ReceiverReport { ssrc: Ssrc(word(0)?), reports: blocks(4)? }),
+        PT_RR => RtcpPacket::ReceiverReport(ReceiverReport {
+            ssrc: Ssrc(word(0)?),
+            reports: blocks(4)?,
+        }),
         PT_SDES => RtcpPacket::Sdes(Sdes { count, body }),
         PT_BYE => {
             let n = 4 * usize::from(count);
             let sources = body.get(..n).ok_or(RtcpError::BadCount)?;
-            let reason = body.get(n).and_then(|&l| body.get(n + 1..n + 1 + usize::from(l)));
+            let reason = body
+                .get(n)
+                .and_then(|&l| body.get(n + 1..n + 1 + usize::from(l)));
             RtcpPacket::Bye(Bye { sources, reason })
         }
         packet_type => RtcpPacket::Other { packet_type, body },
@@ -377,7 +394,12 @@ fn check_blocks(reports: &[ReportBlock]) -> Result<(), RtcpError> {
 }
 
 /// Write an SR (RFC 3550 §6.4.1) at the start of `out`; returns the octets written.
-pub fn write_sender_report(out: &mut [u8], ssrc: Ssrc, info: &SenderInfo, reports: &[ReportBlock]) -> Result<usize, RtcpError> {
+pub fn write_sender_report(
+    out: &mut [u8],
+    ssrc: Ssrc,
+    info: &SenderInfo,
+    reports: &[ReportBlock],
+) -> Result<usize, RtcpError> {
     check_blocks(reports)?;
     let len = 8 + SENDER_INFO_LEN + REPORT_BLOCK_LEN * reports.len();
     let out = out.get_mut(..len).ok_or(RtcpError::BufferTooSmall)?;
@@ -396,7 +418,11 @@ pub fn write_sender_report(out: &mut [u8], ssrc: Ssrc, info: &SenderInfo, report
 }
 
 /// Write an RR (RFC 3550 §6.4.2) at the start of `out`; returns the octets written.
-pub fn write_receiver_report(out: &mut [u8], ssrc: Ssrc, reports: &[ReportBlock]) -> Result<usize, RtcpError> {
+pub fn write_receiver_report(
+    out: &mut [u8],
+    ssrc: Ssrc,
+    reports: &[ReportBlock],
+) -> Result<usize, RtcpError> {
     check_blocks(reports)?;
     let len = 8 + REPORT_BLOCK_LEN * reports.len();
     let out = out.get_mut(..len).ok_or(RtcpError::BufferTooSmall)?;
@@ -467,7 +493,11 @@ impl RtcpScheduler {
     }
 
     fn with_rng(now: Instant, interval: Duration, rng: StdRng) -> Self {
-        let mut s = RtcpScheduler { mean: interval, next: now, rng };
+        let mut s = RtcpScheduler {
+            mean: interval,
+            next: now,
+            rng,
+        };
         s.next = now + s.randomised(interval / 2);
         s
     }
@@ -518,10 +548,14 @@ mod tests {
             packet_count: 1000,
             octet_count: 160_000,
         };
-        let mut n = write_sender_report(&mut buf, Ssrc(42), &info, &[block(7, -3), block(8, 1000)]).unwrap();
+        let mut n = write_sender_report(&mut buf, Ssrc(42), &info, &[block(7, -3), block(8, 1000)])
+            .unwrap();
         n += write_sdes_cname(&mut buf[n..], Ssrc(42), b"dialin@example").unwrap();
         n += write_bye(&mut buf[n..], &[Ssrc(42)]).unwrap();
-        let packets: Vec<_> = Compound::parse(&buf[..n]).unwrap().collect::<Result<_, _>>().unwrap();
+        let packets: Vec<_> = Compound::parse(&buf[..n])
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(packets.len(), 3);
         match packets[0] {
             RtcpPacket::SenderReport(sr) => {
@@ -534,7 +568,10 @@ mod tests {
         }
         match packets[1] {
             RtcpPacket::Sdes(s) => {
-                assert_eq!(s.cnames().collect::<Vec<_>>(), vec![(Ssrc(42), &b"dialin@example"[..])])
+                assert_eq!(
+                    s.cnames().collect::<Vec<_>>(),
+                    vec![(Ssrc(42), &b"dialin@example"[..])]
+                )
             }
             other => panic!("expected SDES, got {other:?}"),
         }
@@ -565,7 +602,9 @@ mod tests {
         let mut buf = [0u8; 128];
         let mut n = write_receiver_report(&mut buf, Ssrc(1), &[]).unwrap();
         // APP packet: header + ssrc + name + 4 octets data.
-        let app = [0x80, 204, 0, 3, 0, 0, 0, 1, b'T', b'E', b'S', b'T', 1, 2, 3, 4];
+        let app = [
+            0x80, 204, 0, 3, 0, 0, 0, 1, b'T', b'E', b'S', b'T', 1, 2, 3, 4,
+        ];
         buf[n..n + app.len()].copy_from_slice(&app);
         n += app.len();
         n += write_bye(&mut buf[n..], &[Ssrc(1)]).unwrap();
@@ -587,8 +626,14 @@ mod tests {
         let n = write_receiver_report(&mut buf, Ssrc(1), &[block(2, 5)]).unwrap();
         let mut v = buf;
         v[0] = 0x40 | (v[0] & 0x3f);
-        assert_eq!(Compound::parse(&v[..n]).err(), Some(RtcpError::BadVersion(1)));
-        assert_eq!(Compound::parse(&buf[..n - 4]).err(), Some(RtcpError::TooShort));
+        assert_eq!(
+            Compound::parse(&v[..n]).err(),
+            Some(RtcpError::BadVersion(1))
+        );
+        assert_eq!(
+            Compound::parse(&buf[..n - 4]).err(),
+            Some(RtcpError::TooShort)
+        );
         let mut c = buf;
         c[0] = 0x80 | 2; // two blocks announced, one present
         let first = Compound::parse(&c[..n]).unwrap().next();
@@ -601,7 +646,10 @@ mod tests {
         let n = write_receiver_report(&mut buf, Ssrc(1), &[]).unwrap();
         let m = write_bye(&mut buf[n..], &[Ssrc(1)]).unwrap();
         buf[0] |= 0x20;
-        assert_eq!(Compound::parse(&buf[..n + m]).err(), Some(RtcpError::BadPadding));
+        assert_eq!(
+            Compound::parse(&buf[..n + m]).err(),
+            Some(RtcpError::BadPadding)
+        );
     }
 
     #[test]
@@ -650,7 +698,10 @@ mod tests {
         let ntp = NtpTime::from_system_time(t);
         assert_eq!(ntp.0 >> 32, NTP_UNIX_OFFSET_S + 1);
         assert_eq!(ntp.0 & 0xffff_ffff, 1 << 31);
-        assert_eq!(ntp.middle_32(), (((NTP_UNIX_OFFSET_S + 1) as u32) << 16) | 0x8000);
+        assert_eq!(
+            ntp.middle_32(),
+            (((NTP_UNIX_OFFSET_S + 1) as u32) << 16) | 0x8000
+        );
     }
 
     #[test]
@@ -659,7 +710,10 @@ mod tests {
         let mean = DEFAULT_REPORT_INTERVAL;
         let mut s = RtcpScheduler::with_seed(t0, mean, 7);
         let first = s.next_due() - t0;
-        assert!(first >= mean / 4 && first <= mean * 3 / 4, "first {first:?}");
+        assert!(
+            first >= mean / 4 && first <= mean * 3 / 4,
+            "first {first:?}"
+        );
         assert!(!s.is_due(t0));
         let mut now = s.next_due();
         let mut gaps = Vec::new();

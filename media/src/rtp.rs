@@ -186,7 +186,13 @@ impl<'a> Packet<'a> {
             }
             payload_end = have - usize::from(count);
         }
-        Ok(Packet { buf, csrc_count, payload_start: pos, payload_end, ext })
+        Ok(Packet {
+            buf,
+            csrc_count,
+            payload_start: pos,
+            payload_end,
+            ext,
+        })
     }
 
     fn byte(&self, at: usize) -> u8 {
@@ -255,7 +261,9 @@ impl<'a> Packet<'a> {
 
     /// The payload, without header and padding.
     pub fn payload(&self) -> &'a [u8] {
-        self.buf.get(self.payload_start..self.payload_end).unwrap_or(&[])
+        self.buf
+            .get(self.payload_start..self.payload_end)
+            .unwrap_or(&[])
     }
 
     /// Number of padding octets at the end (0 without the P bit).
@@ -280,15 +288,26 @@ pub struct Header<'a> {
 
 impl<'a> Header<'a> {
     /// A header with no CSRCs and no extension.
-    pub const fn new(payload_type: PayloadType, seq: SeqNo, timestamp: RtpTimestamp, ssrc: Ssrc) -> Self {
-        Header { marker: false, payload_type, seq, timestamp, ssrc, csrcs: &[], extension: None }
+    pub const fn new(
+        payload_type: PayloadType,
+        seq: SeqNo,
+        timestamp: RtpTimestamp,
+        ssrc: Ssrc,
+    ) -> Self {
+        Header {
+            marker: false,
+            payload_type,
+            seq,
+            timestamp,
+            ssrc,
+            csrcs: &[],
+            extension: None,
+        }
     }
 
     /// Octets this header takes on the wire.
     pub fn wire_len(&self) -> usize {
-        FIXED_HEADER_LEN
-            + 4 * self.csrcs.len()
-            + self.extension.map_or(0, |e| 4 + e.data.len())
+        FIXED_HEADER_LEN + 4 * self.csrcs.len() + self.extension.map_or(0, |e| 4 + e.data.len())
     }
 
     /// Write the header into the start of `out`; returns the octets written.
@@ -303,7 +322,9 @@ impl<'a> Header<'a> {
         }
         let len = self.wire_len();
         let have = out.len();
-        let out = out.get_mut(..len).ok_or(RtpError::BufferTooSmall { needed: len, have })?;
+        let out = out
+            .get_mut(..len)
+            .ok_or(RtpError::BufferTooSmall { needed: len, have })?;
         let x = if self.extension.is_some() { 0x10 } else { 0 };
         // csrcs.len() <= 15 was checked above.
         out[0] = (RTP_VERSION << 6) | x | self.csrcs.len() as u8;
@@ -330,7 +351,10 @@ impl<'a> Header<'a> {
     pub fn write(&self, payload: &[u8], out: &mut [u8]) -> Result<usize, RtpError> {
         let needed = self.wire_len() + payload.len();
         if out.len() < needed {
-            return Err(RtpError::BufferTooSmall { needed, have: out.len() });
+            return Err(RtpError::BufferTooSmall {
+                needed,
+                have: out.len(),
+            });
         }
         let h = self.write_header(out)?;
         out[h..needed].copy_from_slice(payload);
@@ -420,7 +444,12 @@ mod tests {
         let mut buf = vec![0u8; 172];
         let h = Header {
             marker: true,
-            ..Header::new(PayloadType::PCMU, SeqNo(4660), RtpTimestamp(0xdead_beef), Ssrc(0x1234_5678))
+            ..Header::new(
+                PayloadType::PCMU,
+                SeqNo(4660),
+                RtpTimestamp(0xdead_beef),
+                Ssrc(0x1234_5678),
+            )
         };
         let n = h.write(&[0xff; 160], &mut buf).unwrap();
         assert_eq!(n, 172);
@@ -452,7 +481,13 @@ mod tests {
         buf.extend_from_slice(&[0, 0, 3]);
         let p = Packet::parse(&buf).unwrap();
         assert_eq!(p.csrcs().collect::<Vec<_>>(), vec![Ssrc(10), Ssrc(11)]);
-        assert_eq!(p.extension(), Some(Extension { profile: 0xbede, data: &[1, 2, 3, 4] }));
+        assert_eq!(
+            p.extension(),
+            Some(Extension {
+                profile: 0xbede,
+                data: &[1, 2, 3, 4]
+            })
+        );
         assert_eq!(p.payload(), &[9, 9, 9]);
         assert_eq!(p.padding_len(), 3);
         assert!(p.has_padding());
@@ -463,8 +498,16 @@ mod tests {
         let csrcs = [Ssrc(1), Ssrc(2)];
         let h = Header {
             csrcs: &csrcs,
-            extension: Some(Extension { profile: 0x1000, data: &[5, 6, 7, 8] }),
-            ..Header::new(PayloadType::new(111).unwrap(), SeqNo(65535), RtpTimestamp(7), Ssrc(9))
+            extension: Some(Extension {
+                profile: 0x1000,
+                data: &[5, 6, 7, 8],
+            }),
+            ..Header::new(
+                PayloadType::new(111).unwrap(),
+                SeqNo(65535),
+                RtpTimestamp(7),
+                Ssrc(9),
+            )
         };
         let mut out = [0u8; 64];
         let n = h.write(b"abc", &mut out).unwrap();
@@ -479,7 +522,13 @@ mod tests {
     fn writer_refuses_a_small_buffer() {
         let h = Header::new(PayloadType::PCMA, SeqNo(0), RtpTimestamp(0), Ssrc(0));
         let mut out = [0u8; 20];
-        assert_eq!(h.write(&[0; 10], &mut out), Err(RtpError::BufferTooSmall { needed: 22, have: 20 }));
+        assert_eq!(
+            h.write(&[0; 10], &mut out),
+            Err(RtpError::BufferTooSmall {
+                needed: 22,
+                have: 20
+            })
+        );
     }
 
     #[test]
@@ -492,16 +541,25 @@ mod tests {
     #[test]
     fn rejects_truncated_headers() {
         let buf = pcmu_packet();
-        assert!(matches!(Packet::parse(&buf[..11]), Err(RtpError::TooShort { .. })));
+        assert!(matches!(
+            Packet::parse(&buf[..11]),
+            Err(RtpError::TooShort { .. })
+        ));
         assert!(matches!(Packet::parse(&[]), Err(RtpError::TooShort { .. })));
         let mut cc = buf[..16].to_vec();
         cc[0] |= 0x02; // two CSRCs announced, one present
-        assert!(matches!(Packet::parse(&cc), Err(RtpError::TooShort { needed: 20, .. })));
+        assert!(matches!(
+            Packet::parse(&cc),
+            Err(RtpError::TooShort { needed: 20, .. })
+        ));
         let mut ext = buf[..20].to_vec();
         ext[0] |= 0x10;
         ext[14] = 0;
         ext[15] = 9; // 9 words of extension announced
-        assert!(matches!(Packet::parse(&ext), Err(RtpError::TooShort { .. })));
+        assert!(matches!(
+            Packet::parse(&ext),
+            Err(RtpError::TooShort { .. })
+        ));
     }
 
     #[test]

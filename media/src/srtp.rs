@@ -166,7 +166,8 @@ impl MasterKey {
             }
         }
         let mut raw = [0u8; MASTER_KEY_LEN + MASTER_SALT_LEN];
-        let n = base64_decode(b64.as_bytes(), &mut raw).ok_or(SrtpError::BadKeyParams("bad base64"))?;
+        let n =
+            base64_decode(b64.as_bytes(), &mut raw).ok_or(SrtpError::BadKeyParams("bad base64"))?;
         if n != raw.len() {
             return Err(SrtpError::BadKeyParams("key||salt is not 30 octets"));
         }
@@ -289,7 +290,11 @@ impl ReplayWindow {
             Some(h) if index <= h => self.bits |= 1 << (h - index),
             Some(h) => {
                 let shift = index - h;
-                self.bits = if shift >= REPLAY_WINDOW { 0 } else { self.bits << shift };
+                self.bits = if shift >= REPLAY_WINDOW {
+                    0
+                } else {
+                    self.bits << shift
+                };
                 self.bits |= 1;
                 self.highest = Some(index);
             }
@@ -312,7 +317,12 @@ struct RtpIndexState {
 
 impl RtpIndexState {
     fn new(ssrc: u32, seq: u16) -> Self {
-        RtpIndexState { ssrc, roc: 0, s_l: seq, replay: ReplayWindow::default() }
+        RtpIndexState {
+            ssrc,
+            roc: 0,
+            s_l: seq,
+            replay: ReplayWindow::default(),
+        }
     }
 
     /// RFC 3711 §3.3.1 / Appendix A: the ROC `v` this sequence number most likely belongs to.
@@ -353,11 +363,18 @@ struct SsrcSlots<T: Copy> {
 
 impl<T: Copy> SsrcSlots<T> {
     const fn new() -> Self {
-        SsrcSlots { slots: [None; RECV_SSRC_SLOTS], clock: 0 }
+        SsrcSlots {
+            slots: [None; RECV_SSRC_SLOTS],
+            clock: 0,
+        }
     }
 
     fn get(&self, ssrc: u32) -> Option<T> {
-        self.slots.iter().flatten().find(|(s, _, _)| *s == ssrc).map(|&(_, _, t)| t)
+        self.slots
+            .iter()
+            .flatten()
+            .find(|(s, _, _)| *s == ssrc)
+            .map(|&(_, _, t)| t)
     }
 
     fn put(&mut self, ssrc: u32, value: T) {
@@ -370,7 +387,9 @@ impl<T: Copy> SsrcSlots<T> {
             .or_else(|| self.slots.iter().position(Option::is_none))
             .unwrap_or_else(|| {
                 let used = |e: &Option<(u32, u64, T)>| e.map_or(0, |(_, used, _)| used);
-                (0..RECV_SSRC_SLOTS).min_by_key(|&i| used(&self.slots[i])).unwrap_or(0)
+                (0..RECV_SSRC_SLOTS)
+                    .min_by_key(|&i| used(&self.slots[i]))
+                    .unwrap_or(0)
             });
         if let Some(slot) = self.slots.get_mut(i) {
             *slot = entry;
@@ -406,7 +425,12 @@ impl SrtpContext {
         SrtpContext {
             profile,
             rtp: SessionKeys::derive(master, LABEL_RTP_ENCRYPTION, LABEL_RTP_AUTH, LABEL_RTP_SALT),
-            rtcp: SessionKeys::derive(master, LABEL_RTCP_ENCRYPTION, LABEL_RTCP_AUTH, LABEL_RTCP_SALT),
+            rtcp: SessionKeys::derive(
+                master,
+                LABEL_RTCP_ENCRYPTION,
+                LABEL_RTCP_AUTH,
+                LABEL_RTCP_SALT,
+            ),
             send: None,
             recv: SsrcSlots::new(),
             srtcp_send_index: 0,
@@ -425,7 +449,10 @@ impl SrtpContext {
         let tag_len = self.profile.rtp_tag_len();
         let out_len = len + tag_len;
         if buf.len() < out_len {
-            return Err(SrtpError::BufferTooSmall { needed: out_len, have: buf.len() });
+            return Err(SrtpError::BufferTooSmall {
+                needed: out_len,
+                have: buf.len(),
+            });
         }
         let (header_len, seq, ssrc) = {
             let p = Packet::parse(buf.get(..len).ok_or(SrtpError::TooShort)?)?;
@@ -437,7 +464,8 @@ impl SrtpContext {
         };
         let v = state.estimate(seq);
         let index = RtpIndexState::index(v, seq);
-        self.rtp.apply_keystream(ssrc, index, &mut buf[header_len..len]);
+        self.rtp
+            .apply_keystream(ssrc, index, &mut buf[header_len..len]);
         let tag = self.rtp.tag(&buf[..len], &v.to_be_bytes());
         buf[len..out_len].copy_from_slice(&tag[..tag_len]);
         let mut state = state;
@@ -457,7 +485,10 @@ impl SrtpContext {
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
         let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
         // A new SSRC starts a fresh state, committed only if the packet authenticates.
-        let mut state = self.recv.get(ssrc).unwrap_or_else(|| RtpIndexState::new(ssrc, seq));
+        let mut state = self
+            .recv
+            .get(ssrc)
+            .unwrap_or_else(|| RtpIndexState::new(ssrc, seq));
         let v = state.estimate(seq);
         let index = RtpIndexState::index(v, seq);
         state.replay.check(index)?;
@@ -465,7 +496,8 @@ impl SrtpContext {
         if !bool::from(tag[..tag_len].ct_eq(&buf[len..])) {
             return Err(SrtpError::AuthFailed);
         }
-        self.rtp.apply_keystream(ssrc, index, &mut buf[header_len..len]);
+        self.rtp
+            .apply_keystream(ssrc, index, &mut buf[header_len..len]);
         state.advance(v, seq);
         self.recv.put(ssrc, state);
         Ok(len)
@@ -476,7 +508,10 @@ impl SrtpContext {
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let out_len = len + SRTCP_OVERHEAD;
         if buf.len() < out_len {
-            return Err(SrtpError::BufferTooSmall { needed: out_len, have: buf.len() });
+            return Err(SrtpError::BufferTooSmall {
+                needed: out_len,
+                have: buf.len(),
+            });
         }
         if len < RTCP_CLEAR_LEN {
             return Err(SrtpError::TooShort);
@@ -486,7 +521,8 @@ impl SrtpContext {
             return Err(SrtpError::IndexExhausted);
         }
         let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        self.rtcp.apply_keystream(ssrc, u64::from(index), &mut buf[RTCP_CLEAR_LEN..len]);
+        self.rtcp
+            .apply_keystream(ssrc, u64::from(index), &mut buf[RTCP_CLEAR_LEN..len]);
         buf[len..len + SRTCP_INDEX_LEN].copy_from_slice(&((1 << 31) | index).to_be_bytes());
         let tag = self.rtcp.tag(&buf[..len + SRTCP_INDEX_LEN], &[]);
         buf[len + SRTCP_INDEX_LEN..out_len].copy_from_slice(&tag[..SRTCP_TAG_LEN]);
@@ -497,8 +533,13 @@ impl SrtpContext {
     /// Authenticate, replay-check and (if the E bit is set) decrypt the SRTCP packet that
     /// fills `buf`, in place; returns the RTCP length.
     pub fn unprotect_rtcp(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
-        let auth_len = buf.len().checked_sub(SRTCP_TAG_LEN).ok_or(SrtpError::TooShort)?;
-        let len = auth_len.checked_sub(SRTCP_INDEX_LEN).ok_or(SrtpError::TooShort)?;
+        let auth_len = buf
+            .len()
+            .checked_sub(SRTCP_TAG_LEN)
+            .ok_or(SrtpError::TooShort)?;
+        let len = auth_len
+            .checked_sub(SRTCP_INDEX_LEN)
+            .ok_or(SrtpError::TooShort)?;
         if len < RTCP_CLEAR_LEN {
             return Err(SrtpError::TooShort);
         }
@@ -513,7 +554,8 @@ impl SrtpContext {
             return Err(SrtpError::AuthFailed);
         }
         if encrypted {
-            self.rtcp.apply_keystream(ssrc, index, &mut buf[RTCP_CLEAR_LEN..len]);
+            self.rtcp
+                .apply_keystream(ssrc, index, &mut buf[RTCP_CLEAR_LEN..len]);
         }
         replay.accept(index);
         self.srtcp_replay.put(ssrc, replay);
@@ -532,7 +574,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn base64_encode(data: &[u8]) -> String {
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -548,7 +594,10 @@ fn base64_encode(data: &[u8]) -> String {
 /// Decode base64 into `out`; `None` on a bad character, bad padding or overflow of `out`.
 /// Unpadded input is accepted (some peers drop the `=`).
 fn base64_decode(input: &[u8], out: &mut [u8]) -> Option<usize> {
-    let trimmed = input.strip_suffix(b"==").or_else(|| input.strip_suffix(b"=")).unwrap_or(input);
+    let trimmed = input
+        .strip_suffix(b"==")
+        .or_else(|| input.strip_suffix(b"="))
+        .unwrap_or(input);
     if trimmed.len() % 4 == 1 {
         return None;
     }
@@ -569,7 +618,8 @@ fn base64_decode(input: &[u8], out: &mut [u8]) -> Option<usize> {
         acc <<= 6 * (4 - chunk.len() as u32);
         let bytes = acc.to_be_bytes();
         let produced = chunk.len() * 6 / 8;
-        out.get_mut(n..n + produced)?.copy_from_slice(&bytes[1..1 + produced]);
+        out.get_mut(n..n + produced)?
+            .copy_from_slice(&bytes[1..1 + produced]);
         n += produced;
     }
     Some(n)
@@ -601,7 +651,10 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn rfc_b3_master() -> MasterKey {
@@ -631,7 +684,9 @@ mod tests {
     #[test]
     fn keystream_matches_rfc3711_appendix_b2() {
         let keys = SessionKeys {
-            cipher: Aes128::new(&GenericArray::from(<[u8; 16]>::try_from(hex("2B7E151628AED2A6ABF7158809CF4F3C")).unwrap())),
+            cipher: Aes128::new(&GenericArray::from(
+                <[u8; 16]>::try_from(hex("2B7E151628AED2A6ABF7158809CF4F3C")).unwrap(),
+            )),
             salt: hex("F0F1F2F3F4F5F6F7F8F9FAFBFCFD").try_into().unwrap(),
             mac: <HmacSha1 as Mac>::new_from_slice(&[0; 20]).unwrap(),
         };
@@ -647,9 +702,14 @@ mod tests {
     }
 
     fn rtp(buf: &mut [u8], seq: u16, payload: &[u8]) -> usize {
-        Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(u32::from(seq) * 160), Ssrc(0xcafe_f00d))
-            .write(payload, buf)
-            .unwrap()
+        Header::new(
+            PayloadType::PCMU,
+            SeqNo(seq),
+            RtpTimestamp(u32::from(seq) * 160),
+            Ssrc(0xcafe_f00d),
+        )
+        .write(payload, buf)
+        .unwrap()
     }
 
     fn pair(profile: SrtpProfile) -> (SrtpContext, SrtpContext) {
@@ -659,7 +719,10 @@ mod tests {
 
     #[test]
     fn protect_then_unprotect_round_trips_both_profiles() {
-        for profile in [SrtpProfile::AesCm128HmacSha1_80, SrtpProfile::AesCm128HmacSha1_32] {
+        for profile in [
+            SrtpProfile::AesCm128HmacSha1_80,
+            SrtpProfile::AesCm128HmacSha1_32,
+        ] {
             let (mut tx, mut rx) = pair(profile);
             let payload: Vec<u8> = (0..160).map(|i| i as u8).collect();
             let mut buf = [0u8; 200];
@@ -716,10 +779,19 @@ mod tests {
             }
         }
         assert!(rx.unprotect_rtp(&mut sent[50].clone()).is_ok());
-        assert_eq!(rx.unprotect_rtp(&mut sent[50].clone()), Err(SrtpError::Replayed));
-        assert_eq!(rx.unprotect_rtp(&mut sent[99].clone()), Err(SrtpError::Replayed));
+        assert_eq!(
+            rx.unprotect_rtp(&mut sent[50].clone()),
+            Err(SrtpError::Replayed)
+        );
+        assert_eq!(
+            rx.unprotect_rtp(&mut sent[99].clone()),
+            Err(SrtpError::Replayed)
+        );
         // 99 - 64 = 35 is outside the 64-packet window.
-        assert_eq!(rx.unprotect_rtp(&mut sent[35].clone()), Err(SrtpError::Replayed));
+        assert_eq!(
+            rx.unprotect_rtp(&mut sent[35].clone()),
+            Err(SrtpError::Replayed)
+        );
     }
 
     #[test]
@@ -743,7 +815,11 @@ mod tests {
         assert_eq!(rx.recv_roc(Ssrc(0xcafe_f00d)), Some(1));
         let (mut pkt, plain) = late.unwrap();
         let k = rx.unprotect_rtp(&mut pkt).unwrap();
-        assert_eq!(pkt[..k], plain[..], "late packet from before the wrap uses ROC 0");
+        assert_eq!(
+            pkt[..k],
+            plain[..],
+            "late packet from before the wrap uses ROC 0"
+        );
         assert_eq!(rx.recv_roc(Ssrc(0xcafe_f00d)), Some(1));
     }
 
@@ -755,7 +831,9 @@ mod tests {
         let mut rx = SrtpContext::new(SrtpProfile::AesCm128HmacSha1_80, &m);
         let packet = |tx: &mut SrtpContext, ssrc: u32, seq: u16| {
             let mut buf = [0u8; 64];
-            let n = Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(0), Ssrc(ssrc)).write(&[1; 8], &mut buf).unwrap();
+            let n = Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(0), Ssrc(ssrc))
+                .write(&[1; 8], &mut buf)
+                .unwrap();
             let m = tx.protect_rtp(&mut buf, n).unwrap();
             buf[..m].to_vec()
         };
@@ -778,7 +856,10 @@ mod tests {
         slots.put(1, 10); // 1 used again: 2 is now the oldest
         slots.put(5, 5);
         assert_eq!(slots.get(2), None);
-        assert_eq!([slots.get(1), slots.get(3), slots.get(4), slots.get(5)], [Some(10), Some(3), Some(4), Some(5)]);
+        assert_eq!(
+            [slots.get(1), slots.get(3), slots.get(4), slots.get(5)],
+            [Some(10), Some(3), Some(4), Some(5)]
+        );
     }
 
     #[test]
@@ -786,7 +867,13 @@ mod tests {
         let (mut tx, _) = pair(SrtpProfile::AesCm128HmacSha1_80);
         let mut buf = [0u8; 180];
         let n = rtp(&mut buf, 1, &[0; 160]);
-        assert_eq!(tx.protect_rtp(&mut buf[..n + 3], n), Err(SrtpError::BufferTooSmall { needed: n + 10, have: n + 3 }));
+        assert_eq!(
+            tx.protect_rtp(&mut buf[..n + 3], n),
+            Err(SrtpError::BufferTooSmall {
+                needed: n + 10,
+                have: n + 3
+            })
+        );
     }
 
     #[test]
@@ -806,7 +893,10 @@ mod tests {
             let mut replay = b;
             let k = rx.unprotect_rtcp(&mut b[..m]).unwrap();
             assert_eq!(b[..k], plain[..]);
-            assert_eq!(rx.unprotect_rtcp(&mut replay[..m]), Err(SrtpError::Replayed));
+            assert_eq!(
+                rx.unprotect_rtcp(&mut replay[..m]),
+                Err(SrtpError::Replayed)
+            );
         }
         let mut b = buf;
         let m = tx.protect_rtcp(&mut b, n).unwrap();
@@ -837,22 +927,36 @@ mod tests {
     #[test]
     fn sdes_inline_key_from_rfc4568_example_decodes() {
         // RFC 4568 §9.1 example key.
-        let m = MasterKey::from_sdes_inline("inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4");
+        let m =
+            MasterKey::from_sdes_inline("inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4");
         assert_eq!(m, Err(SrtpError::MkiUnsupported));
-        let m = MasterKey::from_sdes_inline("inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20").unwrap();
+        let m = MasterKey::from_sdes_inline("inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20")
+            .unwrap();
         assert_eq!(&m.key, b"YS___semctl () {");
     }
 
     #[test]
     fn bad_sdes_key_params_are_rejected() {
-        assert!(matches!(MasterKey::from_sdes_inline("WVNfX19z"), Err(SrtpError::BadKeyParams(_))));
-        assert!(matches!(MasterKey::from_sdes_inline("inline:WVNf"), Err(SrtpError::BadKeyParams(_))));
-        assert!(matches!(MasterKey::from_sdes_inline("inline:!!!!"), Err(SrtpError::BadKeyParams(_))));
+        assert!(matches!(
+            MasterKey::from_sdes_inline("WVNfX19z"),
+            Err(SrtpError::BadKeyParams(_))
+        ));
+        assert!(matches!(
+            MasterKey::from_sdes_inline("inline:WVNf"),
+            Err(SrtpError::BadKeyParams(_))
+        ));
+        assert!(matches!(
+            MasterKey::from_sdes_inline("inline:!!!!"),
+            Err(SrtpError::BadKeyParams(_))
+        ));
     }
 
     #[test]
     fn profiles_map_to_sdes_names() {
-        for p in [SrtpProfile::AesCm128HmacSha1_80, SrtpProfile::AesCm128HmacSha1_32] {
+        for p in [
+            SrtpProfile::AesCm128HmacSha1_80,
+            SrtpProfile::AesCm128HmacSha1_32,
+        ] {
             assert_eq!(SrtpProfile::from_sdes_name(p.sdes_name()), Some(p));
         }
         assert_eq!(SrtpProfile::from_sdes_name("F8_128_HMAC_SHA1_80"), None);

@@ -61,7 +61,12 @@ pub enum PeerVerdict {
 impl RemotePeer {
     /// The peer negotiated in SDP (`c=` address, `m=` port).
     pub fn new(negotiated: SocketAddr) -> Self {
-        RemotePeer { current: negotiated, negotiated, locked: false, dropped_foreign: 0 }
+        RemotePeer {
+            current: negotiated,
+            negotiated,
+            locked: false,
+            dropped_foreign: 0,
+        }
     }
 
     /// Decide about a packet from `from`.
@@ -186,7 +191,11 @@ impl ReceiveStats {
         let highest = self.extended_max();
         if ext > highest {
             let shift = ext - highest;
-            self.seen = if shift >= DUP_WINDOW { 0 } else { self.seen << shift };
+            self.seen = if shift >= DUP_WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
             self.seen |= 1;
             true
         } else {
@@ -243,7 +252,9 @@ impl ReceiveStats {
             // Duplicate or reordered packet, behind the highest.
             let back = u64::from(self.max_seq.wrapping_sub(seq));
             let highest = self.extended_max();
-            let Some(e) = highest.checked_sub(back) else { return SeqVerdict::OutOfRange };
+            let Some(e) = highest.checked_sub(back) else {
+                return SeqVerdict::OutOfRange;
+            };
             ext = e;
             if ext < self.base_seq {
                 // From before the first packet we counted: accept but do not extend base.
@@ -402,7 +413,12 @@ impl RtpReceiver {
     }
 
     /// Judge and account one packet from `from` that arrived at `now`.
-    pub fn on_packet(&mut self, from: SocketAddr, packet: &Packet<'_>, now: Instant) -> Result<Accepted, Dropped> {
+    pub fn on_packet(
+        &mut self,
+        from: SocketAddr,
+        packet: &Packet<'_>,
+        now: Instant,
+    ) -> Result<Accepted, Dropped> {
         let relatched = match self.peer.check(from) {
             PeerVerdict::Accept => None,
             PeerVerdict::Relatched(a) => Some(a),
@@ -417,7 +433,11 @@ impl RtpReceiver {
         self.ssrc = Some(ssrc);
         self.last_received = Some(now);
         match self.stats.on_packet(packet.seq(), packet.timestamp(), now) {
-            SeqVerdict::New(ext_seq) => Ok(Accepted { ext_seq, relatched, new_ssrc }),
+            SeqVerdict::New(ext_seq) => Ok(Accepted {
+                ext_seq,
+                relatched,
+                new_ssrc,
+            }),
             SeqVerdict::Duplicate => Err(Dropped::Duplicate),
             SeqVerdict::OutOfRange => Err(Dropped::OutOfRange),
         }
@@ -472,7 +492,12 @@ pub struct SendStats {
 impl SendStats {
     /// Counters for a stream whose RTP clock runs at `clock_rate` Hz.
     pub fn new(clock_rate: u32) -> Self {
-        SendStats { clock_rate: clock_rate.max(1), packets: 0, octets: 0, last: None }
+        SendStats {
+            clock_rate: clock_rate.max(1),
+            packets: 0,
+            octets: 0,
+            last: None,
+        }
     }
 
     /// One RTP packet with `payload_len` octets of payload and timestamp `ts` sent at `now`.
@@ -500,7 +525,12 @@ impl SendStats {
             }
             None => RtpTimestamp(0),
         };
-        SenderInfo { ntp_time: ntp, rtp_time, packet_count: self.packets, octet_count: self.octets }
+        SenderInfo {
+            ntp_time: ntp,
+            rtp_time,
+            packet_count: self.packets,
+            octet_count: self.octets,
+        }
     }
 }
 
@@ -534,11 +564,17 @@ mod tests {
     #[test]
     fn first_packet_from_a_nat_address_relatches_once() {
         let mut peer = RemotePeer::new(addr("10.0.0.5:4000"));
-        assert_eq!(peer.check(addr("198.51.100.7:61000")), PeerVerdict::Relatched(addr("198.51.100.7:61000")));
+        assert_eq!(
+            peer.check(addr("198.51.100.7:61000")),
+            PeerVerdict::Relatched(addr("198.51.100.7:61000"))
+        );
         assert_eq!(peer.address(), addr("198.51.100.7:61000"));
         assert_eq!(peer.check(addr("198.51.100.7:61000")), PeerVerdict::Accept);
         // A second move is refused, and so is the SDP address now.
-        assert_eq!(peer.check(addr("203.0.113.3:5000")), PeerVerdict::DropForeign);
+        assert_eq!(
+            peer.check(addr("203.0.113.3:5000")),
+            PeerVerdict::DropForeign
+        );
         assert_eq!(peer.check(addr("10.0.0.5:4000")), PeerVerdict::DropForeign);
         assert_eq!(peer.dropped_foreign(), 2);
         assert!(peer.relatched());
@@ -549,7 +585,11 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ReceiveStats::new(8000);
         for i in 0..100u16 {
-            let v = s.on_packet(SeqNo(65500u16.wrapping_add(i)), RtpTimestamp(u32::from(i) * 160), t0 + MS20 * u32::from(i));
+            let v = s.on_packet(
+                SeqNo(65500u16.wrapping_add(i)),
+                RtpTimestamp(u32::from(i) * 160),
+                t0 + MS20 * u32::from(i),
+            );
             assert!(matches!(v, SeqVerdict::New(_)));
         }
         assert_eq!(s.received(), 100);
@@ -590,12 +630,30 @@ mod tests {
     fn duplicates_are_counted_and_not_received_twice() {
         let t0 = Instant::now();
         let mut s = ReceiveStats::new(8000);
-        assert!(matches!(s.on_packet(SeqNo(10), RtpTimestamp(0), t0), SeqVerdict::New(_)));
-        assert!(matches!(s.on_packet(SeqNo(12), RtpTimestamp(320), t0), SeqVerdict::New(_)));
-        assert_eq!(s.on_packet(SeqNo(12), RtpTimestamp(320), t0), SeqVerdict::Duplicate);
-        assert!(matches!(s.on_packet(SeqNo(11), RtpTimestamp(160), t0), SeqVerdict::New(_)));
-        assert_eq!(s.on_packet(SeqNo(11), RtpTimestamp(160), t0), SeqVerdict::Duplicate);
-        assert_eq!(s.on_packet(SeqNo(10), RtpTimestamp(0), t0), SeqVerdict::Duplicate);
+        assert!(matches!(
+            s.on_packet(SeqNo(10), RtpTimestamp(0), t0),
+            SeqVerdict::New(_)
+        ));
+        assert!(matches!(
+            s.on_packet(SeqNo(12), RtpTimestamp(320), t0),
+            SeqVerdict::New(_)
+        ));
+        assert_eq!(
+            s.on_packet(SeqNo(12), RtpTimestamp(320), t0),
+            SeqVerdict::Duplicate
+        );
+        assert!(matches!(
+            s.on_packet(SeqNo(11), RtpTimestamp(160), t0),
+            SeqVerdict::New(_)
+        ));
+        assert_eq!(
+            s.on_packet(SeqNo(11), RtpTimestamp(160), t0),
+            SeqVerdict::Duplicate
+        );
+        assert_eq!(
+            s.on_packet(SeqNo(10), RtpTimestamp(0), t0),
+            SeqVerdict::Duplicate
+        );
         assert_eq!(s.duplicates(), 3);
         assert_eq!(s.received(), 3);
         assert_eq!(s.cumulative_lost(), 0);
@@ -638,8 +696,14 @@ mod tests {
         for i in 0..10u16 {
             s.on_packet(SeqNo(i), RtpTimestamp(0), t0);
         }
-        assert_eq!(s.on_packet(SeqNo(30000), RtpTimestamp(0), t0), SeqVerdict::OutOfRange);
-        assert!(matches!(s.on_packet(SeqNo(30001), RtpTimestamp(0), t0), SeqVerdict::New(_)));
+        assert_eq!(
+            s.on_packet(SeqNo(30000), RtpTimestamp(0), t0),
+            SeqVerdict::OutOfRange
+        );
+        assert!(matches!(
+            s.on_packet(SeqNo(30001), RtpTimestamp(0), t0),
+            SeqVerdict::New(_)
+        ));
         assert_eq!(s.received(), 1);
         assert_eq!(s.cumulative_lost(), 0);
     }
@@ -651,7 +715,11 @@ mod tests {
         // Packets every 20 ms of media; arrivals alternate 0 ms and +10 ms late (80 ticks).
         let mut expected_q4: u64 = 0;
         for i in 0..200u32 {
-            let late = if i % 2 == 1 { Duration::from_millis(10) } else { Duration::ZERO };
+            let late = if i % 2 == 1 {
+                Duration::from_millis(10)
+            } else {
+                Duration::ZERO
+            };
             s.on_packet(SeqNo(i as u16), RtpTimestamp(i * 160), t0 + MS20 * i + late);
             if i > 0 {
                 expected_q4 = expected_q4 + 80 - ((expected_q4 + 8) >> 4);
@@ -698,16 +766,25 @@ mod tests {
         let mut r = RtpReceiver::new(addr("192.0.2.1:4000"), 8000);
         let mut b = [0u8; 32];
         assert!(r.is_inactive(t0, Duration::from_secs(30), t0 + Duration::from_secs(30)));
-        let ok = r.on_packet(addr("192.0.2.1:4000"), &packet(&mut b, 1, 0, 5), t0 + MS20).unwrap();
+        let ok = r
+            .on_packet(addr("192.0.2.1:4000"), &packet(&mut b, 1, 0, 5), t0 + MS20)
+            .unwrap();
         assert_eq!(ok.relatched, None);
         let mut b2 = [0u8; 32];
         assert_eq!(
-            r.on_packet(addr("192.0.2.66:4000"), &packet(&mut b2, 2, 160, 5), t0 + MS20 * 2),
+            r.on_packet(
+                addr("192.0.2.66:4000"),
+                &packet(&mut b2, 2, 160, 5),
+                t0 + MS20 * 2
+            ),
             Err(Dropped::ForeignSource)
         );
         assert_eq!(r.last_received(), Some(t0 + MS20));
         assert_eq!(r.peer().dropped_foreign(), 1);
-        assert_eq!(r.inactivity_deadline(t0, Duration::from_secs(30)), t0 + MS20 + Duration::from_secs(30));
+        assert_eq!(
+            r.inactivity_deadline(t0, Duration::from_secs(30)),
+            t0 + MS20 + Duration::from_secs(30)
+        );
         assert!(!r.is_inactive(t0, Duration::from_secs(30), t0 + Duration::from_secs(30)));
     }
 

@@ -23,7 +23,9 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dialin_media::codec::{new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate};
+use dialin_media::codec::{
+    new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
+};
 use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
 use dialin_media::mixer::{Mixer, ParticipantId};
 use dialin_media::rtp::{Header, Packet, PayloadType, RtpTimestamp, SeqNo, Ssrc};
@@ -157,7 +159,12 @@ fn run_call() -> Counts {
         let mut payload = [0u8; 160];
         let n = phone_enc.encode(&pcm, &mut payload).expect("pcmu encode");
         let seq = i as u16;
-        let header = Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(u32::from(seq) * 160), Ssrc(0xca11));
+        let header = Header::new(
+            PayloadType::PCMU,
+            SeqNo(seq),
+            RtpTimestamp(u32::from(seq) * 160),
+            Ssrc(0xca11),
+        );
         let mut buf = vec![0u8; 200];
         let len = header.write(&payload[..n], &mut buf).expect("rtp write");
         let len = phone_srtp.protect_rtp(&mut buf, len).expect("srtp protect");
@@ -184,7 +191,8 @@ fn run_call() -> Counts {
         }
         room_packets.push(packets);
     }
-    let room_lost = |talker: usize, i: usize| talker == 2 && (i == WARMUP / 2 || i == WARMUP + MEASURED / 2);
+    let room_lost =
+        |talker: usize, i: usize| talker == 2 && (i == WARMUP / 2 || i == WARMUP + MEASURED / 2);
 
     // The gateway's state for this call, built at setup.
     let mut srtp_in = SrtpContext::new(profile, &key);
@@ -196,7 +204,8 @@ fn run_call() -> Counts {
     let mut room_decs: Vec<Box<dyn Decoder>> = (0..ROOM_SPEAKERS)
         .map(|_| new_decoder(CodecKind::Opus, RATE, &config).expect("opus decoder"))
         .collect();
-    let mut pcmu_enc: Box<dyn Encoder> = new_encoder(CodecKind::Pcmu, RATE, &config).expect("pcmu encoder");
+    let mut pcmu_enc: Box<dyn Encoder> =
+        new_encoder(CodecKind::Pcmu, RATE, &config).expect("pcmu encoder");
     let mut mixer = Mixer::new(frame);
     for p in 0..=ROOM_SPEAKERS {
         mixer.add(ParticipantId(p as u32)).expect("add participant");
@@ -221,7 +230,9 @@ fn run_call() -> Counts {
             let ((), n) = counted(|| {
                 let buf = datagram.get_mut(..wire.len()).expect("datagram fits");
                 buf.copy_from_slice(wire);
-                let len = srtp_in.unprotect_rtp(buf).expect("caller packet authenticates");
+                let len = srtp_in
+                    .unprotect_rtp(buf)
+                    .expect("caller packet authenticates");
                 let rtp = buf.get(..len).expect("rtp length");
                 let packet = Packet::parse(rtp).expect("caller packet parses");
                 if receiver.on_packet(caller_addr, &packet, now).is_ok() {
@@ -238,23 +249,35 @@ fn run_call() -> Counts {
         }
         let (decoded, n) = counted(|| {
             let samples = match jitter.pop(now) {
-                Playout::Frame(f) => Some(pcmu_dec.decode(f.payload, &mut caller_pcm).expect("pcmu decode")),
-                Playout::Missing => Some(pcmu_dec.conceal(&mut caller_pcm).map(|n| {
-                    counts.pcmu_concealed += usize::from(measuring);
-                    n
-                })
-                .expect("pcmu conceal")),
+                Playout::Frame(f) => Some(
+                    pcmu_dec
+                        .decode(f.payload, &mut caller_pcm)
+                        .expect("pcmu decode"),
+                ),
+                Playout::Missing => Some(
+                    pcmu_dec
+                        .conceal(&mut caller_pcm)
+                        .map(|n| {
+                            counts.pcmu_concealed += usize::from(measuring);
+                            n
+                        })
+                        .expect("pcmu conceal"),
+                ),
                 Playout::Empty => None,
             };
             if let Some(samples) = samples {
-                mixer.push(CALLER, caller_pcm.get(..samples).expect("one frame")).expect("push caller");
+                mixer
+                    .push(CALLER, caller_pcm.get(..samples).expect("one frame"))
+                    .expect("push caller");
             }
             samples
         });
         caller_allocs += n;
         let (_, opus_encode) = counted(|| {
             decoded.map(|samples| {
-                opus_enc.encode(caller_pcm.get(..samples).expect("one frame"), &mut opus_out).expect("opus encode")
+                opus_enc
+                    .encode(caller_pcm.get(..samples).expect("one frame"), &mut opus_out)
+                    .expect("opus encode")
             })
         });
 
@@ -267,7 +290,10 @@ fn run_call() -> Counts {
                 if lost {
                     dec.conceal(&mut room_pcm).expect("opus conceal")
                 } else {
-                    let packet = room_packets.get(talker).and_then(|p| p.get(tick)).expect("room packet");
+                    let packet = room_packets
+                        .get(talker)
+                        .and_then(|p| p.get(tick))
+                        .expect("room packet");
                     dec.decode(packet, &mut room_pcm).expect("opus decode")
                 }
             });
@@ -280,7 +306,9 @@ fn run_call() -> Counts {
             }
             let ((), n) = counted(|| {
                 let id = ParticipantId(talker as u32 + 1);
-                mixer.push(id, room_pcm.get(..samples).expect("one frame")).expect("push room talker");
+                mixer
+                    .push(id, room_pcm.get(..samples).expect("one frame"))
+                    .expect("push room talker");
             });
             room_allocs += n;
         }
@@ -289,10 +317,18 @@ fn run_call() -> Counts {
             let heard = mixer.output_for(CALLER).expect("caller is in the mixer");
             let n = pcmu_enc.encode(heard, &mut pcmu_out).expect("pcmu encode");
             let seq = tick as u16;
-            let header =
-                Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(u32::from(seq) * 160), Ssrc(0x6a7e));
-            let len = header.write(pcmu_out.get(..n).expect("payload"), &mut egress).expect("rtp write");
-            srtp_out.protect_rtp(&mut egress, len).expect("srtp protect")
+            let header = Header::new(
+                PayloadType::PCMU,
+                SeqNo(seq),
+                RtpTimestamp(u32::from(seq) * 160),
+                Ssrc(0x6a7e),
+            );
+            let len = header
+                .write(pcmu_out.get(..n).expect("payload"), &mut egress)
+                .expect("rtp write");
+            srtp_out
+                .protect_rtp(&mut egress, len)
+                .expect("srtp protect")
         });
         room_allocs += n;
 
@@ -312,7 +348,10 @@ fn run_call() -> Counts {
 #[test]
 fn caller_to_room_path_allocates_nothing_per_packet_outside_opus() {
     let c = run_call();
-    assert!(c.pcmu_concealed > 0, "the lost caller packet was concealed in the measured run");
+    assert!(
+        c.pcmu_concealed > 0,
+        "the lost caller packet was concealed in the measured run"
+    );
     assert_eq!(c.caller_path, 0, "caller → room allocates: {c:?}");
 }
 
@@ -326,15 +365,25 @@ fn room_to_caller_path_allocates_nothing_per_frame_outside_opus() {
 #[test]
 fn opus_allocates_exactly_the_known_upstream_counts() {
     let c = run_call();
-    assert_eq!(c.opus_encode.len(), MEASURED, "one encode per measured frame");
+    assert_eq!(
+        c.opus_encode.len(),
+        MEASURED,
+        "one encode per measured frame"
+    );
     assert!(
         c.opus_encode.iter().all(|&n| n == OPUS_ENCODE_ALLOCATIONS),
         "Opus encode allocations per frame changed from {OPUS_ENCODE_ALLOCATIONS}: {:?}",
         c.opus_encode
     );
-    assert_eq!(c.opus_conceal.len(), 1, "one lost room frame in the measured run");
+    assert_eq!(
+        c.opus_conceal.len(),
+        1,
+        "one lost room frame in the measured run"
+    );
     assert!(
-        c.opus_conceal.iter().all(|&n| n == OPUS_CONCEAL_ALLOCATIONS),
+        c.opus_conceal
+            .iter()
+            .all(|&n| n == OPUS_CONCEAL_ALLOCATIONS),
         "Opus concealment allocations changed from {OPUS_CONCEAL_ALLOCATIONS}: {:?}",
         c.opus_conceal
     );

@@ -39,7 +39,11 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
     let a0 = ALLOCATIONS.with(Cell::get);
     let b0 = BYTES.with(Cell::get);
     let r = f();
-    (r, ALLOCATIONS.with(Cell::get) - a0, BYTES.with(Cell::get) - b0)
+    (
+        r,
+        ALLOCATIONS.with(Cell::get) - a0,
+        BYTES.with(Cell::get) - b0,
+    )
 }
 
 /// A voiced signal with a moving pitch so the encoders take their speech paths.
@@ -153,9 +157,21 @@ fn opus_allocates_only_the_known_upstream_scratch_buffers() {
         let c = steady_state(CodecKind::Opus, rate);
         let frame_bytes = rate.frame_samples() * 2;
         println!("opus @{} Hz: {c:?}", rate.hz());
-        assert!(c.encode.0 <= 3, "Opus encode allocates {:?} per frame", c.encode);
-        assert!(c.encode.1 <= 1275 + 2 * frame_bytes, "Opus encode: {:?}", c.encode);
-        assert!(c.conceal.0 <= 4, "Opus concealment allocates {:?}", c.conceal);
+        assert!(
+            c.encode.0 <= 3,
+            "Opus encode allocates {:?} per frame",
+            c.encode
+        );
+        assert!(
+            c.encode.1 <= 1275 + 2 * frame_bytes,
+            "Opus encode: {:?}",
+            c.encode
+        );
+        assert!(
+            c.conceal.0 <= 4,
+            "Opus concealment allocates {:?}",
+            c.conceal
+        );
         if c.encode.0 == 0 && c.conceal.0 == 0 {
             println!("opus-pure no longer allocates per frame: make this test strict");
         }

@@ -16,7 +16,9 @@ fn amplitude(dbfs: f64) -> f64 {
 
 fn sine(freq: f64, dbfs: f64, rate: u32, n: usize) -> Vec<i16> {
     let a = amplitude(dbfs);
-    (0..n).map(|i| (a * (2.0 * PI * freq * i as f64 / f64::from(rate)).sin()).round() as i16).collect()
+    (0..n)
+        .map(|i| (a * (2.0 * PI * freq * i as f64 / f64::from(rate)).sin()).round() as i16)
+        .collect()
 }
 
 /// A voiced, vowel-like signal: harmonics of a gliding pitch shaped by three formants,
@@ -62,7 +64,11 @@ struct Pair {
 fn pair(kind: CodecKind, rate: SampleRate, config: &CodecConfig) -> Pair {
     let enc = new_encoder(kind, rate, config).expect("encoder");
     let dec = new_decoder(kind, rate, config).expect("decoder");
-    Pair { enc, dec, frame: rate.frame_samples() }
+    Pair {
+        enc,
+        dec,
+        frame: rate.frame_samples(),
+    }
 }
 
 /// Encodes and decodes `input` frame by frame; `lose(i)` drops frame `i`.
@@ -123,8 +129,14 @@ fn best_lag(input: &[i16], out: &[i16], max_lag: usize) -> usize {
     let start = input.len() / 4;
     let mut best = (0, f64::MIN);
     for lag in 0..max_lag {
-        let Some(o) = out.get(start + lag..start + lag + window.len()) else { break };
-        let c: f64 = window.iter().zip(o).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+        let Some(o) = out.get(start + lag..start + lag + window.len()) else {
+            break;
+        };
+        let c: f64 = window
+            .iter()
+            .zip(o)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum();
         if c > best.1 {
             best = (lag, c);
         }
@@ -145,7 +157,11 @@ fn segmental_snr(input: &[i16], out: &[i16], rate: u32, skip: usize) -> f64 {
         let x = &input[i..i + seg];
         let y = &out[i + lag..i + lag + seg];
         let sig: f64 = x.iter().map(|&s| f64::from(s).powi(2)).sum();
-        let noise: f64 = x.iter().zip(y).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
+        let noise: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum();
         if sig / seg as f64 > 100.0 {
             total += (10.0 * (sig / noise.max(1e-9)).log10()).clamp(-10.0, 60.0);
             segments += 1;
@@ -166,8 +182,14 @@ fn check_tone(kind: CodecKind, rate: SampleRate, freq: f64) -> (f64, f64, f64) {
     let level = level_dbfs(settled);
     let snr = segmental_snr(&input, &out, hz, hz as usize / 5);
     println!("{kind} @{hz} Hz: {freq} Hz tone -> {f:.2} Hz, {level:.2} dBFS, SNR {snr:.1} dB");
-    assert!((f - freq).abs() < freq * 0.005, "{kind}: {freq} Hz came back at {f:.2} Hz");
-    assert!((level + 10.0).abs() <= 1.0, "{kind}: -10 dBFS came back at {level:.2} dBFS");
+    assert!(
+        (f - freq).abs() < freq * 0.005,
+        "{kind}: {freq} Hz came back at {f:.2} Hz"
+    );
+    assert!(
+        (level + 10.0).abs() <= 1.0,
+        "{kind}: -10 dBFS came back at {level:.2} dBFS"
+    );
     (f, level, snr)
 }
 
@@ -226,7 +248,10 @@ fn speech_like_signal_keeps_codec_appropriate_segmental_snr() {
     ];
     for (kind, rate, min) in cases {
         let snr = speech_snr(kind, rate, &config);
-        println!("{kind} @{} Hz speech-like segmental SNR {snr:.1} dB", rate.hz());
+        println!(
+            "{kind} @{} Hz speech-like segmental SNR {snr:.1} dB",
+            rate.hz()
+        );
         assert!(snr > min, "{kind} @{rate:?}: {snr:.1} dB <= {min} dB");
     }
 }
@@ -236,7 +261,10 @@ fn opus_complexity_sweep_keeps_speech_quality_at_every_setting() {
     for rate in [SampleRate::Hz8000, SampleRate::Hz16000] {
         let mut line = format!("Opus @{} Hz segSNR by complexity:", rate.hz());
         for complexity in 0..=10u8 {
-            let config = CodecConfig { opus_complexity: complexity, ..CodecConfig::default() };
+            let config = CodecConfig {
+                opus_complexity: complexity,
+                ..CodecConfig::default()
+            };
             let snr = speech_snr(CodecKind::Opus, rate, &config);
             line.push_str(&format!(" c{complexity}={snr:.2}"));
             assert!(snr > 5.0, "complexity {complexity}: {snr:.1} dB");
@@ -252,7 +280,10 @@ fn energy(x: &[i16]) -> f64 {
 
 /// Largest sample-to-sample step in `x`.
 fn max_step(x: &[i16]) -> i32 {
-    x.windows(2).map(|w| (i32::from(w[1]) - i32::from(w[0])).abs()).max().unwrap_or(0)
+    x.windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .max()
+        .unwrap_or(0)
 }
 
 fn check_single_loss(kind: CodecKind, rate: SampleRate) {
@@ -275,7 +306,10 @@ fn check_single_loss(kind: CodecKind, rate: SampleRate) {
     println!(
         "{kind} @{hz} Hz one lost frame: energy ratio {ratio:.2}, max step {lossy_step} vs clean {clean_step}"
     );
-    assert!(ratio > 0.3 && ratio < 2.0, "{kind}: energy ratio {ratio:.2} over the loss");
+    assert!(
+        ratio > 0.3 && ratio < 2.0,
+        "{kind}: energy ratio {ratio:.2} over the loss"
+    );
     assert!(
         f64::from(lossy_step) < 1.5 * f64::from(clean_step),
         "{kind}: click ({lossy_step} vs {clean_step})"
@@ -283,7 +317,10 @@ fn check_single_loss(kind: CodecKind, rate: SampleRate) {
     // The stream carries on normally afterwards.
     let after = (lost + 5) * frame..(lost + 15) * frame;
     let after_ratio = energy(&out[after.clone()]) / energy(&clean[after]);
-    assert!((after_ratio - 1.0).abs() < 0.25, "{kind}: did not recover ({after_ratio:.2})");
+    assert!(
+        (after_ratio - 1.0).abs() < 0.25,
+        "{kind}: did not recover ({after_ratio:.2})"
+    );
 }
 
 #[test]
@@ -309,13 +346,20 @@ fn opus_lost_frame_is_concealed_by_a_continuation_without_click() {
 
 #[test]
 fn long_loss_fades_to_silence_instead_of_buzzing() {
-    for (kind, rate) in [(CodecKind::Pcmu, SampleRate::Hz8000), (CodecKind::G722, SampleRate::Hz16000)] {
+    for (kind, rate) in [
+        (CodecKind::Pcmu, SampleRate::Hz8000),
+        (CodecKind::G722, SampleRate::Hz16000),
+    ] {
         let frame = rate.frame_samples();
         let input = vowel_like(rate.hz(), 1.0);
         let mut p = pair(kind, rate, &CodecConfig::default());
         let out = round_trip_with_loss(&mut p, &input, |i| (20..30).contains(&i));
         let late = &out[25 * frame..30 * frame];
-        assert_eq!(energy(late), 0.0, "{kind}: still sounding 100 ms into a loss");
+        assert_eq!(
+            energy(late),
+            0.0,
+            "{kind}: still sounding 100 ms into a loss"
+        );
     }
 }
 
@@ -323,7 +367,11 @@ fn long_loss_fades_to_silence_instead_of_buzzing() {
 fn opus_in_band_fec_rebuilds_a_lost_frame_better_than_concealment() {
     let rate = SampleRate::Hz16000;
     let frame = rate.frame_samples();
-    let config = CodecConfig { fec: true, expected_loss_percent: 20, ..CodecConfig::default() };
+    let config = CodecConfig {
+        fec: true,
+        expected_loss_percent: 20,
+        ..CodecConfig::default()
+    };
     let input = vowel_like(rate.hz(), 1.0);
     let mut enc = new_encoder(CodecKind::Opus, rate, &config).expect("encoder");
     let mut packets = Vec::new();
@@ -360,13 +408,20 @@ fn opus_in_band_fec_rebuilds_a_lost_frame_better_than_concealment() {
     }
     let err = |x: &[i16]| {
         let r = lost * frame..(lost + 1) * frame;
-        let e: f64 = x[r.clone()].iter().zip(&clean[r.clone()]).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
+        let e: f64 = x[r.clone()]
+            .iter()
+            .zip(&clean[r.clone()])
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum();
         10.0 * (energy(&clean[r]) / e.max(1e-9)).log10()
     };
     let fec = err(&decode_all(true));
     let plc = err(&decode_all(false));
     println!("Opus lost frame vs clean decode: FEC {fec:.1} dB, PLC {plc:.1} dB");
-    assert!(fec > plc + 3.0, "FEC {fec:.1} dB not better than PLC {plc:.1} dB");
+    assert!(
+        fec > plc + 3.0,
+        "FEC {fec:.1} dB not better than PLC {plc:.1} dB"
+    );
 }
 
 #[test]
@@ -374,7 +429,10 @@ fn codec_refuses_a_rate_it_cannot_run_at() {
     let c = CodecConfig::default();
     assert!(new_encoder(CodecKind::Pcmu, SampleRate::Hz16000, &c).is_err());
     assert!(new_decoder(CodecKind::G722, SampleRate::Hz8000, &c).is_err());
-    let bad = CodecConfig { opus_complexity: 11, ..c };
+    let bad = CodecConfig {
+        opus_complexity: 11,
+        ..c
+    };
     assert!(new_encoder(CodecKind::Opus, SampleRate::Hz8000, &bad).is_err());
 }
 

@@ -41,7 +41,13 @@ struct Tone {
 
 impl Tone {
     fn nominal(rate: u32) -> Tone {
-        Tone { rate, row_dbm0: -10.0, col_dbm0: -10.0, row_offset: 0.0, col_offset: 0.0 }
+        Tone {
+            rate,
+            row_dbm0: -10.0,
+            col_dbm0: -10.0,
+            row_offset: 0.0,
+            col_offset: 0.0,
+        }
     }
 }
 
@@ -52,13 +58,19 @@ fn amplitude(dbm0: f64) -> f64 {
 /// Appends `ms` of the key's tone pair (as f64, mixed and quantised later).
 fn push_tone(out: &mut Vec<f64>, digit: Digit, ms: u32, t: Tone) {
     let (row, col) = digit.frequencies();
-    let (fr, fc) = (f64::from(row) * (1.0 + t.row_offset), f64::from(col) * (1.0 + t.col_offset));
+    let (fr, fc) = (
+        f64::from(row) * (1.0 + t.row_offset),
+        f64::from(col) * (1.0 + t.col_offset),
+    );
     let n = (t.rate * ms / 1000) as usize;
     let start = out.len();
     for i in 0..n {
         let time = (start + i) as f64 / f64::from(t.rate);
         let tau = 2.0 * std::f64::consts::PI * time;
-        out.push(amplitude(t.row_dbm0) * (tau * fr).sin() + amplitude(t.col_dbm0) * (tau * fc + 1.0).sin());
+        out.push(
+            amplitude(t.row_dbm0) * (tau * fr).sin()
+                + amplitude(t.col_dbm0) * (tau * fc + 1.0).sin(),
+        );
     }
 }
 
@@ -67,7 +79,10 @@ fn push_silence(out: &mut Vec<f64>, rate: u32, ms: u32) {
 }
 
 fn to_pcm(signal: &[f64]) -> Vec<i16> {
-    signal.iter().map(|&v| v.round().clamp(-32768.0, 32767.0) as i16).collect()
+    signal
+        .iter()
+        .map(|&v| v.round().clamp(-32768.0, 32767.0) as i16)
+        .collect()
 }
 
 /// Runs the detector over the signal in 20 ms frames, as the call path does.
@@ -99,7 +114,11 @@ fn detect_single(digit: Digit, tone: Tone) -> Vec<Digit> {
 fn every_digit_is_detected_at_nominal_frequencies() {
     for rate in [8000, 16000] {
         for digit in Digit::ALL {
-            assert_eq!(detect_single(digit, Tone::nominal(rate)), vec![digit], "{digit} at {rate} Hz");
+            assert_eq!(
+                detect_single(digit, Tone::nominal(rate)),
+                vec![digit],
+                "{digit} at {rate} Hz"
+            );
         }
     }
 }
@@ -107,9 +126,22 @@ fn every_digit_is_detected_at_nominal_frequencies() {
 #[test]
 fn frequency_offsets_of_1_5_percent_are_accepted() {
     for digit in Digit::ALL {
-        for (ro, co) in [(0.015, 0.015), (-0.015, -0.015), (0.015, -0.015), (-0.015, 0.015)] {
-            let tone = Tone { row_offset: ro, col_offset: co, ..Tone::nominal(8000) };
-            assert_eq!(detect_single(digit, tone), vec![digit], "{digit} offsets {ro} {co}");
+        for (ro, co) in [
+            (0.015, 0.015),
+            (-0.015, -0.015),
+            (0.015, -0.015),
+            (-0.015, 0.015),
+        ] {
+            let tone = Tone {
+                row_offset: ro,
+                col_offset: co,
+                ..Tone::nominal(8000)
+            };
+            assert_eq!(
+                detect_single(digit, tone),
+                vec![digit],
+                "{digit} offsets {ro} {co}"
+            );
         }
     }
 }
@@ -117,9 +149,24 @@ fn frequency_offsets_of_1_5_percent_are_accepted() {
 #[test]
 fn frequency_offsets_of_3_5_percent_are_rejected() {
     for digit in Digit::ALL {
-        for (ro, co) in [(0.035, 0.0), (-0.035, 0.0), (0.0, 0.035), (0.0, -0.035), (0.035, 0.035), (-0.035, -0.035)] {
-            let tone = Tone { row_offset: ro, col_offset: co, ..Tone::nominal(8000) };
-            assert_eq!(detect_single(digit, tone), vec![], "{digit} offsets {ro} {co}");
+        for (ro, co) in [
+            (0.035, 0.0),
+            (-0.035, 0.0),
+            (0.0, 0.035),
+            (0.0, -0.035),
+            (0.035, 0.035),
+            (-0.035, -0.035),
+        ] {
+            let tone = Tone {
+                row_offset: ro,
+                col_offset: co,
+                ..Tone::nominal(8000)
+            };
+            assert_eq!(
+                detect_single(digit, tone),
+                vec![],
+                "{digit} offsets {ro} {co}"
+            );
         }
     }
 }
@@ -128,8 +175,16 @@ fn frequency_offsets_of_3_5_percent_are_rejected() {
 fn twist_of_6_db_either_way_is_accepted() {
     for digit in Digit::ALL {
         for (row, col) in [(-8.0, -14.0), (-14.0, -8.0)] {
-            let tone = Tone { row_dbm0: row, col_dbm0: col, ..Tone::nominal(8000) };
-            assert_eq!(detect_single(digit, tone), vec![digit], "{digit} row {row} col {col}");
+            let tone = Tone {
+                row_dbm0: row,
+                col_dbm0: col,
+                ..Tone::nominal(8000)
+            };
+            assert_eq!(
+                detect_single(digit, tone),
+                vec![digit],
+                "{digit} row {row} col {col}"
+            );
         }
     }
 }
@@ -138,8 +193,16 @@ fn twist_of_6_db_either_way_is_accepted() {
 fn excessive_twist_is_rejected() {
     for digit in [Digit::D1, Digit::D5, Digit::Pound] {
         for (row, col) in [(-6.0, -18.0), (-18.0, -6.0)] {
-            let tone = Tone { row_dbm0: row, col_dbm0: col, ..Tone::nominal(8000) };
-            assert_eq!(detect_single(digit, tone), vec![], "{digit} row {row} col {col}");
+            let tone = Tone {
+                row_dbm0: row,
+                col_dbm0: col,
+                ..Tone::nominal(8000)
+            };
+            assert_eq!(
+                detect_single(digit, tone),
+                vec![],
+                "{digit} row {row} col {col}"
+            );
         }
     }
 }
@@ -159,7 +222,11 @@ fn forty_ms_sequence(rate: u32) {
             push_silence(&mut s, rate, 40);
         }
         push_silence(&mut s, rate, 60);
-        assert_eq!(detect(rate, &to_pcm(&s)), digits, "lead {lead_samples} at {rate} Hz");
+        assert_eq!(
+            detect(rate, &to_pcm(&s)),
+            digits,
+            "lead {lead_samples} at {rate} Hz"
+        );
     }
 }
 
@@ -196,9 +263,16 @@ fn a_long_press_is_one_digit() {
 #[test]
 fn digits_at_minus_20_dbm0_in_white_noise_at_15_db_snr_are_all_found() {
     // −20 dBm0 for the pair: each tone at −23 dBm0.
-    let tone = Tone { row_dbm0: -23.0, col_dbm0: -23.0, ..Tone::nominal(8000) };
-    let digits: Vec<Digit> =
-        Digit::ALL.iter().copied().chain([Digit::D4, Digit::D4, Digit::Star]).collect();
+    let tone = Tone {
+        row_dbm0: -23.0,
+        col_dbm0: -23.0,
+        ..Tone::nominal(8000)
+    };
+    let digits: Vec<Digit> = Digit::ALL
+        .iter()
+        .copied()
+        .chain([Digit::D4, Digit::D4, Digit::Star])
+        .collect();
     for seed in [1u64, 7, 42] {
         let mut s = Vec::new();
         push_silence(&mut s, 8000, 50);
@@ -220,7 +294,9 @@ fn digits_at_minus_20_dbm0_in_white_noise_at_15_db_snr_are_all_found() {
 #[test]
 fn white_noise_alone_yields_no_digit() {
     let mut noise = Noise(99);
-    let s: Vec<f64> = (0..8000 * 20).map(|_| amplitude(-15.0) * noise.gaussian()).collect();
+    let s: Vec<f64> = (0..8000 * 20)
+        .map(|_| amplitude(-15.0) * noise.gaussian())
+        .collect();
     assert_eq!(detect(8000, &to_pcm(&s)), vec![]);
 }
 
@@ -249,10 +325,15 @@ fn parse_wav(bytes: &[u8]) -> Option<(u32, Vec<i16>)> {
         let size = u32::from_le_bytes(bytes.get(pos + 4..pos + 8)?.try_into().ok()?) as usize;
         let body = pos + 8;
         if id == b"fmt " {
-            rate = Some(u32::from_le_bytes(bytes.get(body + 4..body + 8)?.try_into().ok()?));
+            rate = Some(u32::from_le_bytes(
+                bytes.get(body + 4..body + 8)?.try_into().ok()?,
+            ));
         } else if id == b"data" {
             let data = bytes.get(body..)?;
-            let samples = data.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+            let samples = data
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
             return Some((rate?, samples));
         }
         pos = body + size;
@@ -273,7 +354,9 @@ fn resample_to_8k(rate: u32, input: &[i16]) -> Vec<f64> {
             let base = centre.floor() as isize;
             let mut acc = 0.0;
             for k in base - taps..=base + taps {
-                let Some(&x) = usize::try_from(k).ok().and_then(|k| input.get(k)) else { continue };
+                let Some(&x) = usize::try_from(k).ok().and_then(|k| input.get(k)) else {
+                    continue;
+                };
                 let t = k as f64 - centre;
                 let sinc = if t.abs() < 1e-9 {
                     2.0 * cutoff
@@ -293,11 +376,16 @@ fn espeak_corpus() -> Option<Vec<f64>> {
     let mut speech = Vec::new();
     for (voice, text) in SPEECH {
         for speed in ["150", "185"] {
-            let out = Command::new("espeak-ng").args(["-v", voice, "-s", speed, "--stdout", text]).output();
+            let out = Command::new("espeak-ng")
+                .args(["-v", voice, "-s", speed, "--stdout", text])
+                .output();
             let out = match out {
                 Ok(o) if o.status.success() => o,
                 other => {
-                    let why = format!("espeak-ng unavailable or failed for voice {voice}: {:?}", other.err());
+                    let why = format!(
+                        "espeak-ng unavailable or failed for voice {voice}: {:?}",
+                        other.err()
+                    );
                     assert!(!strict, "{why} (DIALIN_STRICT_TESTS=1)");
                     eprintln!("skipping talk-off test: {why}");
                     return None;
@@ -312,7 +400,9 @@ fn espeak_corpus() -> Option<Vec<f64>> {
 
 #[test]
 fn three_minutes_of_speech_yield_no_digit_talk_off() {
-    let Some(speech) = espeak_corpus() else { return };
+    let Some(speech) = espeak_corpus() else {
+        return;
+    };
     let seconds = speech.len() as f64 / 8000.0;
     assert!(seconds >= 180.0, "talk-off corpus is only {seconds:.0} s");
     let rms = (speech.iter().map(|v| v * v).sum::<f64>() / speech.len() as f64).sqrt();
@@ -325,7 +415,10 @@ fn three_minutes_of_speech_yield_no_digit_talk_off() {
     ] {
         let scaled: Vec<f64> = speech.iter().map(|v| v * gain).collect();
         let digits = detect(8000, &to_pcm(&scaled));
-        println!("talk-off: {seconds:.0} s of speech {label}: {} false digits {digits:?}", digits.len());
+        println!(
+            "talk-off: {seconds:.0} s of speech {label}: {} false digits {digits:?}",
+            digits.len()
+        );
         total += digits.len();
     }
     assert_eq!(total, 0, "speech was mistaken for DTMF");
@@ -344,11 +437,23 @@ fn a_pin_sent_both_as_telephone_events_and_as_tones_is_collected_once() {
     let mut seq = 0u16;
     for (i, &d) in pin.iter().enumerate() {
         let start_ms = 250 * i as u64;
-        let mut sender = EventSender::new(d, 8000 * start_ms as u32 / 1000, 8000, Duration::from_millis(100), 10);
+        let mut sender = EventSender::new(
+            d,
+            8000 * start_ms as u32 / 1000,
+            8000,
+            Duration::from_millis(100),
+            10,
+        );
         let mut buf = [0u8; 4];
         while let Ok(Some(p)) = sender.next_packet(&mut buf) {
             let at = start_ms + p.send_after.as_millis() as u64;
-            if let Ok(Some(got)) = rx.receive(p.timestamp, p.marker, seq, &buf, t0 + Duration::from_millis(at)) {
+            if let Ok(Some(got)) = rx.receive(
+                p.timestamp,
+                p.marker,
+                seq,
+                &buf,
+                t0 + Duration::from_millis(at),
+            ) {
                 events.push((at, DigitSource::Rfc4733, got.digit));
             }
             seq = seq.wrapping_add(1);

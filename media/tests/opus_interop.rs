@@ -36,7 +36,11 @@ fn ogg_crc(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b) << 24;
         for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04C1_1DB7 } else { crc << 1 };
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04C1_1DB7
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -54,7 +58,7 @@ fn write_page(out: &mut Vec<u8>, packet: &[u8], flags: u8, granule: u64, seq: u3
     out.extend_from_slice(&SERIAL.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled below
-    // Lacing: 255s then the remainder; a multiple of 255 ends with a 0.
+                                    // Lacing: 255s then the remainder; a multiple of 255 ends with a 0.
     let mut lacing = vec![255u8; packet.len() / 255];
     lacing.push((packet.len() % 255) as u8);
     assert!(lacing.len() <= 255, "packet too large for one page");
@@ -131,7 +135,9 @@ fn tone(freq: f64, dbfs: f64, rate: u32, seconds: f64) -> Vec<i16> {
     let a = 32767.0 * 10f64.powf(dbfs / 20.0);
     let n = (f64::from(rate) * seconds) as usize;
     (0..n)
-        .map(|i| (a * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16)
+        .map(|i| {
+            (a * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16
+        })
         .collect()
 }
 
@@ -143,7 +149,9 @@ fn frequency(x: &[i16], rate: u32) -> f64 {
         .filter(|(_, w)| w[0] < 0 && w[1] >= 0)
         .map(|(i, w)| i as f64 + f64::from(w[0]).abs() / (f64::from(w[1]) - f64::from(w[0])))
         .collect();
-    let (Some(first), Some(last)) = (crossings.first(), crossings.last()) else { return 0.0 };
+    let (Some(first), Some(last)) = (crossings.first(), crossings.last()) else {
+        return 0.0;
+    };
     (crossings.len() - 1) as f64 * f64::from(rate) / (last - first)
 }
 
@@ -159,13 +167,19 @@ fn assert_tone(what: &str, pcm: &[i16], rate: u32, freq: f64, dbfs: f64) {
     let f = frequency(settled, rate);
     let level = level_dbfs(settled);
     println!("{what}: {freq} Hz at {dbfs} dBFS came back as {f:.2} Hz at {level:.2} dBFS");
-    assert!((f - freq).abs() < freq * 0.005, "{what}: frequency {f:.2} Hz");
+    assert!(
+        (f - freq).abs() < freq * 0.005,
+        "{what}: frequency {f:.2} Hz"
+    );
     assert!((level - dbfs).abs() <= 1.0, "{what}: level {level:.2} dBFS");
 }
 
 fn read_raw_s16le(path: &Path) -> Vec<i16> {
     let bytes = std::fs::read(path).expect("read decoded PCM");
-    bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
 }
 
 fn our_packets(rate: SampleRate, pcm: &[i16]) -> Vec<Vec<u8>> {
@@ -200,8 +214,18 @@ fn our_encoder_decodes_with_opusdec(rate: SampleRate) {
     assert!(status.success(), "opusdec rejected our stream: {status}");
     let decoded = read_raw_s16le(&raw);
     let _ = std::fs::remove_file(&raw);
-    assert!(decoded.len() + hz as usize / 10 >= input.len(), "opusdec returned {} samples", decoded.len());
-    assert_tone(&format!("ours@{hz} -> opusdec"), &decoded, hz, 1000.0, -10.0);
+    assert!(
+        decoded.len() + hz as usize / 10 >= input.len(),
+        "opusdec returned {} samples",
+        decoded.len()
+    );
+    assert_tone(
+        &format!("ours@{hz} -> opusdec"),
+        &decoded,
+        hz,
+        1000.0,
+        -10.0,
+    );
 
     // Our decoder on the same packets, at 48 kHz where opusdec does not resample,
     // agrees with libopus's decode sample for sample (opusdec drops the pre-skip).
@@ -216,8 +240,12 @@ fn our_encoder_decodes_with_opusdec(rate: SampleRate) {
     let theirs = read_raw_s16le(&full);
     let _ = std::fs::remove_file(&opus);
     let _ = std::fs::remove_file(&full);
-    let mut dec = new_decoder(CodecKind::Opus, SampleRate::Hz48000, &CodecConfig::default())
-        .expect("decoder");
+    let mut dec = new_decoder(
+        CodecKind::Opus,
+        SampleRate::Hz48000,
+        &CodecConfig::default(),
+    )
+    .expect("decoder");
     let mut ours = Vec::new();
     let mut buf = vec![0i16; SampleRate::Hz48000.frame_samples()];
     for p in &packets {
@@ -226,11 +254,21 @@ fn our_encoder_decodes_with_opusdec(rate: SampleRate) {
     }
     let ours = &ours[312..];
     let n = theirs.len().min(ours.len());
-    let (sig, err) = theirs[..n].iter().zip(&ours[..n]).fold((0.0, 0.0), |(s, e), (&a, &b)| {
-        (s + f64::from(a).powi(2), e + (f64::from(a) - f64::from(b)).powi(2))
-    });
+    let (sig, err) = theirs[..n]
+        .iter()
+        .zip(&ours[..n])
+        .fold((0.0, 0.0), |(s, e), (&a, &b)| {
+            (
+                s + f64::from(a).powi(2),
+                e + (f64::from(a) - f64::from(b)).powi(2),
+            )
+        });
     let snr = 10.0 * (sig / f64::max(err, 1e-9)).log10();
-    let differing = theirs[..n].iter().zip(&ours[..n]).filter(|(a, b)| a != b).count();
+    let differing = theirs[..n]
+        .iter()
+        .zip(&ours[..n])
+        .filter(|(a, b)| a != b)
+        .count();
     println!("ours@{hz}: our 48 kHz decode vs opusdec's: {snr:.1} dB SNR, {differing} of {n} samples differ");
     assert!(snr > 60.0, "our decoder differs from libopus: {snr:.1} dB");
 }
@@ -257,7 +295,16 @@ fn libopus_opusenc_packets_decode_with_our_decoder_at_8_and_16_khz() {
     let bytes: Vec<u8> = input.iter().flat_map(|s| s.to_le_bytes()).collect();
     std::fs::write(&raw, bytes).expect("write raw PCM");
     let status = Command::new("opusenc")
-        .args(["--quiet", "--raw", "--raw-bits", "16", "--raw-rate", "16000", "--raw-chan", "1"])
+        .args([
+            "--quiet",
+            "--raw",
+            "--raw-bits",
+            "16",
+            "--raw-rate",
+            "16000",
+            "--raw-chan",
+            "1",
+        ])
         .args(["--bitrate", "24", "--speech"])
         .arg(&raw)
         .arg(&opus)
@@ -279,7 +326,13 @@ fn libopus_opusenc_packets_decode_with_our_decoder_at_8_and_16_khz() {
             pcm.extend_from_slice(&buf[..n]);
         }
         let skip = usize::from(pre_skip) * rate.hz() as usize / 48_000;
-        assert_tone(&format!("opusenc -> ours@{}", rate.hz()), &pcm[skip..], rate.hz(), 440.0, -10.0);
+        assert_tone(
+            &format!("opusenc -> ours@{}", rate.hz()),
+            &pcm[skip..],
+            rate.hz(),
+            440.0,
+            -10.0,
+        );
     }
 }
 

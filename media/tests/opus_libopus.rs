@@ -60,7 +60,10 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, (usize, usize)) {
     let a0 = ALLOCATIONS.with(Cell::get);
     let b0 = BYTES.with(Cell::get);
     let r = f();
-    (r, (ALLOCATIONS.with(Cell::get) - a0, BYTES.with(Cell::get) - b0))
+    (
+        r,
+        (ALLOCATIONS.with(Cell::get) - a0, BYTES.with(Cell::get) - b0),
+    )
 }
 
 // ---- signals and measurement ----
@@ -68,7 +71,9 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, (usize, usize)) {
 fn tone(freq: f64, dbfs: f64, rate: u32, seconds: f64) -> Vec<i16> {
     let a = 32767.0 * 10f64.powf(dbfs / 20.0);
     let n = (f64::from(rate) * seconds) as usize;
-    (0..n).map(|i| (a * (2.0 * PI * freq * i as f64 / f64::from(rate)).sin()).round() as i16).collect()
+    (0..n)
+        .map(|i| (a * (2.0 * PI * freq * i as f64 / f64::from(rate)).sin()).round() as i16)
+        .collect()
 }
 
 /// A voiced signal with a moving pitch so the encoder takes its speech paths.
@@ -78,7 +83,9 @@ fn speech_frame(rate: SampleRate, index: usize, out: &mut [i16]) {
     for (i, s) in out.iter_mut().enumerate() {
         let t = (index * len + i) as f64 / hz;
         let f0 = 130.0 + 40.0 * (2.0 * PI * 0.5 * t).sin();
-        let v: f64 = (1..12).map(|h| (2.0 * PI * f0 * f64::from(h) * t).sin() / f64::from(h)).sum();
+        let v: f64 = (1..12)
+            .map(|h| (2.0 * PI * f0 * f64::from(h) * t).sin() / f64::from(h))
+            .sum();
         *s = (4000.0 * v) as i16;
     }
 }
@@ -91,7 +98,9 @@ fn frequency(x: &[i16], rate: u32) -> f64 {
         .filter(|(_, w)| w[0] < 0 && w[1] >= 0)
         .map(|(i, w)| i as f64 + f64::from(w[0]).abs() / (f64::from(w[1]) - f64::from(w[0])))
         .collect();
-    let (Some(first), Some(last)) = (crossings.first(), crossings.last()) else { return 0.0 };
+    let (Some(first), Some(last)) = (crossings.first(), crossings.last()) else {
+        return 0.0;
+    };
     (crossings.len() - 1) as f64 * f64::from(rate) / (last - first)
 }
 
@@ -107,14 +116,20 @@ fn assert_tone(what: &str, pcm: &[i16], rate: u32, freq: f64, dbfs: f64) {
     let f = frequency(settled, rate);
     let level = level_dbfs(settled);
     println!("{what}: {freq} Hz at {dbfs} dBFS came back as {f:.2} Hz at {level:.2} dBFS");
-    assert!((f - freq).abs() < freq * 0.005, "{what}: frequency {f:.2} Hz");
+    assert!(
+        (f - freq).abs() < freq * 0.005,
+        "{what}: frequency {f:.2} Hz"
+    );
     assert!((level - dbfs).abs() <= 1.0, "{what}: level {level:.2} dBFS");
 }
 
 /// Signal-to-difference ratio of `b` against `a`, in dB.
 fn snr_db(a: &[i16], b: &[i16]) -> f64 {
     let (sig, err) = a.iter().zip(b).fold((0.0, 0.0), |(s, e), (&x, &y)| {
-        (s + f64::from(x).powi(2), e + (f64::from(x) - f64::from(y)).powi(2))
+        (
+            s + f64::from(x).powi(2),
+            e + (f64::from(x) - f64::from(y)).powi(2),
+        )
     });
     10.0 * (sig / f64::max(err, 1e-9)).log10()
 }
@@ -135,9 +150,8 @@ fn libopus_packets(rate: SampleRate, config: &CodecConfig, pcm: &[i16]) -> Vec<V
 
 /// 20 ms packets from `opus-pure`, set up as the default build sets it up.
 fn pure_packets(rate: SampleRate, config: &CodecConfig, pcm: &[i16]) -> Vec<Vec<u8>> {
-    let mut enc =
-        opus_pure::OpusEncoder::new(rate.hz() as i32, 1, opus_pure::Application::Voip)
-            .expect("opus-pure encoder");
+    let mut enc = opus_pure::OpusEncoder::new(rate.hz() as i32, 1, opus_pure::Application::Voip)
+        .expect("opus-pure encoder");
     enc.complexity = i32::from(config.opus_complexity);
     enc.bitrate_bps = config.opus_bitrate as i32;
     enc.use_inband_fec = config.fec;
@@ -147,7 +161,9 @@ fn pure_packets(rate: SampleRate, config: &CodecConfig, pcm: &[i16]) -> Vec<Vec<
     pcm.chunks_exact(frame)
         .map(|f| {
             let mut buf = [0u8; 1500];
-            let n = enc.encode_s16(f, frame, &mut buf).expect("opus-pure encode");
+            let n = enc
+                .encode_s16(f, frame, &mut buf)
+                .expect("opus-pure encode");
             buf[..n].to_vec()
         })
         .collect()
@@ -169,7 +185,9 @@ fn pure_decode(rate: SampleRate, packets: &[Vec<u8>]) -> Vec<i16> {
     let mut buf = vec![0i16; rate.frame_samples() * 6];
     let mut pcm = Vec::new();
     for p in packets {
-        let n = dec.decode_s16(p, buf.len(), &mut buf).expect("opus-pure decode");
+        let n = dec
+            .decode_s16(p, buf.len(), &mut buf)
+            .expect("opus-pure decode");
         pcm.extend_from_slice(&buf[..n]);
     }
     pcm
@@ -200,7 +218,10 @@ fn libopus_encoder_spends_the_configured_bitrate() {
         speech_frame(rate, i, f);
     }
     let mean_bits_per_second = |bitrate| {
-        let config = CodecConfig { opus_bitrate: bitrate, ..CodecConfig::default() };
+        let config = CodecConfig {
+            opus_bitrate: bitrate,
+            ..CodecConfig::default()
+        };
         let packets = libopus_packets(rate, &config, &input);
         let bytes: usize = packets.iter().map(Vec::len).sum();
         // 50 packets of 20 ms each make one second.
@@ -212,8 +233,14 @@ fn libopus_encoder_spends_the_configured_bitrate() {
     let low = mean_bits_per_second(12_000);
     let high = mean_bits_per_second(32_000);
     println!("libopus at 12000 bit/s sent {low:.0} bit/s, at 32000 bit/s sent {high:.0} bit/s");
-    assert!((low - 12_000.0).abs() < 0.2 * 12_000.0, "asked 12000 bit/s, got {low:.0}");
-    assert!(high > 1.6 * low, "32000 bit/s ({high:.0}) not well above 12000 ({low:.0})");
+    assert!(
+        (low - 12_000.0).abs() < 0.2 * 12_000.0,
+        "asked 12000 bit/s, got {low:.0}"
+    );
+    assert!(
+        high > 1.6 * low,
+        "32000 bit/s ({high:.0}) not well above 12000 ({low:.0})"
+    );
 }
 
 #[test]
@@ -225,14 +252,23 @@ fn libopus_state_is_allocated_once_at_setup_by_the_rust_allocator() {
     println!("setup allocations (count, bytes): encoder {enc_alloc:?}, decoder {dec_alloc:?}");
     // The codec state (tens of KiB in libopus) lives in memory this allocator handed
     // out, so the per-frame counts below see everything the state could grow by.
-    assert!(enc_alloc.1 > 10_000, "encoder state not in Rust memory: {enc_alloc:?}");
-    assert!(dec_alloc.1 > 10_000, "decoder state not in Rust memory: {dec_alloc:?}");
+    assert!(
+        enc_alloc.1 > 10_000,
+        "encoder state not in Rust memory: {enc_alloc:?}"
+    );
+    assert!(
+        dec_alloc.1 > 10_000,
+        "decoder state not in Rust memory: {dec_alloc:?}"
+    );
 }
 
 #[test]
 fn libopus_encode_decode_conceal_and_recover_allocate_nothing_per_frame() {
     for rate in RATES {
-        let config = CodecConfig { expected_loss_percent: 20, ..CodecConfig::default() };
+        let config = CodecConfig {
+            expected_loss_percent: 20,
+            ..CodecConfig::default()
+        };
         let mut enc = new_encoder(CodecKind::Opus, rate, &config).expect("encoder");
         let mut dec = new_decoder(CodecKind::Opus, rate, &config).expect("decoder");
         let frame = rate.frame_samples();
@@ -253,15 +289,31 @@ fn libopus_encode_decode_conceal_and_recover_allocate_nothing_per_frame() {
                 5 => (none, none, none),
                 6 => {
                     let recovered = counted(|| dec.recover(packet, &mut out).expect("recover")).1;
-                    (counted(|| dec.decode(packet, &mut out).expect("decode")).1, none, recovered)
+                    (
+                        counted(|| dec.decode(packet, &mut out).expect("decode")).1,
+                        none,
+                        recovered,
+                    )
                 }
-                15 => (none, counted(|| dec.conceal(&mut out).expect("conceal")).1, none),
-                _ => (counted(|| dec.decode(packet, &mut out).expect("decode")).1, none, none),
+                15 => (
+                    none,
+                    counted(|| dec.conceal(&mut out).expect("conceal")).1,
+                    none,
+                ),
+                _ => (
+                    counted(|| dec.decode(packet, &mut out).expect("decode")).1,
+                    none,
+                    none,
+                ),
             };
             if i < warmup {
                 continue;
             }
-            for (t, a) in totals.iter_mut().zip([enc_alloc, decode_alloc, conceal_alloc, recover_alloc]) {
+            for (t, a) in
+                totals
+                    .iter_mut()
+                    .zip([enc_alloc, decode_alloc, conceal_alloc, recover_alloc])
+            {
                 *t = (t.0 + a.0, t.1 + a.1);
             }
         }
@@ -285,7 +337,13 @@ fn libopus_packets_decode_with_the_pure_rust_decoder() {
         let input = tone(1000.0, -10.0, hz, 1.0);
         let packets = libopus_packets(rate, &CodecConfig::default(), &input);
         let theirs = pure_decode(rate, &packets);
-        assert_tone(&format!("libopus@{hz} -> opus-pure"), &theirs, hz, 1000.0, -10.0);
+        assert_tone(
+            &format!("libopus@{hz} -> opus-pure"),
+            &theirs,
+            hz,
+            1000.0,
+            -10.0,
+        );
         // The two decoders implement one normative spec (RFC 6716 §4): the same
         // packets decode to the same audio, within float rounding.
         let ours = libopus_decode(rate, &packets);
@@ -303,7 +361,13 @@ fn pure_rust_packets_decode_with_libopus() {
         let packets = pure_packets(rate, &CodecConfig::default(), &input);
         let out = libopus_decode(rate, &packets);
         assert_eq!(out.len(), input.len());
-        assert_tone(&format!("opus-pure@{hz} -> libopus"), &out, hz, 1000.0, -10.0);
+        assert_tone(
+            &format!("opus-pure@{hz} -> libopus"),
+            &out,
+            hz,
+            1000.0,
+            -10.0,
+        );
     }
 }
 
@@ -311,7 +375,10 @@ fn pure_rust_packets_decode_with_libopus() {
 fn pure_rust_fec_is_recovered_by_libopus_as_opus_pure_recovers_it() {
     let rate = SampleRate::Hz16000;
     let frame = rate.frame_samples();
-    let config = CodecConfig { expected_loss_percent: 20, ..CodecConfig::default() };
+    let config = CodecConfig {
+        expected_loss_percent: 20,
+        ..CodecConfig::default()
+    };
     let mut input = vec![0i16; frame * 60];
     for (i, f) in input.chunks_exact_mut(frame).enumerate() {
         speech_frame(rate, i, f);
@@ -344,9 +411,11 @@ fn pure_rust_fec_is_recovered_by_libopus_as_opus_pure_recovers_it() {
         let mut pure = opus_pure::OpusDecoder::new(rate.hz() as i32, 1).expect("opus-pure decoder");
         let mut pure_fec = vec![0i16; frame];
         for p in &packets[..lost] {
-            pure.decode_s16(p, frame, &mut pure_fec).expect("opus-pure decode");
+            pure.decode_s16(p, frame, &mut pure_fec)
+                .expect("opus-pure decode");
         }
-        pure.decode_fec_s16(next, frame, &mut pure_fec).expect("opus-pure FEC");
+        pure.decode_fec_s16(next, frame, &mut pure_fec)
+            .expect("opus-pure FEC");
         let (fec_db, plc_db) = (snr_db(reference, &fec), snr_db(reference, &plc));
         let agreement = snr_db(&pure_fec, &fec);
         println!(
@@ -355,16 +424,28 @@ fn pure_rust_fec_is_recovered_by_libopus_as_opus_pure_recovers_it() {
         );
         if fec_db > plc_db + 3.0 {
             rebuilt += 1;
-            assert!(agreement > 60.0, "frame {lost}: libopus and opus-pure FEC differ ({agreement:.1} dB)");
+            assert!(
+                agreement > 60.0,
+                "frame {lost}: libopus and opus-pure FEC differ ({agreement:.1} dB)"
+            );
         }
     }
-    assert!(rebuilt > 0, "no lost frame was rebuilt from opus-pure's FEC");
+    assert!(
+        rebuilt > 0,
+        "no lost frame was rebuilt from opus-pure's FEC"
+    );
 }
 
 #[test]
 fn libopus_refuses_malformed_packets_with_typed_errors() {
     let malformed = |e: Result<usize, CodecError>| {
-        matches!(e, Err(CodecError::MalformedPayload { kind: CodecKind::Opus, .. }))
+        matches!(
+            e,
+            Err(CodecError::MalformedPayload {
+                kind: CodecKind::Opus,
+                ..
+            })
+        )
     };
     for rate in RATES {
         let mut dec = new_decoder(CodecKind::Opus, rate, &CodecConfig::default()).expect("decoder");
@@ -372,20 +453,42 @@ fn libopus_refuses_malformed_packets_with_typed_errors() {
         // RFC 6716 §3.1: at least one TOC byte.
         assert!(malformed(dec.decode(&[], &mut out)), "empty packet");
         // §3.2.3 (R3): code 1 carries two equal frames, so the rest must be even.
-        assert!(malformed(dec.decode(&[0x01, 0xAA], &mut out)), "odd code 1 packet");
+        assert!(
+            malformed(dec.decode(&[0x01, 0xAA], &mut out)),
+            "odd code 1 packet"
+        );
         // §3.2.5 (R5): code 3 with zero frames.
-        assert!(malformed(dec.decode(&[0x03, 0x00], &mut out)), "code 3 with no frames");
+        assert!(
+            malformed(dec.decode(&[0x03, 0x00], &mut out)),
+            "code 3 with no frames"
+        );
         // §3.2.5 (R5): 7 frames of 20 ms is more than 120 ms of audio.
-        assert!(malformed(dec.decode(&[0x0B, 0x07, 0, 0, 0, 0, 0, 0, 0], &mut out)), "over 120 ms");
+        assert!(
+            malformed(dec.decode(&[0x0B, 0x07, 0, 0, 0, 0, 0, 0, 0], &mut out)),
+            "over 120 ms"
+        );
         // §3.2.1: a two-byte length that runs past the end of the packet.
-        assert!(malformed(dec.decode(&[0x02, 0xFC, 0xFF, 0x00], &mut out)), "length overrun");
+        assert!(
+            malformed(dec.decode(&[0x02, 0xFC, 0xFF, 0x00], &mut out)),
+            "length overrun"
+        );
         // The same rules hold when the packet is read for its FEC.
-        assert!(malformed(dec.recover(&[0x03, 0x00], &mut out)), "FEC from a bad packet");
+        assert!(
+            malformed(dec.recover(&[0x03, 0x00], &mut out)),
+            "FEC from a bad packet"
+        );
         // A good packet into a too-small buffer is a size error, not an overrun.
         let small = dec.decode(&[0x78; 160], &mut [0i16; 10]);
-        assert!(matches!(small, Err(CodecError::OutputTooSmall { available: 10, .. })), "{small:?}");
+        assert!(
+            matches!(small, Err(CodecError::OutputTooSmall { available: 10, .. })),
+            "{small:?}"
+        );
         // The decoder is still usable afterwards.
-        let good = libopus_packets(rate, &CodecConfig::default(), &tone(440.0, -10.0, rate.hz(), 0.1));
+        let good = libopus_packets(
+            rate,
+            &CodecConfig::default(),
+            &tone(440.0, -10.0, rate.hz(), 0.1),
+        );
         assert_eq!(dec.decode(&good[0], &mut out), Ok(rate.frame_samples()));
     }
 }
@@ -405,7 +508,10 @@ fn libopus_survives_random_payloads_without_panicking() {
         let (mut ok, mut refused) = (0, 0);
         for len in 0..2000usize {
             let payload: Vec<u8> = (0..len % 400).map(|_| next()).collect();
-            for result in [dec.decode(&payload, &mut out), dec.recover(&payload, &mut out)] {
+            for result in [
+                dec.decode(&payload, &mut out),
+                dec.recover(&payload, &mut out),
+            ] {
                 match result {
                     Ok(n) => {
                         assert!(n <= out.len());
@@ -416,7 +522,10 @@ fn libopus_survives_random_payloads_without_panicking() {
                 }
             }
         }
-        println!("libopus@{}: random payloads: {ok} decoded, {refused} refused", rate.hz());
+        println!(
+            "libopus@{}: random payloads: {ok} decoded, {refused} refused",
+            rate.hz()
+        );
         assert!(refused > 0, "no random payload was refused");
     }
 }
@@ -428,7 +537,10 @@ fn libopus_encoder_refuses_bad_frame_lengths_and_small_buffers() {
     let pcm = vec![0i16; 161];
     assert_eq!(
         enc.encode(&pcm, &mut [0u8; 1500]),
-        Err(CodecError::FrameLength { kind: CodecKind::Opus, len: 161 })
+        Err(CodecError::FrameLength {
+            kind: CodecKind::Opus,
+            len: 161
+        })
     );
     assert!(matches!(
         enc.encode(&pcm[..160], &mut []),

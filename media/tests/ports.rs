@@ -35,7 +35,9 @@ fn thousands_of_cycles_from_several_threads_leave_nothing_in_use() {
     }
     assert_eq!(pool.in_use(), 0);
     // Every pair is still allocatable exactly once.
-    let all: Vec<_> = (0..pool.capacity()).map(|_| pool.allocate().unwrap()).collect();
+    let all: Vec<_> = (0..pool.capacity())
+        .map(|_| pool.allocate().unwrap())
+        .collect();
     let distinct: HashSet<u16> = all.iter().map(|l| l.rtp_port()).collect();
     assert_eq!(distinct.len(), 100);
 }

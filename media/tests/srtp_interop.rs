@@ -64,19 +64,39 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// Run the Python reference; `None` (after printing why) when it cannot run and not strict.
-fn reference(mode: &str, tag_len: usize, master: &[u8], counter: u64, pkt: &[u8]) -> Option<Vec<u8>> {
+fn reference(
+    mode: &str,
+    tag_len: usize,
+    master: &[u8],
+    counter: u64,
+    pkt: &[u8],
+) -> Option<Vec<u8>> {
     let out = Command::new("python3")
-        .args(["-c", PY, mode, &tag_len.to_string(), &hex(master), &counter.to_string(), &hex(pkt)])
+        .args([
+            "-c",
+            PY,
+            mode,
+            &tag_len.to_string(),
+            &hex(master),
+            &counter.to_string(),
+            &hex(pkt),
+        ])
         .output();
     let reason = match out {
         Ok(o) if o.status.success() => {
             return Some(unhex(String::from_utf8_lossy(&o.stdout).trim()));
         }
-        Ok(o) => format!("python3 reference failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Ok(o) => format!(
+            "python3 reference failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
         Err(e) => format!("python3 not runnable: {e}"),
     };
     if strict() {
@@ -101,7 +121,10 @@ fn master_key() -> MasterKey {
 
 #[test]
 fn srtp_matches_independent_python_implementation_across_roc_rollover() {
-    for profile in [SrtpProfile::AesCm128HmacSha1_80, SrtpProfile::AesCm128HmacSha1_32] {
+    for profile in [
+        SrtpProfile::AesCm128HmacSha1_80,
+        SrtpProfile::AesCm128HmacSha1_32,
+    ] {
         let mut tx = SrtpContext::new(profile, &master_key());
         let mut rx = SrtpContext::new(profile, &master_key());
         let mut roc = 0u64;
@@ -114,13 +137,20 @@ fn srtp_matches_independent_python_implementation_across_roc_rollover() {
             let header = Header {
                 marker: i == 0,
                 csrcs: if i == 1 { &csrcs } else { &[] },
-                ..Header::new(PayloadType::PCMU, SeqNo(seq), RtpTimestamp(0x1000 + 160 * i as u32), Ssrc(0xdead_beef))
+                ..Header::new(
+                    PayloadType::PCMU,
+                    SeqNo(seq),
+                    RtpTimestamp(0x1000 + 160 * i as u32),
+                    Ssrc(0xdead_beef),
+                )
             };
             let mut buf = [0u8; 256];
             let n = header.write(&payload, &mut buf).unwrap();
             let plain = buf[..n].to_vec();
             let m = tx.protect_rtp(&mut buf, n).unwrap();
-            let Some(expected) = reference("rtp", profile.rtp_tag_len(), &master_bytes(), roc, &plain) else {
+            let Some(expected) =
+                reference("rtp", profile.rtp_tag_len(), &master_bytes(), roc, &plain)
+            else {
                 return;
             };
             assert_eq!(hex(&buf[..m]), hex(&expected), "{profile:?} seq {seq}");

@@ -39,7 +39,10 @@ a=sendrecv\r\n";
 fn bench(c: &mut Criterion) {
     // Fit Content-Length to the body so the message is exact.
     let body_len = INVITE.split("\r\n\r\n").nth(1).map(str::len).unwrap_or(0);
-    let text = INVITE.replace("Content-Length: 280", &format!("Content-Length: {body_len}"));
+    let text = INVITE.replace(
+        "Content-Length: 280",
+        &format!("Content-Length: {body_len}"),
+    );
     let raw = Bytes::from(text);
     let limits = Limits::default();
     assert!(Message::parse(raw.clone(), &limits).is_ok());
@@ -57,19 +60,30 @@ fn bench(c: &mut Criterion) {
             let to = h.to().ok()?;
             let cseq = h.cseq().ok()?;
             let cid = h.call_id().ok()?.len();
-            Some((via.branch().map(str::len), from.tag().map(str::len), to.tag().is_none(), cseq.seq, cid))
+            Some((
+                via.branch().map(str::len),
+                from.tag().map(str::len),
+                to.tag().is_none(),
+                cseq.seq,
+                cid,
+            ))
         })
     });
 
     let policy = ValidationPolicy::default();
-    let Ok(Message::Request(req)) = Message::parse(raw.clone(), &limits) else { return };
-    c.bench_function("check_request_invite", |b| b.iter(|| check_request(black_box(&req), &policy)));
+    let Ok(Message::Request(req)) = Message::parse(raw.clone(), &limits) else {
+        return;
+    };
+    c.bench_function("check_request_invite", |b| {
+        b.iter(|| check_request(black_box(&req), &policy))
+    });
 
     let mut out = BytesMut::with_capacity(2048);
     c.bench_function("build_and_write_200_ok", |b| {
         b.iter(|| {
             out.clear();
-            let resp = Response::to_request(black_box(&req), StatusCode::OK, None).with_to_tag("as8d7f");
+            let resp =
+                Response::to_request(black_box(&req), StatusCode::OK, None).with_to_tag("as8d7f");
             resp.write_to(&mut out);
             out.len()
         })

@@ -69,26 +69,46 @@ const REALM: &str = "dialin";
 
 /// Binds and starts answering; returns once the sockets are bound.
 pub async fn start(opts: Options) -> Result<Uas, Box<dyn std::error::Error + Send + Sync>> {
-    let addr = opts.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+    let addr = opts
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
     let mut tc = TransportConfig::default();
     tc.listen = vec![
-        ListenAddr { transport: Transport::Udp, addr },
-        ListenAddr { transport: Transport::Tcp, addr },
+        ListenAddr {
+            transport: Transport::Udp,
+            addr,
+        },
+        ListenAddr {
+            transport: Transport::Tcp,
+            addr,
+        },
     ];
     tc.incoming_capacity = tc.incoming_capacity.max(8192);
     let (transports, incoming) = Transports::bind(tc).await?;
     let addrs = transports.local_addrs().to_vec();
-    let (handle, mut events) = EndpointDriver::spawn(transports.clone(), incoming, EndpointConfig::default());
+    let (handle, mut events) =
+        EndpointDriver::spawn(transports.clone(), incoming, EndpointConfig::default());
     let stats = std::sync::Arc::new(std::sync::Mutex::new(Stats::default()));
     let st = stats.clone();
     let h = handle.clone();
     tokio::spawn(async move {
-        let mut app = App { opts, handle: h, nonces: HashSet::new(), versions: HashMap::new(), stats: st };
+        let mut app = App {
+            opts,
+            handle: h,
+            nonces: HashSet::new(),
+            versions: HashMap::new(),
+            stats: st,
+        };
         while let Some(ev) = events.recv().await {
             app.on_event(ev);
         }
     });
-    Ok(Uas { addrs, stats, transports, handle })
+    Ok(Uas {
+        addrs,
+        stats,
+        transports,
+        handle,
+    })
 }
 
 struct App {
@@ -125,7 +145,10 @@ impl App {
             Event::CallEnded { key, .. } => {
                 self.versions.remove(&key);
             }
-            Event::Acked { .. } | Event::AckTimeout { .. } | Event::Info { .. } | Event::SessionExpired { .. } => {}
+            Event::Acked { .. }
+            | Event::AckTimeout { .. }
+            | Event::Info { .. }
+            | Event::SessionExpired { .. } => {}
         }
     }
 
@@ -138,7 +161,9 @@ impl App {
             if !ok {
                 let nonce = format!("{:032x}", rand::random::<u128>());
                 self.nonces.insert(nonce.clone());
-                let challenge = format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\"");
+                let challenge = format!(
+                    "Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\""
+                );
                 self.bump(|s| s.challenged += 1);
                 let _ = self.handle.reject(
                     key,
@@ -150,7 +175,9 @@ impl App {
             }
         }
         if !req.body.is_empty() && !pcmu_offered(&req.body) {
-            let _ = self.handle.reject(key, StatusCode::NOT_ACCEPTABLE_HERE, None, Vec::new());
+            let _ = self
+                .handle
+                .reject(key, StatusCode::NOT_ACCEPTABLE_HERE, None, Vec::new());
             return;
         }
         self.versions.insert(key, 1);
@@ -174,11 +201,14 @@ impl App {
 
 /// True when the SDP offers PCMU (static payload type 0, RFC 3551) on its audio line.
 pub fn pcmu_offered(sdp: &[u8]) -> bool {
-    let Ok(s) = std::str::from_utf8(sdp) else { return false };
+    let Ok(s) = std::str::from_utf8(sdp) else {
+        return false;
+    };
     s.lines().any(|l| {
         let l = l.trim();
         (l.starts_with("m=audio") && l.split_whitespace().skip(3).any(|f| f == "0"))
-            || l.to_ascii_uppercase().starts_with("A=RTPMAP:") && l.to_ascii_uppercase().contains(" PCMU/8000")
+            || l.to_ascii_uppercase().starts_with("A=RTPMAP:")
+                && l.to_ascii_uppercase().contains(" PCMU/8000")
     })
 }
 
@@ -230,18 +260,33 @@ fn digest_params(v: &str) -> Option<HashMap<String, String>> {
     parts.push(rest.get(start..)?);
     for p in parts {
         let (k, v) = p.split_once('=')?;
-        out.insert(k.trim().to_ascii_lowercase(), v.trim().trim_matches('"').to_owned());
+        out.insert(
+            k.trim().to_ascii_lowercase(),
+            v.trim().trim_matches('"').to_owned(),
+        );
     }
     Some(out)
 }
 
 /// Checks an MD5 digest `Authorization` (RFC 2617 §3.2.2, with or without qop=auth).
-pub fn verify_digest(header: &str, method: &str, user: &str, pass: &str, nonces: &HashSet<String>) -> bool {
-    let Some(p) = digest_params(header) else { return false };
+pub fn verify_digest(
+    header: &str,
+    method: &str,
+    user: &str,
+    pass: &str,
+    nonces: &HashSet<String>,
+) -> bool {
+    let Some(p) = digest_params(header) else {
+        return false;
+    };
     let get = |k: &str| p.get(k).map(String::as_str);
-    let (Some(u), Some(realm), Some(nonce), Some(uri), Some(resp)) =
-        (get("username"), get("realm"), get("nonce"), get("uri"), get("response"))
-    else {
+    let (Some(u), Some(realm), Some(nonce), Some(uri), Some(resp)) = (
+        get("username"),
+        get("realm"),
+        get("nonce"),
+        get("uri"),
+        get("response"),
+    ) else {
         return false;
     };
     if u != user || realm != REALM || !nonces.contains(nonce) {
@@ -262,13 +307,23 @@ fn parse_args() -> Result<Options, String> {
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--listen" => o.listen = Some(val()?.parse().map_err(|_| "bad --listen address".to_owned())?),
+            "--listen" => {
+                o.listen = Some(
+                    val()?
+                        .parse()
+                        .map_err(|_| "bad --listen address".to_owned())?,
+                )
+            }
             "--auth" => {
                 let v = val()?;
                 let (u, p) = v.split_once(':').ok_or("--auth is user:pass")?;
                 o.auth = Some((u.to_owned(), p.to_owned()));
             }
-            "--ring-ms" => o.ring = Some(Duration::from_millis(val()?.parse().map_err(|_| "bad --ring-ms")?)),
+            "--ring-ms" => {
+                o.ring = Some(Duration::from_millis(
+                    val()?.parse().map_err(|_| "bad --ring-ms")?,
+                ))
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -283,7 +338,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("uas: {e}");
@@ -298,7 +356,10 @@ fn main() {
                 }
                 let _ = tokio::signal::ctrl_c().await;
                 let s = uas.stats();
-                println!("uas: answered {} challenged {} cancelled {} byes {}", s.answered, s.challenged, s.cancelled, s.byes);
+                println!(
+                    "uas: answered {} challenged {} cancelled {} byes {}",
+                    s.answered, s.challenged, s.cancelled, s.byes
+                );
                 uas.stop();
             }
             Err(e) => {

@@ -53,7 +53,10 @@ pub enum InDialog {
     /// Answer 200; the call is over (RFC 3261 §15.1.2).
     Bye,
     /// Answer 200; pass the body on (DTMF relay etc.).
-    Info { content_type: Option<Text>, body: Bytes },
+    Info {
+        content_type: Option<Text>,
+        body: Bytes,
+    },
     /// A re-INVITE or UPDATE with an SDP offer: the TU answers.
     Offer { kind: OfferKind, body: Bytes },
     /// A re-INVITE or UPDATE without a body: a session refresh (RFC 4028 §7.4).
@@ -93,7 +96,10 @@ pub struct SessionTimerPolicy {
 impl Default for SessionTimerPolicy {
     fn default() -> SessionTimerPolicy {
         // RFC 4028 §4: recommended default 1800 s; §5: Min-SE floor 90 s.
-        SessionTimerPolicy { min_se: 90, session_expires: 1800 }
+        SessionTimerPolicy {
+            min_se: 90,
+            session_expires: 1800,
+        }
     }
 }
 
@@ -120,13 +126,24 @@ impl SessionTimer {
 /// Negotiates RFC 4028 session timers for an inbound INVITE.
 /// `Ok(None)`: no session timer (the caller neither asked nor supports it).
 /// `Err(min_se)`: answer 422 with `Min-SE: <min_se>` (RFC 4028 §9).
-pub fn negotiate_session_timer(invite: &Request, policy: &SessionTimerPolicy) -> Result<Option<SessionTimer>, u32> {
-    let supports = invite.headers.supported().iter().any(|t| t.eq_ignore_ascii_case("timer"));
+pub fn negotiate_session_timer(
+    invite: &Request,
+    policy: &SessionTimerPolicy,
+) -> Result<Option<SessionTimer>, u32> {
+    let supports = invite
+        .headers
+        .supported()
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case("timer"));
     let se = invite.headers.session_expires().ok().flatten();
     let peer_min = invite
         .headers
         .get(&HeaderName::MinSe)
-        .and_then(|v| v.split(';').next().and_then(|n| n.trim().parse::<u32>().ok()))
+        .and_then(|v| {
+            v.split(';')
+                .next()
+                .and_then(|n| n.trim().parse::<u32>().ok())
+        })
         .unwrap_or(0);
     let min = policy.min_se.max(peer_min);
     match se {
@@ -142,7 +159,11 @@ pub fn negotiate_session_timer(invite: &Request, policy: &SessionTimerPolicy) ->
                 None if supports => Refresher::Uac,
                 None => Refresher::Uas,
             };
-            Ok(Some(SessionTimer { interval, refresher, require: supports }))
+            Ok(Some(SessionTimer {
+                interval,
+                refresher,
+                require: supports,
+            }))
         }
         None if supports => Ok(Some(SessionTimer {
             interval: policy.session_expires.max(min),
@@ -192,14 +213,27 @@ pub struct Dialog {
 
 impl Dialog {
     /// The dialog our 2xx to `invite` creates (RFC 3261 §12.1.1).
-    pub fn from_invite(invite: &Request, local_tag: &str, timers: Timers) -> Result<Dialog, DialogError> {
+    pub fn from_invite(
+        invite: &Request,
+        local_tag: &str,
+        timers: Timers,
+    ) -> Result<Dialog, DialogError> {
         let h = &invite.headers;
-        let call_id = h.call_id().map_err(|_| DialogError::Malformed("Call-ID"))?.clone();
+        let call_id = h
+            .call_id()
+            .map_err(|_| DialogError::Malformed("Call-ID"))?
+            .clone();
         let from = h.from().map_err(|_| DialogError::Malformed("From"))?;
         let to_value = h.get(&HeaderName::To).ok_or(DialogError::Malformed("To"))?;
-        let from_value = h.get(&HeaderName::From).ok_or(DialogError::Malformed("From"))?;
+        let from_value = h
+            .get(&HeaderName::From)
+            .ok_or(DialogError::Malformed("From"))?;
         let cseq = h.cseq().map_err(|_| DialogError::Malformed("CSeq"))?;
-        let contact = h.contacts().ok().and_then(|c| c.into_iter().next()).ok_or(DialogError::NoContact)?;
+        let contact = h
+            .contacts()
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .ok_or(DialogError::NoContact)?;
         let route_set: Vec<Text> = h.values(&HeaderName::RecordRoute).collect();
         Ok(Dialog {
             call_id,
@@ -299,14 +333,23 @@ impl Dialog {
     /// Classifies an in-dialog request (its transaction already made, so
     /// retransmissions never get here) and updates the dialog state.
     pub fn on_request(&mut self, req: &Request, now: Instant) -> InDialog {
-        let Ok(cseq) = req.headers.cseq() else { return InDialog::Reject(StatusCode::BAD_REQUEST) };
+        let Ok(cseq) = req.headers.cseq() else {
+            return InDialog::Reject(StatusCode::BAD_REQUEST);
+        };
         if req.method == Method::Ack {
             return match &self.pending_2xx {
                 Some(p) if p.cseq == cseq.seq => {
                     self.pending_2xx = None;
                     self.state = DialogState::Confirmed;
-                    let body = if req.body.is_empty() { None } else { Some(req.body.clone()) };
-                    InDialog::Ack { cseq: cseq.seq, body }
+                    let body = if req.body.is_empty() {
+                        None
+                    } else {
+                        Some(req.body.clone())
+                    };
+                    InDialog::Ack {
+                        cseq: cseq.seq,
+                        body,
+                    }
                 }
                 _ => InDialog::AckAbsorbed,
             };
@@ -329,7 +372,11 @@ impl Dialog {
             },
             Method::Options => InDialog::Options,
             Method::Invite | Method::Update => {
-                let kind = if req.method == Method::Invite { OfferKind::Invite } else { OfferKind::Update };
+                let kind = if req.method == Method::Invite {
+                    OfferKind::Invite
+                } else {
+                    OfferKind::Update
+                };
                 // RFC 3261 §14.2 / RFC 3311 §5.2: an offer while one is outstanding → 491.
                 if self.offer_pending.is_some() || self.local_invite_pending {
                     return InDialog::Reject(StatusCode::REQUEST_PENDING);
@@ -351,7 +398,10 @@ impl Dialog {
                     InDialog::Refresh { kind }
                 } else {
                     self.offer_pending = Some(kind);
-                    InDialog::Offer { kind, body: req.body.clone() }
+                    InDialog::Offer {
+                        kind,
+                        body: req.body.clone(),
+                    }
                 }
             }
             _ => InDialog::Reject(StatusCode::METHOD_NOT_ALLOWED),
@@ -366,7 +416,13 @@ impl Dialog {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let p = self.pending_2xx.as_ref().map(|p| if p.retransmit { p.next.min(p.give_up) } else { p.give_up });
+        let p = self.pending_2xx.as_ref().map(|p| {
+            if p.retransmit {
+                p.next.min(p.give_up)
+            } else {
+                p.give_up
+            }
+        });
         match (p, self.session_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -410,7 +466,8 @@ impl Dialog {
     /// its branch). Add a body with [`RequestBuilder::body`].
     pub fn request(&mut self, method: Method, via: &str) -> RequestBuilder {
         self.local_cseq += 1;
-        let mut b = RequestBuilder::new(method, self.remote_target.clone()).header(HeaderName::Via, via.to_owned());
+        let mut b = RequestBuilder::new(method, self.remote_target.clone())
+            .header(HeaderName::Via, via.to_owned());
         for r in &self.route_set {
             b = b.header(HeaderName::Route, r.clone());
         }
@@ -424,7 +481,8 @@ impl Dialog {
     /// The ACK for the 2xx to our re-INVITE with CSeq `cseq` (RFC 3261 §13.2.2.4):
     /// a new transaction (new branch in `via`), the INVITE's CSeq number.
     pub fn ack_for_2xx(&self, cseq: u32, via: &str) -> Request {
-        let mut b = RequestBuilder::new(Method::Ack, self.remote_target.clone()).header(HeaderName::Via, via.to_owned());
+        let mut b = RequestBuilder::new(Method::Ack, self.remote_target.clone())
+            .header(HeaderName::Via, via.to_owned());
         for r in &self.route_set {
             b = b.header(HeaderName::Route, r.clone());
         }

@@ -22,16 +22,21 @@ pub mod driver;
 pub use driver::{DriverClosed, EndpointDriver, EndpointHandle};
 
 use crate::dialog::{
-    negotiate_session_timer, Dialog, DialogTimeout, InDialog, OfferKind, SessionTimer, SessionTimerPolicy,
+    negotiate_session_timer, Dialog, DialogTimeout, InDialog, OfferKind, SessionTimer,
+    SessionTimerPolicy,
 };
 use crate::header::{HeaderName, Refresher};
-use crate::message::{reject_unparsable, Limits, Message, Method, Request, Response, StatusCode, Text};
+use crate::message::{
+    reject_unparsable, Limits, Message, Method, Request, Response, StatusCode, Text,
+};
 use crate::timer::Timers;
 use crate::transaction::{
-    ack_for_non2xx, ClientKey, ClientResponse, ClientTimeout, ClientTransaction, ServerTimeout, ServerTransaction,
-    TransactionKey,
+    ack_for_non2xx, ClientKey, ClientResponse, ClientTimeout, ClientTransaction, ServerTimeout,
+    ServerTransaction, TransactionKey,
 };
-use crate::transport::{response_target, stamp_received, ConnectionId, Incoming, ListenAddr, Target, Transport};
+use crate::transport::{
+    response_target, stamp_received, ConnectionId, Incoming, ListenAddr, Target, Transport,
+};
 use crate::validate::{check_request, ValidationPolicy};
 use bytes::Bytes;
 use std::cmp::Reverse;
@@ -110,7 +115,9 @@ pub struct SourceFilter(Arc<FilterFn>);
 type FilterFn = dyn Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync;
 
 impl SourceFilter {
-    pub fn new(f: impl Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync + 'static) -> SourceFilter {
+    pub fn new(
+        f: impl Fn(IpAddr, &Request, Instant) -> SourceVerdict + Send + Sync + 'static,
+    ) -> SourceFilter {
         SourceFilter(Arc::new(f))
     }
 
@@ -128,7 +135,10 @@ impl fmt::Debug for SourceFilter {
 impl Default for EndpointConfig {
     fn default() -> EndpointConfig {
         // We do session timers only: a Require of 100rel etc. gets 420.
-        let validation = ValidationPolicy { supported: vec!["timer"], ..ValidationPolicy::default() };
+        let validation = ValidationPolicy {
+            supported: vec!["timer"],
+            ..ValidationPolicy::default()
+        };
         EndpointConfig {
             timers: Timers::default(),
             local_addrs: Vec::new(),
@@ -179,7 +189,12 @@ pub enum Event {
     /// A new INVITE (already answered 100 Trying). The gateway reads the
     /// Request-URI, From, To, Authorization and body, then calls
     /// [`Endpoint::answer`] or [`Endpoint::reject`].
-    IncomingCall { key: CallKey, request: Box<Request>, source: SocketAddr, transport: Transport },
+    IncomingCall {
+        key: CallKey,
+        request: Box<Request>,
+        source: SocketAddr,
+        transport: Transport,
+    },
     /// The caller cancelled before the answer; the endpoint sent 487.
     Cancelled { key: CallKey },
     /// The ACK for our 2xx; `body` is the caller's answer when our 2xx offered.
@@ -187,9 +202,17 @@ pub enum Event {
     /// No ACK for our 2xx within 64·T1; the endpoint sends BYE.
     AckTimeout { key: CallKey },
     /// A re-INVITE or UPDATE with an SDP offer: answer with [`Endpoint::respond_reinvite`].
-    ReInvite { key: CallKey, kind: OfferKind, body: Bytes },
+    ReInvite {
+        key: CallKey,
+        kind: OfferKind,
+        body: Bytes,
+    },
     /// An in-dialog INFO (already answered 200).
-    Info { key: CallKey, content_type: Option<Text>, body: Bytes },
+    Info {
+        key: CallKey,
+        content_type: Option<Text>,
+        body: Bytes,
+    },
     /// The caller hung up (already answered 200).
     Bye { key: CallKey },
     /// The session timer ran out; the endpoint sends BYE.
@@ -345,7 +368,13 @@ impl Endpoint {
 
     /// Feeds a message from the transport driver.
     pub fn handle_incoming(&mut self, incoming: Incoming, now: Instant) {
-        self.handle_message(incoming.message, incoming.source, incoming.transport, incoming.conn, now);
+        self.handle_message(
+            incoming.message,
+            incoming.source,
+            incoming.transport,
+            incoming.conn,
+            now,
+        );
     }
 
     /// Feeds raw octets (one datagram or one stream frame): parses, stamps
@@ -372,7 +401,10 @@ impl Endpoint {
                     if let Ok(via) = resp.headers.top_via() {
                         if let Ok(mut t) = response_target(&via, source, transport) {
                             t.conn = conn;
-                            self.transmits.push_back(Transmit { target: t, bytes: resp.to_bytes() });
+                            self.transmits.push_back(Transmit {
+                                target: t,
+                                bytes: resp.to_bytes(),
+                            });
                         }
                     }
                 }
@@ -419,12 +451,26 @@ impl Endpoint {
     }
 
     /// Sends 183 Session Progress, with early media SDP if given.
-    pub fn progress(&mut self, key: CallKey, sdp: Option<Bytes>, now: Instant) -> Result<(), CommandError> {
+    pub fn progress(
+        &mut self,
+        key: CallKey,
+        sdp: Option<Bytes>,
+        now: Instant,
+    ) -> Result<(), CommandError> {
         self.provisional(key, StatusCode::SESSION_PROGRESS, sdp, now)
     }
 
-    fn provisional(&mut self, key: CallKey, status: StatusCode, sdp: Option<Bytes>, now: Instant) -> Result<(), CommandError> {
-        let call = self.calls.get(&key.0).ok_or(CommandError::UnknownCall(key))?;
+    fn provisional(
+        &mut self,
+        key: CallKey,
+        status: StatusCode,
+        sdp: Option<Bytes>,
+        now: Instant,
+    ) -> Result<(), CommandError> {
+        let call = self
+            .calls
+            .get(&key.0)
+            .ok_or(CommandError::UnknownCall(key))?;
         if call.phase != Phase::Offered {
             return Err(CommandError::WrongState(key, "already answered"));
         }
@@ -448,19 +494,26 @@ impl Endpoint {
         headers: Vec<(HeaderName, Text)>,
         now: Instant,
     ) -> Result<(), CommandError> {
-        let call = self.calls.get(&key.0).ok_or(CommandError::UnknownCall(key))?;
+        let call = self
+            .calls
+            .get(&key.0)
+            .ok_or(CommandError::UnknownCall(key))?;
         if call.phase != Phase::Offered {
             return Err(CommandError::WrongState(key, "already answered"));
         }
         let mut dialog = Dialog::from_invite(&call.invite, &call.local_tag, self.config.timers)
             .map_err(|_| CommandError::WrongState(key, "INVITE cannot make a dialog"))?;
         let mut resp = self.dialog_response(call, &call.invite, StatusCode::OK);
-        resp.headers.push(HeaderName::Allow, Text::from_static(ALLOW));
-        resp.headers.push(HeaderName::Supported, Text::from_static(SUPPORTED));
+        resp.headers
+            .push(HeaderName::Allow, Text::from_static(ALLOW));
+        resp.headers
+            .push(HeaderName::Supported, Text::from_static(SUPPORTED));
         if let Some(st) = call.session {
-            resp.headers.push(HeaderName::SessionExpires, Text::from(st.header_value()));
+            resp.headers
+                .push(HeaderName::SessionExpires, Text::from(st.header_value()));
             if st.require {
-                resp.headers.push(HeaderName::Require, Text::from_static("timer"));
+                resp.headers
+                    .push(HeaderName::Require, Text::from_static("timer"));
             }
         }
         for (n, v) in headers {
@@ -469,14 +522,16 @@ impl Endpoint {
         if let Some(sdp) = &sdp {
             resp = resp.with_body("application/sdp", sdp.clone());
         }
-        let (tx, cseq, session, target) = (call.invite_tx, call.invite_cseq, call.session, call.target);
+        let (tx, cseq, session, target) =
+            (call.invite_tx, call.invite_cseq, call.session, call.target);
         let Some(bytes) = self.respond(tx, resp, now) else {
             return Err(CommandError::WrongState(key, "INVITE transaction is over"));
         };
         dialog.set_local_sdp(sdp);
         dialog.sent_2xx(cseq, bytes, target, now);
         dialog.start_session_timer(session, now);
-        self.dialogs.insert((dialog.call_id().clone(), dialog.local_tag().clone()), key);
+        self.dialogs
+            .insert((dialog.call_id().clone(), dialog.local_tag().clone()), key);
         if let Some(call) = self.calls.get_mut(&key.0) {
             call.dialog = Some(dialog);
             call.phase = Phase::Answered;
@@ -498,12 +553,19 @@ impl Endpoint {
         if status.0 < 300 || status.0 > 699 {
             return Err(CommandError::BadStatus(status.0));
         }
-        let call = self.calls.get(&key.0).ok_or(CommandError::UnknownCall(key))?;
+        let call = self
+            .calls
+            .get(&key.0)
+            .ok_or(CommandError::UnknownCall(key))?;
         if call.phase != Phase::Offered {
             return Err(CommandError::WrongState(key, "already answered"));
         }
-        let mut resp = Response::to_request(&call.invite, status, reason).with_to_tag(&call.local_tag);
-        resp.headers.push(HeaderName::Server, Text::from(self.config.user_agent.clone()));
+        let mut resp =
+            Response::to_request(&call.invite, status, reason).with_to_tag(&call.local_tag);
+        resp.headers.push(
+            HeaderName::Server,
+            Text::from(self.config.user_agent.clone()),
+        );
         for (n, v) in headers {
             resp.headers.push(n, v);
         }
@@ -516,9 +578,18 @@ impl Endpoint {
     /// Ends the call: BYE when answered (after the ACK if it is still due),
     /// 480 Temporarily Unavailable when not answered yet.
     pub fn hangup(&mut self, key: CallKey, now: Instant) -> Result<(), CommandError> {
-        let call = self.calls.get_mut(&key.0).ok_or(CommandError::UnknownCall(key))?;
+        let call = self
+            .calls
+            .get_mut(&key.0)
+            .ok_or(CommandError::UnknownCall(key))?;
         match call.phase {
-            Phase::Offered => self.reject(key, StatusCode::TEMPORARILY_UNAVAILABLE, None, Vec::new(), now),
+            Phase::Offered => self.reject(
+                key,
+                StatusCode::TEMPORARILY_UNAVAILABLE,
+                None,
+                Vec::new(),
+                now,
+            ),
             // RFC 3261 §15: the callee must not send BYE before the ACK (or its timeout).
             Phase::Answered => {
                 call.hangup_after_ack = true;
@@ -534,13 +605,27 @@ impl Endpoint {
 
     /// Answers a pending re-INVITE/UPDATE offer ([`Event::ReInvite`]): 200 with
     /// the SDP answer, or the given error status (488, 491...).
-    pub fn respond_reinvite(&mut self, key: CallKey, answer: Result<Bytes, StatusCode>, now: Instant) -> Result<(), CommandError> {
-        let call = self.calls.get_mut(&key.0).ok_or(CommandError::UnknownCall(key))?;
-        let offer = call.reoffer.take().ok_or(CommandError::WrongState(key, "no offer pending"))?;
+    pub fn respond_reinvite(
+        &mut self,
+        key: CallKey,
+        answer: Result<Bytes, StatusCode>,
+        now: Instant,
+    ) -> Result<(), CommandError> {
+        let call = self
+            .calls
+            .get_mut(&key.0)
+            .ok_or(CommandError::UnknownCall(key))?;
+        let offer = call
+            .reoffer
+            .take()
+            .ok_or(CommandError::WrongState(key, "no offer pending"))?;
         if let Some(d) = call.dialog.as_mut() {
             d.offer_answered();
         }
-        let call = self.calls.get(&key.0).ok_or(CommandError::UnknownCall(key))?;
+        let call = self
+            .calls
+            .get(&key.0)
+            .ok_or(CommandError::UnknownCall(key))?;
         match answer {
             Ok(sdp) => {
                 let mut resp = self.dialog_response(call, &offer.request, StatusCode::OK);
@@ -570,21 +655,46 @@ impl Endpoint {
     }
 
     /// Sends an INFO in the dialog (e.g. DTMF relay).
-    pub fn send_info(&mut self, key: CallKey, content_type: &str, body: Bytes, now: Instant) -> Result<(), CommandError> {
-        let call = self.calls.get(&key.0).ok_or(CommandError::UnknownCall(key))?;
+    pub fn send_info(
+        &mut self,
+        key: CallKey,
+        content_type: &str,
+        body: Bytes,
+        now: Instant,
+    ) -> Result<(), CommandError> {
+        let call = self
+            .calls
+            .get(&key.0)
+            .ok_or(CommandError::UnknownCall(key))?;
         if call.phase != Phase::Confirmed {
             return Err(CommandError::WrongState(key, "not confirmed"));
         }
         let ct = Text::from(content_type.to_owned());
-        self.send_in_dialog(key, Method::Info, Purpose::Info, Some((ct, body)), Vec::new(), now);
+        self.send_in_dialog(
+            key,
+            Method::Info,
+            Purpose::Info,
+            Some((ct, body)),
+            Vec::new(),
+            now,
+        );
         Ok(())
     }
 
     // ------------------------------------------------------------------
     // Requests
 
-    fn on_request(&mut self, req: Request, source: SocketAddr, transport: Transport, conn: Option<ConnectionId>, now: Instant) {
-        let Ok(via) = req.headers.top_via() else { return };
+    fn on_request(
+        &mut self,
+        req: Request,
+        source: SocketAddr,
+        transport: Transport,
+        conn: Option<ConnectionId>,
+        now: Instant,
+    ) {
+        let Ok(via) = req.headers.top_via() else {
+            return;
+        };
         let Ok(mut target) = response_target(&via, source, transport) else {
             tracing::debug!("request from {source} has no routable Via; dropped");
             return;
@@ -597,8 +707,12 @@ impl Endpoint {
                 // RFC 3261 §17.2.1: an ACK is never answered.
                 SourceVerdict::Reject(_) if req.method == Method::Ack => return,
                 SourceVerdict::Reject(status) => {
-                    let resp = Response::to_request(&req, status, None).with_to_tag(&random_token());
-                    self.transmits.push_back(Transmit { target, bytes: resp.to_bytes() });
+                    let resp =
+                        Response::to_request(&req, status, None).with_to_tag(&random_token());
+                    self.transmits.push_back(Transmit {
+                        target,
+                        bytes: resp.to_bytes(),
+                    });
                     return;
                 }
             }
@@ -611,7 +725,10 @@ impl Endpoint {
             // Missing headers: answer statelessly (validation names the problem).
             if let Err(r) = check_request(&req, &self.config.validation) {
                 let resp = r.to_response(&req).with_to_tag(&random_token());
-                self.transmits.push_back(Transmit { target, bytes: resp.to_bytes() });
+                self.transmits.push_back(Transmit {
+                    target,
+                    bytes: resp.to_bytes(),
+                });
             }
             return;
         };
@@ -626,7 +743,10 @@ impl Endpoint {
             let resp = Response::to_request(&req, StatusCode::SERVICE_UNAVAILABLE, None)
                 .with_to_tag(&random_token())
                 .header(HeaderName::RetryAfter, RETRY_AFTER_S);
-            self.transmits.push_back(Transmit { target, bytes: resp.to_bytes() });
+            self.transmits.push_back(Transmit {
+                target,
+                bytes: resp.to_bytes(),
+            });
             return;
         }
         let id = self.new_server(key.clone(), &req.method, target);
@@ -640,7 +760,11 @@ impl Endpoint {
             self.respond(id, resp, now);
             return;
         }
-        let to_tag = req.headers.to().ok().and_then(|t| t.tag().map(|s| Text::from(s.to_owned())));
+        let to_tag = req
+            .headers
+            .to()
+            .ok()
+            .and_then(|t| t.tag().map(|s| Text::from(s.to_owned())));
         match (&req.method, to_tag) {
             (Method::Cancel, _) => self.on_cancel(id, &key, &req, now),
             (_, Some(tag)) => self.on_in_dialog(id, tag, req, now),
@@ -663,7 +787,14 @@ impl Endpoint {
         }
     }
 
-    fn on_invite(&mut self, tx: u64, req: Request, source: SocketAddr, transport: Transport, now: Instant) {
+    fn on_invite(
+        &mut self,
+        tx: u64,
+        req: Request,
+        source: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) {
         if self.calls.len() >= self.config.max_calls {
             let resp = Response::to_request(&req, StatusCode::SERVICE_UNAVAILABLE, None)
                 .with_to_tag(&random_token())
@@ -688,7 +819,9 @@ impl Endpoint {
                 return;
             }
         };
-        let Some(target) = self.servers.get(&tx).map(|e| e.tx.target) else { return };
+        let Some(target) = self.servers.get(&tx).map(|e| e.tx.target) else {
+            return;
+        };
         let invite_cseq = req.headers.cseq().map(|c| c.seq).unwrap_or(0);
         let key = CallKey(self.next_id);
         self.next_id += 1;
@@ -714,7 +847,12 @@ impl Endpoint {
             },
         );
         self.rearm(Slot::Call(key.0));
-        self.events.push_back(Event::IncomingCall { key, request: Box::new(req), source, transport });
+        self.events.push_back(Event::IncomingCall {
+            key,
+            request: Box::new(req),
+            source,
+            transport,
+        });
     }
 
     /// RFC 3261 §9.2: CANCEL matches the INVITE server transaction by branch.
@@ -725,16 +863,21 @@ impl Endpoint {
         };
         let resp = Response::to_request(req, StatusCode::OK, None);
         let call = self.servers.get(&inv).and_then(|e| e.call);
-        let local_tag = call.and_then(|k| self.calls.get(&k.0)).map(|c| c.local_tag.clone());
+        let local_tag = call
+            .and_then(|k| self.calls.get(&k.0))
+            .map(|c| c.local_tag.clone());
         let resp = resp.with_to_tag(local_tag.as_deref().unwrap_or(&random_token()));
         self.respond(tx, resp, now);
         let Some(key) = call else { return };
-        let Some(c) = self.calls.get(&key.0) else { return };
+        let Some(c) = self.calls.get(&key.0) else {
+            return;
+        };
         if c.phase != Phase::Offered {
             // Already answered: the CANCEL has no effect (RFC 3261 §9.2).
             return;
         }
-        let resp = Response::to_request(&c.invite, StatusCode::REQUEST_TERMINATED, None).with_to_tag(&c.local_tag);
+        let resp = Response::to_request(&c.invite, StatusCode::REQUEST_TERMINATED, None)
+            .with_to_tag(&c.local_tag);
         self.respond(inv, resp, now);
         self.events.push_back(Event::Cancelled { key });
         self.end_call(key, EndReason::Cancelled);
@@ -750,14 +893,23 @@ impl Endpoint {
                 }
             }
         }
-        let Some(call_key) = self.dialog_of(&req) else { return };
-        let Some(call) = self.calls.get_mut(&call_key.0) else { return };
-        let Some(dialog) = call.dialog.as_mut() else { return };
+        let Some(call_key) = self.dialog_of(&req) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_key.0) else {
+            return;
+        };
+        let Some(dialog) = call.dialog.as_mut() else {
+            return;
+        };
         if let InDialog::Ack { cseq, body } = dialog.on_request(&req, now) {
             if cseq == call.invite_cseq && call.phase == Phase::Answered {
                 call.phase = Phase::Confirmed;
                 let bye = call.hangup_after_ack;
-                self.events.push_back(Event::Acked { key: call_key, body });
+                self.events.push_back(Event::Acked {
+                    key: call_key,
+                    body,
+                });
                 if bye {
                     self.send_bye(call_key, EndReason::LocalHangup, now);
                 }
@@ -770,7 +922,9 @@ impl Endpoint {
         let call_id = req.headers.call_id().ok()?;
         let to = req.headers.to().ok()?;
         let tag = to.tag()?;
-        self.dialogs.get(&(call_id.clone(), Text::from(tag.to_owned()))).copied()
+        self.dialogs
+            .get(&(call_id.clone(), Text::from(tag.to_owned())))
+            .copied()
     }
 
     fn on_in_dialog(&mut self, tx: u64, _tag: Text, req: Request, now: Instant) {
@@ -796,10 +950,14 @@ impl Endpoint {
                 self.simple(tx, &req, StatusCode::OK, now);
                 // RFC 3261 §15.1.2: pending requests in the dialog get 487.
                 if let Some(off) = self.calls.get_mut(&key.0).and_then(|c| c.reoffer.take()) {
-                    let r = Response::to_request(&off.request, StatusCode::REQUEST_TERMINATED, None);
+                    let r =
+                        Response::to_request(&off.request, StatusCode::REQUEST_TERMINATED, None);
                     self.respond(off.tx, r, now);
                 }
-                let ending = self.calls.get(&key.0).is_some_and(|c| c.phase == Phase::Ending);
+                let ending = self
+                    .calls
+                    .get(&key.0)
+                    .is_some_and(|c| c.phase == Phase::Ending);
                 self.events.push_back(Event::Bye { key });
                 if !ending {
                     self.end_call(key, EndReason::RemoteBye);
@@ -807,7 +965,11 @@ impl Endpoint {
             }
             InDialog::Info { content_type, body } => {
                 self.simple(tx, &req, StatusCode::OK, now);
-                self.events.push_back(Event::Info { key, content_type, body });
+                self.events.push_back(Event::Info {
+                    key,
+                    content_type,
+                    body,
+                });
             }
             InDialog::Options => {
                 let resp = self.options_response(&req);
@@ -815,13 +977,19 @@ impl Endpoint {
             }
             InDialog::Offer { kind, body } => {
                 if let Some(c) = self.calls.get_mut(&key.0) {
-                    c.reoffer = Some(ReOffer { tx, kind, request: req });
+                    c.reoffer = Some(ReOffer {
+                        tx,
+                        kind,
+                        request: req,
+                    });
                 }
                 self.events.push_back(Event::ReInvite { key, kind, body });
                 self.rearm(Slot::Call(key.0));
             }
             InDialog::Refresh { kind } => {
-                let Some(call) = self.calls.get(&key.0) else { return };
+                let Some(call) = self.calls.get(&key.0) else {
+                    return;
+                };
                 let mut resp = self.dialog_response(call, &req, StatusCode::OK);
                 self.add_session_headers(call, &mut resp);
                 let sdp = call.dialog.as_ref().and_then(|d| d.local_sdp().cloned());
@@ -833,9 +1001,10 @@ impl Endpoint {
                 }
                 if let Some(bytes) = self.respond(tx, resp, now) {
                     if kind == OfferKind::Invite {
-                        if let (Some(d), Ok(c)) =
-                            (self.calls.get_mut(&key.0).and_then(|c| c.dialog.as_mut()), req.headers.cseq())
-                        {
+                        if let (Some(d), Ok(c)) = (
+                            self.calls.get_mut(&key.0).and_then(|c| c.dialog.as_mut()),
+                            req.headers.cseq(),
+                        ) {
                             d.sent_2xx(c.seq, bytes, target, now);
                         }
                     }
@@ -845,7 +1014,8 @@ impl Endpoint {
             InDialog::Reject(status) => {
                 let mut resp = Response::to_request(&req, status, None);
                 if status == StatusCode::METHOD_NOT_ALLOWED {
-                    resp.headers.push(HeaderName::Allow, Text::from_static(ALLOW));
+                    resp.headers
+                        .push(HeaderName::Allow, Text::from_static(ALLOW));
                 }
                 self.respond(tx, resp, now);
             }
@@ -857,16 +1027,22 @@ impl Endpoint {
     // Responses to our requests
 
     fn on_response(&mut self, resp: Response, now: Instant) {
-        let Ok(key) = ClientKey::for_response(&resp) else { return };
+        let Ok(key) = ClientKey::for_response(&resp) else {
+            return;
+        };
         let Some(&id) = self.client_index.get(&key) else {
             // Stray response (RFC 3261 §18.1.2: no matching transaction): dropped.
             return;
         };
-        let Some(entry) = self.clients.get_mut(&id) else { return };
+        let Some(entry) = self.clients.get_mut(&id) else {
+            return;
+        };
         let outcome = entry.tx.on_response(resp.status, now);
         let (call, purpose, target) = (entry.call, entry.purpose, entry.tx.target);
         match outcome {
-            ClientResponse::Absorb(Some(ack)) => self.transmits.push_back(Transmit { target, bytes: ack }),
+            ClientResponse::Absorb(Some(ack)) => {
+                self.transmits.push_back(Transmit { target, bytes: ack })
+            }
             ClientResponse::Absorb(None) => {}
             ClientResponse::DeliverAndAck => {
                 let ack = ack_for_non2xx(&entry.request, &resp).to_bytes();
@@ -888,14 +1064,27 @@ impl Endpoint {
 
     fn ack_refresh(&mut self, key: CallKey, cseq: u32, _now: Instant) {
         let via = self.our_via(key);
-        let Some(call) = self.calls.get(&key.0) else { return };
-        let Some(d) = call.dialog.as_ref() else { return };
+        let Some(call) = self.calls.get(&key.0) else {
+            return;
+        };
+        let Some(d) = call.dialog.as_ref() else {
+            return;
+        };
         let ack = d.ack_for_2xx(cseq, &via).to_bytes();
-        self.transmits.push_back(Transmit { target: call.target, bytes: ack });
+        self.transmits.push_back(Transmit {
+            target: call.target,
+            bytes: ack,
+        });
     }
 
     /// A final response (or `None`: a timeout) to one of our requests.
-    fn client_final(&mut self, key: CallKey, purpose: Purpose, status: Option<StatusCode>, now: Instant) {
+    fn client_final(
+        &mut self,
+        key: CallKey,
+        purpose: Purpose,
+        status: Option<StatusCode>,
+        now: Instant,
+    ) {
         match purpose {
             Purpose::Bye => {
                 let reason = match (status, self.calls.get(&key.0)) {
@@ -912,7 +1101,8 @@ impl Endpoint {
                 }
                 match status {
                     Some(s) if s.is_success() => {
-                        if let Some(d) = self.calls.get_mut(&key.0).and_then(|c| c.dialog.as_mut()) {
+                        if let Some(d) = self.calls.get_mut(&key.0).and_then(|c| c.dialog.as_mut())
+                        {
                             d.start_session_timer(session, now);
                         }
                         self.rearm(Slot::Call(key.0));
@@ -934,7 +1124,9 @@ impl Endpoint {
     // Timers
 
     fn server_timeout(&mut self, id: u64, at: Instant, now: Instant) {
-        let Some(e) = self.servers.get_mut(&id) else { return };
+        let Some(e) = self.servers.get_mut(&id) else {
+            return;
+        };
         if e.armed != Some(at) {
             return;
         }
@@ -956,7 +1148,9 @@ impl Endpoint {
     }
 
     fn client_timeout(&mut self, id: u64, at: Instant, now: Instant) {
-        let Some(e) = self.clients.get_mut(&id) else { return };
+        let Some(e) = self.clients.get_mut(&id) else {
+            return;
+        };
         if e.armed != Some(at) {
             return;
         }
@@ -986,15 +1180,18 @@ impl Endpoint {
 
     fn call_timeout(&mut self, id: u64, at: Instant, now: Instant) {
         let key = CallKey(id);
-        let Some(c) = self.calls.get_mut(&id) else { return };
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
         if c.armed != Some(at) {
             return;
         }
         c.armed = None;
         if c.phase == Phase::Offered {
             if now >= c.answer_by {
-                let resp = Response::to_request(&c.invite, StatusCode::TEMPORARILY_UNAVAILABLE, None)
-                    .with_to_tag(&c.local_tag);
+                let resp =
+                    Response::to_request(&c.invite, StatusCode::TEMPORARILY_UNAVAILABLE, None)
+                        .with_to_tag(&c.local_tag);
                 let tx = c.invite_tx;
                 self.respond(tx, resp, now);
                 self.end_call(key, EndReason::Unanswered);
@@ -1005,7 +1202,9 @@ impl Endpoint {
         }
         let Some(d) = c.dialog.as_mut() else { return };
         match d.handle_timeout(now) {
-            DialogTimeout::Retransmit2xx(bytes, target) => self.transmits.push_back(Transmit { target, bytes }),
+            DialogTimeout::Retransmit2xx(bytes, target) => {
+                self.transmits.push_back(Transmit { target, bytes })
+            }
             DialogTimeout::AckTimeout => {
                 let initial = c.phase == Phase::Answered;
                 if initial {
@@ -1040,7 +1239,10 @@ impl Endpoint {
             },
             Slot::Call(id) => match self.calls.get_mut(&id) {
                 Some(c) if c.phase == Phase::Offered => (Some(c.answer_by), &mut c.armed),
-                Some(c) => (c.dialog.as_ref().and_then(|d| d.poll_timeout()), &mut c.armed),
+                Some(c) => (
+                    c.dialog.as_ref().and_then(|d| d.poll_timeout()),
+                    &mut c.armed,
+                ),
                 None => return,
             },
         };
@@ -1060,19 +1262,33 @@ impl Endpoint {
         self.next_id += 1;
         let tx = ServerTransaction::new(method, target, self.config.timers);
         self.server_index.insert(key.clone(), id);
-        self.servers.insert(id, ServerEntry { key, tx, call: None, armed: None });
+        self.servers.insert(
+            id,
+            ServerEntry {
+                key,
+                tx,
+                call: None,
+                armed: None,
+            },
+        );
         id
     }
 
     /// Sends `resp` through server transaction `id`; returns the octets sent.
     fn respond(&mut self, id: u64, mut resp: Response, now: Instant) -> Option<Bytes> {
         if resp.headers.get(&HeaderName::Server).is_none() && resp.status.0 != 100 {
-            resp.headers.push(HeaderName::Server, Text::from(self.config.user_agent.clone()));
+            resp.headers.push(
+                HeaderName::Server,
+                Text::from(self.config.user_agent.clone()),
+            );
         }
         let e = self.servers.get_mut(&id)?;
         let bytes = e.tx.respond(resp.status, resp.to_bytes(), now)?;
         let target = e.tx.target;
-        self.transmits.push_back(Transmit { target, bytes: bytes.clone() });
+        self.transmits.push_back(Transmit {
+            target,
+            bytes: bytes.clone(),
+        });
         self.rearm(Slot::Server(id));
         Some(bytes)
     }
@@ -1095,8 +1311,14 @@ impl Endpoint {
 
     /// Our host and port as advertised for `transport`.
     fn local_hostport(&self, transport: Transport, req_uri_host: Option<IpAddr>) -> (IpAddr, u16) {
-        let la = self.config.local_addrs.iter().find(|l| l.transport == transport);
-        let port = la.map(|l| l.addr.port()).unwrap_or(transport.default_port());
+        let la = self
+            .config
+            .local_addrs
+            .iter()
+            .find(|l| l.transport == transport);
+        let port = la
+            .map(|l| l.addr.port())
+            .unwrap_or(transport.default_port());
         let bound = la.map(|l| l.addr.ip());
         let ip = match (self.config.public_address, bound) {
             (Some(p), _) => p,
@@ -1128,28 +1350,35 @@ impl Endpoint {
         let mut resp = Response::to_request(req, status, None).with_to_tag(&call.local_tag);
         // Only responses to the dialog-creating INVITE carry Record-Route; in-dialog
         // requests are matched here by their CSeq, the initial INVITE's being fixed.
-        let initial = req.method == Method::Invite && req.headers.cseq().is_ok_and(|c| c.seq == call.invite_cseq);
+        let initial = req.method == Method::Invite
+            && req.headers.cseq().is_ok_and(|c| c.seq == call.invite_cseq);
         if initial {
             for rr in req.headers.get_all(&HeaderName::RecordRoute) {
                 resp.headers.push(HeaderName::RecordRoute, rr.clone());
             }
         }
-        resp.headers.push(HeaderName::Contact, self.contact_for(call));
+        resp.headers
+            .push(HeaderName::Contact, self.contact_for(call));
         resp
     }
 
     fn add_session_headers(&self, call: &Call, resp: &mut Response) {
         if let Some(st) = call.dialog.as_ref().and_then(|d| d.session_timer()) {
-            resp.headers.push(HeaderName::SessionExpires, Text::from(st.header_value()));
+            resp.headers
+                .push(HeaderName::SessionExpires, Text::from(st.header_value()));
             if st.require {
-                resp.headers.push(HeaderName::Require, Text::from_static("timer"));
+                resp.headers
+                    .push(HeaderName::Require, Text::from_static("timer"));
             }
         }
     }
 
     fn our_via(&self, key: CallKey) -> String {
         let (transport, uri_host) = match self.calls.get(&key.0) {
-            Some(c) => (c.target.transport, c.invite.uri.as_sip().and_then(|u| u.host.ip())),
+            Some(c) => (
+                c.target.transport,
+                c.invite.uri.as_sip().and_then(|u| u.host.ip()),
+            ),
             None => (Transport::Udp, None),
         };
         let (ip, port) = self.local_hostport(transport, uri_host);
@@ -1157,7 +1386,11 @@ impl Endpoint {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
         };
-        format!("SIP/2.0/{} {host}:{port};branch=z9hG4bK{};rport", transport.via_token(), random_token())
+        format!(
+            "SIP/2.0/{} {host}:{port};branch=z9hG4bK{};rport",
+            transport.via_token(),
+            random_token()
+        )
     }
 
     fn send_in_dialog(
@@ -1171,13 +1404,21 @@ impl Endpoint {
     ) {
         let via = self.our_via(key);
         let ua = Text::from(self.config.user_agent.clone());
-        let Some(call) = self.calls.get_mut(&key.0) else { return };
+        let Some(call) = self.calls.get_mut(&key.0) else {
+            return;
+        };
         let target = call.target;
         let contact = Text::default();
-        let Some(dialog) = call.dialog.as_mut() else { return };
-        let mut b = dialog.request(method.clone(), &via).header(HeaderName::UserAgent, ua);
+        let Some(dialog) = call.dialog.as_mut() else {
+            return;
+        };
+        let mut b = dialog
+            .request(method.clone(), &via)
+            .header(HeaderName::UserAgent, ua);
         if method == Method::Invite {
-            b = b.header(HeaderName::Supported, SUPPORTED).header(HeaderName::Allow, ALLOW);
+            b = b
+                .header(HeaderName::Supported, SUPPORTED)
+                .header(HeaderName::Allow, ALLOW);
             dialog.set_local_invite_pending(true);
         }
         for (n, v) in extra {
@@ -1188,11 +1429,20 @@ impl Endpoint {
         }
         let mut req = b.build();
         if method == Method::Invite {
-            let c = self.calls.get(&key.0).map(|c| self.contact_for(c)).unwrap_or(contact);
+            let c = self
+                .calls
+                .get(&key.0)
+                .map(|c| self.contact_for(c))
+                .unwrap_or(contact);
             req.headers.push(HeaderName::Contact, c);
         }
         let Ok(ckey) = req.headers.top_via().map_err(|_| ()).and_then(|v| {
-            v.branch().map(|b| ClientKey { branch: Text::from(b.to_owned()), method: method.clone() }).ok_or(())
+            v.branch()
+                .map(|b| ClientKey {
+                    branch: Text::from(b.to_owned()),
+                    method: method.clone(),
+                })
+                .ok_or(())
         }) else {
             return;
         };
@@ -1201,13 +1451,25 @@ impl Endpoint {
         self.next_id += 1;
         let tx = ClientTransaction::new(&method, bytes.clone(), target, self.config.timers, now);
         self.client_index.insert(ckey.clone(), id);
-        self.clients.insert(id, ClientEntry { key: ckey, tx, call: key, purpose, request: req, armed: None });
+        self.clients.insert(
+            id,
+            ClientEntry {
+                key: ckey,
+                tx,
+                call: key,
+                purpose,
+                request: req,
+                armed: None,
+            },
+        );
         self.transmits.push_back(Transmit { target, bytes });
         self.rearm(Slot::Client(id));
     }
 
     fn send_bye(&mut self, key: CallKey, reason: EndReason, now: Instant) {
-        let Some(call) = self.calls.get_mut(&key.0) else { return };
+        let Some(call) = self.calls.get_mut(&key.0) else {
+            return;
+        };
         if call.phase == Phase::Ending {
             return;
         }
@@ -1221,8 +1483,12 @@ impl Endpoint {
     }
 
     fn send_refresh(&mut self, key: CallKey, now: Instant) {
-        let Some(call) = self.calls.get(&key.0) else { return };
-        let Some(d) = call.dialog.as_ref() else { return };
+        let Some(call) = self.calls.get(&key.0) else {
+            return;
+        };
+        let Some(d) = call.dialog.as_ref() else {
+            return;
+        };
         let sdp = d.local_sdp().cloned();
         let session = call.session;
         let cseq = d.local_cseq() + 1;
@@ -1230,17 +1496,28 @@ impl Endpoint {
         // Our refresh restates the interval with us as refresher (RFC 4028 §7.4).
         let extra: Vec<(HeaderName, Text)> = session
             .map(|st| {
-                let st = SessionTimer { refresher: Refresher::Uas, ..st };
+                let st = SessionTimer {
+                    refresher: Refresher::Uas,
+                    ..st
+                };
                 vec![(HeaderName::SessionExpires, Text::from(st.header_value()))]
             })
             .unwrap_or_default();
-        self.send_in_dialog(key, Method::Invite, Purpose::Refresh { cseq }, body, extra, now);
+        self.send_in_dialog(
+            key,
+            Method::Invite,
+            Purpose::Refresh { cseq },
+            body,
+            extra,
+            now,
+        );
     }
 
     fn end_call(&mut self, key: CallKey, reason: EndReason) {
         if let Some(call) = self.calls.remove(&key.0) {
             if let Some(d) = call.dialog {
-                self.dialogs.remove(&(d.call_id().clone(), d.local_tag().clone()));
+                self.dialogs
+                    .remove(&(d.call_id().clone(), d.local_tag().clone()));
             }
             self.events.push_back(Event::CallEnded { key, reason });
         }
@@ -1256,4 +1533,3 @@ impl fmt::Debug for Endpoint {
             .finish()
     }
 }
-

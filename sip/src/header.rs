@@ -149,7 +149,10 @@ impl HeaderName {
             ("user-agent", UserAgent),
             ("warning", Warning),
         ];
-        TABLE.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone())
+        TABLE
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
     }
 
     /// The canonical (long) spelling used when serializing.
@@ -231,7 +234,10 @@ pub struct Params(Vec<(Text, Option<Text>)>);
 impl Params {
     /// `Some(None)` for a flag parameter (`;lr`), `Some(Some(v))` for `;n=v`.
     pub fn get(&self, name: &str) -> Option<Option<&Text>> {
-        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
     }
     /// The value of `name`, if present with a value.
     pub fn value(&self, name: &str) -> Option<&str> {
@@ -251,7 +257,11 @@ impl Params {
     }
     /// Sets (replaces or appends) a parameter.
     pub fn set(&mut self, name: Text, value: Option<Text>) {
-        if let Some(slot) = self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+        if let Some(slot) = self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        {
             slot.1 = value;
         } else {
             self.0.push((name, value));
@@ -278,7 +288,10 @@ pub(crate) fn is_lws(c: char) -> bool {
 pub(crate) fn is_token_char(b: u8) -> bool {
     // RFC 3261 §25.1 token
     b.is_ascii_alphanumeric()
-        || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+        || matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
 }
 
 pub(crate) fn is_token(s: &str) -> bool {
@@ -309,7 +322,11 @@ pub(crate) fn parse_params(raw: &Text, s: &str) -> Result<Params, ()> {
                 // token, host (incl. IPv6 reference) or URI param chars
                 !v.is_empty()
                     && v.bytes().all(|b| {
-                        is_token_char(b) || matches!(b, b'[' | b']' | b':' | b'/' | b'&' | b'$' | b'@' | b'?' | b'=')
+                        is_token_char(b)
+                            || matches!(
+                                b,
+                                b'[' | b']' | b':' | b'/' | b'&' | b'$' | b'@' | b'?' | b'='
+                            )
                     })
             };
             if !ok {
@@ -493,7 +510,9 @@ impl Via {
         let mut parts: [&str; 3] = [""; 3];
         for (i, slot) in parts.iter_mut().enumerate() {
             rest = rest.trim_start_matches(is_lws);
-            let end = rest.find(|c: char| !(c.is_ascii() && is_token_char(c as u8))).unwrap_or(rest.len());
+            let end = rest
+                .find(|c: char| !(c.is_ascii() && is_token_char(c as u8)))
+                .unwrap_or(rest.len());
             *slot = &rest[..end];
             if slot.is_empty() {
                 return Err(E);
@@ -537,7 +556,10 @@ impl Via {
     /// (RFC 3261 §8.1.1.7; `rport` asks for symmetric response routing, RFC 3581 §3).
     pub fn new(transport: ViaTransport, host: Host, port: Option<u16>, branch: &str) -> Via {
         let mut params = Params::default();
-        params.set(Text::from_static("branch"), Some(Text::from(branch.to_owned())));
+        params.set(
+            Text::from_static("branch"),
+            Some(Text::from(branch.to_owned())),
+        );
         params.set(Text::from_static("rport"), None);
         Via {
             protocol: Text::from_static("SIP"),
@@ -571,7 +593,8 @@ impl Via {
     }
     /// True when the branch carries the RFC 3261 magic cookie.
     pub fn is_rfc3261_branch(&self) -> bool {
-        self.branch().is_some_and(|b| b.starts_with(BRANCH_MAGIC_COOKIE))
+        self.branch()
+            .is_some_and(|b| b.starts_with(BRANCH_MAGIC_COOKIE))
     }
     /// Port of sent-by, defaulting per transport (RFC 3261 §18.2.2: 5060, 5061 for TLS).
     pub fn sent_by_port(&self) -> u16 {
@@ -584,7 +607,14 @@ impl Via {
 
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{} {}", self.protocol, self.version, self.transport.as_str(), self.host)?;
+        write!(
+            f,
+            "{}/{}/{} {}",
+            self.protocol,
+            self.version,
+            self.transport.as_str(),
+            self.host
+        )?;
         if let Some(p) = self.port {
             write!(f, ":{p}")?;
         }
@@ -636,7 +666,14 @@ impl NameAddr {
             if !dn.split(is_lws).all(|w| w.is_empty() || is_token(w)) {
                 return Err(e);
             }
-            (if dn.is_empty() { None } else { Some(v.slice_ref(dn)) }, &s[lt..])
+            (
+                if dn.is_empty() {
+                    None
+                } else {
+                    Some(v.slice_ref(dn))
+                },
+                &s[lt..],
+            )
         } else {
             (None, s)
         };
@@ -652,17 +689,26 @@ impl NameAddr {
         };
         let uri = Uri::parse(v.slice_ref(uri_str)).map_err(|_| e.clone())?;
         let params = parse_params(v, params_str).map_err(|_| e)?;
-        Ok(NameAddr { display_name, uri, params })
+        Ok(NameAddr {
+            display_name,
+            uri,
+            params,
+        })
     }
 
     /// `<uri>` with no display name and no parameters.
     pub fn new(uri: Uri) -> NameAddr {
-        NameAddr { display_name: None, uri, params: Params::default() }
+        NameAddr {
+            display_name: None,
+            uri,
+            params: Params::default(),
+        }
     }
 
     /// Sets `;tag=` (builder style).
     pub fn with_tag(mut self, tag: &str) -> NameAddr {
-        self.params.set(Text::from_static("tag"), Some(Text::from(tag.to_owned())));
+        self.params
+            .set(Text::from_static("tag"), Some(Text::from(tag.to_owned())));
         self
     }
 
@@ -749,7 +795,11 @@ impl SessionExpires {
             Some(_) => return Err(E),
             None => None,
         };
-        Ok(SessionExpires { delta_seconds, refresher, params })
+        Ok(SessionExpires {
+            delta_seconds,
+            refresher,
+            params,
+        })
     }
 }
 
@@ -818,14 +868,20 @@ mod tests {
     #[test]
     fn compact_and_case_insensitive_names_map_to_known_headers() {
         assert_eq!(HeaderName::parse(&t("v")), HeaderName::Via);
-        assert_eq!(HeaderName::parse(&t("MaX-fOrWaRdS")), HeaderName::MaxForwards);
+        assert_eq!(
+            HeaderName::parse(&t("MaX-fOrWaRdS")),
+            HeaderName::MaxForwards
+        );
         assert_eq!(HeaderName::parse(&t("l")), HeaderName::ContentLength);
         assert_eq!(HeaderName::parse(&t("X-Foo")).as_str(), "X-Foo");
     }
 
     #[test]
     fn via_with_spaces_everywhere_parses() {
-        let v = Via::parse(&t("SIP  / 2.0  / TCP     spindle.example.com   ;\tbranch  =   z9hG4bK9ikj8")).unwrap();
+        let v = Via::parse(&t(
+            "SIP  / 2.0  / TCP     spindle.example.com   ;\tbranch  =   z9hG4bK9ikj8",
+        ))
+        .unwrap();
         assert_eq!(v.transport, ViaTransport::Tcp);
         assert_eq!(v.host, Host::Domain(t("spindle.example.com")));
         assert_eq!(v.branch(), Some("z9hG4bK9ikj8"));
@@ -833,7 +889,10 @@ mod tests {
 
     #[test]
     fn via_ipv6_sent_by_received_and_rport() {
-        let v = Via::parse(&t("SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKas3;received=[2001:db8::9:255];rport")).unwrap();
+        let v = Via::parse(&t(
+            "SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKas3;received=[2001:db8::9:255];rport",
+        ))
+        .unwrap();
         assert_eq!(v.host, Host::Ipv6("2001:db8::9:1".parse().unwrap()));
         assert_eq!(v.port, Some(5070));
         assert_eq!(v.received(), Some("[2001:db8::9:255]"));
@@ -856,7 +915,11 @@ mod tests {
 
     #[test]
     fn name_addr_forms_parse() {
-        let n = NameAddr::parse(&t("\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>  ;  tag = 98asjd8"), "From").unwrap();
+        let n = NameAddr::parse(
+            &t("\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>  ;  tag = 98asjd8"),
+            "From",
+        )
+        .unwrap();
         assert_eq!(n.display_name.as_deref(), Some("J Rosenberg \\\""));
         assert_eq!(n.tag(), Some("98asjd8"));
         let n = NameAddr::parse(&t("sip:user@example.com;tag=1"), "To").unwrap();
@@ -872,7 +935,12 @@ mod tests {
 
     #[test]
     fn built_via_and_name_addr_serialize_and_reparse() {
-        let v = Via::new(ViaTransport::Tcp, Host::Ipv4([127, 0, 0, 1].into()), Some(5062), "z9hG4bKabc");
+        let v = Via::new(
+            ViaTransport::Tcp,
+            Host::Ipv4([127, 0, 0, 1].into()),
+            Some(5062),
+            "z9hG4bKabc",
+        );
         let back = Via::parse(&Text::from(v.to_string())).unwrap();
         assert_eq!(back, v);
         assert!(back.has_rport());
@@ -901,6 +969,8 @@ mod tests {
     fn media_type_and_accept_ranges() {
         let m = MediaType::parse(&t("application/SDP; charset=utf-8")).unwrap();
         assert!(m.is("application", "sdp"));
-        assert!(MediaType::parse(&t("application/*")).unwrap().covers("application", "sdp"));
+        assert!(MediaType::parse(&t("application/*"))
+            .unwrap()
+            .covers("application", "sdp"));
     }
 }

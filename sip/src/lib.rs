@@ -19,13 +19,16 @@ pub mod transport;
 pub mod uri;
 pub mod validate;
 
-pub use header::{CSeq, Header, HeaderError, HeaderName, MediaType, NameAddr, Params, Via, ViaTransport};
-pub use message::{
-    Headers, Limits, Message, Method, ParseError, ParseErrorKind, Request, RequestBuilder, Response, StatusCode,
-    Text,
-};
-pub use uri::{Host, Uri};
 pub use endpoint::{
-    CallKey, CommandError, EndReason, Endpoint, EndpointConfig, EndpointDriver, EndpointHandle, Event, Transmit,
+    CallKey, CommandError, EndReason, Endpoint, EndpointConfig, EndpointDriver, EndpointHandle,
+    Event, Transmit,
 };
 pub use endpoint::{SourceFilter, SourceVerdict};
+pub use header::{
+    CSeq, Header, HeaderError, HeaderName, MediaType, NameAddr, Params, Via, ViaTransport,
+};
+pub use message::{
+    Headers, Limits, Message, Method, ParseError, ParseErrorKind, Request, RequestBuilder,
+    Response, StatusCode, Text,
+};
+pub use uri::{Host, Uri};

@@ -301,8 +301,8 @@ impl ParseError {
             RequestUriTooLong(_) => Some(StatusCode::REQUEST_URI_TOO_LONG),
             BadVersion => Some(StatusCode::VERSION_NOT_SUPPORTED),
             TooManyHeaders(_) | LineTooLong(_) | TooManyVia(_) | UnterminatedHeaders | NotUtf8
-            | BadStartLine | BadRequestUri(_) | BadStatusCode | BadHeaderLine | BadContentLength
-            | BodyTruncated => Some(StatusCode::BAD_REQUEST),
+            | BadStartLine | BadRequestUri(_) | BadStatusCode | BadHeaderLine
+            | BadContentLength | BodyTruncated => Some(StatusCode::BAD_REQUEST),
         }
     }
 }
@@ -320,12 +320,25 @@ impl Headers {
     }
     /// Appends a header.
     pub fn push(&mut self, name: HeaderName, value: impl Into<Text>) {
-        self.0.push(Header { name, value: value.into() });
+        self.0.push(Header {
+            name,
+            value: value.into(),
+        });
     }
     /// Inserts a header before all others of the same name (or at the end).
     pub fn push_front(&mut self, name: HeaderName, value: impl Into<Text>) {
-        let pos = self.0.iter().position(|h| h.name.matches(&name)).unwrap_or(self.0.len());
-        self.0.insert(pos, Header { name, value: value.into() });
+        let pos = self
+            .0
+            .iter()
+            .position(|h| h.name.matches(&name))
+            .unwrap_or(self.0.len());
+        self.0.insert(
+            pos,
+            Header {
+                name,
+                value: value.into(),
+            },
+        );
     }
     /// Replaces every header of that name with one value.
     pub fn set(&mut self, name: HeaderName, value: impl Into<Text>) {
@@ -363,16 +376,23 @@ impl Headers {
     }
     /// First value of a header.
     pub fn get(&self, name: &HeaderName) -> Option<&Text> {
-        self.0.iter().find(|h| h.name.matches(name)).map(|h| &h.value)
+        self.0
+            .iter()
+            .find(|h| h.name.matches(name))
+            .map(|h| &h.value)
     }
     /// All header lines of that name, in order.
     pub fn get_all<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a Text> + 'a {
         let name = name.clone();
-        self.0.iter().filter(move |h| h.name.matches(&name)).map(|h| &h.value)
+        self.0
+            .iter()
+            .filter(move |h| h.name.matches(&name))
+            .map(|h| &h.value)
     }
     /// All comma-separated values of that name, across lines, in order.
     pub fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = Text> + 'a {
-        self.get_all(name).flat_map(|t| split_list(t).collect::<Vec<_>>())
+        self.get_all(name)
+            .flat_map(|t| split_list(t).collect::<Vec<_>>())
     }
     /// Number of header lines with that name.
     pub fn count(&self, name: &HeaderName) -> usize {
@@ -388,7 +408,11 @@ impl Headers {
         Ok(first)
     }
 
-    fn single_opt(&self, name: &HeaderName, label: &'static str) -> Result<Option<&Text>, HeaderError> {
+    fn single_opt(
+        &self,
+        name: &HeaderName,
+        label: &'static str,
+    ) -> Result<Option<&Text>, HeaderError> {
         match self.single(name, label) {
             Ok(t) => Ok(Some(t)),
             Err(HeaderError::Missing(_)) => Ok(None),
@@ -398,7 +422,10 @@ impl Headers {
 
     /// Every Via value, top first.
     pub fn via(&self) -> Result<Vec<Via>, HeaderError> {
-        let v: Vec<Via> = self.values(&HeaderName::Via).map(|t| Via::parse(&t)).collect::<Result<_, _>>()?;
+        let v: Vec<Via> = self
+            .values(&HeaderName::Via)
+            .map(|t| Via::parse(&t))
+            .collect::<Result<_, _>>()?;
         if v.is_empty() {
             return Err(HeaderError::Missing("Via"));
         }
@@ -406,7 +433,10 @@ impl Headers {
     }
     /// The topmost Via value.
     pub fn top_via(&self) -> Result<Via, HeaderError> {
-        let first = self.values(&HeaderName::Via).next().ok_or(HeaderError::Missing("Via"))?;
+        let first = self
+            .values(&HeaderName::Via)
+            .next()
+            .ok_or(HeaderError::Missing("Via"))?;
         Via::parse(&first)
     }
     pub fn from(&self) -> Result<NameAddr, HeaderError> {
@@ -432,11 +462,14 @@ impl Headers {
         if self.contact_is_star() {
             return Ok(Vec::new());
         }
-        self.values(&HeaderName::Contact).map(|t| NameAddr::parse(&t, "Contact")).collect()
+        self.values(&HeaderName::Contact)
+            .map(|t| NameAddr::parse(&t, "Contact"))
+            .collect()
     }
     /// `Contact: *` (REGISTER removal, RFC 3261 §10.2.2).
     pub fn contact_is_star(&self) -> bool {
-        self.get(&HeaderName::Contact).is_some_and(|v| v.as_str() == "*")
+        self.get(&HeaderName::Contact)
+            .is_some_and(|v| v.as_str() == "*")
     }
     pub fn max_forwards(&self) -> Result<Option<u32>, HeaderError> {
         match self.single_opt(&HeaderName::MaxForwards, "Max-Forwards")? {
@@ -450,7 +483,9 @@ impl Headers {
         }
     }
     pub fn content_type(&self) -> Result<Option<MediaType>, HeaderError> {
-        self.single_opt(&HeaderName::ContentType, "Content-Type")?.map(MediaType::parse).transpose()
+        self.single_opt(&HeaderName::ContentType, "Content-Type")?
+            .map(MediaType::parse)
+            .transpose()
     }
     pub fn content_length(&self) -> Result<Option<usize>, HeaderError> {
         match self.single_opt(&HeaderName::ContentLength, "Content-Length")? {
@@ -462,11 +497,15 @@ impl Headers {
     }
     /// Route values in order.
     pub fn routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
-        self.values(&HeaderName::Route).map(|t| NameAddr::parse(&t, "Route")).collect()
+        self.values(&HeaderName::Route)
+            .map(|t| NameAddr::parse(&t, "Route"))
+            .collect()
     }
     /// Record-Route values in order.
     pub fn record_routes(&self) -> Result<Vec<NameAddr>, HeaderError> {
-        self.values(&HeaderName::RecordRoute).map(|t| NameAddr::parse(&t, "Record-Route")).collect()
+        self.values(&HeaderName::RecordRoute)
+            .map(|t| NameAddr::parse(&t, "Record-Route"))
+            .collect()
     }
     /// Option tags / tokens of a list header (Supported, Require, Allow...).
     pub fn tokens(&self, name: &HeaderName) -> Vec<Text> {
@@ -492,7 +531,9 @@ impl Headers {
             .collect()
     }
     pub fn session_expires(&self) -> Result<Option<SessionExpires>, HeaderError> {
-        self.single_opt(&HeaderName::SessionExpires, "Session-Expires")?.map(SessionExpires::parse).transpose()
+        self.single_opt(&HeaderName::SessionExpires, "Session-Expires")?
+            .map(SessionExpires::parse)
+            .transpose()
     }
     /// Raw Authorization value (RFC 3261 §22.2); parsed by the digest module.
     pub fn authorization(&self) -> Option<&Text> {
@@ -632,7 +673,12 @@ fn write_body(headers: &Headers, body: &Bytes, out: &mut BytesMut) {
 impl Request {
     /// A request with no headers and no body (see [`RequestBuilder`]).
     pub fn new(method: Method, uri: Uri) -> Request {
-        Request { method, uri, headers: Headers::new(), body: Bytes::new() }
+        Request {
+            method,
+            uri,
+            headers: Headers::new(),
+            body: Bytes::new(),
+        }
     }
     /// Serializes into `out` (appends); Content-Length is computed.
     pub fn write_to(&self, out: &mut BytesMut) {
@@ -673,7 +719,11 @@ impl Response {
         for h in &req.headers {
             let copy = matches!(
                 h.name,
-                HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq
+                HeaderName::Via
+                    | HeaderName::From
+                    | HeaderName::To
+                    | HeaderName::CallId
+                    | HeaderName::CSeq
             ) || (status.0 == 100 && h.name == HeaderName::Timestamp);
             if copy {
                 resp.headers.0.push(h.clone());
@@ -692,7 +742,9 @@ impl Response {
     pub fn set_to_tag(&mut self, tag: &str) {
         for h in self.headers.iter_mut() {
             if h.name == HeaderName::To {
-                let has_tag = NameAddr::parse(&h.value, "To").map(|n| n.tag().is_some()).unwrap_or(false);
+                let has_tag = NameAddr::parse(&h.value, "To")
+                    .map(|n| n.tag().is_some())
+                    .unwrap_or(false);
                 if !has_tag {
                     h.value = Text::from(format!("{};tag={}", h.value, tag));
                 }
@@ -719,7 +771,11 @@ impl Response {
         out.reserve(256 + self.body.len());
         out.put_slice(b"SIP/2.0 ");
         let code = self.status.0.min(999);
-        out.put_slice(&[b'0' + (code / 100) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8]);
+        out.put_slice(&[
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+        ]);
         out.put_u8(b' ');
         out.put_slice(self.reason.as_bytes());
         out.put_slice(b"\r\n");
@@ -741,7 +797,9 @@ pub struct RequestBuilder {
 
 impl RequestBuilder {
     pub fn new(method: Method, uri: Uri) -> RequestBuilder {
-        RequestBuilder { req: Request::new(method, uri) }
+        RequestBuilder {
+            req: Request::new(method, uri),
+        }
     }
     /// Appends a header.
     pub fn header(mut self, name: HeaderName, value: impl Into<Text>) -> RequestBuilder {
@@ -750,7 +808,9 @@ impl RequestBuilder {
     }
     /// Adds a Via value on top (before existing Vias).
     pub fn via(mut self, via: &Via) -> RequestBuilder {
-        self.req.headers.push_front(HeaderName::Via, Text::from(via.to_string()));
+        self.req
+            .headers
+            .push_front(HeaderName::Via, Text::from(via.to_string()));
         self
     }
     /// `CSeq: <seq> <method of this request>`.
@@ -797,12 +857,17 @@ pub(crate) fn find_header_end(data: &[u8]) -> Option<(usize, usize)> {
 }
 
 fn memchr_lf(data: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?.iter().position(|&b| b == b'\n').map(|p| p + from)
+    data.get(from..)?
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| p + from)
 }
 
 /// RFC 3261 §7.5: CRLFs before the start line are ignored.
 pub(crate) fn skip_leading_crlf(data: &[u8]) -> usize {
-    data.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
+    data.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
 }
 
 fn parse_message(data: Bytes, limits: &Limits) -> Result<Message, ParseError> {
@@ -813,15 +878,23 @@ fn parse_message(data: Bytes, limits: &Limits) -> Result<Message, ParseError> {
         return Err(err(ParseErrorKind::Empty, false));
     }
     if data.len() > limits.max_message_size {
-        return Err(err(ParseErrorKind::MessageTooLarge(limits.max_message_size), in_response));
+        return Err(err(
+            ParseErrorKind::MessageTooLarge(limits.max_message_size),
+            in_response,
+        ));
     }
     let (head_len, body_start) =
         find_header_end(&data).ok_or(err(ParseErrorKind::UnterminatedHeaders, in_response))?;
-    let head = Text::from_utf8(data.slice(..head_len)).ok_or(err(ParseErrorKind::NotUtf8, in_response))?;
+    let head =
+        Text::from_utf8(data.slice(..head_len)).ok_or(err(ParseErrorKind::NotUtf8, in_response))?;
     let e = |k| err(k, in_response);
 
     // Physical lines without their line ends.
-    let mut lines = head.as_str().split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).peekable();
+    let mut lines = head
+        .as_str()
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .peekable();
     let start = lines.next().unwrap_or("");
     if start.len() > limits.max_line_length {
         if !in_response && start.len() > limits.max_request_uri {
@@ -875,7 +948,8 @@ fn parse_message(data: Bytes, limits: &Limits) -> Result<Message, ParseError> {
             return Err(e(ParseErrorKind::TooManyHeaders(limits.max_headers)));
         }
         // Known names need no copy of the spelling; unknown ones keep it (zero-copy).
-        let name = HeaderName::known(name).unwrap_or_else(|| HeaderName::Other(head.slice_ref(name)));
+        let name =
+            HeaderName::known(name).unwrap_or_else(|| HeaderName::Other(head.slice_ref(name)));
         match name {
             HeaderName::Via => {
                 via_count += split_list(&value).count();
@@ -894,7 +968,10 @@ fn parse_message(data: Bytes, limits: &Limits) -> Result<Message, ParseError> {
     let body = if cl_values > 1 {
         return Err(e(ParseErrorKind::MultipleContentLength));
     } else if cl_values == 1 {
-        let n = headers.content_length().map_err(|_| e(ParseErrorKind::BadContentLength))?.unwrap_or(0);
+        let n = headers
+            .content_length()
+            .map_err(|_| e(ParseErrorKind::BadContentLength))?
+            .unwrap_or(0);
         if n > rest.len() {
             return Err(e(ParseErrorKind::BodyTruncated));
         }
@@ -917,12 +994,22 @@ fn parse_message(data: Bytes, limits: &Limits) -> Result<Message, ParseError> {
         if !(100..=699).contains(&code) {
             return Err(e(ParseErrorKind::BadStatusCode));
         }
-        Ok(Message::Response(Response { status: StatusCode(code), reason: head.slice_ref(reason), headers, body }))
+        Ok(Message::Response(Response {
+            status: StatusCode(code),
+            reason: head.slice_ref(reason),
+            headers,
+            body,
+        }))
     } else {
         // Request-Line = Method SP Request-URI SP SIP-Version (exactly single spaces)
         let mut parts = start.split(' ');
-        let (method, uri, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(m), Some(u), Some(v), None) if !m.is_empty() && !u.is_empty() && !v.is_empty() => (m, u, v),
+        let (method, uri, version) = match (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            (Some(m), Some(u), Some(v), None)
+                if !m.is_empty() && !u.is_empty() && !v.is_empty() =>
+            {
+                (m, u, v)
+            }
             _ => {
                 // Tell an over-long URI apart from a broken line.
                 if start.len() > limits.max_request_uri {
@@ -931,13 +1018,20 @@ fn parse_message(data: Bytes, limits: &Limits) -> Result<Message, ParseError> {
                 return Err(e(ParseErrorKind::BadStartLine));
             }
         };
-        let method = Method::parse(&head.slice_ref(method)).ok_or(e(ParseErrorKind::BadStartLine))?;
+        let method =
+            Method::parse(&head.slice_ref(method)).ok_or(e(ParseErrorKind::BadStartLine))?;
         check_version(version, false)?;
         if uri.len() > limits.max_request_uri {
             return Err(e(ParseErrorKind::RequestUriTooLong(limits.max_request_uri)));
         }
-        let uri = Uri::parse(head.slice_ref(uri)).map_err(|u| e(ParseErrorKind::BadRequestUri(u)))?;
-        Ok(Message::Request(Request { method, uri, headers, body }))
+        let uri =
+            Uri::parse(head.slice_ref(uri)).map_err(|u| e(ParseErrorKind::BadRequestUri(u)))?;
+        Ok(Message::Request(Request {
+            method,
+            uri,
+            headers,
+            body,
+        }))
     }
 }
 
@@ -950,10 +1044,20 @@ fn check_version(v: &str, in_response: bool) -> Result<(), ParseError> {
         && v.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
         && v.get(4..).is_some_and(|n| {
             n.split_once('.').is_some_and(|(a, b)| {
-                !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
             })
         });
-    Err(err(if well_formed { ParseErrorKind::BadVersion } else { ParseErrorKind::BadStartLine }, in_response))
+    Err(err(
+        if well_formed {
+            ParseErrorKind::BadVersion
+        } else {
+            ParseErrorKind::BadStartLine
+        },
+        in_response,
+    ))
 }
 
 /// Builds the error response for a request that failed to parse (400, 505,
@@ -971,8 +1075,12 @@ pub fn reject_unparsable(raw: &Bytes, error: &ParseError) -> Option<Response> {
     let mut seen = [false; 5];
     for line in head.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Ok(line) = std::str::from_utf8(line) else { continue };
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let name = HeaderName::from_str_name(name.trim());
         let slot = match name {
             HeaderName::Via => 0,
@@ -1024,15 +1132,30 @@ Content-Length: 4\r\n\r\nv=0\r\n";
         let r = m.as_request().unwrap();
         assert_eq!(r.method, Method::Invite);
         assert_eq!(r.headers.via().unwrap().len(), 2);
-        assert_eq!(r.headers.top_via().unwrap().branch(), Some("z9hG4bK776asdhds"));
+        assert_eq!(
+            r.headers.top_via().unwrap().branch(),
+            Some("z9hG4bK776asdhds")
+        );
         assert_eq!(r.headers.from().unwrap().tag(), Some("1928301774"));
         assert_eq!(r.headers.to().unwrap().tag(), None);
-        assert_eq!(r.headers.call_id().unwrap(), "a84b4c76e66710@pc33.example.com");
-        assert_eq!(r.headers.cseq().unwrap(), CSeq { seq: 314159, method: Method::Invite });
+        assert_eq!(
+            r.headers.call_id().unwrap(),
+            "a84b4c76e66710@pc33.example.com"
+        );
+        assert_eq!(
+            r.headers.cseq().unwrap(),
+            CSeq {
+                seq: 314159,
+                method: Method::Invite
+            }
+        );
         assert_eq!(r.headers.max_forwards().unwrap(), Some(70));
         assert_eq!(r.body.as_ref(), b"v=0\r");
         let custom = HeaderName::from_str_name("x-custom");
-        assert_eq!(r.headers.get(&custom).map(|t| t.as_str()), Some("Kept  as is"));
+        assert_eq!(
+            r.headers.get(&custom).map(|t| t.as_str()),
+            Some("Kept  as is")
+        );
     }
 
     #[test]
@@ -1063,17 +1186,32 @@ Content-Length: 4\r\n\r\nv=0\r\n";
     #[test]
     fn request_builder_serializes_and_reparses() {
         let req = RequestBuilder::new(Method::Bye, Uri::parse_str("sip:alice@192.0.2.1").unwrap())
-            .via(&Via::parse(&Text::from_static("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx")).unwrap())
+            .via(
+                &Via::parse(&Text::from_static(
+                    "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx",
+                ))
+                .unwrap(),
+            )
             .header(HeaderName::From, "<sip:bob@example.com>;tag=a")
             .header(HeaderName::To, "<sip:alice@example.com>;tag=b")
             .header(HeaderName::CallId, "c1")
             .cseq(2)
             .header(HeaderName::MaxForwards, "70")
-            .body("application/dtmf-relay", Bytes::from_static(b"Signal=5\r\n"))
+            .body(
+                "application/dtmf-relay",
+                Bytes::from_static(b"Signal=5\r\n"),
+            )
             .build();
         let back = Message::parse(req.to_bytes(), &Limits::default()).unwrap();
         let back = back.as_request().unwrap();
-        assert_eq!(back, &Message::parse(req.to_bytes(), &Limits::default()).unwrap().as_request().unwrap().clone());
+        assert_eq!(
+            back,
+            &Message::parse(req.to_bytes(), &Limits::default())
+                .unwrap()
+                .as_request()
+                .unwrap()
+                .clone()
+        );
         assert_eq!(back.method, Method::Bye);
         assert_eq!(back.headers.cseq().unwrap().method, Method::Bye);
         assert_eq!(back.headers.content_length().unwrap(), Some(10));
@@ -1101,7 +1239,10 @@ Content-Length: 4\r\n\r\nv=0\r\n";
 
     #[test]
     fn too_many_headers_is_reported_by_limit() {
-        let limits = Limits { max_headers: 5, ..Limits::default() };
+        let limits = Limits {
+            max_headers: 5,
+            ..Limits::default()
+        };
         let e = Message::parse(Bytes::from_static(INVITE.as_bytes()), &limits).unwrap_err();
         assert_eq!(e.kind, ParseErrorKind::TooManyHeaders(5));
     }
@@ -1109,13 +1250,17 @@ Content-Length: 4\r\n\r\nv=0\r\n";
     #[test]
     fn long_request_uri_is_414() {
         let long = format!("INVITE sip:{}@example.com SIP/2.0\r\n", "a".repeat(5000));
-        let e = parse(&INVITE.replacen("INVITE sip:bob@example.com SIP/2.0\r\n", &long, 1)).unwrap_err();
+        let e = parse(&INVITE.replacen("INVITE sip:bob@example.com SIP/2.0\r\n", &long, 1))
+            .unwrap_err();
         assert_eq!(e.status(), Some(StatusCode::REQUEST_URI_TOO_LONG));
     }
 
     #[test]
     fn oversize_message_is_513() {
-        let limits = Limits { max_message_size: 100, ..Limits::default() };
+        let limits = Limits {
+            max_message_size: 100,
+            ..Limits::default()
+        };
         let e = Message::parse(Bytes::from_static(INVITE.as_bytes()), &limits).unwrap_err();
         assert_eq!(e.status(), Some(StatusCode::MESSAGE_TOO_LARGE));
     }
@@ -1134,7 +1279,10 @@ Content-Length: 4\r\n\r\nv=0\r\n";
         let resp = reject_unparsable(&raw, &e).unwrap();
         assert_eq!(resp.status, StatusCode::VERSION_NOT_SUPPORTED);
         assert_eq!(resp.headers.via().unwrap().len(), 2);
-        assert_eq!(resp.headers.call_id().unwrap(), "a84b4c76e66710@pc33.example.com");
+        assert_eq!(
+            resp.headers.call_id().unwrap(),
+            "a84b4c76e66710@pc33.example.com"
+        );
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Timers {
-        Timers { t1: DEFAULT_T1, t2: DEFAULT_T2, t4: DEFAULT_T4 }
+        Timers {
+            t1: DEFAULT_T1,
+            t2: DEFAULT_T2,
+            t4: DEFAULT_T4,
+        }
     }
 }
 
@@ -47,12 +51,20 @@ impl Timers {
 
     /// Timer I (INVITE server, after the ACK): T4 unreliable, 0 reliable.
     pub fn timer_i(&self, reliable: bool) -> Duration {
-        if reliable { Duration::ZERO } else { self.t4 }
+        if reliable {
+            Duration::ZERO
+        } else {
+            self.t4
+        }
     }
 
     /// Timer J (non-INVITE server, after the final response): 64·T1 unreliable, 0 reliable.
     pub fn timer_j(&self, reliable: bool) -> Duration {
-        if reliable { Duration::ZERO } else { self.transaction_timeout() }
+        if reliable {
+            Duration::ZERO
+        } else {
+            self.transaction_timeout()
+        }
     }
 
     /// Timer K (non-INVITE client, after the final response): T4 unreliable, 0 reliable.
@@ -62,7 +74,11 @@ impl Timers {
 
     /// Timer D (INVITE client, after a non-2xx final): ≥ 32 s unreliable, 0 reliable.
     pub fn timer_d(&self, reliable: bool) -> Duration {
-        if reliable { Duration::ZERO } else { TIMER_D_UNRELIABLE.max(self.transaction_timeout() / 2) }
+        if reliable {
+            Duration::ZERO
+        } else {
+            TIMER_D_UNRELIABLE.max(self.transaction_timeout() / 2)
+        }
     }
 }
 
@@ -78,6 +94,9 @@ mod tests {
         assert_eq!(t.timer_i(true), Duration::ZERO);
         assert_eq!(t.timer_j(false), Duration::from_secs(32));
         assert_eq!(t.timer_d(false), Duration::from_secs(32));
-        assert_eq!(t.backoff_capped(Duration::from_secs(4)), Duration::from_secs(4));
+        assert_eq!(
+            t.backoff_capped(Duration::from_secs(4)),
+            Duration::from_secs(4)
+        );
     }
 }

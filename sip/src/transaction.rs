@@ -25,11 +25,23 @@ use std::time::{Duration, Instant};
 pub enum TransactionKey {
     /// The top Via carries an RFC 3261 branch (magic cookie): branch, sent-by
     /// and method, with ACK folded into INVITE so that it finds its transaction.
-    Rfc3261 { branch: Text, sent_by: String, method: Method },
+    Rfc3261 {
+        branch: Text,
+        sent_by: String,
+        method: Method,
+    },
     /// RFC 2543 peers (no magic cookie): Request-URI, Call-ID, CSeq number,
     /// From tag, top Via and method. The To tag is left out for INVITE and ACK:
     /// the ACK carries our tag, which the INVITE did not.
-    Rfc2543 { uri: Text, call_id: Text, cseq: u32, from_tag: Option<Text>, to_tag: Option<Text>, via: String, method: Method },
+    Rfc2543 {
+        uri: Text,
+        call_id: Text,
+        cseq: u32,
+        from_tag: Option<Text>,
+        to_tag: Option<Text>,
+        via: String,
+        method: Method,
+    },
 }
 
 impl TransactionKey {
@@ -44,7 +56,11 @@ impl TransactionKey {
         let sent_by = format!("{}:{}", via.host, via.sent_by_port());
         match via.branch() {
             Some(b) if via.is_rfc3261_branch() && b.len() > BRANCH_MAGIC_COOKIE.len() => {
-                Ok(TransactionKey::Rfc3261 { branch: Text::from(b.to_owned()), sent_by, method })
+                Ok(TransactionKey::Rfc3261 {
+                    branch: Text::from(b.to_owned()),
+                    sent_by,
+                    method,
+                })
             }
             _ => {
                 let cseq = req.headers.cseq()?;
@@ -76,7 +92,9 @@ impl TransactionKey {
     pub fn with_method(&self, m: Method) -> TransactionKey {
         let mut k = self.clone();
         match &mut k {
-            TransactionKey::Rfc3261 { method, .. } | TransactionKey::Rfc2543 { method, .. } => *method = m,
+            TransactionKey::Rfc3261 { method, .. } | TransactionKey::Rfc2543 { method, .. } => {
+                *method = m
+            }
         }
         k
     }
@@ -84,7 +102,9 @@ impl TransactionKey {
     /// The method of the transaction (INVITE for an ACK).
     pub fn method(&self) -> &Method {
         match self {
-            TransactionKey::Rfc3261 { method, .. } | TransactionKey::Rfc2543 { method, .. } => method,
+            TransactionKey::Rfc3261 { method, .. } | TransactionKey::Rfc2543 { method, .. } => {
+                method
+            }
         }
     }
 }
@@ -102,7 +122,10 @@ impl ClientKey {
         let via = resp.headers.top_via()?;
         let branch = via.branch().ok_or(HeaderError::Malformed("Via"))?;
         let cseq = resp.headers.cseq()?;
-        Ok(ClientKey { branch: Text::from(branch.to_owned()), method: cseq.method })
+        Ok(ClientKey {
+            branch: Text::from(branch.to_owned()),
+            method: cseq.method,
+        })
     }
 }
 
@@ -158,7 +181,11 @@ impl ServerTransaction {
         let invite = *method == Method::Invite;
         ServerTransaction {
             invite,
-            state: if invite { ServerState::Proceeding } else { ServerState::Trying },
+            state: if invite {
+                ServerState::Proceeding
+            } else {
+                ServerState::Trying
+            },
             reliable: target.transport.is_stream(),
             timers,
             target,
@@ -208,7 +235,11 @@ impl ServerTransaction {
             // RFC 3261 §17.2.1: Timer G (unreliable only) and Timer H.
             self.state = ServerState::Completed;
             self.interval = self.timers.t1;
-            self.retransmit_at = if self.reliable { None } else { Some(now + self.interval) };
+            self.retransmit_at = if self.reliable {
+                None
+            } else {
+                Some(now + self.interval)
+            };
             self.end_at = Some(now + timeout);
         } else {
             // RFC 3261 §17.2.2: Timer J.
@@ -222,7 +253,9 @@ impl ServerTransaction {
     /// (RFC 3261 §17.2.1 and §17.2.2: the last provisional or final response).
     pub fn on_retransmission(&self) -> Option<Bytes> {
         match self.state {
-            ServerState::Proceeding | ServerState::Completed | ServerState::Accepted => self.last_response.clone(),
+            ServerState::Proceeding | ServerState::Completed | ServerState::Accepted => {
+                self.last_response.clone()
+            }
             ServerState::Trying | ServerState::Confirmed | ServerState::Terminated => None,
         }
     }
@@ -258,7 +291,11 @@ impl ServerTransaction {
                 self.state = ServerState::Terminated;
                 self.retransmit_at = None;
                 self.end_at = None;
-                return if timed_out { ServerTimeout::NoAck } else { ServerTimeout::Terminated };
+                return if timed_out {
+                    ServerTimeout::NoAck
+                } else {
+                    ServerTimeout::Terminated
+                };
             }
         }
         if let Some(at) = self.retransmit_at {
@@ -331,18 +368,32 @@ pub struct ClientTransaction {
 impl ClientTransaction {
     /// Starts a transaction for `request` (already serialized; the caller sends
     /// it once now). Timers A/E run only over unreliable transports.
-    pub fn new(method: &Method, request: Bytes, target: Target, timers: Timers, now: Instant) -> ClientTransaction {
+    pub fn new(
+        method: &Method,
+        request: Bytes,
+        target: Target,
+        timers: Timers,
+        now: Instant,
+    ) -> ClientTransaction {
         let invite = *method == Method::Invite;
         let reliable = target.transport.is_stream();
         ClientTransaction {
             invite,
-            state: if invite { ClientState::Calling } else { ClientState::Trying },
+            state: if invite {
+                ClientState::Calling
+            } else {
+                ClientState::Trying
+            },
             reliable,
             timers,
             target,
             request,
             ack: None,
-            retransmit_at: if reliable { None } else { Some(now + timers.t1) },
+            retransmit_at: if reliable {
+                None
+            } else {
+                Some(now + timers.t1)
+            },
             interval: timers.t1,
             end_at: Some(now + timers.transaction_timeout()),
         }
@@ -410,11 +461,18 @@ impl ClientTransaction {
     pub fn handle_timeout(&mut self, now: Instant) -> ClientTimeout {
         if let Some(end) = self.end_at {
             if now >= end {
-                let timed_out = matches!(self.state, ClientState::Calling | ClientState::Trying | ClientState::Proceeding);
+                let timed_out = matches!(
+                    self.state,
+                    ClientState::Calling | ClientState::Trying | ClientState::Proceeding
+                );
                 self.state = ClientState::Terminated;
                 self.retransmit_at = None;
                 self.end_at = None;
-                return if timed_out { ClientTimeout::TimedOut } else { ClientTimeout::Terminated };
+                return if timed_out {
+                    ClientTimeout::TimedOut
+                } else {
+                    ClientTimeout::Terminated
+                };
             }
         }
         if let Some(at) = self.retransmit_at {
@@ -456,7 +514,8 @@ pub fn ack_for_non2xx(invite: &Request, response: &Response) -> Request {
         ack.headers.push(HeaderName::To, to.clone());
     }
     if let Ok(c) = invite.headers.cseq() {
-        ack.headers.push(HeaderName::CSeq, Text::from(format!("{} ACK", c.seq)));
+        ack.headers
+            .push(HeaderName::CSeq, Text::from(format!("{} ACK", c.seq)));
     }
     ack
 }

@@ -131,7 +131,11 @@ impl Incoming {
     /// Where a response to this message goes: the same connection for streams,
     /// otherwise per the top Via ([`response_target`]).
     pub fn reply_target(&self) -> Result<Target, RouteError> {
-        let via = self.message.headers().top_via().map_err(|_| RouteError::NoVia)?;
+        let via = self
+            .message
+            .headers()
+            .top_via()
+            .map_err(|_| RouteError::NoVia)?;
         let mut t = response_target(&via, self.source, self.transport)?;
         t.conn = self.conn;
         Ok(t)
@@ -181,7 +185,11 @@ fn is_forbidden(ip: IpAddr) -> bool {
 /// For streams the caller also passes the connection to reuse in [`Target::conn`].
 /// `maddr` (multicast) is not honoured. Broadcast, multicast and unspecified
 /// addresses are refused (RFC 4475 §3.3.10).
-pub fn response_target(via: &Via, source: SocketAddr, transport: Transport) -> Result<Target, RouteError> {
+pub fn response_target(
+    via: &Via,
+    source: SocketAddr,
+    transport: Transport,
+) -> Result<Target, RouteError> {
     let t = match &via.transport {
         ViaTransport::Udp => Transport::Udp,
         ViaTransport::Tcp => Transport::Tcp,
@@ -209,7 +217,11 @@ pub fn response_target(via: &Via, source: SocketAddr, transport: Transport) -> R
     if is_forbidden(addr.ip()) {
         return Err(RouteError::ForbiddenAddress(addr.ip()));
     }
-    Ok(Target { addr, transport, conn: None })
+    Ok(Target {
+        addr,
+        transport,
+        conn: None,
+    })
 }
 
 /// Server transport duty on a received request (RFC 3261 §18.2.1, RFC 3581 §4):
@@ -220,23 +232,38 @@ pub fn stamp_received(req: &mut Request, source: SocketAddr) -> bool {
     let Some(pos) = req.headers.iter().position(|h| h.name == HeaderName::Via) else {
         return false;
     };
-    let Some(header) = req.headers.iter_mut().nth(pos) else { return false };
+    let Some(header) = req.headers.iter_mut().nth(pos) else {
+        return false;
+    };
     // The top Via value is the first element of the first Via line.
     let line = header.value.clone();
     let mut parts = crate::header::split_list(&line);
-    let Some(top) = parts.next() else { return false };
+    let Some(top) = parts.next() else {
+        return false;
+    };
     let rest: Vec<Text> = parts.collect();
-    let Ok(mut via) = Via::parse(&top) else { return false };
+    let Ok(mut via) = Via::parse(&top) else {
+        return false;
+    };
     let src_ip = source.ip();
     let host_matches = via.host.ip() == Some(src_ip);
     let mut changed = false;
     if via.has_rport() && via.rport().is_none() {
-        via.params.set(Text::from_static("rport"), Some(Text::from(source.port().to_string())));
+        via.params.set(
+            Text::from_static("rport"),
+            Some(Text::from(source.port().to_string())),
+        );
         // RFC 3581 §4: with rport, received is added even if sent-by matches.
-        via.params.set(Text::from_static("received"), Some(Text::from(ip_param(src_ip))));
+        via.params.set(
+            Text::from_static("received"),
+            Some(Text::from(ip_param(src_ip))),
+        );
         changed = true;
     } else if !host_matches {
-        via.params.set(Text::from_static("received"), Some(Text::from(ip_param(src_ip))));
+        via.params.set(
+            Text::from_static("received"),
+            Some(Text::from(ip_param(src_ip))),
+        );
         changed = true;
     }
     if changed {
@@ -275,40 +302,64 @@ mod tests {
     fn listen_addresses_parse_with_default_ports() {
         assert_eq!(
             "udp://0.0.0.0:5060".parse::<ListenAddr>(),
-            Ok(ListenAddr { transport: Transport::Udp, addr: "0.0.0.0:5060".parse().unwrap() })
+            Ok(ListenAddr {
+                transport: Transport::Udp,
+                addr: "0.0.0.0:5060".parse().unwrap()
+            })
         );
-        assert_eq!("tls://[::1]".parse::<ListenAddr>().unwrap().addr, "[::1]:5061".parse().unwrap());
-        assert_eq!("ws://0.0.0.0:1".parse::<ListenAddr>(), Err(ListenAddrError::Scheme));
+        assert_eq!(
+            "tls://[::1]".parse::<ListenAddr>().unwrap().addr,
+            "[::1]:5061".parse().unwrap()
+        );
+        assert_eq!(
+            "ws://0.0.0.0:1".parse::<ListenAddr>(),
+            Err(ListenAddrError::Scheme)
+        );
     }
 
     #[test]
     fn response_goes_to_source_port_when_rport_requested() {
         let v = via("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport=40000;received=127.0.0.1");
-        assert_eq!(response_target(&v, src(), Transport::Udp).unwrap().addr, src());
+        assert_eq!(
+            response_target(&v, src(), Transport::Udp).unwrap().addr,
+            src()
+        );
     }
 
     #[test]
     fn response_goes_to_received_ip_and_sent_by_port_without_rport() {
         let v = via("SIP/2.0/UDP pc.example.com:5070;branch=z9hG4bKa;received=127.0.0.2");
-        assert_eq!(response_target(&v, src(), Transport::Udp).unwrap().addr, "127.0.0.2:5070".parse().unwrap());
+        assert_eq!(
+            response_target(&v, src(), Transport::Udp).unwrap().addr,
+            "127.0.0.2:5070".parse().unwrap()
+        );
     }
 
     #[test]
     fn response_goes_to_sent_by_literal_with_default_port() {
         let v = via("SIP/2.0/UDP 127.0.0.3;branch=z9hG4bKa");
-        assert_eq!(response_target(&v, src(), Transport::Udp).unwrap().addr, "127.0.0.3:5060".parse().unwrap());
+        assert_eq!(
+            response_target(&v, src(), Transport::Udp).unwrap().addr,
+            "127.0.0.3:5060".parse().unwrap()
+        );
     }
 
     #[test]
     fn response_to_broadcast_is_refused() {
         let v = via("SIP/2.0/UDP 192.0.2.198;branch=z9hG4bKa;received=255.255.255.255");
-        assert!(matches!(response_target(&v, src(), Transport::Udp), Err(RouteError::ForbiddenAddress(_))));
+        assert!(matches!(
+            response_target(&v, src(), Transport::Udp),
+            Err(RouteError::ForbiddenAddress(_))
+        ));
     }
 
     #[test]
     fn stamping_adds_received_and_fills_rport() {
         let raw = "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP host.example.com;branch=z9hG4bKa;rport, SIP/2.0/UDP b\r\n\r\n";
-        let Ok(Message::Request(mut r)) = Message::parse(Bytes::from(raw), &Limits::default()) else { panic!() };
+        let Ok(Message::Request(mut r)) = Message::parse(Bytes::from(raw), &Limits::default())
+        else {
+            panic!()
+        };
         assert!(stamp_received(&mut r, src()));
         let vias = r.headers.via().unwrap();
         assert_eq!(vias.len(), 2);
@@ -319,7 +370,10 @@ mod tests {
     #[test]
     fn stamping_leaves_matching_sent_by_alone() {
         let raw = "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKa\r\n\r\n";
-        let Ok(Message::Request(mut r)) = Message::parse(Bytes::from(raw), &Limits::default()) else { panic!() };
+        let Ok(Message::Request(mut r)) = Message::parse(Bytes::from(raw), &Limits::default())
+        else {
+            panic!()
+        };
         assert!(stamp_received(&mut r, src()));
         assert_eq!(r.headers.top_via().unwrap().received(), None);
     }

@@ -105,7 +105,10 @@ impl Uri {
         let colon = s.find(':').ok_or(UriError::NoScheme)?;
         let scheme = &s[..colon];
         if scheme.is_empty()
-            || !scheme.as_bytes().first().is_some_and(|b| b.is_ascii_alphabetic())
+            || !scheme
+                .as_bytes()
+                .first()
+                .is_some_and(|b| b.is_ascii_alphabetic())
             || !scheme
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
@@ -119,7 +122,10 @@ impl Uri {
         } else if scheme.eq_ignore_ascii_case("tel") {
             TelUri::parse_rest(text.clone(), colon + 1).map(Uri::Tel)
         } else {
-            Ok(Uri::Other(AbsoluteUri { raw: text.clone(), scheme_len: colon }))
+            Ok(Uri::Other(AbsoluteUri {
+                raw: text.clone(),
+                scheme_len: colon,
+            }))
         }
     }
 
@@ -232,7 +238,16 @@ impl SipUri {
                 headers.push((raw.slice_ref(n), raw.slice_ref(v)));
             }
         }
-        Ok(SipUri { raw, scheme, user, password, host, port, params, headers })
+        Ok(SipUri {
+            raw,
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
     }
 
     /// Builds `sip:[user@]host[:port]` (no parameters).
@@ -267,12 +282,16 @@ impl SipUri {
 
     /// The user part with `%XX` escapes decoded (lossy for non-UTF-8 octets).
     pub fn user_unescaped(&self) -> Option<String> {
-        self.user.as_ref().map(|u| String::from_utf8_lossy(&unescape(u)).into_owned())
+        self.user
+            .as_ref()
+            .map(|u| String::from_utf8_lossy(&unescape(u)).into_owned())
     }
 
     /// `transport=` URI parameter.
     pub fn transport_param(&self) -> Option<&str> {
-        self.params.get("transport").and_then(|v| v.map(|t| t.as_str()))
+        self.params
+            .get("transport")
+            .and_then(|v| v.map(|t| t.as_str()))
     }
 
     /// True when the URI carries `;lr` (RFC 3261 §16.12.1.1 loose routing).
@@ -292,7 +311,11 @@ impl TelUri {
         let digits = number.strip_prefix('+').unwrap_or(number);
         if digits.is_empty()
             || !digits.bytes().all(|b| {
-                b.is_ascii_hexdigit() || matches!(b, b'-' | b'.' | b'(' | b')' | b'*' | b'#' | b'p' | b'w' | b'P' | b'W')
+                b.is_ascii_hexdigit()
+                    || matches!(
+                        b,
+                        b'-' | b'.' | b'(' | b')' | b'*' | b'#' | b'p' | b'w' | b'P' | b'W'
+                    )
             })
         {
             return Err(UriError::BadTelNumber);
@@ -301,12 +324,19 @@ impl TelUri {
             Some(p) => parse_params(&raw, p).map_err(|_| UriError::BadParams)?,
             None => Params::default(),
         };
-        Ok(TelUri { number: raw.slice_ref(number), raw, params })
+        Ok(TelUri {
+            number: raw.slice_ref(number),
+            raw,
+            params,
+        })
     }
 
     /// The number without visual separators (`-`, `.`, `(`, `)`).
     pub fn digits(&self) -> String {
-        self.number.chars().filter(|c| !matches!(c, '-' | '.' | '(' | ')')).collect()
+        self.number
+            .chars()
+            .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
+            .collect()
     }
 }
 
@@ -326,7 +356,10 @@ impl Host {
     pub fn parse(raw: &Text, s: &str) -> Result<Host, UriError> {
         if let Some(inner) = s.strip_prefix('[') {
             let inner = inner.strip_suffix(']').ok_or(UriError::BadHost)?;
-            return inner.parse::<Ipv6Addr>().map(Host::Ipv6).map_err(|_| UriError::BadHost);
+            return inner
+                .parse::<Ipv6Addr>()
+                .map(Host::Ipv6)
+                .map_err(|_| UriError::BadHost);
         }
         if s.is_empty() {
             return Err(UriError::BadHost);
@@ -340,7 +373,9 @@ impl Host {
         let ok = s.split('.').enumerate().all(|(i, label)| {
             (label.is_empty() && i > 0 && s.ends_with('.') && s.len() > 1)
                 || (!label.is_empty()
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     && !label.starts_with('-'))
         });
         if ok {
@@ -414,8 +449,24 @@ fn is_user_char(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%' | b'&' | b'='
-                | b'+' | b'$' | b',' | b';' | b'?' | b'/' | b':'
+            b'-' | b'_'
+                | b'.'
+                | b'!'
+                | b'~'
+                | b'*'
+                | b'\''
+                | b'('
+                | b')'
+                | b'%'
+                | b'&'
+                | b'='
+                | b'+'
+                | b'$'
+                | b','
+                | b';'
+                | b'?'
+                | b'/'
+                | b':'
         )
 }
 

@@ -35,7 +35,8 @@ impl Default for ValidationPolicy {
         use Method::*;
         ValidationPolicy {
             implemented_methods: vec![
-                Invite, Ack, Bye, Cancel, Options, Info, Update, Prack, Register, Subscribe, Notify, Refer, Message,
+                Invite, Ack, Bye, Cancel, Options, Info, Update, Prack, Register, Subscribe,
+                Notify, Refer, Message,
             ],
             uri_schemes: vec!["sip", "sips", "tel"],
             supported: vec!["timer", "100rel", "replaces", "path", "outbound"],
@@ -65,7 +66,11 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(status: StatusCode, reason: &'static str) -> Rejection {
-        Rejection { status, reason, headers: Vec::new() }
+        Rejection {
+            status,
+            reason,
+            headers: Vec::new(),
+        }
     }
 
     /// The response to `req` carrying this rejection (To tag not added).
@@ -124,8 +129,13 @@ pub fn check_request(req: &Request, policy: &ValidationPolicy) -> Result<(), Rej
     // that an unknown method with a mismatched CSeq gets 501 (RFC 4475 §3.1.2.18).
     if !policy.implemented_methods.contains(&req.method) {
         let mut r = Rejection::new(StatusCode::NOT_IMPLEMENTED, "Not Implemented");
-        let allow: Vec<&str> = policy.implemented_methods.iter().map(|m| m.as_str()).collect();
-        r.headers.push((HeaderName::Allow, Text::from(allow.join(", "))));
+        let allow: Vec<&str> = policy
+            .implemented_methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect();
+        r.headers
+            .push((HeaderName::Allow, Text::from(allow.join(", "))));
         return Err(r);
     }
     if cseq.method != req.method {
@@ -133,8 +143,15 @@ pub fn check_request(req: &Request, policy: &ValidationPolicy) -> Result<(), Rej
     }
 
     // Request-URI scheme (RFC 3261 §8.2.2.1).
-    if !policy.uri_schemes.iter().any(|s| s.eq_ignore_ascii_case(req.uri.scheme())) {
-        return Err(Rejection::new(StatusCode::UNSUPPORTED_URI_SCHEME, "Unsupported URI Scheme"));
+    if !policy
+        .uri_schemes
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(req.uri.scheme()))
+    {
+        return Err(Rejection::new(
+            StatusCode::UNSUPPORTED_URI_SCHEME,
+            "Unsupported URI Scheme",
+        ));
     }
     // A registrar only binds SIP/SIPS addresses-of-record (RFC 3261 §10.3 step 5; RFC 4475 §3.3.4).
     if req.method == Method::Register && !to.uri.is_sip() {
@@ -149,14 +166,17 @@ pub fn check_request(req: &Request, policy: &ValidationPolicy) -> Result<(), Rej
             tags.extend(h.proxy_require());
         }
         for t in tags {
-            if !policy.supported.iter().any(|s| s.eq_ignore_ascii_case(&t)) && !unsupported.contains(&t) {
+            if !policy.supported.iter().any(|s| s.eq_ignore_ascii_case(&t))
+                && !unsupported.contains(&t)
+            {
                 unsupported.push(t);
             }
         }
         if !unsupported.is_empty() {
             let list: Vec<&str> = unsupported.iter().map(|t| t.as_str()).collect();
             let mut r = Rejection::new(StatusCode::BAD_EXTENSION, "Bad Extension");
-            r.headers.push((HeaderName::Unsupported, Text::from(list.join(", "))));
+            r.headers
+                .push((HeaderName::Unsupported, Text::from(list.join(", "))));
             return Err(r);
         }
     }
@@ -170,9 +190,15 @@ pub fn check_request(req: &Request, policy: &ValidationPolicy) -> Result<(), Rej
             None => false,
         };
         if !ok {
-            let list: Vec<String> = policy.accepted_bodies.iter().map(|(t, s)| format!("{t}/{s}")).collect();
-            let mut r = Rejection::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type");
-            r.headers.push((HeaderName::Accept, Text::from(list.join(", "))));
+            let list: Vec<String> = policy
+                .accepted_bodies
+                .iter()
+                .map(|(t, s)| format!("{t}/{s}"))
+                .collect();
+            let mut r =
+                Rejection::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type");
+            r.headers
+                .push((HeaderName::Accept, Text::from(list.join(", "))));
             return Err(r);
         }
     }
@@ -184,7 +210,8 @@ pub fn check_request(req: &Request, policy: &ValidationPolicy) -> Result<(), Rej
                 Err(_) => return bad("Bad Accept"),
                 Ok(ranges) if !ranges.is_empty() && !ranges.iter().any(|m| m.covers(t, s)) => {
                     let mut r = Rejection::new(StatusCode::NOT_ACCEPTABLE, "Not Acceptable");
-                    r.headers.push((HeaderName::Accept, Text::from(format!("{t}/{s}"))));
+                    r.headers
+                        .push((HeaderName::Accept, Text::from(format!("{t}/{s}"))));
                     return Err(r);
                 }
                 Ok(_) => {}
@@ -207,9 +234,11 @@ pub fn check_response(resp: &Response) -> Result<(), ResponseDrop> {
     h.top_via().map_err(|_| ResponseDrop::BadHeader("Via"))?;
     h.from().map_err(|_| ResponseDrop::BadHeader("From"))?;
     h.to().map_err(|_| ResponseDrop::BadHeader("To"))?;
-    h.call_id().map_err(|_| ResponseDrop::BadHeader("Call-ID"))?;
+    h.call_id()
+        .map_err(|_| ResponseDrop::BadHeader("Call-ID"))?;
     h.cseq().map_err(|_| ResponseDrop::BadHeader("CSeq"))?;
-    h.content_length().map_err(|_| ResponseDrop::BadHeader("Content-Length"))?;
+    h.content_length()
+        .map_err(|_| ResponseDrop::BadHeader("Content-Length"))?;
     if let Some(ra) = h.get(&HeaderName::RetryAfter) {
         let secs = ra.split([';', '(']).next().unwrap_or("").trim();
         if crate::header::parse_delta(secs).is_none() {
@@ -239,15 +268,24 @@ CSeq: 1 {cseq_method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
 
     #[test]
     fn well_formed_invite_passes() {
-        assert_eq!(check_request(&req("", "INVITE", "INVITE"), &ValidationPolicy::default()), Ok(()));
+        assert_eq!(
+            check_request(&req("", "INVITE", "INVITE"), &ValidationPolicy::default()),
+            Ok(())
+        );
     }
 
     #[test]
     fn unknown_require_is_420_listing_unsupported_tags() {
-        let r = check_request(&req("Require: foo, timer\r\n", "INVITE", "INVITE"), &ValidationPolicy::default())
-            .unwrap_err();
+        let r = check_request(
+            &req("Require: foo, timer\r\n", "INVITE", "INVITE"),
+            &ValidationPolicy::default(),
+        )
+        .unwrap_err();
         assert_eq!(r.status, StatusCode::BAD_EXTENSION);
-        assert_eq!(r.headers, vec![(HeaderName::Unsupported, Text::from_static("foo"))]);
+        assert_eq!(
+            r.headers,
+            vec![(HeaderName::Unsupported, Text::from_static("foo"))]
+        );
     }
 
     #[test]
@@ -260,7 +298,10 @@ CSeq: 1 {cseq_method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
     fn unknown_method_is_501_with_allow() {
         let r = check_request(&req("", "FOO", "FOO"), &ValidationPolicy::default()).unwrap_err();
         assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
-        assert_eq!(r.headers.first().map(|h| h.0.clone()), Some(HeaderName::Allow));
+        assert_eq!(
+            r.headers.first().map(|h| h.0.clone()),
+            Some(HeaderName::Allow)
+        );
     }
 
     #[test]
@@ -269,6 +310,11 @@ CSeq: 1 {cseq_method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
         let rej = check_request(&rq, &ValidationPolicy::default()).unwrap_err();
         let resp = rej.to_response(&rq);
         assert_eq!(resp.status, StatusCode::BAD_EXTENSION);
-        assert_eq!(resp.headers.get(&HeaderName::Unsupported).map(|t| t.as_str()), Some("foo"));
+        assert_eq!(
+            resp.headers
+                .get(&HeaderName::Unsupported)
+                .map(|t| t.as_str()),
+            Some("foo")
+        );
     }
 }

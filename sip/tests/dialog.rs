@@ -23,15 +23,27 @@ impl Harness {
         Harness::with(EndpointConfig::default())
     }
     fn with(mut config: EndpointConfig) -> Harness {
-        config.local_addrs = vec![ListenAddr { transport: Transport::Udp, addr: "127.0.0.1:5060".parse().unwrap() }];
-        Harness { ep: Endpoint::new(config), now: Instant::now() }
+        config.local_addrs = vec![ListenAddr {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5060".parse().unwrap(),
+        }];
+        Harness {
+            ep: Endpoint::new(config),
+            now: Instant::now(),
+        }
     }
     fn peer() -> SocketAddr {
         PEER.parse().unwrap()
     }
     fn send(&mut self, raw: &str) {
         let raw = raw.replace("\r\n", "\n").replace('\n', "\r\n");
-        self.ep.handle_datagram(Bytes::from(raw), Harness::peer(), Transport::Udp, None, self.now);
+        self.ep.handle_datagram(
+            Bytes::from(raw),
+            Harness::peer(),
+            Transport::Udp,
+            None,
+            self.now,
+        );
     }
     fn advance(&mut self, d: Duration) {
         self.now += d;
@@ -52,13 +64,26 @@ impl Harness {
     fn sent(&mut self) -> Vec<Message> {
         let mut out = Vec::new();
         while let Some(t) = self.ep.poll_transmit() {
-            assert_eq!(t.target.addr, Harness::peer(), "everything goes back to the peer");
+            assert_eq!(
+                t.target.addr,
+                Harness::peer(),
+                "everything goes back to the peer"
+            );
             out.push(Message::parse(t.bytes, &Limits::default()).expect("we send parsable SIP"));
         }
         out
     }
     fn responses(&mut self) -> Vec<Response> {
-        self.sent().into_iter().filter_map(|m| if let Message::Response(r) = m { Some(r) } else { None }).collect()
+        self.sent()
+            .into_iter()
+            .filter_map(|m| {
+                if let Message::Response(r) = m {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
     fn statuses(&mut self) -> Vec<u16> {
         self.responses().iter().map(|r| r.status.0).collect()
@@ -69,15 +94,32 @@ impl Harness {
     fn incoming_call(&mut self) -> CallKey {
         self.events()
             .into_iter()
-            .find_map(|e| if let Event::IncomingCall { key, .. } = e { Some(key) } else { None })
+            .find_map(|e| {
+                if let Event::IncomingCall { key, .. } = e {
+                    Some(key)
+                } else {
+                    None
+                }
+            })
             .expect("an IncomingCall event")
     }
     /// INVITE → answer → ACK; returns the key and our To tag.
     fn established(&mut self, extra: &str) -> (CallKey, String) {
         self.send(&invite("z9hG4bKinv1", "c1", extra, SDP));
         let key = self.incoming_call();
-        self.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), self.now).unwrap();
-        let ok = self.responses().into_iter().find(|r| r.status == StatusCode::OK).expect("200");
+        self.ep
+            .answer(
+                key,
+                Some(Bytes::from_static(b"v=0\r\n")),
+                Vec::new(),
+                self.now,
+            )
+            .unwrap();
+        let ok = self
+            .responses()
+            .into_iter()
+            .find(|r| r.status == StatusCode::OK)
+            .expect("200");
         let tag = ok.headers.to().unwrap().tag().unwrap().to_owned();
         self.send(&in_dialog("ACK", 1, "z9hG4bKack1", "c1", &tag, "", ""));
         assert!(matches!(self.events().as_slice(), [Event::Acked { .. }]));
@@ -86,7 +128,11 @@ impl Harness {
 }
 
 fn invite(branch: &str, call_id: &str, extra: &str, body: &str) -> String {
-    let ct = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\n".to_owned() };
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/sdp\n".to_owned()
+    };
     format!(
         "INVITE sip:1000@127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport\n\
          From: \"A\" <sip:a@127.0.0.1>;tag=caller\nTo: <sip:1000@127.0.0.1>\nCall-ID: {call_id}\nCSeq: 1 INVITE\n\
@@ -95,7 +141,15 @@ fn invite(branch: &str, call_id: &str, extra: &str, body: &str) -> String {
     )
 }
 
-fn in_dialog(method: &str, cseq: u32, branch: &str, call_id: &str, to_tag: &str, extra: &str, body: &str) -> String {
+fn in_dialog(
+    method: &str,
+    cseq: u32,
+    branch: &str,
+    call_id: &str,
+    to_tag: &str,
+    extra: &str,
+    body: &str,
+) -> String {
     format!(
         "{method} sip:a@127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport\n\
          From: \"A\" <sip:a@127.0.0.1>;tag=caller\nTo: <sip:1000@127.0.0.1>;tag={to_tag}\nCall-ID: {call_id}\n\
@@ -110,7 +164,9 @@ fn invite_gets_100_trying_at_once_and_an_incoming_call_event() {
     h.send(&invite("z9hG4bK1", "c1", "", SDP));
     assert_eq!(h.statuses(), vec![100]);
     let ev = h.events();
-    let Some(Event::IncomingCall { request, .. }) = ev.first() else { panic!("{ev:?}") };
+    let Some(Event::IncomingCall { request, .. }) = ev.first() else {
+        panic!("{ev:?}")
+    };
     assert_eq!(request.body.as_ref(), SDP.as_bytes());
 }
 
@@ -132,20 +188,46 @@ fn retransmitted_invite_is_absorbed_with_the_last_response() {
 #[test]
 fn answer_carries_contact_allow_supported_record_route_and_sdp() {
     let mut h = Harness::new();
-    h.send(&invite("z9hG4bK1", "c1", "Record-Route: <sip:proxy.example;lr>\n", SDP));
+    h.send(&invite(
+        "z9hG4bK1",
+        "c1",
+        "Record-Route: <sip:proxy.example;lr>\n",
+        SDP,
+    ));
     let key = h.incoming_call();
     h.sent();
-    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), vec![(HeaderName::Other(Text::from_static("X-Test")), Text::from_static("1"))], h.now).unwrap();
+    h.ep.answer(
+        key,
+        Some(Bytes::from_static(b"v=0\r\n")),
+        vec![(
+            HeaderName::Other(Text::from_static("X-Test")),
+            Text::from_static("1"),
+        )],
+        h.now,
+    )
+    .unwrap();
     let r = h.responses().pop().unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.headers.to().unwrap().tag().is_some());
-    assert_eq!(r.headers.get(&HeaderName::Contact).map(|t| t.as_str()), Some("<sip:127.0.0.1:5060>"));
+    assert_eq!(
+        r.headers.get(&HeaderName::Contact).map(|t| t.as_str()),
+        Some("<sip:127.0.0.1:5060>")
+    );
     assert!(r.headers.get(&HeaderName::Allow).is_some());
     assert!(r.headers.get(&HeaderName::Supported).is_some());
-    assert_eq!(r.headers.get(&HeaderName::RecordRoute).map(|t| t.as_str()), Some("<sip:proxy.example;lr>"));
-    assert_eq!(r.headers.content_type().unwrap().unwrap().subtype.as_str(), "sdp");
+    assert_eq!(
+        r.headers.get(&HeaderName::RecordRoute).map(|t| t.as_str()),
+        Some("<sip:proxy.example;lr>")
+    );
+    assert_eq!(
+        r.headers.content_type().unwrap().unwrap().subtype.as_str(),
+        "sdp"
+    );
     assert_eq!(r.body.as_ref(), b"v=0\r\n");
-    assert!(r.headers.get(&HeaderName::Other(Text::from_static("X-Test"))).is_some());
+    assert!(r
+        .headers
+        .get(&HeaderName::Other(Text::from_static("X-Test")))
+        .is_some());
 }
 
 #[test]
@@ -153,7 +235,8 @@ fn unacked_2xx_is_retransmitted_t1_to_t2_then_ack_timeout_sends_bye() {
     let mut h = Harness::new();
     h.send(&invite("z9hG4bK1", "c1", "", SDP));
     let key = h.incoming_call();
-    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now).unwrap();
+    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now)
+        .unwrap();
     h.sent();
     let start = h.now;
     let mut retransmits = Vec::new();
@@ -167,16 +250,23 @@ fn unacked_2xx_is_retransmitted_t1_to_t2_then_ack_timeout_sends_bye() {
         for m in h.sent() {
             match m {
                 Message::Response(r) if r.status == StatusCode::OK => retransmits.push(t - start),
-                Message::Request(r) if r.method == Method::Bye && bye_at.is_none() => bye_at = Some(t - start),
+                Message::Request(r) if r.method == Method::Bye && bye_at.is_none() => {
+                    bye_at = Some(t - start)
+                }
                 _ => {}
             }
         }
     }
     let ms = |n| Duration::from_millis(n);
-    assert_eq!(&retransmits[..6], &[ms(500), ms(1500), ms(3500), ms(7500), ms(11500), ms(15500)]);
+    assert_eq!(
+        &retransmits[..6],
+        &[ms(500), ms(1500), ms(3500), ms(7500), ms(11500), ms(15500)]
+    );
     assert_eq!(bye_at, Some(Duration::from_secs(32)));
     let ev = h.events();
-    assert!(ev.iter().any(|e| matches!(e, Event::AckTimeout { key: k } if *k == key)));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::AckTimeout { key: k } if *k == key)));
 }
 
 #[test]
@@ -184,11 +274,36 @@ fn offerless_invite_gets_our_offer_and_the_ack_body_is_delivered() {
     let mut h = Harness::new();
     h.send(&invite("z9hG4bK1", "c1", "", ""));
     let key = h.incoming_call();
-    h.ep.answer(key, Some(Bytes::from_static(b"v=0 offer\r\n")), Vec::new(), h.now).unwrap();
-    let tag = h.responses().pop().unwrap().headers.to().unwrap().tag().unwrap().to_owned();
-    h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "Content-Type: application/sdp\n", SDP));
+    h.ep.answer(
+        key,
+        Some(Bytes::from_static(b"v=0 offer\r\n")),
+        Vec::new(),
+        h.now,
+    )
+    .unwrap();
+    let tag = h
+        .responses()
+        .pop()
+        .unwrap()
+        .headers
+        .to()
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    h.send(&in_dialog(
+        "ACK",
+        1,
+        "z9hG4bKa",
+        "c1",
+        &tag,
+        "Content-Type: application/sdp\n",
+        SDP,
+    ));
     let ev = h.events();
-    let Some(Event::Acked { body: Some(b), .. }) = ev.first() else { panic!("{ev:?}") };
+    let Some(Event::Acked { body: Some(b), .. }) = ev.first() else {
+        panic!("{ev:?}")
+    };
     assert_eq!(b.as_ref(), SDP.as_bytes());
 }
 
@@ -203,11 +318,26 @@ fn cancel_before_answer_gets_200_and_the_invite_487() {
          From: \"A\" <sip:a@127.0.0.1>;tag=caller\nTo: <sip:1000@127.0.0.1>\nCall-ID: c1\nCSeq: 1 CANCEL\nMax-Forwards: 70\n\n",
     );
     let rs = h.responses();
-    assert_eq!(rs.iter().map(|r| r.status.0).collect::<Vec<_>>(), vec![200, 487]);
+    assert_eq!(
+        rs.iter().map(|r| r.status.0).collect::<Vec<_>>(),
+        vec![200, 487]
+    );
     assert_eq!(rs[1].headers.cseq().unwrap().method, Method::Invite);
     let ev = h.events();
-    assert!(matches!(ev.as_slice(), [Event::Cancelled { .. }, Event::CallEnded { reason: EndReason::Cancelled, .. }]));
-    assert!(h.ep.answer(key, None, Vec::new(), h.now).is_err(), "a cancelled call cannot be answered");
+    assert!(matches!(
+        ev.as_slice(),
+        [
+            Event::Cancelled { .. },
+            Event::CallEnded {
+                reason: EndReason::Cancelled,
+                ..
+            }
+        ]
+    ));
+    assert!(
+        h.ep.answer(key, None, Vec::new(), h.now).is_err(),
+        "a cancelled call cannot be answered"
+    );
     // The 487 is retransmitted until the ACK, which stops it.
     h.advance(Duration::from_millis(500));
     assert_eq!(h.statuses(), vec![487]);
@@ -237,11 +367,24 @@ fn reject_sends_the_status_with_extra_headers_and_ends_the_call() {
     let key = h.incoming_call();
     h.sent();
     let challenge = Text::from_static("Digest realm=\"dialin\", nonce=\"n\"");
-    h.ep.reject(key, StatusCode::UNAUTHORIZED, None, vec![(HeaderName::WwwAuthenticate, challenge.clone())], h.now).unwrap();
+    h.ep.reject(
+        key,
+        StatusCode::UNAUTHORIZED,
+        None,
+        vec![(HeaderName::WwwAuthenticate, challenge.clone())],
+        h.now,
+    )
+    .unwrap();
     let r = h.responses().pop().unwrap();
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers.www_authenticate(), Some(&challenge));
-    assert!(matches!(h.events().as_slice(), [Event::CallEnded { reason: EndReason::Rejected(StatusCode::UNAUTHORIZED), .. }]));
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::CallEnded {
+            reason: EndReason::Rejected(StatusCode::UNAUTHORIZED),
+            ..
+        }]
+    ));
 }
 
 #[test]
@@ -251,7 +394,9 @@ fn caller_bye_is_answered_200_and_reported() {
     h.send(&in_dialog("BYE", 2, "z9hG4bKbye", "c1", &tag, "", ""));
     assert_eq!(h.statuses(), vec![200]);
     let ev = h.events();
-    assert!(matches!(ev.as_slice(), [Event::Bye { key: k }, Event::CallEnded { reason: EndReason::RemoteBye, .. }] if *k == key));
+    assert!(
+        matches!(ev.as_slice(), [Event::Bye { key: k }, Event::CallEnded { reason: EndReason::RemoteBye, .. }] if *k == key)
+    );
     // The BYE retransmission is absorbed by its transaction.
     h.send(&in_dialog("BYE", 2, "z9hG4bKbye", "c1", &tag, "", ""));
     assert_eq!(h.statuses(), vec![200]);
@@ -263,7 +408,15 @@ fn requests_for_unknown_dialogs_get_481() {
     let mut h = Harness::new();
     h.send(&in_dialog("BYE", 2, "z9hG4bKx", "nope", "nobody", "", ""));
     assert_eq!(h.statuses(), vec![481]);
-    h.send(&in_dialog("INVITE", 2, "z9hG4bKy", "nope", "nobody", "Contact: <sip:a@127.0.0.1>\n", ""));
+    h.send(&in_dialog(
+        "INVITE",
+        2,
+        "z9hG4bKy",
+        "nope",
+        "nobody",
+        "Contact: <sip:a@127.0.0.1>\n",
+        "",
+    ));
     assert_eq!(h.statuses(), vec![100, 481]);
 }
 
@@ -272,24 +425,60 @@ fn info_in_dialog_is_answered_and_delivered_with_its_content_type() {
     let mut h = Harness::new();
     let (key, tag) = h.established("");
     let body = "Signal=5\r\nDuration=160\r\n";
-    h.send(&in_dialog("INFO", 2, "z9hG4bKi", "c1", &tag, "Content-Type: application/dtmf-relay\n", body));
+    h.send(&in_dialog(
+        "INFO",
+        2,
+        "z9hG4bKi",
+        "c1",
+        &tag,
+        "Content-Type: application/dtmf-relay\n",
+        body,
+    ));
     assert_eq!(h.statuses(), vec![200]);
     let ev = h.events();
-    let Some(Event::Info { key: k, content_type: Some(ct), body: b }) = ev.first() else { panic!("{ev:?}") };
-    assert_eq!((*k, ct.as_str(), b.as_ref()), (key, "application/dtmf-relay", body.as_bytes()));
+    let Some(Event::Info {
+        key: k,
+        content_type: Some(ct),
+        body: b,
+    }) = ev.first()
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        (*k, ct.as_str(), b.as_ref()),
+        (key, "application/dtmf-relay", body.as_bytes())
+    );
 }
 
 #[test]
 fn reinvite_offer_goes_to_the_tu_and_its_answer_is_sent() {
     let mut h = Harness::new();
     let (key, tag) = h.established("");
-    h.send(&in_dialog("INVITE", 2, "z9hG4bKr", "c1", &tag, "Contact: <sip:a@127.0.0.1:5070>\nContent-Type: application/sdp\n", SDP));
+    h.send(&in_dialog(
+        "INVITE",
+        2,
+        "z9hG4bKr",
+        "c1",
+        &tag,
+        "Contact: <sip:a@127.0.0.1:5070>\nContent-Type: application/sdp\n",
+        SDP,
+    ));
     assert_eq!(h.statuses(), vec![100]);
     let ev = h.events();
-    assert!(matches!(ev.as_slice(), [Event::ReInvite { kind: OfferKind::Invite, .. }]));
-    h.ep.respond_reinvite(key, Ok(Bytes::from_static(b"v=0 answer\r\n")), h.now).unwrap();
+    assert!(matches!(
+        ev.as_slice(),
+        [Event::ReInvite {
+            kind: OfferKind::Invite,
+            ..
+        }]
+    ));
+    h.ep.respond_reinvite(key, Ok(Bytes::from_static(b"v=0 answer\r\n")), h.now)
+        .unwrap();
     let r = h.responses().pop().unwrap();
-    assert_eq!((r.status, r.body.as_ref()), (StatusCode::OK, &b"v=0 answer\r\n"[..]));
+    assert_eq!(
+        (r.status, r.body.as_ref()),
+        (StatusCode::OK, &b"v=0 answer\r\n"[..])
+    );
 }
 
 #[test]
@@ -318,10 +507,16 @@ fn hangup_sends_bye_with_route_set_remote_target_and_next_cseq() {
     let (key, tag) = h.established("Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\n");
     h.ep.hangup(key, h.now).unwrap();
     let sent = h.sent();
-    let Some(Message::Request(bye)) = sent.first() else { panic!("{sent:?}") };
+    let Some(Message::Request(bye)) = sent.first() else {
+        panic!("{sent:?}")
+    };
     assert_eq!(bye.method, Method::Bye);
     assert_eq!(bye.uri.as_str(), "sip:a@127.0.0.1:5070");
-    let routes: Vec<String> = bye.headers.values(&HeaderName::Route).map(|t| t.to_string()).collect();
+    let routes: Vec<String> = bye
+        .headers
+        .values(&HeaderName::Route)
+        .map(|t| t.to_string())
+        .collect();
     assert_eq!(routes, vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
     assert_eq!(bye.headers.from().unwrap().tag(), Some(tag.as_str()));
     assert_eq!(bye.headers.to().unwrap().tag(), Some("caller"));
@@ -334,7 +529,16 @@ fn hangup_sends_bye_with_route_set_remote_target_and_next_cseq() {
         bye.headers.get(&HeaderName::To).unwrap()
     ));
     let ev = h.events();
-    assert!(matches!(ev.as_slice(), [Event::CallEnded { reason: EndReason::LocalHangup, .. }]), "{ev:?}");
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [Event::CallEnded {
+                reason: EndReason::LocalHangup,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
 }
 
 #[test]
@@ -346,7 +550,13 @@ fn unanswered_bye_is_retransmitted_and_times_out_after_64_t1() {
     h.run_for(Duration::from_secs(33));
     let byes = h.sent().len();
     assert!(byes >= 9, "BYE retransmitted by Timer E ({byes})");
-    assert!(matches!(h.events().as_slice(), [Event::CallEnded { reason: EndReason::ByeTimedOut, .. }]));
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::CallEnded {
+            reason: EndReason::ByeTimedOut,
+            ..
+        }]
+    ));
 }
 
 #[test]
@@ -355,7 +565,16 @@ fn hangup_before_ack_waits_for_the_ack_then_sends_bye() {
     h.send(&invite("z9hG4bK1", "c1", "", SDP));
     let key = h.incoming_call();
     h.ep.answer(key, None, Vec::new(), h.now).unwrap();
-    let tag = h.responses().pop().unwrap().headers.to().unwrap().tag().unwrap().to_owned();
+    let tag = h
+        .responses()
+        .pop()
+        .unwrap()
+        .headers
+        .to()
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
     h.ep.hangup(key, h.now).unwrap();
     assert!(h.sent().is_empty(), "no BYE before the ACK (RFC 3261 §15)");
     h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "", ""));
@@ -376,11 +595,22 @@ fn hangup_before_answer_rejects_with_480() {
 #[test]
 fn session_timer_is_granted_with_refresher_and_expiry_sends_bye() {
     let mut h = Harness::new();
-    h.send(&invite("z9hG4bK1", "c1", "Supported: timer\nSession-Expires: 120\n", SDP));
+    h.send(&invite(
+        "z9hG4bK1",
+        "c1",
+        "Supported: timer\nSession-Expires: 120\n",
+        SDP,
+    ));
     let key = h.incoming_call();
-    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now).unwrap();
+    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now)
+        .unwrap();
     let ok = h.responses().pop().unwrap();
-    assert_eq!(ok.headers.get(&HeaderName::SessionExpires).map(|t| t.as_str()), Some("120;refresher=uac"));
+    assert_eq!(
+        ok.headers
+            .get(&HeaderName::SessionExpires)
+            .map(|t| t.as_str()),
+        Some("120;refresher=uac")
+    );
     assert_eq!(ok.headers.require(), vec![Text::from_static("timer")]);
     let tag = ok.headers.to().unwrap().tag().unwrap().to_owned();
     h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "", ""));
@@ -390,38 +620,96 @@ fn session_timer_is_granted_with_refresher_and_expiry_sends_bye() {
     assert!(h.sent().is_empty());
     h.run_for(Duration::from_secs(2));
     assert!(matches!(h.sent().first(), Some(Message::Request(r)) if r.method == Method::Bye));
-    assert!(h.events().iter().any(|e| matches!(e, Event::SessionExpired { .. })));
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::SessionExpired { .. })));
 }
 
 #[test]
 fn refresh_without_sdp_is_answered_with_our_last_sdp_and_restarts_the_timer() {
     let mut h = Harness::new();
-    h.send(&invite("z9hG4bK1", "c1", "Supported: timer\nSession-Expires: 120\n", SDP));
+    h.send(&invite(
+        "z9hG4bK1",
+        "c1",
+        "Supported: timer\nSession-Expires: 120\n",
+        SDP,
+    ));
     let key = h.incoming_call();
-    h.ep.answer(key, Some(Bytes::from_static(b"v=0 ours\r\n")), Vec::new(), h.now).unwrap();
-    let tag = h.responses().pop().unwrap().headers.to().unwrap().tag().unwrap().to_owned();
+    h.ep.answer(
+        key,
+        Some(Bytes::from_static(b"v=0 ours\r\n")),
+        Vec::new(),
+        h.now,
+    )
+    .unwrap();
+    let tag = h
+        .responses()
+        .pop()
+        .unwrap()
+        .headers
+        .to()
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
     h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "", ""));
     h.run_for(Duration::from_secs(60));
-    h.send(&in_dialog("UPDATE", 2, "z9hG4bKu", "c1", &tag, "Session-Expires: 120;refresher=uac\n", ""));
+    h.send(&in_dialog(
+        "UPDATE",
+        2,
+        "z9hG4bKu",
+        "c1",
+        &tag,
+        "Session-Expires: 120;refresher=uac\n",
+        "",
+    ));
     let r = h.responses().pop().unwrap();
     assert_eq!((r.status, r.body.is_empty()), (StatusCode::OK, true));
-    h.send(&in_dialog("INVITE", 3, "z9hG4bKr", "c1", &tag, "Contact: <sip:a@127.0.0.1:5070>\n", ""));
+    h.send(&in_dialog(
+        "INVITE",
+        3,
+        "z9hG4bKr",
+        "c1",
+        &tag,
+        "Contact: <sip:a@127.0.0.1:5070>\n",
+        "",
+    ));
     let r = h.responses().pop().unwrap();
-    assert_eq!((r.status, r.body.as_ref()), (StatusCode::OK, &b"v=0 ours\r\n"[..]));
+    assert_eq!(
+        (r.status, r.body.as_ref()),
+        (StatusCode::OK, &b"v=0 ours\r\n"[..])
+    );
     h.send(&in_dialog("ACK", 3, "z9hG4bKa3", "c1", &tag, "", ""));
     h.run_for(Duration::from_secs(87));
-    assert!(h.sent().iter().all(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)), "refreshed");
-    assert!(!h.events().iter().any(|e| matches!(e, Event::SessionExpired { .. })));
+    assert!(
+        h.sent()
+            .iter()
+            .all(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)),
+        "refreshed"
+    );
+    assert!(!h
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::SessionExpired { .. })));
 }
 
 #[test]
 fn session_expires_below_min_se_gets_422_with_min_se() {
     let mut h = Harness::new();
-    h.send(&invite("z9hG4bK1", "c1", "Supported: timer\nSession-Expires: 30\n", SDP));
+    h.send(&invite(
+        "z9hG4bK1",
+        "c1",
+        "Supported: timer\nSession-Expires: 30\n",
+        SDP,
+    ));
     let rs = h.responses();
     let r = rs.last().unwrap();
     assert_eq!(r.status, StatusCode::SESSION_INTERVAL_TOO_SMALL);
-    assert_eq!(r.headers.get(&HeaderName::MinSe).map(|t| t.as_str()), Some("90"));
+    assert_eq!(
+        r.headers.get(&HeaderName::MinSe).map(|t| t.as_str()),
+        Some("90")
+    );
     assert!(h.events().is_empty());
 }
 
@@ -463,7 +751,10 @@ fn invalid_requests_are_rejected_by_validation() {
     h.send(&invite("z9hG4bK1", "c1", "Require: 100rel\n", SDP));
     let r = h.responses().pop().unwrap();
     assert_eq!(r.status, StatusCode::BAD_EXTENSION);
-    assert_eq!(r.headers.get(&HeaderName::Unsupported).map(|t| t.as_str()), Some("100rel"));
+    assert_eq!(
+        r.headers.get(&HeaderName::Unsupported).map(|t| t.as_str()),
+        Some("100rel")
+    );
     // Unparsable version → 505.
     h.send("INVITE sip:1000@127.0.0.1 SIP/7.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK2\nFrom: <sip:a@x>;tag=1\nTo: <sip:b@x>\nCall-ID: v\nCSeq: 1 INVITE\n\n");
     assert_eq!(h.statuses(), vec![505]);
@@ -472,7 +763,10 @@ fn invalid_requests_are_rejected_by_validation() {
 
 #[test]
 fn calls_over_the_limit_get_503_with_retry_after() {
-    let mut h = Harness::with(EndpointConfig { max_calls: 1, ..Default::default() });
+    let mut h = Harness::with(EndpointConfig {
+        max_calls: 1,
+        ..Default::default()
+    });
     h.send(&invite("z9hG4bK1", "c1", "", SDP));
     h.incoming_call();
     h.sent();
@@ -512,11 +806,27 @@ fn commands_for_unknown_calls_are_refused() {
 #[test]
 fn as_refresher_we_send_a_reinvite_at_half_interval_and_ack_its_2xx() {
     let mut h = Harness::new();
-    h.send(&invite("z9hG4bK1", "c1", "Supported: timer\nSession-Expires: 120;refresher=uas\n", SDP));
+    h.send(&invite(
+        "z9hG4bK1",
+        "c1",
+        "Supported: timer\nSession-Expires: 120;refresher=uas\n",
+        SDP,
+    ));
     let key = h.incoming_call();
-    h.ep.answer(key, Some(Bytes::from_static(b"v=0 ours\r\n")), Vec::new(), h.now).unwrap();
+    h.ep.answer(
+        key,
+        Some(Bytes::from_static(b"v=0 ours\r\n")),
+        Vec::new(),
+        h.now,
+    )
+    .unwrap();
     let ok = h.responses().pop().unwrap();
-    assert_eq!(ok.headers.get(&HeaderName::SessionExpires).map(|t| t.as_str()), Some("120;refresher=uas"));
+    assert_eq!(
+        ok.headers
+            .get(&HeaderName::SessionExpires)
+            .map(|t| t.as_str()),
+        Some("120;refresher=uas")
+    );
     let tag = ok.headers.to().unwrap().tag().unwrap().to_owned();
     h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "", ""));
     h.events();
@@ -524,10 +834,18 @@ fn as_refresher_we_send_a_reinvite_at_half_interval_and_ack_its_2xx() {
     assert!(h.sent().is_empty());
     h.run_for(Duration::from_secs(2));
     let sent = h.sent();
-    let Some(Message::Request(reinvite)) = sent.first() else { panic!("{sent:?}") };
+    let Some(Message::Request(reinvite)) = sent.first() else {
+        panic!("{sent:?}")
+    };
     assert_eq!(reinvite.method, Method::Invite);
     assert_eq!(reinvite.body.as_ref(), b"v=0 ours\r\n");
-    assert_eq!(reinvite.headers.get(&HeaderName::SessionExpires).map(|t| t.as_str()), Some("120;refresher=uas"));
+    assert_eq!(
+        reinvite
+            .headers
+            .get(&HeaderName::SessionExpires)
+            .map(|t| t.as_str()),
+        Some("120;refresher=uas")
+    );
     let cseq = reinvite.headers.cseq().unwrap().seq;
     h.send(&format!(
         "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {}\nCall-ID: c1\nCSeq: {cseq} INVITE\nContact: <sip:a@127.0.0.1:5070>\nContent-Length: 0\n\n",
@@ -536,23 +854,46 @@ fn as_refresher_we_send_a_reinvite_at_half_interval_and_ack_its_2xx() {
         reinvite.headers.get(&HeaderName::To).unwrap()
     ));
     let sent = h.sent();
-    let Some(Message::Request(ack)) = sent.first() else { panic!("{sent:?}") };
+    let Some(Message::Request(ack)) = sent.first() else {
+        panic!("{sent:?}")
+    };
     assert_eq!(ack.method, Method::Ack);
     assert_eq!(ack.headers.cseq().unwrap().seq, cseq);
-    assert_ne!(ack.headers.top_via().unwrap().branch(), reinvite.headers.top_via().unwrap().branch());
+    assert_ne!(
+        ack.headers.top_via().unwrap().branch(),
+        reinvite.headers.top_via().unwrap().branch()
+    );
     // The refresh restarted the timer: nothing more for another 59 s, and no expiry.
     h.run_for(Duration::from_secs(59));
-    assert!(h.sent().iter().all(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)));
+    assert!(h
+        .sent()
+        .iter()
+        .all(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)));
     assert!(h.events().is_empty());
 }
 
 #[test]
 fn failed_refresh_ends_the_call_with_bye() {
     let mut h = Harness::new();
-    h.send(&invite("z9hG4bK1", "c1", "Supported: timer\nSession-Expires: 120;refresher=uas\n", SDP));
+    h.send(&invite(
+        "z9hG4bK1",
+        "c1",
+        "Supported: timer\nSession-Expires: 120;refresher=uas\n",
+        SDP,
+    ));
     let key = h.incoming_call();
-    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now).unwrap();
-    let tag = h.responses().pop().unwrap().headers.to().unwrap().tag().unwrap().to_owned();
+    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now)
+        .unwrap();
+    let tag = h
+        .responses()
+        .pop()
+        .unwrap()
+        .headers
+        .to()
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
     h.send(&in_dialog("ACK", 1, "z9hG4bKa", "c1", &tag, "", ""));
     h.events();
     h.run_for(Duration::from_secs(61));
@@ -560,19 +901,33 @@ fn failed_refresh_ends_the_call_with_bye() {
     // Nobody answers the refresh: Timer B, then BYE.
     h.run_for(Duration::from_secs(33));
     let sent = h.sent();
-    assert!(sent.iter().any(|m| matches!(m, Message::Request(r) if r.method == Method::Bye)));
-    assert!(h.events().iter().any(|e| matches!(e, Event::SessionExpired { .. })));
+    assert!(sent
+        .iter()
+        .any(|m| matches!(m, Message::Request(r) if r.method == Method::Bye)));
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::SessionExpired { .. })));
 }
 
 #[test]
 fn call_never_answered_by_the_gateway_is_refused_with_480_after_the_answer_timeout() {
-    let mut h = Harness::with(EndpointConfig { answer_timeout: Duration::from_secs(60), ..Default::default() });
+    let mut h = Harness::with(EndpointConfig {
+        answer_timeout: Duration::from_secs(60),
+        ..Default::default()
+    });
     h.send(&invite("z9hG4bK1", "c1", "", SDP));
     let key = h.incoming_call();
     h.sent();
     h.run_for(Duration::from_secs(59));
     assert!(h.sent().is_empty());
     h.run_for(Duration::from_millis(1200));
-    assert_eq!(h.statuses(), vec![480], "sent at 60 s, first Timer G retransmission not yet due");
-    assert!(matches!(h.events().as_slice(), [Event::CallEnded { key: k, reason: EndReason::Unanswered }] if *k == key));
+    assert_eq!(
+        h.statuses(),
+        vec![480],
+        "sent at 60 s, first Timer G retransmission not yet due"
+    );
+    assert!(
+        matches!(h.events().as_slice(), [Event::CallEnded { key: k, reason: EndReason::Unanswered }] if *k == key)
+    );
 }

@@ -32,7 +32,10 @@ l: 31\r\n\r\nv=0\r\no=- 1 1 IN IP4 192.0.2.1\r\n";
 
 fn seeds() -> Vec<Vec<u8>> {
     let mut out = vec![INVITE.as_bytes().to_vec()];
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance/rfc4475");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/rfc4475"
+    );
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             for e in entries.flatten() {
@@ -55,7 +58,10 @@ fn seeds() -> Vec<Vec<u8>> {
 
 /// Runs everything a received message goes through; panics only on a bug.
 fn exercise(raw: &[u8], rng: &mut StdRng) {
-    let limits = Limits { max_message_size: 16 * 1024, ..Limits::default() };
+    let limits = Limits {
+        max_message_size: 16 * 1024,
+        ..Limits::default()
+    };
     let bytes = Bytes::copy_from_slice(raw);
     let source: SocketAddr = "127.0.0.1:5060".parse().expect("addr");
     match Message::parse(bytes.clone(), &limits) {
@@ -68,15 +74,39 @@ fn exercise(raw: &[u8], rng: &mut StdRng) {
         Ok(mut m) => {
             let h = m.headers();
             assert!(h.len() <= limits.max_headers);
-            let value_bytes: usize = h.iter().map(|x| x.value.len() + x.name.as_str().len()).sum();
-            assert!(value_bytes + m.body().len() <= raw.len() + 64 * h.len(), "output grew past input");
+            let value_bytes: usize = h
+                .iter()
+                .map(|x| x.value.len() + x.name.as_str().len())
+                .sum();
+            assert!(
+                value_bytes + m.body().len() <= raw.len() + 64 * h.len(),
+                "output grew past input"
+            );
             let _ = h.via();
             if let Ok(v) = h.top_via() {
                 let _ = response_target(&v, source, Transport::Udp);
             }
-            let _ = (h.from(), h.to(), h.call_id(), h.cseq(), h.contacts(), h.max_forwards());
-            let _ = (h.content_type(), h.content_length(), h.routes(), h.record_routes());
-            let _ = (h.supported(), h.require(), h.proxy_require(), h.allow(), h.accept());
+            let _ = (
+                h.from(),
+                h.to(),
+                h.call_id(),
+                h.cseq(),
+                h.contacts(),
+                h.max_forwards(),
+            );
+            let _ = (
+                h.content_type(),
+                h.content_length(),
+                h.routes(),
+                h.record_routes(),
+            );
+            let _ = (
+                h.supported(),
+                h.require(),
+                h.proxy_require(),
+                h.allow(),
+                h.accept(),
+            );
             let _ = (h.session_expires(), h.authorization(), h.www_authenticate());
             let _ = h.get(&HeaderName::from_str_name("X-Folded"));
             match &mut m {
@@ -92,7 +122,10 @@ fn exercise(raw: &[u8], rng: &mut StdRng) {
                 }
             }
             let out = m.to_bytes();
-            assert!(out.len() <= raw.len() + 48 * (m.headers().len() + 2) + 64, "serialized output grew unboundedly");
+            assert!(
+                out.len() <= raw.len() + 48 * (m.headers().len() + 2) + 64,
+                "serialized output grew unboundedly"
+            );
             // What we emit must parse again.
             let _ = Message::parse(out, &Limits::default());
         }
@@ -114,9 +147,35 @@ fn exercise(raw: &[u8], rng: &mut StdRng) {
 }
 
 const SPICE: &[&[u8]] = &[
-    b":", b";", b",", b"\"", b"\\", b"<", b">", b"\r\n", b"\r\n ", b" ", b"%", b"%0", b"[", b"]", b"@", b"?", b"=",
-    b"\r\n\r\n", b"\0", b"\xff", b"SIP/2.0", b"Content-Length: 99999\r\n", b"l: 0\r\n", b"Via: ", b"sip:", b"tel:",
-    b"99999999999999999999", b"-1", b"\t",
+    b":",
+    b";",
+    b",",
+    b"\"",
+    b"\\",
+    b"<",
+    b">",
+    b"\r\n",
+    b"\r\n ",
+    b" ",
+    b"%",
+    b"%0",
+    b"[",
+    b"]",
+    b"@",
+    b"?",
+    b"=",
+    b"\r\n\r\n",
+    b"\0",
+    b"\xff",
+    b"SIP/2.0",
+    b"Content-Length: 99999\r\n",
+    b"l: 0\r\n",
+    b"Via: ",
+    b"sip:",
+    b"tel:",
+    b"99999999999999999999",
+    b"-1",
+    b"\t",
 ];
 
 fn mutate(seed: &[u8], rng: &mut StdRng) -> Vec<u8> {
@@ -162,7 +221,11 @@ fn random_bytes_never_panic_the_parser_or_framer() {
         let mut v: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
         // Half of them look like the start of a SIP message, to get past the start line.
         if rng.gen_bool(0.5) {
-            let prefix: &[u8] = if rng.gen_bool(0.5) { b"INVITE sip:a@b SIP/2.0\r\n" } else { b"SIP/2.0 200 OK\r\n" };
+            let prefix: &[u8] = if rng.gen_bool(0.5) {
+                b"INVITE sip:a@b SIP/2.0\r\n"
+            } else {
+                b"SIP/2.0 200 OK\r\n"
+            };
             v.splice(0..0, prefix.iter().copied());
         }
         exercise(&v, &mut rng);
@@ -183,9 +246,14 @@ fn mutated_valid_messages_never_panic_and_stay_bounded() {
 #[test]
 fn valid_messages_survive_a_serialize_parse_round_trip() {
     for seed in seeds() {
-        let Ok(m) = Message::parse(Bytes::from(seed), &Limits::default()) else { continue };
+        let Ok(m) = Message::parse(Bytes::from(seed), &Limits::default()) else {
+            continue;
+        };
         let again = Message::parse(m.to_bytes(), &Limits::default()).expect("our output parses");
-        assert_eq!(again.headers().len(), m.headers().len() + usize::from(m.headers().content_length() == Ok(None)));
+        assert_eq!(
+            again.headers().len(),
+            m.headers().len() + usize::from(m.headers().content_length() == Ok(None))
+        );
         assert_eq!(again.body(), m.body());
     }
 }

@@ -16,7 +16,10 @@ use dialin_sip::validate::{check_request, check_response, ValidationPolicy};
 use std::path::{Path, PathBuf};
 
 fn corpus_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance/rfc4475"));
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/rfc4475"
+    ));
     if dir.join("INDEX").is_file() {
         return Some(dir);
     }
@@ -55,12 +58,17 @@ fn uas_outcome(raw: &Bytes) -> Result<Option<StatusCode>, ()> {
         Err(e) => match e.status() {
             Some(s) => {
                 // Answering needs the dialog headers from the unparsable request.
-                assert!(reject_unparsable(raw, &e).is_some() || s.0 >= 400, "no response for {e}");
+                assert!(
+                    reject_unparsable(raw, &e).is_some() || s.0 >= 400,
+                    "no response for {e}"
+                );
                 Ok(Some(s))
             }
             None => Err(()),
         },
-        Ok(Message::Request(r)) => Ok(check_request(&r, &ValidationPolicy::default()).err().map(|rej| rej.status)),
+        Ok(Message::Request(r)) => Ok(check_request(&r, &ValidationPolicy::default())
+            .err()
+            .map(|rej| rej.status)),
         Ok(Message::Response(r)) => check_response(&r).map(|_| None).map_err(|_| ()),
     }
 }
@@ -76,8 +84,8 @@ fn check_file(name: &str, verdict: &str, raw: &Bytes) -> Result<(), String> {
         "MUST-REJECT" => {
             let got = uas_outcome(raw);
             let (expected, liberal_ok): (Result<Option<StatusCode>, ()>, bool) = match stem {
-                "badinv01" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri" | "lwsstart" | "trws"
-                | "baddn" | "mismatch01" => (s(400), false),
+                "badinv01" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri"
+                | "lwsstart" | "trws" | "baddn" | "mismatch01" => (s(400), false),
                 "clerr" => (s(400), false),
                 "badvers" => (s(505), false),
                 "mismatch02" => (s(501), false),
@@ -103,7 +111,8 @@ fn check_file(name: &str, verdict: &str, raw: &Bytes) -> Result<(), String> {
                 "invut" => s(415),
                 "sdp01" => s(406),
                 "mcl01" => Err(()),
-                "regaut01" | "zeromf" | "cparam01" | "cparam02" | "regescrt" | "inv2543" | "bcast" => Ok(None),
+                "regaut01" | "zeromf" | "cparam01" | "cparam02" | "regescrt" | "inv2543"
+                | "bcast" => Ok(None),
                 other => return Err(format!("no expectation written for PARSE-SEMANTIC {other}")),
             };
             if got != expected {
@@ -138,74 +147,150 @@ fn spot_check(stem: &str, m: &Message, raw: &Bytes) -> Result<(), String> {
         "wsinv" => {
             let r = m.as_request().ok_or("not a request")?;
             ensure(r.method == Method::Invite, "method")?;
-            ensure(h.call_id().map_err(e)? == "wsinv.ndaksdj@192.0.2.1", "Call-ID")?;
+            ensure(
+                h.call_id().map_err(e)? == "wsinv.ndaksdj@192.0.2.1",
+                "Call-ID",
+            )?;
             ensure(h.cseq().map_err(e)?.seq == 9, "CSeq 0009")?;
-            ensure(h.max_forwards().map_err(e)? == Some(68), "Max-Forwards 0068")?;
+            ensure(
+                h.max_forwards().map_err(e)? == Some(68),
+                "Max-Forwards 0068",
+            )?;
             ensure(h.to().map_err(e)?.tag() == Some("1918181833n"), "To tag")?;
             let from = h.from().map_err(e)?;
             ensure(from.tag() == Some("98asjd8"), "From tag")?;
-            ensure(from.display_name.as_deref() == Some("J Rosenberg \\\""), "From display name")?;
+            ensure(
+                from.display_name.as_deref() == Some("J Rosenberg \\\""),
+                "From display name",
+            )?;
             let vias = h.via().map_err(e)?;
             ensure(vias.len() == 3, "three Via values")?;
-            ensure(vias[0].transport == ViaTransport::Udp && vias[0].branch() == Some("390skdjuw"), "folded Via")?;
-            ensure(vias[1].transport == ViaTransport::Tcp && vias[1].branch() == Some("z9hG4bK9ikj8"), "Via 2")?;
-            ensure(vias[2].branch() == Some("z9hG4bK30239"), "Via 3 folded branch")?;
-            let nf = h.get(&HeaderName::from_str_name("newfangledheader")).ok_or("NewFangledHeader kept")?;
-            ensure(nf == "newfangled value continued newfangled value", "unfolded unknown header")?;
+            ensure(
+                vias[0].transport == ViaTransport::Udp && vias[0].branch() == Some("390skdjuw"),
+                "folded Via",
+            )?;
+            ensure(
+                vias[1].transport == ViaTransport::Tcp && vias[1].branch() == Some("z9hG4bK9ikj8"),
+                "Via 2",
+            )?;
+            ensure(
+                vias[2].branch() == Some("z9hG4bK30239"),
+                "Via 3 folded branch",
+            )?;
+            let nf = h
+                .get(&HeaderName::from_str_name("newfangledheader"))
+                .ok_or("NewFangledHeader kept")?;
+            ensure(
+                nf == "newfangled value continued newfangled value",
+                "unfolded unknown header",
+            )?;
             ensure(h.routes().map_err(e)?.len() == 1, "Route")?;
             let contacts = h.contacts().map_err(e)?;
-            ensure(contacts.len() == 1 && contacts[0].params.value("q") == Some("0.33"), "Contact q")?;
+            ensure(
+                contacts.len() == 1 && contacts[0].params.value("q") == Some("0.33"),
+                "Contact q",
+            )?;
             ensure(m.body().len() == 150, "body 150")?;
-            ensure(check_request(r, &ValidationPolicy::default()).is_ok(), "wsinv is acceptable")
+            ensure(
+                check_request(r, &ValidationPolicy::default()).is_ok(),
+                "wsinv is acceptable",
+            )
         }
         "intmeth" => {
             let r = m.as_request().ok_or("not a request")?;
-            ensure(r.method.as_str() == "!interesting-Method0123456789_*+`.%indeed'~", "method token")?;
+            ensure(
+                r.method.as_str() == "!interesting-Method0123456789_*+`.%indeed'~",
+                "method token",
+            )?;
             let u = r.uri.as_sip().ok_or("sip uri")?;
-            ensure(u.user.as_deref() == Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"), "user")?;
-            ensure(u.password.as_deref() == Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"), "password")?;
-            let rej = check_request(r, &ValidationPolicy::default()).err().ok_or("unknown method accepted")?;
-            ensure(rej.status == StatusCode::NOT_IMPLEMENTED, "unknown method gets 501")
+            ensure(
+                u.user.as_deref() == Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"),
+                "user",
+            )?;
+            ensure(
+                u.password.as_deref() == Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"),
+                "password",
+            )?;
+            let rej = check_request(r, &ValidationPolicy::default())
+                .err()
+                .ok_or("unknown method accepted")?;
+            ensure(
+                rej.status == StatusCode::NOT_IMPLEMENTED,
+                "unknown method gets 501",
+            )
         }
         "esc01" => {
             let r = m.as_request().ok_or("not a request")?;
             let u = r.uri.as_sip().ok_or("sip uri")?;
-            ensure(u.user_unescaped().as_deref() == Some("sips:user@example.com"), "Request-URI user unescaped")?;
+            ensure(
+                u.user_unescaped().as_deref() == Some("sips:user@example.com"),
+                "Request-URI user unescaped",
+            )?;
             let to = h.to().map_err(e)?;
-            ensure(to.uri.as_sip().and_then(|u| u.user_unescaped()).as_deref() == Some("user"), "To user")?;
+            ensure(
+                to.uri.as_sip().and_then(|u| u.user_unescaped()).as_deref() == Some("user"),
+                "To user",
+            )?;
             let from = h.from().map_err(e)?;
             ensure(
-                from.uri.as_sip().and_then(|u| u.user_unescaped()).as_deref() == Some("I have spaces"),
+                from.uri
+                    .as_sip()
+                    .and_then(|u| u.user_unescaped())
+                    .as_deref()
+                    == Some("I have spaces"),
                 "From user",
             )?;
-            ensure(h.content_type().map_err(e)?.is_some_and(|c| c.is("application", "sdp")), "compact c")?;
-            ensure(check_request(r, &ValidationPolicy::default()).is_ok(), "esc01 acceptable")
+            ensure(
+                h.content_type()
+                    .map_err(e)?
+                    .is_some_and(|c| c.is("application", "sdp")),
+                "compact c",
+            )?;
+            ensure(
+                check_request(r, &ValidationPolicy::default()).is_ok(),
+                "esc01 acceptable",
+            )
         }
         "escnull" => {
             let to = h.to().map_err(e)?;
             let u = to.uri.as_sip().ok_or("sip uri")?;
-            ensure(u.user_unescaped().as_deref() == Some("null-\0-null"), "escaped NUL")?;
+            ensure(
+                u.user_unescaped().as_deref() == Some("null-\0-null"),
+                "escaped NUL",
+            )?;
             ensure(h.contacts().map_err(e)?.len() == 2, "two contacts")
         }
         "esc02" => {
             let r = m.as_request().ok_or("not a request")?;
             ensure(r.method != Method::Register, "RE%47IST%45R is not REGISTER")?;
             ensure(r.method.as_str() == "RE%47IST%45R", "method kept as sent")?;
-            ensure(h.contacts().map_err(e)?.len() == 2, "C%6Fntact is not Contact")
+            ensure(
+                h.contacts().map_err(e)?.len() == 2,
+                "C%6Fntact is not Contact",
+            )
         }
         "lwsdisp" => {
             let from = h.from().map_err(e)?;
-            ensure(from.display_name.as_deref() == Some("caller") && from.tag() == Some("323"), "display name")
+            ensure(
+                from.display_name.as_deref() == Some("caller") && from.tag() == Some("323"),
+                "display name",
+            )
         }
         "longreq" => {
             ensure(h.via().map_err(e)?.len() == 34, "34 Via values")?;
             let to = h.to().map_err(e)?;
-            ensure(to.display_name.as_ref().is_some_and(|d| d.len() > 80), "long display name")?;
+            ensure(
+                to.display_name.as_ref().is_some_and(|d| d.len() > 80),
+                "long display name",
+            )?;
             ensure(h.call_id().map_err(e)?.len() > 100, "long Call-ID")
         }
         "dblreq" => {
             let r = m.as_request().ok_or("not a request")?;
-            ensure(r.method == Method::Register && r.body.is_empty(), "first message only (UDP)")?;
+            ensure(
+                r.method == Method::Register && r.body.is_empty(),
+                "first message only (UDP)",
+            )?;
             // On a stream the trailing octets are the next message.
             let mut f = StreamFramer::new(Limits::default());
             f.push(raw);
@@ -213,32 +298,66 @@ fn spot_check(stem: &str, m: &Message, raw: &Bytes) -> Result<(), String> {
             let second = f.pop().map_err(|x| x.to_string())?.ok_or("second frame")?;
             let first = datagram(&first).map_err(|x| x.to_string())?;
             let second = datagram(&second).map_err(|x| x.to_string())?;
-            ensure(first.as_request().is_some_and(|r| r.method == Method::Register), "stream frame 1")?;
-            ensure(second.as_request().is_some_and(|r| r.method == Method::Invite), "stream frame 2")
+            ensure(
+                first
+                    .as_request()
+                    .is_some_and(|r| r.method == Method::Register),
+                "stream frame 1",
+            )?;
+            ensure(
+                second
+                    .as_request()
+                    .is_some_and(|r| r.method == Method::Invite),
+                "stream frame 2",
+            )
         }
         "semiuri" => {
             let r = m.as_request().ok_or("not a request")?;
             let u = r.uri.as_sip().ok_or("sip uri")?;
-            ensure(u.user.as_deref() == Some("user;par=u%40example.net"), "user with ;")?;
+            ensure(
+                u.user.as_deref() == Some("user;par=u%40example.net"),
+                "user with ;",
+            )?;
             ensure(u.params.is_empty(), "no URI params")?;
             ensure(h.accept().map_err(e)?.len() == 6, "folded Accept list")
         }
         "transports" => {
-            let t: Vec<String> = h.via().map_err(e)?.iter().map(|v| v.transport.as_str().to_owned()).collect();
-            ensure(t == ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"], "Via transports in order")
+            let t: Vec<String> = h
+                .via()
+                .map_err(e)?
+                .iter()
+                .map(|v| v.transport.as_str().to_owned())
+                .collect();
+            ensure(
+                t == ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"],
+                "Via transports in order",
+            )
         }
         "mpart01" => {
             let ct = h.content_type().map_err(e)?.ok_or("content-type")?;
-            ensure(ct.is("multipart", "mixed") && ct.params.value("boundary") == Some("7a9cbec02ceef655"), "ct")?;
-            ensure(Some(m.body().len()) == h.content_length().map_err(e)?, "binary body framed by Content-Length")
+            ensure(
+                ct.is("multipart", "mixed")
+                    && ct.params.value("boundary") == Some("7a9cbec02ceef655"),
+                "ct",
+            )?;
+            ensure(
+                Some(m.body().len()) == h.content_length().map_err(e)?,
+                "binary body framed by Content-Length",
+            )
         }
         "unreason" => {
             let r = m.as_response().ok_or("response")?;
-            ensure(r.status == StatusCode::OK && r.reason.contains("простое"), "UTF-8 reason phrase")
+            ensure(
+                r.status == StatusCode::OK && r.reason.contains("простое"),
+                "UTF-8 reason phrase",
+            )
         }
         "noreason" => {
             let r = m.as_response().ok_or("response")?;
-            ensure(r.status.0 == 100 && r.reason.is_empty(), "empty reason phrase")
+            ensure(
+                r.status.0 == 100 && r.reason.is_empty(),
+                "empty reason phrase",
+            )
         }
         _ => Ok(()),
     }
@@ -248,33 +367,60 @@ fn semantic_spot_check(stem: &str, raw: &Bytes) -> Result<(), String> {
     let policy = ValidationPolicy::default();
     match stem {
         "bext01" => {
-            let Ok(Message::Request(r)) = datagram(raw) else { return Err("parse".into()) };
+            let Ok(Message::Request(r)) = datagram(raw) else {
+                return Err("parse".into());
+            };
             let rej = check_request(&r, &policy).err().ok_or("420 expected")?;
-            let unsupported = rej.headers.iter().find(|(n, _)| *n == HeaderName::Unsupported).ok_or("Unsupported")?;
-            ensure(unsupported.1.split(',').count() == 4, "all four unknown option tags listed")
+            let unsupported = rej
+                .headers
+                .iter()
+                .find(|(n, _)| *n == HeaderName::Unsupported)
+                .ok_or("Unsupported")?;
+            ensure(
+                unsupported.1.split(',').count() == 4,
+                "all four unknown option tags listed",
+            )
         }
         "mcl01" => {
-            let err = datagram(raw).err().ok_or("multiple Content-Length must not parse")?;
-            ensure(err.kind == ParseErrorKind::MultipleContentLength, "framing error kind")?;
+            let err = datagram(raw)
+                .err()
+                .ok_or("multiple Content-Length must not parse")?;
+            ensure(
+                err.kind == ParseErrorKind::MultipleContentLength,
+                "framing error kind",
+            )?;
             let mut f = StreamFramer::new(Limits::default());
             f.push(raw);
-            ensure(f.pop() == Err(FramingError::MultipleContentLength), "stream closes")
+            ensure(
+                f.pop() == Err(FramingError::MultipleContentLength),
+                "stream closes",
+            )
         }
         "bcast" => {
-            let Ok(Message::Response(r)) = datagram(raw) else { return Err("parse".into()) };
+            let Ok(Message::Response(r)) = datagram(raw) else {
+                return Err("parse".into());
+            };
             let vias = r.headers.via().map_err(|e| e.to_string())?;
             let src = "127.0.0.1:5060".parse().map_err(|_| "addr")?;
             let to_bcast = vias.get(1).map(|v| response_target(v, src, Transport::Udp));
-            ensure(matches!(to_bcast, Some(Err(_))), "never forwarded to the broadcast address")
+            ensure(
+                matches!(to_bcast, Some(Err(_))),
+                "never forwarded to the broadcast address",
+            )
         }
         "zeromf" => {
             let m = datagram(raw).map_err(|e| e.to_string())?;
-            ensure(m.headers().max_forwards() == Ok(Some(0)), "Max-Forwards 0 kept")
+            ensure(
+                m.headers().max_forwards() == Ok(Some(0)),
+                "Max-Forwards 0 kept",
+            )
         }
         "regaut01" => {
             let m = datagram(raw).map_err(|e| e.to_string())?;
             ensure(
-                m.headers().authorization().is_some_and(|a| a.starts_with("NoOneKnowsThisScheme")),
+                m.headers()
+                    .authorization()
+                    .is_some_and(|a| a.starts_with("NoOneKnowsThisScheme")),
                 "raw Authorization kept",
             )
         }
@@ -283,27 +429,42 @@ fn semantic_spot_check(stem: &str, raw: &Bytes) -> Result<(), String> {
             let c = m.headers().contacts().map_err(|e| e.to_string())?;
             let c = c.first().ok_or("contact")?;
             let uri_params = c.uri.as_sip().map(|u| u.params.len());
-            ensure(c.params.contains("unknownparam") && uri_params == Some(0), "contact-param, not url-param")
+            ensure(
+                c.params.contains("unknownparam") && uri_params == Some(0),
+                "contact-param, not url-param",
+            )
         }
         "cparam02" => {
             let m = datagram(raw).map_err(|e| e.to_string())?;
             let c = m.headers().contacts().map_err(|e| e.to_string())?;
             let c = c.first().ok_or("contact")?;
-            let in_uri = c.uri.as_sip().is_some_and(|u| u.params.contains("unknownparam"));
+            let in_uri = c
+                .uri
+                .as_sip()
+                .is_some_and(|u| u.params.contains("unknownparam"));
             ensure(in_uri && c.params.is_empty(), "url-param kept in the URI")
         }
         "regescrt" => {
             let m = datagram(raw).map_err(|e| e.to_string())?;
             let c = m.headers().contacts().map_err(|e| e.to_string())?;
-            let hdrs = c.first().and_then(|c| c.uri.as_sip()).map(|u| u.headers.clone()).unwrap_or_default();
+            let hdrs = c
+                .first()
+                .and_then(|c| c.uri.as_sip())
+                .map(|u| u.headers.clone())
+                .unwrap_or_default();
             ensure(
                 hdrs.len() == 1 && hdrs[0].0 == "Route" && hdrs[0].1 == "%3Csip:sip.example.com%3E",
                 "escaped Route header kept in the Contact URI",
             )
         }
         "unkscm" | "novelsc" => {
-            let Ok(Message::Request(r)) = datagram(raw) else { return Err("parse".into()) };
-            ensure(matches!(r.uri, Uri::Other(_)), "unknown scheme kept as absolute URI")
+            let Ok(Message::Request(r)) = datagram(raw) else {
+                return Err("parse".into());
+            };
+            ensure(
+                matches!(r.uri, Uri::Other(_)),
+                "unknown scheme kept as absolute URI",
+            )
         }
         _ => Ok(()),
     }
@@ -321,7 +482,11 @@ fn every_rfc4475_message_gets_its_index_verdict() {
             failures.push(format!("{file} ({verdict}): {why}"));
         }
     }
-    assert!(failures.is_empty(), "RFC 4475 failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "RFC 4475 failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -341,7 +506,11 @@ fn every_corpus_file_is_listed_in_the_index() {
     let Some(dir) = corpus_dir() else { return };
     let listed: Vec<String> = index(&dir).into_iter().map(|(f, _)| f).collect();
     for entry in std::fs::read_dir(&dir).expect("corpus dir") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".dat") {
             assert!(listed.contains(&name), "{name} is not in INDEX");
         }

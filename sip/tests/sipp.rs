@@ -18,7 +18,10 @@ fn strict() -> bool {
 fn sipp_available(test: &str) -> bool {
     let ok = Command::new("sipp").arg("-v").output().is_ok();
     if !ok {
-        assert!(!strict(), "{test}: sipp is not installed and DIALIN_STRICT_TESTS=1");
+        assert!(
+            !strict(),
+            "{test}: sipp is not installed and DIALIN_STRICT_TESTS=1"
+        );
         eprintln!("{test}: skipped, sipp is not installed (Debian package sip-tester)");
     }
     ok
@@ -27,7 +30,9 @@ fn sipp_available(test: &str) -> bool {
 /// A loopback port free for both UDP and TCP right now.
 fn free_port() -> u16 {
     for _ in 0..50 {
-        let Ok(u) = std::net::UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(u) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
         let Ok(a) = u.local_addr() else { continue };
         if std::net::TcpListener::bind(a).is_ok() {
             return a.port();
@@ -57,7 +62,11 @@ impl SippRun {
             .lines()
             .rev()
             .find(|l| l.contains("Successful call"))
-            .and_then(|l| l.split('|').rev().find_map(|c| c.trim().parse::<u64>().ok()))
+            .and_then(|l| {
+                l.split('|')
+                    .rev()
+                    .find_map(|c| c.trim().parse::<u64>().ok())
+            })
     }
 
     fn errors(&self) -> String {
@@ -107,22 +116,46 @@ async fn sipp(name: &str, scenario: &str, target: std::net::SocketAddr, extra: &
     );
     args.extend(extra.iter().map(|s| s.to_string()));
     let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || Command::new("sipp").args(&args).current_dir(&d).output())
-        .await
-        .expect("join")
-        .expect("run sipp");
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    SippRun { code: out.status.code(), output, dir }
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sipp").args(&args).current_dir(&d).output()
+    })
+    .await
+    .expect("join")
+    .expect("run sipp");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    SippRun {
+        code: out.status.code(),
+        output,
+        dir,
+    }
 }
 
 async fn start_uas(opts: uas::Options) -> uas::Uas {
-    let opts = uas::Options { listen: Some("127.0.0.1:0".parse().expect("addr")), ..opts };
+    let opts = uas::Options {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..opts
+    };
     uas::start(opts).await.expect("start uas")
 }
 
 fn check(run: &SippRun, calls: u64) {
-    assert_eq!(run.code, Some(0), "sipp failed\n{}\n{}", run.output, run.errors());
-    assert_eq!(run.successful_calls(), Some(calls), "sipp output:\n{}", run.output);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "sipp failed\n{}\n{}",
+        run.output,
+        run.errors()
+    );
+    assert_eq!(
+        run.successful_calls(),
+        Some(calls),
+        "sipp output:\n{}",
+        run.output
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +180,13 @@ async fn basic_call_over_tcp_is_answered_acked_and_hung_up() {
     }
     let uas = start_uas(uas::Options::default()).await;
     let target = uas.addr(Transport::Tcp).expect("tcp");
-    let run = sipp("tcp", "uac", target, &["-t", "t1", "-m", "10", "-r", "20", "-d", "100"]).await;
+    let run = sipp(
+        "tcp",
+        "uac",
+        target,
+        &["-t", "t1", "-m", "10", "-r", "20", "-d", "100"],
+    )
+    .await;
     check(&run, 10);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let s = uas.stats();
@@ -160,7 +199,11 @@ async fn cancel_while_ringing_gets_200_then_487() {
     if !sipp_available("cancel") {
         return;
     }
-    let uas = start_uas(uas::Options { ring: Some(Duration::from_secs(3)), ..Default::default() }).await;
+    let uas = start_uas(uas::Options {
+        ring: Some(Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
     let target = uas.addr(Transport::Udp).expect("udp");
     let run = sipp("cancel", "cancel.xml", target, &["-m", "5", "-r", "10"]).await;
     check(&run, 5);
@@ -176,7 +219,15 @@ async fn calls_survive_ten_percent_packet_loss() {
     }
     let uas = start_uas(uas::Options::default()).await;
     let target = uas.addr(Transport::Udp).expect("udp");
-    let run = sipp("loss", "uac", target, &["-m", "40", "-r", "20", "-l", "40", "-d", "100", "-lost", "10"]).await;
+    let run = sipp(
+        "loss",
+        "uac",
+        target,
+        &[
+            "-m", "40", "-r", "20", "-l", "40", "-d", "100", "-lost", "10",
+        ],
+    )
+    .await;
     check(&run, 40);
     uas.stop();
 }
@@ -186,8 +237,11 @@ async fn digest_challenge_then_authenticated_invite_is_answered() {
     if !sipp_available("auth") {
         return;
     }
-    let uas =
-        start_uas(uas::Options { auth: Some(("alice".into(), "secret".into())), ..Default::default() }).await;
+    let uas = start_uas(uas::Options {
+        auth: Some(("alice".into(), "secret".into())),
+        ..Default::default()
+    })
+    .await;
     let target = uas.addr(Transport::Udp).expect("udp");
     let run = sipp("auth", "auth.xml", target, &["-m", "5", "-r", "10"]).await;
     check(&run, 5);

@@ -4,17 +4,24 @@ use bytes::Bytes;
 use dialin_sip::message::{Limits, Message, Method, Request, StatusCode};
 use dialin_sip::timer::Timers;
 use dialin_sip::transaction::{
-    ack_for_non2xx, ClientResponse, ClientState, ClientTimeout, ClientTransaction, ServerState, ServerTimeout,
-    ServerTransaction, TransactionKey,
+    ack_for_non2xx, ClientResponse, ClientState, ClientTimeout, ClientTransaction, ServerState,
+    ServerTimeout, ServerTransaction, TransactionKey,
 };
 use dialin_sip::transport::{Target, Transport};
 use std::time::{Duration, Instant};
 
 fn udp() -> Target {
-    Target { addr: "127.0.0.1:5070".parse().unwrap(), transport: Transport::Udp, conn: None }
+    Target {
+        addr: "127.0.0.1:5070".parse().unwrap(),
+        transport: Transport::Udp,
+        conn: None,
+    }
 }
 fn tcp() -> Target {
-    Target { transport: Transport::Tcp, ..udp() }
+    Target {
+        transport: Transport::Tcp,
+        ..udp()
+    }
 }
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -35,7 +42,11 @@ fn invite(branch: &str) -> Request {
 }
 
 /// Drives `handle_timeout` at each deadline until `until`, collecting retransmission times.
-fn server_retransmits(tx: &mut ServerTransaction, start: Instant, until: Instant) -> (Vec<Duration>, Option<ServerTimeout>) {
+fn server_retransmits(
+    tx: &mut ServerTransaction,
+    start: Instant,
+    until: Instant,
+) -> (Vec<Duration>, Option<ServerTimeout>) {
     let mut times = Vec::new();
     while let Some(at) = tx.poll_timeout() {
         if at > until {
@@ -55,11 +66,17 @@ fn invite_non2xx_final_is_retransmitted_with_timer_g_backoff_until_timer_h() {
     let t0 = Instant::now();
     let mut tx = ServerTransaction::new(&Method::Invite, udp(), Timers::default());
     assert_eq!(tx.state(), ServerState::Proceeding);
-    assert!(tx.respond(StatusCode::BUSY_HERE, Bytes::from_static(b"486"), t0).is_some());
+    assert!(tx
+        .respond(StatusCode::BUSY_HERE, Bytes::from_static(b"486"), t0)
+        .is_some());
     let (times, end) = server_retransmits(&mut tx, t0, t0 + Duration::from_secs(60));
     // G: 0.5, 1, 2, 4, 4, 4... after each send; cumulative 0.5, 1.5, 3.5, 7.5, 11.5...
-    let expected: Vec<Duration> =
-        [500u64, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500].iter().map(|m| ms(*m)).collect();
+    let expected: Vec<Duration> = [
+        500u64, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500,
+    ]
+    .iter()
+    .map(|m| ms(*m))
+    .collect();
     assert_eq!(times, expected);
     // H: 64·T1 = 32 s without ACK.
     assert_eq!(end, Some(ServerTimeout::NoAck));
@@ -73,7 +90,10 @@ fn ack_stops_retransmissions_and_timer_i_absorbs_acks_for_t4() {
     tx.respond(StatusCode::FORBIDDEN, Bytes::from_static(b"403"), t0);
     assert!(tx.on_ack(t0 + ms(700)));
     assert_eq!(tx.state(), ServerState::Confirmed);
-    assert_eq!(tx.poll_timeout(), Some(t0 + ms(700) + Duration::from_secs(5)));
+    assert_eq!(
+        tx.poll_timeout(),
+        Some(t0 + ms(700) + Duration::from_secs(5))
+    );
     assert!(tx.on_ack(t0 + ms(900)), "retransmitted ACK is absorbed");
     assert_eq!(tx.on_retransmission(), None);
     assert_eq!(tx.handle_timeout(t0 + ms(5700)), ServerTimeout::Terminated);
@@ -84,7 +104,11 @@ fn timer_i_is_zero_and_no_timer_g_over_tcp() {
     let t0 = Instant::now();
     let mut tx = ServerTransaction::new(&Method::Invite, tcp(), Timers::default());
     tx.respond(StatusCode::FORBIDDEN, Bytes::from_static(b"403"), t0);
-    assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)), "only Timer H runs");
+    assert_eq!(
+        tx.poll_timeout(),
+        Some(t0 + Duration::from_secs(32)),
+        "only Timer H runs"
+    );
     tx.on_ack(t0 + ms(10));
     assert_eq!(tx.poll_timeout(), Some(t0 + ms(10)));
 }
@@ -106,8 +130,14 @@ fn invite_2xx_moves_to_accepted_and_ends_after_timer_l() {
     tx.respond(StatusCode::OK, Bytes::from_static(b"200"), t0);
     assert_eq!(tx.state(), ServerState::Accepted);
     assert!(!tx.on_ack(t0), "the ACK to a 2xx belongs to the dialog");
-    assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(31)), ServerTimeout::Idle);
-    assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(32)), ServerTimeout::Terminated);
+    assert_eq!(
+        tx.handle_timeout(t0 + Duration::from_secs(31)),
+        ServerTimeout::Idle
+    );
+    assert_eq!(
+        tx.handle_timeout(t0 + Duration::from_secs(32)),
+        ServerTimeout::Terminated
+    );
 }
 
 #[test]
@@ -119,9 +149,16 @@ fn non_invite_server_absorbs_retransmits_with_last_response_until_timer_j() {
     tx.respond(StatusCode::OK, Bytes::from_static(b"200"), t0);
     assert_eq!(tx.state(), ServerState::Completed);
     assert_eq!(tx.on_retransmission(), Some(Bytes::from_static(b"200")));
-    assert!(tx.respond(StatusCode::OK, Bytes::from_static(b"again"), t0).is_none(), "one final only");
+    assert!(
+        tx.respond(StatusCode::OK, Bytes::from_static(b"again"), t0)
+            .is_none(),
+        "one final only"
+    );
     assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)));
-    assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(32)), ServerTimeout::Terminated);
+    assert_eq!(
+        tx.handle_timeout(t0 + Duration::from_secs(32)),
+        ServerTimeout::Terminated
+    );
 }
 
 #[test]
@@ -135,18 +172,31 @@ fn non_invite_server_timer_j_is_zero_over_tcp() {
 #[test]
 fn configured_t1_t2_scale_the_timers() {
     let t0 = Instant::now();
-    let timers = Timers { t1: ms(100), t2: ms(400), t4: ms(1000) };
+    let timers = Timers {
+        t1: ms(100),
+        t2: ms(400),
+        t4: ms(1000),
+    };
     let mut tx = ServerTransaction::new(&Method::Invite, udp(), timers);
     tx.respond(StatusCode::BUSY_HERE, Bytes::from_static(b"486"), t0);
     let (times, end) = server_retransmits(&mut tx, t0, t0 + Duration::from_secs(10));
-    assert_eq!(&times[..5], &[ms(100), ms(300), ms(700), ms(1100), ms(1500)]);
+    assert_eq!(
+        &times[..5],
+        &[ms(100), ms(300), ms(700), ms(1100), ms(1500)]
+    );
     assert_eq!(end, Some(ServerTimeout::NoAck));
 }
 
 #[test]
 fn invite_client_retransmits_with_timer_a_doubling_and_times_out_with_timer_b_at_32s() {
     let t0 = Instant::now();
-    let mut tx = ClientTransaction::new(&Method::Invite, Bytes::from_static(b"INVITE"), udp(), Timers::default(), t0);
+    let mut tx = ClientTransaction::new(
+        &Method::Invite,
+        Bytes::from_static(b"INVITE"),
+        udp(),
+        Timers::default(),
+        t0,
+    );
     let mut times = Vec::new();
     let mut end = None;
     while let Some(at) = tx.poll_timeout() {
@@ -159,17 +209,39 @@ fn invite_client_retransmits_with_timer_a_doubling_and_times_out_with_timer_b_at
             }
         }
     }
-    assert_eq!(times, vec![ms(500), ms(1500), ms(3500), ms(7500), ms(15500), ms(31500)]);
-    assert_eq!(end, Some((ClientTimeout::TimedOut, Duration::from_secs(32))));
+    assert_eq!(
+        times,
+        vec![ms(500), ms(1500), ms(3500), ms(7500), ms(15500), ms(31500)]
+    );
+    assert_eq!(
+        end,
+        Some((ClientTimeout::TimedOut, Duration::from_secs(32)))
+    );
 }
 
 #[test]
 fn invite_client_stops_timer_a_on_provisional_and_acks_non2xx_with_timer_d() {
     let t0 = Instant::now();
-    let mut tx = ClientTransaction::new(&Method::Invite, Bytes::from_static(b"INVITE"), udp(), Timers::default(), t0);
-    assert_eq!(tx.on_response(StatusCode::RINGING, t0 + ms(100)), ClientResponse::Deliver);
-    assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)), "only Timer B left");
-    assert_eq!(tx.on_response(StatusCode::REQUEST_PENDING, t0 + ms(200)), ClientResponse::DeliverAndAck);
+    let mut tx = ClientTransaction::new(
+        &Method::Invite,
+        Bytes::from_static(b"INVITE"),
+        udp(),
+        Timers::default(),
+        t0,
+    );
+    assert_eq!(
+        tx.on_response(StatusCode::RINGING, t0 + ms(100)),
+        ClientResponse::Deliver
+    );
+    assert_eq!(
+        tx.poll_timeout(),
+        Some(t0 + Duration::from_secs(32)),
+        "only Timer B left"
+    );
+    assert_eq!(
+        tx.on_response(StatusCode::REQUEST_PENDING, t0 + ms(200)),
+        ClientResponse::DeliverAndAck
+    );
     tx.set_ack(Bytes::from_static(b"ACK"));
     assert_eq!(tx.state(), ClientState::Completed);
     // A retransmitted final gets the same ACK, not the TU.
@@ -177,13 +249,23 @@ fn invite_client_stops_timer_a_on_provisional_and_acks_non2xx_with_timer_d() {
         tx.on_response(StatusCode::REQUEST_PENDING, t0 + ms(300)),
         ClientResponse::Absorb(Some(Bytes::from_static(b"ACK")))
     );
-    assert_eq!(tx.poll_timeout(), Some(t0 + ms(200) + Duration::from_secs(32)), "Timer D");
+    assert_eq!(
+        tx.poll_timeout(),
+        Some(t0 + ms(200) + Duration::from_secs(32)),
+        "Timer D"
+    );
 }
 
 #[test]
 fn invite_client_2xx_terminates_and_leaves_the_ack_to_the_dialog() {
     let t0 = Instant::now();
-    let mut tx = ClientTransaction::new(&Method::Invite, Bytes::from_static(b"INVITE"), udp(), Timers::default(), t0);
+    let mut tx = ClientTransaction::new(
+        &Method::Invite,
+        Bytes::from_static(b"INVITE"),
+        udp(),
+        Timers::default(),
+        t0,
+    );
     assert_eq!(tx.on_response(StatusCode::OK, t0), ClientResponse::Deliver);
     assert_eq!(tx.state(), ClientState::Terminated);
     assert_eq!(tx.poll_timeout(), None);
@@ -192,7 +274,13 @@ fn invite_client_2xx_terminates_and_leaves_the_ack_to_the_dialog() {
 #[test]
 fn non_invite_client_uses_timer_e_capped_at_t2_then_timer_f() {
     let t0 = Instant::now();
-    let mut tx = ClientTransaction::new(&Method::Bye, Bytes::from_static(b"BYE"), udp(), Timers::default(), t0);
+    let mut tx = ClientTransaction::new(
+        &Method::Bye,
+        Bytes::from_static(b"BYE"),
+        udp(),
+        Timers::default(),
+        t0,
+    );
     let mut times = Vec::new();
     let mut end = None;
     while let Some(at) = tx.poll_timeout() {
@@ -205,18 +293,36 @@ fn non_invite_client_uses_timer_e_capped_at_t2_then_timer_f() {
             }
         }
     }
-    assert_eq!(&times[..6], &[ms(500), ms(1500), ms(3500), ms(7500), ms(11500), ms(15500)]);
-    assert_eq!(end, Some((ClientTimeout::TimedOut, Duration::from_secs(32))));
+    assert_eq!(
+        &times[..6],
+        &[ms(500), ms(1500), ms(3500), ms(7500), ms(11500), ms(15500)]
+    );
+    assert_eq!(
+        end,
+        Some((ClientTimeout::TimedOut, Duration::from_secs(32)))
+    );
 }
 
 #[test]
 fn non_invite_client_in_proceeding_retransmits_every_t2_and_timer_k_follows_the_final() {
     let t0 = Instant::now();
-    let mut tx = ClientTransaction::new(&Method::Info, Bytes::from_static(b"INFO"), udp(), Timers::default(), t0);
+    let mut tx = ClientTransaction::new(
+        &Method::Info,
+        Bytes::from_static(b"INFO"),
+        udp(),
+        Timers::default(),
+        t0,
+    );
     tx.on_response(StatusCode::TRYING, t0 + ms(100));
     assert_eq!(tx.poll_timeout(), Some(t0 + ms(4100)));
-    assert_eq!(tx.on_response(StatusCode::OK, t0 + ms(200)), ClientResponse::Deliver);
-    assert_eq!(tx.on_response(StatusCode::OK, t0 + ms(300)), ClientResponse::Absorb(None));
+    assert_eq!(
+        tx.on_response(StatusCode::OK, t0 + ms(200)),
+        ClientResponse::Deliver
+    );
+    assert_eq!(
+        tx.on_response(StatusCode::OK, t0 + ms(300)),
+        ClientResponse::Absorb(None)
+    );
     assert_eq!(tx.poll_timeout(), Some(t0 + ms(5200)), "Timer K = T4");
     assert_eq!(tx.handle_timeout(t0 + ms(5200)), ClientTimeout::Terminated);
 }
@@ -224,7 +330,13 @@ fn non_invite_client_in_proceeding_retransmits_every_t2_and_timer_k_follows_the_
 #[test]
 fn non_invite_client_over_tcp_does_not_retransmit() {
     let t0 = Instant::now();
-    let tx = ClientTransaction::new(&Method::Bye, Bytes::from_static(b"BYE"), tcp(), Timers::default(), t0);
+    let tx = ClientTransaction::new(
+        &Method::Bye,
+        Bytes::from_static(b"BYE"),
+        tcp(),
+        Timers::default(),
+        t0,
+    );
     assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)));
 }
 
@@ -244,7 +356,10 @@ fn ack_and_cancel_find_the_invite_transaction_by_branch() {
     let ck = TransactionKey::for_request(&cancel).unwrap();
     assert_ne!(ck, k, "CANCEL is its own transaction");
     assert_eq!(ck.with_method(Method::Invite), k);
-    assert_ne!(TransactionKey::for_request(&invite("z9hG4bKother")).unwrap(), k);
+    assert_ne!(
+        TransactionKey::for_request(&invite("z9hG4bKother")).unwrap(),
+        k
+    );
 }
 
 #[test]
@@ -269,7 +384,8 @@ fn rfc2543_requests_without_magic_cookie_match_by_call_id_cseq_tags_and_via() {
 #[test]
 fn ack_for_non2xx_keeps_the_invite_branch_and_takes_the_response_to_tag() {
     let inv = invite("z9hG4bKxyz");
-    let resp = dialin_sip::message::Response::to_request(&inv, StatusCode::BUSY_HERE, None).with_to_tag("t9");
+    let resp = dialin_sip::message::Response::to_request(&inv, StatusCode::BUSY_HERE, None)
+        .with_to_tag("t9");
     let ack = ack_for_non2xx(&inv, &resp);
     assert_eq!(ack.method, Method::Ack);
     assert_eq!(ack.headers.top_via().unwrap().branch(), Some("z9hG4bKxyz"));

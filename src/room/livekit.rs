@@ -214,6 +214,8 @@ fn mint_token(
             can_subscribe: Some(true),
             can_publish_data: Some(true),
             can_publish_sources: vec!["microphone".to_owned()],
+            // To set `sip.callStatus` to `hangup` when the call ends.
+            can_update_own_metadata: Some(true),
             ..Default::default()
         })
         .to_jwt()

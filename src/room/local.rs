@@ -84,13 +84,19 @@ impl LocalRooms {
             let tx = self
                 .rooms
                 .entry(req.room.clone())
-                .or_insert_with(|| spawn_room(req.room.clone(), self.rooms.clone(), self.dropped_frames.clone()))
+                .or_insert_with(|| {
+                    spawn_room(
+                        req.room.clone(),
+                        self.rooms.clone(),
+                        self.dropped_frames.clone(),
+                    )
+                })
                 .clone();
             match tx.send(msg) {
                 Ok(()) => {
-                    let others = joined_rx
-                        .await
-                        .map_err(|_| RoomError::Unreachable("local room ended during join".into()))?;
+                    let others = joined_rx.await.map_err(|_| {
+                        RoomError::Unreachable("local room ended during join".into())
+                    })?;
                     return Ok(RoomHandle {
                         sample_rate: LOCAL_SAMPLE_RATE,
                         others_at_join: others,
@@ -107,7 +113,9 @@ impl LocalRooms {
                 }
             }
         }
-        Err(RoomError::Unreachable("local room could not be created".into()))
+        Err(RoomError::Unreachable(
+            "local room could not be created".into(),
+        ))
     }
 }
 
@@ -234,7 +242,12 @@ mod tests {
     use super::*;
 
     fn req(room: &str, identity: &str) -> JoinRequest {
-        JoinRequest { room: room.into(), identity: identity.into(), name: identity.into(), attributes: Default::default() }
+        JoinRequest {
+            room: room.into(),
+            identity: identity.into(),
+            name: identity.into(),
+            attributes: Default::default(),
+        }
     }
 
     fn tone(freq: f32, amp: f32) -> AudioFrame {
@@ -245,7 +258,11 @@ mod tests {
     }
 
     fn energy(f: &AudioFrame) -> f64 {
-        f.samples().iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / f.samples().len() as f64
+        f.samples()
+            .iter()
+            .map(|&s| f64::from(s) * f64::from(s))
+            .sum::<f64>()
+            / f.samples().len() as f64
     }
 
     #[tokio::test]
@@ -255,12 +272,19 @@ mod tests {
         assert_eq!(a.others_at_join, 0);
         let mut b = rooms.join(req("r1", "b")).await.unwrap();
         assert_eq!(b.others_at_join, 1);
-        assert_eq!(a.events.recv().await, Some(RoomEvent::ParticipantJoined { identity: "b".into() }));
+        assert_eq!(
+            a.events.recv().await,
+            Some(RoomEvent::ParticipantJoined {
+                identity: "b".into()
+            })
+        );
         let mut heard_by_b = 0.0f64;
         let mut heard_by_a = 0.0f64;
         for _ in 0..20 {
             let _ = a.to_room.try_send(tone(440.0, 8000.0));
-            let _ = b.to_room.try_send(AudioFrame::from_samples(&[0; FRAME_SAMPLES]));
+            let _ = b
+                .to_room
+                .try_send(AudioFrame::from_samples(&[0; FRAME_SAMPLES]));
             tokio::time::sleep(Duration::from_millis(20)).await;
             while let Ok(f) = b.from_room.try_recv() {
                 heard_by_b = heard_by_b.max(energy(&f));
@@ -269,8 +293,14 @@ mod tests {
                 heard_by_a = heard_by_a.max(energy(&f));
             }
         }
-        assert!(heard_by_b > 1.0e6, "b should hear a's tone, energy {heard_by_b}");
-        assert!(heard_by_a < 1.0, "a must not hear itself, energy {heard_by_a}");
+        assert!(
+            heard_by_b > 1.0e6,
+            "b should hear a's tone, energy {heard_by_b}"
+        );
+        assert!(
+            heard_by_a < 1.0,
+            "a must not hear itself, energy {heard_by_a}"
+        );
     }
 
     #[tokio::test]
@@ -296,9 +326,19 @@ mod tests {
         let rooms = LocalRooms::new();
         let mut a = rooms.join(req("r1", "a")).await.unwrap();
         let b = rooms.join(req("r1", "b")).await.unwrap();
-        assert_eq!(a.events.recv().await, Some(RoomEvent::ParticipantJoined { identity: "b".into() }));
+        assert_eq!(
+            a.events.recv().await,
+            Some(RoomEvent::ParticipantJoined {
+                identity: "b".into()
+            })
+        );
         drop(b);
-        assert_eq!(a.events.recv().await, Some(RoomEvent::ParticipantLeft { identity: "b".into() }));
+        assert_eq!(
+            a.events.recv().await,
+            Some(RoomEvent::ParticipantLeft {
+                identity: "b".into()
+            })
+        );
         assert_eq!(rooms.active_rooms(), 1);
         drop(a);
         for _ in 0..50 {

@@ -214,6 +214,11 @@ drain_timeout_s = 1
         }
     }
 
+    /// The process id of the running gateway (for CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The scratch directory (config, database, logs).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

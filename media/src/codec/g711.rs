@@ -25,7 +25,11 @@ const MU_BIAS: i32 = 33;
 /// µ-law code for a 16-bit sample whose top 14 bits are `x14` (−8192..=8191).
 const fn mu_compress(x14: i32) -> u8 {
     // One's-complement magnitude, as G.191 does, so that −1 and 0 code alike.
-    let mut mag = if x14 < 0 { (!x14) + MU_BIAS } else { x14 + MU_BIAS };
+    let mut mag = if x14 < 0 {
+        (!x14) + MU_BIAS
+    } else {
+        x14 + MU_BIAS
+    };
     if mag > 0x1FFF {
         mag = 0x1FFF;
     }
@@ -82,7 +86,11 @@ const fn a_expand(code: u8) -> i16 {
     if exponent > 1 {
         mantissa <<= exponent - 1;
     }
-    (if code & 0x80 != 0 { mantissa } else { -mantissa }) as i16
+    (if code & 0x80 != 0 {
+        mantissa
+    } else {
+        -mantissa
+    }) as i16
 }
 
 /// µ-law encoding table indexed by `(sample >> 2) + 8192`.
@@ -140,8 +148,14 @@ impl Law {
         // The shifts leave 14 (µ) or 12 (A) signed bits, so the offset index is
         // always in range; `get` keeps that a proof rather than a hope.
         match self {
-            Law::Mu => MU_ENCODE.get(((i32::from(s) >> 2) + 8192) as usize).copied().unwrap_or(0),
-            Law::A => A_ENCODE.get(((i32::from(s) >> 4) + 2048) as usize).copied().unwrap_or(0),
+            Law::Mu => MU_ENCODE
+                .get(((i32::from(s) >> 2) + 8192) as usize)
+                .copied()
+                .unwrap_or(0),
+            Law::A => A_ENCODE
+                .get(((i32::from(s) >> 4) + 2048) as usize)
+                .copied()
+                .unwrap_or(0),
         }
     }
 
@@ -194,7 +208,10 @@ pub(crate) struct G711Decoder {
 
 impl G711Decoder {
     pub(crate) fn new(law: Law) -> Self {
-        G711Decoder { law, plc: WaveformPlc::new(1) }
+        G711Decoder {
+            law,
+            plc: WaveformPlc::new(1),
+        }
     }
 }
 

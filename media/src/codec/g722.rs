@@ -25,12 +25,12 @@ const Q6: [i32; 32] = [
 ];
 /// Lower-band codes for negative / positive differences by interval.
 const ILN: [i32; 32] = [
-    0, 63, 62, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12,
-    11, 10, 9, 8, 7, 6, 5, 4, 0,
+    0, 63, 62, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11,
+    10, 9, 8, 7, 6, 5, 4, 0,
 ];
 const ILP: [i32; 32] = [
-    0, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45, 44, 43, 42, 41, 40,
-    39, 38, 37, 36, 35, 34, 33, 32, 0,
+    0, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45, 44, 43, 42, 41, 40, 39,
+    38, 37, 36, 35, 34, 33, 32, 0,
 ];
 /// Lower-band log scale factor multipliers (table 14).
 const WL: [i32; 8] = [-60, -30, 58, 172, 334, 538, 1198, 3042];
@@ -38,9 +38,8 @@ const WL: [i32; 8] = [-60, -30, 58, 172, 334, 538, 1198, 3042];
 const RL42: [i32; 16] = [0, 7, 6, 5, 4, 3, 2, 1, 7, 6, 5, 4, 3, 2, 1, 0];
 /// Inverse log table (table 15).
 const ILB: [i32; 32] = [
-    2048, 2093, 2139, 2186, 2233, 2282, 2332, 2383, 2435, 2489, 2543, 2599, 2656, 2714, 2774,
-    2834, 2896, 2960, 3025, 3091, 3158, 3228, 3298, 3371, 3444, 3520, 3597, 3676, 3756, 3838,
-    3922, 4008,
+    2048, 2093, 2139, 2186, 2233, 2282, 2332, 2383, 2435, 2489, 2543, 2599, 2656, 2714, 2774, 2834,
+    2896, 2960, 3025, 3091, 3158, 3228, 3298, 3371, 3444, 3520, 3597, 3676, 3756, 3838, 3922, 4008,
 ];
 /// 4-bit inverse quantiser (feeds the predictor, table 7).
 const QM4: [i32; 16] = [
@@ -49,11 +48,11 @@ const QM4: [i32; 16] = [
 ];
 /// 6-bit inverse quantiser (reconstruction at 64 kbit/s, table 7).
 const QM6: [i32; 64] = [
-    -136, -136, -136, -136, -24808, -21904, -19008, -16704, -14984, -13512, -12280, -11192,
-    -10232, -9360, -8576, -7856, -7192, -6576, -6000, -5456, -4944, -4464, -4008, -3576, -3168,
-    -2776, -2400, -2032, -1688, -1360, -1040, -728, 24808, 21904, 19008, 16704, 14984, 13512,
-    12280, 11192, 10232, 9360, 8576, 7856, 7192, 6576, 6000, 5456, 4944, 4464, 4008, 3576, 3168,
-    2776, 2400, 2032, 1688, 1360, 1040, 728, 432, 136, -432, -136,
+    -136, -136, -136, -136, -24808, -21904, -19008, -16704, -14984, -13512, -12280, -11192, -10232,
+    -9360, -8576, -7856, -7192, -6576, -6000, -5456, -4944, -4464, -4008, -3576, -3168, -2776,
+    -2400, -2032, -1688, -1360, -1040, -728, 24808, 21904, 19008, 16704, 14984, 13512, 12280,
+    11192, 10232, 9360, 8576, 7856, 7192, 6576, 6000, 5456, 4944, 4464, 4008, 3576, 3168, 2776,
+    2400, 2032, 1688, 1360, 1040, 728, 432, 136, -432, -136,
 ];
 /// Higher-band codes, inverse quantiser and scale factor multipliers (tables 8, 9, 16).
 const IHN: [i32; 3] = [0, 1, 0];
@@ -88,7 +87,10 @@ struct Band {
 
 impl Band {
     fn new(det: i32) -> Self {
-        Band { det, ..Band::default() }
+        Band {
+            det,
+            ..Band::default()
+        }
     }
 
     /// LOGSCL + SCALEL: adapt the quantiser scale from the transmitted code.
@@ -99,7 +101,11 @@ impl Band {
         let frac = ((self.nb >> 6) & 31) as usize;
         let shift = shift_base - (self.nb >> 11);
         let lin = ILB[frac];
-        let wd = if shift < 0 { lin << -shift } else { lin >> shift };
+        let wd = if shift < 0 {
+            lin << -shift
+        } else {
+            lin >> shift
+        };
         self.det = wd << 2;
     }
 
@@ -132,7 +138,11 @@ impl Band {
         let step = if d == 0 { 0 } else { 128 };
         let sgd = d >> 15;
         for i in 1..7 {
-            let wd2 = if (self.d[i] >> 15) == sgd { step } else { -step };
+            let wd2 = if (self.d[i] >> 15) == sgd {
+                step
+            } else {
+                -step
+            };
             let wd3 = (self.b[i] * 32640) >> 15;
             self.bp[i] = sat16(wd2 + wd3);
         }
@@ -183,7 +193,11 @@ impl G722Encoder {
     }
 
     fn with_initial_scale(detl: i32, deth: i32) -> Self {
-        G722Encoder { qmf: [0; 24], low: Band::new(detl), high: Band::new(deth) }
+        G722Encoder {
+            qmf: [0; 24],
+            low: Band::new(detl),
+            high: Band::new(deth),
+        }
     }
 
     fn encode_pair(&mut self, x0: i16, x1: i16) -> u8 {
@@ -217,11 +231,16 @@ impl G722Encoder {
         // Higher band. SUBTRA, QUANTH.
         let eh = sat16(xhigh - self.high.s);
         let mag = if eh >= 0 { eh } else { -(eh + 1) };
-        let mih = if mag >= (564 * self.high.det) >> 12 { 2 } else { 1 };
+        let mih = if mag >= (564 * self.high.det) >> 12 {
+            2
+        } else {
+            1
+        };
         let ihigh = if eh < 0 { IHN[mih] } else { IHP[mih] };
         // INVQAH.
         let dhigh = (self.high.det * QM2[ihigh as usize]) >> 15;
-        self.high.adapt_scale(WH[RH2[ihigh as usize] as usize], 22528, 10);
+        self.high
+            .adapt_scale(WH[RH2[ihigh as usize] as usize], 22528, 10);
         self.high.update(dhigh);
 
         ((ihigh << 6) | ilow) as u8
@@ -239,7 +258,10 @@ impl Encoder for G722Encoder {
 
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         if !pcm.len().is_multiple_of(2) {
-            return Err(CodecError::FrameLength { kind: CodecKind::G722, len: pcm.len() });
+            return Err(CodecError::FrameLength {
+                kind: CodecKind::G722,
+                len: pcm.len(),
+            });
         }
         let n = pcm.len() / 2;
         ensure_room(n, out.len())?;

@@ -16,9 +16,9 @@
 //! the `libopus` submodule, for the fastest encoder. Settings checks and the frame
 //! lengths Opus accepts are shared here so both refuse the same inputs.
 
-use super::{CodecConfig, CodecError, CodecKind, SampleRate};
 #[cfg(not(feature = "libopus"))]
 use super::{ensure_room, Decoder, Encoder};
+use super::{CodecConfig, CodecError, CodecKind, SampleRate};
 
 #[cfg(feature = "libopus")]
 mod libopus;
@@ -36,10 +36,14 @@ fn check_config(config: &CodecConfig) -> Result<(), CodecError> {
         return Err(CodecError::InvalidConfig("opus_complexity must be 0 to 10"));
     }
     if !BITRATE_RANGE.contains(&config.opus_bitrate) {
-        return Err(CodecError::InvalidConfig("opus_bitrate must be 500 to 512000 bit/s"));
+        return Err(CodecError::InvalidConfig(
+            "opus_bitrate must be 500 to 512000 bit/s",
+        ));
     }
     if config.expected_loss_percent > 100 {
-        return Err(CodecError::InvalidConfig("expected_loss_percent must be 0 to 100"));
+        return Err(CodecError::InvalidConfig(
+            "expected_loss_percent must be 0 to 100",
+        ));
     }
     Ok(())
 }
@@ -50,12 +54,15 @@ fn check_frame_length(rate: SampleRate, len: usize) -> Result<(), CodecError> {
     // anything else would be an argument error deep in the library.
     let per_2_5_ms = rate.hz() as usize / 400;
     let units = len / per_2_5_ms;
-    let valid = len.is_multiple_of(per_2_5_ms)
-        && matches!(units, 1 | 2 | 4 | 8 | 16 | 24 | 32 | 40 | 48);
+    let valid =
+        len.is_multiple_of(per_2_5_ms) && matches!(units, 1 | 2 | 4 | 8 | 16 | 24 | 32 | 40 | 48);
     if valid {
         Ok(())
     } else {
-        Err(CodecError::FrameLength { kind: CodecKind::Opus, len })
+        Err(CodecError::FrameLength {
+            kind: CodecKind::Opus,
+            len,
+        })
     }
 }
 
@@ -68,16 +75,24 @@ fn rate_i32(rate: SampleRate) -> i32 {
 fn map_err(e: opus_pure::Error) -> CodecError {
     use opus_pure::Error as E;
     match e {
-        E::InvalidPacket(reason) => {
-            CodecError::MalformedPayload { kind: CodecKind::Opus, reason }
-        }
-        E::BufferTooSmall { needed, provided, .. } => {
-            CodecError::OutputTooSmall { needed, available: provided }
-        }
-        E::InvalidArgument(reason) | E::Internal(reason) => {
-            CodecError::Internal { kind: CodecKind::Opus, reason }
-        }
-        _ => CodecError::Internal { kind: CodecKind::Opus, reason: "unexpected error" },
+        E::InvalidPacket(reason) => CodecError::MalformedPayload {
+            kind: CodecKind::Opus,
+            reason,
+        },
+        E::BufferTooSmall {
+            needed, provided, ..
+        } => CodecError::OutputTooSmall {
+            needed,
+            available: provided,
+        },
+        E::InvalidArgument(reason) | E::Internal(reason) => CodecError::Internal {
+            kind: CodecKind::Opus,
+            reason,
+        },
+        _ => CodecError::Internal {
+            kind: CodecKind::Opus,
+            reason: "unexpected error",
+        },
     }
 }
 
@@ -91,7 +106,9 @@ pub(crate) struct OpusEncoder {
 #[cfg(not(feature = "libopus"))]
 impl std::fmt::Debug for OpusEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusEncoder").field("rate", &self.rate).finish_non_exhaustive()
+        f.debug_struct("OpusEncoder")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +154,9 @@ pub(crate) struct OpusDecoder {
 #[cfg(not(feature = "libopus"))]
 impl std::fmt::Debug for OpusDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusDecoder").field("rate", &self.rate).finish_non_exhaustive()
+        f.debug_struct("OpusDecoder")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,13 +187,17 @@ impl Decoder for OpusDecoder {
                 reason: "empty packet",
             });
         }
-        self.inner.decode_s16(payload, out.len(), out).map_err(map_err)
+        self.inner
+            .decode_s16(payload, out.len(), out)
+            .map_err(map_err)
     }
 
     fn conceal(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
         let n = self.rate.frame_samples();
         ensure_room(n, out.len())?;
-        self.inner.decode_s16(&[], n, &mut out[..n]).map_err(map_err)
+        self.inner
+            .decode_s16(&[], n, &mut out[..n])
+            .map_err(map_err)
     }
 
     fn recover(&mut self, next_payload: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
@@ -183,6 +206,8 @@ impl Decoder for OpusDecoder {
         if next_payload.is_empty() {
             return self.conceal(out);
         }
-        self.inner.decode_fec_s16(next_payload, n, &mut out[..n]).map_err(map_err)
+        self.inner
+            .decode_fec_s16(next_payload, n, &mut out[..n])
+            .map_err(map_err)
     }
 }

@@ -75,7 +75,11 @@ impl Default for DigitDeduplicator {
 
 impl DigitDeduplicator {
     pub fn new(window: Duration) -> DigitDeduplicator {
-        DigitDeduplicator { window, history: [None; HISTORY], next: 0 }
+        DigitDeduplicator {
+            window,
+            history: [None; HISTORY],
+            next: 0,
+        }
     }
 
     /// Reports a digit from `source` at `now`. Returns `true` when it is a new press that
@@ -100,7 +104,11 @@ impl DigitDeduplicator {
             return false;
         }
         if let Some(slot) = self.history.get_mut(self.next) {
-            *slot = Some(Press { digit, at: now, sources: source.bit() });
+            *slot = Some(Press {
+                digit,
+                at: now,
+                sources: source.bit(),
+            });
         }
         self.next = (self.next + 1) % HISTORY;
         true

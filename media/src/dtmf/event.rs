@@ -78,7 +78,9 @@ impl TelephoneEvent {
     /// Writes the four payload octets into `out`; returns the length written.
     pub fn write(&self, out: &mut [u8]) -> Result<usize, EventError> {
         let len = out.len();
-        let dst = out.get_mut(..Self::LEN).ok_or(EventError::BufferTooSmall { len })?;
+        let dst = out
+            .get_mut(..Self::LEN)
+            .ok_or(EventError::BufferTooSmall { len })?;
         let [d0, d1] = self.duration.to_be_bytes();
         let flags = (if self.end { 0x80 } else { 0 }) | (self.volume & 0x3f);
         dst.copy_from_slice(&[self.event, flags, d0, d1]);
@@ -218,7 +220,11 @@ impl EventReceiver {
             last_seq: seq,
             last_seen: now,
         });
-        Ok(Some(ReceivedDigit { digit, timestamp, volume: packet.volume }))
+        Ok(Some(ReceivedDigit {
+            digit,
+            timestamp,
+            volume: packet.volume,
+        }))
     }
 
     fn remember(&mut self, timestamp: u32) {
@@ -332,7 +338,12 @@ impl EventSender {
         } else {
             self.next_update += 1;
         }
-        Ok(Some(OutgoingEvent { marker, timestamp: self.timestamp, send_after, len }))
+        Ok(Some(OutgoingEvent {
+            marker,
+            timestamp: self.timestamp,
+            send_after,
+            len,
+        }))
     }
 }
 
@@ -342,7 +353,12 @@ mod tests {
 
     fn payload(digit: Digit, end: bool, duration: u16) -> [u8; 4] {
         let mut buf = [0u8; 4];
-        let ev = TelephoneEvent { event: digit.event_code(), end, volume: 10, duration };
+        let ev = TelephoneEvent {
+            event: digit.event_code(),
+            end,
+            volume: 10,
+            duration,
+        };
         let _ = ev.write(&mut buf);
         buf
     }
@@ -354,17 +370,29 @@ mod tests {
         let mut buf = [0u8; 4];
         let mut seq = seq0;
         while let Ok(Some(p)) = sender.next_packet(&mut buf) {
-            out.push((p.timestamp, p.marker, seq, buf, p.send_after.as_millis() as u32));
+            out.push((
+                p.timestamp,
+                p.marker,
+                seq,
+                buf,
+                p.send_after.as_millis() as u32,
+            ));
             seq = seq.wrapping_add(1);
         }
         out
     }
 
-    fn feed(rx: &mut EventReceiver, packets: &[(u32, bool, u16, [u8; 4], u32)], t0: Instant) -> Vec<Digit> {
+    fn feed(
+        rx: &mut EventReceiver,
+        packets: &[(u32, bool, u16, [u8; 4], u32)],
+        t0: Instant,
+    ) -> Vec<Digit> {
         packets
             .iter()
             .filter_map(|(ts, m, seq, p, ms)| {
-                rx.receive(*ts, *m, *seq, p, t0 + Duration::from_millis((*ms).into())).ok().flatten()
+                rx.receive(*ts, *m, *seq, p, t0 + Duration::from_millis((*ms).into()))
+                    .ok()
+                    .flatten()
             })
             .map(|d| d.digit)
             .collect()
@@ -372,13 +400,24 @@ mod tests {
 
     #[test]
     fn short_payload_is_a_typed_error() {
-        assert_eq!(TelephoneEvent::parse(&[1, 2, 3]), Err(EventError::TooShort { len: 3 }));
+        assert_eq!(
+            TelephoneEvent::parse(&[1, 2, 3]),
+            Err(EventError::TooShort { len: 3 })
+        );
     }
 
     #[test]
     fn payload_fields_are_parsed() {
         let ev = TelephoneEvent::parse(&[11, 0x80 | 0x40 | 7, 0x03, 0x20]).unwrap();
-        assert_eq!(ev, TelephoneEvent { event: 11, end: true, volume: 7, duration: 800 });
+        assert_eq!(
+            ev,
+            TelephoneEvent {
+                event: 11,
+                end: true,
+                volume: 7,
+                duration: 800
+            }
+        );
         assert_eq!(ev.digit(), Ok(Digit::Pound));
     }
 
@@ -399,8 +438,10 @@ mod tests {
         assert!(packets[1..].iter().all(|p| !p.1));
         let offsets: Vec<u32> = packets.iter().map(|p| p.4).collect();
         assert_eq!(offsets, vec![0, 50, 100, 120, 140, 160]);
-        let parsed: Vec<TelephoneEvent> =
-            packets.iter().map(|p| TelephoneEvent::parse(&p.3).unwrap()).collect();
+        let parsed: Vec<TelephoneEvent> = packets
+            .iter()
+            .map(|p| TelephoneEvent::parse(&p.3).unwrap())
+            .collect();
         assert_eq!(parsed[2].duration, 800);
         assert!(parsed[3..].iter().all(|e| e.end && e.duration == 960));
         assert!(parsed[..3].iter().all(|e| !e.end));
@@ -410,7 +451,13 @@ mod tests {
     fn a_full_press_is_reported_once_on_its_first_packet() {
         let mut rx = EventReceiver::new(8000);
         let packets = press(Digit::D7, 8000, 10, 200);
-        let first = rx.receive(packets[0].0, true, packets[0].2, &packets[0].3, Instant::now());
+        let first = rx.receive(
+            packets[0].0,
+            true,
+            packets[0].2,
+            &packets[0].3,
+            Instant::now(),
+        );
         assert_eq!(first.unwrap().map(|d| d.digit), Some(Digit::D7));
         assert!(feed(&mut rx, &packets[1..], Instant::now()).is_empty());
     }
@@ -433,7 +480,10 @@ mod tests {
         for p in &mut packets {
             p.1 = false;
         }
-        assert_eq!(feed(&mut rx, &packets, Instant::now()), vec![Digit::D2, Digit::D2, Digit::D3]);
+        assert_eq!(
+            feed(&mut rx, &packets, Instant::now()),
+            vec![Digit::D2, Digit::D2, Digit::D3]
+        );
     }
 
     #[test]
@@ -442,8 +492,14 @@ mod tests {
         let a = press(Digit::D8, 1000, 0, 150);
         let b = press(Digit::D9, 9000, 20, 150);
         let mut packets: Vec<_> = a.into_iter().skip(2).collect(); // start and first update lost
-        packets.extend(b.into_iter().filter(|p| TelephoneEvent::parse(&p.3).unwrap().end));
-        assert_eq!(feed(&mut rx, &packets, Instant::now()), vec![Digit::D8, Digit::D9]);
+        packets.extend(
+            b.into_iter()
+                .filter(|p| TelephoneEvent::parse(&p.3).unwrap().end),
+        );
+        assert_eq!(
+            feed(&mut rx, &packets, Instant::now()),
+            vec![Digit::D8, Digit::D9]
+        );
     }
 
     #[test]
@@ -451,11 +507,19 @@ mod tests {
         let mut rx = EventReceiver::new(8000);
         let t0 = Instant::now();
         // First segment reaches the 16-bit limit; the next starts 0xFFFF later, unmarked.
-        let seg1 = [(0u32, true, 0u16, payload(Digit::D0, false, 0)), (0, false, 1, payload(Digit::D0, false, 0xFFFF))];
-        let seg2 = [(0xFFFFu32, false, 2u16, payload(Digit::D0, false, 400)), (0xFFFF, false, 3, payload(Digit::D0, true, 800))];
+        let seg1 = [
+            (0u32, true, 0u16, payload(Digit::D0, false, 0)),
+            (0, false, 1, payload(Digit::D0, false, 0xFFFF)),
+        ];
+        let seg2 = [
+            (0xFFFFu32, false, 2u16, payload(Digit::D0, false, 400)),
+            (0xFFFF, false, 3, payload(Digit::D0, true, 800)),
+        ];
         let mut got = Vec::new();
         for (i, (ts, m, seq, p)) in seg1.iter().chain(seg2.iter()).enumerate() {
-            if let Ok(Some(d)) = rx.receive(*ts, *m, *seq, p, t0 + Duration::from_millis(50 * i as u64)) {
+            if let Ok(Some(d)) =
+                rx.receive(*ts, *m, *seq, p, t0 + Duration::from_millis(50 * i as u64))
+            {
                 got.push(d.digit);
             }
         }
@@ -481,7 +545,10 @@ mod tests {
         packets.push(b[0]);
         packets.extend_from_slice(&a[1..]);
         packets.extend_from_slice(&b[1..]);
-        assert_eq!(feed(&mut rx, &packets, Instant::now()), vec![Digit::D4, Digit::D6]);
+        assert_eq!(
+            feed(&mut rx, &packets, Instant::now()),
+            vec![Digit::D4, Digit::D6]
+        );
     }
 
     #[test]
@@ -489,6 +556,9 @@ mod tests {
         let mut rx = EventReceiver::new(8000);
         let mut packets = press(Digit::D5, 1000, 0, 100);
         packets.extend(press(Digit::D5, 1000, 10, 100));
-        assert_eq!(feed(&mut rx, &packets, Instant::now()), vec![Digit::D5, Digit::D5]);
+        assert_eq!(
+            feed(&mut rx, &packets, Instant::now()),
+            vec![Digit::D5, Digit::D5]
+        );
     }
 }

@@ -92,13 +92,22 @@ struct Complex {
 
 impl Complex {
     fn mul(self, o: Complex) -> Complex {
-        Complex { re: self.re * o.re - self.im * o.im, im: self.re * o.im + self.im * o.re }
+        Complex {
+            re: self.re * o.re - self.im * o.im,
+            im: self.re * o.im + self.im * o.re,
+        }
     }
     fn conj(self) -> Complex {
-        Complex { re: self.re, im: -self.im }
+        Complex {
+            re: self.re,
+            im: -self.im,
+        }
     }
     fn add(self, o: Complex) -> Complex {
-        Complex { re: self.re + o.re, im: self.im + o.im }
+        Complex {
+            re: self.re + o.re,
+            im: self.im + o.im,
+        }
     }
     fn norm_sqr(self) -> f32 {
         self.re * self.re + self.im * self.im
@@ -107,7 +116,10 @@ impl Complex {
         self.im.atan2(self.re)
     }
     fn from_angle(a: f32) -> Complex {
-        Complex { re: a.cos(), im: a.sin() }
+        Complex {
+            re: a.cos(),
+            im: a.sin(),
+        }
     }
 }
 
@@ -126,7 +138,10 @@ struct GoertzelBank {
 
 impl GoertzelBank {
     fn new(omegas: [f32; FILTERS]) -> GoertzelBank {
-        GoertzelBank { coeff: omegas.map(|w| 2.0 * w.cos()), ..GoertzelBank::default() }
+        GoertzelBank {
+            coeff: omegas.map(|w| 2.0 * w.cos()),
+            ..GoertzelBank::default()
+        }
     }
 
     /// Runs every filter over `samples`; returns their summed energy (Σx²).
@@ -174,7 +189,10 @@ impl GoertzelBank {
         let s2 = self.s2.get(k).copied().unwrap_or(0.0);
         self.reset(k);
         // y = s1 − e^{−jω} s2
-        Complex { re: s1 - unit.re * s2, im: -unit.im * s2 }
+        Complex {
+            re: s1 - unit.re * s2,
+            im: -unit.im * s2,
+        }
     }
 }
 
@@ -278,14 +296,21 @@ impl InbandDetector {
     pub fn push_samples(&mut self, samples: &[i16]) {
         let mut rest = samples;
         while !rest.is_empty() {
-            let boundary = if self.filled < self.half { self.half } else { self.block };
+            let boundary = if self.filled < self.half {
+                self.half
+            } else {
+                self.block
+            };
             let (now, later) = rest.split_at((boundary - self.filled).min(rest.len()));
             self.energy += self.filters.run(now);
             self.filled += now.len();
             rest = later;
             if self.filled == self.half {
                 for (k, tone) in self.tones.iter_mut().enumerate() {
-                    tone.first_half = self.filters.take_complex(k, tone.unit).mul(tone.half_rewind);
+                    tone.first_half = self
+                        .filters
+                        .take_complex(k, tone.unit)
+                        .mul(tone.half_rewind);
                 }
             } else if self.filled == self.block {
                 self.end_block();
@@ -371,8 +396,11 @@ impl InbandDetector {
         let mut halves = [(Complex::default(), Complex::default()); 8];
         let mut power = [0.0f32; 8];
         for (i, tone) in self.tones.iter().enumerate() {
-            let second =
-                self.filters.take_complex(i, tone.unit).mul(tone.half_rewind).mul(tone.half_shift);
+            let second = self
+                .filters
+                .take_complex(i, tone.unit)
+                .mul(tone.half_rewind)
+                .mul(tone.half_shift);
             let first = tone.first_half;
             if let (Some(h), Some(p)) = (halves.get_mut(i), power.get_mut(i)) {
                 *h = (first, second);
@@ -400,7 +428,10 @@ impl InbandDetector {
         }
         let peak = db_to_ratio(-RELATIVE_PEAK_DB);
         let clear_peak = |group: &[f32], best: usize, p: f32| {
-            group.iter().enumerate().all(|(i, &q)| i == best || q <= p * peak)
+            group
+                .iter()
+                .enumerate()
+                .all(|(i, &q)| i == best || q <= p * peak)
         };
         if !clear_peak(rows, row, p_row) || !clear_peak(columns, column, p_col) {
             return None;
@@ -441,7 +472,9 @@ impl InbandDetector {
         let bin_hz = 1.0 / block_seconds;
         let (row, column) = (now.digit.row(), now.digit.column() + 4);
         let check = |index: usize, prev: Complex, cur: Complex, coarse_hz: f32| -> bool {
-            let Some(tone) = self.tones.get(index) else { return false };
+            let Some(tone) = self.tones.get(index) else {
+                return false;
+            };
             // Each block's DFT is referenced to its own first sample, so a tone exactly
             // on the nominal frequency advances by ω·N between blocks.
             let advance = cur.mul(prev.conj()).arg() - tone.omega * self.block as f32;
@@ -476,7 +509,10 @@ mod tests {
 
     #[test]
     fn unsupported_rate_is_a_typed_error() {
-        assert_eq!(InbandDetector::new(4000).err(), Some(InbandError::UnsupportedRate(4000)));
+        assert_eq!(
+            InbandDetector::new(4000).err(),
+            Some(InbandError::UnsupportedRate(4000))
+        );
     }
 
     #[test]

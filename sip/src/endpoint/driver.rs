@@ -55,7 +55,12 @@ impl EndpointHandle {
     pub fn progress(&self, key: CallKey, sdp: Option<Bytes>) -> Result<(), DriverClosed> {
         self.send(Command::Progress(key, sdp))
     }
-    pub fn answer(&self, key: CallKey, sdp: Option<Bytes>, headers: Vec<(HeaderName, Text)>) -> Result<(), DriverClosed> {
+    pub fn answer(
+        &self,
+        key: CallKey,
+        sdp: Option<Bytes>,
+        headers: Vec<(HeaderName, Text)>,
+    ) -> Result<(), DriverClosed> {
         self.send(Command::Answer(key, sdp, headers))
     }
     pub fn reject(
@@ -70,10 +75,19 @@ impl EndpointHandle {
     pub fn hangup(&self, key: CallKey) -> Result<(), DriverClosed> {
         self.send(Command::Hangup(key))
     }
-    pub fn respond_reinvite(&self, key: CallKey, answer: Result<Bytes, StatusCode>) -> Result<(), DriverClosed> {
+    pub fn respond_reinvite(
+        &self,
+        key: CallKey,
+        answer: Result<Bytes, StatusCode>,
+    ) -> Result<(), DriverClosed> {
         self.send(Command::RespondReInvite(key, answer))
     }
-    pub fn send_info(&self, key: CallKey, content_type: &str, body: Bytes) -> Result<(), DriverClosed> {
+    pub fn send_info(
+        &self,
+        key: CallKey,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), DriverClosed> {
         self.send(Command::SendInfo(key, content_type.to_owned(), body))
     }
     /// Stops the task (calls are dropped without BYE; hang them up first).
@@ -99,7 +113,13 @@ impl EndpointDriver {
         }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(run(Endpoint::new(config), transports, incoming, cmd_rx, ev_tx));
+        tokio::spawn(run(
+            Endpoint::new(config),
+            transports,
+            incoming,
+            cmd_rx,
+            ev_tx,
+        ));
         (EndpointHandle { tx: cmd_tx }, ev_rx)
     }
 }

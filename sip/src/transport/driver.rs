@@ -63,7 +63,10 @@ impl Default for TransportConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: ListenAddr, source: std::io::Error },
+    Bind {
+        addr: ListenAddr,
+        source: std::io::Error,
+    },
     #[error("tls:// listener needs tls_cert_pem and tls_key_pem")]
     TlsConfigMissing,
     #[error("cannot load TLS certificate or key: {0}")]
@@ -72,7 +75,9 @@ pub enum TransportError {
     NoTransport(Transport),
     #[error("connection limit reached")]
     TooManyConnections,
-    #[error("opening outgoing TLS connections is not supported; the peer must keep its connection")]
+    #[error(
+        "opening outgoing TLS connections is not supported; the peer must keep its connection"
+    )]
     TlsConnectUnsupported,
     #[error("connection closed")]
     ConnectionClosed,
@@ -111,7 +116,9 @@ const WRITE_QUEUE: usize = 64;
 
 impl Transports {
     /// Binds every listener in `config.listen` and starts receiving.
-    pub async fn bind(config: TransportConfig) -> Result<(Transports, mpsc::Receiver<Incoming>), TransportError> {
+    pub async fn bind(
+        config: TransportConfig,
+    ) -> Result<(Transports, mpsc::Receiver<Incoming>), TransportError> {
         let (tx, rx) = mpsc::channel(config.incoming_capacity.max(1));
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
@@ -127,12 +134,18 @@ impl Transports {
             match l.transport {
                 Transport::Udp => {
                     let s = UdpSocket::bind(l.addr).await.map_err(bind_err)?;
-                    local.push(ListenAddr { transport: l.transport, addr: s.local_addr()? });
+                    local.push(ListenAddr {
+                        transport: l.transport,
+                        addr: s.local_addr()?,
+                    });
                     udp.push(Arc::new(s));
                 }
                 Transport::Tcp | Transport::Tls => {
                     let s = TcpListener::bind(l.addr).await.map_err(bind_err)?;
-                    local.push(ListenAddr { transport: l.transport, addr: s.local_addr()? });
+                    local.push(ListenAddr {
+                        transport: l.transport,
+                        addr: s.local_addr()?,
+                    });
                     if l.transport == Transport::Tcp {
                         tcp.push(s);
                     } else {
@@ -177,7 +190,11 @@ impl Transports {
 
     /// The first bound address of that transport.
     pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
-        self.inner.local.iter().find(|l| l.transport == transport).map(|l| l.addr)
+        self.inner
+            .local
+            .iter()
+            .find(|l| l.transport == transport)
+            .map(|l| l.addr)
     }
 
     /// Number of open stream connections.
@@ -194,10 +211,14 @@ impl Transports {
                 let tx = self.find_conn(target);
                 let tx = match tx {
                     Some(tx) => tx,
-                    None if target.transport == Transport::Tls => return Err(TransportError::TlsConnectUnsupported),
+                    None if target.transport == Transport::Tls => {
+                        return Err(TransportError::TlsConnectUnsupported)
+                    }
                     None => self.connect_tcp(target.addr).await?,
                 };
-                tx.send(data).await.map_err(|_| TransportError::ConnectionClosed)
+                tx.send(data)
+                    .await
+                    .map_err(|_| TransportError::ConnectionClosed)
             }
         }
     }
@@ -239,26 +260,45 @@ impl Transports {
     }
 
     async fn connect_tcp(&self, addr: SocketAddr) -> Result<mpsc::Sender<Bytes>, TransportError> {
-        let permit = self.inner.slots.clone().try_acquire_owned().map_err(|_| TransportError::TooManyConnections)?;
+        let permit = self
+            .inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| TransportError::TooManyConnections)?;
         let stream = tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
         let local = stream.local_addr()?;
         let (id, tx, rx) = self.register(addr, Transport::Tcp);
         let me = self.clone();
         let handle = tokio::spawn(async move {
-            me.run_connection(stream, rx, id, addr, local, Transport::Tcp).await;
+            me.run_connection(stream, rx, id, addr, local, Transport::Tcp)
+                .await;
             drop(permit);
         });
         self.track(handle);
         Ok(tx)
     }
 
-    fn register(&self, peer: SocketAddr, transport: Transport) -> (ConnectionId, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
+    fn register(
+        &self,
+        peer: SocketAddr,
+        transport: Transport,
+    ) -> (ConnectionId, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
         let id = ConnectionId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         if let Ok(mut c) = self.inner.conns.lock() {
-            c.insert(id, ConnHandle { peer, transport, tx: tx.clone() });
+            c.insert(
+                id,
+                ConnHandle {
+                    peer,
+                    transport,
+                    tx: tx.clone(),
+                },
+            );
         }
         (id, tx, rx)
     }
@@ -290,7 +330,12 @@ impl Transports {
             }
             let _ = wr.shutdown().await;
         });
-        let reply_tx = self.inner.conns.lock().ok().and_then(|c| c.get(&id).map(|h| h.tx.clone()));
+        let reply_tx = self
+            .inner
+            .conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&id).map(|h| h.tx.clone()));
         let mut framer = StreamFramer::new(self.inner.limits.clone());
         'conn: loop {
             match tokio::time::timeout(self.inner.idle, rd.read_buf(framer.buffer_mut())).await {
@@ -305,7 +350,10 @@ impl Transports {
                 match framer.pop() {
                     Ok(None) => break,
                     Ok(Some(raw)) => {
-                        if !self.deliver(raw, peer, local, transport, Some(id), reply_tx.as_ref()).await {
+                        if !self
+                            .deliver(raw, peer, local, transport, Some(id), reply_tx.as_ref())
+                            .await
+                        {
                             break 'conn;
                         }
                     }
@@ -340,7 +388,14 @@ impl Transports {
                 if let Message::Request(r) = &mut message {
                     stamp_received(r, source);
                 }
-                let inc = Incoming { message, raw, source, local, transport, conn };
+                let inc = Incoming {
+                    message,
+                    raw,
+                    source,
+                    local,
+                    transport,
+                    conn,
+                };
                 self.inner.incoming.send(inc).await.is_ok()
             }
             Err(e) => {
@@ -387,14 +442,25 @@ async fn udp_loop(me: Transports, sock: Arc<UdpSocket>) {
         if raw.iter().all(|b| *b == b'\r' || *b == b'\n') {
             continue;
         }
-        if !me.deliver(raw, source, local, Transport::Udp, None, None).await {
+        if !me
+            .deliver(raw, source, local, Transport::Udp, None, None)
+            .await
+        {
             return;
         }
     }
 }
 
-async fn accept_loop(me: Transports, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
-    let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+async fn accept_loop(
+    me: Transports,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -416,16 +482,22 @@ async fn accept_loop(me: Transports, listener: TcpListener, tls: Option<tokio_ru
         let tls = tls.clone();
         let h = tokio::spawn(async move {
             match tls {
-                None => me2.run_connection(stream, rx, id, peer, local, transport).await,
-                Some(acc) => match tokio::time::timeout(me2.inner.connect_timeout, acc.accept(stream)).await {
-                    Ok(Ok(s)) => me2.run_connection(s, rx, id, peer, local, transport).await,
-                    _ => {
-                        tracing::debug!(%peer, "TLS handshake failed");
-                        if let Ok(mut c) = me2.inner.conns.lock() {
-                            c.remove(&id);
+                None => {
+                    me2.run_connection(stream, rx, id, peer, local, transport)
+                        .await
+                }
+                Some(acc) => {
+                    match tokio::time::timeout(me2.inner.connect_timeout, acc.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => me2.run_connection(s, rx, id, peer, local, transport).await,
+                        _ => {
+                            tracing::debug!(%peer, "TLS handshake failed");
+                            if let Ok(mut c) = me2.inner.conns.lock() {
+                                c.remove(&id);
+                            }
                         }
                     }
-                },
+                }
             }
             drop(permit);
         });
@@ -437,13 +509,17 @@ fn tls_acceptor(config: &TransportConfig) -> Result<tokio_rustls::TlsAcceptor, T
     let (Some(cert), Some(key)) = (&config.tls_cert_pem, &config.tls_key_pem) else {
         return Err(TransportError::TlsConfigMissing);
     };
-    let e = |what: &str, err: &dyn std::fmt::Display| TransportError::TlsConfig(format!("{what}: {err}"));
+    let e = |what: &str, err: &dyn std::fmt::Display| {
+        TransportError::TlsConfig(format!("{what}: {err}"))
+    };
     let cert_file = std::fs::File::open(cert).map_err(|x| e("certificate file", &x))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(cert_file))
         .collect::<Result<_, _>>()
         .map_err(|x| e("certificate", &x))?;
     if certs.is_empty() {
-        return Err(TransportError::TlsConfig("no certificate in PEM file".into()));
+        return Err(TransportError::TlsConfig(
+            "no certificate in PEM file".into(),
+        ));
     }
     let key_file = std::fs::File::open(key).map_err(|x| e("key file", &x))?;
     let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(key_file))
@@ -476,9 +552,15 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
         )
     }
 
-    async fn start(listen: &[&str], tweak: impl FnOnce(&mut TransportConfig)) -> (Transports, mpsc::Receiver<Incoming>) {
+    async fn start(
+        listen: &[&str],
+        tweak: impl FnOnce(&mut TransportConfig),
+    ) -> (Transports, mpsc::Receiver<Incoming>) {
         let mut cfg = TransportConfig {
-            listen: listen.iter().map(|s| s.parse().expect("listen addr")).collect(),
+            listen: listen
+                .iter()
+                .map(|s| s.parse().expect("listen addr"))
+                .collect(),
             ..TransportConfig::default()
         };
         tweak(&mut cfg);
@@ -486,7 +568,10 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
     }
 
     async fn next(rx: &mut mpsc::Receiver<Incoming>) -> Incoming {
-        tokio::time::timeout(WAIT, rx.recv()).await.expect("message in time").expect("channel open")
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("message in time")
+            .expect("channel open")
     }
 
     async fn read_response<R: AsyncRead + Unpin>(rd: &mut R) -> Message {
@@ -495,7 +580,10 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
             if let Some(frame) = framer.pop().expect("framing") {
                 return Message::parse(frame, &Limits::default()).expect("response parses");
             }
-            let n = tokio::time::timeout(WAIT, rd.read_buf(framer.buffer_mut())).await.expect("read in time").expect("read");
+            let n = tokio::time::timeout(WAIT, rd.read_buf(framer.buffer_mut()))
+                .await
+                .expect("read in time")
+                .expect("read");
             assert!(n > 0, "connection closed before a response");
         }
     }
@@ -506,18 +594,28 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
         let server = t.local_addr(Transport::Udp).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // sent-by names another port: the response must still reach the source port (rport).
-        client.send_to(options("127.0.0.1:9", "u1", "").as_bytes(), server).await.unwrap();
+        client
+            .send_to(options("127.0.0.1:9", "u1", "").as_bytes(), server)
+            .await
+            .unwrap();
         let inc = next(&mut rx).await;
         assert_eq!(inc.transport, Transport::Udp);
         assert_eq!(inc.source, client.local_addr().unwrap());
-        let Message::Request(req) = &inc.message else { panic!("request expected") };
+        let Message::Request(req) = &inc.message else {
+            panic!("request expected")
+        };
         let via = req.headers.top_via().unwrap();
         assert_eq!(via.rport(), Some(client.local_addr().unwrap().port()));
         assert_eq!(via.received(), Some("127.0.0.1"));
         let resp = Response::to_request(req, StatusCode::OK, None).with_to_tag("t");
-        t.send(&inc.reply_target().unwrap(), resp.to_bytes()).await.unwrap();
+        t.send(&inc.reply_target().unwrap(), resp.to_bytes())
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 2048];
-        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let back = Message::parse(Bytes::copy_from_slice(&buf[..n]), &Limits::default()).unwrap();
         assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::OK));
         t.shutdown();
@@ -528,17 +626,33 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
         let (t, mut rx) = start(&["udp://127.0.0.1:0"], |c| c.limits.max_message_size = 1000).await;
         let server = t.local_addr(Transport::Udp).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        client.send_to(options("127.0.0.1:9", "big", &"x".repeat(1500)).as_bytes(), server).await.unwrap();
+        client
+            .send_to(
+                options("127.0.0.1:9", "big", &"x".repeat(1500)).as_bytes(),
+                server,
+            )
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 2048];
-        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let back = Message::parse(Bytes::copy_from_slice(&buf[..n]), &Limits::default()).unwrap();
-        assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::MESSAGE_TOO_LARGE));
-        assert!(rx.try_recv().is_err(), "oversize message must not be delivered");
+        assert_eq!(
+            back.as_response().map(|r| r.status),
+            Some(StatusCode::MESSAGE_TOO_LARGE)
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "oversize message must not be delivered"
+        );
         t.shutdown();
     }
 
     #[tokio::test]
-    async fn tcp_partial_writes_and_two_messages_in_one_write_are_framed_and_answered_on_the_connection() {
+    async fn tcp_partial_writes_and_two_messages_in_one_write_are_framed_and_answered_on_the_connection(
+    ) {
         let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |_| {}).await;
         let server = t.local_addr(Transport::Tcp).unwrap();
         let mut c = TcpStream::connect(server).await.unwrap();
@@ -549,7 +663,11 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
             c.flush().await.unwrap();
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let both = format!("{}\r\n\r\n{}", options("127.0.0.1:9", "t2", "ab"), options("127.0.0.1:9", "t3", ""));
+        let both = format!(
+            "{}\r\n\r\n{}",
+            options("127.0.0.1:9", "t2", "ab"),
+            options("127.0.0.1:9", "t3", "")
+        );
         c.write_all(both.as_bytes()).await.unwrap();
         let mut ids = Vec::new();
         let mut conn = None;
@@ -561,7 +679,9 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
             if ids.len() == 3 {
                 let req = inc.message.as_request().unwrap();
                 let resp = Response::to_request(req, StatusCode::OK, None);
-                t.send(&inc.reply_target().unwrap(), resp.to_bytes()).await.unwrap();
+                t.send(&inc.reply_target().unwrap(), resp.to_bytes())
+                    .await
+                    .unwrap();
             }
         }
         assert_eq!(ids, ["t1", "t2", "t3"]);
@@ -574,33 +694,58 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
     #[tokio::test]
     async fn malformed_tcp_request_gets_400_and_the_connection_stays_usable() {
         let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |_| {}).await;
-        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap()).await.unwrap();
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap())
+            .await
+            .unwrap();
         let bad = options("127.0.0.1:9", "bad", "").replacen("OPTIONS sip", "OPTIONS  sip", 1);
         c.write_all(bad.as_bytes()).await.unwrap();
         let back = read_response(&mut c).await;
-        assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::BAD_REQUEST));
-        c.write_all(options("127.0.0.1:9", "good", "").as_bytes()).await.unwrap();
-        assert_eq!(next(&mut rx).await.message.headers().call_id().unwrap(), "good");
+        assert_eq!(
+            back.as_response().map(|r| r.status),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        c.write_all(options("127.0.0.1:9", "good", "").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut rx).await.message.headers().call_id().unwrap(),
+            "good"
+        );
         t.shutdown();
     }
 
     #[tokio::test]
     async fn tcp_framing_error_closes_the_connection() {
         let (t, _rx) = start(&["tcp://127.0.0.1:0"], |c| c.limits.max_message_size = 1000).await;
-        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap()).await.unwrap();
-        c.write_all(b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nContent-Length: 5000\r\n\r\n").await.unwrap();
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap())
+            .await
+            .unwrap();
+        c.write_all(b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nContent-Length: 5000\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(WAIT, c.read(&mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(WAIT, c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert_eq!(n, 0, "connection closed");
         t.shutdown();
     }
 
     #[tokio::test]
     async fn idle_tcp_connection_is_closed_after_the_timeout() {
-        let (t, _rx) = start(&["tcp://127.0.0.1:0"], |c| c.tcp_idle_timeout = Duration::from_millis(100)).await;
-        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap()).await.unwrap();
+        let (t, _rx) = start(&["tcp://127.0.0.1:0"], |c| {
+            c.tcp_idle_timeout = Duration::from_millis(100)
+        })
+        .await;
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap())
+            .await
+            .unwrap();
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(WAIT, c.read(&mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(WAIT, c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert_eq!(n, 0);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(t.connection_count(), 0);
@@ -612,11 +757,17 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
         let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| c.max_connections = 1).await;
         let addr = t.local_addr(Transport::Tcp).unwrap();
         let mut first = TcpStream::connect(addr).await.unwrap();
-        first.write_all(options("127.0.0.1:9", "c1", "").as_bytes()).await.unwrap();
+        first
+            .write_all(options("127.0.0.1:9", "c1", "").as_bytes())
+            .await
+            .unwrap();
         next(&mut rx).await;
         let mut second = TcpStream::connect(addr).await.unwrap();
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(WAIT, second.read(&mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(WAIT, second.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert_eq!(n, 0, "second connection closed");
         assert_eq!(t.connection_count(), 1);
         t.shutdown();
@@ -626,9 +777,18 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
     async fn send_opens_a_tcp_connection_when_none_is_open() {
         let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (t, _rx) = start(&["tcp://127.0.0.1:0"], |_| {}).await;
-        let target = Target { addr: peer.local_addr().unwrap(), transport: Transport::Tcp, conn: None };
-        t.send(&target, Bytes::from(options("127.0.0.1:9", "out", ""))).await.unwrap();
-        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept()).await.unwrap().unwrap();
+        let target = Target {
+            addr: peer.local_addr().unwrap(),
+            transport: Transport::Tcp,
+            conn: None,
+        };
+        t.send(&target, Bytes::from(options("127.0.0.1:9", "out", "")))
+            .await
+            .unwrap();
+        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept())
+            .await
+            .unwrap()
+            .unwrap();
         let m = read_response(&mut s).await;
         assert_eq!(m.headers().call_id().unwrap(), "out");
         assert_eq!(t.connection_count(), 1);
@@ -651,8 +811,23 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let made = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .args([
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -675,20 +850,33 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
         for c in rustls_pemfile::certs(&mut pem.as_slice()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let tcp = TcpStream::connect(t.local_addr(Transport::Tls).unwrap()).await.unwrap();
-        let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let tcp = TcpStream::connect(t.local_addr(Transport::Tls).unwrap())
+            .await
+            .unwrap();
+        let name =
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
         let mut tls = connector.connect(name, tcp).await.unwrap();
-        tls.write_all(options("127.0.0.1:9", "tls1", "").replace("UDP", "TLS").as_bytes()).await.unwrap();
+        tls.write_all(
+            options("127.0.0.1:9", "tls1", "")
+                .replace("UDP", "TLS")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
         let inc = next(&mut rx).await;
         assert_eq!(inc.transport, Transport::Tls);
         let resp = Response::to_request(inc.message.as_request().unwrap(), StatusCode::OK, None);
-        t.send(&inc.reply_target().unwrap(), resp.to_bytes()).await.unwrap();
+        t.send(&inc.reply_target().unwrap(), resp.to_bytes())
+            .await
+            .unwrap();
         let back = read_response(&mut tls).await;
         assert_eq!(back.as_response().map(|r| r.status), Some(StatusCode::OK));
         t.shutdown();

@@ -37,7 +37,13 @@ pub struct StreamFramer {
 
 impl StreamFramer {
     pub fn new(limits: Limits) -> StreamFramer {
-        StreamFramer { buf: BytesMut::with_capacity(4096), limits, searched: 0, frame_len: None, failed: None }
+        StreamFramer {
+            buf: BytesMut::with_capacity(4096),
+            limits,
+            searched: 0,
+            frame_len: None,
+            failed: None,
+        }
     }
 
     /// Appends received octets.
@@ -88,7 +94,8 @@ impl StreamFramer {
         }
         // Resume the search a few octets back so a CRLFCRLF split across reads is found.
         let from = self.searched.saturating_sub(3);
-        let found = find_header_end(self.buf.get(from..).unwrap_or(&[])).map(|(h, b)| (h + from, b + from));
+        let found =
+            find_header_end(self.buf.get(from..).unwrap_or(&[])).map(|(h, b)| (h + from, b + from));
         let Some((head_len, body_start)) = found else {
             self.searched = self.buf.len();
             if self.buf.len() > self.limits.max_message_size {
@@ -97,7 +104,9 @@ impl StreamFramer {
             return Ok(None);
         };
         let cl = content_length(self.buf.get(..head_len).unwrap_or(&[]))?;
-        let total = body_start.checked_add(cl).ok_or(FramingError::BadContentLength)?;
+        let total = body_start
+            .checked_add(cl)
+            .ok_or(FramingError::BadContentLength)?;
         if total > self.limits.max_message_size {
             return Err(FramingError::MessageTooLarge(self.limits.max_message_size));
         }
@@ -116,11 +125,14 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
     let mut lines = head.split(|&b| b == b'\n').skip(1).peekable();
     while let Some(line) = lines.next() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
             continue;
         }
-        let name = std::str::from_utf8(line.get(..colon).unwrap_or(&[])).map_err(|_| FramingError::BadContentLength);
+        let name = std::str::from_utf8(line.get(..colon).unwrap_or(&[]))
+            .map_err(|_| FramingError::BadContentLength);
         let Ok(name) = name else { continue };
         if HeaderName::parse(&Text::from(name.trim_end().to_owned())) != HeaderName::ContentLength {
             continue;
@@ -129,10 +141,14 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
             return Err(FramingError::MultipleContentLength);
         }
         let mut value: Vec<u8> = line.get(colon + 1..).unwrap_or(&[]).to_vec();
-        while let Some(cont) = lines.next_if(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t')) {
+        while let Some(cont) =
+            lines.next_if(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+        {
             value.extend_from_slice(cont.strip_suffix(b"\r").unwrap_or(cont));
         }
-        let v = std::str::from_utf8(&value).map_err(|_| FramingError::BadContentLength)?.trim();
+        let v = std::str::from_utf8(&value)
+            .map_err(|_| FramingError::BadContentLength)?
+            .trim();
         let n = crate::header::parse_delta(v).ok_or(FramingError::BadContentLength)?;
         found = Some(n as usize);
     }
@@ -187,7 +203,10 @@ mod tests {
 
     #[test]
     fn oversize_header_section_is_fatal() {
-        let mut f = StreamFramer::new(Limits { max_message_size: 64, ..Limits::default() });
+        let mut f = StreamFramer::new(Limits {
+            max_message_size: 64,
+            ..Limits::default()
+        });
         f.push(&[b'a'; 100]);
         assert_eq!(f.pop(), Err(FramingError::HeadersTooLarge(64)));
         assert!(f.pop().is_err());

@@ -68,6 +68,10 @@ const RESUME_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the WebSocket may still be read after a send on it failed, for the server's
 /// last messages (its `Leave` comes just before it closes).
 const SEND_FAILURE_GRACE: Duration = Duration::from_secs(1);
+/// The participant attribute LiveKit's SIP conventions keep the call's state in, and its
+/// value once the call has ended.
+pub(crate) const CALL_STATUS: &str = "sip.callStatus";
+const CALL_STATUS_HANGUP: &str = "hangup";
 /// Used until the `JoinResponse` says otherwise (livekit-server's defaults: 5 s / 15 s).
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(15);
@@ -481,6 +485,13 @@ impl Session {
     async fn finish(mut self, end: End) {
         match end {
             End::Left | End::Rejoin => {
+                // The call is over: say so in the participant's attributes before leaving,
+                // as LiveKit's SIP service does (`sip.callStatus` = `hangup`), so that an app
+                // watching the room sees why the participant went.
+                let hangup = proto::UpdateParticipantMetadata {
+                    attributes: [(CALL_STATUS.to_owned(), CALL_STATUS_HANGUP.to_owned())].into(),
+                    ..Default::default()
+                };
                 let leave = proto::LeaveRequest {
                     can_reconnect: false,
                     reason: proto::DisconnectReason::ClientInitiated as i32,
@@ -488,6 +499,9 @@ impl Session {
                     ..Default::default()
                 };
                 if let Some(ws) = self.ws.as_mut() {
+                    if matches!(end, End::Left) {
+                        let _ = signal::send(ws, Req::UpdateMetadata(hangup)).await;
+                    }
                     let _ = signal::send(ws, Req::Leave(leave)).await;
                     let _ = ws.close(None).await;
                 }

@@ -5,7 +5,7 @@
 //! datagrams collected in [`Engine::transmits`]. The wire behaviour follows LiveKit's
 //! `livekit_rtc.proto` and its server (`rtcservice`, `participant`, `room`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,6 +38,8 @@ const FRAME: Duration = Duration::from_millis(20);
 const MAX_CATCH_UP_FRAMES: u32 = 5;
 /// Data packets the server keeps per room for [`crate::TestServer::data_packets`].
 const MAX_ROOM_DATA: usize = 10_000;
+/// Departed participants remembered for [`Command::Departed`].
+const DEPARTED_KEPT: usize = 1024;
 /// `Room.empty_timeout` / `departure_timeout` defaults of livekit-server's config.
 const EMPTY_TIMEOUT_S: u32 = 300;
 const DEPARTURE_TIMEOUT_S: u32 = 20;
@@ -138,10 +140,23 @@ pub struct EngineStats {
 }
 
 pub(crate) enum Command {
-    Connect { conn: ConnId, grant: Box<JoinGrant>, params: JoinParams, out: mpsc::UnboundedSender<WsOut> },
-    Signal { conn: ConnId, msg: Box<Req> },
-    WsClosed { conn: ConnId },
-    Participants { room: String, reply: oneshot::Sender<Vec<ParticipantSnapshot>> },
+    Connect {
+        conn: ConnId,
+        grant: Box<JoinGrant>,
+        params: JoinParams,
+        out: mpsc::UnboundedSender<WsOut>,
+    },
+    Signal {
+        conn: ConnId,
+        msg: Box<Req>,
+    },
+    WsClosed {
+        conn: ConnId,
+    },
+    Participants {
+        room: String,
+        reply: oneshot::Sender<Vec<ParticipantSnapshot>>,
+    },
     AddSynthetic {
         room: String,
         identity: String,
@@ -149,16 +164,53 @@ pub(crate) enum Command {
         recording: SharedRecording,
         reply: oneshot::Sender<Result<String, String>>,
     },
-    SetSignal { identity: String, signal: Signal, reply: oneshot::Sender<bool> },
-    SyntheticData { identity: String, packet: Box<DataPacket>, lossy: bool, reply: oneshot::Sender<bool> },
-    CloseRoom { room: String, reply: oneshot::Sender<bool> },
-    RemoveParticipant { room: String, identity: String, reply: oneshot::Sender<bool> },
-    DropWebsocket { identity: String, reply: oneshot::Sender<bool> },
-    KillPeerConnection { identity: String, reply: oneshot::Sender<bool> },
-    Counters { reply: oneshot::Sender<Vec<ParticipantCounters>> },
-    DataPackets { room: String, reply: oneshot::Sender<Vec<DataPacket>> },
-    Blackhole { identity: String, on: bool, reply: oneshot::Sender<bool> },
-    Stats { reply: oneshot::Sender<EngineStats> },
+    SetSignal {
+        identity: String,
+        signal: Signal,
+        reply: oneshot::Sender<bool>,
+    },
+    SyntheticData {
+        identity: String,
+        packet: Box<DataPacket>,
+        lossy: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    CloseRoom {
+        room: String,
+        reply: oneshot::Sender<bool>,
+    },
+    RemoveParticipant {
+        room: String,
+        identity: String,
+        reply: oneshot::Sender<bool>,
+    },
+    DropWebsocket {
+        identity: String,
+        reply: oneshot::Sender<bool>,
+    },
+    KillPeerConnection {
+        identity: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Counters {
+        reply: oneshot::Sender<Vec<ParticipantCounters>>,
+    },
+    DataPackets {
+        room: String,
+        reply: oneshot::Sender<Vec<DataPacket>>,
+    },
+    Blackhole {
+        identity: String,
+        on: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    Stats {
+        reply: oneshot::Sender<EngineStats>,
+    },
+    Departed {
+        room: String,
+        reply: oneshot::Sender<Vec<ParticipantSnapshot>>,
+    },
     Shutdown,
 }
 
@@ -177,7 +229,11 @@ struct PublishedTrack {
 }
 
 enum Media {
-    Remote { publisher: Option<Box<Peer>>, subscriber: Box<Subscriber>, early_candidates: Vec<str0m::Candidate> },
+    Remote {
+        publisher: Option<Box<Peer>>,
+        subscriber: Box<Subscriber>,
+        early_candidates: Vec<str0m::Candidate>,
+    },
     Synthetic(Box<Synthetic>),
 }
 
@@ -217,7 +273,10 @@ struct Participant {
 
 impl Participant {
     fn info(&self) -> ParticipantInfo {
-        let joined = self.joined_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let joined = self
+            .joined_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         ParticipantInfo {
             sid: self.sid.clone(),
             identity: self.identity.clone(),
@@ -245,7 +304,9 @@ impl Participant {
 
     fn send(&self, msg: Resp) {
         if let Some(s) = &self.signal {
-            let _ = s.out.send(WsOut::Send(Box::new(SignalResponse { message: Some(msg) })));
+            let _ = s
+                .out
+                .send(WsOut::Send(Box::new(SignalResponse { message: Some(msg) })));
         }
     }
 
@@ -265,9 +326,15 @@ impl Participant {
 
     fn snapshot(&self) -> ParticipantSnapshot {
         let (synthetic, publisher_connected, subscriber_connected) = match &self.media {
-            Media::Remote { publisher, subscriber, .. } => {
-                (false, publisher.as_ref().is_some_and(|p| p.connected), subscriber.peer.connected)
-            }
+            Media::Remote {
+                publisher,
+                subscriber,
+                ..
+            } => (
+                false,
+                publisher.as_ref().is_some_and(|p| p.connected),
+                subscriber.peer.connected,
+            ),
             Media::Synthetic(_) => (true, false, false),
         };
         ParticipantSnapshot {
@@ -300,6 +367,9 @@ pub(crate) struct Engine {
     next_frame: Instant,
     /// Participants whose UDP traffic is dropped both ways (test hook).
     blackholed: HashSet<Key>,
+    /// The last [`DEPARTED_KEPT`] participants to leave, as they were when they left (test
+    /// hook: what attributes a participant left with).
+    departed: VecDeque<(String, ParticipantSnapshot)>,
     /// Datagrams to send; the driver empties it.
     pub transmits: Vec<Transmit>,
     /// Updated by the driver.
@@ -356,6 +426,7 @@ impl Engine {
             next_housekeeping: now + HOUSEKEEPING,
             next_frame: now + FRAME,
             blackholed: HashSet::new(),
+            departed: VecDeque::new(),
             transmits: Vec::new(),
             stats: EngineStats::default(),
         }
@@ -365,7 +436,12 @@ impl Engine {
     pub(crate) fn next_deadline(&self) -> Instant {
         let mut t = self.next_housekeeping.min(self.next_frame);
         for p in self.parts.values() {
-            if let Media::Remote { publisher, subscriber, .. } = &p.media {
+            if let Media::Remote {
+                publisher,
+                subscriber,
+                ..
+            } = &p.media
+            {
                 t = t.min(subscriber.peer.next_timeout);
                 if let Some(pb) = publisher {
                     t = t.min(pb.next_timeout);
@@ -390,7 +466,12 @@ impl Engine {
 
     pub(crate) fn handle_command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::Connect { conn, grant, params, out } => self.connect(conn, *grant, params, out, now),
+            Command::Connect {
+                conn,
+                grant,
+                params,
+                out,
+            } => self.connect(conn, *grant, params, out, now),
             Command::Signal { conn, msg } => {
                 if let Some(&key) = self.conns.get(&conn) {
                     self.signal(key, *msg, now);
@@ -412,14 +493,30 @@ impl Engine {
                 let list = self
                     .rooms
                     .get(&room)
-                    .map(|r| r.members.iter().filter_map(|k| self.parts.get(k)).map(Participant::snapshot).collect())
+                    .map(|r| {
+                        r.members
+                            .iter()
+                            .filter_map(|k| self.parts.get(k))
+                            .map(Participant::snapshot)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let _ = reply.send(list);
             }
-            Command::AddSynthetic { room, identity, signal, recording, reply } => {
+            Command::AddSynthetic {
+                room,
+                identity,
+                signal,
+                recording,
+                reply,
+            } => {
                 let _ = reply.send(self.add_synthetic(&room, &identity, signal, recording, now));
             }
-            Command::SetSignal { identity, signal, reply } => {
+            Command::SetSignal {
+                identity,
+                signal,
+                reply,
+            } => {
                 let mut found = false;
                 for p in self.parts.values_mut() {
                     if let (true, Media::Synthetic(s)) = (p.identity == identity, &mut p.media) {
@@ -429,7 +526,12 @@ impl Engine {
                 }
                 let _ = reply.send(found);
             }
-            Command::SyntheticData { identity, packet, lossy, reply } => {
+            Command::SyntheticData {
+                identity,
+                packet,
+                lossy,
+                reply,
+            } => {
                 let key = self
                     .parts
                     .iter()
@@ -442,14 +544,22 @@ impl Engine {
             }
             Command::CloseRoom { room, reply } => {
                 let found = self.rooms.contains_key(&room);
-                let members = self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default();
+                let members = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.members.clone())
+                    .unwrap_or_default();
                 for key in members {
                     self.remove(key, proto::DisconnectReason::RoomDeleted, true);
                 }
                 self.rooms.remove(&room);
                 let _ = reply.send(found);
             }
-            Command::RemoveParticipant { room, identity, reply } => {
+            Command::RemoveParticipant {
+                room,
+                identity,
+                reply,
+            } => {
                 let key = self.find(&room, &identity);
                 if let Some(key) = key {
                     self.remove(key, proto::DisconnectReason::ParticipantRemoved, true);
@@ -476,7 +586,9 @@ impl Engine {
                 let keys: Vec<Key> = self
                     .parts
                     .iter()
-                    .filter(|(_, p)| p.identity == identity && matches!(p.media, Media::Remote { .. }))
+                    .filter(|(_, p)| {
+                        p.identity == identity && matches!(p.media, Media::Remote { .. })
+                    })
                     .map(|(k, _)| *k)
                     .collect();
                 for key in &keys {
@@ -489,8 +601,17 @@ impl Engine {
                 list.sort_by(|a, b| (&a.room, &a.identity).cmp(&(&b.room, &b.identity)));
                 let _ = reply.send(list);
             }
-            Command::Blackhole { identity, on, reply } => {
-                let keys: Vec<Key> = self.parts.iter().filter(|(_, p)| p.identity == identity).map(|(k, _)| *k).collect();
+            Command::Blackhole {
+                identity,
+                on,
+                reply,
+            } => {
+                let keys: Vec<Key> = self
+                    .parts
+                    .iter()
+                    .filter(|(_, p)| p.identity == identity)
+                    .map(|(k, _)| *k)
+                    .collect();
                 for k in &keys {
                     if on {
                         self.blackholed.insert(*k);
@@ -514,21 +635,53 @@ impl Engine {
             }
             Command::Shutdown => {}
             Command::DataPackets { room, reply } => {
-                let _ = reply.send(self.rooms.get(&room).map(|r| r.data.clone()).unwrap_or_default());
+                let _ = reply.send(
+                    self.rooms
+                        .get(&room)
+                        .map(|r| r.data.clone())
+                        .unwrap_or_default(),
+                );
+            }
+            Command::Departed { room, reply } => {
+                let _ = reply.send(
+                    self.departed
+                        .iter()
+                        .filter(|(r, _)| *r == room)
+                        .map(|(_, p)| p.clone())
+                        .collect(),
+                );
             }
         }
     }
 
     /// A datagram arrived on the shared UDP socket.
     pub(crate) fn handle_udp(&mut self, source: SocketAddr, data: &[u8], now: Instant) {
-        let Ok(contents) = data.try_into() else { return };
-        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination: self.local_addr, contents });
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local_addr,
+                contents,
+            },
+        );
         // STUN (RFC 7983 §7: first byte 0..=3) may come from a new address or announce an ICE
         // restart, so it is matched by ufrag; everything else by the source address it latched.
         let is_stun = data.first().is_some_and(|b| *b < 4);
-        let mut target = if is_stun { None } else { self.by_addr.get(&source).copied() };
+        let mut target = if is_stun {
+            None
+        } else {
+            self.by_addr.get(&source).copied()
+        };
         if let Some((key, role)) = target {
-            let ok = self.parts.get_mut(&key).and_then(|p| p.peer_mut(role)).is_some_and(|pe| pe.rtc.accepts(&input));
+            let ok = self
+                .parts
+                .get_mut(&key)
+                .and_then(|p| p.peer_mut(role))
+                .is_some_and(|pe| pe.rtc.accepts(&input));
             if !ok {
                 target = None;
             }
@@ -602,7 +755,9 @@ impl Engine {
             if matches!(p.media, Media::Synthetic(_)) {
                 continue;
             }
-            if p.signal.is_some() && now.saturating_duration_since(p.last_ping) > self.cfg.ping_timeout {
+            if p.signal.is_some()
+                && now.saturating_duration_since(p.last_ping) > self.cfg.ping_timeout
+            {
                 tracing::debug!(identity = %p.identity, "ping timeout: closing signal connection");
                 if let Some(s) = p.signal.take() {
                     self.conns.remove(&s.conn);
@@ -629,7 +784,9 @@ impl Engine {
         while !self.dirty.is_empty() {
             let batch = std::mem::take(&mut self.dirty);
             for (key, role) in batch {
-                let Some(p) = self.parts.get_mut(&key) else { continue };
+                let Some(p) = self.parts.get_mut(&key) else {
+                    continue;
+                };
                 let blackholed = self.blackholed.contains(&key);
                 let mut dropped = 0;
                 let Some(pe) = p.peer_mut(role) else { continue };
@@ -665,12 +822,21 @@ impl Engine {
 
     // ------------------------------------------------------------- signalling
 
-    fn connect(&mut self, conn: ConnId, grant: JoinGrant, params: JoinParams, out: mpsc::UnboundedSender<WsOut>, now: Instant) {
+    fn connect(
+        &mut self,
+        conn: ConnId,
+        grant: JoinGrant,
+        params: JoinParams,
+        out: mpsc::UnboundedSender<WsOut>,
+        now: Instant,
+    ) {
         if params.reconnect {
             let key = params.sid.as_deref().and_then(|sid| {
                 self.parts
                     .iter()
-                    .find(|(_, p)| p.sid == sid && p.identity == grant.identity && p.room == grant.room)
+                    .find(|(_, p)| {
+                        p.sid == sid && p.identity == grant.identity && p.room == grant.room
+                    })
                     .map(|(k, _)| *k)
             });
             match key {
@@ -678,7 +844,10 @@ impl Engine {
                 None => {
                     // The session is gone (grace expired or never existed): tell the client to
                     // do a full reconnect, as the real server does for an unknown resume.
-                    let msg = leave(proto::DisconnectReason::StateMismatch, proto::leave_request::Action::Reconnect);
+                    let msg = leave(
+                        proto::DisconnectReason::StateMismatch,
+                        proto::leave_request::Action::Reconnect,
+                    );
                     let _ = out.send(WsOut::Send(Box::new(SignalResponse { message: Some(msg) })));
                     let _ = out.send(WsOut::Close);
                 }
@@ -727,11 +896,19 @@ impl Engine {
             signal: Some(Signalling { conn, out }),
             signal_lost_at: None,
             last_ping: now,
-            media: Media::Remote { publisher: None, subscriber: Box::new(subscriber), early_candidates: Vec::new() },
+            media: Media::Remote {
+                publisher: None,
+                subscriber: Box::new(subscriber),
+                early_candidates: Vec::new(),
+            },
             tracks: Vec::new(),
             pending_tracks: Vec::new(),
             subscription_overrides: HashMap::new(),
-            counters: ParticipantCounters { room: room_name.clone(), identity: grant.identity.clone(), ..Default::default() },
+            counters: ParticipantCounters {
+                room: room_name.clone(),
+                identity: grant.identity.clone(),
+                ..Default::default()
+            },
         };
         self.parts.insert(key, p);
         self.conns.insert(conn, key);
@@ -751,8 +928,14 @@ impl Engine {
     }
 
     fn join_response(&self, key: Key) -> proto::JoinResponse {
-        let Some(p) = self.parts.get(&key) else { return Default::default() };
-        let others = self.rooms.get(&p.room).map(|r| r.members.as_slice()).unwrap_or_default();
+        let Some(p) = self.parts.get(&key) else {
+            return Default::default();
+        };
+        let others = self
+            .rooms
+            .get(&p.room)
+            .map(|r| r.members.as_slice())
+            .unwrap_or_default();
         proto::JoinResponse {
             room: self.room_info(&p.room),
             participant: Some(p.info()),
@@ -768,7 +951,10 @@ impl Engine {
             ping_timeout: self.cfg.ping_timeout.as_secs() as i32,
             ping_interval: self.cfg.ping_interval.as_secs() as i32,
             server_info: Some(server_info()),
-            enabled_publish_codecs: vec![proto::Codec { mime: "audio/opus".into(), fmtp_line: String::new() }],
+            enabled_publish_codecs: vec![proto::Codec {
+                mime: "audio/opus".into(),
+                fmtp_line: String::new(),
+            }],
             fast_publish: true,
             ..Default::default()
         }
@@ -776,7 +962,8 @@ impl Engine {
 
     fn room_info(&self, room: &str) -> Option<proto::Room> {
         let r = self.rooms.get(room)?;
-        let members: Vec<&Participant> = r.members.iter().filter_map(|k| self.parts.get(k)).collect();
+        let members: Vec<&Participant> =
+            r.members.iter().filter_map(|k| self.parts.get(k)).collect();
         Some(proto::Room {
             sid: r.sid.clone(),
             name: r.name.clone(),
@@ -792,13 +979,24 @@ impl Engine {
 
     fn resume(&mut self, key: Key, conn: ConnId, out: mpsc::UnboundedSender<WsOut>, now: Instant) {
         let others: Vec<ParticipantInfo> = {
-            let Some(p) = self.parts.get(&key) else { return };
+            let Some(p) = self.parts.get(&key) else {
+                return;
+            };
             self.rooms
                 .get(&p.room)
-                .map(|r| r.members.iter().filter(|k| **k != key).filter_map(|k| self.parts.get(k)).map(Participant::info).collect())
+                .map(|r| {
+                    r.members
+                        .iter()
+                        .filter(|k| **k != key)
+                        .filter_map(|k| self.parts.get(k))
+                        .map(Participant::info)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
-        let Some(p) = self.parts.get_mut(&key) else { return };
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
         if let Some(old) = p.signal.take() {
             self.conns.remove(&old.conn);
             let _ = old.out.send(WsOut::Close);
@@ -806,7 +1004,11 @@ impl Engine {
         p.signal = Some(Signalling { conn, out });
         p.signal_lost_at = None;
         p.last_ping = now;
-        p.state = if p.peer_mut(Role::Subscriber).is_some_and(|s| s.connected) { State::Active } else { State::Joined };
+        p.state = if p.peer_mut(Role::Subscriber).is_some_and(|s| s.connected) {
+            State::Active
+        } else {
+            State::Joined
+        };
         self.conns.insert(conn, key);
         p.send(Resp::Reconnect(proto::ReconnectResponse {
             ice_servers: self.cfg.ice_servers.clone(),
@@ -814,7 +1016,9 @@ impl Engine {
             server_info: Some(server_info()),
             last_message_seq: 0,
         }));
-        p.send(Resp::Update(proto::ParticipantUpdate { participants: others }));
+        p.send(Resp::Update(proto::ParticipantUpdate {
+            participants: others,
+        }));
         if let Media::Remote { subscriber, .. } = &mut p.media {
             subscriber.request_ice_restart();
         }
@@ -824,7 +1028,9 @@ impl Engine {
     }
 
     fn signal(&mut self, key: Key, msg: Req, now: Instant) {
-        let Some(p) = self.parts.get_mut(&key) else { return };
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
         match msg {
             Req::Offer(sd) => self.publisher_offer(key, &sd, now),
             Req::Answer(sd) => {
@@ -837,8 +1043,15 @@ impl Engine {
                 self.offer_subscriber(key);
             }
             Req::Trickle(t) => {
-                let Some(cand) = peer::parse_candidate_init(&t.candidate_init) else { return };
-                if let Media::Remote { publisher, subscriber, early_candidates } = &mut p.media {
+                let Some(cand) = peer::parse_candidate_init(&t.candidate_init) else {
+                    return;
+                };
+                if let Media::Remote {
+                    publisher,
+                    subscriber,
+                    early_candidates,
+                } = &mut p.media
+                {
                     if t.target == proto::SignalTarget::Subscriber as i32 {
                         subscriber.peer.rtc.add_remote_candidate(cand);
                         self.mark(key, Role::Subscriber);
@@ -861,13 +1074,20 @@ impl Engine {
                     name: add.name.clone(),
                     muted: add.muted,
                     source: add.source,
-                    mime_type: if add.r#type == proto::TrackType::Audio as i32 { "audio/opus".into() } else { String::new() },
+                    mime_type: if add.r#type == proto::TrackType::Audio as i32 {
+                        "audio/opus".into()
+                    } else {
+                        String::new()
+                    },
                     disable_red: add.disable_red,
                     stream: add.stream.clone(),
                     audio_features: add.audio_features.clone(),
                     ..Default::default()
                 };
-                p.send(Resp::TrackPublished(proto::TrackPublishedResponse { cid: add.cid.clone(), track: Some(info.clone()) }));
+                p.send(Resp::TrackPublished(proto::TrackPublishedResponse {
+                    cid: add.cid.clone(),
+                    track: Some(info.clone()),
+                }));
                 p.pending_tracks.push(info);
             }
             Req::Mute(m) => {
@@ -902,7 +1122,10 @@ impl Engine {
             }
             Req::PingReq(ping) => {
                 p.last_ping = now;
-                p.send(Resp::PongResp(proto::Pong { last_ping_timestamp: ping.timestamp, timestamp: unix_ms(SystemTime::now()) }));
+                p.send(Resp::PongResp(proto::Pong {
+                    last_ping_timestamp: ping.timestamp,
+                    timestamp: unix_ms(SystemTime::now()),
+                }));
             }
             Req::UpdateMetadata(u) => {
                 if !p.grant_update_metadata {
@@ -948,8 +1171,17 @@ impl Engine {
 
     fn publisher_offer(&mut self, key: Key, sd: &proto::SessionDescription, now: Instant) {
         let local = self.local_addr;
-        let Some(p) = self.parts.get_mut(&key) else { return };
-        let Media::Remote { publisher, early_candidates, .. } = &mut p.media else { return };
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
+        let Media::Remote {
+            publisher,
+            early_candidates,
+            ..
+        } = &mut p.media
+        else {
+            return;
+        };
         let first = publisher.is_none();
         if first {
             match Peer::new(local, now) {
@@ -965,7 +1197,9 @@ impl Engine {
                 }
             }
         }
-        let Some(pe) = publisher.as_deref_mut() else { return };
+        let Some(pe) = publisher.as_deref_mut() else {
+            return;
+        };
         match peer::answer_offer(pe, &sd.sdp) {
             Ok(answer) => {
                 if p.state == State::Joining {
@@ -995,11 +1229,22 @@ impl Engine {
     /// Send the next subscriber offer if one is due.
     fn offer_subscriber(&mut self, key: Key) {
         let local = self.local_addr;
-        let Some(p) = self.parts.get_mut(&key) else { return };
-        let Media::Remote { subscriber, .. } = &mut p.media else { return };
-        let Some((sdp, id, mids)) = subscriber.next_offer() else { return };
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
+        let Media::Remote { subscriber, .. } = &mut p.media else {
+            return;
+        };
+        let Some((sdp, id, mids)) = subscriber.next_offer() else {
+            return;
+        };
         let first = !std::mem::replace(&mut subscriber.trickled, true);
-        p.send(Resp::Offer(proto::SessionDescription { r#type: "offer".into(), sdp, id, mid_to_track_id: mids }));
+        p.send(Resp::Offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp,
+            id,
+            mid_to_track_id: mids,
+        }));
         if first {
             if let Some(c) = local_candidate(local) {
                 p.send(Resp::Trickle(proto::TrickleRequest {
@@ -1017,7 +1262,9 @@ impl Engine {
     fn handle_event(&mut self, key: Key, role: Role, e: Event, now: Instant) {
         match e {
             Event::Connected => {
-                let Some(p) = self.parts.get_mut(&key) else { return };
+                let Some(p) = self.parts.get_mut(&key) else {
+                    return;
+                };
                 if let Some(pe) = p.peer_mut(role) {
                     pe.connected = true;
                 }
@@ -1036,8 +1283,15 @@ impl Engine {
                 self.publish_track(key, m.mid);
             }
             Event::MediaData(d) if role == Role::Publisher => {
-                let Some(p) = self.parts.get_mut(&key) else { return };
-                let Some(track_sid) = p.tracks.iter().find(|t| t.mid == Some(d.mid)).map(|t| t.info.sid.clone()) else {
+                let Some(p) = self.parts.get_mut(&key) else {
+                    return;
+                };
+                let Some(track_sid) = p
+                    .tracks
+                    .iter()
+                    .find(|t| t.mid == Some(d.mid))
+                    .map(|t| t.info.sid.clone())
+                else {
                     return;
                 };
                 p.counters.packets_in += 1;
@@ -1050,9 +1304,14 @@ impl Engine {
                 }
             }
             Event::ChannelData(cd) => {
-                let Some(p) = self.parts.get_mut(&key) else { return };
+                let Some(p) = self.parts.get_mut(&key) else {
+                    return;
+                };
                 let Some(pe) = p.peer_mut(role) else { return };
-                let lossy = pe.channels.iter().any(|(l, id)| *id == cd.id && l == LOSSY_LABEL);
+                let lossy = pe
+                    .channels
+                    .iter()
+                    .any(|(l, id)| *id == cd.id && l == LOSSY_LABEL);
                 match DataPacket::decode(cd.data.as_slice()) {
                     Ok(pkt) => {
                         if p.grant_publish_data {
@@ -1069,17 +1328,26 @@ impl Engine {
     /// A new audio m-line appeared on `key`'s publisher PC: bind it to the oldest pending
     /// AddTrack, announce the track and subscribe everyone else to it.
     fn publish_track(&mut self, key: Key, mid: Mid) {
-        let Some(p) = self.parts.get_mut(&key) else { return };
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
         if p.tracks.iter().any(|t| t.mid == Some(mid)) {
             return;
         }
-        let Some(idx) = p.pending_tracks.iter().position(|t| t.r#type == proto::TrackType::Audio as i32) else {
+        let Some(idx) = p
+            .pending_tracks
+            .iter()
+            .position(|t| t.r#type == proto::TrackType::Audio as i32)
+        else {
             tracing::debug!(identity = %p.identity, "audio m-line without AddTrack ignored");
             return;
         };
         let mut info = p.pending_tracks.remove(idx);
         info.mid = mid.to_string();
-        p.tracks.push(PublishedTrack { info, mid: Some(mid) });
+        p.tracks.push(PublishedTrack {
+            info,
+            mid: Some(mid),
+        });
         p.version += 1;
         self.broadcast_participant(key, true);
         self.subscribe_others_to(key);
@@ -1090,23 +1358,52 @@ impl Engine {
     // ------------------------------------------------------------ forwarding
 
     /// Forward one Opus payload of `from`'s track to every other subscriber in the room.
-    fn forward(&mut self, from: Key, track_sid: &str, data: &Arc<[u8]>, time: MediaTime, now: Instant) {
-        let Some(room) = self.parts.get(&from).map(|p| p.room.clone()) else { return };
-        let Some(members) = self.rooms.get_mut(&room).map(|r| std::mem::take(&mut r.members)) else { return };
-        let from_identity = self.parts.get(&from).map(|p| p.identity.clone()).unwrap_or_default();
+    fn forward(
+        &mut self,
+        from: Key,
+        track_sid: &str,
+        data: &Arc<[u8]>,
+        time: MediaTime,
+        now: Instant,
+    ) {
+        let Some(room) = self.parts.get(&from).map(|p| p.room.clone()) else {
+            return;
+        };
+        let Some(members) = self
+            .rooms
+            .get_mut(&room)
+            .map(|r| std::mem::take(&mut r.members))
+        else {
+            return;
+        };
+        let from_identity = self
+            .parts
+            .get(&from)
+            .map(|p| p.identity.clone())
+            .unwrap_or_default();
         for &to in &members {
             if to == from {
                 continue;
             }
-            let Some(p) = self.parts.get_mut(&to) else { continue };
+            let Some(p) = self.parts.get_mut(&to) else {
+                continue;
+            };
             match &mut p.media {
                 Media::Remote { subscriber, .. } => {
-                    let Some(&mid) = subscriber.track_mids.get(track_sid) else { continue };
+                    let Some(&mid) = subscriber.track_mids.get(track_sid) else {
+                        continue;
+                    };
                     if !subscriber.peer.connected {
                         continue;
                     }
-                    let pt = subscriber.peer.rtc.writer(mid).and_then(|w| w.payload_params().next().map(|pp| pp.pt()));
-                    let (Some(pt), Some(w)) = (pt, subscriber.peer.rtc.writer(mid)) else { continue };
+                    let pt = subscriber
+                        .peer
+                        .rtc
+                        .writer(mid)
+                        .and_then(|w| w.payload_params().next().map(|pp| pp.pt()));
+                    let (Some(pt), Some(w)) = (pt, subscriber.peer.rtc.writer(mid)) else {
+                        continue;
+                    };
                     match w.write(pt, now, time, data.clone()) {
                         Ok(()) => {
                             p.counters.packets_out += 1;
@@ -1137,13 +1434,22 @@ impl Engine {
     fn synthetic_frames(&mut self, now: Instant) {
         let mut frames = Vec::new();
         for (key, p) in self.parts.iter_mut() {
-            let Media::Synthetic(s) = &mut p.media else { continue };
-            let Some(track) = p.tracks.first() else { continue };
+            let Media::Synthetic(s) = &mut p.media else {
+                continue;
+            };
+            let Some(track) = p.tracks.first() else {
+                continue;
+            };
             match s.next_frame() {
                 Ok(f) => {
                     p.counters.packets_in += 1;
                     p.counters.bytes_in += f.len() as u64;
-                    frames.push((*key, track.info.sid.clone(), f, MediaTime::new(s.rtp_time, str0m::media::Frequency::FORTY_EIGHT_KHZ)));
+                    frames.push((
+                        *key,
+                        track.info.sid.clone(),
+                        f,
+                        MediaTime::new(s.rtp_time, str0m::media::Frequency::FORTY_EIGHT_KHZ),
+                    ));
                 }
                 Err(e) => tracing::warn!("synthetic encode: {e}"),
             }
@@ -1158,13 +1464,19 @@ impl Engine {
     /// Stamp the sender on a data packet, record it in the room and deliver it to its
     /// destinations (everyone else when none are named) on the same kind of channel.
     fn route_data(&mut self, from: Key, mut pkt: DataPacket, lossy: bool) {
-        let Some(sender) = self.parts.get_mut(&from) else { return };
+        let Some(sender) = self.parts.get_mut(&from) else {
+            return;
+        };
         sender.counters.data_in += 1;
         pkt.participant_identity = sender.identity.clone();
         pkt.participant_sid = sender.sid.clone();
         #[allow(deprecated)]
         {
-            pkt.kind = if lossy { proto::data_packet::Kind::Lossy as i32 } else { proto::data_packet::Kind::Reliable as i32 };
+            pkt.kind = if lossy {
+                proto::data_packet::Kind::Lossy as i32
+            } else {
+                proto::data_packet::Kind::Reliable as i32
+            };
         }
         let mut destinations = pkt.destination_identities.clone();
         if let Some(proto::data_packet::Value::User(u)) = &mut pkt.value {
@@ -1179,7 +1491,9 @@ impl Engine {
         }
         let room = sender.room.clone();
         let bytes = pkt.encode_to_vec();
-        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
         if r.data.len() < MAX_ROOM_DATA {
             r.data.push(pkt.clone());
         }
@@ -1188,7 +1502,9 @@ impl Engine {
             if to == from {
                 continue;
             }
-            let Some(p) = self.parts.get_mut(&to) else { continue };
+            let Some(p) = self.parts.get_mut(&to) else {
+                continue;
+            };
             if !destinations.is_empty() && !destinations.contains(&p.identity) {
                 continue;
             }
@@ -1221,21 +1537,38 @@ impl Engine {
     // ------------------------------------------------------------ membership
 
     fn find(&self, room: &str, identity: &str) -> Option<Key> {
-        self.rooms.get(room)?.members.iter().copied().find(|k| self.parts.get(k).is_some_and(|p| p.identity == identity))
+        self.rooms
+            .get(room)?
+            .members
+            .iter()
+            .copied()
+            .find(|k| self.parts.get(k).is_some_and(|p| p.identity == identity))
     }
 
-    fn add_synthetic(&mut self, room_name: &str, identity: &str, signal: Signal, recording: SharedRecording, now: Instant) -> Result<String, String> {
+    fn add_synthetic(
+        &mut self,
+        room_name: &str,
+        identity: &str,
+        signal: Signal,
+        recording: SharedRecording,
+        now: Instant,
+    ) -> Result<String, String> {
         if self.find(room_name, identity).is_some() {
-            return Err(format!("identity {identity} is already in room {room_name}"));
+            return Err(format!(
+                "identity {identity} is already in room {room_name}"
+            ));
         }
         let synth = Synthetic::new(signal, recording).map_err(|e| e.to_string())?;
-        let room = self.rooms.entry(room_name.to_owned()).or_insert_with(|| Room {
-            sid: random_id("RM_"),
-            name: room_name.to_owned(),
-            created: SystemTime::now(),
-            members: Vec::new(),
-            data: Vec::new(),
-        });
+        let room = self
+            .rooms
+            .entry(room_name.to_owned())
+            .or_insert_with(|| Room {
+                sid: random_id("RM_"),
+                name: room_name.to_owned(),
+                created: SystemTime::now(),
+                members: Vec::new(),
+                data: Vec::new(),
+            });
         let key = Key(self.next_key);
         self.next_key += 1;
         room.members.push(key);
@@ -1271,10 +1604,17 @@ impl Engine {
                 signal_lost_at: None,
                 last_ping: now,
                 media: Media::Synthetic(Box::new(synth)),
-                tracks: vec![PublishedTrack { info: track, mid: None }],
+                tracks: vec![PublishedTrack {
+                    info: track,
+                    mid: None,
+                }],
                 pending_tracks: Vec::new(),
                 subscription_overrides: HashMap::new(),
-                counters: ParticipantCounters { room: room_name.to_owned(), identity: identity.to_owned(), ..Default::default() },
+                counters: ParticipantCounters {
+                    room: room_name.to_owned(),
+                    identity: identity.to_owned(),
+                    ..Default::default()
+                },
             },
         );
         self.broadcast_participant(key, false);
@@ -1284,12 +1624,18 @@ impl Engine {
     }
 
     fn wants(p: &Participant, track_sid: &str) -> bool {
-        p.grant_subscribe && p.subscription_overrides.get(track_sid).copied().unwrap_or(p.auto_subscribe)
+        p.grant_subscribe
+            && p.subscription_overrides
+                .get(track_sid)
+                .copied()
+                .unwrap_or(p.auto_subscribe)
     }
 
     /// Subscribe the newly joined `key` to every track already published in its room.
     fn subscribe_existing(&mut self, key: Key) {
-        let Some(room) = self.parts.get(&key).map(|p| p.room.clone()) else { return };
+        let Some(room) = self.parts.get(&key).map(|p| p.room.clone()) else {
+            return;
+        };
         let tracks: Vec<(String, String)> = self
             .rooms
             .get(&room)
@@ -1298,11 +1644,17 @@ impl Engine {
                     .iter()
                     .filter(|k| **k != key)
                     .filter_map(|k| self.parts.get(k))
-                    .flat_map(|o| o.tracks.iter().map(move |t| (t.info.sid.clone(), o.sid.clone())))
+                    .flat_map(|o| {
+                        o.tracks
+                            .iter()
+                            .map(move |t| (t.info.sid.clone(), o.sid.clone()))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let Some(p) = self.parts.get_mut(&key) else { return };
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
         let want: Vec<bool> = tracks.iter().map(|(t, _)| Self::wants(p, t)).collect();
         if let Media::Remote { subscriber, .. } = &mut p.media {
             for ((track, psid), w) in tracks.iter().zip(want) {
@@ -1315,15 +1667,23 @@ impl Engine {
 
     /// `key` published something: every other remote participant gets it on its subscriber PC.
     fn subscribe_others_to(&mut self, key: Key) {
-        let Some(p) = self.parts.get(&key) else { return };
+        let Some(p) = self.parts.get(&key) else {
+            return;
+        };
         let tracks: Vec<String> = p.tracks.iter().map(|t| t.info.sid.clone()).collect();
         let psid = p.sid.clone();
-        let members = self.rooms.get(&p.room).map(|r| r.members.clone()).unwrap_or_default();
+        let members = self
+            .rooms
+            .get(&p.room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
         for to in members {
             if to == key {
                 continue;
             }
-            let Some(o) = self.parts.get_mut(&to) else { continue };
+            let Some(o) = self.parts.get_mut(&to) else {
+                continue;
+            };
             let want: Vec<bool> = tracks.iter().map(|t| Self::wants(o, t)).collect();
             if let Media::Remote { subscriber, .. } = &mut o.media {
                 for (t, w) in tracks.iter().zip(want) {
@@ -1338,7 +1698,9 @@ impl Engine {
 
     /// Re-evaluate `key`'s explicit subscriptions (UpdateSubscription).
     fn apply_subscriptions(&mut self, key: Key) {
-        let Some(room) = self.parts.get(&key).map(|p| p.room.clone()) else { return };
+        let Some(room) = self.parts.get(&key).map(|p| p.room.clone()) else {
+            return;
+        };
         let tracks: Vec<(String, String)> = self
             .rooms
             .get(&room)
@@ -1347,11 +1709,17 @@ impl Engine {
                     .iter()
                     .filter(|k| **k != key)
                     .filter_map(|k| self.parts.get(k))
-                    .flat_map(|o| o.tracks.iter().map(move |t| (t.info.sid.clone(), o.sid.clone())))
+                    .flat_map(|o| {
+                        o.tracks
+                            .iter()
+                            .map(move |t| (t.info.sid.clone(), o.sid.clone()))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let Some(p) = self.parts.get_mut(&key) else { return };
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
         let want: Vec<bool> = tracks.iter().map(|(t, _)| Self::wants(p, t)).collect();
         if let Media::Remote { subscriber, .. } = &mut p.media {
             for ((t, psid), w) in tracks.iter().zip(want) {
@@ -1369,14 +1737,23 @@ impl Engine {
     /// with action RECONNECT, and the participant is removed.
     fn full_reconnect(&mut self, key: Key) {
         if let Some(p) = self.parts.get_mut(&key) {
-            p.send(leave(proto::DisconnectReason::StateMismatch, proto::leave_request::Action::Reconnect));
+            p.send(leave(
+                proto::DisconnectReason::StateMismatch,
+                proto::leave_request::Action::Reconnect,
+            ));
         }
         self.remove(key, proto::DisconnectReason::StateMismatch, false);
     }
 
     /// Take `key` out of its room. With `send_leave`, the participant is told why first.
     fn remove(&mut self, key: Key, reason: proto::DisconnectReason, send_leave: bool) {
-        let Some(mut p) = self.parts.remove(&key) else { return };
+        let Some(mut p) = self.parts.remove(&key) else {
+            return;
+        };
+        if self.departed.len() == DEPARTED_KEPT {
+            self.departed.pop_front();
+        }
+        self.departed.push_back((p.room.clone(), p.snapshot()));
         if send_leave {
             p.send(leave(reason, proto::leave_request::Action::Disconnect));
         }
@@ -1385,7 +1762,12 @@ impl Engine {
         self.by_addr.retain(|_, (k, _)| *k != key);
         self.dirty.retain(|(k, _)| *k != key);
         self.blackholed.remove(&key);
-        if let Media::Remote { publisher, subscriber, .. } = &mut p.media {
+        if let Media::Remote {
+            publisher,
+            subscriber,
+            ..
+        } = &mut p.media
+        {
             if let Some(pb) = publisher {
                 pb.rtc.disconnect();
             }
@@ -1406,13 +1788,17 @@ impl Engine {
         info.version += 1;
         info.tracks.clear();
         for to in &members {
-            let Some(o) = self.parts.get_mut(to) else { continue };
+            let Some(o) = self.parts.get_mut(to) else {
+                continue;
+            };
             if let Media::Remote { subscriber, .. } = &mut o.media {
                 for t in &track_sids {
                     subscriber.remove_track(t);
                 }
             }
-            o.send(Resp::Update(proto::ParticipantUpdate { participants: vec![info.clone()] }));
+            o.send(Resp::Update(proto::ParticipantUpdate {
+                participants: vec![info.clone()],
+            }));
         }
         for to in &members {
             self.offer_subscriber(*to);
@@ -1427,25 +1813,37 @@ impl Engine {
 
     /// ParticipantUpdate with `key`'s info to the others (and to itself with `include_self`).
     fn broadcast_participant(&mut self, key: Key, include_self: bool) {
-        let Some(p) = self.parts.get(&key) else { return };
+        let Some(p) = self.parts.get(&key) else {
+            return;
+        };
         let info = p.info();
-        let Some(r) = self.rooms.get(&p.room) else { return };
+        let Some(r) = self.rooms.get(&p.room) else {
+            return;
+        };
         for to in &r.members {
             if *to == key && !include_self {
                 continue;
             }
             if let Some(o) = self.parts.get(to) {
-                o.send(Resp::Update(proto::ParticipantUpdate { participants: vec![info.clone()] }));
+                o.send(Resp::Update(proto::ParticipantUpdate {
+                    participants: vec![info.clone()],
+                }));
             }
         }
     }
 
     fn broadcast_room_update(&mut self, room: &str) {
-        let Some(info) = self.room_info(room) else { return };
-        let Some(r) = self.rooms.get(room) else { return };
+        let Some(info) = self.room_info(room) else {
+            return;
+        };
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
         for k in &r.members {
             if let Some(o) = self.parts.get(k) {
-                o.send(Resp::RoomUpdate(proto::RoomUpdate { room: Some(info.clone()) }));
+                o.send(Resp::RoomUpdate(proto::RoomUpdate {
+                    room: Some(info.clone()),
+                }));
             }
         }
     }

@@ -117,7 +117,13 @@ impl ServerOptions {
     /// Loopback, ephemeral ports, livekit-server's default timings.
     pub fn new(api_key: &str, api_secret: &str) -> Self {
         let lo: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self { api_key: api_key.into(), api_secret: api_secret.into(), listen: lo, udp: lo, engine: EngineConfig::default() }
+        Self {
+            api_key: api_key.into(),
+            api_secret: api_secret.into(),
+            listen: lo,
+            udp: lo,
+            engine: EngineConfig::default(),
+        }
     }
 }
 
@@ -157,15 +163,19 @@ impl TestServer {
         let engine = Engine::new(opts.engine.clone(), udp_addr, Instant::now());
         // The engine gets a thread of its own so that tests' client tasks in the same process
         // cannot delay its timers.
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("lkserver-engine".into()).spawn(move || {
-            runtime.block_on(async move {
-                match UdpSocket::from_std(socket) {
-                    Ok(socket) => run_engine(engine, socket, rx).await,
-                    Err(e) => tracing::error!("engine socket: {e}"),
-                }
-            })
-        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("lkserver-engine".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match UdpSocket::from_std(socket) {
+                        Ok(socket) => run_engine(engine, socket, rx).await,
+                        Err(e) => tracing::error!("engine socket: {e}"),
+                    }
+                })
+            })?;
         let tokens = token::TokenCheck::new(&opts.api_key, &opts.api_secret);
         let tasks = vec![tokio::spawn(signal::serve(listener, tokens, cmd.clone()))];
         Ok(TestServer {
@@ -198,12 +208,19 @@ impl TestServer {
         AccessToken::with_api_key(&self.api_key, &self.api_secret)
             .with_identity(identity)
             .with_ttl(Duration::from_secs(600))
-            .with_grants(VideoGrants { room_join: true, room: room.into(), ..Default::default() })
+            .with_grants(VideoGrants {
+                room_join: true,
+                room: room.into(),
+                ..Default::default()
+            })
             .to_jwt()
             .map_err(|e| ServerError::Token(e.to_string()))
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ServerError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ServerError> {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(make(tx)).map_err(|_| ServerError::Stopped)?;
         rx.await.map_err(|_| ServerError::Stopped)
@@ -211,7 +228,11 @@ impl TestServer {
 
     /// Everyone in `room` (empty if the room does not exist), in join order.
     pub async fn participants(&self, room: &str) -> Result<Vec<ParticipantSnapshot>, ServerError> {
-        self.ask(|reply| Command::Participants { room: room.into(), reply }).await
+        self.ask(|reply| Command::Participants {
+            room: room.into(),
+            reply,
+        })
+        .await
     }
 
     /// Poll `participants(room)` until one matches `pred`, or `None` after `timeout`.
@@ -235,7 +256,12 @@ impl TestServer {
 
     /// Put an in-process participant in `room` that publishes `signal` as 48 kHz Opus, every
     /// 20 ms, and records what is forwarded to it.
-    pub async fn add_synthetic_participant(&self, room: &str, identity: &str, signal: Signal) -> Result<SyntheticParticipant, ServerError> {
+    pub async fn add_synthetic_participant(
+        &self,
+        room: &str,
+        identity: &str,
+        signal: Signal,
+    ) -> Result<SyntheticParticipant, ServerError> {
         let recording: SharedRecording = Arc::new(Mutex::new(Recording::default()));
         let sid = self
             .ask(|reply| Command::AddSynthetic {
@@ -247,31 +273,57 @@ impl TestServer {
             })
             .await?
             .map_err(ServerError::Refused)?;
-        Ok(SyntheticParticipant { identity: identity.into(), sid, recording, cmd: self.cmd.clone() })
+        Ok(SyntheticParticipant {
+            identity: identity.into(),
+            sid,
+            recording,
+            cmd: self.cmd.clone(),
+        })
     }
 
     /// Delete the room: every participant gets `LeaveRequest{reason: ROOM_DELETED}` and its
     /// signal connection is closed. `false` if there was no such room.
     pub async fn close_room(&self, room: &str) -> Result<bool, ServerError> {
-        self.ask(|reply| Command::CloseRoom { room: room.into(), reply }).await
+        self.ask(|reply| Command::CloseRoom {
+            room: room.into(),
+            reply,
+        })
+        .await
     }
 
     /// Remove one participant: `LeaveRequest{reason: PARTICIPANT_REMOVED}` to it, a
     /// `ParticipantUpdate` (DISCONNECTED) to the others.
-    pub async fn remove_participant(&self, room: &str, identity: &str) -> Result<bool, ServerError> {
-        self.ask(|reply| Command::RemoveParticipant { room: room.into(), identity: identity.into(), reply }).await
+    pub async fn remove_participant(
+        &self,
+        room: &str,
+        identity: &str,
+    ) -> Result<bool, ServerError> {
+        self.ask(|reply| Command::RemoveParticipant {
+            room: room.into(),
+            identity: identity.into(),
+            reply,
+        })
+        .await
     }
 
     /// Close `identity`'s signal WebSocket without a Leave, as a network failure would; the
     /// participant stays for `resume_grace`, waiting for `reconnect=1&sid=`.
     pub async fn drop_websocket(&self, identity: &str) -> Result<bool, ServerError> {
-        self.ask(|reply| Command::DropWebsocket { identity: identity.into(), reply }).await
+        self.ask(|reply| Command::DropWebsocket {
+            identity: identity.into(),
+            reply,
+        })
+        .await
     }
 
     /// Fail `identity`'s peer connections server-side: `LeaveRequest{action: RECONNECT}` and
     /// the participant is removed, so the client must join again (LiveKit's full reconnect).
     pub async fn kill_peer_connection(&self, identity: &str) -> Result<bool, ServerError> {
-        self.ask(|reply| Command::KillPeerConnection { identity: identity.into(), reply }).await
+        self.ask(|reply| Command::KillPeerConnection {
+            identity: identity.into(),
+            reply,
+        })
+        .await
     }
 
     /// Packet counters of every participant, sorted by (room, identity).
@@ -282,7 +334,22 @@ impl TestServer {
     /// Drop all of `identity`'s UDP traffic, both ways, while `on` (a network outage with the
     /// signal connection still up: ICE consent fails, media stops). `false` if unknown.
     pub async fn blackhole_media(&self, identity: &str, on: bool) -> Result<bool, ServerError> {
-        self.ask(|reply| Command::Blackhole { identity: identity.into(), on, reply }).await
+        self.ask(|reply| Command::Blackhole {
+            identity: identity.into(),
+            on,
+            reply,
+        })
+        .await
+    }
+
+    /// Participants that left `room` (the last 1024 departures of the server), oldest
+    /// first, as they were when they left: their last attributes, name and metadata.
+    pub async fn departed(&self, room: &str) -> Result<Vec<ParticipantSnapshot>, ServerError> {
+        self.ask(|reply| Command::Departed {
+            room: room.into(),
+            reply,
+        })
+        .await
     }
 
     /// Engine busy time and datagram counts since start.
@@ -292,7 +359,11 @@ impl TestServer {
 
     /// Every data packet the server received in `room` (sender stamped), in arrival order.
     pub async fn data_packets(&self, room: &str) -> Result<Vec<proto::DataPacket>, ServerError> {
-        self.ask(|reply| Command::DataPackets { room: room.into(), reply }).await
+        self.ask(|reply| Command::DataPackets {
+            room: room.into(),
+            reply,
+        })
+        .await
     }
 }
 
@@ -322,7 +393,11 @@ impl SyntheticParticipant {
     /// What was heard from one participant, 48 kHz mono, in arrival order (lost packets are
     /// simply missing; no concealment).
     pub fn received_audio_from(&self, identity: &str) -> Vec<i16> {
-        synthetic::lock(&self.recording).audio.get(identity).cloned().unwrap_or_default()
+        synthetic::lock(&self.recording)
+            .audio
+            .get(identity)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Identities heard, in the order first heard.
@@ -339,23 +414,40 @@ impl SyntheticParticipant {
     pub async fn set_signal(&self, signal: Signal) -> Result<bool, ServerError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
-            .send(Command::SetSignal { identity: self.identity.clone(), signal, reply: tx })
+            .send(Command::SetSignal {
+                identity: self.identity.clone(),
+                signal,
+                reply: tx,
+            })
             .map_err(|_| ServerError::Stopped)?;
         rx.await.map_err(|_| ServerError::Stopped)
     }
 
     /// Send a data packet into the room from this participant (reliable unless `lossy`).
-    pub async fn send_data(&self, packet: proto::DataPacket, lossy: bool) -> Result<bool, ServerError> {
+    pub async fn send_data(
+        &self,
+        packet: proto::DataPacket,
+        lossy: bool,
+    ) -> Result<bool, ServerError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
-            .send(Command::SyntheticData { identity: self.identity.clone(), packet: Box::new(packet), lossy, reply: tx })
+            .send(Command::SyntheticData {
+                identity: self.identity.clone(),
+                packet: Box::new(packet),
+                lossy,
+                reply: tx,
+            })
             .map_err(|_| ServerError::Stopped)?;
         rx.await.map_err(|_| ServerError::Stopped)
     }
 }
 
 /// The engine's driver: one task, one UDP socket, all peer connections.
-async fn run_engine(mut engine: Engine, socket: UdpSocket, mut rx: mpsc::UnboundedReceiver<Command>) {
+async fn run_engine(
+    mut engine: Engine,
+    socket: UdpSocket,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
     let mut buf = vec![0u8; 2048];
     loop {
         let deadline = engine.next_deadline();

@@ -49,10 +49,20 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub(crate) fn new(local: SocketAddr, now: Instant) -> Result<Self, PeerError> {
-        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).build(now);
-        let cand = Candidate::host(local, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
+        let cand =
+            Candidate::host(local, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
         rtc.add_local_candidate(cand);
-        Ok(Self { rtc, next_timeout: now, dirty: true, connected: false, channels: HashMap::new() })
+        Ok(Self {
+            rtc,
+            next_timeout: now,
+            dirty: true,
+            connected: false,
+            channels: HashMap::new(),
+        })
     }
 
     pub(crate) fn channel_for(&self, label: &str) -> Option<ChannelId> {
@@ -94,16 +104,22 @@ impl Subscriber {
     /// Queue a sendonly m-line for `track_sid`; the msid stream id is `participant_sid|track_sid`
     /// as LiveKit writes it, the msid track id is the track sid.
     pub(crate) fn add_track(&mut self, track_sid: &str, participant_sid: &str) {
-        if self.track_mids.contains_key(track_sid) || self.to_add.iter().any(|(t, _)| t == track_sid) {
+        if self.track_mids.contains_key(track_sid)
+            || self.to_add.iter().any(|(t, _)| t == track_sid)
+        {
             return;
         }
         self.to_remove.retain(|t| t != track_sid);
-        self.to_add.push((track_sid.to_owned(), format!("{participant_sid}|{track_sid}")));
+        self.to_add.push((
+            track_sid.to_owned(),
+            format!("{participant_sid}|{track_sid}"),
+        ));
     }
 
     pub(crate) fn remove_track(&mut self, track_sid: &str) {
         self.to_add.retain(|(t, _)| t != track_sid);
-        if self.track_mids.contains_key(track_sid) && !self.to_remove.iter().any(|t| t == track_sid) {
+        if self.track_mids.contains_key(track_sid) && !self.to_remove.iter().any(|t| t == track_sid)
+        {
             self.to_remove.push(track_sid.to_owned());
         }
     }
@@ -118,12 +134,19 @@ impl Subscriber {
         if self.pending.is_some() {
             return None;
         }
-        if self.channels_added && self.to_add.is_empty() && self.to_remove.is_empty() && !self.ice_restart {
+        if self.channels_added
+            && self.to_add.is_empty()
+            && self.to_remove.is_empty()
+            && !self.ice_restart
+        {
             return None;
         }
         let mut api = self.peer.rtc.sdp_api();
         if !self.channels_added {
-            api.add_channel_with_config(ChannelConfig { label: RELIABLE_LABEL.into(), ..Default::default() });
+            api.add_channel_with_config(ChannelConfig {
+                label: RELIABLE_LABEL.into(),
+                ..Default::default()
+            });
             api.add_channel_with_config(ChannelConfig {
                 label: LOSSY_LABEL.into(),
                 ordered: false,
@@ -139,7 +162,13 @@ impl Subscriber {
             self.channels_added = true;
         }
         for (track_sid, stream_id) in self.to_add.drain(..) {
-            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(stream_id), Some(track_sid.clone()), None);
+            let mid = api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(stream_id),
+                Some(track_sid.clone()),
+                None,
+            );
             self.track_mids.insert(track_sid, mid);
         }
         for track_sid in self.to_remove.drain(..) {
@@ -154,7 +183,11 @@ impl Subscriber {
         self.pending = Some(pending);
         self.peer.dirty = true;
         self.offer_id += 1;
-        let mids = self.track_mids.iter().map(|(t, m)| (m.to_string(), t.clone())).collect();
+        let mids = self
+            .track_mids
+            .iter()
+            .map(|(t, m)| (m.to_string(), t.clone()))
+            .collect();
         Some((offer.to_sdp_string(), self.offer_id, mids))
     }
 

@@ -22,10 +22,16 @@ const MAX_HEAD: usize = 16 * 1024;
 /// A client that has not sent its request head by then is dropped.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn serve(listener: TcpListener, tokens: TokenCheck, engine: mpsc::UnboundedSender<Command>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tokens: TokenCheck,
+    engine: mpsc::UnboundedSender<Command>,
+) {
     let mut next_conn = 1u64;
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = ConnId(next_conn);
         next_conn += 1;
@@ -49,7 +55,10 @@ struct Head {
 
 impl Head {
     fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -89,12 +98,19 @@ fn parse_head(head: &[u8], len: usize) -> Option<Head> {
         .collect();
     let bearer = lines.filter_map(|l| l.split_once(':')).find_map(|(k, v)| {
         if k.trim().eq_ignore_ascii_case("authorization") {
-            v.trim().strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+            v.trim()
+                .strip_prefix("Bearer ")
+                .map(|t| t.trim().to_owned())
         } else {
             None
         }
     });
-    Some(Head { len, path: path.trim_end_matches('/').to_owned(), query, bearer })
+    Some(Head {
+        len,
+        path: path.trim_end_matches('/').to_owned(),
+        query,
+        bearer,
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -104,7 +120,9 @@ fn percent_decode(s: &str) -> String {
     while let Some(&b) = bytes.get(i) {
         match b {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(v) => {
                         out.push(v);
@@ -122,7 +140,12 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn respond(stream: &mut TcpStream, head_len: usize, status: u16, body: &str) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    head_len: usize,
+    status: u16,
+    body: &str,
+) -> std::io::Result<()> {
     let mut discard = vec![0u8; head_len];
     stream.read_exact(&mut discard).await?;
     let reason = match status {
@@ -141,9 +164,19 @@ async fn respond(stream: &mut TcpStream, head_len: usize, status: u16, body: &st
     stream.shutdown().await
 }
 
-async fn handle(mut stream: TcpStream, conn: ConnId, tokens: TokenCheck, engine: mpsc::UnboundedSender<Command>) -> std::io::Result<()> {
-    let Some(head) = read_head(&mut stream).await? else { return Ok(()) };
-    let token = head.param("access_token").map(str::to_owned).or_else(|| head.bearer.clone());
+async fn handle(
+    mut stream: TcpStream,
+    conn: ConnId,
+    tokens: TokenCheck,
+    engine: mpsc::UnboundedSender<Command>,
+) -> std::io::Result<()> {
+    let Some(head) = read_head(&mut stream).await? else {
+        return Ok(());
+    };
+    let token = head
+        .param("access_token")
+        .map(str::to_owned)
+        .or_else(|| head.bearer.clone());
     let checked = || tokens.check(token.as_deref(), head.param("room"));
     match head.path.as_str() {
         "/rtc/validate" => match checked() {
@@ -157,9 +190,15 @@ async fn handle(mut stream: TcpStream, conn: ConnId, tokens: TokenCheck, engine:
             };
             let params = JoinParams {
                 reconnect: matches!(head.param("reconnect"), Some("1" | "true")),
-                sid: head.param("sid").filter(|s| !s.is_empty()).map(str::to_owned),
+                sid: head
+                    .param("sid")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
                 auto_subscribe: !matches!(head.param("auto_subscribe"), Some("0" | "false")),
-                protocol: head.param("protocol").and_then(|p| p.parse().ok()).unwrap_or(0),
+                protocol: head
+                    .param("protocol")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0),
             };
             let ws = tokio_tungstenite::accept_async(stream)
                 .await
@@ -185,7 +224,15 @@ async fn session(
 ) {
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    if engine.send(Command::Connect { conn, grant: Box::new(grant), params, out: out_tx }).is_err() {
+    if engine
+        .send(Command::Connect {
+            conn,
+            grant: Box::new(grant),
+            params,
+            out: out_tx,
+        })
+        .is_err()
+    {
         return;
     }
     loop {

@@ -74,7 +74,9 @@ impl Recording {
                 *m += i32::from(*s);
             }
         }
-        mix.into_iter().map(|s| s.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16).collect()
+        mix.into_iter()
+            .map(|s| s.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16)
+            .collect()
     }
 }
 
@@ -108,8 +110,8 @@ pub(crate) struct CodecError(String);
 
 impl Synthetic {
     pub(crate) fn new(signal: Signal, recording: SharedRecording) -> Result<Self, CodecError> {
-        let mut encoder =
-            OpusEncoder::new(SAMPLE_RATE as i32, 1, Application::Voip).map_err(|e| CodecError(e.to_string()))?;
+        let mut encoder = OpusEncoder::new(SAMPLE_RATE as i32, 1, Application::Voip)
+            .map_err(|e| CodecError(e.to_string()))?;
         encoder.bitrate_bps = 32_000;
         Ok(Self {
             signal,
@@ -165,8 +167,11 @@ impl Synthetic {
             .encoder
             .encode_s16(&self.pcm, FRAME_SAMPLES, &mut self.packet)
             .map_err(|e| CodecError(e.to_string()))?;
-        let frame: Arc<[u8]> =
-            Arc::from(self.packet.get(..n).ok_or_else(|| CodecError("encoder overran its buffer".into()))?);
+        let frame: Arc<[u8]> = Arc::from(
+            self.packet
+                .get(..n)
+                .ok_or_else(|| CodecError("encoder overran its buffer".into()))?,
+        );
         if self.loops_each_second() {
             self.replay.push(frame.clone());
         }
@@ -186,7 +191,9 @@ impl Synthetic {
                 }
             }
         }
-        let Some(dec) = self.decoders.get_mut(from) else { return };
+        let Some(dec) = self.decoders.get_mut(from) else {
+            return;
+        };
         let max = self.decoded.len();
         match dec.decode_s16(payload, max, &mut self.decoded) {
             Ok(n) => {
@@ -209,16 +216,26 @@ mod tests {
 
     #[test]
     fn whole_hertz_tone_replays_its_first_second() {
-        let mut s = synth(Signal::Tone { hz: 1000.0, amplitude: 0.3 });
+        let mut s = synth(Signal::Tone {
+            hz: 1000.0,
+            amplitude: 0.3,
+        });
         let first: Vec<_> = (0..LOOP_FRAMES).map(|_| s.next_frame().unwrap()).collect();
         let again = s.next_frame().unwrap();
         assert!(Arc::ptr_eq(&first[0], &again));
-        assert_eq!(s.rtp_time, (LOOP_FRAMES as u64 + 1) * FRAME_SAMPLES as u64, "RTP time keeps advancing");
+        assert_eq!(
+            s.rtp_time,
+            (LOOP_FRAMES as u64 + 1) * FRAME_SAMPLES as u64,
+            "RTP time keeps advancing"
+        );
     }
 
     #[test]
     fn fractional_tone_is_encoded_every_frame() {
-        let mut s = synth(Signal::Tone { hz: 440.5, amplitude: 0.3 });
+        let mut s = synth(Signal::Tone {
+            hz: 440.5,
+            amplitude: 0.3,
+        });
         for _ in 0..LOOP_FRAMES + 1 {
             s.next_frame().unwrap();
         }
@@ -227,7 +244,10 @@ mod tests {
 
     #[test]
     fn received_frames_are_decoded_per_source() {
-        let mut tx = synth(Signal::Tone { hz: 1000.0, amplitude: 0.3 });
+        let mut tx = synth(Signal::Tone {
+            hz: 1000.0,
+            amplitude: 0.3,
+        });
         let mut rx = synth(Signal::Silence);
         for _ in 0..10 {
             let f = tx.next_frame().unwrap();

@@ -20,7 +20,10 @@ pub enum TokenError {
     #[error("permission denied: token names no room")]
     NoRoom,
     #[error("permission denied: token is for room {token_room:?}, not {requested:?}")]
-    WrongRoom { token_room: String, requested: String },
+    WrongRoom {
+        token_room: String,
+        requested: String,
+    },
     #[error("identity cannot be empty")]
     NoIdentity,
 }
@@ -59,14 +62,23 @@ pub(crate) struct TokenCheck {
 
 impl TokenCheck {
     pub(crate) fn new(api_key: &str, api_secret: &str) -> Self {
-        Self { verifier: TokenVerifier::with_api_key(api_key, api_secret) }
+        Self {
+            verifier: TokenVerifier::with_api_key(api_key, api_secret),
+        }
     }
 
     /// Verify `token`; `requested_room` is the optional `room` query parameter, which must match
     /// the token's room when present.
-    pub(crate) fn check(&self, token: Option<&str>, requested_room: Option<&str>) -> Result<JoinGrant, TokenError> {
+    pub(crate) fn check(
+        &self,
+        token: Option<&str>,
+        requested_room: Option<&str>,
+    ) -> Result<JoinGrant, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
-        let claims: Claims = self.verifier.verify(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let claims: Claims = self
+            .verifier
+            .verify(token)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
         if !claims.video.room_join {
             return Err(TokenError::NoRoomJoin);
         }
@@ -75,7 +87,10 @@ impl TokenCheck {
         }
         if let Some(req) = requested_room.filter(|r| !r.is_empty()) {
             if req != claims.video.room {
-                return Err(TokenError::WrongRoom { token_room: claims.video.room.clone(), requested: req.to_owned() });
+                return Err(TokenError::WrongRoom {
+                    token_room: claims.video.room.clone(),
+                    requested: req.to_owned(),
+                });
             }
         }
         if claims.sub.is_empty() {
@@ -118,22 +133,32 @@ mod tests {
         AccessToken::with_api_key("k", "s")
             .with_identity("id")
             .with_kind(kind)
-            .with_grants(VideoGrants { room_join: true, room: room.into(), ..Default::default() })
+            .with_grants(VideoGrants {
+                room_join: true,
+                room: room.into(),
+                ..Default::default()
+            })
             .to_jwt()
             .unwrap()
     }
 
     #[test]
     fn kind_claim_sip_makes_a_sip_participant() {
-        let g = TokenCheck::new("k", "s").check(Some(&mint("sip", "r")), None).unwrap();
+        let g = TokenCheck::new("k", "s")
+            .check(Some(&mint("sip", "r")), None)
+            .unwrap();
         assert_eq!(g.kind, Kind::Sip);
         assert_eq!(g.room, "r");
-        assert!(g.can_publish && g.can_subscribe && g.can_publish_data && !g.can_update_own_metadata);
+        assert!(
+            g.can_publish && g.can_subscribe && g.can_publish_data && !g.can_update_own_metadata
+        );
     }
 
     #[test]
     fn token_from_another_api_key_is_invalid() {
-        let err = TokenCheck::new("other", "s").check(Some(&mint("", "r")), None).unwrap_err();
+        let err = TokenCheck::new("other", "s")
+            .check(Some(&mint("", "r")), None)
+            .unwrap_err();
         assert!(matches!(err, TokenError::Invalid(_)));
         assert_eq!(err.http_status(), 401);
     }
@@ -142,7 +167,10 @@ mod tests {
     fn room_query_parameter_must_match_the_token() {
         let check = TokenCheck::new("k", "s");
         assert!(check.check(Some(&mint("", "r")), Some("r")).is_ok());
-        assert!(matches!(check.check(Some(&mint("", "r")), Some("x")), Err(TokenError::WrongRoom { .. })));
+        assert!(matches!(
+            check.check(Some(&mint("", "r")), Some("x")),
+            Err(TokenError::WrongRoom { .. })
+        ));
         assert!(matches!(check.check(None, None), Err(TokenError::Missing)));
     }
 }

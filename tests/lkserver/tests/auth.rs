@@ -14,7 +14,11 @@ async fn upgrade_status(url: &str) -> Option<(u16, String)> {
     match tokio_tungstenite::connect_async(url).await {
         Ok(_) => None,
         Err(WsError::Http(resp)) => {
-            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
             Some((resp.status().as_u16(), body))
         }
         Err(e) => panic!("unexpected error: {e}"),
@@ -23,11 +27,20 @@ async fn upgrade_status(url: &str) -> Option<(u16, String)> {
 
 async fn http_get(addr: std::net::SocketAddr, target: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -36,10 +49,16 @@ async fn token_signed_with_another_secret_is_refused_with_401_before_upgrade() {
     let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
     let bad = AccessToken::with_api_key(API_KEY, "not-the-secret")
         .with_identity("x")
-        .with_grants(VideoGrants { room_join: true, room: "r".into(), ..Default::default() })
+        .with_grants(VideoGrants {
+            room_join: true,
+            room: "r".into(),
+            ..Default::default()
+        })
         .to_jwt()
         .unwrap();
-    let (status, body) = upgrade_status(&rtc_url(server.url(), &bad, "")).await.expect("must be refused");
+    let (status, body) = upgrade_status(&rtc_url(server.url(), &bad, ""))
+        .await
+        .expect("must be refused");
     assert_eq!(status, 401);
     assert!(body.contains("invalid token"), "body: {body}");
     assert!(server.participants("r").await.unwrap().is_empty());
@@ -48,7 +67,12 @@ async fn token_signed_with_another_secret_is_refused_with_401_before_upgrade() {
 #[tokio::test]
 async fn garbage_and_missing_tokens_are_refused_with_401() {
     let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
-    assert_eq!(upgrade_status(&rtc_url(server.url(), "not.a.jwt", "")).await.map(|r| r.0), Some(401));
+    assert_eq!(
+        upgrade_status(&rtc_url(server.url(), "not.a.jwt", ""))
+            .await
+            .map(|r| r.0),
+        Some(401)
+    );
     let url = format!("{}/rtc?protocol=16", server.url());
     assert_eq!(upgrade_status(&url).await.map(|r| r.0), Some(401));
 }
@@ -62,13 +86,24 @@ async fn expired_token_is_refused_with_401() {
         "video": {"roomJoin": true, "room": "r"}
     });
     let t = common::raw_jwt(&claims, API_SECRET);
-    assert_eq!(upgrade_status(&rtc_url(server.url(), &t, "")).await.map(|r| r.0), Some(401));
+    assert_eq!(
+        upgrade_status(&rtc_url(server.url(), &t, ""))
+            .await
+            .map(|r| r.0),
+        Some(401)
+    );
     // The same claims, not yet expired, are accepted: the refusal was the expiry.
     let fresh = serde_json::json!({
         "exp": now + 600, "nbf": now - 600, "iss": API_KEY, "sub": "x",
         "video": {"roomJoin": true, "room": "r"}
     });
-    assert!(upgrade_status(&rtc_url(server.url(), &common::raw_jwt(&fresh, API_SECRET), "")).await.is_none());
+    assert!(upgrade_status(&rtc_url(
+        server.url(),
+        &common::raw_jwt(&fresh, API_SECRET),
+        ""
+    ))
+    .await
+    .is_none());
 }
 
 #[tokio::test]
@@ -76,11 +111,22 @@ async fn token_without_room_join_or_for_another_room_is_refused_with_401() {
     let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
     let no_join = AccessToken::with_api_key(API_KEY, API_SECRET)
         .with_identity("x")
-        .with_grants(VideoGrants { room_join: false, room: "r".into(), ..Default::default() })
+        .with_grants(VideoGrants {
+            room_join: false,
+            room: "r".into(),
+            ..Default::default()
+        })
         .to_jwt()
         .unwrap();
-    assert_eq!(upgrade_status(&rtc_url(server.url(), &no_join, "")).await.map(|r| r.0), Some(401));
-    let (status, body) = upgrade_status(&rtc_url(server.url(), &token("r", "x"), "&room=other")).await.unwrap();
+    assert_eq!(
+        upgrade_status(&rtc_url(server.url(), &no_join, ""))
+            .await
+            .map(|r| r.0),
+        Some(401)
+    );
+    let (status, body) = upgrade_status(&rtc_url(server.url(), &token("r", "x"), "&room=other"))
+        .await
+        .unwrap();
     assert_eq!(status, 401);
     assert!(body.contains("permission denied"), "body: {body}");
 }
@@ -93,13 +139,22 @@ async fn token_without_identity_is_refused_with_400() {
         &serde_json::json!({"exp": now + 600, "nbf": now - 10, "iss": API_KEY, "video": {"roomJoin": true, "room": "r"}}),
         API_SECRET,
     );
-    assert_eq!(upgrade_status(&rtc_url(server.url(), &anon, "")).await.map(|r| r.0), Some(400));
+    assert_eq!(
+        upgrade_status(&rtc_url(server.url(), &anon, ""))
+            .await
+            .map(|r| r.0),
+        Some(400)
+    );
 }
 
 #[tokio::test]
 async fn rtc_validate_answers_200_for_a_good_token_and_401_for_a_bad_one() {
     let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
-    let (ok, body) = http_get(server.http_addr(), &format!("/rtc/validate?access_token={}", token("r", "x"))).await;
+    let (ok, body) = http_get(
+        server.http_addr(),
+        &format!("/rtc/validate?access_token={}", token("r", "x")),
+    )
+    .await;
     assert_eq!(ok, 200, "{body}");
     let (bad, _) = http_get(server.http_addr(), "/rtc/validate?access_token=nope").await;
     assert_eq!(bad, 401);
@@ -111,5 +166,7 @@ async fn rtc_validate_answers_200_for_a_good_token_and_401_for_a_bad_one() {
 #[tokio::test]
 async fn good_token_upgrades() {
     let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
-    assert!(upgrade_status(&rtc_url(server.url(), &token("r", "x"), "")).await.is_none());
+    assert!(upgrade_status(&rtc_url(server.url(), &token("r", "x"), ""))
+        .await
+        .is_none());
 }

@@ -20,7 +20,14 @@ impl Drop for Child {
 async fn binary_prints_its_url_and_accepts_a_client() {
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_dialin-lkserver"))
-            .args(["--listen", "127.0.0.1:0", "--api-key", common::API_KEY, "--api-secret", common::API_SECRET])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--api-key",
+                common::API_KEY,
+                "--api-secret",
+                common::API_SECRET,
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn dialin-lkserver"),
@@ -33,8 +40,28 @@ async fn binary_prints_its_url_and_accepts_a_client() {
     .await
     .unwrap()
     .unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("ws://")).expect("url on first line").to_owned();
-    let client = TestClient::connect(ClientOptions { url, token: token("r", "gw"), publish_tone: Some(440.0), ping: true, auto_resume: false }).await;
-    assert!(client.wait(Duration::from_secs(10), |s| s.publisher_connected && s.subscriber_connected).await);
-    assert!(client.wait(Duration::from_secs(10), |s| s.track_published.is_some()).await);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect("url on first line")
+        .to_owned();
+    let client = TestClient::connect(ClientOptions {
+        url,
+        token: token("r", "gw"),
+        publish_tone: Some(440.0),
+        ping: true,
+        auto_resume: false,
+    })
+    .await;
+    assert!(
+        client
+            .wait(Duration::from_secs(10), |s| s.publisher_connected
+                && s.subscriber_connected)
+            .await
+    );
+    assert!(
+        client
+            .wait(Duration::from_secs(10), |s| s.track_published.is_some())
+            .await
+    );
 }

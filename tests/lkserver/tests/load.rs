@@ -10,7 +10,10 @@ use common::{token, ClientOptions, TestClient, API_KEY, API_SECRET};
 use dialin_lkserver::{Signal, TestServer};
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,7 +26,19 @@ async fn load_rooms_with_a_client_and_a_synthetic_participant_each() {
     let mut clients = Vec::new();
     for i in 0..rooms {
         let room = format!("room-{i}");
-        synths.push(server.add_synthetic_participant(&room, "synth", Signal::Tone { hz: 1000.0, amplitude: 0.3 }).await.unwrap());
+        synths.push(
+            server
+                .add_synthetic_participant(
+                    &room,
+                    "synth",
+                    Signal::Tone {
+                        hz: 1000.0,
+                        amplitude: 0.3,
+                    },
+                )
+                .await
+                .unwrap(),
+        );
         clients.push(
             TestClient::connect(ClientOptions {
                 url: server.url().into(),
@@ -36,7 +51,11 @@ async fn load_rooms_with_a_client_and_a_synthetic_participant_each() {
         );
     }
     for c in &clients {
-        assert!(c.wait(Duration::from_secs(30), |s| s.publisher_connected && s.subscriber_connected).await);
+        assert!(
+            c.wait(Duration::from_secs(30), |s| s.publisher_connected
+                && s.subscriber_connected)
+                .await
+        );
     }
     let sent = |cs: &[TestClient]| cs.iter().map(|c| c.state().rtp_sent).sum::<u64>();
     let sent0 = sent(&clients);
@@ -48,13 +67,19 @@ async fn load_rooms_with_a_client_and_a_synthetic_participant_each() {
     let after = server.stats().await.unwrap();
     let c1 = server.counters().await.unwrap();
     let client_frames = sent(&clients) - sent0;
-    let into_server = |c: &[dialin_lkserver::ParticipantCounters]| c.iter().filter(|c| c.identity == "gw").map(|c| c.packets_in).sum::<u64>();
+    let into_server = |c: &[dialin_lkserver::ParticipantCounters]| {
+        c.iter()
+            .filter(|c| c.identity == "gw")
+            .map(|c| c.packets_in)
+            .sum::<u64>()
+    };
     println!(
         "clients wrote {client_frames} frames ({:.0}% of real time), server received {} of them",
         client_frames as f64 * 100.0 / (rooms * 50) as f64 / elapsed.as_secs_f64(),
         into_server(&c1) - into_server(&c0)
     );
-    let sum = |c: &[dialin_lkserver::ParticipantCounters]| c.iter().map(|c| c.packets_out).sum::<u64>();
+    let sum =
+        |c: &[dialin_lkserver::ParticipantCounters]| c.iter().map(|c| c.packets_out).sum::<u64>();
     let forwarded = sum(&c1) - sum(&c0);
     let busy = (after.busy - before.busy).as_secs_f64() / elapsed.as_secs_f64();
     println!(
@@ -67,5 +92,8 @@ async fn load_rooms_with_a_client_and_a_synthetic_participant_each() {
         busy * 100.0 / after.peer_connections.max(1) as f64,
     );
     let expected = rooms * 2 * secs * 50;
-    assert!(forwarded as f64 > expected as f64 * 0.9, "forwarded {forwarded} of ~{expected} frames");
+    assert!(
+        forwarded as f64 > expected as f64 * 0.9,
+        "forwarded {forwarded} of ~{expected} frames"
+    );
 }

@@ -109,7 +109,10 @@ fn version() -> &'static str {
 
 /// What a negative libopus return code means (opus_defines.h, "Error codes").
 fn error_from_code(code: c_int) -> CodecError {
-    let internal = |reason| CodecError::Internal { kind: CodecKind::Opus, reason };
+    let internal = |reason| CodecError::Internal {
+        kind: CodecKind::Opus,
+        reason,
+    };
     match code {
         ffi::OPUS_INVALID_PACKET => CodecError::MalformedPayload {
             kind: CodecKind::Opus,
@@ -138,10 +141,13 @@ struct Block([u8; 16]);
 
 /// Zeroed, aligned memory of at least `size` bytes for a libopus state.
 fn state_memory(size: c_int) -> Result<Box<[Block]>, CodecError> {
-    let size = usize::try_from(size).ok().filter(|&s| s > 0).ok_or(CodecError::Internal {
-        kind: CodecKind::Opus,
-        reason: "libopus reported no state size",
-    })?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .ok_or(CodecError::Internal {
+            kind: CodecKind::Opus,
+            reason: "libopus reported no state size",
+        })?;
     let blocks = size.div_ceil(std::mem::size_of::<Block>());
     Ok(vec![Block([0; 16]); blocks].into_boxed_slice())
 }
@@ -168,7 +174,10 @@ impl OpusEncoder {
         check_config(config)?;
         // SAFETY: a pure size query.
         let size = unsafe { ffi::opus_encoder_get_size(CHANNELS) };
-        let mut encoder = OpusEncoder { state: state_memory(size)?, rate };
+        let mut encoder = OpusEncoder {
+            state: state_memory(size)?,
+            rate,
+        };
         // SAFETY: `state` holds `size` writable, aligned bytes, as opus_encoder_init
         // requires; the rate is one Opus supports and the channel count is 1.
         let rc = unsafe {
@@ -181,13 +190,20 @@ impl OpusEncoder {
         // `check_config` bounds the bitrate far below i32::MAX.
         let bitrate = i32::try_from(config.opus_bitrate)
             .map_err(|_| CodecError::InvalidConfig("opus_bitrate must be 500 to 512000 bit/s"))?;
-        encoder.set(ffi::OPUS_SET_COMPLEXITY_REQUEST, i32::from(config.opus_complexity))?;
+        encoder.set(
+            ffi::OPUS_SET_COMPLEXITY_REQUEST,
+            i32::from(config.opus_complexity),
+        )?;
         encoder.set(ffi::OPUS_SET_BITRATE_REQUEST, bitrate)?;
         encoder.set(ffi::OPUS_SET_INBAND_FEC_REQUEST, i32::from(config.fec))?;
         let loss = i32::from(config.expected_loss_percent);
         encoder.set(ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss)?;
         encoder.set(ffi::OPUS_SET_SIGNAL_REQUEST, ffi::OPUS_SIGNAL_VOICE)?;
-        tracing::debug!(engine = version(), rate = rate.hz(), "Opus encoder on the system libopus");
+        tracing::debug!(
+            engine = version(),
+            rate = rate.hz(),
+            "Opus encoder on the system libopus"
+        );
         Ok(encoder)
     }
 
@@ -220,21 +236,35 @@ impl Encoder for OpusEncoder {
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         check_frame_length(self.rate, pcm.len())?;
         if out.is_empty() {
-            return Err(CodecError::OutputTooSmall { needed: MAX_FRAME_BYTES, available: 0 });
+            return Err(CodecError::OutputTooSmall {
+                needed: MAX_FRAME_BYTES,
+                available: 0,
+            });
         }
         // At most 120 ms at 48 kHz after the check above.
-        let frame_size = c_int::try_from(pcm.len())
-            .map_err(|_| CodecError::FrameLength { kind: CodecKind::Opus, len: pcm.len() })?;
+        let frame_size = c_int::try_from(pcm.len()).map_err(|_| CodecError::FrameLength {
+            kind: CodecKind::Opus,
+            len: pcm.len(),
+        })?;
         // libopus reads no more than it needs; a larger buffer only lifts a cap.
         let max_bytes = i32::try_from(out.len()).unwrap_or(i32::MAX);
         // SAFETY: the state is initialised; `pcm` holds `frame_size` mono samples and
         // `out` has `max_bytes` writable bytes; libopus keeps neither pointer.
         let ret = unsafe {
-            ffi::opus_encode(self.raw(), pcm.as_ptr(), frame_size, out.as_mut_ptr(), max_bytes)
+            ffi::opus_encode(
+                self.raw(),
+                pcm.as_ptr(),
+                frame_size,
+                out.as_mut_ptr(),
+                max_bytes,
+            )
         };
         if ret == ffi::OPUS_BUFFER_TOO_SMALL {
             let available = out.len();
-            return Err(CodecError::OutputTooSmall { needed: MAX_FRAME_BYTES, available });
+            return Err(CodecError::OutputTooSmall {
+                needed: MAX_FRAME_BYTES,
+                available,
+            });
         }
         count_or_error(ret)
     }
@@ -267,7 +297,10 @@ impl OpusDecoder {
     pub(crate) fn new(rate: SampleRate) -> Result<Self, CodecError> {
         // SAFETY: a pure size query.
         let size = unsafe { ffi::opus_decoder_get_size(CHANNELS) };
-        let mut decoder = OpusDecoder { state: state_memory(size)?, rate };
+        let mut decoder = OpusDecoder {
+            state: state_memory(size)?,
+            rate,
+        };
         // SAFETY: `state` holds `size` writable, aligned bytes; supported rate, mono.
         let rc = unsafe { ffi::opus_decoder_init(decoder.raw(), rate_i32(rate), CHANNELS) };
         if rc != ffi::OPUS_OK {
@@ -288,7 +321,10 @@ impl OpusDecoder {
         out: &mut [i16],
         what: Payload,
     ) -> Result<usize, CodecError> {
-        let malformed = |reason| CodecError::MalformedPayload { kind: CodecKind::Opus, reason };
+        let malformed = |reason| CodecError::MalformedPayload {
+            kind: CodecKind::Opus,
+            reason,
+        };
         if payload.is_empty() {
             // An empty payload would mean "lost" to the library; from the network it is
             // a malformed packet (RFC 6716 §3.1: a packet has at least a TOC byte).
@@ -323,7 +359,14 @@ impl OpusDecoder {
         // `out` at least `frame_size` writable samples (checked above); libopus keeps
         // neither pointer.
         let ret = unsafe {
-            ffi::opus_decode(self.raw(), payload.as_ptr(), len, out.as_mut_ptr(), frame_c, fec)
+            ffi::opus_decode(
+                self.raw(),
+                payload.as_ptr(),
+                len,
+                out.as_mut_ptr(),
+                frame_c,
+                fec,
+            )
         };
         count_or_error(ret)
     }

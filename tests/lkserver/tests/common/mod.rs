@@ -92,7 +92,10 @@ pub fn raw_jwt(claims: &serde_json::Value, secret: &str) -> String {
 }
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub fn rtc_url(base: &str, token: &str, extra: &str) -> String {
@@ -187,7 +190,12 @@ impl TestClient {
     }
 
     pub fn sid(&self) -> String {
-        self.state().join.as_ref().and_then(|j| j.participant.as_ref()).map(|p| p.sid.clone()).unwrap_or_default()
+        self.state()
+            .join
+            .as_ref()
+            .and_then(|j| j.participant.as_ref())
+            .map(|p| p.sid.clone())
+            .unwrap_or_default()
     }
 
     pub fn count(&self, f: impl Fn(&Resp) -> bool) -> usize {
@@ -206,9 +214,17 @@ impl Pc {
     async fn new() -> Pc {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
-        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).build(Instant::now());
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        Pc { rtc, sock, addr, timeout: Instant::now() }
+        Pc {
+            rtc,
+            sock,
+            addr,
+            timeout: Instant::now(),
+        }
     }
 
     fn drain(&mut self, events: &mut Vec<Event>) {
@@ -232,7 +248,10 @@ impl Pc {
 
     fn candidate_init(&self) -> String {
         let c = Candidate::host(self.addr, "udp").unwrap();
-        format!(r#"{{"candidate":"{}","sdpMid":"0","sdpMLineIndex":0}}"#, c.to_sdp_string())
+        format!(
+            r#"{{"candidate":"{}","sdpMid":"0","sdpMLineIndex":0}}"#,
+            c.to_sdp_string()
+        )
     }
 }
 
@@ -243,12 +262,21 @@ fn cand_from_init(init: &str) -> Option<Candidate> {
 }
 
 fn encode(req: Req) -> WsMessage {
-    WsMessage::Binary(proto::SignalRequest { message: Some(req) }.encode_to_vec().into())
+    WsMessage::Binary(
+        proto::SignalRequest { message: Some(req) }
+            .encode_to_vec()
+            .into(),
+    )
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn run_client(opts: ClientOptions, state: Arc<Mutex<ClientState>>, mut rx: mpsc::UnboundedReceiver<ClientCmd>) {
+async fn run_client(
+    opts: ClientOptions,
+    state: Arc<Mutex<ClientState>>,
+    mut rx: mpsc::UnboundedReceiver<ClientCmd>,
+) {
     let url = rtc_url(&opts.url, &opts.token, "");
     let Ok((ws, _)) = tokio_tungstenite::connect_async(&url).await else {
         state.lock().unwrap().ended = true;
@@ -276,7 +304,12 @@ async fn run_client(opts: ClientOptions, state: Arc<Mutex<ClientState>>, mut rx:
     let mut events = Vec::new();
 
     loop {
-        let deadline = publ.timeout.min(subs.timeout).min(next_ping).min(next_media).min(Instant::now() + Duration::from_millis(50));
+        let deadline = publ
+            .timeout
+            .min(subs.timeout)
+            .min(next_ping)
+            .min(next_media)
+            .min(Instant::now() + Duration::from_millis(50));
         let mut ws_closed = false;
         tokio::select! {
             msg = stream.next() => match msg {
@@ -410,8 +443,16 @@ async fn run_client(opts: ClientOptions, state: Arc<Mutex<ClientState>>, mut rx:
         }
         if now >= next_ping {
             next_ping = now + ping_every;
-            let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-            let _ = sink.send(encode(Req::PingReq(proto::Ping { timestamp: ts, rtt: 0 }))).await;
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let _ = sink
+                .send(encode(Req::PingReq(proto::Ping {
+                    timestamp: ts,
+                    rtt: 0,
+                })))
+                .await;
         }
         if now >= next_media {
             next_media += Duration::from_millis(20);
@@ -425,9 +466,19 @@ async fn run_client(opts: ClientOptions, state: Arc<Mutex<ClientState>>, mut rx:
                 let mut pkt = [0u8; 1500];
                 let n = encoder.encode_s16(&pcm, 960, &mut pkt).unwrap();
                 rtp_time += 960;
-                let pt = publ.rtc.writer(mid).and_then(|w| w.payload_params().next().map(|p| p.pt()));
+                let pt = publ
+                    .rtc
+                    .writer(mid)
+                    .and_then(|w| w.payload_params().next().map(|p| p.pt()));
                 if let (Some(pt), Some(w)) = (pt, publ.rtc.writer(mid)) {
-                    if w.write(pt, now, MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ), pkt[..n].to_vec()).is_ok() {
+                    if w.write(
+                        pt,
+                        now,
+                        MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
+                        pkt[..n].to_vec(),
+                    )
+                    .is_ok()
+                    {
                         state.lock().unwrap().rtp_sent += 1;
                     }
                 }
@@ -449,7 +500,11 @@ async fn run_client(opts: ClientOptions, state: Arc<Mutex<ClientState>>, mut rx:
             match e {
                 Event::Connected => state.lock().unwrap().subscriber_connected = true,
                 Event::ChannelOpen(id, label) => {
-                    state.lock().unwrap().subscriber_channels.push(label.clone());
+                    state
+                        .lock()
+                        .unwrap()
+                        .subscriber_channels
+                        .push(label.clone());
                     sub_channels.push((label, id));
                 }
                 Event::ChannelData(d) => {
