@@ -628,6 +628,7 @@ impl CallTask {
             identity: format!("sip_{}", self.s.id.as_str()),
             name: participant_name.unwrap_or_else(|| format!("Phone {}", self.s.caller.masked())),
             attributes,
+            sample_rate: self.s.leg.as_ref().map_or(16_000, |l| l.sample_rate().hz()),
         };
         tokio::spawn(async move {
             let res = rooms.join(req).await.map_err(|e| e.to_string());

@@ -63,6 +63,11 @@ pub struct JoinRequest {
     pub name: String,
     /// `sip.*` attributes (LiveKit conventions); `local` keeps them for listing only.
     pub attributes: BTreeMap<String, String>,
+    /// The caller's PCM rate (8000 for G.711, 16000 for G.722 and Opus). A backend that
+    /// exchanges frames at this rate spares the call a resampler on every frame: `livekit`
+    /// does (its Opus codes 8 and 16 kHz natively); `local` mixes at its own rate. The
+    /// handle's [`RoomHandle::sample_rate`] says which rate the backend chose.
+    pub sample_rate: u32,
 }
 
 /// Something that happened in the room, from the caller's point of view.

@@ -23,8 +23,11 @@
 //! address the signal connection left from); `livekit.ice_servers` and the TURN servers
 //! LiveKit hands out are not used yet.
 //!
-//! The room is exchanged at [`LIVEKIT_SAMPLE_RATE`] (16 kHz, wideband): Opus codes it natively,
-//! G.722 callers need no resampling, and G.711 callers are resampled 2:1 by the call task.
+//! The room is exchanged at the caller's rate: 8 kHz for G.711 callers, 16 kHz
+//! ([`LIVEKIT_SAMPLE_RATE`], wideband) for the others. Opus encodes from and decodes to both
+//! natively (LiveKit's subscribers decode at 48 kHz whatever was coded), so the call path has
+//! no resampler, and an 8 kHz encode costs about two thirds of a 16 kHz one (README,
+//! Performance).
 
 mod session;
 mod signal;
@@ -33,6 +36,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dialin_media::codec::SampleRate;
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,8 +48,11 @@ use crate::trunk::{SharedTrunkTable, TrunkId};
 /// LiveKit override.
 const TRUNK_ATTRIBUTE: &str = "sip.trunkID";
 
-/// PCM rate of [`RoomHandle`]s from this backend.
+/// PCM rate of [`RoomHandle`]s from this backend for wideband callers (G.722, Opus) and any
+/// rate other than 8 kHz; narrowband (G.711) callers get [`NARROWBAND_SAMPLE_RATE`].
 pub const LIVEKIT_SAMPLE_RATE: u32 = 16_000;
+/// PCM rate of [`RoomHandle`]s for callers at 8 kHz.
+pub const NARROWBAND_SAMPLE_RATE: u32 = 8_000;
 
 /// How long the WebSocket upgrade and then the `JoinResponse` may each take before the join
 /// fails. LiveKit's client SDKs give up on the signal connection after about 5 s.
@@ -154,12 +161,17 @@ impl LiveKitRooms {
             url,
             token,
         };
-        let session = session::Session::start(target, ws, join, io, &req.identity)
+        let rate = if req.sample_rate == NARROWBAND_SAMPLE_RATE {
+            SampleRate::Hz8000
+        } else {
+            SampleRate::Hz16000
+        };
+        let session = session::Session::start(target, ws, join, io, &req.identity, rate)
             .await
             .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;
         tokio::spawn(session.run(early));
         Ok(RoomHandle {
-            sample_rate: LIVEKIT_SAMPLE_RATE,
+            sample_rate: rate.hz(),
             others_at_join,
             to_room,
             from_room,
@@ -235,6 +247,7 @@ mod tests {
             identity: "sip_abc".into(),
             name: "Phone ••••1234".into(),
             attributes,
+            sample_rate: NARROWBAND_SAMPLE_RATE,
         }
     }
 

@@ -247,6 +247,7 @@ mod tests {
             identity: identity.into(),
             name: identity.into(),
             attributes: Default::default(),
+            sample_rate: 8_000,
         }
     }
 

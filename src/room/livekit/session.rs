@@ -7,7 +7,8 @@
 //! the server never completes it; the server offers the subscriber PC (it is controlling there)
 //! and we only answer. Candidates travel as `Trickle` messages tagged with their target PC.
 //!
-//! Per 20 ms, caller → room: a PCM frame from the call → Opus → the publisher's writer.
+//! Per 20 ms, caller → room: a PCM frame from the call (8 or 16 kHz, the caller's rate) →
+//! Opus → the publisher's writer.
 //! Room → caller: each subscribed track's Opus is decoded into its own small ring of frames;
 //! every 20 ms one frame per track goes through [`Mixer`] (top-K loudest) and the mix goes to
 //! the call. Buffers are sized when a track first appears; the steady state allocates only
@@ -43,7 +44,7 @@ use tracing::{debug, info, warn};
 use super::signal::{self, SignalError, Ws};
 use crate::room::{AudioFrame, RoomEvent};
 
-/// Samples per 20 ms frame at the room rate (16 kHz).
+/// Samples in the largest 20 ms frame (16 kHz); 8 kHz sessions use the first half.
 const FRAME: usize = 320;
 /// Opus RTP clock: always 48 kHz whatever the coded bandwidth (RFC 7587 §4.1).
 const OPUS_RTP_STEP: u64 = 960;
@@ -193,14 +194,14 @@ impl Track {
         }
     }
 
-    fn pop(&mut self) -> Option<&[i16; FRAME]> {
+    fn pop(&mut self, len: usize) -> Option<&[i16]> {
         if self.len == 0 {
             return None;
         }
         let at = self.head;
         self.head = (self.head + 1) % TRACK_RING;
         self.len -= 1;
-        self.ring.get(at)
+        self.ring.get(at).and_then(|f| f.get(..len))
     }
 }
 
@@ -241,6 +242,10 @@ pub(crate) struct Session {
     send_failed_at: Option<Instant>,
     resume: Option<oneshot::Receiver<Result<Ws, SignalError>>>,
     next_resume: Instant,
+    /// The PCM rate frames are exchanged with the call at, and what Opus codes from and
+    /// decodes to; samples per 20 ms frame at that rate.
+    rate: SampleRate,
+    frame_len: usize,
     encoder: Box<dyn Encoder>,
     opus_out: Vec<u8>,
     rtp_time: u64,
@@ -302,6 +307,7 @@ impl Session {
         join: proto::JoinResponse,
         io: SessionIo,
         identity: &str,
+        rate: SampleRate,
     ) -> Result<Session, String> {
         let now = Instant::now();
         // Our host candidates advertise the address the signal connection left from: the
@@ -313,13 +319,10 @@ impl Session {
         let subs = Pc::bind(ip, now)
             .await
             .map_err(|e| format!("subscriber socket: {e}"))?;
-        let encoder = new_encoder(
-            CodecKind::Opus,
-            SampleRate::Hz16000,
-            &CodecConfig::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut mixer = Mixer::new(FRAME);
+        let encoder = new_encoder(CodecKind::Opus, rate, &CodecConfig::default())
+            .map_err(|e| e.to_string())?;
+        let frame_len = usize::try_from(rate.hz() / 50).unwrap_or(FRAME).min(FRAME);
+        let mut mixer = Mixer::new(frame_len);
         let listener = ParticipantId(0);
         mixer.add(listener).map_err(|e| e.to_string())?;
         let others = join
@@ -334,6 +337,8 @@ impl Session {
             .unwrap_or_default();
         let ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
         Ok(Session {
+            rate,
+            frame_len,
             target,
             ws: Some(ws),
             io,
@@ -804,7 +809,7 @@ impl Session {
             return;
         };
         let pcm = frame.samples();
-        if pcm.len() != FRAME {
+        if pcm.len() != self.frame_len {
             debug!(len = pcm.len(), "caller frame of the wrong size");
             return;
         }
@@ -913,11 +918,8 @@ impl Session {
             Some(at) => at,
             None => {
                 // A new remote track: its decoder and ring are made once, here.
-                let Ok(decoder) = new_decoder(
-                    CodecKind::Opus,
-                    SampleRate::Hz16000,
-                    &CodecConfig::default(),
-                ) else {
+                let Ok(decoder) = new_decoder(CodecKind::Opus, self.rate, &CodecConfig::default())
+                else {
                     return;
                 };
                 let id = ParticipantId(self.next_track_id);
@@ -946,7 +948,7 @@ impl Session {
                 return;
             }
         };
-        for frame in self.decoded[..n].chunks(FRAME) {
+        for frame in self.decoded[..n].chunks(self.frame_len) {
             track.push(frame);
         }
     }
@@ -955,9 +957,10 @@ impl Session {
         if self.tracks.is_empty() {
             return;
         }
+        let len = self.frame_len;
         for t in &mut self.tracks {
             let id = t.id;
-            if let Some(frame) = t.pop() {
+            if let Some(frame) = t.pop(len) {
                 let _ = self.mixer.push(id, frame);
             }
         }
@@ -1002,9 +1005,9 @@ mod tests {
         for v in 0..(TRACK_RING as i16 + 2) {
             t.push(&[v; FRAME]);
         }
-        assert_eq!(t.pop().map(|f| f[0]), Some(2));
+        assert_eq!(t.pop(FRAME).map(|f| f[0]), Some(2));
         let mut rest = 0;
-        while t.pop().is_some() {
+        while t.pop(160).is_some() {
             rest += 1;
         }
         assert_eq!(rest, TRACK_RING - 1);
