@@ -437,13 +437,15 @@ fn free_tcp_port() -> u16 {
 /// `count` ports (at most [`RTP_PORTS`]) free right now, in a slot distinct from the other
 /// gateways this process started and (through the process id) likely from other test binaries'.
 fn free_rtp_range(count: u16) -> (u16, u16) {
-    let count = count.clamp(2, RTP_PORTS);
-    let slots = u32::from((RTP_LAST - RTP_FIRST) / RTP_PORTS);
+    // Ranges are drawn in slots of RTP_PORTS ports, or as many as a larger range needs.
+    let count = count.clamp(2, RTP_LAST - RTP_FIRST);
+    let width = count.max(RTP_PORTS).next_multiple_of(2);
+    let slots = u32::from((RTP_LAST - RTP_FIRST) / width);
     let base = std::process::id().wrapping_mul(7919);
     for _ in 0..slots {
         let n = NEXT_RANGE.fetch_add(1, Ordering::Relaxed);
         let slot = (base.wrapping_add(n)) % slots;
-        let first = RTP_FIRST + (slot as u16) * RTP_PORTS;
+        let first = RTP_FIRST + (slot as u16) * width;
         let last = first + count - 1;
         if (first..=last).all(|p| UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
             return (first, last);

@@ -617,12 +617,17 @@ impl Session {
                     self.start_resume(now);
                 }
             }
-            let mut deadline = self
-                .publ
-                .timeout
-                .min(self.subs.timeout)
-                .min(self.next_mix)
-                .min(self.next_ping);
+            // str0m's timers (ICE checks and keep-alives, DTLS and SCTP retransmissions,
+            // RTCP) are served at the next mix tick when they fall before it: none of them
+            // needs better than 20 ms, and one wake-up per tick instead of several is most
+            // of what a bridged call costs beyond its codecs.
+            let rtc = self.publ.timeout.min(self.subs.timeout);
+            let rtc = if rtc < self.next_mix && self.next_mix.duration_since(rtc) <= TICK {
+                self.next_mix
+            } else {
+                rtc
+            };
+            let mut deadline = rtc.min(self.next_mix).min(self.next_ping);
             if self.lost_at.is_some() && self.resume.is_none() {
                 deadline = deadline.min(self.next_resume);
             }
@@ -651,10 +656,6 @@ impl Session {
                         Err(e) => debug!(identity = %self.identity, error = %e, "resume attempt failed"),
                     }
                 }
-                f = self.io.to_room.recv() => match f {
-                    Some(frame) => self.send_audio(&frame, Instant::now()),
-                    None => return End::Left,
-                },
                 d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
                 _ = &mut self.io.leave => return End::Left,
                 r = self.publ.sock.recv_from(&mut self.buf_pub) => if let Ok((n, src)) = r {
@@ -691,6 +692,15 @@ impl Session {
                 }
             }
             if now >= self.next_mix {
+                // The caller's frames are taken here, once per tick, rather than on arrival:
+                // the call task's sends then never wake this task.
+                loop {
+                    match self.io.to_room.try_recv() {
+                        Ok(frame) => self.send_audio(&frame, now),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return End::Left,
+                    }
+                }
                 self.mix();
                 self.next_mix += TICK;
                 if self.next_mix < now {

@@ -200,7 +200,11 @@ async fn handle(
                     .and_then(|p| p.parse().ok())
                     .unwrap_or(0),
             };
-            let ws = tokio_tungstenite::accept_async(stream)
+            // A small read buffer: tungstenite zeroes all of it on every read attempt, which
+            // at the default 128 KiB dominated the server's CPU in load runs.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(4096);
+            let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config))
                 .await
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             session(ws, conn, grant, params, engine).await;
