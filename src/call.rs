@@ -430,7 +430,9 @@ impl CallTask {
         if let (Phase::InRoom, Some(room)) = (self.phase, self.room.as_ref()) {
             if has_audio {
                 let frame = to_room_rate(&caller_pcm[..n], leg_rate, room.sample_rate);
-                let _ = room.to_room.try_send(frame);
+                if room.to_room.try_send(frame).is_err() {
+                    self.s.services.metrics.room_frames_dropped(1);
+                }
             }
         }
 
@@ -438,6 +440,11 @@ impl CallTask {
         let out = &mut play_pcm[..n];
         out.fill(0);
         if self.player_active {
+            if let Some(room) = self.room.as_mut() {
+                // A prompt has the caller's ear: the room's frames of this tick are not
+                // played, and are taken so that the room's side does not count them lost.
+                while room.from_room.try_recv().is_ok() {}
+            }
             let still = self.player.next_frame(out);
             if !still && !self.player.is_playing() {
                 self.player_active = false;

@@ -111,6 +111,8 @@ pub struct Metrics {
     rtp_packets_lost: AtomicU64,
     unmatched_source_dropped: AtomicU64,
     media_late_frames: AtomicU64,
+    room_frames_dropped: AtomicU64,
+    room_frames_missing: AtomicU64,
     trunk_pin_failure_alarms: AtomicU64,
     overloaded: AtomicU64,
     overload_refused: AtomicU64,
@@ -130,6 +132,8 @@ impl Default for Metrics {
             rtp_packets_lost: AtomicU64::new(0),
             unmatched_source_dropped: AtomicU64::new(0),
             media_late_frames: AtomicU64::new(0),
+            room_frames_dropped: AtomicU64::new(0),
+            room_frames_missing: AtomicU64::new(0),
             trunk_pin_failure_alarms: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
             overload_refused: AtomicU64::new(0),
@@ -193,6 +197,19 @@ impl Metrics {
     /// Media frames that arrived too late for their playout slot.
     pub fn media_late_frames(&self, n: u64) {
         self.media_late_frames.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Audio frames between a call and its room thrown away: a full channel between the call
+    /// and the room session, or a remote track's buffer overflowing because the mix fell
+    /// behind.
+    pub fn room_frames_dropped(&self, n: u64) {
+        self.room_frames_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Mix ticks at which a remote track that was sending had no frame ready: audio from the
+    /// room arriving late or lost, heard as a gap.
+    pub fn room_frames_missing(&self, n: u64) {
+        self.room_frames_missing.fetch_add(n, Ordering::Relaxed);
     }
 
     /// A trunk crossed `trunk_alarm_failed_per_minute`.
@@ -347,6 +364,16 @@ impl Metrics {
                 "dialin_media_late_frames_total",
                 "Media frames that missed their playout time.",
                 &self.media_late_frames,
+            ),
+            (
+                "dialin_room_frames_dropped_total",
+                "Audio frames between calls and their rooms dropped (a full channel or track buffer).",
+                &self.room_frames_dropped,
+            ),
+            (
+                "dialin_room_frames_missing_total",
+                "Mix ticks at which a sending remote track had no frame ready (late or lost room audio).",
+                &self.room_frames_missing,
             ),
             (
                 "dialin_trunk_pin_failure_alarms_total",

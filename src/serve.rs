@@ -235,7 +235,8 @@ async fn start_sip(
         crate::config::RoomsBackend::Livekit => Arc::new(
             crate::room::livekit::LiveKitRooms::new(&config.livekit)
                 .map_err(|e| anyhow::anyhow!("livekit: {e}"))?
-                .with_trunk_overrides(Arc::clone(&services.trunks)),
+                .with_trunk_overrides(Arc::clone(&services.trunks))
+                .with_metrics(Arc::clone(&services.metrics)),
         ),
     };
     let prompts =

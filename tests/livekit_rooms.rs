@@ -770,6 +770,18 @@ async fn room_tone_reaches_the_caller_and_caller_tone_reaches_the_room() {
         "alice hears the caller's 440 Hz tone ({r440:.1} dBFS)"
     );
     assert!(r440 - r1k > 20.0, "and not her own tone back");
+    // The bridge accounts for the frames it loses; on an idle loopback, next to none.
+    for series in [
+        "dialin_room_frames_dropped_total",
+        "dialin_room_frames_missing_total",
+    ] {
+        let lost = gw.metric(series).await;
+        println!("{series} {lost:?}");
+        assert!(
+            lost.is_some_and(|v| v < 50.0),
+            "{series} is exported and small on loopback: {lost:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,8 @@
 //! - audio to the callers: 20 ms packets that carried the other caller's tone;
 //! - packets to the room: Opus packets the test server received from the gateway's
 //!   participants, against 50 per second each (the server prints its counters every second);
-//! - the gateway's own account: `dialin_media_late_frames_total` and `dialin_overloaded`.
+//! - the gateway's own account of what it lost: `dialin_room_frames_dropped_total`,
+//!   `dialin_room_frames_missing_total` (over the window) and `dialin_overloaded`.
 //!
 //! The callers share the machine with the gateway and the server: on a small machine the
 //! figures at high N say as much about the machine as about the gateway, so the run prints the
@@ -285,8 +286,12 @@ async fn bridged_livekit_calls_two_per_room() {
     // Let the peer connections, jitter buffers and mixers settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let late0 = gw
-        .metric("dialin_media_late_frames_total")
+    let dropped0 = gw
+        .metric("dialin_room_frames_dropped_total")
+        .await
+        .unwrap_or(0.0);
+    let missing0 = gw
+        .metric("dialin_room_frames_missing_total")
         .await
         .unwrap_or(0.0);
     let lk0 = server.next_counters(server.counters()).await;
@@ -301,8 +306,12 @@ async fn bridged_livekit_calls_two_per_room() {
     let rx1: u64 = calls.iter().map(Call::packets_received).sum();
     let elapsed = t0.elapsed().as_secs_f64();
     let (heard_packets, heard_tone) = audio_heard(&calls, t0);
-    let late1 = gw
-        .metric("dialin_media_late_frames_total")
+    let dropped1 = gw
+        .metric("dialin_room_frames_dropped_total")
+        .await
+        .unwrap_or(0.0);
+    let missing1 = gw
+        .metric("dialin_room_frames_missing_total")
         .await
         .unwrap_or(0.0);
     let overloaded = gw.metric("dialin_overloaded").await.unwrap_or(-1.0);
@@ -355,8 +364,10 @@ async fn bridged_livekit_calls_two_per_room() {
         fwd_share * 100.0
     );
     println!(
-        "gateway: late media frames {} in the window, overloaded={overloaded}, calls still in their rooms {still_in_room}/{n}",
-        late1 - late0
+        "gateway: room frames dropped {} and missing {} in the window ({:.3} % of the frames mixed), overloaded={overloaded}, calls still in their rooms {still_in_room}/{n}",
+        dropped1 - dropped0,
+        missing1 - missing0,
+        (dropped1 - dropped0 + missing1 - missing0) * 100.0 / expected
     );
     println!(
         "test server: CPU {:.1} % of one core, RSS {:.1} MiB, {} participants",

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
 use crate::config::LiveKitConfig;
+use crate::metrics::Metrics;
 use crate::trunk::{SharedTrunkTable, TrunkId};
 
 /// The attribute naming the call's trunk (LiveKit SIP conventions), which picks the trunk's
@@ -76,6 +77,8 @@ pub struct LiveKitRooms {
     /// Trunks whose `livekit = { ... }` sends their calls to another server or project,
     /// read at each join so that a reload applies to the next call.
     trunks: Option<Arc<SharedTrunkTable>>,
+    /// Where sessions count the frames they drop or miss.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The server and key one call's participant uses.
@@ -102,7 +105,15 @@ impl LiveKitRooms {
             token_ttl: Duration::from_secs(config.token_ttl_s),
             tls: signal::tls_connector().map_err(RoomError::Refused)?,
             trunks: None,
+            metrics: None,
         })
+    }
+
+    /// Counts the frames sessions drop or miss in these metrics
+    /// (`dialin_room_frames_dropped_total`, `dialin_room_frames_missing_total`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> LiveKitRooms {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Honours the trunks' `livekit = { url, api_key, api_secret }` overrides (unset keys fall
@@ -166,9 +177,17 @@ impl LiveKitRooms {
         } else {
             SampleRate::Hz16000
         };
-        let session = session::Session::start(target, ws, join, io, &req.identity, rate)
-            .await
-            .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;
+        let session = session::Session::start(
+            target,
+            ws,
+            join,
+            io,
+            &req.identity,
+            rate,
+            self.metrics.clone(),
+        )
+        .await
+        .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;
         tokio::spawn(session.run(early));
         Ok(RoomHandle {
             sample_rate: rate.hz(),

@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dialin_media::codec::{
@@ -42,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::signal::{self, SignalError, Ws};
+use crate::metrics::Metrics;
 use crate::room::{AudioFrame, RoomEvent};
 
 /// Samples in the largest 20 ms frame (16 kHz); 8 kHz sessions use the first half.
@@ -57,6 +59,10 @@ const TRACK_RING: usize = 4;
 const EARLY_DTMF: usize = 16;
 /// The mix tick (one frame).
 const TICK: Duration = Duration::from_millis(20);
+/// A track whose last packet is more recent than this is sending: an empty ring at a mix
+/// tick is then a missing frame. Longer silences are a muted track or Opus DTX (a packet every
+/// 400 ms), not loss.
+const SENDING: Duration = Duration::from_millis(50);
 /// How long a dropped signal connection may take to resume before the room counts as lost.
 /// Within LiveKit's default 20 s departure timeout, short enough that a caller is not left in
 /// a silent call.
@@ -177,6 +183,10 @@ struct Track {
     ring: Box<[[i16; FRAME]; TRACK_RING]>,
     head: usize,
     len: usize,
+    /// Frames pushed out of the full ring since the last mix.
+    overflowed: u64,
+    /// When the last packet of this track arrived.
+    last_packet: Option<Instant>,
 }
 
 impl Track {
@@ -184,6 +194,7 @@ impl Track {
         if self.len == TRACK_RING {
             self.head = (self.head + 1) % TRACK_RING;
             self.len -= 1;
+            self.overflowed += 1;
         }
         let at = (self.head + self.len) % TRACK_RING;
         if let Some(slot) = self.ring.get_mut(at) {
@@ -191,6 +202,18 @@ impl Track {
             slot[..n].copy_from_slice(&frame[..n]);
             slot[n..].fill(0);
             self.len += 1;
+        }
+    }
+
+    /// What the track gives the mix at this tick.
+    fn next(&mut self, len: usize, now: Instant) -> Next<'_> {
+        let sending = self
+            .last_packet
+            .is_some_and(|at| now.saturating_duration_since(at) < SENDING);
+        match self.pop(len) {
+            Some(frame) => Next::Frame(frame),
+            None if sending => Next::Missing,
+            None => Next::Idle,
         }
     }
 
@@ -203,6 +226,15 @@ impl Track {
         self.len -= 1;
         self.ring.get(at).and_then(|f| f.get(..len))
     }
+}
+
+/// A track's part in one mix tick.
+enum Next<'a> {
+    Frame(&'a [i16]),
+    /// The track is sending but no frame is ready: late or lost audio.
+    Missing,
+    /// Muted, in DTX, or not started.
+    Idle,
 }
 
 /// How the session ended.
@@ -246,6 +278,11 @@ pub(crate) struct Session {
     /// decodes to; samples per 20 ms frame at that rate.
     rate: SampleRate,
     frame_len: usize,
+    /// Frames dropped (track buffer overflow, full channel to the call) and mix ticks with a
+    /// sending track's frame missing, counted here and in the gateway's metrics.
+    metrics: Option<Arc<Metrics>>,
+    frames_dropped: u64,
+    frames_missing: u64,
     encoder: Box<dyn Encoder>,
     opus_out: Vec<u8>,
     rtp_time: u64,
@@ -308,6 +345,7 @@ impl Session {
         io: SessionIo,
         identity: &str,
         rate: SampleRate,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<Session, String> {
         let now = Instant::now();
         // Our host candidates advertise the address the signal connection left from: the
@@ -337,6 +375,9 @@ impl Session {
             .unwrap_or_default();
         let ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
         Ok(Session {
+            metrics,
+            frames_dropped: 0,
+            frames_missing: 0,
             rate,
             frame_len,
             target,
@@ -510,7 +551,13 @@ impl Session {
                     let _ = signal::send(ws, Req::Leave(leave)).await;
                     let _ = ws.close(None).await;
                 }
-                info!(identity = %self.identity, frames_sent = self.frames_sent, "left the LiveKit room");
+                info!(
+                    identity = %self.identity,
+                    frames_sent = self.frames_sent,
+                    frames_dropped = self.frames_dropped,
+                    frames_missing = self.frames_missing,
+                    "left the LiveKit room"
+                );
             }
             End::Room(ev) => {
                 info!(identity = %self.identity, event = ?ev, "the LiveKit room ended the session");
@@ -701,7 +748,7 @@ impl Session {
                         Err(mpsc::error::TryRecvError::Disconnected) => return End::Left,
                     }
                 }
-                self.mix();
+                self.mix(now);
                 self.next_mix += TICK;
                 if self.next_mix < now {
                     // Woken late (a loaded machine): skip ahead rather than burst.
@@ -944,6 +991,8 @@ impl Session {
                     ring: Box::new([[0; FRAME]; TRACK_RING]),
                     head: 0,
                     len: 0,
+                    overflowed: 0,
+                    last_packet: None,
                 });
                 self.tracks.len() - 1
             }
@@ -951,6 +1000,7 @@ impl Session {
         let Some(track) = self.tracks.get_mut(at) else {
             return;
         };
+        track.last_packet = Some(Instant::now());
         let n = match track.decoder.decode(payload, &mut self.decoded) {
             Ok(n) => n.min(self.decoded.len()),
             Err(e) => {
@@ -963,20 +1013,41 @@ impl Session {
         }
     }
 
-    fn mix(&mut self) {
+    fn mix(&mut self, now: Instant) {
         if self.tracks.is_empty() {
             return;
         }
         let len = self.frame_len;
+        let (mut dropped, mut missing) = (0u64, 0u64);
         for t in &mut self.tracks {
             let id = t.id;
-            if let Some(frame) = t.pop(len) {
-                let _ = self.mixer.push(id, frame);
+            dropped += std::mem::take(&mut t.overflowed);
+            match t.next(len, now) {
+                Next::Frame(frame) => {
+                    let _ = self.mixer.push(id, frame);
+                }
+                Next::Missing => missing += 1,
+                Next::Idle => {}
             }
         }
         self.mixer.mix();
         if let Some(out) = self.mixer.output_for(self.listener) {
-            let _ = self.io.from_room.try_send(AudioFrame::from_samples(out));
+            if self
+                .io
+                .from_room
+                .try_send(AudioFrame::from_samples(out))
+                .is_err()
+            {
+                dropped += 1;
+            }
+        }
+        if dropped + missing > 0 {
+            self.frames_dropped += dropped;
+            self.frames_missing += missing;
+            if let Some(m) = self.metrics.as_deref() {
+                m.room_frames_dropped(dropped);
+                m.room_frames_missing(missing);
+            }
         }
     }
 }
@@ -1011,15 +1082,52 @@ mod tests {
             ring: Box::new([[0; FRAME]; TRACK_RING]),
             head: 0,
             len: 0,
+            overflowed: 0,
+            last_packet: None,
         };
         for v in 0..(TRACK_RING as i16 + 2) {
             t.push(&[v; FRAME]);
         }
+        assert_eq!(t.overflowed, 2, "two frames pushed out, counted");
         assert_eq!(t.pop(FRAME).map(|f| f[0]), Some(2));
         let mut rest = 0;
         while t.pop(160).is_some() {
             rest += 1;
         }
         assert_eq!(rest, TRACK_RING - 1);
+    }
+
+    #[test]
+    fn an_empty_ring_is_a_missing_frame_only_while_the_track_is_sending() {
+        let Ok(decoder) = new_decoder(CodecKind::Opus, SampleRate::Hz8000, &CodecConfig::default())
+        else {
+            panic!()
+        };
+        let mut t = Track {
+            mid: Mid::from("0"),
+            id: ParticipantId(1),
+            decoder,
+            ring: Box::new([[0; FRAME]; TRACK_RING]),
+            head: 0,
+            len: 0,
+            overflowed: 0,
+            last_packet: None,
+        };
+        let t0 = Instant::now();
+        assert!(
+            matches!(t.next(160, t0), Next::Idle),
+            "nothing received yet"
+        );
+        t.last_packet = Some(t0);
+        t.push(&[7; 160]);
+        assert!(matches!(t.next(160, t0 + TICK), Next::Frame(f) if f.len() == 160 && f[0] == 7));
+        assert!(
+            matches!(t.next(160, t0 + 2 * TICK), Next::Missing),
+            "the next packet is late"
+        );
+        assert!(
+            matches!(t.next(160, t0 + Duration::from_millis(400)), Next::Idle),
+            "a long silence is DTX or mute, not loss"
+        );
     }
 }
