@@ -429,7 +429,10 @@ impl CallTask {
         // Caller → room.
         if let (Phase::InRoom, Some(room)) = (self.phase, self.room.as_ref()) {
             if has_audio {
-                let frame = to_room_rate(&caller_pcm[..n], leg_rate, room.sample_rate);
+                let mut frame = to_room_rate(&caller_pcm[..n], leg_rate, room.sample_rate);
+                if let Some(opus) = self.s.leg.as_ref().and_then(|l| l.forwardable_payload()) {
+                    frame = frame.with_opus(opus);
+                }
                 if room.to_room.try_send(frame).is_err() {
                     self.s.services.metrics.room_frames_dropped(1);
                 }

@@ -28,6 +28,9 @@ use dialin_media::stream::{RtpReceiver, SendStats};
 
 /// Largest datagram we send: RTP header, a 20 ms Opus/G.722/G.711 frame, the SRTP tag.
 pub const MAX_PACKET: usize = 1500;
+/// Largest Opus payload kept for forwarding ([`crate::room::MAX_OPUS_PAYLOAD`]); a larger
+/// one (not seen from voice encoders) is transcoded instead.
+const MAX_FORWARD: usize = crate::room::MAX_OPUS_PAYLOAD;
 /// Samples in the largest 20 ms frame (16 kHz).
 pub const MAX_FRAME: usize = 320;
 /// Digits buffered between two polls; a caller cannot key faster than this in 20 ms.
@@ -101,6 +104,10 @@ pub struct CallerLeg {
     ts: RtpTimestamp,
     send_stats: SendStats,
     payload_scratch: [u8; MAX_PACKET],
+    /// The Opus payload behind the last frame [`CallerLeg::pull_frame`] decoded, kept for a
+    /// room that takes Opus as is ([`CallerLeg::forwardable_payload`]).
+    forward: [u8; MAX_FORWARD],
+    forward_len: Option<usize>,
     stats: LegStats,
     /// Packets lost from earlier peer addresses (see [`CallerLeg::retarget`]).
     carried_lost: i64,
@@ -165,6 +172,8 @@ impl CallerLeg {
             ts: RtpTimestamp(rand::random()),
             send_stats: SendStats::new(clock),
             payload_scratch: [0; MAX_PACKET],
+            forward: [0; MAX_FORWARD],
+            forward_len: None,
             stats: LegStats::default(),
             carried_lost: 0,
         })
@@ -307,9 +316,18 @@ impl CallerLeg {
     pub fn pull_frame(&mut self, now: Instant, out: &mut [i16]) -> bool {
         let n = self.frame_len().min(out.len());
         let out = &mut out[..n];
+        self.forward_len = None;
         let produced = match self.jitter.pop(now) {
             Playout::Frame(frame) => match self.decoder.decode(frame.payload, out) {
-                Ok(_) => true,
+                Ok(_) => {
+                    if self.codec == CodecKind::Opus {
+                        if let Some(slot) = self.forward.get_mut(..frame.payload.len()) {
+                            slot.copy_from_slice(frame.payload);
+                            self.forward_len = Some(frame.payload.len());
+                        }
+                    }
+                    true
+                }
                 Err(_) => self.decoder.conceal(out).is_ok(),
             },
             Playout::Missing => {
@@ -328,6 +346,12 @@ impl CallerLeg {
             }
         }
         true
+    }
+
+    /// For an Opus caller, the payload of the packet the last [`CallerLeg::pull_frame`]
+    /// decoded (not a concealed frame): an Opus room can take it without transcoding.
+    pub fn forwardable_payload(&self) -> Option<&[u8]> {
+        self.forward.get(..self.forward_len?)
     }
 
     /// Encodes one 20 ms frame and writes the datagram to send to [`CallerLeg::remote`] into

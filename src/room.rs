@@ -24,11 +24,18 @@ use tokio::sync::mpsc;
 /// Samples in the largest 20 ms frame a backend exchanges (16 kHz).
 pub const MAX_FRAME_SAMPLES: usize = 320;
 
+/// Largest Opus payload an [`AudioFrame`] carries: a 20 ms voice packet is well under it.
+pub const MAX_OPUS_PAYLOAD: usize = 400;
+
 /// One 20 ms frame of 16-bit PCM, by value so that channels carry it without allocating.
+/// From an Opus caller it also carries the Opus packet the PCM was decoded from, which an
+/// Opus room publishes as is (DESIGN.md §Architecture: no transcoding when the codecs match).
 #[derive(Clone, Copy)]
 pub struct AudioFrame {
     samples: [i16; MAX_FRAME_SAMPLES],
     len: u16,
+    opus: [u8; MAX_OPUS_PAYLOAD],
+    opus_len: u16,
 }
 
 impl AudioFrame {
@@ -40,11 +47,31 @@ impl AudioFrame {
         AudioFrame {
             samples,
             len: len as u16,
+            opus: [0; MAX_OPUS_PAYLOAD],
+            opus_len: 0,
         }
+    }
+
+    /// Attaches the Opus packet the PCM came from; one larger than [`MAX_OPUS_PAYLOAD`] is
+    /// not attached (the room then encodes the PCM).
+    pub fn with_opus(mut self, payload: &[u8]) -> AudioFrame {
+        if let Some(slot) = self.opus.get_mut(..payload.len()) {
+            slot.copy_from_slice(payload);
+            self.opus_len = payload.len() as u16;
+        }
+        self
     }
 
     pub fn samples(&self) -> &[i16] {
         &self.samples[..usize::from(self.len)]
+    }
+
+    /// The caller's Opus packet behind these samples, when it came from one.
+    pub fn opus(&self) -> Option<&[u8]> {
+        match self.opus_len {
+            0 => None,
+            n => self.opus.get(..usize::from(n)),
+        }
     }
 }
 

@@ -1035,3 +1035,78 @@ async fn trunk_with_its_own_livekit_sends_its_calls_there() {
         "and not the default one"
     );
 }
+
+/// An Opus caller's packets are published as they came (DESIGN.md §Architecture: no
+/// transcoding when the caller's codec is the room's): the room still hears the caller's
+/// tone, and the session reports almost every frame it published as forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_caller_is_published_without_transcoding() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let alice = server
+        .add_synthetic_participant(
+            "opus",
+            "alice",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin("opus", Some(PIN)).await;
+    let opts = DialOptions {
+        codecs: vec![Codec::Opus],
+        from_user: "+33612345678".to_owned(),
+        ..DialOptions::new(gw.sip)
+    };
+    let (call, info) = dial_and_key(&gw, opts, PIN, true).await;
+    assert_eq!(call.codec(), Some(Codec::Opus), "the call runs on Opus");
+    let (identity, _) = identity_of(&info);
+    call.play_tone(440.0, -12.0);
+    tokio::time::sleep(3 * SECOND).await;
+
+    let room = alice.received_audio_from(&identity);
+    let tail = last(&room, SAMPLE_RATE, 1.0);
+    let (r440, r1k) = (
+        frame_level(tail, SAMPLE_RATE, 440.0),
+        frame_level(tail, SAMPLE_RATE, 1000.0),
+    );
+    println!("alice heard the Opus caller: 440 Hz at {r440:.1} dBFS, 1000 Hz at {r1k:.1} dBFS");
+    assert!(
+        r440 > -25.0,
+        "alice hears the caller's 440 Hz tone ({r440:.1} dBFS)"
+    );
+    assert!(r440 - r1k > 20.0, "and not her own tone back");
+
+    call.hangup().await.expect("hang up");
+    assert!(gw.wait_no_calls(10 * SECOND).await, "the call ends");
+    let deadline = Instant::now() + 5 * SECOND;
+    let line = loop {
+        let logs = gw.logs();
+        if let Some(l) = logs.lines().find(|l| l.contains("left the LiveKit room")) {
+            break l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session logs its counts when it leaves:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let count = |field: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in {line}"))
+    };
+    let (sent, forwarded) = (count("frames_sent"), count("frames_forwarded"));
+    println!("published {sent} frames, {forwarded} of them the caller's own packets");
+    assert!(
+        sent >= 100,
+        "about three seconds of frames published: {sent}"
+    );
+    assert!(
+        forwarded * 100 >= sent * 95,
+        "at least 95 % of the frames forwarded without transcoding: {forwarded} of {sent}"
+    );
+}

@@ -228,6 +228,28 @@ impl Track {
     }
 }
 
+/// Duration of an Opus packet in 48 kHz samples, from its TOC byte (RFC 6716 §3.1), or
+/// `None` when the packet is malformed.
+fn opus_duration_48k(packet: &[u8]) -> Option<u64> {
+    let toc = *packet.first()?;
+    let config = toc >> 3;
+    // Frame sizes in 48 kHz samples: SILK-only 10/20/40/60 ms, hybrid 10/20 ms, CELT-only
+    // 2.5/5/10/20 ms.
+    let frame: u64 = match config {
+        0..=11 => [480, 960, 1920, 2880][usize::from(config & 3)],
+        12..=15 => [480, 960][usize::from(config & 1)],
+        _ => [120, 240, 480, 960][usize::from(config & 3)],
+    };
+    let frames: u64 = match toc & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => u64::from(*packet.get(1)? & 0x3f),
+    };
+    let total = frame * frames;
+    // RFC 6716 §3.2.5: at most 120 ms in a packet.
+    (frames > 0 && total <= 5760).then_some(total)
+}
+
 /// A track's part in one mix tick.
 enum Next<'a> {
     Frame(&'a [i16]),
@@ -283,6 +305,8 @@ pub(crate) struct Session {
     metrics: Option<Arc<Metrics>>,
     frames_dropped: u64,
     frames_missing: u64,
+    /// Caller frames published as the caller's own Opus packets, without transcoding.
+    frames_forwarded: u64,
     encoder: Box<dyn Encoder>,
     opus_out: Vec<u8>,
     rtp_time: u64,
@@ -378,6 +402,7 @@ impl Session {
             metrics,
             frames_dropped: 0,
             frames_missing: 0,
+            frames_forwarded: 0,
             rate,
             frame_len,
             target,
@@ -554,6 +579,7 @@ impl Session {
                 info!(
                     identity = %self.identity,
                     frames_sent = self.frames_sent,
+                    frames_forwarded = self.frames_forwarded,
                     frames_dropped = self.frames_dropped,
                     frames_missing = self.frames_missing,
                     "left the LiveKit room"
@@ -870,12 +896,28 @@ impl Session {
             debug!(len = pcm.len(), "caller frame of the wrong size");
             return;
         }
-        let n = match self.encoder.encode(pcm, &mut self.opus_out) {
-            Ok(n) => n,
-            Err(e) => {
-                debug!(error = %e, "Opus encode");
-                return;
+        // An Opus caller's 20 ms packet goes to the room as it came (no transcoding); any
+        // other frame, or a packet of another duration, is encoded from its PCM.
+        let forwarded = frame
+            .opus()
+            .filter(|p| opus_duration_48k(p) == Some(OPUS_RTP_STEP))
+            .and_then(|p| {
+                let slot = self.opus_out.get_mut(..p.len())?;
+                slot.copy_from_slice(p);
+                Some(p.len())
+            });
+        let n = match forwarded {
+            Some(n) => {
+                self.frames_forwarded += 1;
+                n
             }
+            None => match self.encoder.encode(pcm, &mut self.opus_out) {
+                Ok(n) => n,
+                Err(e) => {
+                    debug!(error = %e, "Opus encode");
+                    return;
+                }
+            },
         };
         self.rtp_time = self.rtp_time.wrapping_add(OPUS_RTP_STEP);
         if self.mic_pt.is_none() {
@@ -1055,6 +1097,23 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opus_packet_durations_come_from_the_toc() {
+        // SILK NB 20 ms, one frame; CELT FB 20 ms, one frame; SILK 10 ms, two frames (code 1).
+        assert_eq!(opus_duration_48k(&[0x08, 0xaa]), Some(960));
+        assert_eq!(opus_duration_48k(&[0xf8, 0xaa]), Some(960));
+        assert_eq!(opus_duration_48k(&[0x01, 0xaa]), Some(960));
+        // SILK 60 ms; hybrid 10 ms; CELT 2.5 ms × 8 frames (code 3, count byte 8).
+        assert_eq!(opus_duration_48k(&[0x18]), Some(2880));
+        assert_eq!(opus_duration_48k(&[0x60]), Some(480));
+        assert_eq!(opus_duration_48k(&[0x83, 0x08]), Some(960));
+        // Malformed: empty, code 3 without its count byte or with zero or too many frames.
+        assert_eq!(opus_duration_48k(&[]), None);
+        assert_eq!(opus_duration_48k(&[0x03]), None);
+        assert_eq!(opus_duration_48k(&[0x03, 0x00]), None);
+        assert_eq!(opus_duration_48k(&[0x1b, 0x3f]), None);
+    }
 
     #[test]
     fn dtmf_codes_follow_rfc4733() {
