@@ -18,7 +18,8 @@
 //! helper task while media keeps flowing on the peer connections; if that fails for
 //! [`RESUME_WINDOW`], the room is reported closed. A `Leave{action: RECONNECT}` (the server
 //! lost our peer connections, or does not know the session we resume) makes the task join
-//! again with new peer connections, at most [`MAX_REJOINS`] times per call.
+//! again with new peer connections, at most [`MAX_REJOINS`] times per call; so does a peer
+//! connection that fails.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -485,7 +486,7 @@ impl Session {
     /// session with the same identity), new peer connections, the microphone published again.
     /// The call keeps its channels; others that came or went meanwhile are reported.
     async fn rejoin(&mut self) -> Result<Vec<Resp>, String> {
-        info!(identity = %self.identity, "LiveKit asked for a full reconnect; joining again");
+        info!(identity = %self.identity, "joining the LiveKit room again with new peer connections");
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None).await;
         }
@@ -784,8 +785,10 @@ impl Session {
             self.poll_publisher();
             self.poll_subscriber();
             if !self.publ.rtc.is_alive() || !self.subs.rtc.is_alive() {
-                warn!(identity = %self.identity, "a LiveKit peer connection failed");
-                return End::Room(RoomEvent::Closed);
+                // What LiveKit's SDKs do when a peer connection fails: join again with new
+                // ones (bounded by MAX_REJOINS; a join that fails ends the call with a prompt).
+                warn!(identity = %self.identity, "a LiveKit peer connection failed; joining again");
+                return End::Rejoin;
             }
         }
     }
