@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use dialin::config::{LiveKitConfig, Secret};
 use dialin::room::livekit::{LiveKitRooms, LIVEKIT_SAMPLE_RATE, NARROWBAND_SAMPLE_RATE};
 use dialin::room::{AudioFrame, JoinRequest, RoomBackend, RoomError, RoomEvent, RoomHandle};
-use dialin_lkserver::{proto, ParticipantKind, Signal, TestServer, SAMPLE_RATE};
+use dialin_lkserver::{
+    proto, ParticipantKind, Signal, SyntheticParticipant, TestServer, SAMPLE_RATE,
+};
 use support::tone::{goertzel_level, sine};
 
 const KEY: &str = "devkey";
@@ -552,6 +554,26 @@ async fn livekit_gateway(url: &str, secret: &str) -> Gateway {
     .await
 }
 
+/// A test server with alice in `room` playing a 1000 Hz tone, a gateway on it, and [`PIN`]
+/// leading to `room`.
+async fn gateway_and_alice(room: &str) -> (TestServer, SyntheticParticipant, Gateway) {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let alice = server
+        .add_synthetic_participant(
+            room,
+            "alice",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin(room, Some(PIN)).await;
+    (server, alice, gw)
+}
+
 /// A G.711 call from `from`: every prompt and tone is compared at 8 kHz.
 fn pcmu_from(gw: &Gateway, from: &str) -> DialOptions {
     DialOptions {
@@ -713,20 +735,7 @@ async fn caller_keying_a_pin_joins_livekit_as_a_sip_participant_named_and_tagged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_tone_reaches_the_caller_and_caller_tone_reaches_the_room() {
-    let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let alice = server
-        .add_synthetic_participant(
-            "audio",
-            "alice",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
-    let gw = livekit_gateway(server.url(), SECRET).await;
-    gw.create_pin("audio", Some(PIN)).await;
+    let (_server, alice, gw) = gateway_and_alice("audio").await;
     let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
     let (identity, _) = identity_of(&info);
     call.play_tone(440.0, -12.0);
@@ -1041,20 +1050,7 @@ async fn trunk_with_its_own_livekit_sends_its_calls_there() {
 /// tone, and the session reports almost every frame it published as forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opus_caller_is_published_without_transcoding() {
-    let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let alice = server
-        .add_synthetic_participant(
-            "opus",
-            "alice",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
-    let gw = livekit_gateway(server.url(), SECRET).await;
-    gw.create_pin("opus", Some(PIN)).await;
+    let (_server, alice, gw) = gateway_and_alice("opus").await;
     let opts = DialOptions {
         codecs: vec![Codec::Opus],
         from_user: "+33612345678".to_owned(),

@@ -191,6 +191,21 @@ struct Track {
 }
 
 impl Track {
+    /// A track's decoder and ring, made once when the track first appears.
+    fn new(mid: Mid, id: ParticipantId, rate: SampleRate) -> Option<Track> {
+        let decoder = new_decoder(CodecKind::Opus, rate, &CodecConfig::default()).ok()?;
+        Some(Track {
+            mid,
+            id,
+            decoder,
+            ring: Box::new([[0; FRAME]; TRACK_RING]),
+            head: 0,
+            len: 0,
+            overflowed: 0,
+            last_packet: None,
+        })
+    }
+
     fn push(&mut self, frame: &[i16]) {
         if self.len == TRACK_RING {
             self.head = (self.head + 1) % TRACK_RING;
@@ -1020,25 +1035,15 @@ impl Session {
             Some(at) => at,
             None => {
                 // A new remote track: its decoder and ring are made once, here.
-                let Ok(decoder) = new_decoder(CodecKind::Opus, self.rate, &CodecConfig::default())
-                else {
+                let id = ParticipantId(self.next_track_id);
+                let Some(track) = Track::new(mid, id, self.rate) else {
                     return;
                 };
-                let id = ParticipantId(self.next_track_id);
                 self.next_track_id += 1;
                 if self.mixer.add(id).is_err() {
                     return;
                 }
-                self.tracks.push(Track {
-                    mid,
-                    id,
-                    decoder,
-                    ring: Box::new([[0; FRAME]; TRACK_RING]),
-                    head: 0,
-                    len: 0,
-                    overflowed: 0,
-                    last_packet: None,
-                });
+                self.tracks.push(track);
                 self.tracks.len() - 1
             }
         };
@@ -1130,23 +1135,8 @@ mod tests {
 
     #[test]
     fn track_ring_drops_the_oldest_frame_when_full() {
-        let Ok(decoder) = new_decoder(
-            CodecKind::Opus,
-            SampleRate::Hz16000,
-            &CodecConfig::default(),
-        ) else {
-            panic!()
-        };
-        let mut t = Track {
-            mid: Mid::from("0"),
-            id: ParticipantId(1),
-            decoder,
-            ring: Box::new([[0; FRAME]; TRACK_RING]),
-            head: 0,
-            len: 0,
-            overflowed: 0,
-            last_packet: None,
-        };
+        let mut t = Track::new(Mid::from("0"), ParticipantId(1), SampleRate::Hz16000)
+            .expect("an Opus decoder at 16 kHz");
         for v in 0..(TRACK_RING as i16 + 2) {
             t.push(&[v; FRAME]);
         }
@@ -1161,20 +1151,8 @@ mod tests {
 
     #[test]
     fn an_empty_ring_is_a_missing_frame_only_while_the_track_is_sending() {
-        let Ok(decoder) = new_decoder(CodecKind::Opus, SampleRate::Hz8000, &CodecConfig::default())
-        else {
-            panic!()
-        };
-        let mut t = Track {
-            mid: Mid::from("0"),
-            id: ParticipantId(1),
-            decoder,
-            ring: Box::new([[0; FRAME]; TRACK_RING]),
-            head: 0,
-            len: 0,
-            overflowed: 0,
-            last_packet: None,
-        };
+        let mut t = Track::new(Mid::from("0"), ParticipantId(1), SampleRate::Hz8000)
+            .expect("an Opus decoder at 8 kHz");
         let t0 = Instant::now();
         assert!(
             matches!(t.next(160, t0), Next::Idle),
