@@ -12,7 +12,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use dialin::config::{LiveKitConfig, Secret};
+use dialin::config::{IceServer, LiveKitConfig, Secret};
 use dialin::room::livekit::{LiveKitRooms, LIVEKIT_SAMPLE_RATE, NARROWBAND_SAMPLE_RATE};
 use dialin::room::{AudioFrame, JoinRequest, RoomBackend, RoomError, RoomEvent, RoomHandle};
 use dialin_lkserver::{
@@ -1105,4 +1105,83 @@ async fn opus_caller_is_published_without_transcoding() {
         forwarded * 100 >= sent * 95,
         "at least 95 % of the frames forwarded without transcoding: {forwarded} of {sent}"
     );
+}
+
+/// A STUN server listed in `livekit.ice_servers` tells each peer connection the address a NAT
+/// gives it; the backend trickles it to LiveKit as a server-reflexive candidate of that peer
+/// connection, next to its host candidate, and the call connects as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stun_server_in_ice_servers_adds_server_reflexive_candidates() {
+    // The STUN server maps every client to 127.0.0.3, as a NAT maps it to its public address.
+    let stun_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stun_addr = stun_sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, src)) = stun_sock.recv_from(&mut buf).await {
+            // A Binding request: type 0x0001, magic cookie, transaction id.
+            if n < 20 || buf[..2] != [0, 1] || buf[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+                continue;
+            }
+            let mut r = vec![0x01, 0x01, 0, 12, 0x21, 0x12, 0xa4, 0x42];
+            r.extend_from_slice(&buf[8..20]);
+            // XOR-MAPPED-ADDRESS, IPv4, 127.0.0.3 and the source port.
+            r.extend_from_slice(&[0x00, 0x20, 0, 8, 0, 1]);
+            r.extend_from_slice(&(src.port() ^ 0x2112).to_be_bytes());
+            r.extend(
+                [127u8, 0, 0, 3]
+                    .iter()
+                    .zip([0x21, 0x12, 0xa4, 0x42])
+                    .map(|(a, k)| a ^ k),
+            );
+            let _ = stun_sock.send_to(&r, src).await;
+        }
+    });
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let config = LiveKitConfig {
+        url: server.url().to_owned(),
+        api_key: KEY.to_owned(),
+        api_secret: Some(Secret::new(SECRET)),
+        token_ttl_s: 60,
+        ice_servers: vec![
+            IceServer {
+                url: format!("stun:{stun_addr}"),
+                username: None,
+                credential: None,
+            },
+            // Understood and skipped: no TURN client.
+            IceServer {
+                url: "turn:127.0.0.1:9?transport=udp".to_owned(),
+                username: Some("user".to_owned()),
+                credential: Some(Secret::new("pass")),
+            },
+        ],
+    };
+    let rooms = LiveKitRooms::new(&config).expect("configured backend");
+    let handle = join(&rooms, "nat", "c20").await;
+    let srflx_for = |p: &dialin_lkserver::ParticipantSnapshot, target: proto::SignalTarget| {
+        p.trickled
+            .iter()
+            .any(|(t, c)| *t == target && c.contains("typ srflx") && c.contains("127.0.0.3"))
+    };
+    let p = server
+        .wait_for_participant(
+            "nat",
+            |p| {
+                p.identity == "sip_c20"
+                    && srflx_for(p, proto::SignalTarget::Publisher)
+                    && srflx_for(p, proto::SignalTarget::Subscriber)
+                    && p.publisher_connected
+                    && p.subscriber_connected
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let seen = server.participants("nat").await.unwrap();
+    assert!(
+        p.is_some(),
+        "a srflx candidate for each peer connection, and both connected: {:?}",
+        seen.iter().map(|p| &p.trickled).collect::<Vec<_>>()
+    );
+    drop(handle);
 }

@@ -245,7 +245,14 @@ async fn digest_challenge_then_authenticated_invite_is_answered() {
     let target = uas.addr(Transport::Udp).expect("udp");
     let run = sipp("auth", "auth.xml", target, &["-m", "5", "-r", "10"]).await;
     check(&run, 5);
-    let s = uas.stats();
+    // SIPp is done once it has the 200 to its last BYE; the UAS counts that BYE just after
+    // sending the 200, so give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut s = uas.stats();
+    while s.byes < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s = uas.stats();
+    }
     assert_eq!((s.challenged, s.answered, s.byes), (5, 5, 5));
     uas.stop();
 }

@@ -19,9 +19,10 @@
 //!
 //! A trunk's `livekit = { url, api_key, api_secret }` sends its calls to another server or
 //! project (the call's trunk is its `sip.trunkID` attribute). `wss://` URLs go through rustls
-//! (ring) with Mozilla's root certificates compiled in. ICE uses host candidates only (the
-//! address the signal connection left from); `livekit.ice_servers` and the TURN servers
-//! LiveKit hands out are not used yet.
+//! (ring) with Mozilla's root certificates compiled in. ICE offers a host candidate (the
+//! address the signal connection left from) and, when `livekit.ice_servers` or the
+//! `JoinResponse` list STUN servers, a server-reflexive one learnt from them (module `stun`);
+//! TURN servers are not used (no TURN client).
 //!
 //! The room is exchanged at the caller's rate: 8 kHz for G.711 callers, 16 kHz
 //! ([`LIVEKIT_SAMPLE_RATE`], wideband) for the others. Opus encodes from and decodes to both
@@ -31,6 +32,7 @@
 
 mod session;
 mod signal;
+mod stun;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,6 +81,9 @@ pub struct LiveKitRooms {
     trunks: Option<Arc<SharedTrunkTable>>,
     /// Where sessions count the frames they drop or miss.
     metrics: Option<Arc<Metrics>>,
+    /// `livekit.ice_servers` URLs; the STUN ones are asked for each call's reflexive address,
+    /// with those of the `JoinResponse`.
+    ice_urls: Vec<String>,
 }
 
 /// The server and key one call's participant uses.
@@ -106,6 +111,7 @@ impl LiveKitRooms {
             tls: signal::tls_connector().map_err(RoomError::Refused)?,
             trunks: None,
             metrics: None,
+            ice_urls: config.ice_servers.iter().map(|s| s.url.clone()).collect(),
         })
     }
 
@@ -185,6 +191,7 @@ impl LiveKitRooms {
             &req.identity,
             rate,
             self.metrics.clone(),
+            &self.ice_urls,
         )
         .await
         .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;

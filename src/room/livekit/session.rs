@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::signal::{self, SignalError, Ws};
+use super::stun;
 use crate::metrics::Metrics;
 use crate::room::{AudioFrame, RoomEvent};
 
@@ -58,6 +59,13 @@ const MAX_DECODED: usize = 1920;
 const TRACK_RING: usize = 4;
 /// Keys kept while the reliable data channel is not open yet; more are dropped.
 const EARLY_DTMF: usize = 16;
+/// STUN Binding rounds per pair of peer connections, and the time between them.
+const STUN_ROUNDS: u32 = 3;
+const STUN_RETRY: Duration = Duration::from_millis(500);
+/// How long resolving the STUN servers' names may delay a join.
+const STUN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// STUN servers asked per call, at most.
+const MAX_STUN_SERVERS: usize = 4;
 /// The mix tick (one frame).
 const TICK: Duration = Duration::from_millis(20);
 /// A track whose last packet is more recent than this is sending: an empty ring at a mix
@@ -108,6 +116,12 @@ struct Pc {
     addr: SocketAddr,
     timeout: Instant,
     connected: bool,
+    /// The STUN Binding request in flight from this socket, if any.
+    stun_id: Option<stun::TransactionId>,
+    /// This socket's address as a STUN server saw it, when it differs from `addr` (NAT).
+    srflx: Option<SocketAddr>,
+    /// `srflx` was learnt and not trickled to LiveKit yet.
+    srflx_untold: bool,
 }
 
 impl Pc {
@@ -127,7 +141,54 @@ impl Pc {
             addr,
             timeout: now,
             connected: false,
+            stun_id: None,
+            srflx: None,
+            srflx_untold: false,
         })
+    }
+
+    /// Sends a Binding request to each STUN server of this socket's address family, unless
+    /// the reflexive address is known already.
+    fn send_stun(&mut self, servers: &[SocketAddr]) {
+        if self.srflx.is_some() {
+            return;
+        }
+        let id: stun::TransactionId = rand::random();
+        let request = stun::binding_request(&id);
+        let mut sent = false;
+        for server in servers
+            .iter()
+            .filter(|s| s.is_ipv4() == self.addr.is_ipv4())
+        {
+            sent |= self.sock.try_send_to(&request, *server).is_ok();
+        }
+        if sent {
+            self.stun_id = Some(id);
+        }
+    }
+
+    /// Takes `data` if it answers this socket's Binding request: a reflexive address other
+    /// than the socket's own becomes a server-reflexive ICE candidate. Any other datagram
+    /// (ICE checks are STUN too) is left for str0m.
+    fn on_stun(&mut self, data: &[u8]) -> bool {
+        let Some(id) = self.stun_id else {
+            return false;
+        };
+        let Some(mapped) = stun::binding_response_address(data, &id) else {
+            return false;
+        };
+        self.stun_id = None;
+        if mapped != self.addr && self.srflx.is_none() {
+            match Candidate::server_reflexive(mapped, self.addr, "udp") {
+                Ok(c) => {
+                    self.rtc.add_local_candidate(c);
+                    self.srflx = Some(mapped);
+                    self.srflx_untold = true;
+                }
+                Err(e) => debug!(error = %e, %mapped, "unusable reflexive address"),
+            }
+        }
+        true
     }
 
     fn receive(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
@@ -169,10 +230,17 @@ impl Pc {
         }
     }
 
-    fn candidate_init(&self) -> Option<String> {
-        Candidate::host(self.addr, "udp")
-            .ok()
+    /// `Trickle` payloads for this PC's candidates: the host one, and the server-reflexive
+    /// one once a STUN server told it.
+    fn candidate_inits(&self) -> Vec<String> {
+        let host = Candidate::host(self.addr, "udp").ok();
+        let srflx = self
+            .srflx
+            .and_then(|a| Candidate::server_reflexive(a, self.addr, "udp").ok());
+        host.into_iter()
+            .chain(srflx)
             .map(|c| signal::candidate_init(&c.to_sdp_string()))
+            .collect()
     }
 }
 
@@ -266,6 +334,48 @@ fn opus_duration_48k(packet: &[u8]) -> Option<u64> {
     (frames > 0 && total <= 5760).then_some(total)
 }
 
+/// The STUN servers among `config` (`livekit.ice_servers`) and the `JoinResponse`'s ICE
+/// servers, resolved without blocking; TURN and other entries are skipped (no TURN client).
+async fn stun_servers(
+    config: &[String],
+    join: &proto::JoinResponse,
+    identity: &str,
+) -> Vec<SocketAddr> {
+    let from_join = join.ice_servers.iter().flat_map(|s| s.urls.iter());
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    let mut skipped = 0usize;
+    for url in config.iter().chain(from_join) {
+        match stun::parse_url(url) {
+            stun::IceUrl::Stun { host, port } => {
+                if !hosts.iter().any(|(h, p)| *h == host && *p == port) {
+                    hosts.push((host, port));
+                }
+            }
+            stun::IceUrl::Unsupported | stun::IceUrl::Invalid => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        debug!(
+            identity,
+            skipped, "ICE servers other than stun: are not used (no TURN client)"
+        );
+    }
+    hosts.truncate(MAX_STUN_SERVERS);
+    let lookups = async {
+        let mut out = Vec::new();
+        for (host, port) in &hosts {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(addrs) => out.extend(addrs),
+                Err(e) => debug!(identity, %host, error = %e, "STUN server not resolved"),
+            }
+        }
+        out
+    };
+    tokio::time::timeout(STUN_RESOLVE_TIMEOUT, lookups)
+        .await
+        .unwrap_or_default()
+}
+
 /// A track's part in one mix tick.
 enum Next<'a> {
     Frame(&'a [i16]),
@@ -286,6 +396,11 @@ enum End {
 }
 
 pub(crate) struct Session {
+    /// STUN servers (from `livekit.ice_servers` and the `JoinResponse`), the next round of
+    /// Binding requests, and the rounds made for the current sockets.
+    stun_servers: Vec<SocketAddr>,
+    stun_next: Option<Instant>,
+    stun_rounds: u32,
     target: Target,
     ws: Option<Ws>,
     io: SessionIo,
@@ -386,6 +501,7 @@ impl Session {
         identity: &str,
         rate: SampleRate,
         metrics: Option<Arc<Metrics>>,
+        ice_urls: &[String],
     ) -> Result<Session, String> {
         let now = Instant::now();
         // Our host candidates advertise the address the signal connection left from: the
@@ -414,7 +530,11 @@ impl Session {
             .map(|p| p.sid.clone())
             .unwrap_or_default();
         let ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
+        let stun_servers = stun_servers(ice_urls, &join, identity).await;
         Ok(Session {
+            stun_next: (!stun_servers.is_empty()).then_some(now),
+            stun_servers,
+            stun_rounds: 0,
             metrics,
             frames_dropped: 0,
             frames_missing: 0,
@@ -522,6 +642,9 @@ impl Session {
         self.subs = Pc::bind(ip, now)
             .await
             .map_err(|e| format!("subscriber socket: {e}"))?;
+        // New sockets: their reflexive addresses are learnt afresh.
+        self.stun_rounds = 0;
+        self.stun_next = (!self.stun_servers.is_empty()).then_some(now);
         self.pending = None;
         self.mic = None;
         self.mic_pt = None;
@@ -645,10 +768,46 @@ impl Session {
             };
             self.send(Req::Offer(sd)).await;
         }
-        if let Some(c) = self.publ.candidate_init() {
+        for c in self.publ.candidate_inits() {
             self.send(Req::Trickle(proto::TrickleRequest {
                 candidate_init: c,
                 target: proto::SignalTarget::Publisher as i32,
+                r#final: false,
+            }))
+            .await;
+        }
+    }
+
+    /// One round of STUN Binding requests from both sockets; [`STUN_ROUNDS`] rounds
+    /// [`STUN_RETRY`] apart, then the servers that did not answer are given up.
+    fn stun_round(&mut self, now: Instant) {
+        self.publ.send_stun(&self.stun_servers);
+        self.subs.send_stun(&self.stun_servers);
+        self.stun_rounds += 1;
+        let done = self.publ.srflx.is_some() && self.subs.srflx.is_some();
+        self.stun_next = (self.stun_rounds < STUN_ROUNDS && !done).then_some(now + STUN_RETRY);
+    }
+
+    /// Trickles a server-reflexive candidate just learnt to LiveKit.
+    async fn tell_srflx(&mut self) {
+        for target in [
+            proto::SignalTarget::Publisher,
+            proto::SignalTarget::Subscriber,
+        ] {
+            let pc = match target {
+                proto::SignalTarget::Publisher => &mut self.publ,
+                proto::SignalTarget::Subscriber => &mut self.subs,
+            };
+            if !std::mem::take(&mut pc.srflx_untold) {
+                continue;
+            }
+            info!(identity = %self.identity, srflx = ?pc.srflx, ?target, "server-reflexive candidate from STUN");
+            let Some(c) = pc.candidate_inits().pop() else {
+                continue;
+            };
+            self.send(Req::Trickle(proto::TrickleRequest {
+                candidate_init: c,
+                target: target as i32,
                 r#final: false,
             }))
             .await;
@@ -717,6 +876,9 @@ impl Session {
                 rtc
             };
             let mut deadline = rtc.min(self.next_mix).min(self.next_ping);
+            if let Some(at) = self.stun_next {
+                deadline = deadline.min(at);
+            }
             if self.lost_at.is_some() && self.resume.is_none() {
                 deadline = deadline.min(self.next_resume);
             }
@@ -748,14 +910,22 @@ impl Session {
                 d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
                 _ = &mut self.io.leave => return End::Left,
                 r = self.publ.sock.recv_from(&mut self.buf_pub) => if let Ok((n, src)) = r {
-                    if let Some(data) = self.buf_pub.get(..n) { self.publ.receive(src, data, Instant::now()); }
+                    if let Some(data) = self.buf_pub.get(..n) {
+                        if !self.publ.on_stun(data) { self.publ.receive(src, data, Instant::now()); }
+                    }
                 },
                 r = self.subs.sock.recv_from(&mut self.buf_sub) => if let Ok((n, src)) = r {
-                    if let Some(data) = self.buf_sub.get(..n) { self.subs.receive(src, data, Instant::now()); }
+                    if let Some(data) = self.buf_sub.get(..n) {
+                        if !self.subs.on_stun(data) { self.subs.receive(src, data, Instant::now()); }
+                    }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
+            if self.stun_next.is_some_and(|at| now >= at) {
+                self.stun_round(now);
+            }
+            self.tell_srflx().await;
             if now >= self.publ.timeout {
                 let _ = self.publ.rtc.handle_input(Input::Timeout(now));
             }
@@ -832,7 +1002,7 @@ impl Session {
                             ..Default::default()
                         };
                         self.send(Req::Answer(reply)).await;
-                        if let Some(c) = self.subs.candidate_init() {
+                        for c in self.subs.candidate_inits() {
                             let t = proto::TrickleRequest {
                                 candidate_init: c,
                                 target: proto::SignalTarget::Subscriber as i32,

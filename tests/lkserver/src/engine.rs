@@ -107,6 +107,8 @@ pub struct ParticipantSnapshot {
     pub signal_connected: bool,
     pub publisher_connected: bool,
     pub subscriber_connected: bool,
+    /// The candidates the client trickled (`candidateInit` JSON) and for which PC.
+    pub trickled: Vec<(proto::SignalTarget, String)>,
 }
 
 /// Per-participant packet counters for load runs.
@@ -269,6 +271,8 @@ struct Participant {
     /// Track sids this participant explicitly unsubscribed from / subscribed to.
     subscription_overrides: HashMap<String, bool>,
     counters: ParticipantCounters,
+    /// `candidateInit` of every `Trickle` the client sent, with its target (test hook).
+    trickled: Vec<(proto::SignalTarget, String)>,
 }
 
 impl Participant {
@@ -350,6 +354,7 @@ impl Participant {
             signal_connected: self.signal.is_some(),
             publisher_connected,
             subscriber_connected,
+            trickled: self.trickled.clone(),
         }
     }
 }
@@ -909,6 +914,7 @@ impl Engine {
                 identity: grant.identity.clone(),
                 ..Default::default()
             },
+            trickled: Vec::new(),
         };
         self.parts.insert(key, p);
         self.conns.insert(conn, key);
@@ -1043,6 +1049,11 @@ impl Engine {
                 self.offer_subscriber(key);
             }
             Req::Trickle(t) => {
+                if p.trickled.len() < 64 {
+                    let target = proto::SignalTarget::try_from(t.target)
+                        .unwrap_or(proto::SignalTarget::Publisher);
+                    p.trickled.push((target, t.candidate_init.clone()));
+                }
                 let Some(cand) = peer::parse_candidate_init(&t.candidate_init) else {
                     return;
                 };
@@ -1615,6 +1626,7 @@ impl Engine {
                     identity: identity.to_owned(),
                     ..Default::default()
                 },
+                trickled: Vec::new(),
             },
         );
         self.broadcast_participant(key, false);
