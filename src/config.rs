@@ -799,7 +799,17 @@ impl Config {
             let key = format!("livekit.ice_servers[{i}]");
             let scheme = ice.url.split_once(':').map(|(s, _)| s).unwrap_or_default();
             match scheme {
-                "stun" | "stuns" => {}
+                "stun" => {
+                    if crate::room::livekit::stun::parse_url(&ice.url)
+                        == crate::room::livekit::stun::IceUrl::Invalid
+                    {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.url"),
+                            format!("{:?} is not a STUN URI (stun:host[:port])", ice.url),
+                        ));
+                    }
+                }
+                "stuns" => {}
                 "turn" | "turns" => {
                     if !matches!(ice.username.as_deref(), Some(u) if !u.is_empty()) {
                         return Err(ConfigError::invalid(

@@ -314,6 +314,8 @@ fn turn_server_without_credentials_is_refused() {
     assert!(parse(&stun).is_ok());
     let bogus = format!("{MINIMAL}[[livekit.ice_servers]]\nurl = \"http://x\"\n");
     assert_eq!(error_key(&bogus), "livekit.ice_servers[0].url");
+    let no_port = format!("{MINIMAL}[[livekit.ice_servers]]\nurl = \"stun:stun.example.com:0\"\n");
+    assert_eq!(error_key(&no_port), "livekit.ice_servers[0].url");
 }
 
 #[test]

@@ -32,7 +32,7 @@
 
 mod session;
 mod signal;
-mod stun;
+pub(crate) mod stun;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
