@@ -168,6 +168,57 @@ async fn sipp_caller_keying_the_right_pin_with_rfc2833_joins_the_room() {
     assert_eq!(rec.room.as_deref(), Some("weekly"));
 }
 
+/// The same SIPp caller with `rooms.backend = "livekit"`: after the PIN, the LiveKit test
+/// server has a participant of kind SIP for the call, named and tagged per DESIGN.md
+/// §Participant in the room, with the calling number masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_caller_keying_the_right_pin_joins_the_livekit_room_as_a_sip_participant() {
+    const SECRET: &str = "sipp-livekit-test-secret";
+    let server = dialin_lkserver::TestServer::start("devkey", SECRET)
+        .await
+        .expect("LiveKit test server");
+    let rooms = format!(
+        "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{}\"\napi_key = \"devkey\"\napi_secret = \"{SECRET}\"\n",
+        server.url()
+    );
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(trunk(10)),
+        rooms: Some(rooms),
+        ..Default::default()
+    })
+    .await;
+    gw.create_pin("weekly", Some("1023456789")).await;
+    let steps = [
+        Step::Pause(SECOND),
+        Step::Keys("1023456789#"),
+        Step::Pause(5 * SECOND),
+        Step::Bye,
+    ];
+    let Some(sipp) = start_sipp(&gw, &steps) else {
+        return;
+    };
+    let limit = SECOND + keys_duration("1023456789#") + 4 * SECOND;
+    let joined = gw.wait_for_call(limit, |c| c["state"] == "in_room").await;
+    let participant = server
+        .wait_for_participant("weekly", |p| p.publisher_connected, 5 * SECOND)
+        .await
+        .expect("test server answers");
+    let outcome = sipp.wait(20 * SECOND).await;
+    let joined = joined.unwrap_or_else(|| panic!("never in_room; sipp: {outcome:?}"));
+    let p = participant.expect("a participant in the LiveKit room, publishing");
+    let id = joined["id"].as_str().expect("call id");
+    assert_eq!(p.identity, format!("sip_{id}"));
+    assert_eq!(p.kind, dialin_lkserver::ParticipantKind::Sip);
+    assert_eq!(p.name, "Phone ••••5678");
+    let attr = |k: &str| p.attributes.get(k).map(String::as_str);
+    assert_eq!(attr("sip.phoneNumber"), Some("••••5678"), "masked number");
+    assert_eq!(attr("sip.callID"), Some(id));
+    assert_eq!(attr("sip.trunkID"), Some("carrier"));
+    assert_eq!(attr("sip.callStatus"), Some("active"));
+    assert!(outcome.success(), "{outcome:?}");
+    assert!(gw.wait_no_calls(5 * SECOND).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_caller_keying_three_wrong_pins_is_told_goodbye_and_hung_up() {
     let gw = Gateway::start(GatewayOptions {
