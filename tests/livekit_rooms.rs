@@ -240,6 +240,20 @@ async fn audio_both_ways(rate: u32, call: &str) {
     );
     assert!(at_1k - at_440 > 30.0, "the caller does not hear itself");
 
+    // The audio-level extension LiveKit's speaker detection reads: the -12 dBFS sine is
+    // -15 dBov RMS, and voice.
+    let counters = server.counters().await.unwrap();
+    let mine = counters
+        .iter()
+        .find(|c| c.identity == format!("sip_{call}"))
+        .expect("the caller's counters");
+    assert!(
+        mine.audio_level.is_some_and(|l| (-17..=-13).contains(&l)),
+        "audio level of the caller's packets: {:?}",
+        mine.audio_level
+    );
+    assert_eq!(mine.voice_activity, Some(true));
+
     let room_heard = synth.received_audio_from(&format!("sip_{call}"));
     let rtail = last(&room_heard, SAMPLE_RATE, 1.0);
     let r440 = goertzel_level(rtail, SAMPLE_RATE, 440.0);

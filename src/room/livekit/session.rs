@@ -59,6 +59,9 @@ const MAX_DECODED: usize = 1920;
 const TRACK_RING: usize = 4;
 /// Keys kept while the reliable data channel is not open yet; more are dropped.
 const EARLY_DTMF: usize = 16;
+/// Frames louder than this (dBov) are flagged as voice in the audio-level extension: speech
+/// sits around -20 to -35 dBov, a quiet phone line's noise below -55.
+const VOICE_DBOV: i8 = -50;
 /// STUN Binding rounds per pair of peer connections, and the time between them.
 const STUN_ROUNDS: u32 = 3;
 const STUN_RETRY: Duration = Duration::from_millis(500);
@@ -310,6 +313,23 @@ impl Track {
         self.len -= 1;
         self.ring.get(at).and_then(|f| f.get(..len))
     }
+}
+
+/// A frame's level for the RFC 6464 header extension: its RMS in dBov (0 loudest, -127
+/// silence), and whether that is voice rather than line noise (above [`VOICE_DBOV`]).
+fn audio_level(pcm: &[i16]) -> (i8, bool) {
+    if pcm.is_empty() {
+        return (-127, false);
+    }
+    let energy: f64 = pcm.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    let rms = (energy / pcm.len() as f64).sqrt() / 32768.0;
+    let dbov = if rms > 0.0 {
+        20.0 * rms.log10()
+    } else {
+        -127.0
+    };
+    let level = dbov.clamp(-127.0, 0.0).round() as i8;
+    (level, level > VOICE_DBOV)
 }
 
 /// Duration of an Opus packet in 48 kHz samples, from its TOC byte (RFC 6716 §3.1), or
@@ -1118,14 +1138,18 @@ impl Session {
         let (Some(pt), Some(payload)) = (self.mic_pt, self.opus_out.get(..n)) else {
             return;
         };
+        // RFC 6464 audio level: what LiveKit's speaker detection reads (it does not decode
+        // Opus), so that a talking caller shows as speaking in the room's apps.
+        let (level, voice) = audio_level(pcm);
         if let Some(w) = self.publ.rtc.writer(mid) {
-            if w.write(
-                pt,
-                now,
-                MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ),
-                payload,
-            )
-            .is_ok()
+            if w.audio_level(level, voice)
+                .write(
+                    pt,
+                    now,
+                    MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ),
+                    payload,
+                )
+                .is_ok()
             {
                 self.frames_sent += 1;
             }
@@ -1291,6 +1315,32 @@ mod tests {
         assert_eq!(opus_duration_48k(&[0x03]), None);
         assert_eq!(opus_duration_48k(&[0x03, 0x00]), None);
         assert_eq!(opus_duration_48k(&[0x1b, 0x3f]), None);
+    }
+
+    #[test]
+    fn audio_level_is_rms_in_dbov_with_voice_above_minus_50() {
+        assert_eq!(audio_level(&[0; 160]), (-127, false));
+        assert_eq!(audio_level(&[]), (-127, false));
+        // A full-scale square wave is 0 dBov.
+        let square: Vec<i16> = (0..160)
+            .map(|i| if i % 2 == 0 { 32767 } else { -32767 })
+            .collect();
+        assert_eq!(audio_level(&square), (0, true));
+        // A sine peaking at -12 dBFS has an RMS 3 dB lower: -15 dBov.
+        let amp = 32768.0 * 10f64.powf(-12.0 / 20.0);
+        let sine: Vec<i16> = (0..320)
+            .map(|i| {
+                (amp * (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / 16000.0).sin()) as i16
+            })
+            .collect();
+        let (level, voice) = audio_level(&sine);
+        assert!((-16..=-14).contains(&level), "{level}");
+        assert!(voice);
+        // Line noise at -60 dBov is not voice.
+        let noise: Vec<i16> = (0..160)
+            .map(|i| if i % 2 == 0 { 33 } else { -33 })
+            .collect();
+        assert_eq!(audio_level(&noise), (-60, false));
     }
 
     #[test]

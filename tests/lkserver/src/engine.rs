@@ -128,6 +128,10 @@ pub struct ParticipantCounters {
     pub data_dropped: u64,
     /// Datagrams to or from this participant dropped by `blackhole_media`.
     pub datagrams_blackholed: u64,
+    /// The RFC 6464 audio level (dBov) and voice flag of the last packet received from this
+    /// participant that carried one (what the real server's speaker detection reads).
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
 }
 
 /// Whole-engine figures for load runs.
@@ -1307,6 +1311,10 @@ impl Engine {
                 };
                 p.counters.packets_in += 1;
                 p.counters.bytes_in += d.data.len() as u64;
+                if let Some(level) = d.ext_vals.audio_level {
+                    p.counters.audio_level = Some(level);
+                    p.counters.voice_activity = d.ext_vals.voice_activity;
+                }
                 self.forward(key, &track_sid, &d.data, d.time, now);
             }
             Event::ChannelOpen(id, label) => {
