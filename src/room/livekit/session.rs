@@ -38,6 +38,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::Extension;
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -131,9 +132,15 @@ impl Pc {
     async fn bind(ip: IpAddr, now: Instant) -> std::io::Result<Pc> {
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = sock.local_addr()?;
+        // Header extensions: the audio level (LiveKit's speaker detection) and the MID
+        // (BUNDLE demultiplexing) only. Without transport-wide congestion control, neither
+        // side sends or processes TWCC feedback for a fixed-rate audio stream.
         let mut rtc = Rtc::builder()
             .clear_codecs()
             .enable_opus(true, false)
+            .clear_extension_map()
+            .set_extension(1, Extension::AudioLevel)
+            .set_extension(4, Extension::RtpMid)
             .build(now);
         let cand =
             Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
