@@ -136,10 +136,14 @@ fn keys_duration(keys: &str) -> Duration {
     Duration::from_millis(BETWEEN_KEYS_MS * keys.len() as u64)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sipp_caller_keying_the_right_pin_with_rfc2833_joins_the_room() {
+/// A gateway (with the `[rooms]` table `rooms`, else local rooms) where PIN 1023456789 leads to
+/// `weekly`, and SIPp calling it: a second of silence, the PIN and `#`, five seconds in the
+/// room, BYE. Also how long the gateway may take to put the call in its room. `None` when SIPp
+/// or its captures are missing.
+async fn weekly_pin_call(rooms: Option<String>) -> Option<(Gateway, SippProcess, Duration)> {
     let gw = Gateway::start(GatewayOptions {
         trunks: Some(trunk(10)),
+        rooms,
         ..Default::default()
     })
     .await;
@@ -150,10 +154,16 @@ async fn sipp_caller_keying_the_right_pin_with_rfc2833_joins_the_room() {
         Step::Pause(5 * SECOND),
         Step::Bye,
     ];
-    let Some(sipp) = start_sipp(&gw, &steps) else {
+    let sipp = start_sipp(&gw, &steps)?;
+    let limit = SECOND + keys_duration("1023456789#") + 4 * SECOND;
+    Some((gw, sipp, limit))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_caller_keying_the_right_pin_with_rfc2833_joins_the_room() {
+    let Some((gw, sipp, limit)) = weekly_pin_call(None).await else {
         return;
     };
-    let limit = SECOND + keys_duration("1023456789#") + 4 * SECOND;
     let joined = gw.wait_for_call(limit, |c| c["state"] == "in_room").await;
     let outcome = sipp.wait(20 * SECOND).await;
     let joined = joined.unwrap_or_else(|| panic!("never in_room; sipp: {outcome:?}"));
@@ -181,23 +191,9 @@ async fn sipp_caller_keying_the_right_pin_joins_the_livekit_room_as_a_sip_partic
         "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{}\"\napi_key = \"devkey\"\napi_secret = \"{SECRET}\"\n",
         server.url()
     );
-    let gw = Gateway::start(GatewayOptions {
-        trunks: Some(trunk(10)),
-        rooms: Some(rooms),
-        ..Default::default()
-    })
-    .await;
-    gw.create_pin("weekly", Some("1023456789")).await;
-    let steps = [
-        Step::Pause(SECOND),
-        Step::Keys("1023456789#"),
-        Step::Pause(5 * SECOND),
-        Step::Bye,
-    ];
-    let Some(sipp) = start_sipp(&gw, &steps) else {
+    let Some((gw, sipp, limit)) = weekly_pin_call(Some(rooms)).await else {
         return;
     };
-    let limit = SECOND + keys_duration("1023456789#") + 4 * SECOND;
     let joined = gw.wait_for_call(limit, |c| c["state"] == "in_room").await;
     let participant = server
         .wait_for_participant("weekly", |p| p.publisher_connected, 5 * SECOND)
