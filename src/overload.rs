@@ -31,6 +31,12 @@ pub const LEAVE_LATE_FRACTION: f64 = 0.02;
 /// the machine is to blame and refusing calls would not help.
 pub const MIN_TICKS: u32 = 250;
 
+/// A task of the runtime that could not run for this long, while calls are up, is proof of a
+/// starved node even when no late tick made it into the window yet: a process given a few
+/// milliseconds of CPU every second or two records its late ticks in bursts that the
+/// one-second window can miss entirely.
+pub const STALL: Duration = Duration::from_millis(500);
+
 /// Media ticks per call per second (one per 20 ms).
 const TICKS_PER_CALL: u32 = 50;
 /// A starved process records few ticks (each late); this many are enough to judge when
@@ -165,6 +171,20 @@ impl OverloadMonitor {
             self.overloaded.store(is, Ordering::Release);
         }
         is
+    }
+
+    /// A task of the node (the overload watcher) woke `stall` after it was due, with `calls`
+    /// calls in progress. A stall of [`STALL`] or more with enough calls to judge
+    /// ([`MIN_TICKS`] ticks a second) puts the node in overload; [`OverloadMonitor::check`]
+    /// then keeps it there until the calls' ticks are back on time. Returns the state.
+    pub fn record_stall(&self, stall: Duration, calls: usize) -> bool {
+        let expected = u32::try_from(calls)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(TICKS_PER_CALL);
+        if stall >= STALL && expected >= MIN_TICKS {
+            self.overloaded.store(true, Ordering::Release);
+        }
+        self.is_overloaded()
     }
 
     /// The state the last [`OverloadMonitor::check`] found.
@@ -332,6 +352,30 @@ mod tests {
         }
         assert!(starved.check(t0 + Duration::from_millis(30), 16));
         assert!(!starved.check(t0 + Duration::from_secs(3), 0));
+    }
+
+    #[test]
+    fn a_stalled_runtime_with_calls_up_is_overloaded_until_ticks_run_on_time() {
+        let t0 = Instant::now();
+        let m = OverloadMonitor::new(t0);
+        // The watcher woke 2 s late with 16 calls up, before any late tick was recorded.
+        assert!(m.record_stall(Duration::from_secs(2), 16));
+        assert!(
+            m.check(t0 + Duration::from_secs(2), 16),
+            "silence keeps the verdict"
+        );
+        let t = run(
+            &m,
+            t0 + Duration::from_secs(2),
+            Duration::from_secs(2),
+            16,
+            0,
+        );
+        assert!(!m.check(t, 16), "ticks back on time clear it");
+        // A short delay, or a stall with too few calls to judge, is not overload.
+        let fresh = OverloadMonitor::new(t0);
+        assert!(!fresh.record_stall(Duration::from_millis(100), 16));
+        assert!(!fresh.record_stall(Duration::from_secs(2), 2));
     }
 
     #[test]

@@ -144,11 +144,18 @@ const OVERLOAD_WATCH_EVERY: std::time::Duration = std::time::Duration::from_mill
 /// Keeps `dialin_overloaded` current and logs when the node enters or leaves overload.
 async fn watch_overload(services: Services) {
     let mut every = tokio::time::interval(OVERLOAD_WATCH_EVERY);
+    // After a stall, one late wake-up (measured below) rather than a burst of them.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was = false;
     loop {
-        every.tick().await;
+        let due = every.tick().await.into_std();
         let now = std::time::Instant::now();
-        let is = services.overload.check(now, services.calls.len());
+        let calls = services.calls.len();
+        // This task itself is a probe: woken far past its time, the runtime was starved.
+        services
+            .overload
+            .record_stall(now.saturating_duration_since(due), calls);
+        let is = services.overload.check(now, calls);
         let load = services.overload.load(now);
         tracing::trace!(
             ticks = load.ticks,
