@@ -4,15 +4,13 @@
 //! room → caller: three speakers' Opus decode (8 kHz) → sum → PCMU encode → RTP.
 //! The same two paths at 16 kHz with G.722, and Opus encode at each complexity.
 //! With the `libopus` feature, the `engines/` cases run both paths on libopus and on
-//! `opus-pure` in the same run; every other Opus case then measures libopus.
+//! `opus-rs` (the default engine) in the same run; every other Opus case then measures libopus.
 //!
 //! Timed in CPU time of the benchmark thread (`CLOCK_THREAD_CPUTIME_ID`), not wall
 //! time: the build machine is shared, and a frame's cost is what it takes from a core.
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId};
-#[cfg(feature = "libopus")]
-use dialin_media::codec::CodecError;
 use dialin_media::codec::{
     new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
 };
@@ -313,87 +311,12 @@ fn opus_complexity(c: &mut Criterion) {
 }
 
 /// The two Opus engines side by side on the same call paths, in the same run: with the
-/// `libopus` feature, `new_encoder` / `new_decoder` give libopus, and `opus-pure` (the
-/// default build's engine) is driven directly, set up as the default build sets it up.
+/// `libopus` feature, `new_encoder` / `new_decoder` give libopus, and
+/// `new_pure_rust_opus_*` the default build's engine, set up as the default build sets it.
 #[cfg(feature = "libopus")]
 mod engines {
     use super::*;
-
-    /// `opus-pure` behind the crate's `Encoder` trait, configured like the default build.
-    pub(super) struct PureOpusEncoder {
-        inner: opus_pure::OpusEncoder,
-        rate: SampleRate,
-    }
-
-    impl PureOpusEncoder {
-        pub(super) fn new(rate: SampleRate, config: &CodecConfig) -> Self {
-            let mut inner =
-                opus_pure::OpusEncoder::new(rate.hz() as i32, 1, opus_pure::Application::Voip)
-                    .expect("opus-pure encoder");
-            inner.complexity = i32::from(config.opus_complexity);
-            inner.bitrate_bps = config.opus_bitrate as i32;
-            inner.use_inband_fec = config.fec;
-            inner.packet_loss_perc = i32::from(config.expected_loss_percent);
-            inner.signal_type = Some(opus_pure::Signal::Voice);
-            PureOpusEncoder { inner, rate }
-        }
-    }
-
-    impl Encoder for PureOpusEncoder {
-        fn kind(&self) -> CodecKind {
-            CodecKind::Opus
-        }
-        fn sample_rate(&self) -> SampleRate {
-            self.rate
-        }
-        fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
-            self.inner
-                .encode_s16(pcm, pcm.len(), out)
-                .map_err(|_| CodecError::Internal {
-                    kind: CodecKind::Opus,
-                    reason: "opus-pure encode",
-                })
-        }
-    }
-
-    /// `opus-pure` behind the crate's `Decoder` trait.
-    pub(super) struct PureOpusDecoder {
-        inner: opus_pure::OpusDecoder,
-        rate: SampleRate,
-    }
-
-    impl PureOpusDecoder {
-        pub(super) fn new(rate: SampleRate) -> Self {
-            let inner =
-                opus_pure::OpusDecoder::new(rate.hz() as i32, 1).expect("opus-pure decoder");
-            PureOpusDecoder { inner, rate }
-        }
-    }
-
-    fn pure_error(_: opus_pure::Error) -> CodecError {
-        CodecError::MalformedPayload {
-            kind: CodecKind::Opus,
-            reason: "opus-pure decode",
-        }
-    }
-
-    impl Decoder for PureOpusDecoder {
-        fn kind(&self) -> CodecKind {
-            CodecKind::Opus
-        }
-        fn sample_rate(&self) -> SampleRate {
-            self.rate
-        }
-        fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
-            self.inner
-                .decode_s16(payload, out.len(), out)
-                .map_err(pure_error)
-        }
-        fn conceal(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
-            let n = self.rate.frame_samples();
-            self.inner.decode_s16(&[], n, out).map_err(pure_error)
-        }
-    }
+    use dialin_media::codec::{new_pure_rust_opus_decoder, new_pure_rust_opus_encoder};
 
     pub(super) fn libopus_vs_pure(c: &mut Criterion) {
         let config = CodecConfig::default();
@@ -412,7 +335,7 @@ mod engines {
             ),
         ] {
             let libopus = new_encoder(CodecKind::Opus, rate, &config).expect("libopus encoder");
-            let pure: Box<dyn Encoder> = Box::new(PureOpusEncoder::new(rate, &config));
+            let pure = new_pure_rust_opus_encoder(rate, &config).expect("pure-Rust encoder");
             caller_to_room_with(
                 c,
                 sip,
@@ -424,14 +347,14 @@ mod engines {
                 c,
                 sip,
                 rate,
-                &format!("engines/caller_to_room/{c2r}/opus-pure"),
+                &format!("engines/caller_to_room/{c2r}/opus-rs"),
                 pure,
             );
             let libopus = (0..3)
                 .map(|_| new_decoder(CodecKind::Opus, rate, &config).expect("libopus decoder"))
                 .collect();
             let pure = (0..3)
-                .map(|_| Box::new(PureOpusDecoder::new(rate)) as Box<dyn Decoder>)
+                .map(|_| new_pure_rust_opus_decoder(rate).expect("pure-Rust decoder"))
                 .collect();
             room_to_caller_with(
                 c,
@@ -444,7 +367,7 @@ mod engines {
                 c,
                 sip,
                 rate,
-                &format!("engines/room_to_caller/{r2c}/opus-pure"),
+                &format!("engines/room_to_caller/{r2c}/opus-rs"),
                 pure,
             );
         }

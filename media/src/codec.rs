@@ -281,6 +281,22 @@ pub fn new_decoder(
     })
 }
 
+/// The pure-Rust Opus encoder (the default build's), in a build whose Opus is libopus:
+/// for benchmarks and tests that compare the two engines. Allocates; call at setup.
+#[cfg(feature = "libopus")]
+pub fn new_pure_rust_opus_encoder(
+    rate: SampleRate,
+    config: &CodecConfig,
+) -> Result<Box<dyn Encoder>, CodecError> {
+    Ok(Box::new(opus::pure::OpusEncoder::new(rate, config)?))
+}
+
+/// The pure-Rust Opus decoder (the default build's), in a build whose Opus is libopus.
+#[cfg(feature = "libopus")]
+pub fn new_pure_rust_opus_decoder(rate: SampleRate) -> Result<Box<dyn Decoder>, CodecError> {
+    Ok(Box::new(opus::pure::OpusDecoder::new(rate)?))
+}
+
 /// Checks that `out` has room for `needed` elements.
 fn ensure_room(needed: usize, available: usize) -> Result<(), CodecError> {
     if available < needed {

@@ -3,7 +3,7 @@
 //! With the feature on, `new_encoder` / `new_decoder` for Opus run libopus. These tests
 //! prove that path codes a tone faithfully at 8 and 16 kHz, applies the configured
 //! bitrate, allocates nothing per frame once running, exchanges packets with the
-//! pure-Rust `opus-pure` engine in both directions (the default build's engine, so a
+//! pure-Rust `opus-rs` engine in both directions (the default build's engine, so a
 //! gateway built either way talks to the other), and turns malformed packets into
 //! typed errors. The other Opus tests (`codec_quality`, `codec_alloc`, `opus_interop`)
 //! also run against libopus when the feature is on.
@@ -11,7 +11,8 @@
 #![cfg(feature = "libopus")]
 
 use dialin_media::codec::{
-    new_decoder, new_encoder, CodecConfig, CodecError, CodecKind, Decoder, SampleRate,
+    new_decoder, new_encoder, new_pure_rust_opus_decoder, new_pure_rust_opus_encoder, CodecConfig,
+    CodecError, CodecKind, Decoder, SampleRate,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -148,22 +149,13 @@ fn libopus_packets(rate: SampleRate, config: &CodecConfig, pcm: &[i16]) -> Vec<V
         .collect()
 }
 
-/// 20 ms packets from `opus-pure`, set up as the default build sets it up.
+/// 20 ms packets from the pure-Rust engine, set up as the default build sets it up.
 fn pure_packets(rate: SampleRate, config: &CodecConfig, pcm: &[i16]) -> Vec<Vec<u8>> {
-    let mut enc = opus_pure::OpusEncoder::new(rate.hz() as i32, 1, opus_pure::Application::Voip)
-        .expect("opus-pure encoder");
-    enc.complexity = i32::from(config.opus_complexity);
-    enc.bitrate_bps = config.opus_bitrate as i32;
-    enc.use_inband_fec = config.fec;
-    enc.packet_loss_perc = i32::from(config.expected_loss_percent);
-    enc.signal_type = Some(opus_pure::Signal::Voice);
-    let frame = rate.frame_samples();
-    pcm.chunks_exact(frame)
+    let mut enc = new_pure_rust_opus_encoder(rate, config).expect("pure-Rust encoder");
+    pcm.chunks_exact(rate.frame_samples())
         .map(|f| {
             let mut buf = [0u8; 1500];
-            let n = enc
-                .encode_s16(f, frame, &mut buf)
-                .expect("opus-pure encode");
+            let n = enc.encode(f, &mut buf).expect("pure-Rust encode");
             buf[..n].to_vec()
         })
         .collect()
@@ -181,13 +173,11 @@ fn libopus_decode(rate: SampleRate, packets: &[Vec<u8>]) -> Vec<i16> {
 }
 
 fn pure_decode(rate: SampleRate, packets: &[Vec<u8>]) -> Vec<i16> {
-    let mut dec = opus_pure::OpusDecoder::new(rate.hz() as i32, 1).expect("opus-pure decoder");
+    let mut dec = new_pure_rust_opus_decoder(rate).expect("pure-Rust decoder");
     let mut buf = vec![0i16; rate.frame_samples() * 6];
     let mut pcm = Vec::new();
     for p in packets {
-        let n = dec
-            .decode_s16(p, buf.len(), &mut buf)
-            .expect("opus-pure decode");
+        let n = dec.decode(p, &mut buf).expect("pure-Rust decode");
         pcm.extend_from_slice(&buf[..n]);
     }
     pcm
@@ -338,7 +328,7 @@ fn libopus_packets_decode_with_the_pure_rust_decoder() {
         let packets = libopus_packets(rate, &CodecConfig::default(), &input);
         let theirs = pure_decode(rate, &packets);
         assert_tone(
-            &format!("libopus@{hz} -> opus-pure"),
+            &format!("libopus@{hz} -> opus-rs"),
             &theirs,
             hz,
             1000.0,
@@ -348,7 +338,7 @@ fn libopus_packets_decode_with_the_pure_rust_decoder() {
         // packets decode to the same audio, within float rounding.
         let ours = libopus_decode(rate, &packets);
         let snr = snr_db(&ours, &theirs);
-        println!("libopus@{hz}: libopus vs opus-pure decode of the same packets: {snr:.1} dB");
+        println!("libopus@{hz}: libopus vs opus-rs decode of the same packets: {snr:.1} dB");
         assert!(snr > 60.0, "decoders disagree: {snr:.1} dB");
     }
 }
@@ -361,18 +351,12 @@ fn pure_rust_packets_decode_with_libopus() {
         let packets = pure_packets(rate, &CodecConfig::default(), &input);
         let out = libopus_decode(rate, &packets);
         assert_eq!(out.len(), input.len());
-        assert_tone(
-            &format!("opus-pure@{hz} -> libopus"),
-            &out,
-            hz,
-            1000.0,
-            -10.0,
-        );
+        assert_tone(&format!("opus-rs@{hz} -> libopus"), &out, hz, 1000.0, -10.0);
     }
 }
 
 #[test]
-fn pure_rust_fec_is_recovered_by_libopus_as_opus_pure_recovers_it() {
+fn pure_rust_fec_is_recovered_by_libopus_as_the_pure_rust_decoder_recovers_it() {
     let rate = SampleRate::Hz16000;
     let frame = rate.frame_samples();
     let config = CodecConfig {
@@ -397,7 +381,7 @@ fn pure_rust_fec_is_recovered_by_libopus_as_opus_pure_recovers_it() {
     };
     // The encoder decides per frame whether to spend bits on LBRR (RFC 6716 §4.2.4),
     // so several losses are tried; where the next packet carries FEC, libopus must
-    // rebuild the frame better than concealment and exactly as opus-pure does.
+    // rebuild the frame better than concealment and exactly as opus-rs does.
     let mut rebuilt = 0;
     for lost in [10usize, 20, 30, 40, 50] {
         let next = &packets[lost + 1];
@@ -408,32 +392,27 @@ fn pure_rust_fec_is_recovered_by_libopus_as_opus_pure_recovers_it() {
         let plc = lost_frame(lost, &|d, pcm| {
             d.conceal(pcm).expect("conceal");
         });
-        let mut pure = opus_pure::OpusDecoder::new(rate.hz() as i32, 1).expect("opus-pure decoder");
+        let mut pure = new_pure_rust_opus_decoder(rate).expect("pure-Rust decoder");
         let mut pure_fec = vec![0i16; frame];
         for p in &packets[..lost] {
-            pure.decode_s16(p, frame, &mut pure_fec)
-                .expect("opus-pure decode");
+            pure.decode(p, &mut pure_fec).expect("pure-Rust decode");
         }
-        pure.decode_fec_s16(next, frame, &mut pure_fec)
-            .expect("opus-pure FEC");
+        pure.recover(next, &mut pure_fec).expect("pure-Rust FEC");
         let (fec_db, plc_db) = (snr_db(reference, &fec), snr_db(reference, &plc));
         let agreement = snr_db(&pure_fec, &fec);
         println!(
             "lost frame {lost}: libopus FEC {fec_db:.1} dB, PLC {plc_db:.1} dB, \
-             vs opus-pure FEC {agreement:.1} dB"
+             vs opus-rs FEC {agreement:.1} dB"
         );
         if fec_db > plc_db + 3.0 {
             rebuilt += 1;
             assert!(
                 agreement > 60.0,
-                "frame {lost}: libopus and opus-pure FEC differ ({agreement:.1} dB)"
+                "frame {lost}: libopus and opus-rs FEC differ ({agreement:.1} dB)"
             );
         }
     }
-    assert!(
-        rebuilt > 0,
-        "no lost frame was rebuilt from opus-pure's FEC"
-    );
+    assert!(rebuilt > 0, "no lost frame was rebuilt from opus-rs's FEC");
 }
 
 #[test]

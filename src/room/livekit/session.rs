@@ -9,9 +9,9 @@
 //!
 //! Per 20 ms, caller → room: a PCM frame from the call (8 or 16 kHz, the caller's rate) →
 //! Opus → the publisher's writer.
-//! Room → caller: each subscribed track's Opus is decoded into its own small ring of frames;
-//! every 20 ms one frame per track goes through [`Mixer`] (top-K loudest) and the mix goes to
-//! the call. Buffers are sized when a track first appears; the steady state allocates only
+//! Room → caller: each subscribed track's packets go into its own adaptive jitter buffer;
+//! every 20 ms one frame per track is decoded (or concealed, when its packet is missing) and
+//! goes through [`Mixer`] (top-K loudest), and the mix goes to the call. Buffers are sized when a track first appears; the steady state allocates only
 //! inside str0m (its API takes and hands out owned payloads).
 //!
 //! A WebSocket that drops (or stops answering pings) is resumed with `reconnect=1&sid=` from a
@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use dialin_media::codec::{
     new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
 };
+use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
 use dialin_media::mixer::{Mixer, ParticipantId};
 use livekit_protocol as proto;
 use prost::Message as _;
@@ -36,7 +37,7 @@ use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, MediaData, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::Extension;
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -55,9 +56,18 @@ const FRAME: usize = 320;
 const OPUS_RTP_STEP: u64 = 960;
 /// A decoded packet may carry up to 120 ms (RFC 6716 §3.2.5): 1920 samples at 16 kHz.
 const MAX_DECODED: usize = 1920;
-/// Frames buffered per remote track: 80 ms. One or two absorb network jitter; beyond that the
-/// oldest frame is dropped so that latency cannot build up.
-const TRACK_RING: usize = 4;
+/// Each remote track's jitter buffer: Opus's 48 kHz RTP clock, 20 ms frames, a delay that
+/// follows the measured jitter between 20 and 200 ms (beyond that a conversation suffers,
+/// ITU-T G.114), 16 slots (320 ms: the largest delay plus reordering) of at most one
+/// largest Opus frame (1275 bytes, RFC 6716 §3.4).
+const TRACK_JITTER: JitterConfig = JitterConfig {
+    clock_rate: 48_000,
+    frame: TICK,
+    min_delay: TICK,
+    max_delay: Duration::from_millis(200),
+    capacity: 16,
+    max_payload: 1275,
+};
 /// Keys kept while the reliable data channel is not open yet; more are dropped.
 const EARLY_DTMF: usize = 16;
 /// Frames louder than this (dBov) are flagged as voice in the audio-level extension: speech
@@ -72,10 +82,6 @@ const STUN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_STUN_SERVERS: usize = 4;
 /// The mix tick (one frame).
 const TICK: Duration = Duration::from_millis(20);
-/// A track whose last packet is more recent than this is sending: an empty ring at a mix
-/// tick is then a missing frame. Longer silences are a muted track or Opus DTX (a packet every
-/// 400 ms), not loss.
-const SENDING: Duration = Duration::from_millis(50);
 /// How long a dropped signal connection may take to resume before the room counts as lost.
 /// Within LiveKit's default 20 s departure timeout, short enough that a caller is not left in
 /// a silent call.
@@ -254,71 +260,108 @@ impl Pc {
     }
 }
 
-/// A subscribed remote audio track: its decoder and a ring of decoded frames.
+/// A subscribed remote audio track: its adaptive jitter buffer, its decoder, and the
+/// decoded audio of the packet being played.
+///
+/// Packets go into the jitter buffer as str0m hands them over (with their sequence
+/// number, RTP time and arrival time); one frame per mix tick comes out, decoded then. A
+/// frame the buffer reports missing is concealed by the Opus decoder (RFC 6716 §4.4),
+/// and the buffer's delay follows the jitter it measures (see
+/// [`dialin_media::jitter`]). A packet longer than 20 ms is played over as many ticks.
 struct Track {
     mid: Mid,
     id: ParticipantId,
+    jitter: JitterBuffer,
     decoder: Box<dyn Decoder>,
-    ring: Box<[[i16; FRAME]; TRACK_RING]>,
-    head: usize,
+    /// Decoded audio of the last packet; `pcm[at..len]` is still to play.
+    pcm: Box<[i16; MAX_DECODED]>,
+    at: usize,
     len: usize,
-    /// Frames pushed out of the full ring since the last mix.
-    overflowed: u64,
-    /// When the last packet of this track arrived.
-    last_packet: Option<Instant>,
+    /// Jitter-buffer counters already reported, to report only what is new.
+    reported: Losses,
+}
+
+/// What a track lost, as the jitter buffer counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Losses {
+    /// Frames thrown away: over the buffer's size or delay, too large, or flushed.
+    dropped: u64,
+    /// Frames whose packet had not come when their turn to play came.
+    missing: u64,
 }
 
 impl Track {
-    /// A track's decoder and ring, made once when the track first appears.
+    /// A track's buffer and decoder, made once when the track first appears.
     fn new(mid: Mid, id: ParticipantId, rate: SampleRate) -> Option<Track> {
         let decoder = new_decoder(CodecKind::Opus, rate, &CodecConfig::default()).ok()?;
         Some(Track {
             mid,
             id,
+            jitter: JitterBuffer::new(TRACK_JITTER),
             decoder,
-            ring: Box::new([[0; FRAME]; TRACK_RING]),
-            head: 0,
+            pcm: Box::new([0; MAX_DECODED]),
+            at: 0,
             len: 0,
-            overflowed: 0,
-            last_packet: None,
+            reported: Losses::default(),
         })
     }
 
-    fn push(&mut self, frame: &[i16]) {
-        if self.len == TRACK_RING {
-            self.head = (self.head + 1) % TRACK_RING;
-            self.len -= 1;
-            self.overflowed += 1;
-        }
-        let at = (self.head + self.len) % TRACK_RING;
-        if let Some(slot) = self.ring.get_mut(at) {
-            let n = frame.len().min(FRAME);
-            slot[..n].copy_from_slice(&frame[..n]);
-            slot[n..].fill(0);
-            self.len += 1;
-        }
+    /// Stores a packet that arrived at `arrival`.
+    fn push(&mut self, seq: u16, rtp_time: u32, payload: &[u8], arrival: Instant) {
+        let info = PacketInfo {
+            // str0m hands over one SSRC's packets per m-line; a new sender shows as a
+            // sequence discontinuity, which restarts the buffer.
+            ssrc: 0,
+            seq,
+            timestamp: rtp_time,
+            // str0m does not pass the marker bit on; a talkspurt after silence restarts
+            // the buffer anyway (an underrun idles it).
+            marker: false,
+        };
+        self.jitter.push(info, payload, arrival);
     }
 
-    /// What the track gives the mix at this tick.
-    fn next(&mut self, len: usize, now: Instant) -> Next<'_> {
-        let sending = self
-            .last_packet
-            .is_some_and(|at| now.saturating_duration_since(at) < SENDING);
-        match self.pop(len) {
-            Some(frame) => Next::Frame(frame),
-            None if sending => Next::Missing,
-            None => Next::Idle,
+    /// The track's next `len` samples for the mix at `now`, or `None` when it is not
+    /// playing (not started, muted, in DTX, or between talkspurts).
+    fn next(&mut self, len: usize, now: Instant) -> Option<&[i16]> {
+        if self.at + len > self.len {
+            let decoded = match self.jitter.pop(now) {
+                Playout::Frame(frame) => {
+                    match self.decoder.decode(frame.payload, &mut self.pcm[..]) {
+                        Ok(n) => Ok(n),
+                        Err(e) => {
+                            debug!(error = %e, "Opus decode");
+                            self.decoder.conceal(&mut self.pcm[..])
+                        }
+                    }
+                }
+                Playout::Missing => self.decoder.conceal(&mut self.pcm[..]),
+                Playout::Empty => return None,
+            };
+            self.at = 0;
+            self.len = decoded.ok()?.min(MAX_DECODED);
+            if self.len < len {
+                return None;
+            }
         }
+        let frame = self.pcm.get(self.at..self.at + len)?;
+        self.at += len;
+        Some(frame)
     }
 
-    fn pop(&mut self, len: usize) -> Option<&[i16]> {
-        if self.len == 0 {
-            return None;
-        }
-        let at = self.head;
-        self.head = (self.head + 1) % TRACK_RING;
-        self.len -= 1;
-        self.ring.get(at).and_then(|f| f.get(..len))
+    /// What the track lost since the last call.
+    fn take_losses(&mut self) -> Losses {
+        let s = self.jitter.stats();
+        let now = Losses {
+            dropped: s.dropped + s.too_large,
+            missing: s.lost,
+        };
+        let new = Losses {
+            dropped: now.dropped.saturating_sub(self.reported.dropped),
+            missing: now.missing.saturating_sub(self.reported.missing),
+        };
+        self.reported = now;
+        new
     }
 }
 
@@ -403,15 +446,6 @@ async fn stun_servers(
         .unwrap_or_default()
 }
 
-/// A track's part in one mix tick.
-enum Next<'a> {
-    Frame(&'a [i16]),
-    /// The track is sending but no frame is ready: late or lost audio.
-    Missing,
-    /// Muted, in DTX, or not started.
-    Idle,
-}
-
 /// How the session ended.
 enum End {
     /// The call left: send `Leave`.
@@ -473,7 +507,6 @@ pub(crate) struct Session {
     mixer: Mixer,
     listener: ParticipantId,
     next_mix: Instant,
-    decoded: Vec<i16>,
     events: Vec<Event>,
     buf_pub: Vec<u8>,
     buf_sub: Vec<u8>,
@@ -597,7 +630,6 @@ impl Session {
             mixer,
             listener,
             next_mix: now + TICK,
-            decoded: vec![0i16; MAX_DECODED],
             events: Vec::new(),
             buf_pub: vec![0u8; 2048],
             buf_sub: vec![0u8; 2048],
@@ -1223,7 +1255,7 @@ impl Session {
                     debug!(identity = %self.identity, "subscriber connected");
                     self.subs.connected = true;
                 }
-                Event::MediaData(d) => self.on_media(d.mid, &d.data),
+                Event::MediaData(d) => self.on_media(&d),
                 Event::IceConnectionStateChange(s) => debug!(state = ?s, "subscriber ICE"),
                 _ => {}
             }
@@ -1231,13 +1263,13 @@ impl Session {
         self.events = events;
     }
 
-    fn on_media(&mut self, mid: Mid, payload: &[u8]) {
-        let at = match self.tracks.iter().position(|t| t.mid == mid) {
+    fn on_media(&mut self, d: &MediaData) {
+        let at = match self.tracks.iter().position(|t| t.mid == d.mid) {
             Some(at) => at,
             None => {
-                // A new remote track: its decoder and ring are made once, here.
+                // A new remote track: its buffer and decoder are made once, here.
                 let id = ParticipantId(self.next_track_id);
-                let Some(track) = Track::new(mid, id, self.rate) else {
+                let Some(track) = Track::new(d.mid, id, self.rate) else {
                     return;
                 };
                 self.next_track_id += 1;
@@ -1251,17 +1283,14 @@ impl Session {
         let Some(track) = self.tracks.get_mut(at) else {
             return;
         };
-        track.last_packet = Some(Instant::now());
-        let n = match track.decoder.decode(payload, &mut self.decoded) {
-            Ok(n) => n.min(self.decoded.len()),
-            Err(e) => {
-                debug!(error = %e, "Opus decode");
-                return;
-            }
-        };
-        for frame in self.decoded[..n].chunks(self.frame_len) {
-            track.push(frame);
-        }
+        // Opus's RTP clock is 48 kHz (RFC 7587 §4.1); the RTP timestamp is its low 32 bits.
+        let rtp_time = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
+        track.push(
+            d.seq_range.end().as_u16(),
+            rtp_time,
+            &d.data,
+            d.network_time,
+        );
     }
 
     fn mix(&mut self, now: Instant) {
@@ -1272,14 +1301,12 @@ impl Session {
         let (mut dropped, mut missing) = (0u64, 0u64);
         for t in &mut self.tracks {
             let id = t.id;
-            dropped += std::mem::take(&mut t.overflowed);
-            match t.next(len, now) {
-                Next::Frame(frame) => {
-                    let _ = self.mixer.push(id, frame);
-                }
-                Next::Missing => missing += 1,
-                Next::Idle => {}
+            if let Some(frame) = t.next(len, now) {
+                let _ = self.mixer.push(id, frame);
             }
+            let lost = t.take_losses();
+            dropped += lost.dropped;
+            missing += lost.missing;
         }
         self.mixer.mix();
         if let Some(out) = self.mixer.output_for(self.listener) {
@@ -1360,41 +1387,119 @@ mod tests {
         assert_eq!(dtmf_code('x'), None);
     }
 
-    #[test]
-    fn track_ring_drops_the_oldest_frame_when_full() {
-        let mut t = Track::new(Mid::from("0"), ParticipantId(1), SampleRate::Hz16000)
-            .expect("an Opus decoder at 16 kHz");
-        for v in 0..(TRACK_RING as i16 + 2) {
-            t.push(&[v; FRAME]);
-        }
-        assert_eq!(t.overflowed, 2, "two frames pushed out, counted");
-        assert_eq!(t.pop(FRAME).map(|f| f[0]), Some(2));
-        let mut rest = 0;
-        while t.pop(160).is_some() {
-            rest += 1;
-        }
-        assert_eq!(rest, TRACK_RING - 1);
+    /// One 20 ms Opus packet at 8 kHz holding a tone, from our own encoder.
+    fn packets(n: usize) -> Vec<Vec<u8>> {
+        let rate = SampleRate::Hz8000;
+        let mut enc =
+            new_encoder(CodecKind::Opus, rate, &CodecConfig::default()).expect("an Opus encoder");
+        (0..n)
+            .map(|k| {
+                let pcm: Vec<i16> = (0..160)
+                    .map(|i| {
+                        let t = (k * 160 + i) as f64 / 8000.0;
+                        (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+                    })
+                    .collect();
+                let mut out = [0u8; 400];
+                let len = enc.encode(&pcm, &mut out).expect("encode");
+                out[..len].to_vec()
+            })
+            .collect()
+    }
+
+    fn track() -> Track {
+        Track::new(Mid::from("0"), ParticipantId(1), SampleRate::Hz8000)
+            .expect("an Opus decoder at 8 kHz")
     }
 
     #[test]
-    fn an_empty_ring_is_a_missing_frame_only_while_the_track_is_sending() {
-        let mut t = Track::new(Mid::from("0"), ParticipantId(1), SampleRate::Hz8000)
-            .expect("an Opus decoder at 8 kHz");
+    fn a_track_plays_nothing_before_its_first_packet() {
+        let mut t = track();
+        assert!(t.next(160, Instant::now()).is_none());
+        assert_eq!(t.take_losses(), Losses::default());
+    }
+
+    #[test]
+    fn a_track_buffers_then_plays_one_frame_per_tick() {
+        let mut t = track();
         let t0 = Instant::now();
-        assert!(
-            matches!(t.next(160, t0), Next::Idle),
-            "nothing received yet"
+        let ps = packets(10);
+        let mut played = 0;
+        for (k, p) in ps.iter().enumerate() {
+            let now = t0 + TICK * k as u32;
+            t.push(k as u16, (k * 960) as u32, p, now);
+            if let Some(frame) = t.next(160, now) {
+                assert_eq!(frame.len(), 160);
+                played += 1;
+            }
+        }
+        // The buffer holds its target delay (at least one frame) before playing.
+        assert!((8..=9).contains(&played), "{played} frames played");
+        assert_eq!(t.take_losses(), Losses::default(), "nothing lost on time");
+    }
+
+    #[test]
+    fn a_lost_packet_is_concealed_and_counted_missing() {
+        let mut t = track();
+        let t0 = Instant::now();
+        let ps = packets(20);
+        let mut gaps = 0;
+        for (k, p) in ps.iter().enumerate() {
+            let now = t0 + TICK * k as u32;
+            if k != 10 {
+                t.push(k as u16, (k * 960) as u32, p, now);
+            }
+            if k > 3 && t.next(160, now).is_none() {
+                gaps += 1;
+            }
+        }
+        assert_eq!(gaps, 0, "the lost frame was concealed, not left silent");
+        assert_eq!(
+            t.take_losses(),
+            Losses {
+                dropped: 0,
+                missing: 1
+            }
         );
-        t.last_packet = Some(t0);
-        t.push(&[7; 160]);
-        assert!(matches!(t.next(160, t0 + TICK), Next::Frame(f) if f.len() == 160 && f[0] == 7));
-        assert!(
-            matches!(t.next(160, t0 + 2 * TICK), Next::Missing),
-            "the next packet is late"
-        );
-        assert!(
-            matches!(t.next(160, t0 + Duration::from_millis(400)), Next::Idle),
-            "a long silence is DTX or mute, not loss"
-        );
+        assert_eq!(t.take_losses(), Losses::default(), "counted once");
+    }
+
+    #[test]
+    fn the_delay_follows_the_measured_jitter() {
+        let mut t = track();
+        let t0 = Instant::now();
+        let before = t.jitter.target_delay();
+        for (k, p) in packets(100).iter().enumerate() {
+            // Every other packet 30 ms late: about 15 ms of RFC 3550 jitter.
+            let late = if k % 2 == 1 { 30 } else { 0 };
+            let arrival = t0 + TICK * k as u32 + Duration::from_millis(late);
+            t.push(k as u16, (k * 960) as u32, p, arrival);
+        }
+        let after = t.jitter.target_delay();
+        assert_eq!(before, TICK, "an idle track aims for one frame");
+        assert!(after >= Duration::from_millis(50), "target delay {after:?}");
+        assert!(after <= TRACK_JITTER.max_delay);
+    }
+
+    #[test]
+    fn a_packet_of_40_ms_is_played_over_two_ticks() {
+        let rate = SampleRate::Hz8000;
+        let config = CodecConfig::default();
+        let mut enc = new_encoder(CodecKind::Opus, rate, &config).expect("an Opus encoder");
+        let mut out = [0u8; 400];
+        let len = enc.encode(&[1000; 320], &mut out).expect("40 ms encode");
+        let mut t = track();
+        let t0 = Instant::now();
+        t.push(0, 0, &out[..len], t0);
+        let mut frames = 0;
+        // The first tick buffers (the target delay), the next two play the packet.
+        for k in 0..3u32 {
+            if t.next(160, t0 + TICK * k).is_some() {
+                frames += 1;
+            }
+        }
+        assert_eq!(frames, 2, "two ticks played");
+        let s = t.jitter.stats();
+        assert_eq!((s.played, s.inserted), (1, 0), "from one packet");
     }
 }
