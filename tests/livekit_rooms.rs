@@ -521,6 +521,108 @@ async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_path_lost_with_the_signal_up_joins_again_and_audio_flows_again() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let erin = server
+        .add_synthetic_participant(
+            "outage",
+            "erin",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let rooms = rooms_for(server.url(), SECRET);
+    let mut handle = join(&rooms, "outage", "c12").await;
+    let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
+    let old = server
+        .participants("outage")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.identity == "sip_c12")
+        .expect("in the room")
+        .sid;
+    // Every datagram of this session is dropped, both ways; the signal connection stays up
+    // and nobody tells the gateway. Its ICE checks go unanswered and the media path fails.
+    assert!(server.blackhole_media("sip_c12", true).await.unwrap());
+    let started = std::time::Instant::now();
+    let again = server
+        .wait_for_participant(
+            "outage",
+            |p| p.identity == "sip_c12" && p.sid != old && p.publisher_connected,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(
+        again.is_some(),
+        "the backend notices the dead media path and joins again with new peer connections"
+    );
+    println!(
+        "joined again {:?} after the outage began",
+        started.elapsed()
+    );
+    let before = erin.received_audio_from("sip_c12").len();
+    let heard = exchange(&mut handle, Some(440.0), Duration::from_secs(3)).await;
+    while let Ok(ev) = handle.events.try_recv() {
+        assert!(
+            !matches!(ev, RoomEvent::Closed | RoomEvent::Removed),
+            "the call is not ended: {ev:?}"
+        );
+    }
+    let at_1k = goertzel_level(
+        last(&heard, LIVEKIT_SAMPLE_RATE, 1.0),
+        LIVEKIT_SAMPLE_RATE,
+        1000.0,
+    );
+    assert!(
+        at_1k > -20.0,
+        "room audio reaches the caller again ({at_1k:.1} dBFS)"
+    );
+    let room = erin.received_audio_from("sip_c12");
+    assert!(
+        room.len() > before + SAMPLE_RATE as usize,
+        "caller audio reaches the room again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_alone_and_silent_keeps_its_session() {
+    // Nothing to hear and nothing said: only ICE consent checks cross the peer
+    // connections. That quiet is not a failed media path.
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let rooms = rooms_for(server.url(), SECRET);
+    let mut handle = join(&rooms, "quiet", "c13").await;
+    let sid = || async {
+        server
+            .participants("quiet")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.identity == "sip_c13")
+            .map(|p| p.sid)
+    };
+    let first = sid().await.expect("in the room");
+    let silence = vec![0i16; (handle.sample_rate / 50) as usize];
+    let end = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < end {
+        let _ = handle.to_room.try_send(AudioFrame::from_samples(&silence));
+        while handle.from_room.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sid().await, Some(first), "the same session all along");
+    while let Ok(ev) = handle.events.try_recv() {
+        assert!(
+            !matches!(ev, RoomEvent::Closed | RoomEvent::Removed),
+            "the call goes on: {ev:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unreachable_server_fails_the_join() {
     // A port nothing listens on: bind one, note it, close it.

@@ -19,7 +19,9 @@
 //! [`RESUME_WINDOW`], the room is reported closed. A `Leave{action: RECONNECT}` (the server
 //! lost our peer connections, or does not know the session we resume) makes the task join
 //! again with new peer connections, at most [`MAX_REJOINS`] times per call; so does a peer
-//! connection that fails.
+//! connection that fails, or whose media path dies while the signal connection stays up:
+//! ICE down for [`ICE_FAILED_AFTER`], or nothing received for [`SILENCE_FAILS`] although
+//! consent checks are answered every [`ICE_CHECK_EVERY`] on a working path.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -40,7 +42,7 @@ use str0m::channel::ChannelId;
 use str0m::media::{Direction, Frequency, MediaData, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::Extension;
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -86,7 +88,22 @@ const TICK: Duration = Duration::from_millis(20);
 /// Within LiveKit's default 20 s departure timeout, short enough that a caller is not left in
 /// a silent call.
 pub(crate) const RESUME_WINDOW: Duration = Duration::from_secs(10);
-/// Full reconnects (`Leave{action: RECONNECT}`) one call may make; beyond, the room is lost.
+/// How long a peer connection's ICE may stay down (its checks unanswered: the media path
+/// is gone while the signal connection may be fine) before the call joins again with new
+/// peer connections, as LiveKit's SDKs do when a connection fails. The ICE agent itself
+/// has already waited out its consent timeout by then.
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(2);
+/// How long a connected peer connection may receive nothing at all (not even the answers to
+/// its consent checks) before its media path counts as failed.
+const SILENCE_FAILS: Duration = Duration::from_secs(5);
+/// A wake-up this late means the task was starved, not that the network went quiet.
+const STARVED: Duration = Duration::from_millis(500);
+/// The ICE agent's check interval on a working pair (its largest retransmission timeout),
+/// and the unanswered checks after which it gives a pair up.
+const ICE_CHECK_EVERY: Duration = Duration::from_millis(1500);
+const ICE_MAX_RETRANSMITS: usize = 6;
+/// Full reconnects (`Leave{action: RECONNECT}`, a failed peer connection) one call may make;
+/// beyond, the room is lost.
 const MAX_REJOINS: u32 = 3;
 /// Time between resume attempts, and the limit on each.
 const RESUME_RETRY: Duration = Duration::from_millis(500);
@@ -126,6 +143,11 @@ struct Pc {
     addr: SocketAddr,
     timeout: Instant,
     connected: bool,
+    /// Since when ICE has been down (checking or disconnected) after having connected.
+    ice_down_since: Option<Instant>,
+    /// When a datagram last came in on this socket (or the task was last starved: time it
+    /// did not run does not count as silence).
+    last_rx: Instant,
     /// The STUN Binding request in flight from this socket, if any.
     stun_id: Option<stun::TransactionId>,
     /// This socket's address as a STUN server saw it, when it differs from `addr` (NAT).
@@ -135,19 +157,52 @@ struct Pc {
 }
 
 impl Pc {
+    /// Follows the ICE agent's state: the connection is down from the moment a connected
+    /// agent loses its pair (no answers to its checks) until one works again.
+    fn on_ice_state(&mut self, state: IceConnectionState, now: Instant) {
+        match state {
+            IceConnectionState::Connected | IceConnectionState::Completed => {
+                self.ice_down_since = None;
+            }
+            IceConnectionState::Checking | IceConnectionState::Disconnected => {
+                if self.connected && self.ice_down_since.is_none() {
+                    self.ice_down_since = Some(now);
+                }
+            }
+            IceConnectionState::New => {}
+        }
+    }
+
+    /// Whether the media path is gone: ICE down for longer than [`ICE_FAILED_AFTER`], or,
+    /// sooner, nothing at all received for [`SILENCE_FAILS`] on a connection whose consent
+    /// checks are answered every [`ICE_CHECK_EVERY`] when it works. (str0m keeps a pair
+    /// alive for 15 s after the peer's last check, so its own verdict comes late.)
+    fn ice_failed(&self, now: Instant) -> bool {
+        let down = self
+            .ice_down_since
+            .is_some_and(|at| now.saturating_duration_since(at) >= ICE_FAILED_AFTER);
+        let silent = self.connected && now.saturating_duration_since(self.last_rx) >= SILENCE_FAILS;
+        down || silent
+    }
+
     async fn bind(ip: IpAddr, now: Instant) -> std::io::Result<Pc> {
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = sock.local_addr()?;
         // Header extensions: the audio level (LiveKit's speaker detection) and the MID
         // (BUNDLE demultiplexing) only. Without transport-wide congestion control, neither
         // side sends or processes TWCC feedback for a fixed-rate audio stream.
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder()
             .clear_codecs()
             .enable_opus(true, false)
             .clear_extension_map()
             .set_extension(1, Extension::AudioLevel)
-            .set_extension(4, Extension::RtpMid)
-            .build(now);
+            .set_extension(4, Extension::RtpMid);
+        // Consent checks (RFC 7675) every 1.5 s, and a pair given up after 6 unanswered
+        // ones (about 7.5 s), rather than str0m's 3 s and 9 (about 25 s): a caller should
+        // not sit in silence that long before the call joins again.
+        config.set_max_stun_rto(ICE_CHECK_EVERY);
+        config.set_max_stun_retransmits(ICE_MAX_RETRANSMITS);
+        let mut rtc = config.build(now);
         let cand =
             Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
         rtc.add_local_candidate(cand);
@@ -157,6 +212,8 @@ impl Pc {
             addr,
             timeout: now,
             connected: false,
+            ice_down_since: None,
+            last_rx: now,
             stun_id: None,
             srflx: None,
             srflx_untold: false,
@@ -507,6 +564,8 @@ pub(crate) struct Session {
     mixer: Mixer,
     listener: ParticipantId,
     next_mix: Instant,
+    /// When the drive loop last woke, to tell a starved task from a silent network.
+    last_wake: Instant,
     events: Vec<Event>,
     buf_pub: Vec<u8>,
     buf_sub: Vec<u8>,
@@ -630,6 +689,7 @@ impl Session {
             mixer,
             listener,
             next_mix: now + TICK,
+            last_wake: now,
             events: Vec::new(),
             buf_pub: vec![0u8; 2048],
             buf_sub: vec![0u8; 2048],
@@ -969,11 +1029,13 @@ impl Session {
                 d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
                 _ = &mut self.io.leave => return End::Left,
                 r = self.publ.sock.recv_from(&mut self.buf_pub) => if let Ok((n, src)) = r {
+                    self.publ.last_rx = Instant::now();
                     if let Some(data) = self.buf_pub.get(..n) {
                         if !self.publ.on_stun(data) { self.publ.receive(src, data, Instant::now()); }
                     }
                 },
                 r = self.subs.sock.recv_from(&mut self.buf_sub) => if let Ok((n, src)) = r {
+                    self.subs.last_rx = Instant::now();
                     if let Some(data) = self.buf_sub.get(..n) {
                         if !self.subs.on_stun(data) { self.subs.receive(src, data, Instant::now()); }
                     }
@@ -981,6 +1043,12 @@ impl Session {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
+            let slept = now.saturating_duration_since(self.last_wake);
+            if slept >= STARVED {
+                self.publ.last_rx += slept;
+                self.subs.last_rx += slept;
+            }
+            self.last_wake = now;
             if self.stun_next.is_some_and(|at| now >= at) {
                 self.stun_round(now);
             }
@@ -1028,7 +1096,8 @@ impl Session {
             }
             self.poll_publisher();
             self.poll_subscriber();
-            if !self.publ.rtc.is_alive() || !self.subs.rtc.is_alive() {
+            let failed = !self.publ.rtc.is_alive() || !self.subs.rtc.is_alive();
+            if failed || self.publ.ice_failed(now) || self.subs.ice_failed(now) {
                 // What LiveKit's SDKs do when a peer connection fails: join again with new
                 // ones (bounded by MAX_REJOINS; a join that fails ends the call with a prompt).
                 warn!(identity = %self.identity, "a LiveKit peer connection failed; joining again");
@@ -1239,7 +1308,10 @@ impl Session {
                         self.send_dtmf(key);
                     }
                 }
-                Event::IceConnectionStateChange(s) => debug!(state = ?s, "publisher ICE"),
+                Event::IceConnectionStateChange(s) => {
+                    debug!(identity = %self.identity, state = ?s, "publisher ICE");
+                    self.publ.on_ice_state(s, Instant::now());
+                }
                 _ => {}
             }
         }
@@ -1256,7 +1328,10 @@ impl Session {
                     self.subs.connected = true;
                 }
                 Event::MediaData(d) => self.on_media(&d),
-                Event::IceConnectionStateChange(s) => debug!(state = ?s, "subscriber ICE"),
+                Event::IceConnectionStateChange(s) => {
+                    debug!(identity = %self.identity, state = ?s, "subscriber ICE");
+                    self.subs.on_ice_state(s, Instant::now());
+                }
                 _ => {}
             }
         }
