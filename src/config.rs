@@ -389,6 +389,20 @@ pub struct LiveKitConfig {
     pub token_ttl_s: u64,
     /// ICE servers for the WebRTC connection to LiveKit, beyond those LiveKit hands out.
     pub ice_servers: Vec<IceServer>,
+    /// Which local candidates are offered: all of them, or only TURN relays (for a gateway
+    /// that must not, or cannot, send media to LiveKit directly).
+    pub ice_transport_policy: IceTransportPolicy,
+}
+
+/// `livekit.ice_transport_policy`, as WebRTC's `RTCIceTransportPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IceTransportPolicy {
+    /// Host, server-reflexive (STUN) and relayed (TURN) candidates.
+    #[default]
+    All,
+    /// Relayed candidates only: all media goes through a TURN server.
+    Relay,
 }
 
 impl Default for LiveKitConfig {
@@ -399,6 +413,7 @@ impl Default for LiveKitConfig {
             api_secret: None,
             token_ttl_s: 600,
             ice_servers: Vec::new(),
+            ice_transport_policy: IceTransportPolicy::All,
         }
     }
 }
@@ -811,6 +826,17 @@ impl Config {
                 }
                 "stuns" => {}
                 "turn" | "turns" => {
+                    if crate::room::livekit::stun::parse_url(&ice.url)
+                        == crate::room::livekit::stun::IceUrl::Invalid
+                    {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.url"),
+                            format!(
+                                "{:?} is not a TURN URI (turn:host[:port][?transport=udp|tcp])",
+                                ice.url
+                            ),
+                        ));
+                    }
                     if !matches!(ice.username.as_deref(), Some(u) if !u.is_empty()) {
                         return Err(ConfigError::invalid(
                             format!("{key}.username"),

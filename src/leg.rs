@@ -127,6 +127,17 @@ impl std::fmt::Debug for CallerLeg {
 #[error("cannot build the media leg: {0}")]
 pub struct LegError(String);
 
+/// Largest RTP payload the leg's jitter buffer keeps, per codec: 60 ms of G.711 or G.722
+/// (one byte per 8 kHz sample, RFC 3551 §4.5), or Opus's largest frame (1275 bytes, RFC 6716
+/// §3.4). A larger packet is counted and dropped; sized to the codec, a call's buffer holds
+/// 15 KB rather than 48.
+fn max_payload(codec: CodecKind) -> usize {
+    match codec {
+        CodecKind::Opus => 1275,
+        CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => 480,
+    }
+}
+
 impl CallerLeg {
     /// Builds the leg; allocates every buffer it will use.
     pub fn new(params: &LegParams) -> Result<CallerLeg, LegError> {
@@ -141,6 +152,7 @@ impl CallerLeg {
             frame: Duration::from_millis(20),
             min_delay: params.jitter_min,
             max_delay: params.jitter_max,
+            max_payload: max_payload(params.codec),
             ..JitterConfig::default()
         });
         let inband = InbandDetector::new(rate.hz()).map_err(|e| LegError(e.to_string()))?;

@@ -316,6 +316,27 @@ fn turn_server_without_credentials_is_refused() {
     assert_eq!(error_key(&bogus), "livekit.ice_servers[0].url");
     let no_port = format!("{MINIMAL}[[livekit.ice_servers]]\nurl = \"stun:stun.example.com:0\"\n");
     assert_eq!(error_key(&no_port), "livekit.ice_servers[0].url");
+    let creds = "username = \"u\"\ncredential = \"c\"\n";
+    let turn_url =
+        |url: &str| format!("{MINIMAL}[[livekit.ice_servers]]\nurl = \"{url}\"\n{creds}");
+    assert!(parse(&turn_url("turn:turn.example.com?transport=udp")).is_ok());
+    assert!(parse(&turn_url("turn:turn.example.com?transport=tcp")).is_ok());
+    assert_eq!(
+        error_key(&turn_url("turn:turn.example.com?transport=carrier-pigeon")),
+        "livekit.ice_servers[0].url"
+    );
+    assert_eq!(
+        error_key(&turn_url("turn:turn.example.com:0")),
+        "livekit.ice_servers[0].url"
+    );
+}
+
+#[test]
+fn ice_transport_policy_is_all_or_relay() {
+    let with = |v: &str| format!("{MINIMAL}[livekit]\nice_transport_policy = \"{v}\"\n");
+    assert!(parse(&with("all")).is_ok());
+    assert!(parse(&with("relay")).is_ok());
+    assert_eq!(error_key(&with("direct")), "livekit.ice_transport_policy");
 }
 
 #[test]

@@ -12,11 +12,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use dialin::config::{IceServer, LiveKitConfig, Secret};
+use dialin::config::{IceServer, IceTransportPolicy, LiveKitConfig, Secret};
 use dialin::room::livekit::{LiveKitRooms, LIVEKIT_SAMPLE_RATE, NARROWBAND_SAMPLE_RATE};
 use dialin::room::{AudioFrame, JoinRequest, RoomBackend, RoomError, RoomEvent, RoomHandle};
 use dialin_lkserver::{
-    proto, ParticipantKind, Signal, SyntheticParticipant, TestServer, SAMPLE_RATE,
+    proto, ParticipantKind, ServerOptions, Signal, SyntheticParticipant, TestServer, SAMPLE_RATE,
 };
 use support::tone::{goertzel_level, sine};
 
@@ -29,7 +29,7 @@ fn rooms_for(url: &str, secret: &str) -> LiveKitRooms {
         api_key: KEY.to_owned(),
         api_secret: Some(Secret::new(secret)),
         token_ttl_s: 60,
-        ice_servers: Vec::new(),
+        ..LiveKitConfig::default()
     };
     LiveKitRooms::new(&config).expect("configured backend")
 }
@@ -621,6 +621,149 @@ async fn a_caller_alone_and_silent_keeps_its_session() {
             "the call goes on: {ev:?}"
         );
     }
+}
+
+/// A backend that offers relayed candidates only (`livekit.ice_transport_policy = "relay"`),
+/// with `ice_servers` as given.
+fn relay_rooms(url: &str, ice_servers: Vec<IceServer>) -> LiveKitRooms {
+    let config = LiveKitConfig {
+        url: url.to_owned(),
+        api_key: KEY.to_owned(),
+        api_secret: Some(Secret::new(SECRET)),
+        token_ttl_s: 60,
+        ice_servers,
+        ice_transport_policy: IceTransportPolicy::Relay,
+    };
+    LiveKitRooms::new(&config).expect("configured backend")
+}
+
+fn server_with_turn() -> ServerOptions {
+    let mut opts = ServerOptions::new(KEY, SECRET);
+    opts.turn = true;
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_media_goes_through_the_turn_server_livekit_announces() {
+    let server = TestServer::start_with(server_with_turn()).await.unwrap();
+    let fay = server
+        .add_synthetic_participant(
+            "relayed",
+            "fay",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    // No TURN server of our own: the one in the JoinResponse, with its credential.
+    let rooms = relay_rooms(server.url(), Vec::new());
+    let mut handle = join(&rooms, "relayed", "c14").await;
+    let heard = exchange(&mut handle, Some(440.0), Duration::from_secs(3)).await;
+    let at_1k = goertzel_level(
+        last(&heard, LIVEKIT_SAMPLE_RATE, 1.0),
+        LIVEKIT_SAMPLE_RATE,
+        1000.0,
+    );
+    assert!(
+        at_1k > -20.0,
+        "room audio reaches the caller ({at_1k:.1} dBFS)"
+    );
+    let room = fay.received_audio_from("sip_c14");
+    let r440 = goertzel_level(last(&room, SAMPLE_RATE, 1.0), SAMPLE_RATE, 440.0);
+    assert!(
+        r440 > -20.0,
+        "caller audio reaches the room ({r440:.1} dBFS)"
+    );
+
+    let p = server
+        .participants("relayed")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.identity == "sip_c14")
+        .expect("in the room");
+    for target in [
+        proto::SignalTarget::Publisher,
+        proto::SignalTarget::Subscriber,
+    ] {
+        let offered: Vec<&String> = p
+            .trickled
+            .iter()
+            .filter(|(t, _)| *t == target)
+            .map(|(_, c)| c)
+            .collect();
+        assert!(
+            offered.iter().any(|c| c.contains("typ relay")),
+            "a relayed candidate for {target:?}: {offered:?}"
+        );
+        assert!(
+            offered.iter().all(|c| c.contains("typ relay")),
+            "nothing but relays for {target:?}: {offered:?}"
+        );
+    }
+    let turn = server.turn_stats().expect("the TURN server runs");
+    println!("TURN: {turn:?}");
+    assert_eq!(turn.allocations, 2, "one allocation per peer connection");
+    assert_eq!(turn.refused, 0);
+    // Most of three seconds of 20 ms packets each way (150), through the relay.
+    assert!(
+        turn.to_peers > 100,
+        "to LiveKit through the relay: {turn:?}"
+    );
+    assert!(
+        turn.to_clients > 100,
+        "from LiveKit through the relay: {turn:?}"
+    );
+
+    drop(handle);
+    let mut released = 0;
+    for _ in 0..50 {
+        released = server.turn_stats().map(|t| t.released).unwrap_or(0);
+        if released == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(released, 2, "both allocations given back on leaving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_with_a_refused_turn_credential_ends_the_call_instead_of_leaving_it_silent() {
+    let server = TestServer::start_with(server_with_turn()).await.unwrap();
+    let turn_url = server
+        .join_ice_servers()
+        .into_iter()
+        .flat_map(|s| s.urls)
+        .find(|u| u.starts_with("turn:"))
+        .expect("the TURN server is announced");
+    // Our own entry comes first, with a credential the server refuses.
+    let rooms = relay_rooms(
+        server.url(),
+        vec![IceServer {
+            url: turn_url,
+            username: Some("livekit-turn".to_owned()),
+            credential: Some(Secret::new("not-the-password")),
+        }],
+    );
+    let mut handle = join(&rooms, "refused", "c15").await;
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match handle.events.recv().await {
+                Some(RoomEvent::Closed) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the call is told its room is gone");
+    println!("ended {:?} after the join", started.elapsed());
+    let turn = server.turn_stats().expect("the TURN server runs");
+    assert!(turn.refused >= 2, "both allocations refused: {turn:?}");
+    assert_eq!(turn.allocations, 0);
 }
 
 #[tokio::test]
@@ -1264,13 +1407,14 @@ async fn stun_server_in_ice_servers_adds_server_reflexive_candidates() {
                 username: None,
                 credential: None,
             },
-            // Understood and skipped: no TURN client.
+            // A TURN server that never answers: the call goes on without a relay.
             IceServer {
                 url: "turn:127.0.0.1:9?transport=udp".to_owned(),
                 username: Some("user".to_owned()),
                 credential: Some(Secret::new("pass")),
             },
         ],
+        ..LiveKitConfig::default()
     };
     let rooms = LiveKitRooms::new(&config).expect("configured backend");
     let handle = join(&rooms, "nat", "c20").await;

@@ -33,6 +33,7 @@
 mod session;
 mod signal;
 pub(crate) mod stun;
+mod turn;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ use livekit_api::access_token::{AccessToken, VideoGrants};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
-use crate::config::LiveKitConfig;
+use crate::config::{IceTransportPolicy, LiveKitConfig};
 use crate::metrics::Metrics;
 use crate::trunk::{SharedTrunkTable, TrunkId};
 
@@ -81,9 +82,10 @@ pub struct LiveKitRooms {
     trunks: Option<Arc<SharedTrunkTable>>,
     /// Where sessions count the frames they drop or miss.
     metrics: Option<Arc<Metrics>>,
-    /// `livekit.ice_servers` URLs; the STUN ones are asked for each call's reflexive address,
-    /// with those of the `JoinResponse`.
-    ice_urls: Vec<String>,
+    /// `livekit.ice_servers` and `livekit.ice_transport_policy`: the STUN servers are asked
+    /// for each call's reflexive address and the TURN server for a relayed one, with those
+    /// of the `JoinResponse`.
+    ice: session::IceSetup,
 }
 
 /// The server and key one call's participant uses.
@@ -111,7 +113,10 @@ impl LiveKitRooms {
             tls: signal::tls_connector().map_err(RoomError::Refused)?,
             trunks: None,
             metrics: None,
-            ice_urls: config.ice_servers.iter().map(|s| s.url.clone()).collect(),
+            ice: session::IceSetup {
+                servers: config.ice_servers.clone(),
+                relay_only: config.ice_transport_policy == IceTransportPolicy::Relay,
+            },
         })
     }
 
@@ -191,7 +196,7 @@ impl LiveKitRooms {
             &req.identity,
             rate,
             self.metrics.clone(),
-            &self.ice_urls,
+            &self.ice,
         )
         .await
         .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;

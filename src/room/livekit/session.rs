@@ -49,8 +49,10 @@ use tracing::{debug, info, warn};
 
 use super::signal::{self, SignalError, Ws};
 use super::stun;
+use super::turn::{Turn, TurnEvent, TurnServer};
+use crate::config::IceServer;
 use crate::metrics::Metrics;
-use crate::room::{AudioFrame, RoomEvent};
+use crate::room::{AudioFrame, RoomEvent, MAX_OPUS_PAYLOAD};
 
 /// Samples in the largest 20 ms frame (16 kHz); 8 kHz sessions use the first half.
 const FRAME: usize = 320;
@@ -60,15 +62,16 @@ const OPUS_RTP_STEP: u64 = 960;
 const MAX_DECODED: usize = 1920;
 /// Each remote track's jitter buffer: Opus's 48 kHz RTP clock, 20 ms frames, a delay that
 /// follows the measured jitter between 20 and 200 ms (beyond that a conversation suffers,
-/// ITU-T G.114), 16 slots (320 ms: the largest delay plus reordering) of at most one
-/// largest Opus frame (1275 bytes, RFC 6716 §3.4).
+/// ITU-T G.114), 14 slots (280 ms: the largest delay plus reordering) of at most
+/// [`MAX_OPUS_PAYLOAD`] bytes (160 kbit/s in 20 ms frames; LiveKit's clients send speech at
+/// 24 to 64 kbit/s). A larger packet is counted as dropped.
 const TRACK_JITTER: JitterConfig = JitterConfig {
     clock_rate: 48_000,
     frame: TICK,
     min_delay: TICK,
     max_delay: Duration::from_millis(200),
-    capacity: 16,
-    max_payload: 1275,
+    capacity: 14,
+    max_payload: MAX_OPUS_PAYLOAD,
 };
 /// Keys kept while the reliable data channel is not open yet; more are dropped.
 const EARLY_DTMF: usize = 16;
@@ -96,6 +99,9 @@ const ICE_FAILED_AFTER: Duration = Duration::from_secs(2);
 /// How long a connected peer connection may receive nothing at all (not even the answers to
 /// its consent checks) before its media path counts as failed.
 const SILENCE_FAILS: Duration = Duration::from_secs(5);
+/// How long a new peer connection may take to connect (ICE and DTLS) before the media path
+/// counts as impossible: nothing reaches LiveKit's media port, directly or through a relay.
+const PC_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A wake-up this late means the task was starved, not that the network went quiet.
 const STARVED: Duration = Duration::from_millis(500);
 /// The ICE agent's check interval on a working pair (its largest retransmission timeout),
@@ -143,6 +149,8 @@ struct Pc {
     addr: SocketAddr,
     timeout: Instant,
     connected: bool,
+    /// When the socket was bound: the connection must be up within [`PC_CONNECT_TIMEOUT`].
+    born: Instant,
     /// Since when ICE has been down (checking or disconnected) after having connected.
     ice_down_since: Option<Instant>,
     /// When a datagram last came in on this socket (or the task was last starved: time it
@@ -152,8 +160,12 @@ struct Pc {
     stun_id: Option<stun::TransactionId>,
     /// This socket's address as a STUN server saw it, when it differs from `addr` (NAT).
     srflx: Option<SocketAddr>,
-    /// `srflx` was learnt and not trickled to LiveKit yet.
-    srflx_untold: bool,
+    /// Only relayed candidates are offered (`livekit.ice_transport_policy = "relay"`).
+    relay_only: bool,
+    /// The TURN allocation of this socket, when a TURN server is configured.
+    turn: Option<Turn>,
+    /// Candidates learnt (from STUN or TURN) and not trickled to LiveKit yet.
+    untold: Vec<String>,
 }
 
 impl Pc {
@@ -185,7 +197,12 @@ impl Pc {
         down || silent
     }
 
-    async fn bind(ip: IpAddr, now: Instant) -> std::io::Result<Pc> {
+    async fn bind(
+        ip: IpAddr,
+        now: Instant,
+        relay_only: bool,
+        turn: Option<TurnServer>,
+    ) -> std::io::Result<Pc> {
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = sock.local_addr()?;
         // Header extensions: the audio level (LiveKit's speaker detection) and the MID
@@ -203,27 +220,32 @@ impl Pc {
         config.set_max_stun_rto(ICE_CHECK_EVERY);
         config.set_max_stun_retransmits(ICE_MAX_RETRANSMITS);
         let mut rtc = config.build(now);
-        let cand =
-            Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
-        rtc.add_local_candidate(cand);
+        if !relay_only {
+            let cand =
+                Candidate::host(addr, "udp").map_err(|e| std::io::Error::other(e.to_string()))?;
+            rtc.add_local_candidate(cand);
+        }
         Ok(Pc {
             rtc,
             sock,
             addr,
             timeout: now,
             connected: false,
+            born: now,
             ice_down_since: None,
             last_rx: now,
             stun_id: None,
             srflx: None,
-            srflx_untold: false,
+            relay_only,
+            turn: turn.map(|server| Turn::new(server, now)),
+            untold: Vec::new(),
         })
     }
 
     /// Sends a Binding request to each STUN server of this socket's address family, unless
     /// the reflexive address is known already.
     fn send_stun(&mut self, servers: &[SocketAddr]) {
-        if self.srflx.is_some() {
+        if self.srflx.is_some() || self.relay_only {
             return;
         }
         let id: stun::TransactionId = rand::random();
@@ -254,9 +276,9 @@ impl Pc {
         if mapped != self.addr && self.srflx.is_none() {
             match Candidate::server_reflexive(mapped, self.addr, "udp") {
                 Ok(c) => {
+                    self.untold.push(signal::candidate_init(&c.to_sdp_string()));
                     self.rtc.add_local_candidate(c);
                     self.srflx = Some(mapped);
-                    self.srflx_untold = true;
                 }
                 Err(e) => debug!(error = %e, %mapped, "unusable reflexive address"),
             }
@@ -264,7 +286,81 @@ impl Pc {
         true
     }
 
-    fn receive(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
+    /// A datagram that came in on this socket: the TURN server's, a STUN server's answer,
+    /// or the peer connection's.
+    fn on_datagram(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
+        if let Some(turn) = self.turn.as_mut().filter(|t| t.server() == src) {
+            let event = turn.on_datagram(data, now);
+            let relay = turn.relay();
+            match event {
+                Some(TurnEvent::Data { peer, data }) => {
+                    if let Some(relay) = relay {
+                        self.receive(peer, relay, data, now);
+                    }
+                }
+                Some(TurnEvent::Allocated { relay }) => self.on_relay(relay),
+                Some(TurnEvent::Failed(why)) => warn!(turn = %src, "TURN allocation lost: {why}"),
+                None => {}
+            }
+            self.flush_turn();
+            return;
+        }
+        if !self.on_stun(data) {
+            self.receive(src, self.addr, data, now);
+        }
+    }
+
+    /// A relayed address from the TURN server becomes a relayed ICE candidate.
+    fn on_relay(&mut self, relay: SocketAddr) {
+        match Candidate::relayed(relay, self.addr, "udp") {
+            Ok(c) => {
+                debug!(%relay, "relayed candidate from TURN");
+                self.untold.push(signal::candidate_init(&c.to_sdp_string()));
+                self.rtc.add_local_candidate(c);
+            }
+            Err(e) => debug!(error = %e, %relay, "unusable relayed address"),
+        }
+    }
+
+    /// Sends the TURN client's pending requests to its server.
+    fn flush_turn(&mut self) {
+        if let Some(turn) = self.turn.as_mut() {
+            let server = turn.server();
+            while let Some(m) = turn.poll_transmit() {
+                let _ = self.sock.try_send_to(&m, server);
+            }
+        }
+    }
+
+    /// When the TURN client wants its timer.
+    fn turn_timeout(&self) -> Option<Instant> {
+        self.turn.as_ref().and_then(Turn::next_timeout)
+    }
+
+    /// Runs the TURN client's timer: retransmissions, refreshes.
+    fn turn_tick(&mut self, now: Instant) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        if turn.next_timeout().is_some_and(|at| now >= at) {
+            if let Some(TurnEvent::Failed(why)) = turn.handle_timeout(now) {
+                warn!(turn = %turn.server(), "TURN allocation lost: {why}");
+            }
+            self.flush_turn();
+        }
+    }
+
+    /// Gives the TURN allocation back, so the server frees it now rather than at its
+    /// lifetime's end.
+    fn release_turn(&mut self) {
+        if let Some(turn) = self.turn.as_mut() {
+            if let Some(m) = turn.release() {
+                let _ = self.sock.try_send_to(&m, turn.server());
+            }
+        }
+    }
+
+    fn receive(&mut self, src: SocketAddr, destination: SocketAddr, data: &[u8], now: Instant) {
         let Ok(contents) = data.try_into() else {
             return;
         };
@@ -273,7 +369,7 @@ impl Pc {
             Receive {
                 proto: Protocol::Udp,
                 source: src,
-                destination: self.addr,
+                destination,
                 contents,
             },
         );
@@ -290,9 +386,18 @@ impl Pc {
                     self.timeout = t;
                     return;
                 }
-                Ok(Output::Transmit(t)) => {
-                    let _ = self.sock.try_send_to(&t.contents, t.destination);
-                }
+                Ok(Output::Transmit(t)) => match self.turn.as_mut() {
+                    // From the relayed candidate: through the TURN server.
+                    Some(turn) if turn.relay() == Some(t.source) => {
+                        let server = turn.server();
+                        if let Some(m) = turn.wrap(t.destination, &t.contents, Instant::now()) {
+                            let _ = self.sock.try_send_to(m, server);
+                        }
+                    }
+                    _ => {
+                        let _ = self.sock.try_send_to(&t.contents, t.destination);
+                    }
+                },
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
                     debug!(error = %e, "peer connection output");
@@ -303,15 +408,23 @@ impl Pc {
         }
     }
 
-    /// `Trickle` payloads for this PC's candidates: the host one, and the server-reflexive
-    /// one once a STUN server told it.
+    /// `Trickle` payloads for this PC's candidates: the host one (unless relays only), the
+    /// server-reflexive one once a STUN server told it, the relayed one once allocated.
     fn candidate_inits(&self) -> Vec<String> {
-        let host = Candidate::host(self.addr, "udp").ok();
+        let host = (!self.relay_only)
+            .then(|| Candidate::host(self.addr, "udp").ok())
+            .flatten();
         let srflx = self
             .srflx
             .and_then(|a| Candidate::server_reflexive(a, self.addr, "udp").ok());
+        let relay = self
+            .turn
+            .as_ref()
+            .and_then(Turn::relay)
+            .and_then(|a| Candidate::relayed(a, self.addr, "udp").ok());
         host.into_iter()
             .chain(srflx)
+            .chain(relay)
             .map(|c| signal::candidate_init(&c.to_sdp_string()))
             .collect()
     }
@@ -461,46 +574,99 @@ fn opus_duration_48k(packet: &[u8]) -> Option<u64> {
     (frames > 0 && total <= 5760).then_some(total)
 }
 
-/// The STUN servers among `config` (`livekit.ice_servers`) and the `JoinResponse`'s ICE
-/// servers, resolved without blocking; TURN and other entries are skipped (no TURN client).
-async fn stun_servers(
-    config: &[String],
+/// The ICE configuration sessions work with: `livekit.ice_servers` and
+/// `livekit.ice_transport_policy`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IceSetup {
+    pub(crate) servers: Vec<IceServer>,
+    pub(crate) relay_only: bool,
+}
+
+/// The servers a session uses: the STUN servers, and the first TURN server over UDP, among
+/// `livekit.ice_servers` (first) and the `JoinResponse`'s ICE servers, resolved without
+/// blocking, of the address family of `ip`. `turns:` and TURN over TCP are skipped.
+async fn ice_servers(
+    setup: &IceSetup,
     join: &proto::JoinResponse,
     identity: &str,
-) -> Vec<SocketAddr> {
-    let from_join = join.ice_servers.iter().flat_map(|s| s.urls.iter());
-    let mut hosts: Vec<(String, u16)> = Vec::new();
+    ip: IpAddr,
+) -> (Vec<SocketAddr>, Option<TurnServer>) {
+    // (URL, TURN username, TURN credential) of every entry.
+    let configured = setup.servers.iter().map(|s| {
+        let user = s.username.clone().unwrap_or_default();
+        let pass = s
+            .credential
+            .as_ref()
+            .map(|c| c.expose().to_owned())
+            .unwrap_or_default();
+        (s.url.as_str(), user, pass)
+    });
+    let from_join = join.ice_servers.iter().flat_map(|s| {
+        s.urls
+            .iter()
+            .map(|u| (u.as_str(), s.username.clone(), s.credential.clone()))
+    });
+    let mut stun_hosts: Vec<(String, u16)> = Vec::new();
+    let mut turn_hosts: Vec<(String, u16, String, String)> = Vec::new();
     let mut skipped = 0usize;
-    for url in config.iter().chain(from_join) {
+    for (url, user, pass) in configured.chain(from_join) {
         match stun::parse_url(url) {
             stun::IceUrl::Stun { host, port } => {
-                if !hosts.iter().any(|(h, p)| *h == host && *p == port) {
-                    hosts.push((host, port));
+                if !stun_hosts.iter().any(|(h, p)| *h == host && *p == port) {
+                    stun_hosts.push((host, port));
                 }
             }
-            stun::IceUrl::Unsupported | stun::IceUrl::Invalid => skipped += 1,
+            stun::IceUrl::Turn { host, port } if !user.is_empty() => {
+                turn_hosts.push((host, port, user, pass));
+            }
+            _ => skipped += 1,
         }
     }
     if skipped > 0 {
         debug!(
             identity,
-            skipped, "ICE servers other than stun: are not used (no TURN client)"
+            skipped, "ICE servers not used (stuns:, turns:, TURN over TCP, or no credential)"
         );
     }
-    hosts.truncate(MAX_STUN_SERVERS);
+    stun_hosts.truncate(MAX_STUN_SERVERS);
+    let same_family = |a: &SocketAddr| a.is_ipv4() == ip.is_ipv4();
     let lookups = async {
-        let mut out = Vec::new();
-        for (host, port) in &hosts {
+        let mut stun = Vec::new();
+        for (host, port) in &stun_hosts {
             match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(addrs) => out.extend(addrs),
+                Ok(addrs) => stun.extend(addrs.filter(same_family)),
                 Err(e) => debug!(identity, %host, error = %e, "STUN server not resolved"),
             }
         }
-        out
+        let mut turn = None;
+        for (host, port, username, password) in &turn_hosts {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(mut addrs) => {
+                    if let Some(addr) = addrs.find(same_family) {
+                        turn = Some(TurnServer {
+                            addr,
+                            username: username.clone(),
+                            password: password.clone(),
+                        });
+                        break;
+                    }
+                }
+                Err(e) => debug!(identity, %host, error = %e, "TURN server not resolved"),
+            }
+        }
+        (stun, turn)
     };
-    tokio::time::timeout(STUN_RESOLVE_TIMEOUT, lookups)
+    let (stun, turn) = tokio::time::timeout(STUN_RESOLVE_TIMEOUT, lookups)
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if setup.relay_only && turn.is_none() {
+        warn!(
+            identity,
+            "livekit.ice_transport_policy is relay but no TURN server over UDP is known: \
+             no media path can be set up"
+        );
+    }
+    (stun, turn)
 }
 
 /// How the session ended.
@@ -517,6 +683,9 @@ pub(crate) struct Session {
     /// STUN servers (from `livekit.ice_servers` and the `JoinResponse`), the next round of
     /// Binding requests, and the rounds made for the current sockets.
     stun_servers: Vec<SocketAddr>,
+    /// The TURN server each new pair of sockets allocates a relay on, if any.
+    turn_server: Option<TurnServer>,
+    relay_only: bool,
     stun_next: Option<Instant>,
     stun_rounds: u32,
     target: Target,
@@ -620,18 +789,22 @@ impl Session {
         identity: &str,
         rate: SampleRate,
         metrics: Option<Arc<Metrics>>,
-        ice_urls: &[String],
+        ice: &IceSetup,
     ) -> Result<Session, String> {
-        let now = Instant::now();
         // Our host candidates advertise the address the signal connection left from: the
         // one that routes to the LiveKit server.
         let ip = signal::local_ip(&ws).ok_or("the signal connection has no local address")?;
-        let publ = Pc::bind(ip, now)
+        let (stun_servers, turn_server) = ice_servers(ice, &join, identity, ip).await;
+        let now = Instant::now();
+        let relay_only = ice.relay_only;
+        let mut publ = Pc::bind(ip, now, relay_only, turn_server.clone())
             .await
             .map_err(|e| format!("publisher socket: {e}"))?;
-        let subs = Pc::bind(ip, now)
+        let mut subs = Pc::bind(ip, now, relay_only, turn_server.clone())
             .await
             .map_err(|e| format!("subscriber socket: {e}"))?;
+        publ.flush_turn();
+        subs.flush_turn();
         let encoder = new_encoder(CodecKind::Opus, rate, &CodecConfig::default())
             .map_err(|e| e.to_string())?;
         let frame_len = usize::try_from(rate.hz() / 50).unwrap_or(FRAME).min(FRAME);
@@ -649,10 +822,11 @@ impl Session {
             .map(|p| p.sid.clone())
             .unwrap_or_default();
         let ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
-        let stun_servers = stun_servers(ice_urls, &join, identity).await;
         Ok(Session {
-            stun_next: (!stun_servers.is_empty()).then_some(now),
+            stun_next: (!stun_servers.is_empty() && !relay_only).then_some(now),
             stun_servers,
+            turn_server,
+            relay_only,
             stun_rounds: 0,
             metrics,
             frames_dropped: 0,
@@ -744,6 +918,8 @@ impl Session {
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None).await;
         }
+        self.publ.release_turn();
+        self.subs.release_turn();
         self.publ.rtc.disconnect();
         self.subs.rtc.disconnect();
         let t = &self.target;
@@ -755,15 +931,18 @@ impl Session {
             .map_err(|e| e.to_string())?;
         let now = Instant::now();
         let ip = signal::local_ip(&ws).ok_or("the signal connection has no local address")?;
-        self.publ = Pc::bind(ip, now)
+        let turn = self.turn_server.clone();
+        self.publ = Pc::bind(ip, now, self.relay_only, turn.clone())
             .await
             .map_err(|e| format!("publisher socket: {e}"))?;
-        self.subs = Pc::bind(ip, now)
+        self.subs = Pc::bind(ip, now, self.relay_only, turn)
             .await
             .map_err(|e| format!("subscriber socket: {e}"))?;
-        // New sockets: their reflexive addresses are learnt afresh.
+        self.publ.flush_turn();
+        self.subs.flush_turn();
+        // New sockets: their reflexive and relayed addresses are learnt afresh.
         self.stun_rounds = 0;
-        self.stun_next = (!self.stun_servers.is_empty()).then_some(now);
+        self.stun_next = (!self.stun_servers.is_empty() && !self.relay_only).then_some(now);
         self.pending = None;
         self.mic = None;
         self.mic_pt = None;
@@ -827,6 +1006,8 @@ impl Session {
                     action: proto::leave_request::Action::Disconnect as i32,
                     ..Default::default()
                 };
+                self.publ.release_turn();
+                self.subs.release_turn();
                 if let Some(ws) = self.ws.as_mut() {
                     if matches!(end, End::Left) {
                         let _ = signal::send(ws, Req::UpdateMetadata(hangup)).await;
@@ -907,8 +1088,9 @@ impl Session {
         self.stun_next = (self.stun_rounds < STUN_ROUNDS && !done).then_some(now + STUN_RETRY);
     }
 
-    /// Trickles a server-reflexive candidate just learnt to LiveKit.
-    async fn tell_srflx(&mut self) {
+    /// Trickles the candidates just learnt (server-reflexive from STUN, relayed from TURN)
+    /// to LiveKit.
+    async fn tell_candidates(&mut self) {
         for target in [
             proto::SignalTarget::Publisher,
             proto::SignalTarget::Subscriber,
@@ -917,19 +1099,19 @@ impl Session {
                 proto::SignalTarget::Publisher => &mut self.publ,
                 proto::SignalTarget::Subscriber => &mut self.subs,
             };
-            if !std::mem::take(&mut pc.srflx_untold) {
+            if pc.untold.is_empty() {
                 continue;
             }
-            info!(identity = %self.identity, srflx = ?pc.srflx, ?target, "server-reflexive candidate from STUN");
-            let Some(c) = pc.candidate_inits().pop() else {
-                continue;
-            };
-            self.send(Req::Trickle(proto::TrickleRequest {
-                candidate_init: c,
-                target: target as i32,
-                r#final: false,
-            }))
-            .await;
+            let learnt = std::mem::take(&mut pc.untold);
+            for c in learnt {
+                info!(identity = %self.identity, candidate = %c, ?target, "candidate learnt");
+                self.send(Req::Trickle(proto::TrickleRequest {
+                    candidate_init: c,
+                    target: target as i32,
+                    r#final: false,
+                }))
+                .await;
+            }
         }
     }
 
@@ -998,6 +1180,12 @@ impl Session {
             if let Some(at) = self.stun_next {
                 deadline = deadline.min(at);
             }
+            for at in [self.publ.turn_timeout(), self.subs.turn_timeout()]
+                .into_iter()
+                .flatten()
+            {
+                deadline = deadline.min(at);
+            }
             if self.lost_at.is_some() && self.resume.is_none() {
                 deadline = deadline.min(self.next_resume);
             }
@@ -1029,15 +1217,17 @@ impl Session {
                 d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
                 _ = &mut self.io.leave => return End::Left,
                 r = self.publ.sock.recv_from(&mut self.buf_pub) => if let Ok((n, src)) = r {
-                    self.publ.last_rx = Instant::now();
+                    let now = Instant::now();
+                    self.publ.last_rx = now;
                     if let Some(data) = self.buf_pub.get(..n) {
-                        if !self.publ.on_stun(data) { self.publ.receive(src, data, Instant::now()); }
+                        self.publ.on_datagram(src, data, now);
                     }
                 },
                 r = self.subs.sock.recv_from(&mut self.buf_sub) => if let Ok((n, src)) = r {
-                    self.subs.last_rx = Instant::now();
+                    let now = Instant::now();
+                    self.subs.last_rx = now;
                     if let Some(data) = self.buf_sub.get(..n) {
-                        if !self.subs.on_stun(data) { self.subs.receive(src, data, Instant::now()); }
+                        self.subs.on_datagram(src, data, now);
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -1052,7 +1242,9 @@ impl Session {
             if self.stun_next.is_some_and(|at| now >= at) {
                 self.stun_round(now);
             }
-            self.tell_srflx().await;
+            self.publ.turn_tick(now);
+            self.subs.turn_tick(now);
+            self.tell_candidates().await;
             if now >= self.publ.timeout {
                 let _ = self.publ.rtc.handle_input(Input::Timeout(now));
             }
@@ -1096,6 +1288,17 @@ impl Session {
             }
             self.poll_publisher();
             self.poll_subscriber();
+            let never = [&self.publ, &self.subs].iter().any(|pc| {
+                !pc.connected && now.saturating_duration_since(pc.born) >= PC_CONNECT_TIMEOUT
+            });
+            if never {
+                warn!(
+                    identity = %self.identity,
+                    "no media path to LiveKit: a peer connection did not connect in time \
+                     (UDP to LiveKit's media port blocked, or no usable TURN relay)"
+                );
+                return End::Room(RoomEvent::Closed);
+            }
             let failed = !self.publ.rtc.is_alive() || !self.subs.rtc.is_alive();
             if failed || self.publ.ice_failed(now) || self.subs.ice_failed(now) {
                 // What LiveKit's SDKs do when a peer connection fails: join again with new

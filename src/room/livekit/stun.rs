@@ -4,14 +4,12 @@
 //!
 //! Sans-IO: a request is 20 bytes out, a response is bytes in and an address out. Written here
 //! rather than taken from a crate: the exchange is one header and one attribute read back,
-//! and str0m keeps its STUN codec private. TURN (RFC 8656) is not spoken: `turn:`/`turns:`
-//! servers are recognised and skipped (str0m has no TURN client; DESIGN.md adds one only for
-//! deployments that cannot reach LiveKit's UDP ports).
+//! and str0m keeps its STUN codec private. TURN (RFC 8656) over UDP is [`super::turn`]'s.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// RFC 8489 §5: the fixed value that tells STUN from other traffic on the same socket.
-const MAGIC_COOKIE: u32 = 0x2112_A442;
+pub(crate) const MAGIC_COOKIE: u32 = 0x2112_A442;
 const BINDING_REQUEST: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
 const MAPPED_ADDRESS: u16 = 0x0001;
@@ -28,7 +26,9 @@ pub(crate) type TransactionId = [u8; 12];
 pub(crate) enum IceUrl {
     /// `stun:host[:port]`: used.
     Stun { host: String, port: u16 },
-    /// `turn:`, `turns:` or `stuns:`: understood, not used (no TURN or STUN over TLS client).
+    /// `turn:host[:port][?transport=udp]`: used, with the entry's credential.
+    Turn { host: String, port: u16 },
+    /// `turns:`, `stuns:` or TURN over TCP: understood, not used (no TLS or TCP client).
     Unsupported,
     /// Not an RFC 7064/7065 URI.
     Invalid,
@@ -40,11 +40,22 @@ pub(crate) fn parse_url(url: &str) -> IceUrl {
     let Some((scheme, rest)) = url.split_once(':') else {
         return IceUrl::Invalid;
     };
-    match scheme.to_ascii_lowercase().as_str() {
-        "stun" => {}
-        "stuns" | "turn" | "turns" => return IceUrl::Unsupported,
+    let turn = match scheme.to_ascii_lowercase().as_str() {
+        "stun" => false,
+        "turn" => true,
+        "stuns" | "turns" => return IceUrl::Unsupported,
         _ => return IceUrl::Invalid,
-    }
+    };
+    // RFC 7065 §3.1: `?transport=udp` or `?transport=tcp` on TURN URIs only.
+    let rest = match rest.split_once('?') {
+        None => rest,
+        Some((rest, query)) if turn => match query.to_ascii_lowercase().as_str() {
+            "transport=udp" => rest,
+            "transport=tcp" => return IceUrl::Unsupported,
+            _ => return IceUrl::Invalid,
+        },
+        Some(_) => return IceUrl::Invalid,
+    };
     if rest.contains(['?', '/', '@']) || rest.is_empty() {
         return IceUrl::Invalid;
     }
@@ -74,9 +85,11 @@ pub(crate) fn parse_url(url: &str) -> IceUrl {
     if host.is_empty() {
         return IceUrl::Invalid;
     }
-    IceUrl::Stun {
-        host: host.to_owned(),
-        port,
+    let host = host.to_owned();
+    if turn {
+        IceUrl::Turn { host, port }
+    } else {
+        IceUrl::Stun { host, port }
     }
 }
 
@@ -125,6 +138,11 @@ pub(crate) fn binding_response_address(packet: &[u8], id: &TransactionId) -> Opt
         attrs = attrs.get(padded..).unwrap_or(&[]);
     }
     plain
+}
+
+/// An XOR-address attribute's value (RFC 8489 §14.2) of a message with transaction `id`.
+pub(crate) fn xor_address_value(value: &[u8], id: &TransactionId) -> Option<SocketAddr> {
+    address(value, Some(id))
 }
 
 /// An address attribute's value (RFC 8489 §14.1, §14.2); XOR-ed with the cookie and the
@@ -265,10 +283,21 @@ mod tests {
             stun("2001:db8::1", 3479)
         );
         assert_eq!(parse_url("stun:[2001:db8::1]"), stun("2001:db8::1", 3478));
+        let turn = |h: &str, p| IceUrl::Turn {
+            host: h.into(),
+            port: p,
+        };
         assert_eq!(
             parse_url("turn:turn.example.com?transport=udp"),
+            turn("turn.example.com", 3478)
+        );
+        assert_eq!(parse_url("turn:192.0.2.1:3479"), turn("192.0.2.1", 3479));
+        assert_eq!(
+            parse_url("turn:turn.example.com?transport=tcp"),
             IceUrl::Unsupported
         );
+        assert_eq!(parse_url("turn:h?transport=sctp"), IceUrl::Invalid);
+        assert_eq!(parse_url("stun:h?transport=udp"), IceUrl::Invalid);
         assert_eq!(parse_url("turns:turn.example.com:443"), IceUrl::Unsupported);
         assert_eq!(parse_url("stuns:stun.example.com"), IceUrl::Unsupported);
         for bad in [

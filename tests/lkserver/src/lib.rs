@@ -48,8 +48,9 @@
 //!   codec fallback); payloads are forwarded as received (str0m assigns the subscriber-side
 //!   SSRC, sequence numbers and payload type). No bandwidth estimation, no NACK/RTX, no
 //!   speaker detection (`SpeakersChanged` is never sent), no connection-quality updates.
-//! - ICE: one UDP host candidate on loopback (no TURN, no ICE/TCP, no STUN server entry in
-//!   `ice_servers` unless configured). A client must use a distinct local port per PC, as it
+//! - ICE: one UDP host candidate on loopback (no ICE/TCP, no STUN server entry in
+//!   `ice_servers` unless configured). The embedded TURN server (`ServerOptions::turn`) speaks
+//!   UDP only, with one credential for everyone (see the `turn` module). A client must use a distinct local port per PC, as it
 //!   must with livekit-server's single-port UDP mux.
 //! - An audio m-line on the publisher PC is bound to the oldest pending `AddTrack` (the real
 //!   server matches by the msid track id / cid).
@@ -68,6 +69,7 @@ mod peer;
 mod signal;
 mod synthetic;
 mod token;
+mod turn;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -83,6 +85,7 @@ pub use livekit_protocol as proto;
 pub use livekit_protocol::participant_info::{Kind as ParticipantKind, State as ParticipantState};
 pub use synthetic::{Signal, FRAME_SAMPLES, SAMPLE_RATE};
 pub use token::TokenError;
+pub use turn::{TurnStats, REALM_NAME as TURN_REALM};
 
 use engine::{Command, Engine};
 use synthetic::{Recording, SharedRecording};
@@ -111,6 +114,9 @@ pub struct ServerOptions {
     /// candidate, so it must not be unspecified.
     pub udp: SocketAddr,
     pub engine: EngineConfig,
+    /// Run the embedded TURN server (livekit-server's `turn.enabled`) on the UDP address's IP
+    /// and announce it, with a credential, in `JoinResponse.ice_servers`.
+    pub turn: bool,
 }
 
 impl ServerOptions {
@@ -123,6 +129,7 @@ impl ServerOptions {
             listen: lo,
             udp: lo,
             engine: EngineConfig::default(),
+            turn: false,
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct TestServer {
     api_secret: String,
     cmd: mpsc::UnboundedSender<Command>,
     tasks: Vec<JoinHandle<()>>,
+    turn: Option<turn::TurnServer>,
+    ice_servers: Vec<proto::IceServer>,
 }
 
 impl Drop for TestServer {
@@ -159,8 +168,18 @@ impl TestServer {
         let socket = std::net::UdpSocket::bind(opts.udp)?;
         socket.set_nonblocking(true)?;
         let udp_addr = socket.local_addr()?;
+        let mut engine_config = opts.engine.clone();
+        let turn = if opts.turn {
+            let password = format!("{:032x}", rand::random::<u128>());
+            let server = turn::TurnServer::start(udp_addr.ip(), "livekit-turn", &password).await?;
+            engine_config.ice_servers.push(server.ice_server());
+            Some(server)
+        } else {
+            None
+        };
+        let ice_servers = engine_config.ice_servers.clone();
         let (cmd, rx) = mpsc::unbounded_channel();
-        let engine = Engine::new(opts.engine.clone(), udp_addr, Instant::now());
+        let engine = Engine::new(engine_config, udp_addr, Instant::now());
         // The engine gets a thread of its own so that tests' client tasks in the same process
         // cannot delay its timers.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -186,7 +205,19 @@ impl TestServer {
             api_secret: opts.api_secret,
             cmd,
             tasks,
+            turn,
+            ice_servers,
         })
+    }
+
+    /// The ICE servers `JoinResponse` announces.
+    pub fn join_ice_servers(&self) -> Vec<proto::IceServer> {
+        self.ice_servers.clone()
+    }
+
+    /// What the embedded TURN server did (`None` unless started with `turn`).
+    pub fn turn_stats(&self) -> Option<TurnStats> {
+        self.turn.as_ref().map(turn::TurnServer::stats)
     }
 
     /// `ws://127.0.0.1:PORT`: the URL a LiveKit client is given (it appends `/rtc`).
