@@ -39,9 +39,7 @@ use crate::privacy::PhoneNumber;
 use crate::room::{AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
 use crate::serve::Services;
 use crate::store::{CallRecordEnd, LockoutKey, Resolution, RtpStats};
-
-/// Media tick: one frame each way (RFC 3551 §4.5 default packetisation).
-const TICK: Duration = Duration::from_millis(20);
+use crate::tick::TICK;
 
 /// What the gateway hands to a new call task.
 pub struct CallSetup {
@@ -217,7 +215,9 @@ impl CallTask {
         let mut out_packet = vec![0u8; MAX_PACKET];
         let mut caller_pcm = [0i16; MAX_FRAME];
         let mut play_pcm = [0i16; MAX_FRAME];
-        let mut ticker = tokio::time::interval(TICK);
+        // On the process-wide grid, so that every call's tick falls in one runtime wake-up.
+        let first = tokio::time::Instant::from_std(crate::tick::next_tick(Instant::now()));
+        let mut ticker = tokio::time::interval_at(first, TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let hard_end =
             tokio::time::Instant::from_std(self.s.setup_started + self.s.limits.max_duration);
@@ -458,8 +458,7 @@ impl CallTask {
         } else if self.phase == Phase::InRoom {
             let mut got = false;
             if let Some(room) = self.room.as_mut() {
-                while let Ok(frame) = room.from_room.try_recv() {
-                    // Keep the newest: latency must not build up.
+                if let (Some(frame), _) = crate::room::next_frame(&mut room.from_room) {
                     from_room_rate(
                         frame.samples(),
                         room.sample_rate,

@@ -21,4 +21,5 @@ pub mod privacy;
 pub mod room;
 pub mod serve;
 pub mod store;
+pub mod tick;
 pub mod trunk;

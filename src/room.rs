@@ -121,6 +121,23 @@ pub enum RoomError {
     Refused(String),
 }
 
+/// The frame to play at this tick from a stream of one frame per tick between two tasks.
+///
+/// Both tasks tick on the process-wide grid ([`crate::tick`]), so within a tick either may
+/// run first: a frame can wait one tick. The oldest frame is taken, one more may stay
+/// waiting (that one tick of slack), and any beyond are dropped so that latency cannot
+/// build up. Returns the frame and how many were dropped.
+pub fn next_frame(rx: &mut mpsc::Receiver<AudioFrame>) -> (Option<AudioFrame>, u64) {
+    let Ok(frame) = rx.try_recv() else {
+        return (None, 0);
+    };
+    let mut dropped = 0;
+    while rx.len() > 1 && rx.try_recv().is_ok() {
+        dropped += 1;
+    }
+    (Some(frame), dropped)
+}
+
 /// A caller's membership of a room; dropping it leaves the room.
 pub struct RoomHandle {
     /// Sample rate of the frames both ways.

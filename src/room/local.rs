@@ -168,7 +168,9 @@ async fn run_room(
 ) {
     let mut mixer = Mixer::new(FRAME_SAMPLES);
     let mut members: HashMap<ParticipantId, Member> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
+    // On the process-wide grid, with the calls' own ticks: one runtime wake-up serves them all.
+    let first = tokio::time::Instant::from_std(crate::tick::next_tick(std::time::Instant::now()));
+    let mut tick = tokio::time::interval_at(first, TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     debug!(room = %name, "local room opened");
     loop {
@@ -214,12 +216,11 @@ async fn run_room(
                     continue;
                 }
                 for (id, m) in members.iter_mut() {
-                    // Keep only the newest frame if the caller got ahead of the room's clock.
-                    let mut latest = None;
-                    while let Ok(f) = m.inbound.try_recv() {
-                        latest = Some(f);
+                    let (frame, surplus) = crate::room::next_frame(&mut m.inbound);
+                    if surplus > 0 {
+                        dropped.fetch_add(surplus, Ordering::Relaxed);
                     }
-                    if let Some(f) = latest {
+                    if let Some(f) = frame {
                         let _ = mixer.push(*id, f.samples());
                     }
                 }

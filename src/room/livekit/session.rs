@@ -53,6 +53,7 @@ use super::turn::{Turn, TurnEvent, TurnServer};
 use crate::config::IceServer;
 use crate::metrics::Metrics;
 use crate::room::{AudioFrame, RoomEvent, MAX_OPUS_PAYLOAD};
+use crate::tick::TICK;
 
 /// Samples in the largest 20 ms frame (16 kHz); 8 kHz sessions use the first half.
 const FRAME: usize = 320;
@@ -85,8 +86,6 @@ const STUN_RETRY: Duration = Duration::from_millis(500);
 const STUN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// STUN servers asked per call, at most.
 const MAX_STUN_SERVERS: usize = 4;
-/// The mix tick (one frame).
-const TICK: Duration = Duration::from_millis(20);
 /// How long a dropped signal connection may take to resume before the room counts as lost.
 /// Within LiveKit's default 20 s departure timeout, short enough that a caller is not left in
 /// a silent call.
@@ -99,6 +98,8 @@ const ICE_FAILED_AFTER: Duration = Duration::from_secs(2);
 /// How long a connected peer connection may receive nothing at all (not even the answers to
 /// its consent checks) before its media path counts as failed.
 const SILENCE_FAILS: Duration = Duration::from_secs(5);
+/// Datagrams read from one socket per wake-up, at most: a tick's worth is a few.
+const READ_BATCH: usize = 64;
 /// How long a new peer connection may take to connect (ICE and DTLS) before the media path
 /// counts as impossible: nothing reaches LiveKit's media port, directly or through a relay.
 const PC_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -307,6 +308,23 @@ impl Pc {
         }
         if !self.on_stun(data) {
             self.receive(src, self.addr, data, now);
+        }
+    }
+
+    /// Takes every datagram waiting on the socket (at most [`READ_BATCH`] per call).
+    fn read_socket(&mut self, buf: &mut [u8], now: Instant) {
+        for _ in 0..READ_BATCH {
+            match self.sock.try_recv_from(buf) {
+                Ok((n, src)) => {
+                    self.last_rx = now;
+                    if let Some(data) = buf.get(..n) {
+                        self.on_datagram(src, data, now);
+                    }
+                }
+                // Nothing more now (`WouldBlock`), or an ICMP error for an earlier send.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {}
+            }
         }
     }
 
@@ -862,7 +880,7 @@ impl Session {
             next_track_id: 1,
             mixer,
             listener,
-            next_mix: now + TICK,
+            next_mix: crate::tick::next_tick(now + TICK),
             last_wake: now,
             events: Vec::new(),
             buf_pub: vec![0u8; 2048],
@@ -1216,23 +1234,14 @@ impl Session {
                 }
                 d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
                 _ = &mut self.io.leave => return End::Left,
-                r = self.publ.sock.recv_from(&mut self.buf_pub) => if let Ok((n, src)) = r {
-                    let now = Instant::now();
-                    self.publ.last_rx = now;
-                    if let Some(data) = self.buf_pub.get(..n) {
-                        self.publ.on_datagram(src, data, now);
-                    }
-                },
-                r = self.subs.sock.recv_from(&mut self.buf_sub) => if let Ok((n, src)) = r {
-                    let now = Instant::now();
-                    self.subs.last_rx = now;
-                    if let Some(data) = self.buf_sub.get(..n) {
-                        self.subs.on_datagram(src, data, now);
-                    }
-                },
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
+            // The sockets are read when the task wakes (at the latest at the next mix tick),
+            // not each on its own wake-up: a packet waits at most one tick (the jitter buffer
+            // absorbs it), and a call wakes 50 times a second instead of about 150.
+            self.publ.read_socket(&mut self.buf_pub, now);
+            self.subs.read_socket(&mut self.buf_sub, now);
             let slept = now.saturating_duration_since(self.last_wake);
             if slept >= STARVED {
                 self.publ.last_rx += slept;
@@ -1270,20 +1279,23 @@ impl Session {
                 }
             }
             if now >= self.next_mix {
-                // The caller's frames are taken here, once per tick, rather than on arrival:
+                // The caller's frame is taken here, once per tick, rather than on arrival:
                 // the call task's sends then never wake this task.
-                loop {
-                    match self.io.to_room.try_recv() {
-                        Ok(frame) => self.send_audio(&frame, now),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return End::Left,
-                    }
+                if self.io.to_room.is_closed() && self.io.to_room.is_empty() {
+                    return End::Left;
+                }
+                let (frame, surplus) = crate::room::next_frame(&mut self.io.to_room);
+                if let Some(frame) = frame {
+                    self.send_audio(&frame, now);
+                }
+                if surplus > 0 {
+                    self.count_lost(surplus, 0);
                 }
                 self.mix(now);
                 self.next_mix += TICK;
                 if self.next_mix < now {
                     // Woken late (a loaded machine): skip ahead rather than burst.
-                    self.next_mix = now + TICK;
+                    self.next_mix = crate::tick::next_tick(now + TICK);
                 }
             }
             self.poll_publisher();
@@ -1597,6 +1609,11 @@ impl Session {
                 dropped += 1;
             }
         }
+        self.count_lost(dropped, missing);
+    }
+
+    /// Counts frames the bridge lost, in the session's totals and the metrics.
+    fn count_lost(&mut self, dropped: u64, missing: u64) {
         if dropped + missing > 0 {
             self.frames_dropped += dropped;
             self.frames_missing += missing;
