@@ -451,6 +451,26 @@ async fn dropped_websocket_is_resumed_without_ending_the_call() {
         synth.received_audio_from("sip_c7").len() > before + SAMPLE_RATE as usize / 2,
         "caller audio still reaches the room"
     );
+    // As LiveKit's SDKs do after a resume: the publisher connection offered again with an
+    // ICE restart (new credentials), media going on meanwhile.
+    let p = server
+        .participants("resume")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.identity == "sip_c7")
+        .expect("still in the room");
+    assert_eq!(
+        p.publisher_ufrags.len(),
+        2,
+        "the first offer and one ICE restart: {:?}",
+        p.publisher_ufrags
+    );
+    assert_ne!(
+        p.publisher_ufrags[0], p.publisher_ufrags[1],
+        "new ICE credentials"
+    );
+    assert!(p.publisher_connected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,9 +189,16 @@ async fn run(
 
 async fn send(transports: &Transports, t: Transmit) {
     if t.target.transport.is_stream() {
+        // On an open connection, queued in order right here; only opening a connection (a
+        // request to a new peer) is left to a task of its own, so a slow connect never holds
+        // up the endpoint.
+        let bytes = match transports.send_queued(&t.target, t.bytes) {
+            Ok(()) => return,
+            Err(bytes) => bytes,
+        };
         let tr = transports.clone();
         tokio::spawn(async move {
-            if let Err(e) = tr.send(&t.target, t.bytes).await {
+            if let Err(e) = tr.send(&t.target, bytes).await {
                 tracing::debug!("SIP send to {} failed: {e}", t.target.addr);
             }
         });

@@ -223,6 +223,29 @@ impl Transports {
         }
     }
 
+    /// Queues octets on an open stream connection to `target` without waiting, so that
+    /// messages go out in the order they are queued (a `100 Trying` never after the final
+    /// response it precedes). `Err(data)` gives them back when no connection is open: the
+    /// caller connects with [`Transports::send`]. A connection whose write queue is full
+    /// belongs to a peer that stopped reading; its message is dropped rather than hold up
+    /// every other call.
+    pub fn send_queued(&self, target: &Target, data: Bytes) -> Result<(), Bytes> {
+        let Some(tx) = self.find_conn(target) else {
+            return Err(data);
+        };
+        match tx.try_send(data) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(
+                    "SIP connection to {} not reading: message dropped",
+                    target.addr
+                );
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(data)) => Err(data),
+        }
+    }
+
     async fn send_udp(&self, addr: SocketAddr, data: &[u8]) -> Result<(), TransportError> {
         let sock = self
             .inner
@@ -792,6 +815,47 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
         let m = read_response(&mut s).await;
         assert_eq!(m.headers().call_id().unwrap(), "out");
         assert_eq!(t.connection_count(), 1);
+        t.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_messages_go_out_on_a_connection_in_the_order_queued() {
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (t, _rx) = start(&["tcp://127.0.0.1:0"], |_| {}).await;
+        let target = Target {
+            addr: peer.local_addr().unwrap(),
+            transport: Transport::Tcp,
+            conn: None,
+        };
+        // Nothing open yet: the message comes back for the caller to connect with.
+        let first = Bytes::from(options("127.0.0.1:9", "m0", ""));
+        assert_eq!(t.send_queued(&target, first.clone()), Err(first.clone()));
+        t.send(&target, first).await.unwrap();
+        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        // Fewer than the connection's write queue holds, so none is dropped.
+        for i in 1..WRITE_QUEUE {
+            let m = Bytes::from(options("127.0.0.1:9", &format!("m{i}"), ""));
+            assert_eq!(t.send_queued(&target, m), Ok(()));
+        }
+        // One framer for the whole stream: a read may hold several messages.
+        let mut framer = StreamFramer::new(Limits::default());
+        let mut i = 0;
+        while i < WRITE_QUEUE {
+            if let Some(frame) = framer.pop().expect("framing") {
+                let m = Message::parse(frame, &Limits::default()).expect("parses");
+                assert_eq!(m.headers().call_id().unwrap(), format!("m{i}").as_str());
+                i += 1;
+                continue;
+            }
+            let n = tokio::time::timeout(WAIT, s.read_buf(framer.buffer_mut()))
+                .await
+                .expect("read in time")
+                .expect("read");
+            assert!(n > 0, "connection closed after {i} messages");
+        }
         t.shutdown();
     }
 

@@ -712,6 +712,8 @@ pub(crate) struct Session {
     publ: Pc,
     subs: Pc,
     pending: Option<SdpPendingOffer>,
+    /// Publisher offers made on the current peer connection (their `id`s count up from 1).
+    offers: u32,
     mic: Option<Mid>,
     mic_pt: Option<Pt>,
     reliable: Option<ChannelId>,
@@ -858,6 +860,7 @@ impl Session {
             publ,
             subs,
             pending: None,
+            offers: 0,
             mic: None,
             mic_pt: None,
             reliable: None,
@@ -962,6 +965,7 @@ impl Session {
         self.stun_rounds = 0;
         self.stun_next = (!self.stun_servers.is_empty() && !self.relay_only).then_some(now);
         self.pending = None;
+        self.offers = 0;
         self.mic = None;
         self.mic_pt = None;
         self.reliable = None;
@@ -1078,14 +1082,51 @@ impl Session {
         api.add_channel("_lossy".into());
         if let Some((offer, pending)) = api.apply() {
             self.pending = Some(pending);
+            self.offers += 1;
             let sd = proto::SessionDescription {
                 r#type: "offer".into(),
                 sdp: offer.to_sdp_string(),
-                id: 1,
+                id: self.offers,
                 ..Default::default()
             };
             self.send(Req::Offer(sd)).await;
         }
+        for c in self.publ.candidate_inits() {
+            self.send(Req::Trickle(proto::TrickleRequest {
+                candidate_init: c,
+                target: proto::SignalTarget::Publisher as i32,
+                r#final: false,
+            }))
+            .await;
+        }
+    }
+
+    /// After a resume, what LiveKit's SDKs do: offer the publisher connection again with an
+    /// ICE restart (new credentials, RFC 8445 §9), so that a media path that broke along with
+    /// the signal connection is found again by new checks. The current pair carries media
+    /// until a new one is chosen. (LiveKit restarts the subscriber connection itself, with
+    /// the offer it sends after a resume.)
+    async fn restart_publisher_ice(&mut self) {
+        if self.pending.is_some() || self.mic.is_none() {
+            // An offer is in flight (its answer comes on the resumed connection), or nothing
+            // was published yet: `publish` makes the first offer.
+            return;
+        }
+        let mut api = self.publ.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        self.pending = Some(pending);
+        self.offers += 1;
+        debug!(identity = %self.identity, "publisher ICE restart after the resume");
+        let sd = proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: self.offers,
+            ..Default::default()
+        };
+        self.send(Req::Offer(sd)).await;
         for c in self.publ.candidate_inits() {
             self.send(Req::Trickle(proto::TrickleRequest {
                 candidate_init: c,
@@ -1228,6 +1269,7 @@ impl Session {
                             self.lost_at = None;
                             self.send_failed_at = None;
                             self.last_pong = Instant::now();
+                            self.restart_publisher_ice().await;
                         }
                         Err(e) => debug!(identity = %self.identity, error = %e, "resume attempt failed"),
                     }

@@ -109,6 +109,9 @@ pub struct ParticipantSnapshot {
     pub subscriber_connected: bool,
     /// The candidates the client trickled (`candidateInit` JSON) and for which PC.
     pub trickled: Vec<(proto::SignalTarget, String)>,
+    /// The `ice-ufrag` of each publisher offer the client sent, in order: a new one is an ICE
+    /// restart.
+    pub publisher_ufrags: Vec<String>,
 }
 
 /// Per-participant packet counters for load runs.
@@ -277,6 +280,8 @@ struct Participant {
     counters: ParticipantCounters,
     /// `candidateInit` of every `Trickle` the client sent, with its target (test hook).
     trickled: Vec<(proto::SignalTarget, String)>,
+    /// `ice-ufrag` of every publisher offer (test hook).
+    publisher_ufrags: Vec<String>,
 }
 
 impl Participant {
@@ -359,6 +364,7 @@ impl Participant {
             publisher_connected,
             subscriber_connected,
             trickled: self.trickled.clone(),
+            publisher_ufrags: self.publisher_ufrags.clone(),
         }
     }
 }
@@ -919,6 +925,7 @@ impl Engine {
                 ..Default::default()
             },
             trickled: Vec::new(),
+            publisher_ufrags: Vec::new(),
         };
         self.parts.insert(key, p);
         self.conns.insert(conn, key);
@@ -1189,6 +1196,13 @@ impl Engine {
         let Some(p) = self.parts.get_mut(&key) else {
             return;
         };
+        if let Some(ufrag) = sd
+            .sdp
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        {
+            p.publisher_ufrags.push(ufrag.to_owned());
+        }
         let Media::Remote {
             publisher,
             early_candidates,
@@ -1635,6 +1649,7 @@ impl Engine {
                     ..Default::default()
                 },
                 trickled: Vec::new(),
+                publisher_ufrags: Vec::new(),
             },
         );
         self.broadcast_participant(key, false);
