@@ -121,18 +121,21 @@ pub enum RoomError {
     Refused(String),
 }
 
+/// Frames [`next_frame`] lets wait behind the one it takes: 40 ms at most.
+pub const FRAMES_WAITING: usize = 2;
+
 /// The frame to play at this tick from a stream of one frame per tick between two tasks.
 ///
 /// Both tasks tick on the process-wide grid ([`crate::tick`]), so within a tick either may
-/// run first: a frame can wait one tick. The oldest frame is taken, one more may stay
-/// waiting (that one tick of slack), and any beyond are dropped so that latency cannot
-/// build up. Returns the frame and how many were dropped.
+/// run first, and on a loaded machine a tick may come late: a frame can wait a tick or two.
+/// The oldest frame is taken, up to [`FRAMES_WAITING`] more may stay waiting, and any beyond
+/// are dropped so that latency cannot build up. Returns the frame and how many were dropped.
 pub fn next_frame(rx: &mut mpsc::Receiver<AudioFrame>) -> (Option<AudioFrame>, u64) {
     let Ok(frame) = rx.try_recv() else {
         return (None, 0);
     };
     let mut dropped = 0;
-    while rx.len() > 1 && rx.try_recv().is_ok() {
+    while rx.len() > FRAMES_WAITING && rx.try_recv().is_ok() {
         dropped += 1;
     }
     (Some(frame), dropped)
