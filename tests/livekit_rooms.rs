@@ -473,13 +473,17 @@ async fn dropped_websocket_is_resumed_without_ending_the_call() {
     assert!(p.publisher_connected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() {
-    let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let dave = server
+/// A call in `room` with a synthetic participant playing 1000 Hz, audio flowing both ways
+/// for 2 s; returns the participant, the call's handle and its participant session id.
+async fn bridged_call(
+    server: &TestServer,
+    room: &str,
+    call: &str,
+) -> (SyntheticParticipant, RoomHandle, String) {
+    let synth = server
         .add_synthetic_participant(
-            "rejoin",
-            "dave",
+            room,
+            "tone",
             Signal::Tone {
                 hz: 1000.0,
                 amplitude: 0.3,
@@ -488,23 +492,35 @@ async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() 
         .await
         .unwrap();
     let rooms = rooms_for(server.url(), SECRET);
-    let mut handle = join(&rooms, "rejoin", "c11").await;
+    let mut handle = join(&rooms, room, call).await;
     let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
-    let old = server
-        .participants("rejoin")
+    let sid = server
+        .participants(room)
         .await
         .unwrap()
         .into_iter()
-        .find(|p| p.identity == "sip_c11")
+        .find(|p| p.identity == format!("sip_{call}"))
         .expect("in the room")
         .sid;
-    // Leave{action: RECONNECT} and the participant is gone from the server.
-    assert!(server.kill_peer_connection("sip_c11").await.unwrap());
+    (synth, handle, sid)
+}
+
+/// The call joins `room` again as a new participant session within `within`, the call is not
+/// ended, and audio flows both ways again.
+async fn joins_again_and_audio_flows(
+    server: &TestServer,
+    synth: &SyntheticParticipant,
+    handle: &mut RoomHandle,
+    (room, call, old): (&str, &str, &str),
+    within: Duration,
+) {
+    let identity = format!("sip_{call}");
+    let started = Instant::now();
     let again = server
         .wait_for_participant(
-            "rejoin",
-            |p| p.identity == "sip_c11" && p.sid != old && p.publisher_connected,
-            Duration::from_secs(10),
+            room,
+            |p| p.identity == identity && p.sid != old && p.publisher_connected,
+            within,
         )
         .await
         .unwrap();
@@ -512,8 +528,9 @@ async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() 
         again.is_some(),
         "the backend joins again as a new participant session"
     );
-    let before = dave.received_audio_from("sip_c11").len();
-    let heard = exchange(&mut handle, Some(440.0), Duration::from_secs(3)).await;
+    println!("joined again after {:?}", started.elapsed());
+    let before = synth.received_audio_from(&identity).len();
+    let heard = exchange(handle, Some(440.0), Duration::from_secs(3)).await;
     while let Ok(ev) = handle.events.try_recv() {
         assert!(
             !matches!(ev, RoomEvent::Closed | RoomEvent::Removed),
@@ -529,12 +546,12 @@ async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() 
         at_1k > -20.0,
         "room audio reaches the caller again ({at_1k:.1} dBFS)"
     );
-    let room = dave.received_audio_from("sip_c11");
+    let room_audio = synth.received_audio_from(&identity);
     assert!(
-        room.len() > before + SAMPLE_RATE as usize,
+        room_audio.len() > before + SAMPLE_RATE as usize,
         "caller audio reaches the room again"
     );
-    let r440 = goertzel_level(last(&room, SAMPLE_RATE, 1.0), SAMPLE_RATE, 440.0);
+    let r440 = goertzel_level(last(&room_audio, SAMPLE_RATE, 1.0), SAMPLE_RATE, 440.0);
     assert!(
         r440 > -20.0,
         "the caller's tone after the rejoin ({r440:.1} dBFS)"
@@ -542,72 +559,24 @@ async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_reconnect_asked_by_the_server_joins_again_and_audio_flows_again() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let (synth, mut handle, old) = bridged_call(&server, "rejoin", "c11").await;
+    // Leave{action: RECONNECT} and the participant is gone from the server.
+    assert!(server.kill_peer_connection("sip_c11").await.unwrap());
+    let case = ("rejoin", "c11", old.as_str());
+    joins_again_and_audio_flows(&server, &synth, &mut handle, case, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_path_lost_with_the_signal_up_joins_again_and_audio_flows_again() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let erin = server
-        .add_synthetic_participant(
-            "outage",
-            "erin",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
-    let rooms = rooms_for(server.url(), SECRET);
-    let mut handle = join(&rooms, "outage", "c12").await;
-    let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
-    let old = server
-        .participants("outage")
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.identity == "sip_c12")
-        .expect("in the room")
-        .sid;
+    let (synth, mut handle, old) = bridged_call(&server, "outage", "c12").await;
     // Every datagram of this session is dropped, both ways; the signal connection stays up
     // and nobody tells the gateway. Its ICE checks go unanswered and the media path fails.
     assert!(server.blackhole_media("sip_c12", true).await.unwrap());
-    let started = std::time::Instant::now();
-    let again = server
-        .wait_for_participant(
-            "outage",
-            |p| p.identity == "sip_c12" && p.sid != old && p.publisher_connected,
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap();
-    assert!(
-        again.is_some(),
-        "the backend notices the dead media path and joins again with new peer connections"
-    );
-    println!(
-        "joined again {:?} after the outage began",
-        started.elapsed()
-    );
-    let before = erin.received_audio_from("sip_c12").len();
-    let heard = exchange(&mut handle, Some(440.0), Duration::from_secs(3)).await;
-    while let Ok(ev) = handle.events.try_recv() {
-        assert!(
-            !matches!(ev, RoomEvent::Closed | RoomEvent::Removed),
-            "the call is not ended: {ev:?}"
-        );
-    }
-    let at_1k = goertzel_level(
-        last(&heard, LIVEKIT_SAMPLE_RATE, 1.0),
-        LIVEKIT_SAMPLE_RATE,
-        1000.0,
-    );
-    assert!(
-        at_1k > -20.0,
-        "room audio reaches the caller again ({at_1k:.1} dBFS)"
-    );
-    let room = erin.received_audio_from("sip_c12");
-    assert!(
-        room.len() > before + SAMPLE_RATE as usize,
-        "caller audio reaches the room again"
-    );
+    let case = ("outage", "c12", old.as_str());
+    joins_again_and_audio_flows(&server, &synth, &mut handle, case, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

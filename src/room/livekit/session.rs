@@ -1091,14 +1091,7 @@ impl Session {
             };
             self.send(Req::Offer(sd)).await;
         }
-        for c in self.publ.candidate_inits() {
-            self.send(Req::Trickle(proto::TrickleRequest {
-                candidate_init: c,
-                target: proto::SignalTarget::Publisher as i32,
-                r#final: false,
-            }))
-            .await;
-        }
+        self.trickle_publisher_candidates().await;
     }
 
     /// After a resume, what LiveKit's SDKs do: offer the publisher connection again with an
@@ -1127,6 +1120,11 @@ impl Session {
             ..Default::default()
         };
         self.send(Req::Offer(sd)).await;
+        self.trickle_publisher_candidates().await;
+    }
+
+    /// Trickles every candidate of the publisher connection, after an offer.
+    async fn trickle_publisher_candidates(&mut self) {
         for c in self.publ.candidate_inits() {
             self.send(Req::Trickle(proto::TrickleRequest {
                 candidate_init: c,
