@@ -30,15 +30,15 @@ use tracing::{debug, info, warn};
 
 use crate::calls::CallId;
 use crate::calls::{CallCommand, CallGuard, CallOutcome, CallState};
-use crate::config::{LockoutConfig, TrunkConfig};
+use crate::config::TrunkConfig;
 use crate::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
-use crate::leg::{CallerLeg, LegParams, MAX_FRAME, MAX_PACKET};
-use crate::metrics::PinResult;
-use crate::pin::{Pin, PinNamespace, RoomName};
+use crate::leg::{CallerLeg, Discard, LegParams, MAX_FRAME, MAX_PACKET};
+use crate::pin::RoomName;
+use crate::pin_guard::Entry;
 use crate::privacy::PhoneNumber;
 use crate::room::{AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
 use crate::serve::Services;
-use crate::store::{CallRecordEnd, LockoutKey, Resolution, RtpStats};
+use crate::store::{CallRecordEnd, RtpStats};
 use crate::tick::TICK;
 
 /// What the gateway hands to a new call task.
@@ -66,7 +66,6 @@ pub struct CallSetup {
     pub prompts: PromptCatalog,
     pub limits: CallLimits,
     pub ivr: IvrConfig,
-    pub lockout: LockoutConfig,
     pub setup_started: Instant,
     pub started_at: DateTime<Utc>,
     /// Resolves when the gateway starts draining past its timeout: end with a prompt.
@@ -77,6 +76,8 @@ pub struct CallSetup {
 #[derive(Debug, Clone)]
 pub struct LegTemplate {
     pub codec_config: dialin_media::codec::CodecConfig,
+    /// Who may send the call's media besides the SDP address.
+    pub sources: dialin_media::stream::SourcePolicy,
     pub jitter_min: Duration,
     pub jitter_max: Duration,
 }
@@ -114,6 +115,7 @@ impl LegTemplate {
             payload_type: n.codec.payload_type.get(),
             telephone_event: n.telephone_event.map(|pt| pt.get()),
             remote: n.remote_rtp,
+            sources: self.sources.clone(),
             srtp,
             codec_config: self.codec_config,
             jitter_min: self.jitter_min,
@@ -171,6 +173,8 @@ struct CallTask {
     join_rx: Option<oneshot::Receiver<Result<RoomHandle, String>>>,
     join_done_prompt: bool,
     lookup_rx: Option<oneshot::Receiver<Lookup>>,
+    /// Says that the lookup in flight waits its turn at the PIN guard.
+    queued_rx: Option<oneshot::Receiver<()>>,
     answered_at: Option<DateTime<Utc>>,
     media_started: Instant,
     remote_bye: bool,
@@ -201,6 +205,7 @@ impl CallTask {
             join_rx: None,
             join_done_prompt: false,
             lookup_rx: None,
+            queued_rx: None,
             answered_at: None,
             media_started: Instant::now(),
             remote_bye: false,
@@ -248,7 +253,9 @@ impl CallTask {
                     if let Ok((n, from)) = r {
                         let now = Instant::now();
                         if let Some(leg) = self.s.leg.as_mut() {
-                            let _ = leg.on_datagram(&mut buf, n, from, now);
+                            if let Err(Discard::ForeignSource) = leg.on_datagram(&mut buf, n, from, now) {
+                                self.s.services.metrics.rtp_foreign_packet();
+                            }
                         }
                         self.drain_digits(now);
                     }
@@ -266,8 +273,15 @@ impl CallTask {
                     if let Some(ivr) = self.ivr.as_mut() { ivr.on_timeout(now); }
                     if let Some(o) = self.run_ivr_actions(now) { return o; }
                 }
+                _ = recv_queued(&mut self.queued_rx) => {
+                    let now = Instant::now();
+                    if let Some(ivr) = self.ivr.as_mut() { ivr.on_queued(now); }
+                    if let Some(o) = self.run_ivr_actions(now) { return o; }
+                }
                 res = recv_once(&mut self.lookup_rx) => {
                     let now = Instant::now();
+                    self.queued_rx = None;
+                    if self.phase == Phase::Ivr { self.hold = None; }
                     if matches!(res, Lookup::Invalid | Lookup::LockedOut) { self.s.services.pin_refused(&self.s.trunk.id, now); }
                     if let Some(ivr) = self.ivr.as_mut() { ivr.on_lookup(res, now); }
                     if let Some(o) = self.run_ivr_actions(now) { return o; }
@@ -474,6 +488,9 @@ impl CallTask {
                     hold.next_frame(out);
                 }
             }
+        } else if let Some(hold) = self.hold.as_mut() {
+            // A PIN waiting its turn at the guard.
+            hold.next_frame(out);
         }
         let may_send = self.may_send();
         let leg = self.s.leg.as_mut()?;
@@ -558,6 +575,7 @@ impl CallTask {
             let action = self.ivr.as_mut()?.poll_action()?;
             match action {
                 Action::Play(p) => self.play(prompt_id(p)),
+                Action::HoldMusic => self.start_hold_music(),
                 Action::StopPrompt => {
                     self.player.interrupt();
                     self.player_active = false;
@@ -594,16 +612,28 @@ impl CallTask {
 
     fn start_lookup(&mut self, digits: &str) {
         let (tx, rx) = oneshot::channel();
+        let (queued_tx, queued_rx) = oneshot::channel();
         self.lookup_rx = Some(rx);
-        let store = self.s.services.store.clone();
+        self.queued_rx = Some(queued_rx);
+        let guard = self.s.services.guard.clone();
         let metrics = self.s.services.metrics.clone();
         let namespace = self.s.trunk.pin_namespace.clone();
-        let key = LockoutKey::for_caller(&self.s.trunk.id, &self.s.caller);
-        let policy = self.s.lockout.clone();
+        let trunk = self.s.trunk.id.clone();
+        let caller = self.s.caller.clone();
         let digits = digits.to_owned();
         let call = self.s.id.clone();
         tokio::spawn(async move {
-            let result = lookup_pin(&store, &metrics, &namespace, &digits, &key, &policy).await;
+            let entry = Entry {
+                trunk: &trunk,
+                namespace: &namespace,
+                caller: &caller,
+                digits: &digits,
+            };
+            let result = guard
+                .judge(entry, &metrics, move || {
+                    let _ = queued_tx.send(());
+                })
+                .await;
             debug!(call = %call, result = ?lookup_label(&result), "PIN lookup");
             let _ = tx.send(result);
         });
@@ -762,54 +792,6 @@ impl CallTask {
     }
 }
 
-async fn lookup_pin(
-    store: &crate::store::Store,
-    metrics: &crate::metrics::Metrics,
-    namespace: &PinNamespace,
-    digits: &str,
-    key: &LockoutKey,
-    policy: &LockoutConfig,
-) -> Lookup {
-    let now = Utc::now();
-    match store.locked_until(key, now).await {
-        Ok(Some(_)) => {
-            metrics.pin_attempt(PinResult::LockedOut);
-            return Lookup::LockedOut;
-        }
-        Ok(None) => {}
-        Err(_) => return Lookup::Unavailable,
-    }
-    let resolution = match Pin::parse(digits) {
-        Ok(pin) => match store.resolve(namespace, &pin, now).await {
-            Ok(r) => r,
-            Err(_) => return Lookup::Unavailable,
-        },
-        Err(_) => Resolution::Unknown,
-    };
-    let result = match &resolution {
-        Resolution::Room { .. } => PinResult::Accepted,
-        Resolution::Unknown => PinResult::Unknown,
-        Resolution::Revoked => PinResult::Revoked,
-        Resolution::NotYetValid => PinResult::NotYetValid,
-        Resolution::Expired => PinResult::Expired,
-    };
-    metrics.pin_attempt(result);
-    match resolution {
-        Resolution::Room {
-            room,
-            participant_name,
-        } => Lookup::Room {
-            room: room.as_str().to_owned(),
-            participant_name: participant_name.map(|n| n.as_str().to_owned()),
-        },
-        _ => match store.record_failed_attempt(key, now, policy).await {
-            Ok(state) if state.is_locked(now) => Lookup::LockedOut,
-            Ok(_) => Lookup::Invalid,
-            Err(_) => Lookup::Unavailable,
-        },
-    }
-}
-
 fn lookup_label(l: &Lookup) -> &'static str {
     match l {
         Lookup::Room { .. } => "room",
@@ -855,6 +837,7 @@ fn prompt_id(p: Prompt) -> PromptId {
         Prompt::LockedOut => PromptId::LockedOut,
         Prompt::ServiceUnavailable => PromptId::ServiceUnavailable,
         Prompt::Goodbye => PromptId::Goodbye,
+        Prompt::PleaseHold => PromptId::PleaseHold,
     }
 }
 
@@ -940,6 +923,20 @@ async fn recv_once<T: Default>(slot: &mut Option<oneshot::Receiver<T>>) -> T {
             let v = rx.await.unwrap_or_default();
             *slot = None;
             v
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the guard says the lookup waits its turn; never when it does not.
+async fn recv_queued(slot: &mut Option<oneshot::Receiver<()>>) {
+    match slot.as_mut() {
+        Some(rx) => {
+            let queued = rx.await.is_ok();
+            *slot = None;
+            if !queued {
+                std::future::pending::<()>().await;
+            }
         }
         None => std::future::pending().await,
     }

@@ -134,6 +134,9 @@ pub fn main() -> ExitCode {
             Ok(config) => {
                 println!("OK: {}", cli.config.display());
                 print!("{}", config.summary());
+                for w in config.warnings() {
+                    println!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

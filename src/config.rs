@@ -23,6 +23,8 @@ use crate::trunk::{CalledNumber, IpNetwork, TrunkId};
 pub const ENV_ADMIN_TOKEN: &str = "DIALIN_ADMIN_TOKEN";
 /// Environment variable that overrides `[livekit] api_secret`.
 pub const ENV_LIVEKIT_API_SECRET: &str = "DIALIN_LIVEKIT_API_SECRET";
+/// Environment variable that overrides `security.secret`.
+pub const ENV_SECURITY_SECRET: &str = "DIALIN_SECURITY_SECRET";
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -466,7 +468,11 @@ impl AdminConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
+    /// Keys the hashes of phone numbers kept in the store (`DIALIN_SECURITY_SECRET`). When
+    /// unset, the nodes of one store share a random secret kept in the store itself.
+    pub secret: Option<Secret>,
     pub lockout: LockoutConfig,
+    pub pin_guard: PinGuardConfig,
     /// Failed PINs per minute on one trunk above which a metric and a log alarm are raised.
     pub trunk_alarm_failed_per_minute: u32,
     pub unmatched_source: RateLimitConfig,
@@ -475,7 +481,9 @@ pub struct SecurityConfig {
 impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
+            secret: None,
             lockout: LockoutConfig::default(),
+            pin_guard: PinGuardConfig::default(),
             trunk_alarm_failed_per_minute: 30,
             unmatched_source: RateLimitConfig {
                 burst: 10,
@@ -511,6 +519,49 @@ impl LockoutConfig {
     }
     pub fn lockout(&self) -> Duration {
         Duration::from_secs(self.lockout_s)
+    }
+}
+
+/// `[security.pin_guard]`: the bound on PIN verdicts per trunk, whatever the calling numbers
+/// and the parallelism (see `src/pin_guard.rs` for the figure it gives).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinGuardConfig {
+    /// Sustained PIN entries per trunk: one per interval; under attack, one verdict per
+    /// interval.
+    pub interval_s: u64,
+    /// PIN entries beyond the sustained rate before the trunk is under attack.
+    pub burst: u32,
+    /// An attack ends this long after its last failed PIN.
+    pub cooldown_s: u64,
+    /// Longest wait for a verdict during an attack; a caller beyond it is told the service
+    /// is busy, without a verdict.
+    pub max_wait_s: u64,
+    /// How long a number that joined with a valid PIN skips the queue on that trunk.
+    pub trusted_for_s: u64,
+}
+
+impl Default for PinGuardConfig {
+    fn default() -> Self {
+        PinGuardConfig {
+            interval_s: 40,
+            burst: 10,
+            cooldown_s: 900,
+            max_wait_s: 600,
+            trusted_for_s: 30 * 86_400,
+        }
+    }
+}
+
+impl PinGuardConfig {
+    /// The store's view of these settings.
+    pub fn policy(&self) -> crate::store::GuardPolicy {
+        crate::store::GuardPolicy {
+            interval: Duration::from_secs(self.interval_s),
+            burst: self.burst,
+            cooldown: Duration::from_secs(self.cooldown_s),
+            max_wait: Duration::from_secs(self.max_wait_s),
+        }
     }
 }
 
@@ -593,6 +644,10 @@ pub struct TrunkConfig {
     pub numbers: Vec<CalledNumber>,
     /// Source networks calls may come from; bare addresses are host networks.
     pub allowed_addresses: Vec<IpNetwork>,
+    /// Further networks the carrier sends media from, when it is neither the address in
+    /// the SDP nor the signalling peer (media from anywhere else is dropped).
+    #[serde(default)]
+    pub media_sources: Vec<IpNetwork>,
     #[serde(default)]
     pub auth: Option<TrunkAuth>,
     #[serde(default)]
@@ -676,6 +731,9 @@ impl Config {
         }
         if let Some(secret) = env(ENV_LIVEKIT_API_SECRET) {
             config.livekit.api_secret = Some(Secret(secret));
+        }
+        if let Some(secret) = env(ENV_SECURITY_SECRET) {
+            config.security.secret = Some(Secret(secret));
         }
         config.validate()?;
         Ok(config)
@@ -894,6 +952,18 @@ impl Config {
             "security.unmatched_source.per_second",
             u64::from(sec.unmatched_source.per_second),
         )?;
+        let guard = &sec.pin_guard;
+        within("security.pin_guard.interval_s", guard.interval_s, 1, 86_400)?;
+        within("security.pin_guard.burst", u64::from(guard.burst), 1, 10_000)?;
+        within("security.pin_guard.cooldown_s", guard.cooldown_s, 1, 30 * 86_400)?;
+        within("security.pin_guard.max_wait_s", guard.max_wait_s, 0, 86_400)?;
+        within("security.pin_guard.trusted_for_s", guard.trusted_for_s, 0, 366 * 86_400)?;
+        if sec.secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(ConfigError::invalid(
+                "security.secret",
+                "must be at least 16 characters (or leave it unset: the store keeps a random one)",
+            ));
+        }
         positive("limits.max_calls", u64::from(self.limits.max_calls))?;
 
         if self.trunks.is_empty() {
@@ -980,6 +1050,22 @@ impl Config {
         Ok(())
     }
 
+    /// What is valid but probably not meant: printed by `check-config`, logged at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let addrs: Vec<SocketAddr> = self.sip.listen.iter().map(|l| l.addr).collect();
+        let media = crate::gateway::MediaBind::from_listen(&addrs);
+        for (missing, family) in [(media.v4.is_none(), "IPv4"), (media.v6.is_none(), "IPv6")] {
+            if missing {
+                out.push(format!(
+                    "sip.listen: no {family} address (nor a dual-stack [::]); calls whose media \
+                     is {family} are refused with 488"
+                ));
+            }
+        }
+        out
+    }
+
     /// A short human summary for `dialin check-config`.
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.sip.listen.iter().map(ToString::to_string).collect();
@@ -1025,6 +1111,18 @@ impl Config {
         }
         out
     }
+}
+
+/// `value` must lie in `min..=max` (no key may be set so large that arithmetic on it
+/// overflows).
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be between {min} and {max} (is {value})"),
+        ));
+    }
+    Ok(())
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

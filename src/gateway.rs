@@ -15,7 +15,7 @@
 //! (ACK, BYE, INFO, re-INVITE…) are routed to its task by [`CallKey`].
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use dialin_media::codec::CodecConfig;
 use dialin_media::ports::{PortAllocator, PortLease};
+use dialin_media::stream::SourcePolicy;
 use dialin_media::prompt::{Language as PromptLanguage, PromptCatalog};
 use dialin_sip::digest::{Algorithm, Credential, DigestServer, VerifyOutcome};
 use dialin_sip::endpoint::{
@@ -123,8 +124,8 @@ pub struct Gateway {
     pub ports: PortAllocator,
     pub rooms: Arc<dyn RoomBackend>,
     pub prompts: Prompts,
-    /// The IP RTP sockets bind to.
-    pub media_bind: IpAddr,
+    /// The IPs RTP sockets bind to, per address family.
+    pub media_bind: MediaBind,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -300,6 +301,35 @@ impl Front {
 
         // SDP: an offer in the INVITE, or none (we offer in the 200, the answer is in the ACK).
         let policy = answer_policy(&trunk);
+        let offer = if req.body.is_empty() {
+            None
+        } else {
+            let text = std::str::from_utf8(&req.body)
+                .map_err(|_| Refusal::Status(StatusCode(400), vec![]))?;
+            let offer = SessionDescription::parse(text).map_err(|e| {
+                debug!(error = %e, "bad SDP offer");
+                Refusal::Status(StatusCode(400), vec![])
+            })?;
+            let negotiated = sdp::negotiate(&offer, &policy).map_err(|e| {
+                info!(trunk = %trunk.id, reason = %e, "no acceptable media: 488");
+                Refusal::Status(StatusCode(488), vec![])
+            })?;
+            Some(negotiated)
+        };
+        // Media goes over the family of the offer's address (of the signalling for a late
+        // offer): an IPv6 offer answered with an IPv4 address would be silence.
+        let media_v6 = match &offer {
+            Some(n) => is_v6(n.remote_rtp.ip()),
+            None => is_v6(source.ip()),
+        };
+        let Some(bind_ip) = self.gw.media_bind.for_family(media_v6) else {
+            warn!(
+                trunk = %trunk.id,
+                family = if media_v6 { "IPv6" } else { "IPv4" },
+                "the offer's media address family has no sip.listen address to bind RTP to: 488"
+            );
+            return Err(Refusal::Status(StatusCode(488), vec![]));
+        };
         // A port of the range may be held by another program: skip it and lease the next.
         // The skipped leases go back to the pool once this call has its port.
         let mut skipped = Vec::new();
@@ -308,7 +338,7 @@ impl Front {
                 warn!(skipped = skipped.len(), "RTP ports exhausted");
                 Refusal::unavailable()
             })?;
-            match bind_rtp(self.gw.media_bind, &lease).await {
+            match bind_rtp(bind_ip, &lease).await {
                 Ok(socket) => break (lease, socket),
                 Err(e) => {
                     warn!(port = lease.rtp_port(), error = %e, "RTP port taken by another program; trying the next");
@@ -321,14 +351,19 @@ impl Front {
             }
         };
         drop(skipped);
+        let media_peer = match &offer {
+            Some(n) => n.remote_rtp,
+            None => source,
+        };
         let local = LocalMedia {
-            addr: advertised_ip(&config, self.gw.media_bind, source),
+            addr: advertised_ip(&config, bind_ip, media_peer),
             port: lease.rtp_port(),
             session_id: rand::random::<u32>() as u64,
             version: 1,
             username: "dialin".to_owned(),
         };
         let template = LegTemplate {
+            sources: media_sources(&trunk, source.ip()),
             codec_config: CodecConfig {
                 opus_complexity: config.media.opus_complexity,
                 ..CodecConfig::default()
@@ -336,33 +371,26 @@ impl Front {
             jitter_min: config.media.jitter_min(),
             jitter_max: config.media.jitter_max(),
         };
-        let (answer_sdp, leg, pending_offer, negotiated) = if req.body.is_empty() {
-            let offer = sdp::build_offer(&offer_policy(&trunk), &local);
-            (Bytes::from(offer.sdp.clone()), None, Some(offer), None)
-        } else {
-            let text = std::str::from_utf8(&req.body)
-                .map_err(|_| Refusal::Status(StatusCode(400), vec![]))?;
-            let offer = SessionDescription::parse(text).map_err(|e| {
-                debug!(error = %e, "bad SDP offer");
-                Refusal::Status(StatusCode(400), vec![])
-            })?;
-            let negotiated = sdp::negotiate(&offer, &policy).map_err(|e| {
-                info!(trunk = %trunk.id, reason = %e, "no acceptable media: 488");
-                Refusal::Status(StatusCode(488), vec![])
-            })?;
-            let params = template
-                .params(&negotiated)
-                .ok_or(Refusal::Status(StatusCode(488), vec![]))?;
-            let leg = CallerLeg::new(&params).map_err(|e| {
-                warn!(error = %e, "media leg");
-                Refusal::Status(StatusCode(488), vec![])
-            })?;
-            (
-                Bytes::from(negotiated.answer_sdp(&local)),
-                Some(leg),
-                None,
-                Some(negotiated),
-            )
+        let (answer_sdp, leg, pending_offer, negotiated) = match offer {
+            None => {
+                let offer = sdp::build_offer(&offer_policy(&trunk), &local);
+                (Bytes::from(offer.sdp.clone()), None, Some(offer), None)
+            }
+            Some(negotiated) => {
+                let params = template
+                    .params(&negotiated)
+                    .ok_or(Refusal::Status(StatusCode(488), vec![]))?;
+                let leg = CallerLeg::new(&params).map_err(|e| {
+                    warn!(error = %e, "media leg");
+                    Refusal::Status(StatusCode(488), vec![])
+                })?;
+                (
+                    Bytes::from(negotiated.answer_sdp(&local)),
+                    Some(leg),
+                    None,
+                    Some(negotiated),
+                )
+            }
         };
 
         // The record is written beside the call, never in this task's way: while the store is
@@ -419,7 +447,6 @@ impl Front {
                 max_prompt_replays: config.ivr.max_prompt_replays,
                 max_ivr_time: config.ivr.max_ivr_time(),
             },
-            lockout: config.security.lockout.clone(),
             setup_started: Instant::now(),
             started_at: Utc::now(),
             shutdown: self.gw.shutdown.clone(),
@@ -522,6 +549,17 @@ fn calling_number(req: &Request) -> String {
         .unwrap_or_else(|| "anonymous".to_owned())
 }
 
+/// Who may send a call's media besides the address in its SDP: the IP the INVITE came from
+/// (any port, learned on the first packet) and the trunk's `media_sources`.
+fn media_sources(trunk: &TrunkConfig, signalling: IpAddr) -> SourcePolicy {
+    let policy = SourcePolicy::with_signalling(signalling);
+    if trunk.media_sources.is_empty() {
+        return policy;
+    }
+    let nets = trunk.media_sources.clone();
+    policy.also(Arc::new(move |ip| nets.iter().any(|n| n.contains(ip))))
+}
+
 /// Leases tried per call when ports of the range are bound by other programs.
 const RTP_BIND_ATTEMPTS: usize = 8;
 
@@ -529,20 +567,100 @@ async fn bind_rtp(ip: IpAddr, lease: &PortLease) -> std::io::Result<UdpSocket> {
     UdpSocket::bind(SocketAddr::new(ip, lease.rtp_port())).await
 }
 
-/// The address written in our SDP: `public_address`, else the bound IP, else the local IP
-/// the kernel would use to reach the caller.
-fn advertised_ip(config: &Config, bind: IpAddr, source: SocketAddr) -> IpAddr {
+/// The IPs RTP sockets bind to: one per address family the SIP listeners serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaBind {
+    pub v4: Option<IpAddr>,
+    pub v6: Option<IpAddr>,
+}
+
+impl MediaBind {
+    /// From the SIP listen addresses: the first of each family. A `[::]` listener is
+    /// dual-stack on Linux, so it also serves IPv4 callers (media on `0.0.0.0`).
+    pub fn from_listen(listen: &[SocketAddr]) -> MediaBind {
+        let v4 = listen
+            .iter()
+            .map(|a| a.ip())
+            .find(|ip| !is_v6(*ip))
+            .map(|ip| match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            })
+            .or_else(|| {
+                listen
+                    .iter()
+                    .any(|a| a.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+                    .then_some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            });
+        let v6 = listen.iter().map(|a| a.ip()).find(|ip| is_v6(*ip));
+        MediaBind { v4, v6 }
+    }
+
+    /// Where RTP of that family binds; `None` when no listener serves it.
+    pub fn for_family(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.v6
+        } else {
+            self.v4
+        }
+    }
+}
+
+/// IPv6 and not an IPv4-mapped address.
+fn is_v6(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none())
+}
+
+/// The address written in our SDP: `public_address` when it is of the media's family, else
+/// the bound IP, else the local IP the kernel would use to reach the caller's media.
+fn advertised_ip(config: &Config, bind: IpAddr, peer: SocketAddr) -> IpAddr {
     if let Some(ip) = config.sip.public_address {
-        return ip;
+        if is_v6(ip) == is_v6(bind) {
+            return ip;
+        }
     }
     if !bind.is_unspecified() {
         return bind;
     }
-    std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+    let (any, loopback) = if is_v6(bind) {
+        (
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        )
+    } else {
+        (
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        )
+    };
+    std::net::UdpSocket::bind(SocketAddr::new(any, 0))
         .and_then(|s| {
-            s.connect(source)?;
+            s.connect(peer)?;
             s.local_addr()
         })
         .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .unwrap_or(loopback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn media_binds_one_address_per_family_the_listeners_serve() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let b = MediaBind::from_listen(&addrs(&["[2001:db8::5]:5060", "192.0.2.7:5060"]));
+        assert_eq!((b.for_family(false), b.for_family(true)), (ip("192.0.2.7"), ip("2001:db8::5")));
+        let b = MediaBind::from_listen(&addrs(&["127.0.0.1:5060"]));
+        assert_eq!((b.v4, b.v6), (ip("127.0.0.1"), None));
+        // A dual-stack wildcard serves both.
+        let b = MediaBind::from_listen(&addrs(&["[::]:5060"]));
+        assert_eq!((b.v4, b.v6), (ip("0.0.0.0"), ip("::")));
+        let b = MediaBind::from_listen(&addrs(&["[::1]:5060"]));
+        assert_eq!((b.v4, b.v6), (None, ip("::1")));
+    }
 }

@@ -55,6 +55,8 @@ pub enum Prompt {
     LockedOut,
     ServiceUnavailable,
     Goodbye,
+    /// "Please hold. You will be connected shortly."
+    PleaseHold,
 }
 
 /// Why the menu ends the call.
@@ -121,6 +123,9 @@ pub enum Action {
     StopPrompt,
     /// Look this PIN up in the trunk's namespace and report with [`Ivr::on_lookup`].
     Resolve(PinEntry),
+    /// The PIN waits its turn to be checked (the trunk is under a guessing attack): play
+    /// hold music after the "please hold" prompt until the lookup reports.
+    HoldMusic,
     /// Join this room; the menu is over. "Joining" was queued just before.
     Join {
         room: String,
@@ -140,6 +145,9 @@ enum State {
     Collecting,
     /// A lookup is in flight.
     Resolving,
+    /// The lookup waits its turn (the trunk is under attack); no time limit of the menu
+    /// applies, the wait is bounded by the guard.
+    Queued,
     /// "Not valid" plays; the caller may key the next attempt over it.
     Retrying,
     /// A farewell prompt plays, then the call hangs up.
@@ -210,6 +218,8 @@ impl Ivr {
             State::Done => None,
             // A farewell prompt always finishes; the menu limit no longer applies.
             State::Ending(_) => None,
+            // The PIN guard bounds the wait and always reports.
+            State::Queued => None,
             _ => Some(match self.digit_deadline {
                 Some(d) => d.min(self.menu_deadline),
                 None => self.menu_deadline,
@@ -222,7 +232,7 @@ impl Ivr {
         match self.state {
             State::Prompting | State::AwaitFirstDigit | State::Collecting | State::Retrying => {}
             // Keys while a lookup runs, while saying goodbye or after joining are not PIN input.
-            State::Resolving | State::Ending(_) | State::Done => return,
+            State::Resolving | State::Queued | State::Ending(_) | State::Done => return,
         }
         match key {
             '*' => {
@@ -271,7 +281,7 @@ impl Ivr {
 
     /// The deadline from [`Ivr::deadline`] has passed (calling early is harmless).
     pub fn on_timeout(&mut self, now: Instant) {
-        if matches!(self.state, State::Ending(_) | State::Done) {
+        if matches!(self.state, State::Ending(_) | State::Done | State::Queued) {
             return;
         }
         if now >= self.menu_deadline {
@@ -301,10 +311,26 @@ impl Ivr {
         }
     }
 
-    /// The result of the lookup asked for with [`Action::Resolve`].
-    pub fn on_lookup(&mut self, lookup: Lookup, _now: Instant) {
+    /// The lookup asked for with [`Action::Resolve`] waits its turn: the caller hears that
+    /// it is being connected, then hold music, never silence.
+    pub fn on_queued(&mut self, _now: Instant) {
         if self.state != State::Resolving {
             return;
+        }
+        self.state = State::Queued;
+        self.play(Prompt::PleaseHold);
+        self.actions.push_back(Action::HoldMusic);
+    }
+
+    /// The result of the lookup asked for with [`Action::Resolve`].
+    pub fn on_lookup(&mut self, lookup: Lookup, now: Instant) {
+        if !matches!(self.state, State::Resolving | State::Queued) {
+            return;
+        }
+        if self.state == State::Queued {
+            // The wait did not count against the menu's own time limit.
+            self.state = State::Resolving;
+            self.menu_deadline = self.menu_deadline.max(now + self.config.inter_digit_timeout);
         }
         match lookup {
             Lookup::Room {
@@ -396,6 +422,29 @@ mod tests {
             room: "standup".into(),
             participant_name: None,
         }
+    }
+
+    #[test]
+    fn a_queued_pin_hears_please_hold_then_music_and_outlives_the_menu_limit() {
+        let t0 = Instant::now();
+        let mut ivr = Ivr::start(cfg(), t0);
+        drain(&mut ivr);
+        ivr.on_prompt_finished(t0 + Duration::from_secs(3));
+        assert_eq!(keys(&mut ivr, "1234#", t0 + Duration::from_secs(4)), vec![resolve("1234")]);
+        ivr.on_queued(t0 + Duration::from_secs(4));
+        assert_eq!(
+            drain(&mut ivr),
+            vec![Action::Play(Prompt::PleaseHold), Action::HoldMusic]
+        );
+        assert_eq!(ivr.deadline(), None, "no menu limit while queued");
+        // Keys while waiting are not a new entry.
+        assert!(keys(&mut ivr, "9#", t0 + Duration::from_secs(5)).is_empty());
+        // Long past the 120 s menu limit, the verdict still counts.
+        let late = t0 + Duration::from_secs(400);
+        ivr.on_timeout(late);
+        ivr.on_lookup(Lookup::Invalid, late);
+        assert_eq!(drain(&mut ivr), vec![Action::Play(Prompt::InvalidPin)]);
+        assert!(ivr.deadline().is_some_and(|d| d > late), "time to key again");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
 use dialin_media::rtcp;
 use dialin_media::rtp::{Header, Packet, PayloadType, RtpTimestamp, SeqNo, Ssrc};
 use dialin_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
-use dialin_media::stream::{RtpReceiver, SendStats};
+use dialin_media::stream::{RtpReceiver, SendStats, SourcePolicy};
 
 /// Largest datagram we send: RTP header, a 20 ms Opus/G.722/G.711 frame, the SRTP tag.
 pub const MAX_PACKET: usize = 1500;
@@ -44,6 +44,9 @@ pub struct LegParams {
     pub telephone_event: Option<u8>,
     /// Where the SDP said to send RTP (latching may move it once).
     pub remote: SocketAddr,
+    /// Who else may send the call's media: the signalling peer's IP, the trunk's
+    /// `media_sources`.
+    pub sources: SourcePolicy,
     pub srtp: Option<LegSrtp>,
     pub codec_config: CodecConfig,
     pub jitter_min: Duration,
@@ -168,7 +171,7 @@ impl CallerLeg {
             pt: params.payload_type,
             te_pt: params.telephone_event,
             rate,
-            receiver: RtpReceiver::new(params.remote, clock),
+            receiver: RtpReceiver::new(params.remote, params.sources.clone(), clock),
             jitter,
             decoder,
             encoder,
@@ -223,7 +226,8 @@ impl CallerLeg {
             return;
         }
         self.carried_lost += self.receiver.stats().cumulative_lost();
-        self.receiver = RtpReceiver::new(remote, self.codec.rtp_clock_rate());
+        let policy = self.receiver.peer().policy().clone();
+        self.receiver = RtpReceiver::new(remote, policy, self.codec.rtp_clock_rate());
         self.events.reset();
     }
 
@@ -248,7 +252,13 @@ impl CallerLeg {
             return Err(self.discard(Discard::Malformed));
         };
         if rtcp::is_rtcp(data) {
-            // Reports from the trunk are accepted silently; our own RR/SR come from the stats.
+            // RTCP on the RTP port (RFC 5761) follows the same source rule as RTP. Reports
+            // from the peer are accepted silently; our own RR/SR come from the stats.
+            if !self.receiver.peer().admits(from) {
+                self.receiver.peer_mut().count_foreign();
+                self.stats.foreign += 1;
+                return Err(self.discard(Discard::ForeignSource));
+            }
             return Err(Discard::Rtcp);
         }
         let plain_len = match self.srtp_in.as_mut() {
@@ -421,6 +431,7 @@ mod tests {
             payload_type: 0,
             telephone_event: Some(101),
             remote,
+            sources: SourcePolicy::sdp_only(),
             srtp: None,
             codec_config: CodecConfig::default(),
             jitter_min: Duration::from_millis(20),
@@ -468,6 +479,23 @@ mod tests {
             "the old address is gone"
         );
         assert_eq!(leg.stats().packets_received, 2);
+    }
+
+    #[test]
+    fn foreign_rtcp_is_dropped_and_counted_and_does_not_latch() {
+        let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let stranger: SocketAddr = "127.0.0.2:40001".parse().unwrap();
+        let now = Instant::now();
+        let mut leg = CallerLeg::new(&params(caller)).unwrap();
+        // An RTCP receiver report (V=2, PT=201, length 1, SSRC).
+        let mut rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
+        assert_eq!(
+            leg.on_datagram(&mut rr, 8, stranger, now),
+            Err(Discard::ForeignSource)
+        );
+        assert_eq!(leg.on_datagram(&mut rr, 8, caller, now), Err(Discard::Rtcp));
+        assert_eq!(leg.stats().foreign, 1);
+        assert_eq!(leg.remote(), caller);
     }
 
     #[test]

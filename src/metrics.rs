@@ -109,6 +109,9 @@ pub struct Metrics {
     sip_responses: [AtomicU64; 6],
     rtp_packets_received: AtomicU64,
     rtp_packets_lost: AtomicU64,
+    rtp_foreign_packets: AtomicU64,
+    pin_entries_queued: AtomicU64,
+    pin_entries_busy: AtomicU64,
     unmatched_source_dropped: AtomicU64,
     media_late_frames: AtomicU64,
     room_frames_dropped: AtomicU64,
@@ -130,6 +133,9 @@ impl Default for Metrics {
             sip_responses: Default::default(),
             rtp_packets_received: AtomicU64::new(0),
             rtp_packets_lost: AtomicU64::new(0),
+            rtp_foreign_packets: AtomicU64::new(0),
+            pin_entries_queued: AtomicU64::new(0),
+            pin_entries_busy: AtomicU64::new(0),
             unmatched_source_dropped: AtomicU64::new(0),
             media_late_frames: AtomicU64::new(0),
             room_frames_dropped: AtomicU64::new(0),
@@ -186,6 +192,21 @@ impl Metrics {
 
     pub fn rtp_packets_lost(&self, n: u64) {
         self.rtp_packets_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A PIN entry waited for its verdict slot (the trunk was under a guessing attack).
+    pub fn pin_entry_queued(&self) {
+        self.pin_entries_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A PIN entry found the verdict queue full and was not judged.
+    pub fn pin_entry_busy(&self) {
+        self.pin_entries_busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A datagram reached a call's RTP port from a source that may not send its media.
+    pub fn rtp_foreign_packet(&self) {
+        self.rtp_foreign_packets.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A packet from a source matching no trunk was dropped (rate limit exhausted).
@@ -354,6 +375,21 @@ impl Metrics {
                 "dialin_rtp_packets_lost_total",
                 "RTP packets from callers never received.",
                 &self.rtp_packets_lost,
+            ),
+            (
+                "dialin_pin_entries_queued_total",
+                "PIN entries that waited for a verdict slot while their trunk was under a guessing attack.",
+                &self.pin_entries_queued,
+            ),
+            (
+                "dialin_pin_entries_busy_total",
+                "PIN entries not judged because the verdict queue of their trunk was full.",
+                &self.pin_entries_busy,
+            ),
+            (
+                "dialin_rtp_foreign_packets_total",
+                "Datagrams on calls' RTP ports from sources other than the caller's media peer, dropped.",
+                &self.rtp_foreign_packets,
             ),
             (
                 "dialin_unmatched_source_dropped_total",

@@ -21,6 +21,8 @@ use crate::calls::CallRegistry;
 use crate::config::{redact_url, Config};
 use crate::metrics::Metrics;
 use crate::overload::OverloadMonitor;
+use crate::pin_guard::{PinGuard, NUMBER_KEY_SECRET};
+use crate::privacy::NumberKey;
 use crate::store::Store;
 use crate::trunk::{SharedTrunkTable, SourceRateLimiter, TrunkFailureAlarm, TrunkId, TrunkTable};
 
@@ -38,6 +40,8 @@ pub struct Services {
     pub pin_alarm: Arc<TrunkFailureAlarm>,
     /// `403`s allowed to sources matching no trunk (`[security.unmatched_source]`).
     pub unmatched: Arc<SourceRateLimiter>,
+    /// Turns keyed PINs into verdicts within the per-trunk bound (`[security.pin_guard]`).
+    pub guard: Arc<PinGuard>,
 }
 
 impl Services {
@@ -46,7 +50,22 @@ impl Services {
         let store = Store::open(&config.store.url, config.store.max_connections)
             .await
             .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;
+        let secret = match &config.security.secret {
+            Some(s) => s.expose().to_owned(),
+            None => store
+                .shared_secret(NUMBER_KEY_SECRET, &NumberKey::generate_secret())
+                .await
+                .context("reading the number-hash secret from the store")?,
+        };
+        let guard = Arc::new(PinGuard::new(
+            store.clone(),
+            NumberKey::from_secret(&secret),
+            config.security.pin_guard.policy(),
+            config.security.lockout.clone(),
+            std::time::Duration::from_secs(config.security.pin_guard.trusted_for_s),
+        ));
         Ok(Services {
+            guard,
             store,
             trunks: Arc::new(SharedTrunkTable::new(TrunkTable::new(
                 config.trunks.clone(),
@@ -101,6 +120,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let services = Services::open(&config).await?;
     if config.admin.token() == "change-me" {
         tracing::warn!("admin.token is still the shipped example value; set DIALIN_ADMIN_TOKEN");
+    }
+    for w in config.warnings() {
+        tracing::warn!("{w}");
     }
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
@@ -233,10 +255,8 @@ async fn start_sip(
     )
     .map_err(|e| anyhow::anyhow!("media.rtp_ports: {e}"))?;
     services.metrics.watch_ports(ports.clone());
-    let media_bind = listen
-        .first()
-        .map(|l| l.addr.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let listen_addrs: Vec<std::net::SocketAddr> = listen.iter().map(|l| l.addr).collect();
+    let media_bind = crate::gateway::MediaBind::from_listen(&listen_addrs);
     let rooms: Arc<dyn crate::room::RoomBackend> = match config.rooms.backend {
         crate::config::RoomsBackend::Local => Arc::new(crate::room::local::LocalRooms::new()),
         crate::config::RoomsBackend::Livekit => Arc::new(

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -26,7 +25,7 @@ use sqlx::sqlite::{
 use crate::calls::{CallId, CallOutcome};
 use crate::config::{redact_url, LockoutConfig};
 use crate::pin::{ParticipantName, Pin, PinNamespace, RoomName};
-use crate::privacy::PhoneNumber;
+use crate::privacy::{NumberKey, PhoneNumber};
 use crate::trunk::TrunkId;
 
 /// Fresh PINs drawn before giving up on a namespace. With a namespace one percent full,
@@ -169,9 +168,9 @@ pub struct CallRecord {
     pub rtp: RtpStats,
 }
 
-/// The key failed PINs are counted under: the trunk and a hash of the calling number.
-/// The hash keeps full numbers out of the database; the trunk keeps one carrier's
-/// callers apart from another's. Never an IP address of a trunk (DESIGN.md).
+/// The key failed PINs are counted under: the trunk and a keyed hash of the calling number
+/// ([`NumberKey`]). The hash keeps numbers out of the database; the trunk keeps one
+/// carrier's callers apart from another's. Never an IP address of a trunk (DESIGN.md).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LockoutKey(String);
 
@@ -179,13 +178,8 @@ impl LockoutKey {
     /// The counter of `caller` on `trunk`. Callers without a number (withheld, `anonymous`,
     /// any user part without a digit) share one bucket per trunk, so that a guesser cannot
     /// get a fresh counter by changing a made-up name.
-    pub fn for_caller(trunk: &TrunkId, caller: &PhoneNumber) -> LockoutKey {
-        if caller.is_anonymous() {
-            return LockoutKey(format!("{trunk}:anonymous"));
-        }
-        let digest = Sha256::digest(caller.expose().as_bytes());
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        LockoutKey(format!("{trunk}:{hex}"))
+    pub fn for_caller(key: &NumberKey, trunk: &TrunkId, caller: &PhoneNumber) -> LockoutKey {
+        LockoutKey(format!("{trunk}:{}", key.hash("lockout", trunk.as_str(), caller)))
     }
 
     /// A key from text (tests, admin tooling).
@@ -196,6 +190,30 @@ impl LockoutKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The PIN guard's settings in the store's units (see [`crate::pin_guard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardPolicy {
+    /// One PIN entry per interval is the sustained rate; under attack, the verdict spacing.
+    pub interval: std::time::Duration,
+    /// Entries beyond the sustained rate before an attack is declared.
+    pub burst: u32,
+    /// An attack ends this long after its last failed PIN.
+    pub cooldown: std::time::Duration,
+    /// Longest wait in the verdict queue; beyond it an entry is not judged.
+    pub max_wait: std::time::Duration,
+}
+
+/// When a PIN entry gets its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardTurn {
+    /// At once: no attack, or a caller who skips the queue.
+    Now,
+    /// At this time, after the entries queued before it.
+    At(DateTime<Utc>),
+    /// The queue is full: the entry is not judged.
+    Busy,
 }
 
 /// The counter of a lockout key after a failed PIN.
@@ -720,12 +738,150 @@ impl Store {
         opt_from_millis("failed_attempts", row.and_then(|(t,)| t))
     }
 
+    /// `GREATEST` in PostgreSQL, the two-argument `MAX` in SQLite.
+    fn greatest(&self) -> &'static str {
+        match self.engine {
+            Engine::Sqlite(_) => "MAX",
+            Engine::Postgres(_) => "GREATEST",
+        }
+    }
+
+    /// One PIN entry on `trunk` asks for its verdict (see [`crate::pin_guard`]). The entry is
+    /// first counted as a failure (one interval onto the trunk's failure GCRA), so that a
+    /// guess whose failure cannot be recorded is never judged; a right PIN gives it back with
+    /// [`Store::guard_settle`]. Crossing `burst` intervals ahead of now starts an attack.
+    /// During an attack, an entry with `queue` takes the next verdict slot (one per
+    /// interval), unless the queue is more than `max_wait` long ([`GuardTurn::Busy`]: not
+    /// judged, and given back). One atomic statement: nodes sharing the store share the
+    /// bound.
+    pub async fn guard_reserve(
+        &self,
+        trunk: &TrunkId,
+        now: DateTime<Utc>,
+        policy: &GuardPolicy,
+        queue: bool,
+    ) -> Result<GuardTurn, StoreError> {
+        let g = self.greatest();
+        let insert = "INSERT INTO pin_guard (trunk, fail_tat_ms, verdict_tat_ms, attack_until_ms, last_turn_ms) \
+                      VALUES ($1, 0, 0, 0, 0) ON CONFLICT (trunk) DO NOTHING";
+        // $2 now, $3 interval, $4 burst tolerance, $5 cooldown, $6 queue, $7 max wait.
+        let attacked = format!("(attack_until_ms > $2 OR {g}(fail_tat_ms, $2) + $3 - $2 > $4)");
+        let sql = format!(
+            "UPDATE pin_guard SET \
+               fail_tat_ms = {g}(fail_tat_ms, $2) + $3, \
+               attack_until_ms = CASE WHEN attack_until_ms <= $2 AND {g}(fail_tat_ms, $2) + $3 - $2 > $4 \
+                 THEN $2 + $5 ELSE attack_until_ms END, \
+               verdict_tat_ms = CASE WHEN $6 AND {attacked} AND {g}(verdict_tat_ms, $2) - $2 <= $7 \
+                 THEN {g}(verdict_tat_ms, $2) + $3 ELSE verdict_tat_ms END, \
+               last_turn_ms = CASE WHEN NOT ($6 AND {attacked}) THEN 0 \
+                 WHEN {g}(verdict_tat_ms, $2) - $2 <= $7 THEN {g}(verdict_tat_ms, $2) \
+                 ELSE -1 END \
+             WHERE trunk = $1 RETURNING last_turn_ms"
+        );
+        let now_ms = millis(now);
+        let interval = to_i64(policy.interval.as_millis().try_into().unwrap_or(u64::MAX));
+        let tolerance = interval.saturating_mul(i64::from(policy.burst));
+        let cooldown = to_i64(policy.cooldown.as_millis().try_into().unwrap_or(u64::MAX));
+        let max_wait = to_i64(policy.max_wait.as_millis().try_into().unwrap_or(u64::MAX));
+        let (turn,): (i64,) = on_pool!(self, pool => {
+            sqlx::query(insert).bind(trunk.as_str()).execute(pool).await?;
+            sqlx::query_as(&sql)
+                .bind(trunk.as_str())
+                .bind(now_ms)
+                .bind(interval)
+                .bind(tolerance)
+                .bind(cooldown)
+                .bind(queue)
+                .bind(max_wait)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(match turn {
+            t if t < 0 => GuardTurn::Busy,
+            t if t <= now_ms => GuardTurn::Now,
+            t => GuardTurn::At(from_millis("pin_guard", t)?),
+        })
+    }
+
+    /// The verdict of an entry from [`Store::guard_reserve`]: a failure keeps an attack
+    /// under way for another `cooldown`; anything else (a right PIN, an entry not judged)
+    /// gives back the failure it was counted as.
+    pub async fn guard_settle(
+        &self,
+        trunk: &TrunkId,
+        now: DateTime<Utc>,
+        policy: &GuardPolicy,
+        failed: bool,
+    ) -> Result<(), StoreError> {
+        let g = self.greatest();
+        let interval = to_i64(policy.interval.as_millis().try_into().unwrap_or(u64::MAX));
+        let cooldown = to_i64(policy.cooldown.as_millis().try_into().unwrap_or(u64::MAX));
+        if failed {
+            let sql = format!(
+                "UPDATE pin_guard SET attack_until_ms = CASE WHEN attack_until_ms > $2 \
+                 THEN {g}(attack_until_ms, $2 + $3) ELSE attack_until_ms END WHERE trunk = $1"
+            );
+            on_pool!(self, pool => { sqlx::query(&sql).bind(trunk.as_str()).bind(millis(now)).bind(cooldown).execute(pool).await?; });
+        } else {
+            let sql = "UPDATE pin_guard SET fail_tat_ms = fail_tat_ms - $2 WHERE trunk = $1";
+            on_pool!(self, pool => { sqlx::query(sql).bind(trunk.as_str()).bind(interval).execute(pool).await?; });
+        }
+        Ok(())
+    }
+
+    /// Whether `trunk` is under a PIN-guessing attack at `now`.
+    pub async fn guard_under_attack(
+        &self,
+        trunk: &TrunkId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let sql = "SELECT attack_until_ms FROM pin_guard WHERE trunk = $1";
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(sql).bind(trunk.as_str()).fetch_optional(pool).await?);
+        Ok(row.is_some_and(|(t,)| t > millis(now)))
+    }
+
+    /// Marks a caller (by its keyed hash) as having joined with a valid PIN, until `until`.
+    pub async fn trust_caller(&self, key: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let sql = "INSERT INTO trusted_callers (trust_key, until_ms) VALUES ($1, $2) \
+                   ON CONFLICT (trust_key) DO UPDATE SET until_ms = excluded.until_ms";
+        on_pool!(self, pool => { sqlx::query(sql).bind(key).bind(millis(until)).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Whether the caller is trusted at `now`.
+    pub async fn is_trusted(&self, key: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let sql = "SELECT until_ms FROM trusted_callers WHERE trust_key = $1 AND until_ms > $2";
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(sql).bind(key).bind(millis(now)).fetch_optional(pool).await?);
+        Ok(row.is_some())
+    }
+
+    /// Withdraws a caller's trust (it keyed a wrong PIN).
+    pub async fn untrust_caller(&self, key: &str) -> Result<(), StoreError> {
+        let sql = "DELETE FROM trusted_callers WHERE trust_key = $1";
+        on_pool!(self, pool => { sqlx::query(sql).bind(key).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// The secret named `name`, shared by every node of this store: created with `fresh`
+    /// by the first node that asks, read by the others.
+    pub async fn shared_secret(&self, name: &str, fresh: &str) -> Result<String, StoreError> {
+        let insert = "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+        let select = "SELECT value FROM secrets WHERE name = $1";
+        let (value,): (String,) = on_pool!(self, pool => {
+            sqlx::query(insert).bind(name).bind(fresh).execute(pool).await?;
+            sqlx::query_as(select).bind(name).fetch_one(pool).await?
+        });
+        Ok(value)
+    }
+
     /// Deletes counters whose window and lockout are both over; returns how many.
     pub async fn purge_failed_attempts(
         &self,
         now: DateTime<Utc>,
         policy: &LockoutConfig,
     ) -> Result<u64, StoreError> {
+        let stale = "DELETE FROM trusted_callers WHERE until_ms <= $1";
+        on_pool!(self, pool => { sqlx::query(stale).bind(millis(now)).execute(pool).await?; });
         let sql = "DELETE FROM failed_attempts WHERE window_start_ms <= $1 - $2 \
                    AND (locked_until_ms IS NULL OR locked_until_ms <= $1)";
         let n = on_pool!(self, pool => sqlx::query(sql)
@@ -746,7 +902,8 @@ mod tests {
     fn callers_without_a_number_share_one_lockout_bucket_per_trunk() {
         let a = TrunkId::parse("a").unwrap();
         let b = TrunkId::parse("b").unwrap();
-        let key = |t: &TrunkId, n: &str| LockoutKey::for_caller(t, &PhoneNumber::new(n));
+        let secret = NumberKey::from_secret("test");
+        let key = |t: &TrunkId, n: &str| LockoutKey::for_caller(&secret, t, &PhoneNumber::new(n));
         assert_eq!(key(&a, "anonymous"), key(&a, "Anonymous"));
         assert_eq!(key(&a, "anonymous"), key(&a, ""));
         assert_eq!(key(&a, "anonymous"), key(&a, "restricted"));

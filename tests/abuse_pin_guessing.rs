@@ -152,3 +152,125 @@ async fn failed_pins_over_the_trunk_ceiling_raise_the_metric_and_an_alarm_log_li
     );
     call.hangup().await.ok();
 }
+
+/// The bound per trunk, attacked for real: 12 parallel calls with ever-new calling numbers
+/// key wrong PINs as fast as the gateway lets them. With `interval_s = 1` and `burst = 3`, the
+/// wrong verdicts over the attack are at most `burst + elapsed / interval + 1`, whatever the
+/// parallelism. A number that joined before gets through at once during the attack; a new
+/// number with a right PIN waits its turn, hearing "please hold" and music, and then joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_numbers_in_parallel_get_at_most_one_verdict_per_interval() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    const INTERVAL_S: f64 = 1.0;
+    const BURST: f64 = 3.0;
+    let gw = Arc::new(
+        Gateway::start(GatewayOptions {
+            max_attempts: 1000,
+            max_calls: 100,
+            trunk_alarm_failed_per_minute: 10_000,
+            extra: "[security.pin_guard]\ninterval_s = 1\nburst = 3\ncooldown_s = 600\nmax_wait_s = 60\n"
+                .to_owned(),
+            ..GatewayOptions::default()
+        })
+        .await,
+    );
+    gw.create_pin("board", RIGHT_PIN).await;
+
+    // A regular caller joins before the attack: its number is now trusted on the trunk.
+    const REGULAR: &str = "+33644445555";
+    let before = Caller::dial(dial(&gw, REGULAR)).await.expect("answered");
+    assert!(before.wait_for_packets(5, Duration::from_secs(5)).await);
+    key_pin(&gw, &before, RIGHT_PIN, "accepted").await;
+    before.hangup().await.expect("hang up");
+
+    let unknown = "dialin_pin_attempts_total{result=\"unknown\"}";
+    let wrong_before = metric_or_zero(&gw, unknown).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let numbers = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let mut attackers = Vec::new();
+    for _ in 0..12 {
+        let (gw, stop, numbers) = (gw.clone(), stop.clone(), numbers.clone());
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = numbers.fetch_add(1, Ordering::Relaxed);
+                let Ok(call) = Caller::dial(dial(&gw, &format!("+3367{n:07}"))).await else {
+                    continue;
+                };
+                call.wait_for_packets(5, Duration::from_secs(5)).await;
+                // A few wrong PINs per number, then a fresh number.
+                for _ in 0..3 {
+                    if stop.load(Ordering::Relaxed) || call.bye_received() {
+                        break;
+                    }
+                    let _ = call.send_dtmf(&format!("{WRONG_PIN}#"), DtmfMode::Rfc4733).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let _ = call.hangup().await;
+            }
+        }));
+    }
+
+    // The attack is detected: entries start to queue.
+    let queued = "dialin_pin_entries_queued_total";
+    let end = Instant::now() + Duration::from_secs(30);
+    while metric_or_zero(&gw, queued).await < 5.0 {
+        assert!(Instant::now() < end, "the attack was never detected; log:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The regular caller, during the attack: joins within 3 s of its last key.
+    let call = Caller::dial(dial(&gw, REGULAR)).await.expect("answered");
+    assert!(call.wait_for_packets(5, Duration::from_secs(5)).await);
+    call.send_dtmf(&format!("{RIGHT_PIN}#"), DtmfMode::Rfc4733)
+        .await
+        .expect("key the PIN");
+    let keyed = Instant::now();
+    let joined = gw.wait_log_count("joined the room", 2, Duration::from_secs(3)).await;
+    assert!(joined, "a trusted number joins within 3 s during the attack ({:?})", keyed.elapsed());
+    call.hangup().await.ok();
+
+    // A new number with the right PIN waits its turn, hearing that it is being connected.
+    let newcomer = Caller::dial(dial(&gw, "+33655556666")).await.expect("answered");
+    assert!(newcomer.wait_for_packets(5, Duration::from_secs(5)).await);
+    let queued_before = metric_or_zero(&gw, queued).await;
+    newcomer
+        .send_dtmf(&format!("{RIGHT_PIN}#"), DtmfMode::Rfc4733)
+        .await
+        .expect("key the PIN");
+    let waiting = Instant::now();
+    let end = Instant::now() + Duration::from_secs(10);
+    while metric_or_zero(&gw, queued).await < queued_before + 1.0 {
+        assert!(Instant::now() < end, "the newcomer was not queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        newcomer
+            .wait_for_sound(waiting, -40.0, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the waiting caller hears something, not silence"
+    );
+    assert!(
+        gw.wait_log_count("joined the room", 3, Duration::from_secs(60)).await,
+        "the newcomer joins once its turn comes; log:\n{}",
+        gw.log()
+    );
+    newcomer.hangup().await.ok();
+
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let wrong = metric_or_zero(&gw, unknown).await - wrong_before;
+    let bound = BURST + (elapsed / INTERVAL_S).ceil() + 1.0;
+    eprintln!(
+        "{} numbers, {wrong} wrong verdicts in {elapsed:.1} s (bound {bound})",
+        numbers.load(Ordering::Relaxed)
+    );
+    assert!(wrong >= 3.0, "the attack was judged at all");
+    assert!(wrong <= bound, "{wrong} wrong verdicts in {elapsed:.1} s, over the bound {bound}");
+}

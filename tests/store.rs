@@ -11,8 +11,8 @@ use dialin::config::LockoutConfig;
 use dialin::pin::{ParticipantName, Pin, PinNamespace, RoomName};
 use dialin::privacy::PhoneNumber;
 use dialin::store::{
-    CallRecordEnd, CallRecordStart, LockoutKey, NewPin, PinFilter, Resolution, RtpStats, Store,
-    StoreError, PIN_GENERATION_ATTEMPTS,
+    CallRecordEnd, CallRecordStart, GuardPolicy, GuardTurn, LockoutKey, NewPin, PinFilter,
+    Resolution, RtpStats, Store, StoreError, PIN_GENERATION_ATTEMPTS,
 };
 use dialin::trunk::TrunkId;
 
@@ -409,6 +409,7 @@ mod cases {
             lockout_s: 900,
         };
         let key = LockoutKey::for_caller(
+            &dialin::privacy::NumberKey::from_secret("shared by the nodes"),
             &TrunkId::parse("carrier").unwrap(),
             &PhoneNumber::new("+33612345678"),
         );
@@ -563,6 +564,129 @@ mod cases {
             .unwrap());
     }
 
+    fn guard_policy() -> GuardPolicy {
+        GuardPolicy {
+            interval: std::time::Duration::from_secs(40),
+            burst: 10,
+            cooldown: std::time::Duration::from_secs(900),
+            max_wait: std::time::Duration::from_secs(600),
+        }
+    }
+
+    /// 50 parallel guessers with ever-new numbers, on two nodes, against the defaults, in
+    /// simulated time on the real store: each keys a wrong PIN as soon as it may (its next
+    /// guess 1 s after a verdict), retrying every 2 minutes when the queue is full.
+    pub async fn pin_guard_bounds_verdicts_of_a_parallel_rotating_number_attack(db: &TestDb) {
+        let nodes = [db.open().await, db.open().await];
+        let policy = guard_policy();
+        let trunk = TrunkId::parse("carrier").unwrap();
+        let hours = 3;
+        let end = t0() + Duration::hours(hours);
+        // (next action time, caller index)
+        let mut next: Vec<DateTime<Utc>> = (0..50).map(|i| t0() + Duration::milliseconds(i * 7)).collect();
+        let mut judged: Vec<DateTime<Utc>> = Vec::new();
+        let mut busy = 0u32;
+        loop {
+            let (i, &t) = next.iter().enumerate().min_by_key(|(_, t)| **t).unwrap();
+            if t >= end {
+                break;
+            }
+            let node = &nodes[i % 2];
+            match node.guard_reserve(&trunk, t, &policy, true).await.unwrap() {
+                GuardTurn::Now => {
+                    node.guard_settle(&trunk, t, &policy, true).await.unwrap();
+                    judged.push(t);
+                    next[i] = t + Duration::seconds(1);
+                }
+                GuardTurn::At(at) => {
+                    assert!(at > t && at <= t + Duration::seconds(600), "a turn within max_wait");
+                    node.guard_settle(&trunk, at, &policy, true).await.unwrap();
+                    judged.push(at);
+                    next[i] = at + Duration::seconds(1);
+                }
+                GuardTurn::Busy => {
+                    busy += 1;
+                    // Not judged: the entry's count is given back.
+                    node.guard_settle(&trunk, t, &policy, false).await.unwrap();
+                    next[i] = t + Duration::seconds(120);
+                }
+            }
+        }
+        judged.sort();
+        let within = judged.iter().filter(|t| **t < end).count() as i64;
+        // The stated bound: one verdict per interval sustained, plus the burst.
+        let bound = i64::from(policy.burst) + hours * 3600 / 40 + 1;
+        eprintln!("pin guard: {within} verdicts in {hours} h of attack (bound {bound}), {busy} entries refused as busy");
+        assert!(within <= bound, "{within} verdicts > bound {bound}");
+        // And no window of one hour holds more than 90 + burst.
+        for (k, t) in judged.iter().enumerate() {
+            let in_hour = judged[k..].iter().take_while(|u| **u < *t + Duration::hours(1)).count();
+            assert!(in_hour <= 90 + 10 + 1, "{in_hour} verdicts in the hour from {t}");
+        }
+        // The attack is detected and stays detected.
+        assert!(nodes[0].guard_under_attack(&trunk, end).await.unwrap());
+        assert!(busy > 0, "the queue filled up");
+        // It ends a cooldown after the last failure.
+        let last = *judged.last().unwrap();
+        assert!(!nodes[1]
+            .guard_under_attack(&trunk, last + Duration::seconds(901))
+            .await
+            .unwrap());
+    }
+
+    /// Regular traffic, wrong PINs included (below the sustained rate of one per interval),
+    /// never waits.
+    pub async fn pin_guard_lets_regular_traffic_through_without_waiting(db: &TestDb) {
+        let store = db.open().await;
+        let policy = guard_policy();
+        let trunk = TrunkId::parse("busy-trunk").unwrap();
+        // 500 first-time callers in 10 minutes (a meeting start, 50 a minute), 1 in 50
+        // mistyping once: a failed PIN a minute.
+        for k in 0..500i64 {
+            let t = t0() + Duration::milliseconds(k * 1200);
+            assert_eq!(store.guard_reserve(&trunk, t, &policy, true).await.unwrap(), GuardTurn::Now, "entry {k}");
+            let failed = k % 50 == 0;
+            store.guard_settle(&trunk, t, &policy, failed).await.unwrap();
+            if failed {
+                let t = t + Duration::seconds(10);
+                assert_eq!(store.guard_reserve(&trunk, t, &policy, true).await.unwrap(), GuardTurn::Now);
+                store.guard_settle(&trunk, t, &policy, false).await.unwrap();
+            }
+        }
+        assert!(!store.guard_under_attack(&trunk, t0() + Duration::seconds(600)).await.unwrap());
+    }
+
+    /// During an attack a trusted caller gets its verdict at once, and only queued entries
+    /// wait; trust is per trunk and number and can be withdrawn.
+    pub async fn pin_guard_trusted_callers_skip_the_queue(db: &TestDb) {
+        let store = db.open().await;
+        let policy = guard_policy();
+        let trunk = TrunkId::parse("carrier").unwrap();
+        for k in 0..12 {
+            let t = t0() + Duration::milliseconds(k);
+            let _ = store.guard_reserve(&trunk, t, &policy, true).await.unwrap();
+            store.guard_settle(&trunk, t, &policy, true).await.unwrap();
+        }
+        let t = t0() + Duration::seconds(1);
+        assert!(store.guard_under_attack(&trunk, t).await.unwrap());
+        assert!(matches!(store.guard_reserve(&trunk, t, &policy, true).await.unwrap(), GuardTurn::At(_)));
+        assert_eq!(store.guard_reserve(&trunk, t, &policy, false).await.unwrap(), GuardTurn::Now);
+        store.trust_caller("carrier:abc", t + Duration::days(30)).await.unwrap();
+        assert!(store.is_trusted("carrier:abc", t).await.unwrap());
+        assert!(!store.is_trusted("carrier:abd", t).await.unwrap());
+        assert!(!store.is_trusted("carrier:abc", t + Duration::days(31)).await.unwrap());
+        store.untrust_caller("carrier:abc").await.unwrap();
+        assert!(!store.is_trusted("carrier:abc", t).await.unwrap());
+    }
+
+    pub async fn shared_secret_is_created_once_for_all_nodes(db: &TestDb) {
+        let a = db.open().await;
+        let b = db.open().await;
+        let first = a.shared_secret("number_key", "one").await.unwrap();
+        let second = b.shared_secret("number_key", "two").await.unwrap();
+        assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+    }
+
     pub async fn store_answers_ping_and_reopens_with_migrations_already_applied(db: &TestDb) {
         let store = db.open().await;
         store.ping().await.unwrap();
@@ -617,6 +741,10 @@ store_suite!(
     lockout_limit_is_shared_by_two_nodes_on_one_database,
     concurrent_failures_from_two_nodes_are_all_counted,
     failures_older_than_the_window_are_forgotten,
+    pin_guard_bounds_verdicts_of_a_parallel_rotating_number_attack,
+    pin_guard_lets_regular_traffic_through_without_waiting,
+    pin_guard_trusted_callers_skip_the_queue,
+    shared_secret_is_created_once_for_all_nodes,
     call_record_round_trips,
     store_answers_ping_and_reopens_with_migrations_already_applied,
 );

@@ -27,7 +27,7 @@ use dialin_media::dtmf::Digit;
 use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
 use dialin_media::mixer::{Mixer, ParticipantId};
 use dialin_media::rtp::{Header, Packet, PayloadType, RtpTimestamp, SeqNo, Ssrc};
-use dialin_media::stream::RtpReceiver;
+use dialin_media::stream::{RtpReceiver, SourcePolicy};
 
 type Criterion = criterion::Criterion<ThreadCpuTime>;
 
@@ -148,7 +148,7 @@ fn caller_to_room(c: &mut Criterion) {
     let config = CodecConfig::default();
     let payloads = encode_all(CodecKind::Pcmu, &talker(120.0, 0.0));
     let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
-    let mut receiver = RtpReceiver::new(peer, 8000);
+    let mut receiver = RtpReceiver::new(peer, SourcePolicy::sdp_only(), 8000);
     let mut jitter = JitterBuffer::new(JitterConfig::default());
     let mut pcmu = new_decoder(CodecKind::Pcmu, RATE, &config).expect("pcmu decoder");
     let mut opus = new_encoder(CodecKind::Opus, RATE, &config).expect("opus encoder");

@@ -3,10 +3,15 @@
 //! INVITE, and gives it back when the call ends, however it ends.
 //!
 //! A [`PortLease`] returns its pair on `Drop`, so a call task that panics or is cancelled
-//! still frees it. Free pairs are handed out in FIFO order, so a pair just released goes
-//! to the back of the queue: late packets for an ended call do not reach the next call
-//! on that port. Allocation happens once per call, not per packet, so a short mutex is
-//! fine here.
+//! still frees it.
+//!
+//! Pairs are drawn **at random** from the free pool (a CSPRNG, not in order): an attacker who
+//! sees one call's port cannot predict the next call's, which is half of what an off-path
+//! RTP-injection ("RTP Bleed") attack needs; the other half, accepting media only from the
+//! caller's addresses, is [`crate::stream::RemotePeer`]. A pair just released first waits in
+//! a quarantine queue (up to a quarter of the range) before it can be drawn again, so that
+//! late packets for an ended call do not reach the next call on that port. Allocation happens
+//! once per call, not per packet, so a short mutex is fine here.
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
@@ -26,18 +31,48 @@ pub enum PortError {
     Exhausted(usize),
 }
 
+/// The free pairs: a pool drawn at random, and the recently released ones waiting their
+/// turn in release order.
+#[derive(Debug)]
+struct Pool {
+    free: Vec<u16>,
+    quarantine: VecDeque<u16>,
+    /// Pairs kept in quarantine at most; older ones go back to `free`.
+    quarantine_len: usize,
+}
+
+impl Pool {
+    fn take(&mut self) -> Option<u16> {
+        if self.free.is_empty() {
+            // Everything else is leased: reuse the pair released the longest ago.
+            return self.quarantine.pop_front();
+        }
+        let i = rand::random::<usize>() % self.free.len();
+        Some(self.free.swap_remove(i))
+    }
+
+    fn give_back(&mut self, port: u16) {
+        self.quarantine.push_back(port);
+        while self.quarantine.len() > self.quarantine_len {
+            if let Some(p) = self.quarantine.pop_front() {
+                self.free.push(p);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
-    free: Mutex<VecDeque<u16>>,
+    pool: Mutex<Pool>,
     in_use: AtomicUsize,
     capacity: usize,
 }
 
 impl Inner {
-    fn free(&self) -> MutexGuard<'_, VecDeque<u16>> {
-        // A panic while holding this lock cannot leave the queue half-updated (push/pop
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        // A panic while holding this lock cannot leave the pool half-updated (push/pop
         // are single operations), so a poisoned lock is still sound to use.
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -53,7 +88,7 @@ impl PortAllocator {
     pub fn new(range: RangeInclusive<u16>) -> Result<Self, PortError> {
         let (start, end) = (*range.start(), *range.end());
         let first_even = start.saturating_add(start % 2);
-        let free: VecDeque<u16> = (u32::from(first_even)..u32::from(end))
+        let free: Vec<u16> = (u32::from(first_even)..u32::from(end))
             .step_by(2)
             .filter_map(|p| u16::try_from(p).ok())
             .filter(|&p| p >= start && p < end)
@@ -64,19 +99,24 @@ impl PortAllocator {
         let capacity = free.len();
         Ok(PortAllocator {
             inner: Arc::new(Inner {
-                free: Mutex::new(free),
+                pool: Mutex::new(Pool {
+                    free,
+                    quarantine: VecDeque::new(),
+                    quarantine_len: capacity / 4,
+                }),
                 in_use: AtomicUsize::new(0),
                 capacity,
             }),
         })
     }
 
-    /// Lease the pair that has been free the longest.
+    /// Lease a free pair drawn at random (not one released in the last quarter-range of
+    /// releases, unless nothing else is free).
     pub fn allocate(&self) -> Result<PortLease, PortError> {
         let port = self
             .inner
-            .free()
-            .pop_front()
+            .pool()
+            .take()
             .ok_or(PortError::Exhausted(self.inner.capacity))?;
         self.inner.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(PortLease {
@@ -117,7 +157,7 @@ impl PortLease {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        self.pool.free().push_back(self.port);
+        self.pool.pool().give_back(self.port);
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -131,7 +171,55 @@ mod tests {
         let a = PortAllocator::new(20001..=20006).unwrap();
         assert_eq!(a.capacity(), 2); // 20002/3 and 20004/5; 20006 has no 20007
         let l = a.allocate().unwrap();
-        assert_eq!((l.rtp_port(), l.rtcp_port()), (20002, 20003));
+        let m = a.allocate().unwrap();
+        let mut got = [(l.rtp_port(), l.rtcp_port()), (m.rtp_port(), m.rtcp_port())];
+        got.sort();
+        assert_eq!(got, [(20002, 20003), (20004, 20005)]);
+    }
+
+    #[test]
+    fn ports_are_drawn_at_random_not_in_order() {
+        let a = PortAllocator::new(20000..=29999).unwrap();
+        let ports: Vec<u16> = (0..64)
+            .map(|_| a.allocate().unwrap().rtp_port()) // each lease is released at once
+            .collect();
+        let ascending = ports.windows(2).filter(|w| w[1] == w[0] + 2).count();
+        // In order, 63 of 63 steps would be +2; drawn from 5,000 pairs, a +2 step has a
+        // chance of 1 in 5,000 each.
+        assert!(ascending < 4, "{ascending} consecutive steps: {ports:?}");
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "quarantine keeps released pairs out");
+    }
+
+    #[test]
+    fn a_released_pair_is_not_handed_out_again_at_once() {
+        let a = PortAllocator::new(20000..=20039).unwrap(); // 20 pairs, quarantine of 5
+        for _ in 0..200 {
+            let first = a.allocate().unwrap();
+            let port = first.rtp_port();
+            drop(first);
+            let next: Vec<PortLease> = (0..5).map(|_| a.allocate().unwrap()).collect();
+            assert!(next.iter().all(|l| l.rtp_port() != port));
+        }
+    }
+
+    #[test]
+    fn every_pair_can_be_leased_and_none_twice() {
+        let a = PortAllocator::new(20000..=20099).unwrap();
+        let mut leases = Vec::new();
+        for _ in 0..3 {
+            // Release some to fill the quarantine, then lease the whole range.
+            leases.clear();
+            while let Ok(l) = a.allocate() {
+                leases.push(l);
+            }
+            assert_eq!(leases.len(), 50);
+            let distinct: std::collections::HashSet<u16> =
+                leases.iter().map(|l| l.rtp_port()).collect();
+            assert_eq!(distinct.len(), 50);
+            assert_eq!(a.in_use(), 50);
+            assert_eq!(a.allocate().err(), Some(PortError::Exhausted(50)));
+        }
     }
 
     #[test]

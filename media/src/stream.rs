@@ -3,9 +3,10 @@
 //! Sits right after [`Packet::parse`](crate::rtp::Packet::parse) on the receive path:
 //! the driver hands every parsed packet, its source address and its arrival `Instant` to
 //! [`RtpReceiver::on_packet`], which
-//! - enforces the [`RemotePeer`] policy (symmetric RTP latching: the SDP address, or the
-//!   first source seen at call start, once, for callers behind NAT; everything else is
-//!   dropped and counted),
+//! - enforces the [`RemotePeer`] policy (symmetric RTP latching, once, on the first packet
+//!   from an address the [`SourcePolicy`] admits: the SDP address, the signalling peer's IP
+//!   for callers behind NAT, a trunk's listed media sources; everything else is dropped and
+//!   counted),
 //! - keeps the RFC 3550 §A.1 sequence state (extended highest sequence number, restarts
 //!   after large jumps, duplicates), the §A.8 interarrival jitter, and the §A.3 loss
 //!   figures that feed RTCP report blocks ([`ReceiveStats::report_block`]),
@@ -15,7 +16,8 @@
 //!
 //! Sans-IO: no clock is read here; time comes in with each packet.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::rtcp::{NtpTime, ReportBlock, SenderInfo};
@@ -32,16 +34,81 @@ const RTP_SEQ_MOD: u64 = 1 << 16;
 /// Width of the duplicate detection window, in sequence numbers.
 const DUP_WINDOW: u64 = 64;
 
+/// Which addresses may become a call's media peer, besides the exact address in its SDP.
+///
+/// The defence against off-path media injection ("RTP Bleed"): a packet from anywhere else
+/// never latches the call, however early it arrives or however well-formed it is.
+#[derive(Clone, Default)]
+pub struct SourcePolicy {
+    /// The IP address the INVITE came from (an SBC, or a phone behind NAT): media from it is
+    /// accepted on any port, which is then learned.
+    signalling: Option<IpAddr>,
+    /// Further sources the trunk lists (a carrier whose media comes from a third address).
+    also: Option<Arc<dyn Fn(IpAddr) -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SourcePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourcePolicy")
+            .field("signalling", &self.signalling)
+            .field("also", &self.also.is_some())
+            .finish()
+    }
+}
+
+impl SourcePolicy {
+    /// Only the SDP address itself.
+    pub fn sdp_only() -> SourcePolicy {
+        SourcePolicy::default()
+    }
+
+    /// The SDP address, or any port of `signalling` (the INVITE's source IP).
+    pub fn with_signalling(signalling: IpAddr) -> SourcePolicy {
+        SourcePolicy {
+            signalling: Some(canonical(signalling)),
+            also: None,
+        }
+    }
+
+    /// Also any source for which `allowed` is true (a trunk's `media_sources`).
+    pub fn also(mut self, allowed: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>) -> SourcePolicy {
+        self.also = Some(allowed);
+        self
+    }
+
+    /// May `from` become the peer of a call whose SDP said `negotiated`?
+    pub fn admits(&self, negotiated: SocketAddr, from: SocketAddr) -> bool {
+        same_addr(from, negotiated)
+            || self.signalling == Some(canonical(from.ip()))
+            || self.also.as_ref().is_some_and(|f| f(canonical(from.ip())))
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, seen on dual-stack sockets) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && canonical(a.ip()) == canonical(b.ip())
+}
+
 /// Where RTP may come from (DESIGN.md "RTP is accepted only from the negotiated peer").
 ///
-/// Starts at the address from the SDP. The first packet of the call may come from
-/// elsewhere (the caller is behind NAT and its SDP names a private address): the peer then
-/// re-latches to that source, once. After the first accepted packet the peer is fixed and
-/// packets from any other source are dropped and counted.
+/// Starts at the address from the SDP. Until the first packet is accepted, a packet is
+/// accepted only from a source the [`SourcePolicy`] admits (the SDP address, the signalling
+/// peer's IP on any port, the trunk's listed media sources); the first such packet latches
+/// the peer, and our RTP goes there from then on (a caller behind NAT). Once latched, the
+/// peer never changes unless the signalling says so ([`RemotePeer::new`] again on a
+/// re-INVITE); every other source is dropped and counted.
 #[derive(Debug, Clone)]
 pub struct RemotePeer {
     current: SocketAddr,
     negotiated: SocketAddr,
+    policy: SourcePolicy,
     locked: bool,
     dropped_foreign: u64,
 }
@@ -51,19 +118,20 @@ pub struct RemotePeer {
 pub enum PeerVerdict {
     /// From the current peer.
     Accept,
-    /// First packet of the call, from another address than the SDP's: the peer now is
-    /// this address (send our RTP there too).
+    /// First packet of the call, from an admitted address other than the SDP's: the peer
+    /// now is this address (send our RTP there too).
     Relatched(SocketAddr),
     /// From a foreign source: drop it.
     DropForeign,
 }
 
 impl RemotePeer {
-    /// The peer negotiated in SDP (`c=` address, `m=` port).
-    pub fn new(negotiated: SocketAddr) -> Self {
+    /// The peer negotiated in SDP (`c=` address, `m=` port), with who else may latch.
+    pub fn new(negotiated: SocketAddr, policy: SourcePolicy) -> Self {
         RemotePeer {
             current: negotiated,
             negotiated,
+            policy,
             locked: false,
             dropped_foreign: 0,
         }
@@ -71,17 +139,29 @@ impl RemotePeer {
 
     /// Decide about a packet from `from`.
     pub fn check(&mut self, from: SocketAddr) -> PeerVerdict {
-        if from == self.current {
+        if same_addr(from, self.current) {
             self.locked = true;
             return PeerVerdict::Accept;
         }
-        if !self.locked {
+        if !self.locked && self.policy.admits(self.negotiated, from) {
             self.locked = true;
             self.current = from;
             return PeerVerdict::Relatched(from);
         }
         self.dropped_foreign += 1;
         PeerVerdict::DropForeign
+    }
+
+    /// Whether a packet from `from` would be accepted now, without latching or counting
+    /// (RTCP on the RTP port follows the same rule as RTP).
+    pub fn admits(&self, from: SocketAddr) -> bool {
+        same_addr(from, self.current)
+            || (!self.locked && self.policy.admits(self.negotiated, from))
+    }
+
+    /// Counts a packet dropped for its source outside [`RemotePeer::check`] (RTCP).
+    pub fn count_foreign(&mut self) {
+        self.dropped_foreign += 1;
     }
 
     /// Where to send our RTP: the latched source, else the SDP address.
@@ -92,6 +172,11 @@ impl RemotePeer {
     /// The address from the SDP.
     pub fn negotiated(&self) -> SocketAddr {
         self.negotiated
+    }
+
+    /// Who may latch.
+    pub fn policy(&self) -> &SourcePolicy {
+        &self.policy
     }
 
     /// Whether the peer moved away from the SDP address.
@@ -401,10 +486,11 @@ pub struct RtpReceiver {
 }
 
 impl RtpReceiver {
-    /// A receiver for RTP from the SDP peer `negotiated`, clock rate `clock_rate`.
-    pub fn new(negotiated: SocketAddr, clock_rate: u32) -> Self {
+    /// A receiver for RTP from the SDP peer `negotiated` (or what `policy` admits), clock
+    /// rate `clock_rate`.
+    pub fn new(negotiated: SocketAddr, policy: SourcePolicy, clock_rate: u32) -> Self {
         RtpReceiver {
-            peer: RemotePeer::new(negotiated),
+            peer: RemotePeer::new(negotiated, policy),
             clock_rate,
             ssrc: None,
             stats: ReceiveStats::new(clock_rate),
@@ -446,6 +532,11 @@ impl RtpReceiver {
     /// The latching policy and its counters.
     pub fn peer(&self) -> &RemotePeer {
         &self.peer
+    }
+
+    /// The latching policy, to count what is dropped outside [`RtpReceiver::on_packet`].
+    pub fn peer_mut(&mut self) -> &mut RemotePeer {
+        &mut self.peer
     }
 
     /// Statistics of the current SSRC.
@@ -553,7 +644,7 @@ mod tests {
 
     #[test]
     fn packets_from_the_sdp_address_are_accepted_and_others_dropped() {
-        let mut peer = RemotePeer::new(addr("192.0.2.1:4000"));
+        let mut peer = RemotePeer::new(addr("192.0.2.1:4000"), SourcePolicy::sdp_only());
         assert_eq!(peer.check(addr("192.0.2.1:4000")), PeerVerdict::Accept);
         assert_eq!(peer.check(addr("192.0.2.9:4000")), PeerVerdict::DropForeign);
         assert_eq!(peer.check(addr("192.0.2.1:4002")), PeerVerdict::DropForeign);
@@ -562,22 +653,62 @@ mod tests {
     }
 
     #[test]
-    fn first_packet_from_a_nat_address_relatches_once() {
-        let mut peer = RemotePeer::new(addr("10.0.0.5:4000"));
+    fn a_stranger_never_latches_even_before_the_caller_sends() {
+        // The off-path attacker sprays first: nothing it sends is accepted or moves our RTP.
+        let policy = SourcePolicy::with_signalling("198.51.100.7".parse().unwrap());
+        let mut peer = RemotePeer::new(addr("10.0.0.5:4000"), policy);
+        for port in [4000, 4001, 5000, 61000] {
+            let from = SocketAddr::new("203.0.113.66".parse().unwrap(), port);
+            assert_eq!(peer.check(from), PeerVerdict::DropForeign);
+            assert!(!peer.admits(from));
+        }
+        assert_eq!(peer.address(), addr("10.0.0.5:4000"), "still the SDP address");
+        assert_eq!(peer.dropped_foreign(), 4);
+        // The caller behind NAT, from its signalling IP on a port of its NAT's choosing.
+        assert_eq!(
+            peer.check(addr("198.51.100.7:61000")),
+            PeerVerdict::Relatched(addr("198.51.100.7:61000"))
+        );
+    }
+
+    #[test]
+    fn first_packet_from_the_signalling_address_relatches_once() {
+        let policy = SourcePolicy::with_signalling("198.51.100.7".parse().unwrap());
+        let mut peer = RemotePeer::new(addr("10.0.0.5:4000"), policy);
         assert_eq!(
             peer.check(addr("198.51.100.7:61000")),
             PeerVerdict::Relatched(addr("198.51.100.7:61000"))
         );
         assert_eq!(peer.address(), addr("198.51.100.7:61000"));
         assert_eq!(peer.check(addr("198.51.100.7:61000")), PeerVerdict::Accept);
-        // A second move is refused, and so is the SDP address now.
+        // Once latched, no other source, not even another port of the same IP or the SDP
+        // address.
         assert_eq!(
-            peer.check(addr("203.0.113.3:5000")),
+            peer.check(addr("198.51.100.7:61002")),
             PeerVerdict::DropForeign
         );
         assert_eq!(peer.check(addr("10.0.0.5:4000")), PeerVerdict::DropForeign);
         assert_eq!(peer.dropped_foreign(), 2);
         assert!(peer.relatched());
+    }
+
+    #[test]
+    fn a_listed_media_source_may_latch() {
+        let policy = SourcePolicy::with_signalling("192.0.2.10".parse().unwrap()).also(
+            std::sync::Arc::new(|ip: IpAddr| ip == "192.0.2.77".parse::<IpAddr>().unwrap()),
+        );
+        let mut peer = RemotePeer::new(addr("10.1.1.1:30000"), policy.clone());
+        assert_eq!(
+            peer.check(addr("192.0.2.78:30000")),
+            PeerVerdict::DropForeign
+        );
+        assert_eq!(
+            peer.check(addr("192.0.2.77:30000")),
+            PeerVerdict::Relatched(addr("192.0.2.77:30000"))
+        );
+        // An IPv4-mapped source on a dual-stack socket is the same address.
+        let mut peer = RemotePeer::new(addr("192.0.2.1:4000"), policy);
+        assert_eq!(peer.check(addr("[::ffff:192.0.2.1]:4000")), PeerVerdict::Accept);
     }
 
     #[test]
@@ -763,7 +894,7 @@ mod tests {
     #[test]
     fn receiver_drops_foreign_and_tracks_inactivity() {
         let t0 = Instant::now();
-        let mut r = RtpReceiver::new(addr("192.0.2.1:4000"), 8000);
+        let mut r = RtpReceiver::new(addr("192.0.2.1:4000"), SourcePolicy::sdp_only(), 8000);
         let mut b = [0u8; 32];
         assert!(r.is_inactive(t0, Duration::from_secs(30), t0 + Duration::from_secs(30)));
         let ok = r
@@ -791,7 +922,7 @@ mod tests {
     #[test]
     fn receiver_resets_stats_when_ssrc_changes() {
         let t0 = Instant::now();
-        let mut r = RtpReceiver::new(addr("192.0.2.1:4000"), 8000);
+        let mut r = RtpReceiver::new(addr("192.0.2.1:4000"), SourcePolicy::sdp_only(), 8000);
         let src = addr("192.0.2.1:4000");
         let mut b = [0u8; 32];
         for i in 0..5 {

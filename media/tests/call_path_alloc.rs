@@ -26,7 +26,7 @@ use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
 use dialin_media::mixer::{Mixer, ParticipantId};
 use dialin_media::rtp::{Header, Packet, PayloadType, RtpTimestamp, SeqNo, Ssrc};
 use dialin_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
-use dialin_media::stream::RtpReceiver;
+use dialin_media::stream::{RtpReceiver, SourcePolicy};
 
 struct Counting;
 
@@ -177,7 +177,7 @@ fn run_call() -> Counts {
     // The gateway's state for this call, built at setup.
     let mut srtp_in = SrtpContext::new(profile, &key);
     let mut srtp_out = SrtpContext::new(profile, &key);
-    let mut receiver = RtpReceiver::new(caller_addr, 8000);
+    let mut receiver = RtpReceiver::new(caller_addr, SourcePolicy::sdp_only(), 8000);
     let mut jitter = JitterBuffer::new(JitterConfig::default());
     let mut pcmu_dec = new_decoder(CodecKind::Pcmu, RATE, &config).expect("pcmu decoder");
     let mut opus_enc = new_encoder(CodecKind::Opus, RATE, &config).expect("opus encoder");

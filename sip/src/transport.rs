@@ -6,12 +6,16 @@
 //! Via, RFC 3261 §18.2.1 and RFC 3581 §4) and [`response_target`] (where a
 //! response goes, RFC 3261 §18.2.2 and RFC 3581 §4). The tokio driver in
 //! [`driver`] binds the listeners, delivers [`Incoming`] messages on a channel
-//! and sends [`Target`]ed octets, reusing stream connections.
+//! and sends [`Target`]ed octets, reusing stream connections; it admits and
+//! times out stream connections as the sans-IO `admission` module decides, so
+//! sources with no trunk cannot exhaust them.
 
+mod admission;
 pub mod driver;
 pub mod framer;
 
-pub use driver::{TransportConfig, TransportError, Transports};
+pub use admission::RefusedConnections;
+pub use driver::{TransportConfig, TransportError, Transports, TrustedSources};
 pub use framer::{FramingError, StreamFramer};
 
 use crate::header::{HeaderName, Via, ViaTransport};

@@ -315,6 +315,20 @@ impl Gateway {
         }
     }
 
+    /// Waits until `needle` appears at least `n` times in the log.
+    pub async fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.log().matches(needle).count() >= n {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }

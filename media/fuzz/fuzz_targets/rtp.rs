@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dialin_media::rtp::{Extension, Header, Packet, RtpTimestamp, SeqUnwrapper, Ssrc, TimestampUnwrapper};
-use dialin_media::stream::RtpReceiver;
+use dialin_media::stream::{RtpReceiver, SourcePolicy};
 use libfuzzer_sys::fuzz_target;
 
 fn roundtrip(p: &Packet<'_>) {
@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
 
     let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
     let other = SocketAddr::from(([127, 0, 0, 2], 40000));
-    let mut rx = RtpReceiver::new(peer, 8000);
+    let mut rx = RtpReceiver::new(peer, SourcePolicy::sdp_only(), 8000);
     let mut seqs = SeqUnwrapper::new();
     let mut stamps = TimestampUnwrapper::new();
     let t0 = Instant::now();

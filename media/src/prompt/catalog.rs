@@ -81,11 +81,13 @@ pub enum PromptId {
     PinTimeout,
     /// "Goodbye."
     Goodbye,
+    /// "Please hold. You will be connected shortly." (the PIN waits its turn to be checked)
+    PleaseHold,
 }
 
 impl PromptId {
     /// Number of prompts.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Every prompt, in catalog order.
     pub const ALL: [PromptId; PromptId::COUNT] = [
@@ -99,6 +101,7 @@ impl PromptId {
         PromptId::LockedOut,
         PromptId::PinTimeout,
         PromptId::Goodbye,
+        PromptId::PleaseHold,
     ];
 
     /// The file stem: `welcome_enter_pin`, `invalid_pin`, ...
@@ -114,6 +117,7 @@ impl PromptId {
             PromptId::LockedOut => "locked_out",
             PromptId::PinTimeout => "pin_timeout",
             PromptId::Goodbye => "goodbye",
+            PromptId::PleaseHold => "please_hold",
         }
     }
 
@@ -282,6 +286,7 @@ macro_rules! embedded_prompts {
             include_bytes!(concat!("../../prompts/", $lang, "/locked_out.wav")).as_slice(),
             include_bytes!(concat!("../../prompts/", $lang, "/pin_timeout.wav")).as_slice(),
             include_bytes!(concat!("../../prompts/", $lang, "/goodbye.wav")).as_slice(),
+            include_bytes!(concat!("../../prompts/", $lang, "/please_hold.wav")).as_slice(),
         ]
     };
 }

@@ -5,22 +5,59 @@
 //! connection has one reader task (a [`StreamFramer`] feeding the parser) and
 //! one writer task fed by a channel, so [`Transports::send`] never blocks on a
 //! socket. Requests that fail to parse are answered here (400/505/513...) when
-//! the error allows it; framing errors close the connection. Idle connections
-//! are closed after `tcp_idle_timeout`; at most `max_connections` are open.
+//! the error allows it; framing errors close the connection. Double-CRLF
+//! keep-alive pings are answered with a CRLF pong (RFC 5626 §4.4.1).
+//!
+//! # Defences against connection exhaustion
+//!
+//! A stream connection holds a file descriptor and a slot for as long as it is
+//! open, so a peer that opens many and sends nothing could lock the trunks out.
+//! The decisions are the sans-IO `admission` module's; this driver applies them:
+//!
+//! - **Who may open one.** At most `max_connections` (1024) are open in all,
+//!   accepted and initiated; at most `max_connections_per_source` (32) accepted
+//!   ones per source IP; and sources that [`TransportConfig::trusted`] rejects
+//!   (no configured trunk) hold at most `max_untrusted_connections` (64)
+//!   together, so they can never take the slots trusted sources need. A refused
+//!   connection is closed at once after `accept`.
+//! - **How long a message may take.** A message must be complete within
+//!   `message_timeout` (10 s) of its first octet, and an accepted connection's
+//!   first message within that of the accept (TLS handshake included): a
+//!   connection that stays silent, or trickles one octet a second, is closed.
+//!   Keep-alive CRLFs between messages never start that deadline; between
+//!   messages only `tcp_idle_timeout` (300 s) applies.
+//! - **Untrusted sources hold nothing.** Their connection gets exactly one
+//!   message read and delivered as usual (the endpoint above answers it, e.g.
+//!   with a stateless 403, or drops it; an unparsable one is answered here), then
+//!   reading stops. It is closed as soon as the first reply has been written, or
+//!   `untrusted_linger` (2 s) later if none comes.
+//! - **Refusals are counted, not logged one by one.** Refused connections (per
+//!   source, untrusted, limit, accept errors such as EMFILE) and connections
+//!   closed at the message deadline are counted per reason; one warning sums
+//!   them up per `refusal_log_interval` (10 s) in which any happened, and
+//!   [`Transports::refused_connections`] gives the running totals for metrics.
+//!   After an accept error the accept loop backs off (10 ms, doubling to 1 s)
+//!   instead of spinning on a full descriptor table.
 
-use super::{stamp_received, ConnectionId, Incoming, ListenAddr, StreamFramer, Target, Transport};
+use super::admission::{Admission, Expiry, ReadDeadline, Refusal, RefusalLog};
+use super::{
+    stamp_received, ConnectionId, Incoming, ListenAddr, RefusedConnections, StreamFramer, Target,
+    Transport,
+};
 use crate::message::{reject_unparsable, Limits, Message};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::rustls;
 
 /// Transport configuration.
@@ -38,8 +75,26 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// Capacity of the incoming message channel.
     pub incoming_capacity: usize,
-    /// Time allowed to open an outgoing TCP connection.
+    /// Time allowed to open an outgoing TCP connection (and for a TLS handshake).
     pub connect_timeout: Duration,
+    /// Which source addresses belong to a configured trunk; `None` trusts every
+    /// source. An untrusted source gets one message read and one reply per
+    /// connection, and its connections count against `max_untrusted_connections`.
+    pub trusted: Option<TrustedSources>,
+    /// Accepted stream connections open at most per source IP; more are closed
+    /// at once after accept.
+    pub max_connections_per_source: usize,
+    /// Accepted stream connections open at most from all untrusted sources together,
+    /// so they never take the slots that trusted sources need.
+    pub max_untrusted_connections: usize,
+    /// Each message on a stream must be complete within this long of its first octet,
+    /// and an accepted connection's first message within this long of the accept.
+    pub message_timeout: Duration,
+    /// How long an untrusted connection waits for the reply to its one message
+    /// before it is closed anyway.
+    pub untrusted_linger: Duration,
+    /// Refused connections are summed up in one warning per this interval.
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for TransportConfig {
@@ -55,7 +110,50 @@ impl Default for TransportConfig {
             max_connections: 1024,
             incoming_capacity: 1024,
             connect_timeout: Duration::from_secs(5),
+            trusted: None,
+            // A trunk normally multiplexes its calls over one or a few connections
+            // (RFC 3261 §18.3 lets both sides reuse them); 32 leaves room for a pool.
+            max_connections_per_source: 32,
+            max_untrusted_connections: 64,
+            // A message is at most `limits.max_message_size` (64 KiB by default): on any
+            // working link it arrives in well under a second, a TLS handshake included.
+            message_timeout: Duration::from_secs(10),
+            // A stateless answer goes out at once; the linger only covers a busy endpoint.
+            untrusted_linger: Duration::from_secs(2),
+            refusal_log_interval: Duration::from_secs(10),
         }
+    }
+}
+
+/// Whether a source address belongs to a configured trunk, for
+/// [`TransportConfig::trusted`]. It is asked once per accepted stream
+/// connection, on the accept loop, so it must be quick and must not block.
+/// IPv4-mapped IPv6 sources (a dual-stack listener) are passed as IPv4.
+#[derive(Clone)]
+pub struct TrustedSources(Arc<TrustFn>);
+
+type TrustFn = dyn Fn(IpAddr) -> bool + Send + Sync;
+
+impl TrustedSources {
+    pub fn new(f: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> TrustedSources {
+        TrustedSources(Arc::new(f))
+    }
+
+    /// True when `ip` belongs to a trunk.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        (self.0)(ip.to_canonical())
+    }
+}
+
+impl From<Arc<TrustFn>> for TrustedSources {
+    fn from(f: Arc<TrustFn>) -> TrustedSources {
+        TrustedSources(f)
+    }
+}
+
+impl fmt::Debug for TrustedSources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TrustedSources(..)")
     }
 }
 
@@ -102,6 +200,62 @@ struct Inner {
     connect_timeout: Duration,
     incoming: mpsc::Sender<Incoming>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    trusted: Option<TrustedSources>,
+    admission: Arc<Mutex<Admission>>,
+    message_timeout: Duration,
+    untrusted_linger: Duration,
+    refusals: Mutex<RefusalLog>,
+    /// Wakes the refusal reporter when a refusal opens a log window.
+    refusal_window: Notify,
+}
+
+/// One stream connection, as its reader sees it.
+#[derive(Debug, Clone, Copy)]
+struct StreamConn {
+    id: ConnectionId,
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+    /// False for a source with no trunk: one message read, one reply written.
+    trusted: bool,
+}
+
+/// An accepted connection's place in the per-source and untrusted counts,
+/// given back when the connection's task ends.
+struct Admitted {
+    admission: Arc<Mutex<Admission>>,
+    ip: IpAddr,
+    trusted: bool,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.admission.lock() {
+            a.release(self.ip, self.trusted);
+        }
+    }
+}
+
+/// What became of a message handed to [`Transports::deliver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Parsed and sent up the incoming channel.
+    Up,
+    /// Unparsable; an error response was queued to the source.
+    Answered,
+    /// Unparsable and not answerable (e.g. a broken response).
+    Dropped,
+    /// The incoming channel's receiver is gone.
+    ReceiverGone,
+}
+
+/// Why a stream reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// Close the connection (after the writer drains what is queued).
+    Close,
+    /// An untrusted source's one message is in: wait for its reply, then close.
+    AwaitReply,
 }
 
 /// Handle on the bound transports; cheap to clone. Dropping the last clone does
@@ -113,6 +267,14 @@ pub struct Transports {
 
 /// Messages queued per connection writer before `send` waits.
 const WRITE_QUEUE: usize = 64;
+
+/// RFC 5626 §4.4.1: the pong answering a double-CRLF ping.
+const PONG: &[u8] = b"\r\n";
+
+/// Pause after a failed `accept`, doubling while it keeps failing. EMFILE/ENFILE
+/// leave the connection in the backlog, so retrying at once would spin.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl Transports {
     /// Binds every listener in `config.listen` and starts receiving.
@@ -165,9 +327,18 @@ impl Transports {
             connect_timeout: config.connect_timeout,
             incoming: tx,
             tasks: Mutex::new(Vec::new()),
+            trusted: config.trusted.clone(),
+            admission: Arc::new(Mutex::new(Admission::new(
+                config.max_connections_per_source,
+                config.max_untrusted_connections,
+            ))),
+            message_timeout: config.message_timeout,
+            untrusted_linger: config.untrusted_linger,
+            refusals: Mutex::new(RefusalLog::new(config.refusal_log_interval)),
+            refusal_window: Notify::new(),
         });
         let me = Transports { inner };
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(report_refusals(me.clone()))];
         for s in udp {
             tasks.push(tokio::spawn(udp_loop(me.clone(), s)));
         }
@@ -200,6 +371,16 @@ impl Transports {
     /// Number of open stream connections.
     pub fn connection_count(&self) -> usize {
         self.inner.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Stream connections refused (per source, untrusted, limit, accept errors) and
+    /// closed for missing the message deadline, counted since `bind`.
+    pub fn refused_connections(&self) -> RefusedConnections {
+        self.inner
+            .refusals
+            .lock()
+            .map(|r| r.total())
+            .unwrap_or_default()
     }
 
     /// Sends octets. Streams reuse `target.conn` if it is still open, else any open
@@ -296,10 +477,21 @@ impl Transports {
             })??;
         let local = stream.local_addr()?;
         let (id, tx, rx) = self.register(addr, Transport::Tcp);
+        let conn = StreamConn {
+            id,
+            peer: addr,
+            local,
+            transport: Transport::Tcp,
+            trusted: true,
+        };
+        let deadline = ReadDeadline::opened(
+            Instant::now().into_std(),
+            self.inner.message_timeout,
+            self.inner.idle,
+        );
         let me = self.clone();
         let handle = tokio::spawn(async move {
-            me.run_connection(stream, rx, id, addr, local, Transport::Tcp)
-                .await;
+            me.run_connection(stream, rx, conn, deadline).await;
             drop(permit);
         });
         self.track(handle);
@@ -326,6 +518,13 @@ impl Transports {
         (id, tx, rx)
     }
 
+    /// Drops a registered connection that never got to run.
+    fn forget(&self, id: ConnectionId) {
+        if let Ok(mut c) = self.inner.conns.lock() {
+            c.remove(&id);
+        }
+    }
+
     fn track(&self, h: JoinHandle<()>) {
         if let Ok(mut t) = self.inner.tasks.lock() {
             t.retain(|h| !h.is_finished());
@@ -333,21 +532,51 @@ impl Transports {
         }
     }
 
+    /// Whether a source belongs to a trunk (every source without a predicate).
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.inner.trusted.as_ref().is_none_or(|t| t.contains(ip))
+    }
+
+    /// Takes a place in the per-source and untrusted counts for an accepted connection.
+    fn admit(&self, ip: IpAddr, trusted: bool) -> Result<Admitted, Refusal> {
+        let mut a = self.inner.admission.lock().map_err(|_| Refusal::Limit)?;
+        a.admit(ip, trusted)?;
+        Ok(Admitted {
+            admission: self.inner.admission.clone(),
+            ip,
+            trusted,
+        })
+    }
+
+    /// Counts a refused or timed-out connection for the summary and the totals.
+    fn refuse(&self, why: Refusal) {
+        let opened = self
+            .inner
+            .refusals
+            .lock()
+            .is_ok_and(|mut r| r.record(why, Instant::now().into_std()));
+        if opened {
+            self.inner.refusal_window.notify_one();
+        }
+    }
+
     async fn run_connection<S>(
         &self,
         stream: S,
         mut rx: mpsc::Receiver<Bytes>,
-        id: ConnectionId,
-        peer: SocketAddr,
-        local: SocketAddr,
-        transport: Transport,
+        conn: StreamConn,
+        deadline: ReadDeadline,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let writer = tokio::spawn(async move {
+        let (rd, mut wr) = tokio::io::split(stream);
+        let one_reply = !conn.trusted;
+        let mut writer = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+                if one_reply {
                     break;
                 }
             }
@@ -358,45 +587,102 @@ impl Transports {
             .conns
             .lock()
             .ok()
-            .and_then(|c| c.get(&id).map(|h| h.tx.clone()));
-        let mut framer = StreamFramer::new(self.inner.limits.clone());
-        'conn: loop {
-            match tokio::time::timeout(self.inner.idle, rd.read_buf(framer.buffer_mut())).await {
+            .and_then(|c| c.get(&conn.id).map(|h| h.tx.clone()));
+        let end = self
+            .read_stream(rd, conn, deadline, reply_tx.as_ref())
+            .await;
+        // The writer ends with the first reply on an untrusted connection: keep the
+        // connection findable for that reply until it is written or the linger is over.
+        let mut writer_done = false;
+        if end == ReadEnd::AwaitReply {
+            match tokio::time::timeout(self.inner.untrusted_linger, &mut writer).await {
+                Ok(_) => writer_done = true,
                 Err(_) => {
-                    tracing::debug!(%peer, "closing idle {transport} connection");
-                    break;
-                }
-                Ok(Err(_)) | Ok(Ok(0)) => break,
-                Ok(Ok(_)) => {}
-            }
-            loop {
-                match framer.pop() {
-                    Ok(None) => break,
-                    Ok(Some(raw)) => {
-                        if !self
-                            .deliver(raw, peer, local, transport, Some(id), reply_tx.as_ref())
-                            .await
-                        {
-                            break 'conn;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "stream framing error, closing connection");
-                        break 'conn;
-                    }
+                    tracing::debug!(peer = %conn.peer, "no reply to an untrusted source, closing");
+                    writer.abort();
                 }
             }
         }
         if let Ok(mut c) = self.inner.conns.lock() {
-            c.remove(&id);
+            c.remove(&conn.id);
         }
         drop(reply_tx);
-        // The writer drains what is queued (e.g. a 400) and then ends.
-        let _ = writer.await;
+        if !writer_done {
+            // The writer drains what is queued (e.g. a 400) and then ends.
+            let _ = writer.await;
+        }
     }
 
-    /// Parses and hands a message up; answers unparsable requests. Returns false
-    /// when the receiver is gone.
+    /// Reads messages off one stream connection and delivers them until it is closed,
+    /// fails, misses a deadline or (untrusted) has delivered its one message.
+    async fn read_stream<R: AsyncRead + Unpin>(
+        &self,
+        mut rd: R,
+        conn: StreamConn,
+        mut deadline: ReadDeadline,
+        reply: Option<&mpsc::Sender<Bytes>>,
+    ) -> ReadEnd {
+        let StreamConn {
+            peer, transport, ..
+        } = conn;
+        let mut framer = StreamFramer::new(self.inner.limits.clone());
+        loop {
+            let (until, expiry) = deadline.poll_timeout();
+            let read =
+                tokio::time::timeout_at(Instant::from_std(until), rd.read_buf(framer.buffer_mut()))
+                    .await;
+            match read {
+                Err(_) if expiry == Expiry::Idle => {
+                    tracing::debug!(%peer, "closing idle {transport} connection");
+                    return ReadEnd::Close;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "{transport} message not complete in time, closing");
+                    self.refuse(Refusal::TimedOut);
+                    return ReadEnd::Close;
+                }
+                Ok(Err(_)) | Ok(Ok(0)) => return ReadEnd::Close,
+                Ok(Ok(_)) => {}
+            }
+            let now = Instant::now().into_std();
+            loop {
+                let raw = match framer.pop() {
+                    Ok(None) => break,
+                    Ok(Some(raw)) => raw,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "stream framing error, closing connection");
+                        return ReadEnd::Close;
+                    }
+                };
+                deadline.on_message();
+                let delivery = self
+                    .deliver(raw, peer, conn.local, transport, Some(conn.id), reply)
+                    .await;
+                match delivery {
+                    Delivery::ReceiverGone => return ReadEnd::Close,
+                    // Nothing more is read from a source with no trunk: what else it
+                    // sent stays unread until the connection closes.
+                    Delivery::Up | Delivery::Answered if !conn.trusted => {
+                        return ReadEnd::AwaitReply
+                    }
+                    Delivery::Dropped if !conn.trusted => return ReadEnd::Close,
+                    Delivery::Up | Delivery::Answered | Delivery::Dropped => {}
+                }
+            }
+            let pings = framer.take_pings();
+            if conn.trusted {
+                if let Some(tx) = reply {
+                    for _ in 0..pings {
+                        // A peer that does not read its pongs loses them, not the connection.
+                        let _ = tx.try_send(Bytes::from_static(PONG));
+                    }
+                }
+            }
+            deadline.on_read(now, framer.in_message());
+        }
+    }
+
+    /// Parses and hands a message up; answers unparsable requests.
     async fn deliver(
         &self,
         raw: Bytes,
@@ -405,7 +691,7 @@ impl Transports {
         transport: Transport,
         conn: Option<ConnectionId>,
         reply: Option<&mpsc::Sender<Bytes>>,
-    ) -> bool {
+    ) -> Delivery {
         match Message::parse(raw.clone(), &self.inner.limits) {
             Ok(mut message) => {
                 if let Message::Request(r) = &mut message {
@@ -419,24 +705,28 @@ impl Transports {
                     transport,
                     conn,
                 };
-                self.inner.incoming.send(inc).await.is_ok()
+                match self.inner.incoming.send(inc).await {
+                    Ok(()) => Delivery::Up,
+                    Err(_) => Delivery::ReceiverGone,
+                }
             }
             Err(e) => {
                 tracing::debug!(%source, error = %e, "unparsable SIP message");
-                if let Some(resp) = reject_unparsable(&raw, &e) {
-                    let bytes = resp.to_bytes();
-                    match reply {
-                        Some(tx) => {
-                            let _ = tx.send(bytes).await;
-                        }
-                        // The Via of an unparsable request is not trusted: answer the source
-                        // address (as with rport, RFC 3581 §4).
-                        None => {
-                            let _ = self.send_udp(source, &bytes).await;
-                        }
+                let Some(resp) = reject_unparsable(&raw, &e) else {
+                    return Delivery::Dropped;
+                };
+                let bytes = resp.to_bytes();
+                match reply {
+                    Some(tx) => {
+                        let _ = tx.send(bytes).await;
+                    }
+                    // The Via of an unparsable request is not trusted: answer the source
+                    // address (as with rport, RFC 3581 §4).
+                    None => {
+                        let _ = self.send_udp(source, &bytes).await;
                     }
                 }
-                true
+                Delivery::Answered
             }
         }
     }
@@ -465,10 +755,10 @@ async fn udp_loop(me: Transports, sock: Arc<UdpSocket>) {
         if raw.iter().all(|b| *b == b'\r' || *b == b'\n') {
             continue;
         }
-        if !me
+        let delivery = me
             .deliver(raw, source, local, Transport::Udp, None, None)
-            .await
-        {
+            .await;
+        if delivery == Delivery::ReceiverGone {
             return;
         }
     }
@@ -484,47 +774,111 @@ async fn accept_loop(
     } else {
         Transport::Tcp
     };
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
+            Ok(s) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                s
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "accept error");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                me.refuse(Refusal::AcceptError);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let accepted = Instant::now();
+        let ip = peer.ip().to_canonical();
+        let trusted = me.is_trusted(ip);
+        // Refused connections are dropped (closed) at once and only counted: under an
+        // attack a line per connection would flood the log.
+        let admitted = match me.admit(ip, trusted) {
+            Ok(a) => a,
+            Err(why) => {
+                me.refuse(why);
                 continue;
             }
         };
         let Ok(permit) = me.inner.slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached, refusing {transport} connection");
-            drop(stream);
+            me.refuse(Refusal::Limit);
             continue;
         };
         let local = stream.local_addr().unwrap_or(peer);
         let _ = stream.set_nodelay(true);
         let (id, _tx, rx) = me.register(peer, transport);
+        let conn = StreamConn {
+            id,
+            peer,
+            local,
+            transport,
+            trusted,
+        };
+        let deadline =
+            ReadDeadline::accepted(accepted.into_std(), me.inner.message_timeout, me.inner.idle);
         let me2 = me.clone();
         let tls = tls.clone();
         let h = tokio::spawn(async move {
             match tls {
-                None => {
-                    me2.run_connection(stream, rx, id, peer, local, transport)
-                        .await
-                }
+                None => me2.run_connection(stream, rx, conn, deadline).await,
                 Some(acc) => {
-                    match tokio::time::timeout(me2.inner.connect_timeout, acc.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => me2.run_connection(s, rx, id, peer, local, transport).await,
-                        _ => {
-                            tracing::debug!(%peer, "TLS handshake failed");
-                            if let Ok(mut c) = me2.inner.conns.lock() {
-                                c.remove(&id);
-                            }
+                    // The handshake is part of the time to the first message.
+                    let limit = me2.inner.connect_timeout.min(me2.inner.message_timeout);
+                    match tokio::time::timeout_at(accepted + limit, acc.accept(stream)).await {
+                        Ok(Ok(s)) => me2.run_connection(s, rx, conn, deadline).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            me2.forget(id);
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not complete in time");
+                            me2.refuse(Refusal::TimedOut);
+                            me2.forget(id);
                         }
                     }
                 }
             }
             drop(permit);
+            drop(admitted);
         });
         me.track(h);
+    }
+}
+
+/// Sums up refused connections: one warning per window in which any were refused.
+async fn report_refusals(me: Transports) {
+    loop {
+        let due = me.inner.refusals.lock().ok().and_then(|r| r.poll_timeout());
+        let Some(due) = due else {
+            me.inner.refusal_window.notified().await;
+            continue;
+        };
+        tokio::time::sleep_until(Instant::from_std(due)).await;
+        let summary = me
+            .inner
+            .refusals
+            .lock()
+            .ok()
+            .and_then(|mut r| Some((r.poll_summary(Instant::now().into_std())?, r.interval())));
+        if let Some((s, interval)) = summary {
+            tracing::warn!(
+                per_source = s.per_source,
+                untrusted = s.untrusted,
+                limit = s.limit,
+                accept_errors = s.accept_errors,
+                timed_out = s.timed_out,
+                "refused {} SIP stream connections in the last {} s: per_source={}, untrusted={}, \
+                 limit={}, accept_errors={}; {} closed for not completing a message in time",
+                s.refused(),
+                interval.as_secs_f64(),
+                s.per_source,
+                s.untrusted,
+                s.limit,
+                s.accept_errors,
+                s.timed_out,
+            );
+        }
     }
 }
 
@@ -563,8 +917,73 @@ mod tests {
     use super::*;
     use crate::message::{Response, StatusCode};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpSocket;
+    use tokio::task::JoinSet;
 
     const WAIT: Duration = Duration::from_secs(5);
+    const TRUNK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    /// Loopback answers the whole of 127/8: a second source address for the same host.
+    const STRANGER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+    fn only_the_trunk_is_trusted(c: &mut TransportConfig) {
+        c.trusted = Some(TrustedSources::new(|ip| ip == TRUNK));
+    }
+
+    /// A TCP connection to `server` from source address `from`.
+    async fn connect_from(from: IpAddr, server: SocketAddr) -> TcpStream {
+        let sock = TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::new(from, 0))
+            .expect("bind a loopback source");
+        let c = sock.connect(server).await.expect("connect");
+        c.set_nodelay(true).expect("nodelay");
+        c
+    }
+
+    /// Reads until the server closes the connection (end of stream or reset);
+    /// false if it is still open after `WAIT`.
+    async fn closed_by_server<R: AsyncRead + Unpin>(rd: &mut R) -> bool {
+        let mut buf = [0u8; 512];
+        let closed = async {
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, closed).await.is_ok()
+    }
+
+    /// The next message on a client connection, or `None` once the server closed it.
+    async fn response_or_close<R: AsyncRead + Unpin>(rd: &mut R) -> Option<Message> {
+        let mut framer = StreamFramer::new(Limits::default());
+        loop {
+            if let Some(frame) = framer.pop().expect("framing") {
+                return Some(Message::parse(frame, &Limits::default()).expect("parses"));
+            }
+            match tokio::time::timeout(WAIT, rd.read_buf(framer.buffer_mut()))
+                .await
+                .expect("a response or the close in time")
+            {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits for a condition the server reaches on its own time.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let since = Instant::now();
+        while !cond() {
+            assert!(since.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn answer(inc: &Incoming, status: StatusCode) -> Bytes {
+        let req = inc.message.as_request().expect("request");
+        Response::to_request(req, status, None).to_bytes()
+    }
 
     fn options(via_host: &str, branch: &str, extra_body: &str) -> String {
         format!(
@@ -793,6 +1212,274 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
             .unwrap_or(0);
         assert_eq!(n, 0, "second connection closed");
         assert_eq!(t.connection_count(), 1);
+        assert_eq!(t.refused_connections().limit, 1);
+        t.shutdown();
+    }
+
+    #[test]
+    fn ipv4_mapped_sources_are_judged_as_ipv4() {
+        let trusted = TrustedSources::new(|ip| ip == TRUNK);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(trusted.contains(mapped));
+        assert!(!trusted.contains(STRANGER));
+        assert_eq!(format!("{trusted:?}"), "TrustedSources(..)");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_from_a_source_with_no_trunk_are_closed_and_a_trunk_still_gets_in() {
+        const ATTACK: u64 = 300;
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| {
+            only_the_trunk_is_trusted(c);
+            c.message_timeout = Duration::from_millis(300);
+            // Fewer slots than the attack has connections: without the defences the
+            // trunk below would find none free.
+            c.max_connections = 100;
+            // Let the untrusted cap, not the per-source one, do the work.
+            c.max_connections_per_source = 1000;
+        })
+        .await;
+        let server = t.local_addr(Transport::Tcp).unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..ATTACK {
+            idle.push(connect_from(STRANGER, server).await);
+        }
+        let mut waits = JoinSet::new();
+        for mut c in idle {
+            waits.spawn(async move { closed_by_server(&mut c).await });
+        }
+        while let Some(closed) = waits.join_next().await {
+            assert!(closed.unwrap(), "an idle connection was left open");
+        }
+        // Each was either refused at accept or timed out waiting for its first message.
+        let r = t.refused_connections();
+        assert_eq!(r.untrusted + r.timed_out, ATTACK, "{r:?}");
+        assert!(r.untrusted > 0, "the untrusted cap was reached: {r:?}");
+        assert_eq!((r.per_source, r.limit), (0, 0), "{r:?}");
+        eventually("attack connections gone", || t.connection_count() == 0).await;
+
+        let mut trunk = connect_from(TRUNK, server).await;
+        trunk
+            .write_all(options("127.0.0.1:9", "trunk", "").as_bytes())
+            .await
+            .unwrap();
+        let inc = next(&mut rx).await;
+        assert_eq!(inc.message.headers().call_id().unwrap(), "trunk");
+        assert_eq!(inc.source.ip(), TRUNK);
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_sender_trickling_one_octet_at_a_time_is_closed_at_the_message_deadline() {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| {
+            c.message_timeout = Duration::from_millis(300);
+        })
+        .await;
+        let c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap())
+            .await
+            .unwrap();
+        c.set_nodelay(true).unwrap();
+        let (mut rd, mut wr) = c.into_split();
+        // A first message arrives whole; the connection stays open between messages.
+        wr.write_all(options("127.0.0.1:9", "whole", "").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut rx).await.message.headers().call_id().unwrap(),
+            "whole"
+        );
+        // The next one would take about ten seconds, octet by octet; the idle timeout
+        // (300 s) never fires because octets keep coming.
+        let slow = options("127.0.0.1:9", "slow", "");
+        let trickle = tokio::spawn(async move {
+            for b in slow.bytes() {
+                if wr.write_all(&[b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        assert!(
+            closed_by_server(&mut rd).await,
+            "trickling connection left open"
+        );
+        assert_eq!(t.refused_connections().timed_out, 1);
+        assert!(
+            rx.try_recv().is_err(),
+            "the trickled message is never delivered"
+        );
+        trickle.abort();
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn keepalive_pings_get_a_pong_and_do_not_start_the_message_deadline() {
+        let timeout = Duration::from_millis(200);
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| c.message_timeout = timeout).await;
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap())
+            .await
+            .unwrap();
+        c.write_all(options("127.0.0.1:9", "first", "").as_bytes())
+            .await
+            .unwrap();
+        next(&mut rx).await;
+        for _ in 0..3 {
+            c.write_all(b"\r\n\r\n").await.unwrap();
+            let mut pong = [0u8; 2];
+            tokio::time::timeout(WAIT, c.read_exact(&mut pong))
+                .await
+                .expect("pong in time")
+                .expect("connection still open");
+            assert_eq!(&pong, b"\r\n");
+            // Together longer than the message deadline, had a ping started it.
+            tokio::time::sleep(timeout / 2).await;
+        }
+        c.write_all(options("127.0.0.1:9", "after-pings", "").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut rx).await.message.headers().call_id().unwrap(),
+            "after-pings"
+        );
+        assert_eq!(t.refused_connections(), RefusedConnections::default());
+        t.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_per_source_cap_are_refused_and_counted() {
+        const CAP: usize = 4;
+        const OVER: usize = 5;
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| {
+            c.max_connections_per_source = CAP
+        })
+        .await;
+        let server = t.local_addr(Transport::Tcp).unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..CAP + OVER {
+            clients.push(connect_from(TRUNK, server).await);
+        }
+        // Every client asks; each request that gets in is answered on its connection.
+        for (i, c) in clients.iter_mut().enumerate() {
+            // A refused connection may already be reset: its write may fail.
+            let _ = c
+                .write_all(options("127.0.0.1:9", &format!("c{i}"), "").as_bytes())
+                .await;
+        }
+        for _ in 0..CAP {
+            let inc = next(&mut rx).await;
+            let target = inc.reply_target().unwrap();
+            assert_eq!(t.send_queued(&target, answer(&inc, StatusCode::OK)), Ok(()));
+        }
+        let mut answered = 0;
+        for c in &mut clients {
+            if response_or_close(c).await.is_some() {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, CAP, "exactly the cap stays open");
+        assert_eq!(t.refused_connections().per_source, OVER as u64);
+        assert_eq!(t.connection_count(), CAP);
+        assert!(rx.try_recv().is_err(), "nothing from a refused connection");
+
+        // Closing a connection gives its place back.
+        drop(clients);
+        eventually("connections closed", || t.connection_count() == 0).await;
+        let mut again = connect_from(TRUNK, server).await;
+        again
+            .write_all(options("127.0.0.1:9", "again", "").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut rx).await.message.headers().call_id().unwrap(),
+            "again"
+        );
+        assert_eq!(t.refused_connections().per_source, OVER as u64);
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_source_with_no_trunk_gets_one_request_read_and_is_closed_after_the_reply() {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], only_the_trunk_is_trusted).await;
+        let mut c = connect_from(STRANGER, t.local_addr(Transport::Tcp).unwrap()).await;
+        // Two requests in one write: only the first is read.
+        let both = format!(
+            "{}{}",
+            options("127.0.0.2:9", "first", ""),
+            options("127.0.0.2:9", "second", "")
+        );
+        c.write_all(both.as_bytes()).await.unwrap();
+        let inc = next(&mut rx).await;
+        assert_eq!(inc.message.headers().call_id().unwrap(), "first");
+        assert_eq!(inc.source.ip(), STRANGER);
+        // As the endpoint's source filter does: a stateless 403 on the connection.
+        let target = inc.reply_target().unwrap();
+        assert_eq!(
+            t.send_queued(&target, answer(&inc, StatusCode::FORBIDDEN)),
+            Ok(())
+        );
+        let back = response_or_close(&mut c).await.expect("the 403");
+        assert_eq!(
+            back.as_response().map(|r| r.status),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert!(closed_by_server(&mut c).await, "closed after the reply");
+        eventually("connection gone", || t.connection_count() == 0).await;
+        assert!(rx.try_recv().is_err(), "the second request is never read");
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_source_with_no_trunk_is_closed_after_the_linger_when_no_reply_comes() {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| {
+            only_the_trunk_is_trusted(c);
+            c.untrusted_linger = Duration::from_millis(200);
+        })
+        .await;
+        let mut c = connect_from(STRANGER, t.local_addr(Transport::Tcp).unwrap()).await;
+        c.write_all(options("127.0.0.2:9", "dropped", "").as_bytes())
+            .await
+            .unwrap();
+        let inc = next(&mut rx).await;
+        // The endpoint drops it: no reply ever comes.
+        assert!(closed_by_server(&mut c).await, "closed after the linger");
+        eventually("connection gone", || t.connection_count() == 0).await;
+        let late = answer(&inc, StatusCode::FORBIDDEN);
+        assert_eq!(
+            t.send_queued(&inc.reply_target().unwrap(), late.clone()),
+            Err(late),
+            "nothing is left to reply on"
+        );
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn an_unparsable_request_from_a_source_with_no_trunk_gets_400_and_is_closed() {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], only_the_trunk_is_trusted).await;
+        let mut c = connect_from(STRANGER, t.local_addr(Transport::Tcp).unwrap()).await;
+        let bad = options("127.0.0.2:9", "bad", "").replacen("OPTIONS sip", "OPTIONS  sip", 1);
+        c.write_all(bad.as_bytes()).await.unwrap();
+        let back = response_or_close(&mut c).await.expect("the 400");
+        assert_eq!(
+            back.as_response().map(|r| r.status),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert!(closed_by_server(&mut c).await, "closed after the 400");
+        assert!(rx.try_recv().is_err(), "nothing delivered");
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_trunk_connection_that_never_sends_a_message_is_closed_at_the_deadline() {
+        let (t, _rx) = start(&["tcp://127.0.0.1:0"], |c| {
+            c.message_timeout = Duration::from_millis(100);
+        })
+        .await;
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap())
+            .await
+            .unwrap();
+        // Keep-alives alone do not make a first message.
+        c.write_all(b"\r\n\r\n").await.unwrap();
+        assert!(closed_by_server(&mut c).await);
+        assert_eq!(t.refused_connections().timed_out, 1);
         t.shutdown();
     }
 

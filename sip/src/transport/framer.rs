@@ -3,8 +3,10 @@
 //! TCP and TLS deliver octets, not messages: [`StreamFramer`] accumulates them
 //! and cuts complete messages using the Content-Length header (mandatory on
 //! streams; missing means 0). CRLF keep-alives between messages (RFC 5626
-//! §3.5.1) are skipped. Any framing error is fatal for the connection: after it
-//! the stream cannot be resynchronised, so the driver closes it.
+//! §3.5.1) are skipped; each double-CRLF "ping" among them is counted so the
+//! driver can answer it with a CRLF "pong" ([`StreamFramer::take_pings`]). Any
+//! framing error is fatal for the connection: after it the stream cannot be
+//! resynchronised, so the driver closes it.
 
 use crate::header::HeaderName;
 use crate::message::{find_header_end, skip_leading_crlf, Limits, Text};
@@ -33,7 +35,14 @@ pub struct StreamFramer {
     /// Total length of the message at the front, once its headers are complete.
     frame_len: Option<usize>,
     failed: Option<FramingError>,
+    /// Octets of `PING` matched by the keep-alive CR/LFs skipped so far.
+    ping_matched: usize,
+    /// Pings seen and not yet taken.
+    pings: usize,
 }
+
+/// RFC 5626 §3.5.1: a keep-alive ping is a double CRLF between messages.
+const PING: &[u8] = b"\r\n\r\n";
 
 impl StreamFramer {
     pub fn new(limits: Limits) -> StreamFramer {
@@ -43,6 +52,8 @@ impl StreamFramer {
             searched: 0,
             frame_len: None,
             failed: None,
+            ping_matched: 0,
+            pings: 0,
         }
     }
 
@@ -59,6 +70,19 @@ impl StreamFramer {
     /// Octets buffered and not yet returned.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// True when octets of a message not yet complete are buffered. Once `pop` has
+    /// returned `Ok(None)`, keep-alive CR/LFs between messages are not counted: a
+    /// peer that sent only those is not in a message.
+    pub fn in_message(&self) -> bool {
+        self.frame_len.is_some() || self.buf.iter().any(|b| *b != b'\r' && *b != b'\n')
+    }
+
+    /// Double-CRLF keep-alive pings (RFC 5626 §3.5.1) seen between messages since
+    /// the last call; the server side answers each with a single CRLF pong.
+    pub fn take_pings(&mut self) -> usize {
+        std::mem::take(&mut self.pings)
     }
 
     /// The next complete message, `Ok(None)` if more octets are needed.
@@ -86,12 +110,15 @@ impl StreamFramer {
         if lead > 0 {
             // A lone CR may be the first half of a CRLF: keep it for the next read only if
             // it is the last octet; either way it is ignorable whitespace.
-            let _ = self.buf.split_to(lead);
+            let skipped = self.buf.split_to(lead);
+            self.count_pings(&skipped);
             self.searched = 0;
         }
         if self.buf.is_empty() {
             return Ok(None);
         }
+        // A message starts here: CR/LFs before it and after it are separate runs.
+        self.ping_matched = 0;
         // Resume the search a few octets back so a CRLFCRLF split across reads is found.
         let from = self.searched.saturating_sub(3);
         let found =
@@ -116,6 +143,24 @@ impl StreamFramer {
         }
         self.searched = 0;
         Ok(Some(self.buf.split_to(total).freeze()))
+    }
+}
+
+impl StreamFramer {
+    /// Matches skipped keep-alive octets against `PING`, across reads.
+    fn count_pings(&mut self, skipped: &[u8]) {
+        for &b in skipped {
+            if PING.get(self.ping_matched) == Some(&b) {
+                self.ping_matched += 1;
+            } else {
+                // Only a CR can restart the pattern (an LF out of place cannot).
+                self.ping_matched = usize::from(b == b'\r');
+            }
+            if self.ping_matched == PING.len() {
+                self.pings += 1;
+                self.ping_matched = 0;
+            }
+        }
     }
 }
 
@@ -190,6 +235,54 @@ mod tests {
         f.push(b"\r\n\r\n\r\n");
         assert_eq!(f.pop(), Ok(None));
         assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn double_crlf_between_messages_is_a_ping_even_split_across_reads() {
+        let mut f = StreamFramer::new(Limits::default());
+        f.push(MSG);
+        f.push(b"\r\n\r");
+        assert!(f.pop().unwrap().is_some());
+        assert_eq!(f.pop(), Ok(None));
+        assert_eq!(f.take_pings(), 0);
+        f.push(b"\n\r\n\r\n");
+        assert_eq!(f.pop(), Ok(None));
+        assert_eq!(f.take_pings(), 2);
+        assert_eq!(f.take_pings(), 0, "taken once");
+        assert!(!f.in_message(), "keep-alives are not a message");
+    }
+
+    #[test]
+    fn only_a_double_crlf_is_a_ping() {
+        let mut f = StreamFramer::new(Limits::default());
+        f.push(b"\r\n\n\r\n");
+        assert_eq!(f.pop(), Ok(None));
+        assert_eq!(f.take_pings(), 0, "a stray LF breaks the pattern");
+        f.push(b"\r\n");
+        assert_eq!(f.pop(), Ok(None));
+        assert_eq!(f.take_pings(), 1, "completed by the next read");
+        f.push(b"\r\n");
+        f.push(MSG);
+        f.push(b"\r\n");
+        assert!(f.pop().unwrap().is_some());
+        assert_eq!(f.pop(), Ok(None));
+        assert_eq!(
+            f.take_pings(),
+            0,
+            "a CRLF before and one after a message are not one ping"
+        );
+    }
+
+    #[test]
+    fn a_partial_message_is_in_message() {
+        let mut f = StreamFramer::new(Limits::default());
+        assert!(!f.in_message());
+        f.push(b"\r\nOPT");
+        assert_eq!(f.pop(), Ok(None));
+        assert!(f.in_message());
+        f.push(&MSG[3..]);
+        assert!(f.pop().unwrap().is_some());
+        assert!(!f.in_message());
     }
 
     #[test]
