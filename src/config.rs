@@ -153,6 +153,19 @@ pub struct SipConfig {
     pub user_agent: String,
     /// Largest SIP message accepted, in bytes; larger ones are refused (`513`) or dropped.
     pub max_message_size: usize,
+    /// Open SIP stream (TCP/TLS) connections at most; lowered at start to what the
+    /// open-file limit leaves once calls have their descriptors.
+    pub max_connections: u64,
+    /// Open stream connections per source address.
+    pub max_connections_per_source: u64,
+    /// Stream connections from sources matching no trunk, all together (each is closed
+    /// after its first answer).
+    pub max_untrusted_connections: u64,
+    /// A stream connection must complete each message within this long of its first byte
+    /// (and its first message within this long of connecting); slower senders are closed.
+    pub message_timeout_s: u64,
+    /// A stream connection with nothing received for this long is closed.
+    pub idle_timeout_s: u64,
 }
 
 impl Default for SipConfig {
@@ -171,6 +184,11 @@ impl Default for SipConfig {
             public_address: None,
             tls: TlsConfig::default(),
             user_agent: concat!("dialin/", env!("CARGO_PKG_VERSION")).to_owned(),
+            max_connections: 4096,
+            max_connections_per_source: 32,
+            max_untrusted_connections: 64,
+            message_timeout_s: 10,
+            idle_timeout_s: 300,
             // RFC 3261 §18.1.1 bounds UDP by the path MTU and TCP by nothing; 64 KiB is
             // far above any real INVITE and keeps a hostile peer's buffer bounded.
             max_message_size: 65_535,
@@ -952,6 +970,11 @@ impl Config {
             "security.unmatched_source.per_second",
             u64::from(sec.unmatched_source.per_second),
         )?;
+        within("sip.max_connections", sip.max_connections, 1, 1_000_000)?;
+        within("sip.max_connections_per_source", sip.max_connections_per_source, 1, 1_000_000)?;
+        within("sip.max_untrusted_connections", sip.max_untrusted_connections, 0, 1_000_000)?;
+        within("sip.message_timeout_s", sip.message_timeout_s, 1, 3600)?;
+        within("sip.idle_timeout_s", sip.idle_timeout_s, 1, 86_400)?;
         let guard = &sec.pin_guard;
         within("security.pin_guard.interval_s", guard.interval_s, 1, 86_400)?;
         within("security.pin_guard.burst", u64::from(guard.burst), 1, 10_000)?;

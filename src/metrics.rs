@@ -122,6 +122,7 @@ pub struct Metrics {
     call_setup: Histogram,
     /// The RTP port pool, once the SIP side has made it: its lease count is a gauge.
     ports: std::sync::OnceLock<dialin_media::ports::PortAllocator>,
+    transports: std::sync::OnceLock<dialin_sip::transport::Transports>,
 }
 
 impl Default for Metrics {
@@ -145,6 +146,7 @@ impl Default for Metrics {
             overload_refused: AtomicU64::new(0),
             call_setup: Histogram::new(),
             ports: std::sync::OnceLock::new(),
+            transports: std::sync::OnceLock::new(),
         }
     }
 }
@@ -257,6 +259,11 @@ impl Metrics {
 
     /// The text exposition of every series; `calls` supplies `dialin_calls_active`.
     /// Reports the pool's leased ports as `dialin_rtp_ports_in_use` (set once at start).
+    /// Reads the SIP transports' connection counters at each scrape.
+    pub fn watch_transports(&self, transports: dialin_sip::transport::Transports) {
+        let _ = self.transports.set(transports);
+    }
+
     pub fn watch_ports(&self, ports: dialin_media::ports::PortAllocator) {
         let _ = self.ports.set(ports);
     }
@@ -273,6 +280,34 @@ impl Metrics {
                 "RTP ports leased to calls (a port pair counts once).",
             );
             let _ = writeln!(out, "dialin_rtp_ports_in_use {}", ports.in_use());
+        }
+        if let Some(t) = self.transports.get() {
+            header(
+                &mut out,
+                "dialin_sip_connections_open",
+                "gauge",
+                "SIP stream (TCP/TLS) connections open.",
+            );
+            let _ = writeln!(out, "dialin_sip_connections_open {}", t.connection_count());
+            let r = t.refused_connections();
+            header(
+                &mut out,
+                "dialin_sip_connections_refused_total",
+                "counter",
+                "SIP stream connections refused at accept, by reason, or closed for not completing a message in time (timed_out).",
+            );
+            for (reason, n) in [
+                ("per_source", r.per_source),
+                ("untrusted", r.untrusted),
+                ("limit", r.limit),
+                ("accept_error", r.accept_errors),
+                ("timed_out", r.timed_out),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "dialin_sip_connections_refused_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             header(

@@ -213,7 +213,7 @@ async fn start_sip(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<dialin_sip::endpoint::EndpointHandle> {
     use dialin_sip::endpoint::{EndpointConfig, EndpointDriver};
-    use dialin_sip::transport::{ListenAddr, Transport, TransportConfig, Transports};
+    use dialin_sip::transport::{ListenAddr, Transport, TransportConfig, Transports, TrustedSources};
 
     let listen: Vec<ListenAddr> = config
         .sip
@@ -228,8 +228,42 @@ async fn start_sip(
             addr: l.addr,
         })
         .collect();
+    // Connections get what the open-file limit leaves once calls have their descriptors.
+    let nofile = crate::fd::raise_open_file_limit();
+    let max_connections = match nofile {
+        Some(limit) => {
+            let budget = crate::fd::connection_budget(
+                limit,
+                u64::from(config.limits.max_calls),
+                config.sip.max_connections,
+            );
+            if budget < crate::fd::MIN_CONNECTIONS {
+                tracing::warn!(
+                    open_file_limit = limit,
+                    max_calls = config.limits.max_calls,
+                    connections = budget,
+                    "the open-file limit leaves few SIP connections once calls have their \
+                     descriptors; raise LimitNOFILE (ulimit -n) or lower limits.max_calls"
+                );
+            }
+            tracing::info!(open_file_limit = limit, sip_connections = budget, "descriptor budget");
+            budget.max(1)
+        }
+        None => config.sip.max_connections,
+    };
+    let trunks = Arc::clone(&services.trunks);
     let mut tconf = TransportConfig {
         listen: listen.clone(),
+        trusted: Some(TrustedSources::new(move |ip| {
+            trunks.load().is_trunk_address(ip)
+        })),
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        max_connections_per_source: usize::try_from(config.sip.max_connections_per_source)
+            .unwrap_or(usize::MAX),
+        max_untrusted_connections: usize::try_from(config.sip.max_untrusted_connections)
+            .unwrap_or(usize::MAX),
+        message_timeout: std::time::Duration::from_secs(config.sip.message_timeout_s),
+        tcp_idle_timeout: std::time::Duration::from_secs(config.sip.idle_timeout_s),
         ..TransportConfig::default()
     };
     tconf.tls_cert_pem = config.sip.tls.cert.clone();
@@ -238,6 +272,7 @@ async fn start_sip(
     let (transports, incoming) = Transports::bind(tconf)
         .await
         .context("binding the SIP listen addresses")?;
+    services.metrics.watch_transports(transports.clone());
     for l in transports.local_addrs() {
         tracing::info!(transport = l.transport.via_token(), addr = %l.addr, "SIP listening");
     }

@@ -167,7 +167,7 @@ async fn rotating_numbers_in_parallel_get_at_most_one_verdict_per_interval() {
     const BURST: f64 = 3.0;
     let gw = Arc::new(
         Gateway::start(GatewayOptions {
-            max_attempts: 1000,
+            max_attempts: 10,
             max_calls: 100,
             trunk_alarm_failed_per_minute: 10_000,
             extra: "[security.pin_guard]\ninterval_s = 1\nburst = 3\ncooldown_s = 600\nmax_wait_s = 60\n"

@@ -265,6 +265,14 @@ pub struct Transports {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transports")
+            .field("local", &self.inner.local)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Messages queued per connection writer before `send` waits.
 const WRITE_QUEUE: usize = 64;
 
