@@ -46,6 +46,8 @@ pub struct Readiness {
     draining: AtomicBool,
     /// Why the transports are not bound, when known (e.g. a bind error).
     transport_problem: Mutex<Option<String>>,
+    /// Why the store cannot serve calls, as the store probe last found; `None` when it can.
+    store_problem: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -75,6 +77,18 @@ impl Readiness {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Records what the store probe found (`None`: the store takes writes).
+    pub fn set_store_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.store_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Why the store cannot serve calls, if it cannot.
+    pub fn store_problem(&self) -> Option<String> {
+        self.store_problem.lock().ok().and_then(|p| p.clone())
     }
 
     pub fn transports_bound(&self) -> bool {
@@ -132,7 +146,8 @@ pub struct AppState {
     pub calls: Arc<CallRegistry>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
-    pub token: AdminToken,
+    /// Replaced in place when SIGHUP brings a new `admin.token`.
+    pub token: Arc<std::sync::RwLock<AdminToken>>,
 }
 
 /// A JSON error response.
@@ -242,7 +257,15 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
                 .or_else(|| v.strip_prefix("bearer "))
         });
     match presented {
-        Some(token) if state.token.verify(token.trim()) => next.run(request).await,
+        Some(token)
+            if state
+                .token
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .verify(token.trim()) =>
+        {
+            next.run(request).await
+        }
         _ => {
             let mut response = ApiError {
                 status: StatusCode::UNAUTHORIZED,
@@ -444,8 +467,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(reason) = state.readiness.not_ready_reason() {
         return not_ready(reason);
     }
-    match tokio::time::timeout(STORE_PING_TIMEOUT, state.store.ping()).await {
+    if let Some(problem) = state.readiness.store_problem() {
+        return not_ready(format!("store: {problem}"));
+    }
+    match tokio::time::timeout(STORE_PING_TIMEOUT, state.store.health_check(chrono::Utc::now())).await {
         Ok(Ok(())) => Json(json!({ "ready": true })).into_response(),
+        Ok(Err(e @ StoreError::FileProblem { .. })) => not_ready(format!("store: {e}")),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "store unreachable");
             not_ready("store unreachable".to_owned())

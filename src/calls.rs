@@ -113,10 +113,12 @@ pub enum CallOutcome {
     Shutdown,
     /// Any other failure (media, signalling).
     Error,
+    /// The node died during the call; its record was closed when the node started again.
+    Interrupted,
 }
 
 impl CallOutcome {
-    pub const ALL: [CallOutcome; 12] = [
+    pub const ALL: [CallOutcome; 13] = [
         CallOutcome::CallerHangup,
         CallOutcome::AbandonedInIvr,
         CallOutcome::RoomEnded,
@@ -129,6 +131,7 @@ impl CallOutcome {
         CallOutcome::JoinFailed,
         CallOutcome::Shutdown,
         CallOutcome::Error,
+        CallOutcome::Interrupted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +148,7 @@ impl CallOutcome {
             CallOutcome::JoinFailed => "join_failed",
             CallOutcome::Shutdown => "shutdown",
             CallOutcome::Error => "error",
+            CallOutcome::Interrupted => "interrupted",
         }
     }
 

@@ -334,6 +334,9 @@ pub struct StoreConfig {
     pub url: String,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// This node's name in the store (its call records); the records it left open when it
+    /// died are closed when it starts again. Default: the host name and the first SIP port.
+    pub node: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -341,7 +344,27 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "sqlite://dialin.db".to_owned(),
             max_connections: 8,
+            node: None,
         }
+    }
+}
+
+impl StoreConfig {
+    /// `node`, else `<host name>:<port>` of the first SIP listen address.
+    pub fn node_name(&self, sip: &SipConfig) -> String {
+        if let Some(n) = self.node.as_ref().filter(|n| !n.trim().is_empty()) {
+            return n.trim().to_owned();
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+        let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            "localhost".to_owned()
+        };
+        let port = sip.listen.first().map_or(5060, |l| l.addr.port());
+        format!("{host}:{port}")
     }
 }
 
@@ -818,8 +841,8 @@ impl Config {
                 "must hold at least 4 ports (2 per call: RTP and RTCP)",
             ));
         }
-        positive("media.rtp_timeout_s", media.rtp_timeout_s)?;
-        positive("media.max_call_duration_s", media.max_call_duration_s)?;
+        within("media.rtp_timeout_s", media.rtp_timeout_s, 1, 3_600)?;
+        within("media.max_call_duration_s", media.max_call_duration_s, 1, 7 * 86_400)?;
         if media.opus_complexity > 10 {
             return Err(ConfigError::invalid(
                 "media.opus_complexity",
@@ -840,9 +863,10 @@ impl Config {
         }
 
         let ivr = &self.ivr;
-        positive("ivr.first_digit_timeout_s", ivr.first_digit_timeout_s)?;
-        positive("ivr.inter_digit_timeout_s", ivr.inter_digit_timeout_s)?;
-        positive("ivr.max_ivr_time_s", ivr.max_ivr_time_s)?;
+        within("ivr.first_digit_timeout_s", ivr.first_digit_timeout_s, 1, 600)?;
+        within("ivr.inter_digit_timeout_s", ivr.inter_digit_timeout_s, 1, 600)?;
+        within("ivr.max_prompt_replays", u64::from(ivr.max_prompt_replays), 0, 100)?;
+        within("ivr.max_ivr_time_s", ivr.max_ivr_time_s, 1, 3_600)?;
 
         let url = &self.store.url;
         if !(url.starts_with("sqlite:")
@@ -885,7 +909,7 @@ impl Config {
                 Some(_) => {}
             }
         }
-        positive("livekit.token_ttl_s", lk.token_ttl_s)?;
+        within("livekit.token_ttl_s", lk.token_ttl_s, 1, 86_400)?;
         for (i, ice) in lk.ice_servers.iter().enumerate() {
             let key = format!("livekit.ice_servers[{i}]");
             let scheme = ice.url.split_once(':').map(|(s, _)| s).unwrap_or_default();
@@ -952,23 +976,31 @@ impl Config {
         }
 
         let sec = &self.security;
-        positive(
+        within(
             "security.lockout.failed_pin_limit",
             u64::from(sec.lockout.failed_pin_limit),
+            1,
+            10_000,
         )?;
-        positive("security.lockout.window_s", sec.lockout.window_s)?;
-        positive("security.lockout.lockout_s", sec.lockout.lockout_s)?;
-        positive(
+        within("security.lockout.window_s", sec.lockout.window_s, 1, 30 * 86_400)?;
+        within("security.lockout.lockout_s", sec.lockout.lockout_s, 1, 30 * 86_400)?;
+        within(
             "security.trunk_alarm_failed_per_minute",
             u64::from(sec.trunk_alarm_failed_per_minute),
+            1,
+            1_000_000,
         )?;
-        positive(
+        within(
             "security.unmatched_source.burst",
             u64::from(sec.unmatched_source.burst),
+            1,
+            1_000_000,
         )?;
-        positive(
+        within(
             "security.unmatched_source.per_second",
             u64::from(sec.unmatched_source.per_second),
+            1,
+            1_000_000,
         )?;
         within("sip.max_connections", sip.max_connections, 1, 1_000_000)?;
         within("sip.max_connections_per_source", sip.max_connections_per_source, 1, 1_000_000)?;
@@ -987,7 +1019,9 @@ impl Config {
                 "must be at least 16 characters (or leave it unset: the store keeps a random one)",
             ));
         }
-        positive("limits.max_calls", u64::from(self.limits.max_calls))?;
+        within("limits.max_calls", u64::from(self.limits.max_calls), 1, 100_000)?;
+        within("limits.drain_timeout_s", self.limits.drain_timeout_s, 0, 86_400)?;
+        within("store.max_connections", u64::from(self.store.max_connections), 1, 1_000)?;
 
         if self.trunks.is_empty() {
             return Err(ConfigError::invalid(
@@ -1027,7 +1061,7 @@ impl Config {
                     format!("{} is out of range (1..=10)", t.max_attempts),
                 ));
             }
-            positive(&key("max_calls"), u64::from(t.max_calls))?;
+            within(&key("max_calls"), u64::from(t.max_calls), 1, 100_000)?;
             if let Some(auth) = &t.auth {
                 if auth.username.is_empty() {
                     return Err(ConfigError::invalid(
@@ -1144,13 +1178,6 @@ fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> 
             key,
             format!("must be between {min} and {max} (is {value})"),
         ));
-    }
-    Ok(())
-}
-
-fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(ConfigError::invalid(key, "must be greater than 0"));
     }
     Ok(())
 }

@@ -72,7 +72,9 @@ pub fn source_filter(services: &Services) -> SourceFilter {
             // A SIP load balancer probes nodes with OPTIONS (Kamailio's dispatcher): a
             // draining or overloaded node answers 503 so that it is taken out of rotation.
             if req.method == Method::Options
-                && (readiness.is_draining() || overload.is_overloaded())
+                && (readiness.is_draining()
+                    || overload.is_overloaded()
+                    || readiness.store_problem().is_some())
             {
                 SourceVerdict::Reject(StatusCode(503))
             } else {
@@ -220,6 +222,7 @@ impl Front {
         if self.gw.services.readiness.is_draining() {
             return Err(Refusal::unavailable());
         }
+
         let called = called_number(req);
         let trunks = self.gw.services.trunks.load();
         let trunk = match trunks.match_call(source.ip(), &called) {
@@ -403,6 +406,7 @@ impl Front {
             trunk: trunk.id.clone(),
             caller_masked: caller.masked(),
             setup_at: Utc::now(),
+            node: Some(self.gw.services.node.clone()),
         };
         tokio::spawn(async move {
             if let Err(e) = store.insert_call_record(&record).await {

@@ -42,6 +42,10 @@ pub struct Services {
     pub unmatched: Arc<SourceRateLimiter>,
     /// Turns keyed PINs into verdicts within the per-trunk bound (`[security.pin_guard]`).
     pub guard: Arc<PinGuard>,
+    /// The admin API's bearer token, replaced on SIGHUP.
+    pub admin_token: Arc<std::sync::RwLock<AdminToken>>,
+    /// This node's name in the store's call records.
+    pub node: String,
 }
 
 impl Services {
@@ -64,8 +68,20 @@ impl Services {
             config.security.lockout.clone(),
             std::time::Duration::from_secs(config.security.pin_guard.trusted_for_s),
         ));
+        let node = config.store.node_name(&config.sip);
+        match store.close_interrupted_records(&node, chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                node = %node,
+                records = n,
+                "closed call records this node left open when it last stopped (outcome interrupted)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not close the call records left open"),
+        }
         Ok(Services {
+            node,
             guard,
+            admin_token: Arc::new(std::sync::RwLock::new(AdminToken::new(config.admin.token()))),
             store,
             trunks: Arc::new(SharedTrunkTable::new(TrunkTable::new(
                 config.trunks.clone(),
@@ -102,14 +118,14 @@ impl Services {
     }
 
     /// The admin API's view of these services.
-    pub fn admin_state(&self, config: &Config) -> AppState {
+    pub fn admin_state(&self) -> AppState {
         AppState {
             store: self.store.clone(),
             trunks: Arc::clone(&self.trunks),
             calls: Arc::clone(&self.calls),
             metrics: Arc::clone(&self.metrics),
             readiness: Arc::clone(&self.readiness),
-            token: AdminToken::new(config.admin.token()),
+            token: Arc::clone(&self.admin_token),
         }
     }
 }
@@ -132,7 +148,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let admin_task = tokio::spawn(admin::serve_with_shutdown(
         admin_listener,
-        services.admin_state(&config),
+        services.admin_state(),
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         },
@@ -142,8 +158,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let sip = start_sip(&config, &services, shutdown_rx).await?;
     services.readiness.set_transports_bound(true);
     let overload_task = tokio::spawn(watch_overload(services.clone()));
+    let store_task = tokio::spawn(watch_store(services.clone()));
 
-    wait_for_signals(&mut signals, &services, &config_path).await?;
+    wait_for_signals(&mut signals, &services, &config_path, config.clone()).await?;
 
     services.readiness.set_draining(true);
     tracing::info!(calls = services.calls.len(), "draining: refusing new calls");
@@ -156,8 +173,45 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "admin API task failed"),
     }
     overload_task.abort();
+    store_task.abort();
     services.store.close().await;
     Ok(())
+}
+
+/// How often the store is probed with a write, and how long a probe may take.
+const STORE_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const STORE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Probes the store every second with a write (and, for SQLite, its file's identity and
+/// permissions): while it fails, `/readyz` fails and OPTIONS probes get `503`, so that a SIP
+/// load balancer sends calls elsewhere (a call that still arrives is answered and told the
+/// service is unavailable). Changes are logged once each way.
+async fn watch_store(services: Services) {
+    let mut every = tokio::time::interval(STORE_PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let probe = tokio::time::timeout(
+            STORE_PROBE_TIMEOUT,
+            services.store.health_check(chrono::Utc::now()),
+        )
+        .await;
+        let problem = match probe {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 3 s".to_owned()),
+        };
+        let before = services.readiness.store_problem();
+        match (&before, &problem) {
+            (None, Some(p)) => tracing::error!(
+                problem = %p,
+                "store unusable: not ready, OPTIONS probes get 503 until it recovers"
+            ),
+            (Some(_), None) => tracing::info!("store usable again: accepting calls"),
+            _ => {}
+        }
+        services.readiness.set_store_problem(problem);
+    }
 }
 
 /// How often the overload state is judged for the gauge and the log, between INVITEs.
@@ -367,16 +421,21 @@ impl Signals {
     }
 }
 
-/// Reloads trunks on SIGHUP; returns on SIGTERM or Ctrl-C.
+/// Reloads the configuration on SIGHUP; returns on SIGTERM or Ctrl-C.
 #[cfg(unix)]
 async fn wait_for_signals(
     signals: &mut Signals,
     services: &Services,
     config_path: &std::path::Path,
+    mut current: Config,
 ) -> anyhow::Result<()> {
     loop {
         tokio::select! {
-            _ = signals.hup.recv() => reload_trunks(services, config_path),
+            _ = signals.hup.recv() => {
+                if let Some(next) = reload(services, config_path, &current) {
+                    current = next;
+                }
+            }
             _ = signals.term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
@@ -388,21 +447,80 @@ async fn wait_for_signals(
     _signals: &mut Signals,
     _services: &Services,
     _config_path: &std::path::Path,
+    _current: Config,
 ) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
 }
 
-/// Re-reads the configuration and swaps the trunk table in; calls in progress keep the
-/// trunk they matched. A bad file is logged and the table in force is kept.
-pub fn reload_trunks(services: &Services, config_path: &std::path::Path) {
-    match Config::load(config_path) {
-        Ok(config) => {
-            let n = config.trunks.len();
-            services.trunks.replace(TrunkTable::new(config.trunks));
-            tracing::info!(trunks = n, "trunks reloaded");
-        }
+/// Re-reads the configuration and applies what can change live: the trunks (calls in
+/// progress keep the trunk they matched) and the admin token. Sections that changed but need
+/// a restart are named in the log and keep their running values. A bad file is logged and
+/// everything in force is kept. Returns the configuration now in force when it was applied.
+pub fn reload(services: &Services, config_path: &std::path::Path, current: &Config) -> Option<Config> {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "configuration reload refused; keeping the trunks in force")
+            tracing::error!(error = %e, "configuration reload refused; keeping the configuration in force");
+            return None;
+        }
+    };
+    let n = config.trunks.len();
+    services.trunks.replace(TrunkTable::new(config.trunks.clone()));
+    let token_changed = config.admin.token() != current.admin.token();
+    if token_changed {
+        *services
+            .admin_token
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = AdminToken::new(config.admin.token());
+    }
+    tracing::info!(trunks = n, admin_token_changed = token_changed, "configuration reloaded: trunks reloaded, admin token applied");
+    let restart = restart_needed(current, &config);
+    if !restart.is_empty() {
+        tracing::warn!(
+            sections = %restart.join(", "),
+            "configuration reload: these sections changed but need a restart to apply; they keep their running values"
+        );
+    }
+    // What needs a restart keeps its running value, so the next comparison is against it.
+    let mut applied = current.clone();
+    applied.trunks = config.trunks;
+    applied.admin.token = config.admin.token;
+    Some(applied)
+}
+
+/// The sections of `next` that differ from `current` and are only read at start.
+/// Secrets compare by value.
+fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
+    fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+    }
+    let mut out = Vec::new();
+    let sections: [(&'static str, bool); 10] = [
+        ("sip", differs(&current.sip, &next.sip)),
+        ("media", differs(&current.media, &next.media)),
+        ("ivr", differs(&current.ivr, &next.ivr)),
+        ("store", differs(&current.store, &next.store)),
+        ("rooms", differs(&current.rooms, &next.rooms)),
+        (
+            "livekit",
+            differs(&current.livekit, &next.livekit)
+                || current.livekit.api_secret.as_ref().map(|s| s.expose())
+                    != next.livekit.api_secret.as_ref().map(|s| s.expose()),
+        ),
+        ("admin.listen", current.admin.listen != next.admin.listen),
+        (
+            "security",
+            differs(&current.security, &next.security)
+                || current.security.secret.as_ref().map(|s| s.expose())
+                    != next.security.secret.as_ref().map(|s| s.expose()),
+        ),
+        ("limits", differs(&current.limits, &next.limits)),
+        ("prompts", differs(&current.prompts, &next.prompts)),
+    ];
+    for (name, changed) in sections {
+        if changed {
+            out.push(name);
         }
     }
+    out
 }

@@ -70,6 +70,9 @@ pub enum StoreError {
     /// A row holds a value this version cannot read.
     #[error("unreadable row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// The database file is gone, replaced or made read-only under the running gateway.
+    #[error("database file {path}: {reason}")]
+    FileProblem { path: String, reason: &'static str },
 }
 
 /// A PIN and what it grants.
@@ -128,6 +131,8 @@ pub struct CallRecordStart {
     /// `••••1234`: records never hold a full number.
     pub caller_masked: String,
     pub setup_at: DateTime<Utc>,
+    /// The node that runs the call (see [`Store::close_interrupted_records`]).
+    pub node: Option<String>,
 }
 
 /// Receive-side RTP quality of a call (RFC 3550 §6.4.1 terms).
@@ -241,6 +246,64 @@ enum Engine {
 #[derive(Debug, Clone)]
 pub struct Store {
     engine: Engine,
+    /// For a SQLite file: its path and identity when it was opened.
+    file: Option<DbFile>,
+}
+
+/// The SQLite file a store opened, to notice it being deleted, replaced or made read-only
+/// while connections still hold the old one open.
+#[derive(Debug, Clone)]
+struct DbFile {
+    path: std::path::PathBuf,
+    #[cfg(unix)]
+    identity: (u64, u64),
+}
+
+impl DbFile {
+    fn open(path: std::path::PathBuf) -> Option<DbFile> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(&path).ok()?;
+            Some(DbFile {
+                identity: (m.dev(), m.ino()),
+                path,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Some(DbFile { path })
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        let problem = |reason| StoreError::FileProblem {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let m = std::fs::metadata(&self.path).map_err(|_| problem("deleted"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if (m.dev(), m.ino()) != self.identity {
+                return Err(problem("replaced by another file"));
+            }
+        }
+        if m.permissions().readonly() {
+            return Err(problem("read-only"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a `sqlite:` URL keeps its file, if it names one.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty()).then(|| std::path::PathBuf::from(path))
 }
 
 /// Runs the same body against whichever pool the store holds; each arm is type-checked
@@ -420,10 +483,20 @@ impl Store {
             } else {
                 pool_options.max_connections(max_connections)
             };
+            let path = sqlite_path(url);
+            let created = path.as_ref().is_some_and(|p| !p.exists());
             let pool = pool_options.connect_with(options).await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            if let Some(p) = path.as_ref().filter(|_| created) {
+                tracing::warn!(
+                    path = %p.display(),
+                    "store: no database file here, so a NEW EMPTY DATABASE was created: no PINs, no \
+                     call records. If PINs were expected, check store.url and the working directory"
+                );
+            }
             Ok(Store {
                 engine: Engine::Sqlite(pool),
+                file: path.and_then(DbFile::open),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
@@ -434,6 +507,7 @@ impl Store {
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
             Ok(Store {
                 engine: Engine::Postgres(pool),
+                file: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -451,6 +525,18 @@ impl Store {
     /// Checks the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
+        Ok(())
+    }
+
+    /// Whether the store can take a write now: its file (SQLite) is still the one opened and
+    /// writable, and a one-row update commits. A store that only answers reads is not
+    /// ready: PIN guessing counts, call records and lockouts need writes.
+    pub async fn health_check(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        if let Some(f) = &self.file {
+            f.check()?;
+        }
+        let sql = "UPDATE store_health SET at_ms = $1 WHERE id = 1";
+        on_pool!(self, pool => { sqlx::query(sql).bind(millis(now)).execute(pool).await?; });
         Ok(())
     }
 
@@ -643,16 +729,37 @@ impl Store {
 
     /// Records a call at setup.
     pub async fn insert_call_record(&self, start: &CallRecordStart) -> Result<(), StoreError> {
-        let sql = "INSERT INTO call_records (id, trunk, caller_masked, setup_at_ms) VALUES ($1, $2, $3, $4)";
+        let sql = "INSERT INTO call_records (id, trunk, caller_masked, setup_at_ms, node) VALUES ($1, $2, $3, $4, $5)";
         on_pool!(self, pool => sqlx::query(sql)
             .bind(start.id.as_str())
             .bind(start.trunk.as_str())
             .bind(&start.caller_masked)
             .bind(millis(start.setup_at))
+            .bind(start.node.as_deref())
             .execute(pool)
             .await
             .map(drop))?;
         Ok(())
+    }
+
+    /// Closes the records that `node` left open when it last stopped without ending its
+    /// calls (a crash, a kill): outcome `interrupted`, ended at `now`. Run once at start,
+    /// before the node takes calls; other nodes' records are left alone. Returns how many.
+    pub async fn close_interrupted_records(
+        &self,
+        node: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let sql = "UPDATE call_records SET outcome = $3, ended_at_ms = $2 \
+                   WHERE outcome IS NULL AND node = $1";
+        let n = on_pool!(self, pool => sqlx::query(sql)
+            .bind(node)
+            .bind(millis(now))
+            .bind(CallOutcome::Interrupted.as_str())
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n)
     }
 
     /// Completes a call record when the call ends; false when no such record exists.

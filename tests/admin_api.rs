@@ -51,7 +51,7 @@ impl Api {
             calls: CallRegistry::new(),
             metrics: Arc::new(Metrics::new()),
             readiness: Readiness::new(),
-            token: AdminToken::new(TOKEN),
+            token: std::sync::Arc::new(std::sync::RwLock::new(AdminToken::new(TOKEN))),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

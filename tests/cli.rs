@@ -95,6 +95,18 @@ fn check_config_accepts_the_shipped_file_and_prints_a_summary() {
 }
 
 #[test]
+fn check_config_warns_about_a_listen_set_serving_one_address_family() {
+    // The shipped file listens on IPv4 loopback only: IPv6 offers would get 488.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/dialin.toml");
+    let out = ok(dialin(&["check-config", "--config", shipped.to_str().unwrap()]));
+    assert!(
+        out.contains("warning: sip.listen: no IPv6 address"),
+        "{out}"
+    );
+    assert!(!out.contains("no IPv4 address"), "{out}");
+}
+
+#[test]
 fn check_config_names_the_bad_key_and_exits_1() {
     let sandbox = Sandbox::new();
     let text = std::fs::read_to_string(sandbox.config())

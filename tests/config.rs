@@ -345,3 +345,63 @@ fn missing_file_is_reported_with_its_path() {
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/dialin.toml"));
 }
+
+/// Every numeric key refuses a value that would overflow arithmetic on it (2^63 - 1 seconds
+/// made each call panic, and SIGTERM panic instead of draining), naming the key.
+#[test]
+fn every_numeric_key_is_bounded_and_a_huge_value_names_its_key() {
+    const HUGE: &str = "9223372036854775807";
+    let cases: &[(&str, &str, &str)] = &[
+        ("sip", "max_message_size", "sip.max_message_size"),
+        ("sip", "max_connections", "sip.max_connections"),
+        ("sip", "max_connections_per_source", "sip.max_connections_per_source"),
+        ("sip", "max_untrusted_connections", "sip.max_untrusted_connections"),
+        ("sip", "message_timeout_s", "sip.message_timeout_s"),
+        ("sip", "idle_timeout_s", "sip.idle_timeout_s"),
+        ("media", "rtp_timeout_s", "media.rtp_timeout_s"),
+        ("media", "max_call_duration_s", "media.max_call_duration_s"),
+        ("media", "jitter_min_ms", "media.jitter_min_ms"),
+        ("media", "jitter_max_ms", "media.jitter_max_ms"),
+        ("media", "opus_complexity", "media.opus_complexity"),
+        ("ivr", "first_digit_timeout_s", "ivr.first_digit_timeout_s"),
+        ("ivr", "inter_digit_timeout_s", "ivr.inter_digit_timeout_s"),
+        ("ivr", "max_prompt_replays", "ivr.max_prompt_replays"),
+        ("ivr", "max_ivr_time_s", "ivr.max_ivr_time_s"),
+        ("store", "max_connections", "store.max_connections"),
+        ("livekit", "token_ttl_s", "livekit.token_ttl_s"),
+        ("security", "trunk_alarm_failed_per_minute", "security.trunk_alarm_failed_per_minute"),
+        ("security.lockout", "failed_pin_limit", "security.lockout.failed_pin_limit"),
+        ("security.lockout", "window_s", "security.lockout.window_s"),
+        ("security.lockout", "lockout_s", "security.lockout.lockout_s"),
+        ("security.pin_guard", "interval_s", "security.pin_guard.interval_s"),
+        ("security.pin_guard", "burst", "security.pin_guard.burst"),
+        ("security.pin_guard", "cooldown_s", "security.pin_guard.cooldown_s"),
+        ("security.pin_guard", "max_wait_s", "security.pin_guard.max_wait_s"),
+        ("security.pin_guard", "trusted_for_s", "security.pin_guard.trusted_for_s"),
+        ("security.unmatched_source", "burst", "security.unmatched_source.burst"),
+        ("security.unmatched_source", "per_second", "security.unmatched_source.per_second"),
+        ("limits", "max_calls", "limits.max_calls"),
+        ("limits", "drain_timeout_s", "limits.drain_timeout_s"),
+    ];
+    for (table, key, full) in cases {
+        // unmatched_source needs both of its keys.
+        let extra = if *table == "security.unmatched_source" {
+            let other = if *key == "burst" { "per_second" } else { "burst" };
+            format!("{other} = 1\n")
+        } else {
+            String::new()
+        };
+        let text = format!("{MINIMAL}[{table}]\n{key} = {HUGE}\n{extra}");
+        assert_eq!(&error_key(&text), full, "{text}");
+    }
+    for (key, full) in [
+        ("pin_length", "trunk[0].pin_length"),
+        ("max_attempts", "trunk[0].max_attempts"),
+        ("max_calls", "trunk[0].max_calls"),
+    ] {
+        let text = format!(
+            "[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\nallowed_addresses = [\"192.0.2.0/24\"]\n{key} = {HUGE}\n"
+        );
+        assert_eq!(error_key(&text), full, "{text}");
+    }
+}

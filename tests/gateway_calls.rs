@@ -485,6 +485,24 @@ async fn offer_without_a_common_codec_is_refused_with_488() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_offer_to_a_gateway_listening_on_ipv4_only_is_refused_with_488_and_logged() {
+    // Answering it with an IPv4 address would be a call in silence.
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let uac = RawUac::new(gw.sip).await;
+    let sdp = sdp_offer(uac.port() + 2, "0", "a=rtpmap:0 PCMU/8000\r\n")
+        .replace("IN IP4 127.0.0.1", "IN IP6 ::1");
+    let resp = uac.invite(&sdp).await;
+    assert!(resp.starts_with("SIP/2.0 488"), "{resp}");
+    uac.ack(&resp).await;
+    assert!(gw.calls().await.is_empty());
+    let end = Instant::now() + 5 * SECOND;
+    while !gw.logs().contains("address family") {
+        assert!(Instant::now() < end, "no log line says why: {}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_that_stops_sending_rtp_is_hung_up_after_rtp_timeout() {
     let gw = Gateway::start(GatewayOptions {
         rtp_timeout_s: 2,

@@ -100,3 +100,42 @@ async fn sighup_with_a_broken_file_keeps_the_trunks_in_force() {
     );
     call.hangup().await.expect("hang up");
 }
+
+/// SIGHUP applies a new admin token at once and names the sections that changed but need a
+/// restart (here `media`), which keep their running values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_admin_token_and_names_what_needs_a_restart() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let text = std::fs::read_to_string(&gw.config_path).expect("read the config");
+    let text = text
+        .replace(
+            &format!("token = {:?}", ops_support::ADMIN_TOKEN),
+            "token = \"rotated-admin-token\"",
+        )
+        .replace("rtp_timeout_s = 30", "rtp_timeout_s = 31");
+    assert!(text.contains("rotated-admin-token") && text.contains("rtp_timeout_s = 31"));
+    std::fs::write(&gw.config_path, text).expect("rewrite the config");
+    gw.signal("HUP");
+    assert!(gw.wait_log("trunks reloaded", Duration::from_secs(5)).await);
+    let client = reqwest::Client::new();
+    let with = |token: &'static str| {
+        client
+            .get(format!("http://{}/v1/trunks", gw.admin))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(with("rotated-admin-token").await.unwrap().status(), 200);
+    assert_eq!(with(ops_support::ADMIN_TOKEN).await.unwrap().status(), 401);
+    assert!(
+        gw.wait_log("need a restart", Duration::from_secs(5)).await,
+        "{}",
+        gw.log()
+    );
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("need a restart"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.contains("media") && !line.contains("sip,"), "{line}");
+}

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use ops_support::{Gateway, GatewayOptions, PgServer};
+use ops_support::{options_probe, Gateway, GatewayOptions, PgServer};
 use support::caller::{Caller, DialOptions, DtmfMode};
 
 /// Polls `/v1/calls` until some call is in `state`.
@@ -42,6 +42,11 @@ async fn store_outage_tells_callers_service_unavailable_and_readyz_recovers_when
     );
     let (_, why) = gw.readyz().await.expect("/readyz answers");
     assert!(why.contains("store"), "/readyz names the store: {why}");
+    assert_eq!(
+        options_probe(&gw).await,
+        Some(503),
+        "a SIP load balancer's probe sees the node out while the store is down"
+    );
 
     let call = Caller::dial(DialOptions::new(gw.sip))
         .await
@@ -75,6 +80,11 @@ async fn store_outage_tells_callers_service_unavailable_and_readyz_recovers_when
         gw.wait_readyz(200, Duration::from_secs(30)).await,
         "/readyz recovers on its own"
     );
+    let end = Instant::now() + Duration::from_secs(10);
+    while options_probe(&gw).await != Some(200) {
+        assert!(Instant::now() < end, "OPTIONS answers 200 again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let call = Caller::dial(DialOptions::new(gw.sip))
         .await
         .expect("a call after recovery");
@@ -87,4 +97,56 @@ async fn store_outage_tells_callers_service_unavailable_and_readyz_recovers_when
         "the caller joins the room"
     );
     call.hangup().await.expect("hang up");
+}
+
+/// Waits until OPTIONS from the trunk gets `status`.
+async fn wait_options(gw: &Gateway, status: u16, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if options_probe(gw).await == Some(status) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// A SQLite file deleted or made read-only under the running gateway (its connections still
+/// hold the old file open, so reads keep working): not ready, and OPTIONS says 503; put back,
+/// ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_read_only_sqlite_file_makes_the_node_not_ready() {
+    use std::os::unix::fs::PermissionsExt;
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let db = gw.dir.path().join("dialin.db");
+    assert!(gw.wait_readyz(200, Duration::from_secs(5)).await);
+    assert_eq!(options_probe(&gw).await, Some(200));
+
+    // Read-only.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    assert!(gw.wait_readyz(503, Duration::from_secs(10)).await, "read-only file: not ready");
+    let (_, why) = gw.readyz().await.unwrap();
+    assert!(why.contains("read-only"), "{why}");
+    assert!(wait_options(&gw, 503, Duration::from_secs(10)).await);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(gw.wait_readyz(200, Duration::from_secs(10)).await, "writable again: ready");
+    assert!(wait_options(&gw, 200, Duration::from_secs(10)).await);
+
+    // Deleted (moved away): the open connections keep working on the old inode.
+    let aside = gw.dir.path().join("moved.db");
+    std::fs::rename(&db, &aside).unwrap();
+    assert!(gw.wait_readyz(503, Duration::from_secs(10)).await, "deleted file: not ready");
+    let (_, why) = gw.readyz().await.unwrap();
+    assert!(why.contains("deleted"), "{why}");
+    assert!(wait_options(&gw, 503, Duration::from_secs(10)).await);
+    assert!(gw.wait_log("store unusable", Duration::from_secs(5)).await);
+    std::fs::rename(&aside, &db).unwrap();
+    assert!(gw.wait_readyz(200, Duration::from_secs(10)).await, "back in place: ready");
+}
+
+/// Starting on a store file that does not exist creates it, loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_empty_database_is_announced_in_the_log() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    assert!(gw.log().contains("NEW EMPTY DATABASE"), "{}", gw.log());
 }

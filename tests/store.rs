@@ -526,6 +526,7 @@ mod cases {
                 trunk: TrunkId::parse("carrier").unwrap(),
                 caller_masked: PhoneNumber::new("+33612345678").masked(),
                 setup_at: t0(),
+                node: None,
             })
             .await
             .unwrap();
@@ -679,6 +680,30 @@ mod cases {
         assert!(!store.is_trusted("carrier:abc", t).await.unwrap());
     }
 
+    /// Records a crashed node left open are closed when it starts again; other nodes'
+    /// records, and finished ones, are left alone.
+    pub async fn records_left_open_by_a_crashed_node_are_closed_at_its_next_start(db: &TestDb) {
+        let store = db.open().await;
+        let open = |id: &str, node: &str| CallRecordStart {
+            id: CallId::new(id),
+            trunk: TrunkId::parse("carrier").unwrap(),
+            caller_masked: "••••0000".to_owned(),
+            setup_at: t0(),
+            node: Some(node.to_owned()),
+        };
+        for (id, node) in [("a1", "node-a"), ("a2", "node-a"), ("b1", "node-b")] {
+            store.insert_call_record(&open(id, node)).await.unwrap();
+        }
+        let later = t0() + Duration::minutes(5);
+        assert_eq!(store.close_interrupted_records("node-a", later).await.unwrap(), 2);
+        let a1 = store.get_call_record(&CallId::new("a1")).await.unwrap().unwrap();
+        assert_eq!(a1.outcome, Some(CallOutcome::Interrupted));
+        assert_eq!(a1.ended_at, Some(later));
+        let b1 = store.get_call_record(&CallId::new("b1")).await.unwrap().unwrap();
+        assert_eq!(b1.outcome, None, "another node's call in progress is left alone");
+        assert_eq!(store.close_interrupted_records("node-a", later).await.unwrap(), 0);
+    }
+
     pub async fn shared_secret_is_created_once_for_all_nodes(db: &TestDb) {
         let a = db.open().await;
         let b = db.open().await;
@@ -745,6 +770,7 @@ store_suite!(
     pin_guard_lets_regular_traffic_through_without_waiting,
     pin_guard_trusted_callers_skip_the_queue,
     shared_secret_is_created_once_for_all_nodes,
+    records_left_open_by_a_crashed_node_are_closed_at_its_next_start,
     call_record_round_trips,
     store_answers_ping_and_reopens_with_migrations_already_applied,
 );

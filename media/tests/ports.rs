@@ -46,16 +46,22 @@ fn thousands_of_cycles_from_several_threads_leave_nothing_in_use() {
 fn leases_held_at_the_same_time_are_distinct() {
     let pool = PortAllocator::new(30000..=30999).unwrap();
     let seen = Arc::new(Mutex::new(HashSet::new()));
+    // Every thread holds its leases until all have recorded theirs: they are held at once.
+    let all_recorded = Arc::new(std::sync::Barrier::new(4));
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let pool = pool.clone();
             let seen = Arc::clone(&seen);
+            let all_recorded = Arc::clone(&all_recorded);
             thread::spawn(move || {
                 let leases: Vec<_> = (0..100).map(|_| pool.allocate().unwrap()).collect();
-                let mut s = seen.lock().unwrap();
-                for l in &leases {
-                    assert!(s.insert(l.rtp_port()), "port {} leased twice", l.rtp_port());
+                {
+                    let mut s = seen.lock().unwrap();
+                    for l in &leases {
+                        assert!(s.insert(l.rtp_port()), "port {} leased twice", l.rtp_port());
+                    }
                 }
+                all_recorded.wait();
                 leases.len()
             })
         })

@@ -585,3 +585,24 @@ impl Drop for PgServer {
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
+
+/// Status of the answer to an OPTIONS probe from the trunk's address.
+pub async fn options_probe(gw: &Gateway) -> Option<u16> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    sock.connect(gw.sip).await.ok()?;
+    let from = sock.local_addr().ok()?;
+    let gw_addr = gw.sip;
+    let probe = format!(
+        "OPTIONS sip:{gw_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKprobe;rport\r\n\
+         From: <sip:lb@{from}>;tag=p1\r\nTo: <sip:{gw_addr}>\r\nCall-ID: probe@{from}\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send(probe.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(buf.get(..n)?).into_owned();
+    text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}

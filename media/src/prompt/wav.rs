@@ -13,8 +13,14 @@ const FORMAT_PCM: u16 = 0x0001;
 /// `WAVE_FORMAT_EXTENSIBLE` (mmreg.h): the real format is the first two bytes of the sub-format
 /// GUID, at offset 24 of the `fmt ` body.
 const FORMAT_EXTENSIBLE: u16 = 0xFFFE;
-/// Highest sample rate accepted; anything above is not a telephone prompt.
-const MAX_SAMPLE_RATE: u32 = 384_000;
+/// Sample rates accepted: those of recorded speech. Anything else is refused rather than
+/// resampled (a 1 Hz file would take the resampler minutes at start-up).
+const MIN_SAMPLE_RATE: u32 = 8_000;
+const MAX_SAMPLE_RATE: u32 = 48_000;
+/// Channels accepted (mixed down to mono).
+const MAX_CHANNELS: u16 = 8;
+/// Longest prompt accepted, in seconds.
+pub const MAX_SECONDS: u32 = 600;
 
 /// Why a WAV file was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -37,8 +43,10 @@ pub enum WavError {
     BitsPerSample(u16),
     #[error("{0} channels")]
     Channels(u16),
-    #[error("sample rate {0} Hz is out of range")]
+    #[error("sample rate {0} Hz is out of range (8000 to 48000 Hz)")]
     SampleRate(u32),
+    #[error("{0} s of audio: a prompt may last at most 600 s")]
+    TooLong(u64),
     #[error("block align {got} does not match {channels} channels of 16 bits")]
     BlockAlign { got: u16, channels: u16 },
     #[error("no samples in the `data` chunk")]
@@ -134,10 +142,10 @@ fn parse_format(chunk: &[u8]) -> Result<Format, WavError> {
     if bits != 16 {
         return Err(WavError::BitsPerSample(bits));
     }
-    if channels == 0 {
+    if channels == 0 || channels > MAX_CHANNELS {
         return Err(WavError::Channels(channels));
     }
-    if sample_rate == 0 || sample_rate > MAX_SAMPLE_RATE {
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
         return Err(WavError::SampleRate(sample_rate));
     }
     if u32::from(block_align) != u32::from(channels) * 2 {
@@ -155,6 +163,10 @@ fn parse_format(chunk: &[u8]) -> Result<Format, WavError> {
 fn decode(data: &[u8], format: Format) -> Result<Wav, WavError> {
     let channels = usize::from(format.channels);
     let frame_bytes = channels * 2;
+    let frames = (data.len() / frame_bytes) as u64;
+    if frames > u64::from(MAX_SECONDS) * u64::from(format.sample_rate) {
+        return Err(WavError::TooLong(frames / u64::from(format.sample_rate)));
+    }
     let samples: Vec<i16> = data
         .chunks_exact(frame_bytes)
         .map(|frame| {
@@ -284,5 +296,21 @@ mod tests {
         let mut file = encode(16_000, &[1, 2, 3]);
         file[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(parse(&file).unwrap().samples, vec![1, 2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    #[test]
+    fn rates_outside_speech_and_overlong_files_are_refused_quickly() {
+        let one_hz = encode(1, &[0; 4]);
+        assert_eq!(parse(&one_hz), Err(WavError::SampleRate(1)));
+        assert_eq!(parse(&encode(96_000, &[0; 4])), Err(WavError::SampleRate(96_000)));
+        assert!(parse(&encode(8_000, &[0; 4])).is_ok());
+        assert!(parse(&encode(44_100, &[0; 4])).is_ok());
+        let long = encode(8_000, &vec![0; 8_000 * 601]);
+        assert_eq!(parse(&long), Err(WavError::TooLong(601)));
     }
 }
