@@ -350,6 +350,35 @@ struct ListPins {
     room: Option<String>,
     namespace: Option<String>,
     include_revoked: Option<bool>,
+    /// PINs per page (default 100, at most 1000).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// PINs per page of `GET /v1/pins` unless asked otherwise, and at most.
+const PIN_PAGE_DEFAULT: u32 = 100;
+const PIN_PAGE_MAX: u32 = 1000;
+
+/// The opaque cursor of a page: the last (namespace, pin) it held, hex-encoded.
+fn encode_cursor(namespace: &str, pin: &str) -> String {
+    format!("{namespace}/{pin}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_cursor(cursor: &str) -> Option<(String, String)> {
+    if cursor.len() % 2 != 0 || cursor.len() > 512 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+        .collect();
+    let text = String::from_utf8(bytes?).ok()?;
+    let (ns, pin) = text.split_once('/')?;
+    Some((ns.to_owned(), pin.to_owned()))
 }
 
 async fn list_pins(
@@ -369,8 +398,34 @@ async fn list_pins(
             .map_err(|e| ApiError::bad_request(format!("namespace: {e}")))?,
         include_revoked: q.include_revoked.unwrap_or(false),
     };
-    let pins = state.store.list_pins(&filter).await?;
-    Ok(Json(json!({ "pins": pins })).into_response())
+    let limit = match q.limit {
+        None => PIN_PAGE_DEFAULT,
+        Some(n) if (1..=PIN_PAGE_MAX).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit: {n} is not between 1 and {PIN_PAGE_MAX}"
+            )))
+        }
+    };
+    let after = match non_empty(q.cursor) {
+        None => None,
+        Some(c) => Some(
+            decode_cursor(&c)
+                .ok_or_else(|| ApiError::bad_request("cursor: not a cursor from this API"))?,
+        ),
+    };
+    let pins = state
+        .store
+        .list_pins_page(
+            &filter,
+            after.as_ref().map(|(n, p)| (n.as_str(), p.as_str())),
+            limit,
+        )
+        .await?;
+    let next = (pins.len() == limit as usize)
+        .then(|| pins.last().map(|p| encode_cursor(p.namespace.as_str(), p.pin.expose())))
+        .flatten();
+    Ok(Json(json!({ "pins": pins, "next_cursor": next })).into_response())
 }
 
 async fn revoke_pin(

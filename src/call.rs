@@ -179,7 +179,7 @@ struct CallTask {
     media_started: Instant,
     remote_bye: bool,
     ended_by_sip: bool,
-    /// Failed PIN lookups, kept for the call record once the menu is gone.
+    /// PINs keyed, kept for the call record once the menu is gone.
     pin_attempts: u32,
     /// Resampling state between the leg's rate and the room's.
     up_prev: i16,
@@ -739,7 +739,7 @@ impl CallTask {
         self.room = None;
         self.hold = None;
         if let Some(ivr) = self.ivr.take() {
-            self.pin_attempts = ivr.attempts();
+            self.pin_attempts = ivr.entries();
         }
         match (prompt, self.s.leg.is_some()) {
             (Some(p), true) => {
@@ -770,7 +770,7 @@ impl CallTask {
             pin_attempts: self
                 .ivr
                 .as_ref()
-                .map(|i| i.attempts())
+                .map(|i| i.entries())
                 .unwrap_or(self.pin_attempts),
             rtp: RtpStats {
                 packets_received: stats.packets_received,

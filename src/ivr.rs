@@ -164,6 +164,8 @@ pub struct Ivr {
     entry: String,
     prompt_playing: bool,
     attempts: u32,
+    /// PINs submitted for a verdict, whatever the verdict.
+    entries: u32,
     replays: u32,
     digit_deadline: Option<Instant>,
     menu_deadline: Instant,
@@ -180,6 +182,7 @@ impl Ivr {
             entry: String::new(),
             prompt_playing: false,
             attempts: 0,
+            entries: 0,
             replays: 0,
             digit_deadline: None,
             menu_deadline,
@@ -189,9 +192,14 @@ impl Ivr {
         ivr
     }
 
-    /// Failed PIN lookups so far (for the call record).
+    /// Failed PIN lookups so far.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// PINs keyed and submitted so far, right or wrong (for the call record).
+    pub fn entries(&self) -> u32 {
+        self.entries
     }
 
     /// True once the menu has handed the call to the room or hung up.
@@ -374,6 +382,7 @@ impl Ivr {
     }
 
     fn submit(&mut self) {
+        self.entries += 1;
         self.digit_deadline = None;
         self.state = State::Resolving;
         let entry = PinEntry(std::mem::take(&mut self.entry));
@@ -466,6 +475,7 @@ mod tests {
             vec![resolve("1234")]
         );
         ivr.on_lookup(room(), t0 + Duration::from_secs(4));
+        assert_eq!((ivr.entries(), ivr.attempts()), (1, 0), "a right PIN is an entry, not a failure");
         assert_eq!(
             drain(&mut ivr),
             vec![

@@ -27,7 +27,7 @@ pub enum PinError {
     TooLong { what: &'static str, max: usize },
     #[error("{what} may only contain letters, digits, '-', '_' and '.'")]
     BadCharacters { what: &'static str },
-    #[error("{what} must not contain control characters")]
+    #[error("{what} must not contain control, bidirectional or zero-width formatting characters")]
     ControlCharacters { what: &'static str },
 }
 
@@ -133,10 +133,25 @@ fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), PinError> {
     if s.chars().count() > max {
         return Err(PinError::TooLong { what, max });
     }
-    if s.chars().any(char::is_control) {
+    if s.chars().any(|c| c.is_control() || is_invisible_format(c)) {
         return Err(PinError::ControlCharacters { what });
     }
     Ok(())
+}
+
+/// Unicode format characters that reorder or hide text (bidirectional embeddings,
+/// overrides and isolates, zero-width characters, the byte-order mark): a room or
+/// participant name holding one can display as something else than it is.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 macro_rules! string_newtype {
@@ -266,6 +281,12 @@ mod tests {
         assert!(PinNamespace::parse("sales team").is_err());
         assert!(PinNamespace::parse("sales-team_2").is_ok());
         assert!(RoomName::parse("room\n1").is_err());
+        // Bidirectional overrides and isolates, zero-width characters.
+        for bad in ["evil\u{202E}gnp.exe", "a\u{2066}b", "a\u{200B}b", "\u{FEFF}room", "a\u{061C}b"] {
+            assert!(RoomName::parse(bad).is_err(), "{bad:?}");
+            assert!(ParticipantName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(RoomName::parse("réunion-équipe 日本").is_ok());
         assert!(RoomName::parse("Weekly sync").is_ok());
         assert!(RoomName::parse("").is_err());
     }

@@ -594,10 +594,79 @@ impl Store {
                 return Ok(rec);
             }
         }
-        tracing::warn!(namespace = %new.namespace, attempts = PIN_GENERATION_ATTEMPTS, "PIN namespace is full");
+        // Random draws keep colliding: the namespace is nearly full. Look for a free PIN
+        // in order from a random point, so that "full" is said only when it is.
+        for _ in 0..PIN_GENERATION_ATTEMPTS {
+            match self.find_free_pin(&new.namespace, new.length).await? {
+                Some(pin) => {
+                    let rec = record(pin);
+                    if self.insert_pin(&rec).await? {
+                        return Ok(rec);
+                    }
+                }
+                None => break,
+            }
+        }
+        tracing::warn!(namespace = %new.namespace, length = new.length, "PIN namespace is full");
         Err(StoreError::PinSpaceExhausted {
             attempts: PIN_GENERATION_ATTEMPTS,
         })
+    }
+
+    /// A PIN of `length` digits not in `namespace`, searched in order from a random point
+    /// (wrapping around), or `None` when every one is taken.
+    async fn find_free_pin(
+        &self,
+        namespace: &PinNamespace,
+        length: usize,
+    ) -> Result<Option<Pin>, StoreError> {
+        let Some(capacity) = u32::try_from(length).ok().and_then(|l| 10u64.checked_pow(l)) else {
+            return Ok(None);
+        };
+        let count_sql = "SELECT COUNT(*) FROM pins WHERE namespace = $1 AND LENGTH(pin) = $2";
+        let (taken,): (i64,) = on_pool!(self, pool => sqlx::query_as(count_sql)
+            .bind(namespace.as_str())
+            .bind(i64::try_from(length).unwrap_or(i64::MAX))
+            .fetch_one(pool)
+            .await?);
+        if u64::try_from(taken).unwrap_or(u64::MAX) >= capacity {
+            return Ok(None);
+        }
+        let start = rand::random::<u64>() % capacity;
+        let page_sql = "SELECT pin FROM pins WHERE namespace = $1 AND LENGTH(pin) = $2 \
+                        AND pin >= $3 AND pin < $4 ORDER BY pin LIMIT 1000";
+        let text = |n: u64| format!("{n:0length$}");
+        // All PINs compared have `length` digits, so text order is numeric order; the end
+        // of the space is a string past every one of them.
+        let bound = |n: u64| if n >= capacity { "9".repeat(length + 1) } else { text(n) };
+        // [start, capacity) first, then [0, start).
+        for (from, to) in [(start, capacity), (0, start)] {
+            let mut expected = from;
+            while expected < to {
+                let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(page_sql)
+                    .bind(namespace.as_str())
+                    .bind(i64::try_from(length).unwrap_or(i64::MAX))
+                    .bind(text(expected))
+                    .bind(bound(to))
+                    .fetch_all(pool)
+                    .await?);
+                let last_page = rows.len() < 1000;
+                for (p,) in rows {
+                    let n: u64 = p.parse().unwrap_or(u64::MAX);
+                    if n > expected {
+                        return Ok(Pin::parse(&text(expected)).ok());
+                    }
+                    expected = n.saturating_add(1);
+                }
+                if last_page {
+                    if expected < to {
+                        return Ok(Pin::parse(&text(expected)).ok());
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Inserts a PIN unless its (namespace, pin) exists; false when it does.
@@ -703,6 +772,31 @@ impl Store {
             .bind(filter.room.as_ref().map(RoomName::as_str))
             .bind(filter.namespace.as_ref().map(PinNamespace::as_str))
             .bind(filter.include_revoked)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(pin_record).collect()
+    }
+
+    /// One page of [`Store::list_pins`]: at most `limit` PINs in (namespace, pin) order,
+    /// after `after` when given. The memory a listing takes is one page, whatever the count.
+    pub async fn list_pins_page(
+        &self,
+        filter: &PinFilter,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<PinRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {PIN_COLUMNS} FROM pins WHERE ($1 IS NULL OR room = $1) AND ($2 IS NULL OR namespace = $2) \
+             AND ($3 OR revoked = FALSE) AND ($4 IS NULL OR namespace > $4 OR (namespace = $4 AND pin > $5)) \
+             ORDER BY namespace, pin LIMIT $6"
+        );
+        let rows: Vec<PinRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(filter.room.as_ref().map(RoomName::as_str))
+            .bind(filter.namespace.as_ref().map(PinNamespace::as_str))
+            .bind(filter.include_revoked)
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1).unwrap_or_default())
+            .bind(i64::from(limit))
             .fetch_all(pool)
             .await?);
         rows.into_iter().map(pin_record).collect()

@@ -298,7 +298,10 @@ async fn sipp_caller_star_clears_the_entry_and_the_right_pin_then_joins() {
         .await
         .unwrap();
     assert_eq!(outcome_label(&rec), Some("caller_hangup"));
-    assert_eq!(rec.pin_attempts, 0, "the cleared entry was not an attempt");
+    assert_eq!(
+        rec.pin_attempts, 1,
+        "the right PIN is the one attempt: the cleared entry was not one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,28 @@ mod cases {
         assert_eq!(stored.pin.expose(), zero_led.expose());
     }
 
+    pub async fn a_nearly_full_namespace_still_hands_out_its_last_free_pins(db: &TestDb) {
+        let store = db.open().await;
+        // 9,998 of the 10,000 four-digit PINs are taken: random draws all collide, but the
+        // two free ones are found, and only then is the namespace full.
+        let all: Vec<Pin> = (0..10_000)
+            .filter(|n| *n != 4321 && *n != 17)
+            .map(|n| pin(&format!("{n:04}")))
+            .collect();
+        store.import_pins(&ns("tiny"), &room("r"), &all, t0()).await.unwrap();
+        let mut got: Vec<String> = Vec::new();
+        for _ in 0..2 {
+            let rec = store.create_pin(new_pin("tiny", "r", None, 4), t0()).await.unwrap();
+            got.push(rec.pin.expose().to_owned());
+        }
+        got.sort();
+        assert_eq!(got, ["0017", "4321"]);
+        assert!(matches!(
+            store.create_pin(new_pin("tiny", "r", None, 4), t0()).await,
+            Err(StoreError::PinSpaceExhausted { .. })
+        ));
+    }
+
     pub async fn full_namespace_reports_pin_space_exhausted(db: &TestDb) {
         let store = db.open().await;
         let all: Vec<Pin> = (0..10_000).map(|n| pin(&format!("{n:04}"))).collect();
@@ -757,6 +779,7 @@ macro_rules! store_suite {
 store_suite!(
     generated_pins_have_the_namespace_length_in_digits_with_leading_zeros_kept,
     full_namespace_reports_pin_space_exhausted,
+    a_nearly_full_namespace_still_hands_out_its_last_free_pins,
     explicit_pin_already_taken_is_refused_but_free_in_another_namespace,
     pin_resolves_only_within_its_validity_window,
     validity_window_must_end_after_it_starts_and_not_in_the_past,
