@@ -402,6 +402,11 @@ impl CallTask {
         let local = self.bump_version();
         let answer = Bytes::from(next.answer_sdp(&local));
         debug!(call = %self.s.id, hold = ?next.hold, "re-INVITE answered");
+        let held = next.hold == sdp::HoldState::HeldByRemote;
+        if held != self.on_hold() {
+            info!(call = %self.s.id, held, "the caller put the call on hold or resumed it");
+            self.tell_room_muted(held);
+        }
         if let Some(leg) = self.s.leg.as_mut() {
             // A new `c=`/`m=` address moves our RTP there (transfers, media anchoring).
             leg.retarget(next.remote_rtp);
@@ -440,9 +445,10 @@ impl CallTask {
         let has_audio = leg.pull_frame(now, &mut caller_pcm[..n]);
         self.drain_digits(now);
 
-        // Caller → room.
+        // Caller → room. A caller holding the call (`sendonly`/`inactive` from its side) is
+        // not mixed: its hold music must not play into the meeting.
         if let (Phase::InRoom, Some(room)) = (self.phase, self.room.as_ref()) {
-            if has_audio {
+            if has_audio && !on_hold {
                 let mut frame = to_room_rate(&caller_pcm[..n], leg_rate, room.sample_rate);
                 if let Some(opus) = self.s.leg.as_ref().and_then(|l| l.forwardable_payload()) {
                     frame = frame.with_opus(opus);
@@ -512,6 +518,13 @@ impl CallTask {
                 sdp::Direction::SendRecv | sdp::Direction::SendOnly
             )
         })
+    }
+
+    /// Shows the caller's track muted (or live again) where the room has such a thing.
+    fn tell_room_muted(&self, muted: bool) {
+        if let Some(tx) = self.room.as_ref().and_then(|r| r.mute.as_ref()) {
+            let _ = tx.try_send(muted);
+        }
     }
 
     fn on_hold(&self) -> bool {
@@ -681,6 +694,9 @@ impl CallTask {
                 self.others_in_room = handle.others_at_join;
                 self.room = Some(handle);
                 self.phase = Phase::InRoom;
+                if self.on_hold() {
+                    self.tell_room_muted(true);
+                }
                 self.s.guard.set_state(CallState::InRoom);
                 if let Some(leg) = self.s.leg.as_mut() {
                     // After the PIN, speech must not be read as keys.

@@ -154,6 +154,9 @@ pub struct RoomHandle {
     pub events: mpsc::Receiver<RoomEvent>,
     /// Sends the caller's DTMF digits to the room (LiveKit SIP DTMF data packets).
     pub dtmf: Option<mpsc::Sender<char>>,
+    /// Mutes (true) or unmutes the call's track where the room shows it (LiveKit); `None`
+    /// where not mixing the caller is all there is to it (local rooms).
+    pub mute: Option<mpsc::Sender<bool>>,
     /// Kept alive for the membership; dropping it tells the backend the caller left.
     pub(crate) _membership: Box<dyn Send + Sync>,
 }

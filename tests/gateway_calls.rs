@@ -938,3 +938,53 @@ async fn an_rtp_port_held_by_another_program_is_skipped() {
     call.hangup().await.unwrap();
     assert!(gw.wait_no_calls(5 * SECOND).await);
 }
+
+/// A caller that puts the call on hold plays its hold music at us: it is not mixed into the
+/// room. Resuming mixes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_on_hold_is_not_heard_in_the_room_until_it_resumes() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    gw.create_pin("hold-mix", Some(PIN)).await;
+    let (a, _) = dial_and_join(&gw, pcmu(&gw), DtmfMode::Rfc4733).await;
+    let (b, _) = dial_and_join(
+        &gw,
+        DialOptions {
+            from_user: "+33698765432".into(),
+            ..pcmu(&gw)
+        },
+        DtmfMode::Rfc4733,
+    )
+    .await;
+    b.play_silence();
+    a.play_tone(440.0, -12.0);
+    let hears_a = |since: Instant| tone::goertzel_level(&b.recorded(since), 8000, 440.0);
+    // B hears A.
+    let end = Instant::now() + 10 * SECOND;
+    while hears_a(Instant::now() - SECOND) < -30.0 {
+        assert!(Instant::now() < end, "B never hears A");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A holds (and keeps sending its tone, as a phone plays hold music): B stops hearing it.
+    assert_eq!(
+        a.reinvite(dialin_sip::sdp::Direction::SendOnly).await.unwrap(),
+        200
+    );
+    let held = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let from = Instant::now();
+    tokio::time::sleep(SECOND).await;
+    let level = tone::goertzel_level(&b.recorded_between(from, Instant::now()), 8000, 440.0);
+    assert!(level < -50.0, "B hears the held caller at {level:.1} dBFS ({:?} after hold)", held.elapsed());
+    // A resumes: B hears it again.
+    assert_eq!(
+        a.reinvite(dialin_sip::sdp::Direction::SendRecv).await.unwrap(),
+        200
+    );
+    let end = Instant::now() + 5 * SECOND;
+    while hears_a(Instant::now() - Duration::from_millis(500)) < -30.0 {
+        assert!(Instant::now() < end, "B hears A again after it resumes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.hangup().await.unwrap();
+    b.hangup().await.unwrap();
+}

@@ -1434,3 +1434,75 @@ async fn stun_server_in_ice_servers_adds_server_reflexive_candidates() {
     );
     drop(handle);
 }
+
+/// A phone that puts the call on hold (`sendonly` from its side, playing its hold music) is
+/// shown muted in LiveKit and sends nothing into the room; resuming unmutes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_on_hold_is_muted_in_livekit_and_sends_nothing() {
+    let (server, _alice, gw) = gateway_and_alice("hold").await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    call.play_tone(440.0, -12.0);
+    let muted = |want: bool| {
+        let server = &server;
+        let identity = identity.clone();
+        async move {
+            let end = Instant::now() + 10 * SECOND;
+            loop {
+                let ps = server.participants("hold").await.unwrap();
+                let track_muted = ps
+                    .iter()
+                    .find(|p| p.identity == identity)
+                    .and_then(|p| p.tracks.first().map(|t| t.muted));
+                if track_muted == Some(want) {
+                    return true;
+                }
+                if Instant::now() > end {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let packets_in = || {
+        let server = &server;
+        let identity = identity.clone();
+        async move {
+            server
+                .counters()
+                .await
+                .unwrap()
+                .iter()
+                .find(|c| c.identity == identity)
+                .map_or(0, |c| c.packets_in)
+        }
+    };
+    assert!(muted(false).await, "the caller's track is published, not muted");
+
+    assert_eq!(
+        call.reinvite(dialin_sip::sdp::Direction::SendOnly).await.unwrap(),
+        200
+    );
+    assert!(muted(true).await, "LiveKit shows the held caller muted");
+    // Nothing more reaches LiveKit from the held caller (a packet or two in flight).
+    let before = packets_in().await;
+    let t = Instant::now();
+    while t.elapsed() < SECOND {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = packets_in().await - before;
+    assert!(during <= 2, "{during} packets reached LiveKit while on hold");
+
+    assert_eq!(
+        call.reinvite(dialin_sip::sdp::Direction::SendRecv).await.unwrap(),
+        200
+    );
+    assert!(muted(false).await, "resumed: unmuted");
+    let resumed = packets_in().await;
+    let end = Instant::now() + 5 * SECOND;
+    while packets_in().await < resumed + 25 {
+        assert!(Instant::now() < end, "media flows again after resuming");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    call.hangup().await.unwrap();
+}

@@ -145,38 +145,43 @@ fn expectation(stem: &str, verdict: &str) -> Option<(Via, Expect)> {
 /// sending socket (RFC 3581); nothing else of the message changes.
 fn with_rport(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + 6);
-    let mut done = false;
-    let mut lines = raw.split_inclusive(|&b| b == b'\n');
-    for line in lines.by_ref() {
-        let name = line
-            .split(|&b| b == b':')
-            .next()
-            .map(|n| String::from_utf8_lossy(n).trim().to_ascii_lowercase());
-        let is_via = line.contains(&b':') && matches!(name.as_deref(), Some("via" | "v"));
-        if done || !is_via {
-            out.extend_from_slice(line);
-            if line == b"\r\n" || line == b"\n" {
-                break;
-            }
-            continue;
-        }
-        let end = line.iter().position(|&b| b == b',').unwrap_or_else(|| {
-            line.len()
+    let mut rest = raw;
+    while let Some(n) = rest.iter().position(|&b| b == b'\n') {
+        let (line, tail) = rest.split_at(n + 1);
+        rest = tail;
+        if is_via_line(line) {
+            // Before the first comma (a second value), else before the line end.
+            let text_end = line.len()
                 - line
                     .iter()
                     .rev()
                     .take_while(|b| b.is_ascii_whitespace())
-                    .count()
-        });
-        out.extend_from_slice(&line[..end]);
-        out.extend_from_slice(b";rport");
-        out.extend_from_slice(&line[end..]);
-        done = true;
+                    .count();
+            let at = line.iter().position(|&b| b == b',').unwrap_or(text_end);
+            out.extend_from_slice(&line[..at]);
+            out.extend_from_slice(b";rport");
+            out.extend_from_slice(&line[at..]);
+            break;
+        }
+        out.extend_from_slice(line);
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            // The header section ended without a Via.
+            break;
+        }
     }
-    for rest in lines {
-        out.extend_from_slice(rest);
-    }
+    out.extend_from_slice(rest);
     out
+}
+
+/// `Via:` or its compact form `v:`, in any case, with optional space before the colon.
+fn is_via_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = String::from_utf8_lossy(&line[..colon])
+        .trim()
+        .to_ascii_lowercase();
+    !line.starts_with(b" ") && !line.starts_with(b"\t") && (name == "via" || name == "v")
 }
 
 // ---- a SIP peer on loopback ----

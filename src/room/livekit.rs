@@ -170,12 +170,14 @@ impl LiveKitRooms {
         let (from_room_tx, from_room) = mpsc::channel(CHANNEL_FRAMES);
         let (events_tx, events) = mpsc::channel(16);
         let (dtmf_tx, dtmf_rx) = mpsc::channel(16);
+        let (mute_tx, mute_rx) = mpsc::channel(4);
         let (leave_tx, leave_rx) = oneshot::channel();
         let io = session::SessionIo {
             to_room: to_room_rx,
             from_room: from_room_tx,
             events: events_tx,
             dtmf: dtmf_rx,
+            mute: mute_rx,
             leave: leave_rx,
         };
         let target = session::Target {
@@ -208,6 +210,7 @@ impl LiveKitRooms {
             from_room,
             events,
             dtmf: Some(dtmf_tx),
+            mute: Some(mute_tx),
             _membership: Box::new(Membership { _leave: leave_tx }),
         })
     }

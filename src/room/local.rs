@@ -104,6 +104,7 @@ impl LocalRooms {
                         from_room,
                         events,
                         dtmf: None,
+                        mute: None,
                         _membership: Box::new(Membership { id, room: tx }),
                     });
                 }

@@ -139,6 +139,8 @@ pub(crate) struct SessionIo {
     pub from_room: mpsc::Sender<AudioFrame>,
     pub events: mpsc::Sender<RoomEvent>,
     pub dtmf: mpsc::Receiver<char>,
+    /// The call's microphone muted (true) or live again (false).
+    pub mute: mpsc::Receiver<bool>,
     /// Closed when the call drops its handle.
     pub leave: oneshot::Receiver<()>,
 }
@@ -720,6 +722,10 @@ pub(crate) struct Session {
     /// Keys pressed before the `_reliable` channel opened, sent when it does (a caller may
     /// key right after the join, while the publisher PC still connects).
     early_dtmf: std::collections::VecDeque<char>,
+    /// The sid LiveKit gave our microphone track (`TrackPublishedResponse`).
+    track_sid: Option<String>,
+    /// Whether the call wants its microphone muted; applied once the track has a sid.
+    muted: bool,
     sid: String,
     identity: String,
     /// Other participants by sid → identity.
@@ -865,6 +871,8 @@ impl Session {
             mic_pt: None,
             reliable: None,
             early_dtmf: std::collections::VecDeque::with_capacity(EARLY_DTMF),
+            track_sid: None,
+            muted: false,
             sid,
             identity: identity.to_owned(),
             others,
@@ -1273,6 +1281,7 @@ impl Session {
                     }
                 }
                 d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
+                m = self.io.mute.recv() => if let Some(muted) = m { self.set_muted(muted).await },
                 _ = &mut self.io.leave => return End::Left,
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
@@ -1326,7 +1335,10 @@ impl Session {
                 }
                 let (frame, surplus) = crate::room::next_frame(&mut self.io.to_room);
                 if let Some(frame) = frame {
-                    self.send_audio(&frame, now);
+                    // Muted: nothing is sent (the room sees the muted flag, not silence).
+                    if !self.muted {
+                        self.send_audio(&frame, now);
+                    }
                 }
                 if surplus > 0 {
                     self.count_lost(surplus, 0);
@@ -1423,6 +1435,14 @@ impl Session {
                 // Room deleted or closed, server shutdown.
                 return Some(End::Room(RoomEvent::Closed));
             }
+            Resp::TrackPublished(t) => {
+                if let Some(track) = t.track {
+                    self.track_sid = Some(track.sid);
+                    if self.muted {
+                        self.send_mute().await;
+                    }
+                }
+            }
             Resp::PongResp(_) | Resp::Pong(_) => self.last_pong = Instant::now(),
             Resp::Reconnect(_) => debug!("signal resume accepted"),
             // LiveKit refreshes the access token before it expires; a resume must present
@@ -1516,6 +1536,27 @@ impl Session {
             {
                 self.frames_sent += 1;
             }
+        }
+    }
+
+    /// Mutes or unmutes the microphone track: `MuteTrackRequest` on the signal connection
+    /// (others see the muted icon), and no media while muted.
+    async fn set_muted(&mut self, muted: bool) {
+        if self.muted == muted {
+            return;
+        }
+        self.muted = muted;
+        info!(identity = %self.identity, muted, "microphone track mute changed");
+        self.send_mute().await;
+    }
+
+    async fn send_mute(&mut self) {
+        if let Some(sid) = self.track_sid.clone() {
+            self.send(Req::Mute(proto::MuteTrackRequest {
+                sid,
+                muted: self.muted,
+            }))
+            .await;
         }
     }
 
