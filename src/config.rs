@@ -673,6 +673,24 @@ pub enum SrtpPolicy {
 pub struct TrunkAuth {
     pub username: String,
     pub password: Secret,
+    /// The challenges offered, in order (RFC 8760 §2.4: a client takes the first it
+    /// supports). Some phones give up when the first is SHA-256 (baresip 1.0): list `MD5`
+    /// first, or alone.
+    #[serde(default = "default_digest_algorithms")]
+    pub algorithms: Vec<DigestAlgorithm>,
+}
+
+/// A digest algorithm a trunk is challenged with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum DigestAlgorithm {
+    #[serde(rename = "SHA-256")]
+    Sha256,
+    #[serde(rename = "MD5")]
+    Md5,
+}
+
+fn default_digest_algorithms() -> Vec<DigestAlgorithm> {
+    vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
 }
 
 /// `[[trunk]]`: a carrier or PBX allowed to send calls.
@@ -817,6 +835,9 @@ impl Config {
                     "sip.tls.key",
                     "a tls:// listener needs a private key file",
                 ));
+            }
+            if let (Some(cert), Some(key)) = (&sip.tls.cert, &sip.tls.key) {
+                check_tls_files(cert, key)?;
             }
         }
         if sip.user_agent.trim().is_empty() || sip.user_agent.chars().any(char::is_control) {
@@ -1063,6 +1084,17 @@ impl Config {
             }
             within(&key("max_calls"), u64::from(t.max_calls), 1, 100_000)?;
             if let Some(auth) = &t.auth {
+                if auth.algorithms.is_empty() {
+                    return Err(ConfigError::invalid(
+                        key("auth.algorithms"),
+                        "lists no algorithm (use [\"SHA-256\", \"MD5\"], [\"MD5\", \"SHA-256\"] or [\"MD5\"])",
+                    ));
+                }
+                if auth.algorithms.iter().enumerate().any(|(j, a)| auth.algorithms[..j].contains(a)) {
+                    return Err(ConfigError::invalid(key("auth.algorithms"), "lists an algorithm twice"));
+                }
+            }
+            if let Some(auth) = &t.auth {
                 if auth.username.is_empty() {
                     return Err(ConfigError::invalid(
                         key("auth.username"),
@@ -1168,6 +1200,34 @@ impl Config {
         }
         out
     }
+}
+
+/// The TLS certificate chain and key must be readable PEM: a certificate at least, and a
+/// private key (PKCS#8, PKCS#1 or SEC1).
+fn check_tls_files(cert: &Path, key: &Path) -> Result<(), ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert).map_err(|e| {
+        ConfigError::invalid("sip.tls.cert", format!("{}: {e}", cert.display()))
+    })?;
+    let mut n = 0;
+    for c in certs {
+        c.map_err(|e| ConfigError::invalid("sip.tls.cert", format!("{}: {e}", cert.display())))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(ConfigError::invalid(
+            "sip.tls.cert",
+            format!("{}: no PEM certificate in the file", cert.display()),
+        ));
+    }
+    PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        ConfigError::invalid(
+            "sip.tls.key",
+            format!("{}: no usable PEM private key ({e})", key.display()),
+        )
+    })?;
+    Ok(())
 }
 
 /// `value` must lie in `min..=max` (no key may be set so large that arithmetic on it

@@ -260,11 +260,11 @@ impl Front {
                 });
             match outcome {
                 VerifyOutcome::Ok { .. } => {}
-                VerifyOutcome::Stale => return Err(self.challenge(true)),
-                VerifyOutcome::Missing => return Err(self.challenge(false)),
+                VerifyOutcome::Stale => return Err(self.challenge(true, &auth.algorithms)),
+                VerifyOutcome::Missing => return Err(self.challenge(false, &auth.algorithms)),
                 VerifyOutcome::Invalid(reason) => {
                     info!(trunk = %trunk.id, source = %source.ip(), reason = ?reason, "digest authentication failed");
-                    return Err(self.challenge(false));
+                    return Err(self.challenge(false, &auth.algorithms));
                 }
             }
         }
@@ -461,12 +461,16 @@ impl Front {
         Ok(())
     }
 
-    fn challenge(&self, stale: bool) -> Refusal {
-        let values = self.digest.challenge(
-            SystemTime::now(),
-            stale,
-            &[Algorithm::Sha256, Algorithm::Md5],
-        );
+    /// A `401` with one challenge per algorithm of the trunk, in the trunk's order.
+    fn challenge(&self, stale: bool, algorithms: &[crate::config::DigestAlgorithm]) -> Refusal {
+        let algorithms: Vec<Algorithm> = algorithms
+            .iter()
+            .map(|a| match a {
+                crate::config::DigestAlgorithm::Sha256 => Algorithm::Sha256,
+                crate::config::DigestAlgorithm::Md5 => Algorithm::Md5,
+            })
+            .collect();
+        let values = self.digest.challenge(SystemTime::now(), stale, &algorithms);
         let headers = values
             .into_iter()
             .map(|v| (HeaderName::WwwAuthenticate, Text::from(v)))

@@ -405,3 +405,37 @@ fn every_numeric_key_is_bounded_and_a_huge_value_names_its_key() {
         assert_eq!(error_key(&text), full, "{text}");
     }
 }
+
+/// `check-config` reads the TLS files: a missing or non-PEM certificate, or a key file with
+/// no private key, names its key.
+#[test]
+fn tls_files_are_checked_and_name_their_key() {
+    let dir = std::env::temp_dir().join(format!("dialin-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("sip.crt");
+    let key = dir.join("sip.key");
+    let text = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "{MINIMAL}[sip]\nlisten = [\"tls://127.0.0.1:5061\"]\n[sip.tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    // Missing files.
+    assert_eq!(error_key(&text(&cert, &key)), "sip.tls.cert");
+    // Not PEM.
+    std::fs::write(&cert, "hello").unwrap();
+    assert_eq!(error_key(&text(&cert, &key)), "sip.tls.cert");
+    // A PEM certificate, but the key file holds no private key.
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ0VSVA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(&key, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    assert_eq!(error_key(&text(&cert, &key)), "sip.tls.key");
+    // Both present.
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n").unwrap();
+    assert!(parse(&text(&cert, &key)).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -988,3 +988,54 @@ async fn a_caller_on_hold_is_not_heard_in_the_room_until_it_resumes() {
     a.hangup().await.unwrap();
     b.hangup().await.unwrap();
 }
+
+/// A trunk chooses the digest algorithms it is challenged with, and their order: MD5 first
+/// for phones that give up on a SHA-256 first challenge, or MD5 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_chooses_its_digest_algorithms_and_their_order() {
+    for (algorithms, expected) in [
+        (None, vec!["SHA-256", "MD5"]),
+        (Some("[\"MD5\", \"SHA-256\"]"), vec!["MD5", "SHA-256"]),
+        (Some("[\"MD5\"]"), vec!["MD5"]),
+    ] {
+        let auth = match algorithms {
+            None => "auth = { username = \"carrier\", password = \"s3cret\" }\n".to_owned(),
+            Some(a) => format!(
+                "auth = {{ username = \"carrier\", password = \"s3cret\", algorithms = {a} }}\n"
+            ),
+        };
+        let gw = Gateway::start(GatewayOptions {
+            trunks: Some(format!("{DEFAULT_TRUNK}{auth}")),
+            ..Default::default()
+        })
+        .await;
+        let uac = RawUac::new(gw.sip).await;
+        let resp = uac
+            .invite(&sdp_offer(uac.port() + 2, "0", "a=rtpmap:0 PCMU/8000\r\n"))
+            .await;
+        assert!(resp.starts_with("SIP/2.0 401"), "{resp}");
+        uac.ack(&resp).await;
+        let offered: Vec<&str> = resp
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+            .map(|l| {
+                l.split("algorithm=")
+                    .nth(1)
+                    .and_then(|a| a.split([',', ' ', '\r']).next())
+                    .unwrap_or("")
+                    .trim_matches('"')
+            })
+            .collect();
+        assert_eq!(offered, expected, "{resp}");
+        // The MD5-only trunk still admits a caller answering its challenge.
+        if expected == ["MD5"] {
+            let call = Caller::dial(DialOptions {
+                credentials: Some(("carrier".into(), "s3cret".into())),
+                ..DialOptions::new(gw.sip)
+            })
+            .await
+            .expect("answered with the right credentials over MD5");
+            call.hangup().await.unwrap();
+        }
+    }
+}
