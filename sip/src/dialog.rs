@@ -2,7 +2,8 @@
 //!
 //! A [`Dialog`] is made when we answer an inbound INVITE (RFC 3261 §12.1.1):
 //! the caller's From tag and our To tag identify it, its route set is the
-//! INVITE's Record-Route, its remote target the INVITE's Contact. It then
+//! INVITE's Record-Route, its remote target the INVITE's Contact (the From URI for an
+//! RFC 2543 INVITE without one). It then
 //! classifies every in-dialog request ([`Dialog::on_request`]: ACK, BYE,
 //! INFO, re-INVITE/UPDATE offers and refreshes, OPTIONS), checks CSeq order
 //! (§12.2.2), retransmits our 2xx until the ACK comes (§13.3.1.4), builds the
@@ -229,11 +230,17 @@ impl Dialog {
             .get(&HeaderName::From)
             .ok_or(DialogError::Malformed("From"))?;
         let cseq = h.cseq().map_err(|_| DialogError::Malformed("CSeq"))?;
-        let contact = h
-            .contacts()
-            .ok()
-            .and_then(|c| c.into_iter().next())
-            .ok_or(DialogError::NoContact)?;
+        // RFC 2543 did not require a Contact; without one, requests in the dialog go to
+        // the From URI, where an RFC 2543 user agent takes them.
+        let remote_target = if h.get(&HeaderName::Contact).is_none() {
+            from.uri.clone()
+        } else {
+            h.contacts()
+                .ok()
+                .and_then(|c| c.into_iter().next())
+                .ok_or(DialogError::NoContact)?
+                .uri
+        };
         let route_set: Vec<Text> = h.values(&HeaderName::RecordRoute).collect();
         Ok(Dialog {
             call_id,
@@ -242,7 +249,7 @@ impl Dialog {
             local_party: Text::from(format!("{to_value};tag={local_tag}")),
             remote_party: from_value.clone(),
             route_set,
-            remote_target: contact.uri,
+            remote_target,
             remote_cseq: cseq.seq,
             local_cseq: 0,
             state: DialogState::Early,

@@ -692,14 +692,43 @@ impl Endpoint {
         conn: Option<ConnectionId>,
         now: Instant,
     ) {
-        let Ok(via) = req.headers.top_via() else {
-            return;
+        // Where the response goes when the Via cannot say: back to the source address and
+        // port, as rport would (RFC 3581 §4); on a stream, the connection it came on, which
+        // is where RFC 3261 §18.2.2 sends every response anyway.
+        let to_source = Target {
+            addr: source,
+            transport,
+            conn,
         };
-        let Ok(mut target) = response_target(&via, source, transport) else {
-            tracing::debug!("request from {source} has no routable Via; dropped");
-            return;
+        let via = match req.headers.top_via() {
+            Ok(via) => via,
+            Err(e) => {
+                // The response still copies the Via as received (RFC 3261 §8.2.6.2), which
+                // is all the client needs to match it. An ACK is never answered (§17.2.1).
+                tracing::debug!(%source, error = %e, "request with a malformed top Via: 400");
+                if req.method != Method::Ack && req.headers.get(&HeaderName::Via).is_some() {
+                    let resp = Response::to_request(&req, StatusCode::BAD_REQUEST, Some("Bad Via"))
+                        .with_to_tag(&random_token());
+                    self.transmits.push_back(Transmit {
+                        target: to_source,
+                        bytes: resp.to_bytes(),
+                    });
+                }
+                return;
+            }
         };
-        target.conn = conn;
+        let target = match response_target(&via, source, transport) {
+            Ok(mut t) => {
+                t.conn = conn;
+                t
+            }
+            Err(e) => {
+                // A Via we cannot route by (a transport token we do not run, a sent-by
+                // that needs DNS): the source it came from can still hear the answer.
+                tracing::debug!(%source, error = %e, "Via unusable for the response; answering the source");
+                to_source
+            }
+        };
         if let Some(filter) = &self.config.source_filter {
             match filter.verdict(source.ip(), &req, now) {
                 SourceVerdict::Allow => {}
@@ -802,8 +831,12 @@ impl Endpoint {
             self.respond(tx, resp, now);
             return;
         }
-        if req.headers.contacts().map(|c| c.is_empty()).unwrap_or(true) {
-            let resp = Response::to_request(&req, StatusCode::BAD_REQUEST, Some("Missing Contact"))
+        // No Contact at all is RFC 2543 (RFC 4475 §3.4.1): accepted for backward
+        // compatibility, the dialog then targets the From URI. A Contact we cannot read, or
+        // `*`, is refused.
+        let has_contact = req.headers.get(&HeaderName::Contact).is_some();
+        if has_contact && req.headers.contacts().map(|c| c.is_empty()).unwrap_or(true) {
+            let resp = Response::to_request(&req, StatusCode::BAD_REQUEST, Some("Bad Contact"))
                 .with_to_tag(&random_token());
             self.respond(tx, resp, now);
             return;

@@ -288,14 +288,17 @@ pub struct ParseError {
 
 impl ParseError {
     /// The status to answer a request that failed to parse with, or `None` to
-    /// drop it silently (responses, garbage, framing errors).
+    /// drop it silently (responses, empty datagrams).
     pub fn status(&self) -> Option<StatusCode> {
         use ParseErrorKind::*;
         if self.in_response {
             return None;
         }
         match self.kind {
-            Empty | MultipleContentLength => None,
+            Empty => None,
+            // RFC 4475 §3.3.9: over UDP the element SHOULD respond with an error; on a
+            // stream the framer answers it before closing the connection.
+            MultipleContentLength => Some(StatusCode::BAD_REQUEST),
             // RFC 3261 §18.1.1 / §21.5.9
             MessageTooLarge(_) => Some(StatusCode::MESSAGE_TOO_LARGE),
             RequestUriTooLong(_) => Some(StatusCode::REQUEST_URI_TOO_LONG),

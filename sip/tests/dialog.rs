@@ -931,3 +931,105 @@ fn call_never_answered_by_the_gateway_is_refused_with_480_after_the_answer_timeo
         matches!(h.events().as_slice(), [Event::CallEnded { key: k, reason: EndReason::Unanswered }] if *k == key)
     );
 }
+
+// ---- liberal acceptance (RFC 4475, RFC 2543 peers, broken Via) ----
+
+#[test]
+fn request_with_a_malformed_top_via_gets_400_at_its_source() {
+    // RFC 4475 §3.1.2.1 badinv01: `Via: SIP/2.0/UDP 192.0.2.15;;,;,,` cannot be routed,
+    // but the source address can still hear why its request failed.
+    let mut h = Harness::new();
+    let bad_via = "Via: SIP/2.0/UDP 192.0.2.15;;,;,,";
+    let raw = invite("z9hG4bK1", "c1", "", SDP).replace(
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1;rport",
+        bad_via,
+    );
+    h.send(&raw);
+    // `sent` checks that everything goes back to the source.
+    let r = h.responses();
+    assert_eq!(
+        r.iter().map(|r| r.status.0).collect::<Vec<_>>(),
+        vec![400],
+        "one final answer, no 100 Trying: no transaction was made"
+    );
+    assert_eq!(
+        r[0].headers.get(&HeaderName::Via).map(|t| t.as_str()),
+        bad_via.strip_prefix("Via: "),
+        "the Via is copied as received"
+    );
+    assert!(r[0].headers.to().unwrap().tag().is_some());
+    assert!(h.events().is_empty(), "no call");
+}
+
+#[test]
+fn ack_with_a_malformed_via_is_not_answered() {
+    let mut h = Harness::new();
+    let raw = in_dialog("ACK", 1, "z9hG4bKa", "c1", "x", "", "").replace(
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa;rport",
+        "Via: SIP/2.0/UDP 192.0.2.15;;,;,,",
+    );
+    h.send(&raw);
+    assert!(
+        h.sent().is_empty(),
+        "RFC 3261 §17.2.1: an ACK gets no response"
+    );
+}
+
+#[test]
+fn request_whose_via_cannot_be_routed_is_answered_at_its_source() {
+    // Transports we do not run (RFC 4475 transports.dat lists such Via values), no rport.
+    for via in [
+        "Via: SIP/2.0/SCTP sbc.example.com;branch=z9hG4bKsctp",
+        "Via: SIP/2.0/UNKNOWN 192.0.2.7:5999;branch=z9hG4bKunknown",
+    ] {
+        let mut h = Harness::new();
+        let raw = in_dialog("OPTIONS", 1, "z9hG4bKo", "o1", "", "", "")
+            .replace(";tag=\n", "\n")
+            .replace("Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKo;rport", via);
+        h.send(&raw);
+        assert_eq!(h.statuses(), vec![200], "{via}");
+    }
+}
+
+#[test]
+fn rfc2543_invite_without_contact_is_answered_and_its_dialog_targets_the_from_uri() {
+    // RFC 4475 §3.4.1 inv2543: RFC 2543 did not require Contact; accept it for backward
+    // compatibility.
+    let mut h = Harness::new();
+    let raw = invite("z9hG4bK1", "c1", "", SDP).replace("Contact: <sip:a@127.0.0.1:5070>\n", "");
+    h.send(&raw);
+    assert_eq!(h.statuses(), vec![100]);
+    let key = h.incoming_call();
+    h.ep.answer(key, Some(Bytes::from_static(b"v=0\r\n")), Vec::new(), h.now)
+        .expect("a dialog can be made without Contact");
+    let ok = h.responses().pop().expect("200");
+    assert_eq!(ok.status, StatusCode::OK);
+    let tag = ok.headers.to().unwrap().tag().unwrap().to_owned();
+    h.send(&in_dialog("ACK", 1, "z9hG4bKack1", "c1", &tag, "", ""));
+    assert!(matches!(h.events().as_slice(), [Event::Acked { .. }]));
+    h.ep.hangup(key, h.now).unwrap();
+    let bye = h
+        .sent()
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Request(r) if r.method == Method::Bye => Some(r),
+            _ => None,
+        })
+        .expect("BYE");
+    assert_eq!(bye.uri.as_str(), "sip:a@127.0.0.1");
+}
+
+#[test]
+fn invite_with_an_unreadable_contact_is_still_refused() {
+    let mut h = Harness::new();
+    for (n, contact) in ["Contact: <sip:a@127.0.0.1:5070\n", "Contact: *\n"]
+        .into_iter()
+        .enumerate()
+    {
+        let raw = invite(&format!("z9hG4bK{n}"), &format!("c{n}"), "", SDP)
+            .replace("Contact: <sip:a@127.0.0.1:5070>\n", contact);
+        h.send(&raw);
+        assert_eq!(h.statuses(), vec![100, 400], "{contact}");
+    }
+    assert!(h.events().is_empty());
+}

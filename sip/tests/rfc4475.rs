@@ -6,10 +6,14 @@
 //! not interpreted), `regbadct` (Contact addr-spec with `?` is accepted),
 //! `badaspec` (spaces inside `< >` are trimmed). Everything else listed as
 //! MUST-REJECT gets its status, or is dropped when it is a response.
+//!
+//! `mcl01` (two Content-Length values) is answered 400 over UDP, as RFC 4475 §3.3.9
+//! says an element SHOULD; on a stream the same 400 is written before the close.
 
 use bytes::Bytes;
 use dialin_sip::header::{HeaderName, ViaTransport};
 use dialin_sip::message::{reject_unparsable, Limits, Message, Method, ParseErrorKind, StatusCode};
+use dialin_sip::sdp::offer_body;
 use dialin_sip::transport::{response_target, FramingError, StreamFramer, Transport};
 use dialin_sip::uri::Uri;
 use dialin_sip::validate::{check_request, check_response, ValidationPolicy};
@@ -110,7 +114,7 @@ fn check_file(name: &str, verdict: &str, raw: &Bytes) -> Result<(), String> {
                 "bext01" => s(420),
                 "invut" => s(415),
                 "sdp01" => s(406),
-                "mcl01" => Err(()),
+                "mcl01" => s(400),
                 "regaut01" | "zeromf" | "cparam01" | "cparam02" | "regescrt" | "inv2543"
                 | "bcast" => Ok(None),
                 other => return Err(format!("no expectation written for PARSE-SEMANTIC {other}")),
@@ -343,6 +347,10 @@ fn spot_check(stem: &str, m: &Message, raw: &Bytes) -> Result<(), String> {
             ensure(
                 Some(m.body().len()) == h.content_length().map_err(e)?,
                 "binary body framed by Content-Length",
+            )?;
+            mpart01_body_parts(
+                h.get(&HeaderName::ContentType).map(|t| t.as_str()),
+                m.body(),
             )
         }
         "unreason" => {
@@ -361,6 +369,32 @@ fn spot_check(stem: &str, m: &Message, raw: &Bytes) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// The multipart body of mpart01 (a text part and a binary one, with bare CR, LF and NUL
+/// octets) holds no SDP; the same body with an SDP part after the binary one gives that
+/// part, so the binary octets are skipped as a part, not misread as delimiters.
+fn mpart01_body_parts(content_type: Option<&str>, body: &[u8]) -> Result<(), String> {
+    ensure(
+        offer_body(content_type, body) == Ok(None),
+        "no SDP part in mpart01",
+    )?;
+    let close = b"--7a9cbec02ceef655--";
+    let at = body
+        .windows(close.len())
+        .position(|w| w == close)
+        .ok_or("close delimiter")?;
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+               m=audio 4000 RTP/AVP 0\r\n";
+    let mut with_sdp = body.get(..at).ok_or("prefix")?.to_vec();
+    with_sdp.extend_from_slice(
+        format!("--7a9cbec02ceef655\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n").as_bytes(),
+    );
+    with_sdp.extend_from_slice(body.get(at..).ok_or("suffix")?);
+    ensure(
+        offer_body(content_type, &with_sdp) == Ok(Some(sdp)),
+        "the SDP part after the binary part is found",
+    )
 }
 
 fn semantic_spot_check(stem: &str, raw: &Bytes) -> Result<(), String> {
@@ -394,6 +428,10 @@ fn semantic_spot_check(stem: &str, raw: &Bytes) -> Result<(), String> {
             ensure(
                 f.pop() == Err(FramingError::MultipleContentLength),
                 "stream closes",
+            )?;
+            ensure(
+                f.rejection().map(|r| r.status) == Some(StatusCode::BAD_REQUEST),
+                "the stream gets its 400 before the close",
             )
         }
         "bcast" => {
@@ -515,4 +553,19 @@ fn every_corpus_file_is_listed_in_the_index() {
             assert!(listed.contains(&name), "{name} is not in INDEX");
         }
     }
+}
+
+#[test]
+fn negative_content_length_on_a_stream_is_answered_400_before_the_close() {
+    let Some(dir) = corpus_dir() else { return };
+    let raw = std::fs::read(dir.join("ncl.dat")).expect("ncl.dat");
+    let mut f = StreamFramer::new(Limits::default());
+    f.push(&raw);
+    assert_eq!(f.pop(), Err(FramingError::BadContentLength));
+    let resp = f.rejection().expect("an answer for the stream");
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        resp.headers.call_id().map(|c| c.as_str().to_owned()),
+        Ok("ncl.0ha0isndaksdj2193423r542w35".to_owned())
+    );
 }

@@ -4,9 +4,19 @@
 //! ACK when we offered in the 200 OK) is parsed here into a [`SessionDescription`],
 //! [`negotiate`] picks the audio stream, codec, `telephone-event` (RFC 4733), direction
 //! and SDES-SRTP keys (RFC 4568), and [`Negotiated::answer_sdp`] writes the body of our
-//! 200 OK. Parsing is total over peer input: every malformed line the gateway relies on
-//! becomes a typed [`SdpError`], everything else is kept or skipped.
+//! 200 OK. [`offer_body`] finds the SDP in a message body first: `application/sdp` itself,
+//! or its part of a `multipart/*` body (RFC 2046 §5.1, RFC 5621).
+//!
+//! Parsing is total over peer input and liberal (RFC 4566 §5 lets a parser skip what it does
+//! not understand): only what decides where and how our audio flows fails the whole body
+//! with a typed [`SdpError`]: a missing or wrong `v=`, a malformed session-level `c=`, the
+//! `m=` or `c=` line of an audio section we could use, too many `m=` lines. Any other
+//! malformed line (an attribute anywhere, a line that is not `<type>=<value>`, the `o=`, any
+//! line of a section we will reject such as video or a port-0 stream) is skipped and
+//! reported in [`SessionDescription::ignored`] with the error it had, so that one odd line
+//! from a phone does not cost the call. Negotiation still refuses what cannot be negotiated.
 
+mod body;
 mod negotiate;
 #[cfg(test)]
 mod tests;
@@ -16,6 +26,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 
+pub use body::{offer_body, BodyError};
 pub use negotiate::{
     accept_answer, build_offer, negotiate, AnswerPolicy, Codec, HoldState, HoldTransition,
     LocalMedia, Negotiated, NegotiatedCodec, NegotiationError, Offer, OfferPolicy, SrtpParams,
@@ -71,6 +82,16 @@ pub struct SessionDescription {
     /// Session-level attributes not interpreted above (`name`, optional value).
     pub attributes: Vec<Attribute>,
     pub media: Vec<MediaDescription>,
+    /// Malformed lines skipped because the offer does not depend on them, in body order.
+    pub ignored: Vec<IgnoredLine>,
+}
+
+/// A line [`SessionDescription::parse`] skipped, and what was wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredLine {
+    /// 1-based line number in the body.
+    pub line: usize,
+    pub error: SdpError,
 }
 
 /// `o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>`.
@@ -387,6 +408,13 @@ impl MediaDescription {
         }
     }
 
+    /// Whether this section can be our audio stream: audio over an RTP profile, not
+    /// disabled with port 0 (RFC 3264 §5.1). Every other section is answered with port 0,
+    /// so nothing inside it matters to us.
+    pub fn can_carry_audio(&self) -> bool {
+        self.kind == MediaKind::Audio && self.port != 0 && self.transport.is_rtp()
+    }
+
     /// The payload types of the format list, skipping entries that are not numbers.
     pub fn payload_types(&self) -> impl Iterator<Item = PayloadType> + '_ {
         self.formats.iter().filter_map(|f| PayloadType::parse(f))
@@ -408,7 +436,8 @@ impl MediaDescription {
 impl SessionDescription {
     /// Parses an SDP body. Accepts CRLF or bare LF line ends (RFC 4566 §5 asks receivers
     /// to be tolerant of LF). Line types we don't use (`i=`, `u=`, `e=`, `p=`, `b=`,
-    /// `t=`, `r=`, `z=`, `k=`) are skipped.
+    /// `t=`, `r=`, `z=`, `k=`) are skipped; malformed lines the offer does not depend on
+    /// are skipped and listed in [`SessionDescription::ignored`] (see the module docs).
     pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
         let mut sd = SessionDescription {
             origin: None,
@@ -417,6 +446,7 @@ impl SessionDescription {
             direction: None,
             attributes: Vec::new(),
             media: Vec::new(),
+            ignored: Vec::new(),
         };
         let mut saw_version = false;
         for (index, raw) in text.split('\n').enumerate() {
@@ -428,7 +458,11 @@ impl SessionDescription {
             let mut chars = line.char_indices();
             let (kind, eq) = match (chars.next(), chars.next()) {
                 (Some((_, k)), Some((i, '='))) if k.is_ascii_alphabetic() => (k, i),
-                _ => return Err(SdpError::MalformedLine { line: line_no }),
+                _ if !saw_version => return Err(SdpError::MalformedLine { line: line_no }),
+                _ => {
+                    sd.ignore(line_no, SdpError::MalformedLine { line: line_no });
+                    continue;
+                }
             };
             let value = line.get(eq + 1..).unwrap_or("");
             if !saw_version {
@@ -441,48 +475,77 @@ impl SessionDescription {
                 saw_version = true;
                 continue;
             }
-            match kind {
-                'o' => sd.origin = Some(parse_origin(value)?),
-                's' if sd.media.is_empty() => sd.session_name = Some(value.to_owned()),
-                'c' => {
-                    let addr = parse_connection(value)?;
-                    match sd.media.last_mut() {
-                        Some(m) => m.connection = Some(addr),
-                        None => sd.connection = Some(addr),
-                    }
-                }
-                'm' => {
-                    if sd.media.len() >= MAX_MEDIA_DESCRIPTIONS {
-                        return Err(SdpError::TooManyMedia);
-                    }
-                    sd.media.push(parse_media(value)?);
-                }
-                'a' => {
-                    let (name, attr_value) = match value.split_once(':') {
-                        Some((n, v)) => (n, Some(v)),
-                        None => (value, None),
-                    };
-                    match sd.media.last_mut() {
-                        Some(m) => apply_media_attribute(m, name, attr_value)?,
-                        None => {
-                            if let Some(d) = Direction::from_attribute(name) {
-                                sd.direction = Some(d);
-                            } else {
-                                sd.attributes.push(Attribute {
-                                    name: name.to_owned(),
-                                    value: attr_value.map(str::to_owned),
-                                });
-                            }
-                        }
-                    }
-                }
-                _ => {}
+            match sd.apply_line(kind, value) {
+                Ok(()) => {}
+                Err(LineError::Skip(e)) => sd.ignore(line_no, e),
+                Err(LineError::Fatal(e)) => return Err(e),
             }
         }
         if !saw_version {
             return Err(SdpError::Empty);
         }
         Ok(sd)
+    }
+
+    fn ignore(&mut self, line: usize, error: SdpError) {
+        self.ignored.push(IgnoredLine { line, error });
+    }
+
+    /// Applies one `<kind>=<value>` line after `v=`.
+    fn apply_line(&mut self, kind: char, value: &str) -> Result<(), LineError> {
+        match kind {
+            // Nothing we negotiate depends on the origin: a broken one is skipped.
+            'o' => self.origin = Some(parse_origin(value).map_err(LineError::Skip)?),
+            's' if self.media.is_empty() => self.session_name = Some(value.to_owned()),
+            'c' => match self.media.last_mut() {
+                None => self.connection = Some(parse_connection(value).map_err(LineError::Fatal)?),
+                Some(m) => match parse_connection(value) {
+                    Ok(addr) => m.connection = Some(addr),
+                    Err(e) if m.can_carry_audio() => return Err(LineError::Fatal(e)),
+                    Err(e) => return Err(LineError::Skip(e)),
+                },
+            },
+            'm' => {
+                if self.media.len() >= MAX_MEDIA_DESCRIPTIONS {
+                    return Err(LineError::Fatal(SdpError::TooManyMedia));
+                }
+                match parse_media(value) {
+                    Ok(m) => self.media.push(m),
+                    Err(e) => {
+                        // The answer must keep one m-line per offered m-line (RFC 3264 §6):
+                        // a malformed section we would reject anyway stays, disabled.
+                        let Some(disabled) = disabled_media(value) else {
+                            return Err(LineError::Fatal(e));
+                        };
+                        self.media.push(disabled);
+                        return Err(LineError::Skip(e));
+                    }
+                }
+            }
+            'a' => {
+                let (name, attr_value) = match value.split_once(':') {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (value, None),
+                };
+                match self.media.last_mut() {
+                    Some(m) => {
+                        apply_media_attribute(m, name, attr_value).map_err(LineError::Skip)?
+                    }
+                    None => {
+                        if let Some(d) = Direction::from_attribute(name) {
+                            self.direction = Some(d);
+                        } else {
+                            self.attributes.push(Attribute {
+                                name: name.to_owned(),
+                                value: attr_value.map(str::to_owned),
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The connection address in force for `media`: its own `c=` or the session's.
@@ -552,6 +615,31 @@ fn parse_typed_address(addrtype: &str, addr: &str) -> Result<IpAddr, AddrError> 
         ("IP4", _) | ("IP6", _) => Err(AddrError::Mismatch),
         _ => Err(AddrError::Type),
     }
+}
+
+/// What one malformed line costs.
+enum LineError {
+    /// The line is skipped and reported.
+    Skip(SdpError),
+    /// The whole body is refused.
+    Fatal(SdpError),
+}
+
+/// A malformed `m=` line of a media type other than audio, kept as a disabled section
+/// (port 0) with whatever transport and formats it names, so that the answer can reject it
+/// in place. `None` for audio (the stream we would use) or when not even the media type is
+/// there.
+fn disabled_media(value: &str) -> Option<MediaDescription> {
+    let mut parts = value.split_ascii_whitespace();
+    let kind = MediaKind::parse(parts.next()?);
+    if kind == MediaKind::Audio {
+        return None;
+    }
+    let _port = parts.next();
+    let transport = Transport::parse(parts.next().unwrap_or("RTP/AVP"));
+    let mut media = MediaDescription::new(kind, 0, None, transport);
+    media.formats = parts.map(str::to_owned).collect();
+    Some(media)
 }
 
 /// `m=<media> <port>[/<number of ports>] <proto> <fmt> ...` (RFC 4566 §5.14).

@@ -272,7 +272,12 @@ pub struct Negotiated {
     pub rtcp_mux: bool,
     pub transport: Transport,
     pub codec: NegotiatedCodec,
+    /// The `telephone-event` (RFC 4733) payload type, when DTMF events are carried.
     pub telephone_event: Option<PayloadType>,
+    /// The RTP clock rate of the `telephone-event` payload as offered. Usually the codec's
+    /// clock rate, but some phones (baresip) offer Opus at 48000 with events at 8000 only;
+    /// the events' timestamps and durations then count at this rate, not the codec's.
+    pub telephone_event_rate: Option<u32>,
     /// Packetization we send with: the peer's `a=ptime` when usable, else our default.
     pub ptime_ms: u32,
     /// Packetization we asked to receive.
@@ -304,7 +309,7 @@ fn negotiate_with(
     let mut first_error = None;
     let mut chosen = None;
     for (index, media) in offer.media.iter().enumerate() {
-        if media.kind != MediaKind::Audio || media.port == 0 || !media.transport.is_rtp() {
+        if !media.can_carry_audio() {
             continue;
         }
         match negotiate_stream(offer, media, prefs, previous) {
@@ -368,28 +373,29 @@ fn negotiate_stream(
                 .map(|pt| (codec, pt))
         })
         .collect();
-    let te_for = |clock: u32| {
-        if !prefs.telephone_event {
-            return None;
-        }
-        media.payload_types().find(|&pt| {
-            media.rtpmap(pt).is_some_and(|m| {
-                m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == clock
-            })
-        })
+    // PINs are typed as DTMF: a codec whose clock matches an offered telephone-event is
+    // preferred when the policy says so; any offered rate is still taken otherwise.
+    let te_at = |clock: u32| {
+        prefs
+            .telephone_event
+            .then(|| telephone_event_at(media, clock))
+            .flatten()
     };
     let keep_previous =
         previous.is_some_and(|p| offered.first().is_some_and(|(c, _)| *c == p.codec.codec));
     let pick = if prefs.prefer_codec_with_telephone_event && !keep_previous {
         offered
             .iter()
-            .find(|(c, _)| te_for(c.rtp_clock_rate()).is_some())
+            .find(|(c, _)| te_at(c.rtp_clock_rate()).is_some())
             .or_else(|| offered.first())
     } else {
         offered.first()
     };
     let &(codec, payload_type) = pick.ok_or(NegotiationError::NoCommonCodec)?;
-    let telephone_event = te_for(codec.rtp_clock_rate());
+    let telephone_event = prefs
+        .telephone_event
+        .then(|| telephone_event_for(media, codec.rtp_clock_rate()))
+        .flatten();
 
     let mut remote_direction = sd.direction_for(media);
     if conn.is_unspecified() {
@@ -433,7 +439,8 @@ fn negotiate_stream(
             channels: codec.channels(),
             remote_fmtp: media.fmtp(payload_type).map(str::to_owned),
         },
-        telephone_event,
+        telephone_event: telephone_event.map(|(pt, _)| pt),
+        telephone_event_rate: telephone_event.map(|(_, rate)| rate),
         ptime_ms: usable_ptime(media).unwrap_or(prefs.ptime_ms),
         local_ptime_ms: prefs.ptime_ms,
         local_direction,
@@ -442,6 +449,27 @@ fn negotiate_stream(
         hold: hold_state(remote_direction),
         lines: Vec::new(),
         opus_fmtp: prefs.opus_fmtp.clone(),
+    })
+}
+
+/// The offered `telephone-event` payload at exactly `clock`, with its rate.
+fn telephone_event_at(media: &MediaDescription, clock: u32) -> Option<(PayloadType, u32)> {
+    telephone_events(media).find(|&(_, rate)| rate == clock)
+}
+
+/// The `telephone-event` payload to use with a codec clocked at `clock`: the one at that
+/// rate, else the first offered at any rate (RFC 4733 §2.1 lets the event clock differ).
+fn telephone_event_for(media: &MediaDescription, clock: u32) -> Option<(PayloadType, u32)> {
+    telephone_event_at(media, clock).or_else(|| telephone_events(media).next())
+}
+
+/// Every `telephone-event` payload of the format list, in the peer's order.
+fn telephone_events(media: &MediaDescription) -> impl Iterator<Item = (PayloadType, u32)> + '_ {
+    media.payload_types().filter_map(|pt| {
+        let map = media.rtpmap(pt)?;
+        map.encoding
+            .eq_ignore_ascii_case("telephone-event")
+            .then_some((pt, map.clock_rate))
     })
 }
 
@@ -535,6 +563,11 @@ impl Negotiated {
                     for f in formats {
                         let _ = write!(out, " {f}");
                     }
+                    if formats.is_empty() {
+                        // A malformed offered line had none; the grammar needs one
+                        // (RFC 4566 §5.14), and a rejected line's formats mean nothing.
+                        out.push_str(" 0");
+                    }
                     out.push_str("\r\n");
                 }
             }
@@ -559,7 +592,8 @@ impl Negotiated {
             let _ = write!(out, "a=fmtp:{} {}\r\n", c.payload_type, self.opus_fmtp);
         }
         if let Some(te) = self.telephone_event {
-            write_telephone_event(out, te, c.clock_rate);
+            let rate = self.telephone_event_rate.unwrap_or(c.clock_rate);
+            write_telephone_event(out, te, rate);
         }
         let _ = write!(
             out,
@@ -733,12 +767,7 @@ pub fn accept_answer(
                 .map(|(c, _)| (*c, pt))
         })
         .ok_or(NegotiationError::NoCommonCodec)?;
-    let telephone_event = media.payload_types().find(|&pt| {
-        media.rtpmap(pt).is_some_and(|m| {
-            m.encoding.eq_ignore_ascii_case("telephone-event")
-                && m.clock_rate == codec.rtp_clock_rate()
-        })
-    });
+    let telephone_event = telephone_event_for(media, codec.rtp_clock_rate());
 
     let srtp = if offer.crypto.is_empty() {
         None
@@ -781,7 +810,8 @@ pub fn accept_answer(
             channels: codec.channels(),
             remote_fmtp: media.fmtp(payload_type).map(str::to_owned),
         },
-        telephone_event,
+        telephone_event: telephone_event.map(|(pt, _)| pt),
+        telephone_event_rate: telephone_event.map(|(_, rate)| rate),
         ptime_ms: usable_ptime(media).unwrap_or(offer.ptime_ms),
         local_ptime_ms: offer.ptime_ms,
         local_direction: remote_direction.answer(),

@@ -281,11 +281,10 @@ fn malformed_input_gives_an_error_naming_the_problem() {
         ("o=- 1 1 IN IP4 1.2.3.4\r\n", |e| {
             matches!(e, SdpError::MissingVersion { line: 1 })
         }),
-        ("v=1\r\n", |e| matches!(e, SdpError::UnsupportedVersion(_))),
-        ("v=0\r\nthis is not sdp\r\n", |e| {
-            matches!(e, SdpError::MalformedLine { line: 2 })
+        ("this is not sdp\r\nv=0\r\n", |e| {
+            matches!(e, SdpError::MalformedLine { line: 1 })
         }),
-        ("v=0\r\no=- 1\r\n", |e| matches!(e, SdpError::BadOrigin(_))),
+        ("v=1\r\n", |e| matches!(e, SdpError::UnsupportedVersion(_))),
         ("v=0\r\nc=IN IP4 999.1.1.1\r\n", |e| {
             matches!(e, SdpError::UnsupportedConnectionAddress(_))
         }),
@@ -304,34 +303,11 @@ fn malformed_input_gives_an_error_naming_the_problem() {
         ("v=0\r\nm=audio 4000 RTP/AVP\r\n", |e| {
             matches!(e, SdpError::BadMedia(_))
         }),
+        ("v=0\r\nm=\r\n", |e| matches!(e, SdpError::BadMedia(_))),
+        // The c= of an audio stream we could use decides where our audio goes.
         (
-            "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:200 PCMU/8000\r\n",
-            |e| matches!(e, SdpError::BadRtpmap(_)),
-        ),
-        (
-            "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU\r\n",
-            |e| matches!(e, SdpError::BadRtpmap(_)),
-        ),
-        ("v=0\r\nm=audio 4000 RTP/AVP 0\r\na=fmtp\r\n", |e| {
-            matches!(e, SdpError::BadFmtp(_))
-        }),
-        ("v=0\r\nm=audio 4000 RTP/AVP 0\r\na=ptime:abc\r\n", |e| {
-            matches!(e, SdpError::BadPtime(_))
-        }),
-        ("v=0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:x\r\n", |e| {
-            matches!(e, SdpError::BadRtcp(_))
-        }),
-        (
-            "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:@@@\r\n",
-            |e| matches!(e, SdpError::BadCrypto(_)),
-        ),
-        (
-            "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAAA\r\n",
-            |e| matches!(e, SdpError::BadCrypto(_)),
-        ),
-        (
-            "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 key:AAAA\r\n",
-            |e| matches!(e, SdpError::BadCrypto(_)),
+            "v=0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4 pbx.example.com\r\n",
+            |e| matches!(e, SdpError::UnsupportedConnectionAddress(_)),
         ),
     ];
     for (text, expected) in cases {
@@ -340,6 +316,127 @@ fn malformed_input_gives_an_error_naming_the_problem() {
             Err(e) => assert!(expected(&e), "{text:?} gave {e:?}"),
         }
     }
+}
+
+#[test]
+fn malformed_attribute_lines_are_skipped_and_reported_with_their_error() {
+    type Expect = fn(&SdpError) -> bool;
+    let audio = "v=0\r\nc=IN IP4 10.1.1.1\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let cases: &[(&str, Expect)] = &[
+        ("a=rtpmap:200 PCMU/8000", |e| {
+            matches!(e, SdpError::BadRtpmap(_))
+        }),
+        ("a=rtpmap:0 PCMU", |e| matches!(e, SdpError::BadRtpmap(_))),
+        ("a=rtpmap", |e| matches!(e, SdpError::BadRtpmap(_))),
+        ("a=fmtp", |e| matches!(e, SdpError::BadFmtp(_))),
+        ("a=ptime:abc", |e| matches!(e, SdpError::BadPtime(_))),
+        ("a=maxptime:0", |e| matches!(e, SdpError::BadPtime(_))),
+        ("a=rtcp:x", |e| matches!(e, SdpError::BadRtcp(_))),
+        ("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:@@@", |e| {
+            matches!(e, SdpError::BadCrypto(_))
+        }),
+        ("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAAA", |e| {
+            matches!(e, SdpError::BadCrypto(_))
+        }),
+        ("a=crypto:1 AES_CM_128_HMAC_SHA1_80 key:AAAA", |e| {
+            matches!(e, SdpError::BadCrypto(_))
+        }),
+        ("this is not sdp", |e| {
+            matches!(e, SdpError::MalformedLine { line: 4 })
+        }),
+    ];
+    for (line, expected) in cases {
+        let text = format!("{audio}{line}\r\na=sendonly\r\n");
+        let sd = parse(&text);
+        assert_eq!(sd.ignored.len(), 1, "{line:?}: {:?}", sd.ignored);
+        assert_eq!(sd.ignored[0].line, 4, "{line:?}");
+        assert!(
+            expected(&sd.ignored[0].error),
+            "{line:?} gave {:?}",
+            sd.ignored[0]
+        );
+        // The lines around it still count, and the stream still negotiates.
+        assert_eq!(sd.media[0].direction, Some(Direction::SendOnly), "{line:?}");
+        let n = answer(&text);
+        assert_eq!(n.codec.codec, Codec::Pcmu, "{line:?}");
+        assert_eq!(
+            n.ptime_ms, 20,
+            "{line:?}: the default when a=ptime is unusable"
+        );
+    }
+    // A malformed o= is not needed either.
+    let sd = parse(&CARRIER.replace("o=- 1234567890 1234567890 IN IP4 203.0.113.5", "o=- 1"));
+    assert!(sd.origin.is_none());
+    assert!(matches!(sd.ignored[0].error, SdpError::BadOrigin(_)));
+}
+
+#[test]
+fn rfc4475_offer_with_a_malformed_rtpmap_in_its_video_section_is_answered() {
+    // The body of RFC 4475 esc01, longreq, baddate, escruri...: `a=rtpmap:31 LPC` has no
+    // clock rate, inside a video section we reject anyway.
+    let text = "v=0\r\no=mhandley 29739 7272939 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\n\
+                t=0 0\r\nm=audio 49217 RTP/AVP 0 12\r\nm=video 3227 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n";
+    let sd = parse(text);
+    assert_eq!(sd.ignored.len(), 1);
+    assert_eq!(sd.ignored[0].line, 8);
+    let n = answer(text);
+    assert_eq!(n.codec.codec, Codec::Pcmu);
+    let a = parse(&n.answer_sdp(&local()));
+    assert_eq!(a.media.len(), 2);
+    assert_eq!(
+        (a.media[1].kind.clone(), a.media[1].port),
+        (MediaKind::Video, 0)
+    );
+}
+
+#[test]
+fn malformed_lines_of_a_section_we_reject_do_not_fail_the_offer() {
+    let sections = [
+        // Port 0: the peer disabled it.
+        "m=audio 0 RTP/AVP 0\r\nc=IN IP4 pbx.example.com\r\na=rtpmap:0 PCMU\r\n",
+        // Video with an unusable address and a broken crypto line.
+        "m=video 3227 RTP/SAVP 31\r\nc=IN IP4 999.1.1.1\r\na=crypto:1 X inline:@@\r\n",
+        // Not RTP at all.
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=ATM NSAP 47\r\n",
+        // A malformed m= line of a type we reject stays in place, disabled.
+        "m=video 99999 RTP/AVP 31\r\na=rtpmap:31 H261\r\n",
+        "m=video 0 RTP/AVP\r\n",
+    ];
+    for section in sections {
+        let text = CARRIER.to_owned() + section;
+        let sd = parse(&text);
+        assert!(!sd.ignored.is_empty(), "{section:?}");
+        assert_eq!(sd.media.len(), 2, "{section:?}");
+        let n = answer(&text);
+        assert_eq!(n.remote_rtp, SocketAddr::from(([203, 0, 113, 5], 16384)));
+        let a = parse(&n.answer_sdp(&local()));
+        assert_eq!(
+            a.media.len(),
+            2,
+            "one answer line per offered line: {section:?}"
+        );
+        assert_eq!(a.media[1].port, 0, "{section:?}");
+        assert!(
+            a.ignored.is_empty(),
+            "our answer is well formed: {section:?}"
+        );
+    }
+}
+
+#[test]
+fn what_cannot_be_negotiated_is_still_refused() {
+    // The only audio stream has a broken rtpmap for its only codec: nothing in common.
+    let text = "v=0\r\nc=IN IP4 10.1.1.1\r\nm=audio 4000 RTP/AVP 96\r\na=rtpmap:96 opus\r\n";
+    assert_eq!(
+        negotiate(&parse(text), &AnswerPolicy::default()).map(|n| n.codec),
+        Err(NegotiationError::NoCommonCodec)
+    );
+    // Only a rejected video section.
+    let text = "v=0\r\nc=IN IP4 10.1.1.1\r\nm=video 4000 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n";
+    assert_eq!(
+        negotiate(&parse(text), &AnswerPolicy::default()).map(|n| n.codec),
+        Err(NegotiationError::NoAudioStream)
+    );
 }
 
 #[test]
@@ -516,13 +613,51 @@ fn ipv6_offer_gives_ipv6_remote_addresses() {
 }
 
 #[test]
-fn telephone_event_at_another_clock_is_not_used() {
-    // Opus offered with only an 8 kHz telephone-event, and no 8 kHz codec to fall back to.
+fn telephone_event_at_another_clock_is_used_when_it_is_the_only_one() {
+    // baresip: Opus offered with only an 8 kHz telephone-event, and no 8 kHz codec to fall
+    // back to. DTMF is how PINs arrive, so the event payload is kept at its offered rate.
     let text = "v=0\r\no=- 1 1 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\n\
-                m=audio 4000 RTP/AVP 96 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+                m=audio 4000 RTP/AVP 96 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n\
+                a=fmtp:101 0-15\r\n";
     let n = answer(text);
     assert_eq!(n.codec.codec, Codec::Opus);
-    assert_eq!(n.telephone_event, None);
+    assert_eq!(n.telephone_event.map(PayloadType::get), Some(101));
+    assert_eq!(n.telephone_event_rate, Some(8_000));
+    let a = parse(&n.answer_sdp(&local()));
+    let m = &a.media[0];
+    assert_eq!(m.formats, ["96", "101"]);
+    assert_eq!(
+        m.rtpmap(PayloadType::new_const(101))
+            .map(|r| (r.encoding.as_str(), r.clock_rate)),
+        Some(("telephone-event", 8_000)),
+        "the answer lists the event payload at its offered rate"
+    );
+}
+
+#[test]
+fn telephone_event_at_the_codec_clock_is_preferred_over_another_rate() {
+    let n = answer(LINPHONE);
+    assert_eq!(
+        (
+            n.telephone_event.map(PayloadType::get),
+            n.telephone_event_rate
+        ),
+        (Some(101), Some(48_000))
+    );
+    let n = answer(CARRIER);
+    assert_eq!(n.telephone_event_rate, Some(8_000));
+    // Offered first at the other rate, the matching one still wins.
+    let text = "v=0\r\nc=IN IP4 10.1.1.1\r\nm=audio 4000 RTP/AVP 96 101 110\r\n\
+                a=rtpmap:96 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n\
+                a=rtpmap:110 telephone-event/48000\r\n";
+    let n = answer(text);
+    assert_eq!(
+        (
+            n.telephone_event.map(PayloadType::get),
+            n.telephone_event_rate
+        ),
+        (Some(110), Some(48_000))
+    );
 }
 
 #[test]
@@ -538,8 +673,16 @@ fn codec_with_dtmf_is_preferred_over_a_better_codec_without() {
         prefer_codec_with_telephone_event: false,
         ..AnswerPolicy::default()
     };
+    // Without the preference the best codec is kept, with the events at their own rate.
     let n = answer_with(text, &strict);
-    assert_eq!((n.codec.codec, n.telephone_event), (Codec::Opus, None));
+    assert_eq!(
+        (
+            n.codec.codec,
+            n.telephone_event.map(PayloadType::get),
+            n.telephone_event_rate
+        ),
+        (Codec::Opus, Some(101), Some(8_000))
+    );
 }
 
 #[test]
@@ -549,7 +692,7 @@ fn telephone_event_is_left_out_when_policy_disables_it() {
         ..AnswerPolicy::default()
     };
     let n = answer_with(CARRIER, &policy);
-    assert_eq!(n.telephone_event, None);
+    assert_eq!((n.telephone_event, n.telephone_event_rate), (None, None));
     assert!(!n.answer_sdp(&local()).contains("telephone-event"));
 }
 
@@ -994,6 +1137,22 @@ fn answer_picks_the_answerers_first_codec_and_its_payload_type() {
         )
     );
     assert!(n.srtp.is_none());
+}
+
+#[test]
+fn answer_with_telephone_event_at_another_clock_keeps_dtmf_at_that_rate() {
+    let offer = build_offer(&OfferPolicy::default(), &local());
+    let answer = "v=0\r\nc=IN IP4 10.9.9.9\r\nm=audio 6000 RTP/AVP 111 100\r\n\
+                  a=rtpmap:111 opus/48000/2\r\na=rtpmap:100 telephone-event/8000\r\n";
+    let n = accept_answer(&offer, &parse(answer)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(n.codec.codec, Codec::Opus);
+    assert_eq!(
+        (
+            n.telephone_event.map(PayloadType::get),
+            n.telephone_event_rate
+        ),
+        (Some(100), Some(8_000))
+    );
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! connection has one reader task (a [`StreamFramer`] feeding the parser) and
 //! one writer task fed by a channel, so [`Transports::send`] never blocks on a
 //! socket. Requests that fail to parse are answered here (400/505/513...) when
-//! the error allows it; framing errors close the connection. Double-CRLF
+//! the error allows it; a framing error gets its answer too (513 for a message
+//! over the size limit, 400 for a Content-Length that cannot frame it), written
+//! before the connection is closed. Double-CRLF
 //! keep-alive pings are answered with a CRLF pong (RFC 5626 §4.4.1).
 //!
 //! # Defences against connection exhaustion
@@ -256,7 +258,15 @@ enum ReadEnd {
     Close,
     /// An untrusted source's one message is in: wait for its reply, then close.
     AwaitReply,
+    /// The stream cannot be framed and its error response is queued: close once it is
+    /// written, reading and discarding what the peer still sends meanwhile so that the
+    /// close is not a reset that could destroy the response before the peer reads it.
+    CloseAfterReply,
 }
+
+/// How long a connection that failed framing is drained after its error response before it
+/// is closed anyway.
+const REJECT_LINGER: Duration = Duration::from_secs(2);
 
 /// Handle on the bound transports; cheap to clone. Dropping the last clone does
 /// not stop the listeners: call [`Transports::shutdown`].
@@ -577,7 +587,7 @@ impl Transports {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (rd, mut wr) = tokio::io::split(stream);
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let one_reply = !conn.trusted;
         let mut writer = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
@@ -597,7 +607,7 @@ impl Transports {
             .ok()
             .and_then(|c| c.get(&conn.id).map(|h| h.tx.clone()));
         let end = self
-            .read_stream(rd, conn, deadline, reply_tx.as_ref())
+            .read_stream(&mut rd, conn, deadline, reply_tx.as_ref())
             .await;
         // The writer ends with the first reply on an untrusted connection: keep the
         // connection findable for that reply until it is written or the linger is over.
@@ -618,6 +628,14 @@ impl Transports {
         if !writer_done {
             // The writer drains what is queued (e.g. a 400) and then ends.
             let _ = writer.await;
+        }
+        if end == ReadEnd::CloseAfterReply {
+            // Our side is shut down; the peer sees the response, then the end of stream.
+            let drain = async {
+                let mut sink = [0u8; 4096];
+                while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(REJECT_LINGER, drain).await;
         }
     }
 
@@ -659,7 +677,11 @@ impl Transports {
                     Ok(Some(raw)) => raw,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "stream framing error, closing connection");
-                        return ReadEnd::Close;
+                        let (Some(resp), Some(tx)) = (framer.rejection(), reply) else {
+                            return ReadEnd::Close;
+                        };
+                        let _ = tx.send(resp.to_bytes()).await;
+                        return ReadEnd::CloseAfterReply;
                     }
                 };
                 deadline.on_message();
@@ -1180,6 +1202,108 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{extra_body}",
             .unwrap_or(0);
         assert_eq!(n, 0, "connection closed");
         t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn udp_request_with_two_content_lengths_is_answered_400() {
+        // RFC 4475 §3.3.9: over UDP the element SHOULD respond with an error.
+        let (t, mut rx) = start(&["udp://127.0.0.1:0"], |_| {}).await;
+        let server = t.local_addr(Transport::Udp).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let two = options("127.0.0.1:9", "mcl", "hello").replace(
+            "Content-Length: 5\r\n",
+            "Content-Length: 13\r\nContent-Length: 5\r\n",
+        );
+        client.send_to(two.as_bytes(), server).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let back = Message::parse(Bytes::copy_from_slice(&buf[..n]), &Limits::default()).unwrap();
+        assert_eq!(
+            back.as_response().map(|r| r.status),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(back.headers().call_id().unwrap(), "mcl");
+        assert!(rx.try_recv().is_err(), "not delivered");
+        t.shutdown();
+    }
+
+    /// Sends `raw` on a fresh TCP connection; returns the response written before the server
+    /// closed the connection, asserting that it closes.
+    async fn answer_then_close(listen_limit: usize, raw: &[u8]) -> Option<Message> {
+        let (t, mut rx) = start(&["tcp://127.0.0.1:0"], |c| {
+            c.limits.max_message_size = listen_limit
+        })
+        .await;
+        let mut c = TcpStream::connect(t.local_addr(Transport::Tcp).unwrap())
+            .await
+            .unwrap();
+        c.write_all(raw).await.unwrap();
+        let back = response_or_close(&mut c).await;
+        if back.is_some() {
+            assert!(closed_by_server(&mut c).await, "closed after the response");
+        }
+        assert!(rx.try_recv().is_err(), "nothing delivered");
+        t.shutdown();
+        back
+    }
+
+    #[tokio::test]
+    async fn tcp_request_over_the_size_limit_gets_513_before_the_close() {
+        let head = options("127.0.0.1:9", "big", "")
+            .replace("Content-Length: 0\r\n", "Content-Length: 5000\r\n");
+        // The peer is still sending its body when we answer: the close must not reset
+        // the connection before it has read the 513.
+        let mut raw = head.into_bytes();
+        raw.extend(std::iter::repeat(b'x').take(3000));
+        let back = answer_then_close(1000, &raw).await.expect("a response");
+        assert_eq!(
+            back.as_response().map(|r| r.status),
+            Some(StatusCode::MESSAGE_TOO_LARGE)
+        );
+        assert_eq!(back.headers().call_id().unwrap(), "big");
+    }
+
+    #[tokio::test]
+    async fn tcp_headers_over_the_size_limit_get_513_before_the_close() {
+        let head = options("127.0.0.1:9", "hdrs", "").replace(
+            "Max-Forwards: 70\r\n",
+            &"X-Padding: 0123456789012345678901234567890123456789\r\n".repeat(40),
+        );
+        let unterminated = head.trim_end_matches("\r\n");
+        let back = answer_then_close(1000, unterminated.as_bytes())
+            .await
+            .expect("a response");
+        assert_eq!(
+            back.as_response().map(|r| r.status),
+            Some(StatusCode::MESSAGE_TOO_LARGE)
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_request_that_cannot_be_framed_gets_400_before_the_close() {
+        let base = options("127.0.0.1:9", "frame", "hello");
+        for raw in [
+            // RFC 4475 §3.3.9 mcl01: two different Content-Length values.
+            base.replace(
+                "Content-Length: 5\r\n",
+                "Content-Length: 13\r\nContent-Length: 5\r\n",
+            ),
+            // RFC 4475 §3.1.2.3 ncl: a negative one.
+            base.replace("Content-Length: 5\r\n", "Content-Length: -999\r\n"),
+        ] {
+            let back = answer_then_close(65_535, raw.as_bytes())
+                .await
+                .expect("a response");
+            assert_eq!(
+                back.as_response().map(|r| r.status),
+                Some(StatusCode::BAD_REQUEST),
+                "{raw}"
+            );
+            assert_eq!(back.headers().call_id().unwrap(), "frame");
+        }
     }
 
     #[tokio::test]

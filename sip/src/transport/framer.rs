@@ -6,10 +6,15 @@
 //! §3.5.1) are skipped; each double-CRLF "ping" among them is counted so the
 //! driver can answer it with a CRLF "pong" ([`StreamFramer::take_pings`]). Any
 //! framing error is fatal for the connection: after it the stream cannot be
-//! resynchronised, so the driver closes it.
+//! resynchronised, so the driver writes the request's error response
+//! ([`StreamFramer::rejection`]: 513 when too large, 400 when its Content-Length
+//! cannot frame it) and then closes it.
 
 use crate::header::HeaderName;
-use crate::message::{find_header_end, skip_leading_crlf, Limits, Text};
+use crate::message::{
+    find_header_end, reject_unparsable, skip_leading_crlf, Limits, ParseError, ParseErrorKind,
+    Response, Text,
+};
 use bytes::{Bytes, BytesMut};
 
 /// Why a stream can no longer be framed (the connection must be closed).
@@ -23,6 +28,21 @@ pub enum FramingError {
     BadContentLength,
     #[error("more than one Content-Length")]
     MultipleContentLength,
+}
+
+impl FramingError {
+    /// The same failure as a parse error of the message alone, which says how a request
+    /// is answered: 513 Message Too Large (RFC 3261 §21.5.14) or 400.
+    fn to_parse_error(&self, in_response: bool) -> ParseError {
+        let kind = match *self {
+            FramingError::HeadersTooLarge(n) | FramingError::MessageTooLarge(n) => {
+                ParseErrorKind::MessageTooLarge(n)
+            }
+            FramingError::BadContentLength => ParseErrorKind::BadContentLength,
+            FramingError::MultipleContentLength => ParseErrorKind::MultipleContentLength,
+        };
+        ParseError { kind, in_response }
+    }
 }
 
 /// Accumulates stream octets and pops whole messages.
@@ -95,6 +115,17 @@ impl StreamFramer {
             self.failed = Some(e.clone());
         }
         r
+    }
+
+    /// Once [`StreamFramer::pop`] has failed: the error response for the request that
+    /// could not be framed, built from its Via, From, To, Call-ID and CSeq as far as they
+    /// were received. `None` before a failure, for a response, or when those headers are
+    /// missing.
+    pub fn rejection(&self) -> Option<Response> {
+        let error = self.failed.as_ref()?;
+        let raw = Bytes::copy_from_slice(&self.buf);
+        let in_response = raw.starts_with(b"SIP/");
+        reject_unparsable(&raw, &error.to_parse_error(in_response))
     }
 
     fn pop_inner(&mut self) -> Result<Option<Bytes>, FramingError> {
