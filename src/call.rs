@@ -114,6 +114,7 @@ impl LegTemplate {
             codec,
             payload_type: n.codec.payload_type.get(),
             telephone_event: n.telephone_event.map(|pt| pt.get()),
+            telephone_event_rate: n.telephone_event_rate,
             remote: n.remote_rtp,
             sources: self.sources.clone(),
             srtp,

@@ -304,20 +304,32 @@ impl Front {
 
         // SDP: an offer in the INVITE, or none (we offer in the 200, the answer is in the ACK).
         let policy = answer_policy(&trunk);
-        let offer = if req.body.is_empty() {
-            None
-        } else {
-            let text = std::str::from_utf8(&req.body)
-                .map_err(|_| Refusal::Status(StatusCode(400), vec![]))?;
+        // The offer is the body when it is SDP, or the SDP part of a multipart body; any
+        // other body (or none) is no offer: we offer in the 200.
+        let content_type = req
+            .headers
+            .get(&HeaderName::ContentType)
+            .map(|t| t.as_str().to_owned());
+        let offer_text = sdp::offer_body(content_type.as_deref(), &req.body).map_err(|e| {
+            debug!(error = %e, "unusable INVITE body");
+            Refusal::Status(e.status(), vec![])
+        })?;
+        let offer = match offer_text {
+            None => None,
+            Some(text) => {
             let offer = SessionDescription::parse(text).map_err(|e| {
                 debug!(error = %e, "bad SDP offer");
                 Refusal::Status(StatusCode(400), vec![])
             })?;
+            if !offer.ignored.is_empty() {
+                debug!(lines = offer.ignored.len(), "SDP offer: lines ignored");
+            }
             let negotiated = sdp::negotiate(&offer, &policy).map_err(|e| {
                 info!(trunk = %trunk.id, reason = %e, "no acceptable media: 488");
                 Refusal::Status(StatusCode(488), vec![])
             })?;
             Some(negotiated)
+            }
         };
         // Media goes over the family of the offer's address (of the signalling for a late
         // offer): an IPv6 offer answered with an IPv4 address would be silence.

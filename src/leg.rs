@@ -42,6 +42,8 @@ pub struct LegParams {
     pub codec: CodecKind,
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
+    /// The clock rate `telephone-event` was offered at (8000 even beside Opus at 48000).
+    pub telephone_event_rate: Option<u32>,
     /// Where the SDP said to send RTP (latching may move it once).
     pub remote: SocketAddr,
     /// Who else may send the call's media: the signalling peer's IP, the trunk's
@@ -175,7 +177,7 @@ impl CallerLeg {
             jitter,
             decoder,
             encoder,
-            events: EventReceiver::new(clock),
+            events: EventReceiver::new(params.telephone_event_rate.unwrap_or(clock)),
             inband: Some(inband),
             dedup: DigitDeduplicator::default(),
             digits: [None; DIGIT_QUEUE],
@@ -430,6 +432,7 @@ mod tests {
             codec: CodecKind::Pcmu,
             payload_type: 0,
             telephone_event: Some(101),
+            telephone_event_rate: Some(8000),
             remote,
             sources: SourcePolicy::sdp_only(),
             srtp: None,
