@@ -81,7 +81,6 @@ pub fn source_filter(services: &Services) -> SourceFilter {
                 SourceVerdict::Allow
             }
         } else if limiter.allow(ip, now) {
-            metrics.sip_response(403);
             SourceVerdict::Reject(StatusCode(403))
         } else {
             metrics.unmatched_source_dropped();
@@ -183,7 +182,6 @@ impl Front {
                     transport,
                 } = ev
                 {
-                    self.gw.services.metrics.sip_request("INVITE");
                     if let Err(refusal) = self.on_invite(key, &request, source, transport).await {
                         self.refuse(key, refusal);
                     }
@@ -203,8 +201,6 @@ impl Front {
 
     fn refuse(&mut self, key: CallKey, refusal: Refusal) {
         let sip = &self.gw.sip;
-        let status = refusal.status();
-        self.gw.services.metrics.sip_response(status.0);
         let _ = match refusal {
             Refusal::Drop => Ok(()),
             Refusal::Status(s, headers) => sip.reject(key, s, None, headers),
@@ -427,7 +423,6 @@ impl Front {
         });
 
         let _ = self.gw.sip.answer(key, Some(answer_sdp), vec![]);
-        self.gw.services.metrics.sip_response(200);
         info!(call = %id, trunk = %trunk.id, caller = %caller.masked(), transport = %transport.via_token(), "call answered");
 
         let (tx, sip_events) = mpsc::unbounded_channel();
@@ -508,13 +503,6 @@ impl Refusal {
             StatusCode(503),
             vec![(HeaderName::RetryAfter, Text::from(RETRY_AFTER_S.to_owned()))],
         )
-    }
-
-    fn status(&self) -> StatusCode {
-        match self {
-            Refusal::Status(s, _) => *s,
-            Refusal::Drop => StatusCode(0),
-        }
     }
 }
 

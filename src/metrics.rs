@@ -259,6 +259,11 @@ impl Metrics {
 
     /// The text exposition of every series; `calls` supplies `dialin_calls_active`.
     /// Reports the pool's leased ports as `dialin_rtp_ports_in_use` (set once at start).
+    /// Counts every SIP request received and response sent, as the transports see them.
+    pub fn observer(self: &std::sync::Arc<Self>) -> dialin_sip::transport::Observer {
+        dialin_sip::transport::Observer(self.clone())
+    }
+
     /// Reads the SIP transports' connection counters at each scrape.
     pub fn watch_transports(&self, transports: dialin_sip::transport::Transports) {
         let _ = self.transports.set(transports);
@@ -607,5 +612,15 @@ mod tests {
             .render(&CallRegistry::default())
             .lines()
             .any(|l| l.starts_with("dialin_sip_responses_total") && !l.ends_with(" 0")));
+    }
+}
+
+impl dialin_sip::transport::TransportObserver for Metrics {
+    fn request_received(&self, method: &str) {
+        self.sip_request(method);
+    }
+
+    fn response_sent(&self, status: u16) {
+        self.sip_response(status);
     }
 }

@@ -318,6 +318,7 @@ async fn start_sip(
             .unwrap_or(usize::MAX),
         message_timeout: std::time::Duration::from_secs(config.sip.message_timeout_s),
         tcp_idle_timeout: std::time::Duration::from_secs(config.sip.idle_timeout_s),
+        observer: Some(services.metrics.observer()),
         ..TransportConfig::default()
     };
     tconf.tls_cert_pem = config.sip.tls.cert.clone();

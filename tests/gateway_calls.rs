@@ -1039,3 +1039,39 @@ async fn a_trunk_chooses_its_digest_algorithms_and_their_order() {
         }
     }
 }
+
+/// `dialin_sip_requests_total{method}` counts every request, whatever its method, and
+/// `dialin_sip_responses_total{class}` every response sent, provisional ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_metrics_count_every_method_and_every_response() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    gw.create_pin("metrics", Some(PIN)).await;
+    let m = |s: &'static str| {
+        let gw = &gw;
+        async move { gw.metric(s).await.unwrap_or(0.0) }
+    };
+    // An OPTIONS probe from the trunk.
+    let uac = RawUac::new(gw.sip).await;
+    let probe = format!(
+        "OPTIONS sip:{gw} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKopt{r};rport\r\n\
+         From: <sip:lb@127.0.0.1>;tag=o1\r\nTo: <sip:{gw}>\r\nCall-ID: opt{r}@127.0.0.1\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        gw = gw.sip,
+        p = uac.port(),
+        r = rand_u32()
+    );
+    uac.sock.send_to(probe.as_bytes(), gw.sip).await.unwrap();
+    assert!(uac.recv(5 * SECOND).await.is_some_and(|r| r.starts_with("SIP/2.0 200")));
+    // A whole call: INVITE (100, 200), ACK, INFO digits, BYE (200).
+    let (call, _) = dial_and_join(&gw, pcmu(&gw), DtmfMode::Info).await;
+    call.hangup().await.unwrap();
+    assert!(gw.wait_no_calls(5 * SECOND).await);
+    assert_eq!(m("dialin_sip_requests_total{method=\"OPTIONS\"}").await, 1.0);
+    assert_eq!(m("dialin_sip_requests_total{method=\"INVITE\"}").await, 1.0);
+    assert!(m("dialin_sip_requests_total{method=\"ACK\"}").await >= 1.0);
+    assert!(m("dialin_sip_requests_total{method=\"INFO\"}").await >= 11.0, "ten digits and #");
+    assert_eq!(m("dialin_sip_requests_total{method=\"BYE\"}").await, 1.0);
+    assert!(m("dialin_sip_responses_total{class=\"1xx\"}").await >= 1.0, "100 Trying");
+    // 200 to OPTIONS, INVITE, every INFO and BYE.
+    assert!(m("dialin_sip_responses_total{class=\"2xx\"}").await >= 14.0);
+}

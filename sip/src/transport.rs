@@ -15,7 +15,9 @@ pub mod driver;
 pub mod framer;
 
 pub use admission::RefusedConnections;
-pub use driver::{TransportConfig, TransportError, Transports, TrustedSources};
+pub use driver::{
+    Observer, TransportConfig, TransportError, TransportObserver, Transports, TrustedSources,
+};
 pub use framer::{FramingError, StreamFramer};
 
 use crate::header::{HeaderName, Via, ViaTransport};

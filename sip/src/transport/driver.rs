@@ -97,6 +97,8 @@ pub struct TransportConfig {
     pub untrusted_linger: Duration,
     /// Refused connections are summed up in one warning per this interval.
     pub refusal_log_interval: Duration,
+    /// Told of every request received and response sent.
+    pub observer: Option<Observer>,
 }
 
 impl Default for TransportConfig {
@@ -123,8 +125,33 @@ impl Default for TransportConfig {
             // A stateless answer goes out at once; the linger only covers a busy endpoint.
             untrusted_linger: Duration::from_secs(2),
             refusal_log_interval: Duration::from_secs(10),
+            observer: None,
         }
     }
+}
+
+/// Sees every request the transports receive and every response they send (retransmissions
+/// and stateless answers included): the gateway's per-method and per-class counters.
+pub trait TransportObserver: Send + Sync {
+    fn request_received(&self, method: &str);
+    fn response_sent(&self, status: u16);
+}
+
+/// A [`TransportObserver`] in a [`TransportConfig`].
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn TransportObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer(..)")
+    }
+}
+
+/// The status code of `data` when it is a SIP response (`SIP/2.0 NNN ...`).
+fn response_status(data: &[u8]) -> Option<u16> {
+    let rest = data.strip_prefix(b"SIP/2.0 ")?;
+    let code = std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()?;
+    (100..700).contains(&code).then_some(code)
 }
 
 /// Whether a source address belongs to a configured trunk, for
@@ -209,6 +236,7 @@ struct Inner {
     refusals: Mutex<RefusalLog>,
     /// Wakes the refusal reporter when a refusal opens a log window.
     refusal_window: Notify,
+    observer: Option<Observer>,
 }
 
 /// One stream connection, as its reader sees it.
@@ -354,6 +382,7 @@ impl Transports {
             untrusted_linger: config.untrusted_linger,
             refusals: Mutex::new(RefusalLog::new(config.refusal_log_interval)),
             refusal_window: Notify::new(),
+            observer: config.observer.clone(),
         });
         let me = Transports { inner };
         let mut tasks = vec![tokio::spawn(report_refusals(me.clone()))];
@@ -404,6 +433,7 @@ impl Transports {
     /// Sends octets. Streams reuse `target.conn` if it is still open, else any open
     /// connection to `target.addr`, else (TCP only) open one.
     pub async fn send(&self, target: &Target, data: Bytes) -> Result<(), TransportError> {
+        self.observe_sent(&data);
         match target.transport {
             Transport::Udp => self.send_udp(target.addr, &data).await,
             Transport::Tcp | Transport::Tls => {
@@ -432,6 +462,7 @@ impl Transports {
         let Some(tx) = self.find_conn(target) else {
             return Err(data);
         };
+        self.observe_sent(&data);
         match tx.try_send(data) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -442,6 +473,13 @@ impl Transports {
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(data)) => Err(data),
+        }
+    }
+
+    /// Tells the observer of a response about to go out.
+    fn observe_sent(&self, data: &[u8]) {
+        if let (Some(o), Some(status)) = (&self.inner.observer, response_status(data)) {
+            o.0.response_sent(status);
         }
     }
 
@@ -680,7 +718,9 @@ impl Transports {
                         let (Some(resp), Some(tx)) = (framer.rejection(), reply) else {
                             return ReadEnd::Close;
                         };
-                        let _ = tx.send(resp.to_bytes()).await;
+                        let bytes = resp.to_bytes();
+                        self.observe_sent(&bytes);
+                        let _ = tx.send(bytes).await;
                         return ReadEnd::CloseAfterReply;
                     }
                 };
@@ -726,6 +766,9 @@ impl Transports {
             Ok(mut message) => {
                 if let Message::Request(r) = &mut message {
                     stamp_received(r, source);
+                    if let Some(o) = &self.inner.observer {
+                        o.0.request_received(r.method.as_str());
+                    }
                 }
                 let inc = Incoming {
                     message,
@@ -746,6 +789,7 @@ impl Transports {
                     return Delivery::Dropped;
                 };
                 let bytes = resp.to_bytes();
+                self.observe_sent(&bytes);
                 match reply {
                     Some(tx) => {
                         let _ = tx.send(bytes).await;
