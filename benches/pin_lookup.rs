@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use criterion::Criterion;
-use dialin::pin::{Pin, PinNamespace, RoomName};
+use dialin::pins::{Pin, PinNamespace, RoomName};
 use dialin::store::{Resolution, Store};
 use rand::Rng;
 

@@ -25,12 +25,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::calls::{CallId, CallRegistry};
+use crate::call::registry::{CallId, CallRegistry};
 use crate::config::{Language, SrtpPolicy};
-use crate::metrics::Metrics;
-use crate::pin::{ParticipantName, Pin, PinNamespace, RoomName};
+use crate::ops::metrics::Metrics;
+use crate::pins::{ParticipantName, Pin, PinNamespace, RoomName};
 use crate::store::{NewPin, PinFilter, Store, StoreError};
-use crate::trunk::{SharedTrunkTable, TrunkId};
+use crate::ingress::trunk::{SharedTrunkTable, TrunkId};
 
 /// Largest request body accepted; a PIN request is a few hundred bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;

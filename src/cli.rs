@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::pin::{ParticipantName, Pin, PinNamespace, RoomName};
+use crate::pins::{ParticipantName, Pin, PinNamespace, RoomName};
 use crate::store::{NewPin, PinFilter, PinRecord, Store};
 
 /// SIP gateway that lets phone callers join rooms with a PIN.

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::pin::{Pin, PinNamespace};
-use crate::trunk::{CalledNumber, IpNetwork, TrunkId};
+use crate::pins::{Pin, PinNamespace};
+use crate::ingress::trunk::{CalledNumber, IpNetwork, TrunkId};
 
 /// Environment variable that overrides `[admin] token`.
 pub const ENV_ADMIN_TOKEN: &str = "DIALIN_ADMIN_TOKEN";
@@ -564,7 +564,7 @@ impl LockoutConfig {
 }
 
 /// `[security.pin_guard]`: the bound on PIN verdicts per trunk, whatever the calling numbers
-/// and the parallelism (see `src/pin_guard.rs` for the figure it gives).
+/// and the parallelism (see `src/pins/guard.rs` for the figure it gives).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PinGuardConfig {
@@ -1143,7 +1143,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let addrs: Vec<SocketAddr> = self.sip.listen.iter().map(|l| l.addr).collect();
-        let media = crate::gateway::MediaBind::from_listen(&addrs);
+        let media = crate::ingress::gateway::MediaBind::from_listen(&addrs);
         for (missing, family) in [(media.v4.is_none(), "IPv4"), (media.v6.is_none(), "IPv6")] {
             if missing {
                 out.push(format!(

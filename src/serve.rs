@@ -17,14 +17,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminToken, AppState, Readiness};
-use crate::calls::CallRegistry;
+use crate::call::registry::CallRegistry;
 use crate::config::{redact_url, Config};
-use crate::metrics::Metrics;
-use crate::overload::OverloadMonitor;
-use crate::pin_guard::{PinGuard, NUMBER_KEY_SECRET};
+use crate::ops::metrics::Metrics;
+use crate::ops::overload::OverloadMonitor;
+use crate::pins::guard::{PinGuard, NUMBER_KEY_SECRET};
 use crate::privacy::NumberKey;
 use crate::store::Store;
-use crate::trunk::{SharedTrunkTable, SourceRateLimiter, TrunkFailureAlarm, TrunkId, TrunkTable};
+use crate::ingress::trunk::{SharedTrunkTable, SourceRateLimiter, TrunkFailureAlarm, TrunkId, TrunkTable};
 
 /// The shared parts of a running gateway, handed to the SIP/call-flow drivers.
 #[derive(Debug, Clone)]
@@ -283,15 +283,15 @@ async fn start_sip(
         })
         .collect();
     // Connections get what the open-file limit leaves once calls have their descriptors.
-    let nofile = crate::fd::raise_open_file_limit();
+    let nofile = crate::ops::fd::raise_open_file_limit();
     let max_connections = match nofile {
         Some(limit) => {
-            let budget = crate::fd::connection_budget(
+            let budget = crate::ops::fd::connection_budget(
                 limit,
                 u64::from(config.limits.max_calls),
                 config.sip.max_connections,
             );
-            if budget < crate::fd::MIN_CONNECTIONS {
+            if budget < crate::ops::fd::MIN_CONNECTIONS {
                 tracing::warn!(
                     open_file_limit = limit,
                     max_calls = config.limits.max_calls,
@@ -335,7 +335,7 @@ async fn start_sip(
         public_address: config.sip.public_address,
         user_agent: config.sip.user_agent.clone(),
         max_calls: (config.limits.max_calls as usize).saturating_mul(2).max(16),
-        source_filter: Some(crate::gateway::source_filter(services)),
+        source_filter: Some(crate::ingress::gateway::source_filter(services)),
         ..EndpointConfig::default()
     };
     let (handle, events) = EndpointDriver::spawn(transports, incoming, econf);
@@ -346,7 +346,7 @@ async fn start_sip(
     .map_err(|e| anyhow::anyhow!("media.rtp_ports: {e}"))?;
     services.metrics.watch_ports(ports.clone());
     let listen_addrs: Vec<std::net::SocketAddr> = listen.iter().map(|l| l.addr).collect();
-    let media_bind = crate::gateway::MediaBind::from_listen(&listen_addrs);
+    let media_bind = crate::ingress::gateway::MediaBind::from_listen(&listen_addrs);
     let rooms: Arc<dyn crate::room::RoomBackend> = match config.rooms.backend {
         crate::config::RoomsBackend::Local => Arc::new(crate::room::local::LocalRooms::new()),
         crate::config::RoomsBackend::Livekit => Arc::new(
@@ -357,8 +357,8 @@ async fn start_sip(
         ),
     };
     let prompts =
-        crate::gateway::Prompts::load(config.prompts.dir.as_deref()).context("loading prompts")?;
-    let gw = crate::gateway::Gateway {
+        crate::ingress::gateway::Prompts::load(config.prompts.dir.as_deref()).context("loading prompts")?;
+    let gw = crate::ingress::gateway::Gateway {
         config: Arc::new(config.clone()),
         services: services.clone(),
         sip: handle.clone(),
@@ -368,7 +368,7 @@ async fn start_sip(
         media_bind,
         shutdown,
     };
-    tokio::spawn(crate::gateway::run(gw, events));
+    tokio::spawn(crate::ingress::gateway::run(gw, events));
     Ok(handle)
 }
 

@@ -22,11 +22,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::calls::{CallId, CallOutcome};
+use crate::call::registry::{CallId, CallOutcome};
 use crate::config::{redact_url, LockoutConfig};
-use crate::pin::{ParticipantName, Pin, PinNamespace, RoomName};
+use crate::pins::{ParticipantName, Pin, PinNamespace, RoomName};
 use crate::privacy::{NumberKey, PhoneNumber};
-use crate::trunk::TrunkId;
+use crate::ingress::trunk::TrunkId;
 
 /// Fresh PINs drawn before giving up on a namespace. With a namespace one percent full,
 /// sixteen collisions in a row happen with probability 10^-32; reaching the limit means
@@ -197,7 +197,7 @@ impl LockoutKey {
     }
 }
 
-/// The PIN guard's settings in the store's units (see [`crate::pin_guard`]).
+/// The PIN guard's settings in the store's units (see [`crate::pins::guard`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuardPolicy {
     /// One PIN entry per interval is the sustained rate; under attack, the verdict spacing.
@@ -369,7 +369,7 @@ fn opt_from_millis(
     ms.map(|ms| from_millis(table, ms)).transpose()
 }
 
-fn corrupt(table: &'static str) -> impl Fn(crate::pin::PinError) -> StoreError {
+fn corrupt(table: &'static str) -> impl Fn(crate::pins::PinError) -> StoreError {
     move |e| StoreError::Corrupt {
         table,
         detail: e.to_string(),
@@ -947,7 +947,7 @@ impl Store {
         }
     }
 
-    /// One PIN entry on `trunk` asks for its verdict (see [`crate::pin_guard`]). The entry is
+    /// One PIN entry on `trunk` asks for its verdict (see [`crate::pins::guard`]). The entry is
     /// first counted as a failure (one interval onto the trunk's failure GCRA), so that a
     /// guess whose failure cannot be recorded is never judged; a right PIN gives it back with
     /// [`Store::guard_settle`]. Crossing `burst` intervals ahead of now starts an attack.

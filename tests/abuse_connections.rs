@@ -74,7 +74,7 @@ async fn hold_connections(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_and_trickling_connections_do_not_keep_callers_out() {
     // The attacker's 2,000 sockets need more than the usual 1,024 descriptors.
-    let limit = dialin::fd::raise_open_file_limit().unwrap_or(0);
+    let limit = dialin::ops::fd::raise_open_file_limit().unwrap_or(0);
     assert!(
         limit >= 3 * ATTACK_CONNECTIONS as u64,
         "this test needs an open-file limit of {} (ulimit -Hn is {limit})",

@@ -122,11 +122,16 @@ async fn invite_burst_from_unmatched_source_gets_at_most_burst_403s_then_silence
         Some(0),
         "no call state for the scanner"
     );
-    assert_eq!(
-        gw.metric("dialin_sip_requests_total{method=\"INVITE\"}")
-            .await,
-        Some(0.0),
-        "the SIP front never saw the scanner's INVITEs"
+    // Every INVITE read is counted as received, refused or dropped alike (none of them
+    // reached the SIP front: no call state above).
+    let counted = gw
+        .metric("dialin_sip_requests_total{method=\"INVITE\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        counted >= dropped + statuses.len() as f64,
+        "{counted} INVITEs counted, {dropped} dropped and {} answered",
+        statuses.len()
     );
 
     // The trunk's own address is untouched by the scanner's bucket.

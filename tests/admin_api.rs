@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use dialin::admin::{self, AdminToken, AppState, Readiness};
-use dialin::calls::{CallCommand, CallId, CallRegistry, CallState, NewCall};
+use dialin::call::registry::{CallCommand, CallId, CallRegistry, CallState, NewCall};
 use dialin::config::Config;
-use dialin::metrics::Metrics;
-use dialin::pin::RoomName;
+use dialin::ops::metrics::Metrics;
+use dialin::pins::RoomName;
 use dialin::privacy::PhoneNumber;
 use dialin::store::Store;
-use dialin::trunk::{SharedTrunkTable, TrunkId, TrunkTable};
+use dialin::ingress::trunk::{SharedTrunkTable, TrunkId, TrunkTable};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashSet;
 
 use chrono::Utc;
-use dialin::pin::{Pin, PinNamespace, RoomName};
+use dialin::pins::{Pin, PinNamespace, RoomName};
 use dialin::store::Store;
 use serde_json::Value;
 use support::gateway::{Gateway, GatewayOptions, TOKEN};

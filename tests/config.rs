@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use dialin::config::{Config, ConfigError, RoomsBackend, SrtpPolicy, Transport};
-use dialin::trunk::{TrunkMatch, TrunkTable};
+use dialin::ingress::trunk::{TrunkMatch, TrunkTable};
 
 const SHIPPED: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/dialin.toml"));
 

@@ -6,15 +6,15 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use dialin::calls::{CallId, CallOutcome};
+use dialin::call::registry::{CallId, CallOutcome};
 use dialin::config::LockoutConfig;
-use dialin::pin::{ParticipantName, Pin, PinNamespace, RoomName};
+use dialin::pins::{ParticipantName, Pin, PinNamespace, RoomName};
 use dialin::privacy::PhoneNumber;
 use dialin::store::{
     CallRecordEnd, CallRecordStart, GuardPolicy, GuardTurn, LockoutKey, NewPin, PinFilter,
     Resolution, RtpStats, Store, StoreError, PIN_GENERATION_ATTEMPTS,
 };
-use dialin::trunk::TrunkId;
+use dialin::ingress::trunk::TrunkId;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

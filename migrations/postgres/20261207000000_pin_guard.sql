@@ -1,4 +1,4 @@
--- PIN guessing defence per trunk (see src/pin_guard.rs): a GCRA on PIN entries that detects
+-- PIN guessing defence per trunk (see src/pins/guard.rs): a GCRA on PIN entries that detects
 -- an attack, and the queue of verdicts while one is under way. Times in ms since the epoch.
 CREATE TABLE pin_guard (
     trunk           TEXT   NOT NULL PRIMARY KEY,

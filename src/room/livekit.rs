@@ -45,8 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
 use crate::config::{IceTransportPolicy, LiveKitConfig};
-use crate::metrics::Metrics;
-use crate::trunk::{SharedTrunkTable, TrunkId};
+use crate::ops::metrics::Metrics;
+use crate::ingress::trunk::{SharedTrunkTable, TrunkId};
 
 /// The attribute naming the call's trunk (LiveKit SIP conventions), which picks the trunk's
 /// LiveKit override.

@@ -364,7 +364,7 @@ drain_timeout_s = 1
         let store = dialin::store::Store::open(&url, 1)
             .await
             .expect("open the gateway's store");
-        let id = dialin::calls::CallId::new(id);
+        let id = dialin::call::registry::CallId::new(id);
         let deadline = Instant::now() + limit;
         let rec = loop {
             let rec = store

@@ -51,7 +51,7 @@ use super::signal::{self, SignalError, Ws};
 use super::stun;
 use super::turn::{Turn, TurnEvent, TurnServer};
 use crate::config::IceServer;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::room::{AudioFrame, RoomEvent, MAX_OPUS_PAYLOAD};
 use crate::tick::TICK;
 

@@ -19,9 +19,9 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::pin::RoomName;
+use crate::pins::RoomName;
 use crate::privacy::PhoneNumber;
-use crate::trunk::TrunkId;
+use crate::ingress::trunk::TrunkId;
 
 /// Commands queued per call; a hang-up is the only one, so a tiny queue suffices.
 const COMMAND_QUEUE: usize = 4;

@@ -12,6 +12,10 @@
 //! call record completed, metrics counted; the port lease, room membership and registry entry
 //! are released by their `Drop`s even if the task panics.
 
+pub mod ivr;
+pub mod leg;
+pub mod registry;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,13 +32,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::calls::CallId;
-use crate::calls::{CallCommand, CallGuard, CallOutcome, CallState};
+use crate::call::registry::CallId;
+use crate::call::registry::{CallCommand, CallGuard, CallOutcome, CallState};
 use crate::config::TrunkConfig;
-use crate::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
-use crate::leg::{CallerLeg, Discard, LegParams, MAX_FRAME, MAX_PACKET};
-use crate::pin::RoomName;
-use crate::pin_guard::Entry;
+use crate::call::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
+use crate::call::leg::{CallerLeg, Discard, LegParams, MAX_FRAME, MAX_PACKET};
+use crate::pins::RoomName;
+use crate::pins::guard::Entry;
 use crate::privacy::PhoneNumber;
 use crate::room::{AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
 use crate::serve::Services;
@@ -102,7 +106,7 @@ impl LegTemplate {
                     }
                     sdp::CryptoSuite::Other(_) => return None,
                 };
-                Some(crate::leg::LegSrtp {
+                Some(crate::call::leg::LegSrtp {
                     profile,
                     local: master_key(&s.local_key_salt),
                     remote: master_key(&s.remote_key_salt),

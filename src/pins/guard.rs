@@ -36,13 +36,13 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{debug, warn};
 
-use crate::ivr::Lookup;
-use crate::metrics::{Metrics, PinResult};
-use crate::pin::{Pin, PinNamespace};
+use crate::call::ivr::Lookup;
+use crate::ops::metrics::{Metrics, PinResult};
+use crate::pins::{Pin, PinNamespace};
 use crate::privacy::{NumberKey, PhoneNumber};
 use crate::store::{GuardPolicy, GuardTurn, LockoutKey, Resolution, Store};
 use crate::config::LockoutConfig;
-use crate::trunk::TrunkId;
+use crate::ingress::trunk::TrunkId;
 
 /// Name of the store's shared secret that keys number hashes when none is configured.
 pub const NUMBER_KEY_SECRET: &str = "number_key";

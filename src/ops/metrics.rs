@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::calls::{CallOutcome, CallRegistry};
+use crate::call::registry::{CallOutcome, CallRegistry};
 
 /// Result of one PIN entry, the `result` label of `dialin_pin_attempts_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

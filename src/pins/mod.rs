@@ -7,6 +7,8 @@
 //! are masked). Serialisation (`serde`) writes the full digits, because the admin API and
 //! the CLI exist to hand PINs out; never serialise one into a log line.
 
+pub mod guard;
+
 use std::fmt;
 
 use rand::Rng;

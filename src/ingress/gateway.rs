@@ -9,7 +9,7 @@
 //! trunk (the trunks changed since the filter looked) → `403`, same rate bound; called
 //! number not accepted → `403`; digest credentials when the trunk has them → `401`
 //! challenge (`stale=true` on an expired nonce); media loops running late
-//! ([`crate::overload`]) or concurrent-call limits (global, per trunk) → `503` +
+//! ([`crate::ops::overload`]) or concurrent-call limits (global, per trunk) → `503` +
 //! `Retry-After`; SDP negotiation → `488` when no codec matches. Then it leases an RTP port, binds it, answers
 //! `200 OK` with our SDP and hands the call to [`crate::call::run`]. Later events of a call
 //! (ACK, BYE, INFO, re-INVITE…) are routed to its task by [`CallKey`].
@@ -40,15 +40,15 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::call::{self, CallLimits, CallSetup, LegTemplate};
-use crate::calls::{CallId, NewCall, RegisterError};
+use crate::call::registry::{CallId, NewCall, RegisterError};
 use crate::config::{Config, Language, SrtpPolicy, TrunkConfig};
-use crate::ivr::IvrConfig;
-use crate::leg::CallerLeg;
+use crate::call::ivr::IvrConfig;
+use crate::call::leg::CallerLeg;
 use crate::privacy::PhoneNumber;
 use crate::room::RoomBackend;
 use crate::serve::Services;
 use crate::store::CallRecordStart;
-use crate::trunk::TrunkMatch;
+use crate::ingress::trunk::TrunkMatch;
 
 /// Seconds a refused caller should wait before retrying (RFC 3261 §20.33).
 const RETRY_AFTER_S: &str = "5";
