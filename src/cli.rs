@@ -127,6 +127,9 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk) loses lines; reporting that on stderr
+        // would panic the task that logged.
+        .log_internal_errors(false)
         .init();
 
     if let Command::CheckConfig = cli.command {

@@ -133,6 +133,7 @@ impl Services {
 /// Runs the gateway until SIGTERM or Ctrl-C. `config_path` is re-read on SIGHUP.
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
+    crate::ops::fd::ignore_file_size_signal();
     let services = Services::open(&config).await?;
     if config.admin.token() == "change-me" {
         tracing::warn!("admin.token is still the shipped example value; set DIALIN_ADMIN_TOKEN");

@@ -150,3 +150,34 @@ async fn a_new_empty_database_is_announced_in_the_log() {
     let gw = Gateway::start(GatewayOptions::default()).await;
     assert!(gw.log().contains("NEW EMPTY DATABASE"), "{}", gw.log());
 }
+
+/// Sets the file-size limit of process `pid` (`None`: unlimited).
+fn set_file_size_limit(pid: u32, bytes: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads the struct we pass and writes nothing (null old limit).
+    let rc = unsafe {
+        libc::prlimit(pid as libc::pid_t, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut())
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A full store (here: every write past the first byte of a file fails, as on a full disk,
+/// its log file included) makes the node not ready, and OPTIONS says 503; the process does not
+/// die of it, and no handler panics for a log line it cannot write; with room again, it is
+/// ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sqlite_store_makes_the_node_not_ready_without_killing_it() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    assert!(gw.wait_readyz(200, Duration::from_secs(5)).await);
+    let pid = gw.pid();
+    set_file_size_limit(pid, Some(1));
+    assert!(gw.wait_readyz(503, Duration::from_secs(10)).await, "a full store: not ready");
+    assert!(wait_options(&gw, 503, Duration::from_secs(10)).await);
+    set_file_size_limit(pid, None);
+    // Answering at all shows it survived (SIGXFSZ would have killed it).
+    assert!(gw.wait_readyz(200, Duration::from_secs(10)).await, "room again: ready");
+    assert!(wait_options(&gw, 200, Duration::from_secs(10)).await);
+}

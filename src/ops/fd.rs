@@ -42,6 +42,16 @@ pub fn raise_open_file_limit() -> Option<u64> {
     Some(lim.rlim_cur as u64)
 }
 
+/// A write past the file-size limit (`RLIMIT_FSIZE`) raises `SIGXFSZ`, which by default
+/// kills the process. Ignored, the write fails with `EFBIG` instead: the store reports it
+/// like a full disk (not ready, OPTIONS `503`) and calls in progress go on.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// How many SIP stream connections fit in `limit` descriptors once `max_calls` calls and the
 /// base reserve have theirs, capped at `configured`.
 pub fn connection_budget(limit: u64, max_calls: u64, configured: u64) -> u64 {
