@@ -117,20 +117,12 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 /// Entry point of the `dialin` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Serve) {
-            "info"
-        } else {
-            "warn"
-        })
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // A log that cannot be written (a full disk) loses lines; reporting that on stderr
-        // would panic the task that logged.
-        .log_internal_errors(false)
-        .init();
+    // `serve` logs as its configuration says; a file that does not load is reported below.
+    match (&cli.command, Config::load(&cli.config)) {
+        (Command::Serve, Ok(config)) => crate::ops::log::init(config.log.format, &config.log.level),
+        (Command::Serve, Err(_)) => crate::ops::log::init(crate::config::LogFormat::Text, "info"),
+        _ => crate::ops::log::init(crate::config::LogFormat::Text, "warn"),
+    }
 
     if let Command::CheckConfig = cli.command {
         return match Config::load(&cli.config) {

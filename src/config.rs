@@ -72,6 +72,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
     pub prompts: PromptsConfig,
+    pub log: LogConfig,
     /// `[[trunk]]` tables, in file order; the first trunk that matches a call wins.
     #[serde(rename = "trunk")]
     pub trunks: Vec<TrunkConfig>,
@@ -639,6 +640,34 @@ impl LimitsConfig {
     }
 }
 
+/// `[log]`: what `serve` writes on stderr.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (for people) or `json` (one object per line, for collectors).
+    pub format: LogFormat,
+    /// A level (`info`, `debug`...) or `tracing` filter directives
+    /// (`info,dialin::room=debug`). `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// `[prompts]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1028,6 +1057,12 @@ impl Config {
         within("sip.max_untrusted_connections", sip.max_untrusted_connections, 0, 1_000_000)?;
         within("sip.message_timeout_s", sip.message_timeout_s, 1, 3600)?;
         within("sip.idle_timeout_s", sip.idle_timeout_s, 1, 86_400)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("{:?} is not a level or filter ({e})", self.log.level),
+            ));
+        }
         let guard = &sec.pin_guard;
         within("security.pin_guard.interval_s", guard.interval_s, 1, 86_400)?;
         within("security.pin_guard.burst", u64::from(guard.burst), 1, 10_000)?;

@@ -497,7 +497,7 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
         serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
     }
     let mut out = Vec::new();
-    let sections: [(&'static str, bool); 10] = [
+    let sections: [(&'static str, bool); 11] = [
         ("sip", differs(&current.sip, &next.sip)),
         ("media", differs(&current.media, &next.media)),
         ("ivr", differs(&current.ivr, &next.ivr)),
@@ -518,6 +518,7 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
         ),
         ("limits", differs(&current.limits, &next.limits)),
         ("prompts", differs(&current.prompts, &next.prompts)),
+        ("log", differs(&current.log, &next.log)),
     ];
     for (name, changed) in sections {
         if changed {
