@@ -1,6 +1,7 @@
-//! `[log] format = "json"`: every line `serve` writes is one JSON object with the stable
-//! fields `ts`, `level`, `target` and `msg`, and an event's own fields by name (a call's
-//! lines carry `call`); numbers in them are masked.
+//! What operators plug in: `[log] format = "json"` (every line `serve` writes is one JSON
+//! object with the stable fields `ts`, `level`, `target` and `msg`, and an event's own fields
+//! by name; a call's lines carry `call`; numbers in them are masked), and the Grafana
+//! dashboard, whose every query uses a metric `/metrics` exports.
 
 mod ops_support;
 mod support;
@@ -48,4 +49,40 @@ async fn json_logs_are_one_object_per_line_with_stable_fields() {
     assert_eq!(answered["level"], "info");
     assert!(answered["caller"].as_str().is_some_and(|c| c.ends_with("4321") && !c.contains("687654321")), "{answered}");
     assert!(!log.contains("33687654321"), "the full number is never logged");
+}
+
+/// Every metric the Grafana dashboard (`configs/grafana/dialin.json`) queries is exported by
+/// `/metrics` of a running gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_of_the_grafana_dashboard_is_exported() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/grafana/dialin.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("dialin_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() >= 15, "the dashboard queries the gateway's metrics: {used:?}");
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let (status, text) = gw.get("/metrics").await.expect("GET /metrics");
+    assert_eq!(status, 200);
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
 }
