@@ -223,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
+        .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -505,6 +506,18 @@ async fn list_trunks(State(state): State<AppState>) -> Response {
         })
         .collect();
     Json(json!({ "trunks": trunks })).into_response()
+}
+
+/// The OpenAPI 3.1 description of this API, kept in the repository (`configs/openapi.json`)
+/// and checked against the running API by schemathesis in CI.
+pub const OPENAPI: &str = include_str!("../configs/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -34,6 +34,16 @@ pub fn strict() -> bool {
     std::env::var(STRICT_ENV).is_ok_and(|v| v == "1")
 }
 
+/// A test that needs a missing tool: prints why it skips, or panics under
+/// `DIALIN_STRICT_TESTS=1`.
+#[allow(dead_code)]
+pub fn skip_or_fail(reason: &str) {
+    if strict() {
+        panic!("{reason}, and {STRICT_ENV}=1: this test cannot be skipped");
+    }
+    eprintln!("skipping: {reason}");
+}
+
 /// The `sipp` binary (`$DIALIN_SIPP`, else the first `sipp` on `PATH`), or `None` after
 /// printing why the calling test is skipped. Panics instead when `DIALIN_STRICT_TESTS=1`.
 pub fn sipp_or_skip() -> Option<PathBuf> {
