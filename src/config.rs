@@ -1179,6 +1179,16 @@ impl Config {
         let mut out = Vec::new();
         let addrs: Vec<SocketAddr> = self.sip.listen.iter().map(|l| l.addr).collect();
         let media = crate::ingress::gateway::MediaBind::from_listen(&addrs);
+        let shared_store =
+            self.store.url.starts_with("postgres://") || self.store.url.starts_with("postgresql://");
+        if shared_store && self.rooms.backend == RoomsBackend::Local {
+            out.push(
+                "rooms.backend = \"local\" with a PostgreSQL store: local rooms are mixed inside \
+                 one node, so callers of one PIN routed to two nodes do not hear each other; use \
+                 rooms.backend = \"livekit\" to spread rooms over several nodes"
+                    .to_owned(),
+            );
+        }
         for (missing, family) in [(media.v4.is_none(), "IPv4"), (media.v6.is_none(), "IPv6")] {
             if missing {
                 out.push(format!(

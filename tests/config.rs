@@ -439,3 +439,33 @@ fn tls_files_are_checked_and_name_their_key() {
     assert!(parse(&text(&cert, &key)).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Debian package's configuration is the reference one with the store under
+/// /var/lib/dialin and its own heading: nothing else may drift.
+#[test]
+fn the_packaged_config_is_the_reference_with_its_store_under_var_lib() {
+    let packaged = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/deb/dialin.toml"));
+    let body = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| l.starts_with("# dialin configuration") || l.starts_with("# (configs") || l.starts_with("# /etc/dialin"))
+            .map(|l| l.replace("sqlite:///var/lib/dialin/dialin.db", "sqlite://dialin.db"))
+            .collect()
+    };
+    assert_eq!(body(packaged), body(SHIPPED).into_iter().collect::<Vec<_>>());
+    let config = parse(packaged).expect("the packaged config validates");
+    assert_eq!(config.store.url, "sqlite:///var/lib/dialin/dialin.db");
+}
+
+/// Local rooms are mixed inside one node: with a store shared by several nodes, check-config
+/// says so.
+#[test]
+fn local_rooms_with_a_shared_store_are_warned_about() {
+    let shared = parse(&format!("{MINIMAL}[store]\nurl = \"postgres://u@db/dialin\"\n")).unwrap();
+    assert!(
+        shared.warnings().iter().any(|w| w.contains("local rooms are mixed inside one node")),
+        "{:?}",
+        shared.warnings()
+    );
+    let single = parse(MINIMAL).unwrap();
+    assert!(!single.warnings().iter().any(|w| w.contains("local rooms")));
+}
