@@ -26,11 +26,13 @@ set -a; . /etc/dialin/admin-token.env; set +a
 as_dialin() { runuser -u dialin -- "$@"; }
 cd /var/lib/dialin
 as_dialin /usr/bin/dialin check-config --config /etc/dialin/dialin.toml
-pin=4242424242
+# Ten different digits: SIPp replays each capture with the same RTP timestamps, so a digit
+# keyed twice would look like a retransmission of the first.
+pin=1357924680
 as_dialin /usr/bin/dialin pin create --config /etc/dialin/dialin.toml --room deb-check --pin "$pin" >/dev/null
 as_dialin /usr/bin/dialin serve --config /etc/dialin/dialin.toml >/tmp/dialin-deb.log 2>&1 &
 gw=$!
-trap 'kill -TERM $gw 2>/dev/null || true' EXIT
+trap 'pkill -KILL -u dialin 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:8089/readyz >/dev/null && break; sleep 0.1; done
 curl -sf http://127.0.0.1:8089/readyz >/dev/null || { cat /tmp/dialin-deb.log; fail "the installed gateway is not ready"; }
 [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8089/v1/pins)" = 401 ] || fail "/v1/pins without the token"
@@ -39,14 +41,14 @@ curl -sf -H "Authorization: Bearer $DIALIN_ADMIN_TOKEN" http://127.0.0.1:8089/v1
 
 # A SIPp caller keys the PIN with RFC 2833 captures and stays 2 s in the room.
 work=$(mktemp -d)
-python3 - "$work/caller.xml" /usr/share/sip-tester "$pin" <<'PY'
+python3 - "$work/caller.xml" /usr/share/sip-tester "$pin" "$root/tests/load/pin_caller.xml" <<'PY'
 import sys
-out, pcaps, pin = sys.argv[1:]
+out, pcaps, pin, template = sys.argv[1:]
 keys = "".join(
     f'  <nop><action><exec play_pcap_audio="{pcaps}/dtmf_2833_{k}.pcap"/></action></nop>\n'
     '  <pause milliseconds="300"/>\n'
     for k in list(pin) + ["pound"])
-xml = open("tests/load/pin_caller.xml").read()
+xml = open(template).read()
 open(out, "w").write(xml.replace("@KEYS@", keys).replace("@STAY_MS@", "2000"))
 PY
 cp "$work/caller.xml" /tmp/dialin-deb-caller.xml
@@ -57,7 +59,11 @@ sipp 127.0.0.1:5060 -sf /tmp/dialin-deb-caller.xml -s 1000 -i 127.0.0.1 -p 5070 
 accepted=$(curl -s http://127.0.0.1:8089/metrics | awk '$1=="dialin_pin_attempts_total{result=\"accepted\"}" {print $2}')
 [ "$accepted" = 1 ] || { cat /tmp/dialin-deb.log; fail "the PIN was not accepted (accepted=$accepted)"; }
 grep -q "joined the room" /tmp/dialin-deb.log || fail "the caller never joined the room"
-kill -TERM "$gw"; wait "$gw" || true
+# SIGTERM drains and exits (runuser does not pass the signal on: signal the gateway itself).
+pkill -TERM -u dialin -x dialin || true
+for _ in $(seq 100); do pgrep -u dialin >/dev/null || break; sleep 0.1; done
+! pgrep -u dialin >/dev/null || fail "the gateway did not stop on SIGTERM"
+wait "$gw" || true
 trap - EXIT
 
 echo "deb check: purging"
