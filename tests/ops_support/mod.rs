@@ -105,6 +105,8 @@ pub struct GatewayOptions {
     pub rtp_timeout_s: u64,
     /// Extra TOML appended verbatim (more `[[trunk]]` tables...).
     pub extra: String,
+    /// The `[rooms]` table and what it needs (`[livekit]`); `None`: local rooms.
+    pub rooms: Option<String>,
     /// `RUST_LOG` for the process.
     pub log_filter: String,
     /// Programs that exec the gateway (`["nice", "-n", "19", "taskset", "-c", "0"]`).
@@ -128,6 +130,7 @@ impl Default for GatewayOptions {
             rtp_ports: 200,
             rtp_timeout_s: 30,
             extra: String::new(),
+            rooms: None,
             log_filter: "info".to_owned(),
             command_prefix: Vec::new(),
         }
@@ -160,11 +163,15 @@ impl Gateway {
             .unwrap_or_else(|| format!("sqlite://{}", dir.join("dialin.db").display()));
         let addrs: Vec<String> = o.trunk_addresses.iter().map(|a| format!("{a:?}")).collect();
         let numbers: Vec<String> = o.trunk_numbers.iter().map(|a| format!("{a:?}")).collect();
+        let rooms = o
+            .rooms
+            .clone()
+            .unwrap_or_else(|| "[rooms]\nbackend = \"local\"".to_owned());
         format!(
             "[sip]\nlisten = [\"udp://127.0.0.1:{sip}\"]\n\n\
              [media]\nrtp_ports = \"{}-{}\"\nrtp_timeout_s = {}\n\n\
              [store]\nurl = {store:?}\nmax_connections = 4\n\n\
-             [rooms]\nbackend = \"local\"\n\n\
+             {rooms}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = {ADMIN_TOKEN:?}\n\n\
              [limits]\nmax_calls = {}\ndrain_timeout_s = {}\n\n\
              [security]\ntrunk_alarm_failed_per_minute = {}\n\n\
