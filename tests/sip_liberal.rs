@@ -700,32 +700,8 @@ async fn opus_offer_with_dtmf_only_at_8000_keeps_dtmf_and_the_pin_gets_in() {
             .expect("the answer has an address"),
         audio.port,
     );
-    let pt = RtpPayloadType::new(101).expect("pt");
-    let ssrc = Ssrc(rand::random());
-    let mut seq = SeqNo(rand::random());
-    let mut ts: u32 = rand::random();
-    for c in format!("{PIN}#").chars() {
-        let digit = Digit::from_char(c).expect("a DTMF digit");
-        let mut sender =
-            EventSender::new(digit, ts, 8000, Duration::from_millis(100), DEFAULT_VOLUME);
-        let start = Instant::now();
-        let mut payload = [0u8; 4];
-        while let Ok(Some(p)) = sender.next_packet(&mut payload) {
-            let due = start + p.send_after;
-            tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
-            let mut h = Header::new(pt, seq, RtpTimestamp(p.timestamp), ssrc);
-            h.marker = p.marker;
-            let mut out = [0u8; 64];
-            let n = h
-                .write(payload.get(..p.len).unwrap_or(&[]), &mut out)
-                .expect("rtp packet");
-            rtp.send_to(&out[..n], gw_rtp).await.expect("send rtp");
-            seq = SeqNo(seq.0.wrapping_add(1));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // 100 ms pressed, then 100 ms apart, on the event clock.
-        ts = ts.wrapping_add(8000 / 5 * 2);
-    }
+    let mut keypad = Keypad::new(101);
+    keypad.press(&rtp, gw_rtp, &format!("{PIN}#")).await;
     let joined = gw
         .wait_for_call(10 * SECOND, |c| {
             c["state"] == "in_room" || c["state"] == "joining"
@@ -734,6 +710,109 @@ async fn opus_offer_with_dtmf_only_at_8000_keeps_dtmf_and_the_pin_gets_in() {
     assert!(
         joined.is_some_and(|c| c["room"] == "baresip-room"),
         "the PIN typed as 8 kHz events gets the caller into the room: {:?}",
+        gw.calls().await
+    );
+    let bye = call.request(&peer, "BYE", call.cseq + 1, None);
+    peer.send(bye.as_bytes()).await;
+    let r = peer
+        .response_to(&call.call_id, &Method::Bye, FINAL_WITHIN)
+        .await
+        .expect("BYE answered");
+    assert_eq!(r.status.0, 200);
+}
+
+/// A caller's keypad sending RFC 4733 events at 8000 Hz on one RTP stream.
+struct Keypad {
+    pt: RtpPayloadType,
+    ssrc: Ssrc,
+    seq: SeqNo,
+    ts: u32,
+}
+
+impl Keypad {
+    fn new(pt: u8) -> Keypad {
+        Keypad {
+            pt: RtpPayloadType::new(pt).expect("pt"),
+            ssrc: Ssrc(rand::random()),
+            seq: SeqNo(rand::random()),
+            ts: rand::random(),
+        }
+    }
+
+    /// Each key pressed for 100 ms, then 100 ms apart, on the event clock.
+    async fn press(&mut self, rtp: &UdpSocket, to: SocketAddr, keys: &str) {
+        for c in keys.chars() {
+            let digit = Digit::from_char(c).expect("a DTMF digit");
+            let mut sender = EventSender::new(
+                digit,
+                self.ts,
+                8000,
+                Duration::from_millis(100),
+                DEFAULT_VOLUME,
+            );
+            let start = Instant::now();
+            let mut payload = [0u8; 4];
+            while let Ok(Some(p)) = sender.next_packet(&mut payload) {
+                let due = start + p.send_after;
+                tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
+                let mut h = Header::new(self.pt, self.seq, RtpTimestamp(p.timestamp), self.ssrc);
+                h.marker = p.marker;
+                let mut out = [0u8; 64];
+                let n = h
+                    .write(payload.get(..p.len).unwrap_or(&[]), &mut out)
+                    .expect("rtp packet");
+                rtp.send_to(&out[..n], to).await.expect("send rtp");
+                self.seq = SeqNo(self.seq.0.wrapping_add(1));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.ts = self.ts.wrapping_add(8000 / 5 * 2);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_keyed_before_the_ack_count() {
+    // Callers start sending media on our 200 OK, and a quick caller types before its ACK
+    // reaches us: those keys belong to the PIN.
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    gw.create_pin("early-room", Some(PIN)).await;
+    let rtp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("rtp");
+    let mut peer = Peer::udp(&gw).await;
+    let sdp = offer(
+        rtp.local_addr().expect("rtp address"),
+        "0 101",
+        "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
+    );
+    let raw = invite(&peer, "early-keys-1", "application/sdp", sdp.as_bytes());
+    peer.send(&raw).await;
+    let r = peer
+        .final_response(FINAL_WITHIN)
+        .await
+        .expect("a final response");
+    let call = answered(&r).unwrap_or_else(|e| panic!("the call is answered: {e}"));
+    let audio = &call.sdp.media[0];
+    let gw_rtp = SocketAddr::new(
+        call.sdp
+            .connection_for(audio)
+            .expect("the answer has an address"),
+        audio.port,
+    );
+    let (first, rest) = PIN.split_at(3);
+    let mut keypad = Keypad::new(101);
+    keypad.press(&rtp, gw_rtp, first).await;
+    let ack = call.request(&peer, "ACK", call.cseq, None);
+    peer.send(ack.as_bytes()).await;
+    keypad.press(&rtp, gw_rtp, &format!("{rest}#")).await;
+    let joined = gw
+        .wait_for_call(10 * SECOND, |c| {
+            c["state"] == "in_room" || c["state"] == "joining"
+        })
+        .await;
+    assert!(
+        joined.is_some_and(|c| c["room"] == "early-room"),
+        "the keys typed before the ACK are part of the PIN: {:?}",
         gw.calls().await
     );
     let bye = call.request(&peer, "BYE", call.cseq + 1, None);

@@ -540,6 +540,11 @@ impl CallTask {
     }
 
     fn drain_digits(&mut self, now: Instant) {
+        // Media may come before the ACK (a caller starts sending on our 200): digits keyed
+        // then stay queued in the leg until the IVR starts, rather than being dropped.
+        if self.phase == Phase::AwaitingAck {
+            return;
+        }
         let Some(leg) = self.s.leg.as_mut() else {
             return;
         };
