@@ -24,7 +24,7 @@ use sqlx::sqlite::{
 
 use crate::call::registry::{CallId, CallOutcome};
 use crate::config::{redact_url, LockoutConfig};
-use crate::pins::{ParticipantName, Pin, PinNamespace, RoomName};
+use crate::pins::{ParticipantName, Pin, PinNamespace, PinRole, RoomName};
 use crate::privacy::{NumberKey, PhoneNumber};
 use crate::ingress::trunk::TrunkId;
 
@@ -108,6 +108,9 @@ pub enum Resolution {
     Room {
         room: RoomName,
         participant_name: Option<ParticipantName>,
+        role: PinRole,
+        /// A participant waits (hold music) until a host is in the room.
+        wait_for_host: bool,
     },
     Unknown,
     Revoked,
@@ -758,6 +761,8 @@ impl Store {
             Resolution::Room {
                 room: record.room,
                 participant_name: record.participant_name,
+                role: PinRole::Participant,
+                wait_for_host: false,
             }
         })
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use dialin::call::registry::{CallId, CallOutcome};
 use dialin::config::LockoutConfig;
-use dialin::pins::{ParticipantName, Pin, PinNamespace, RoomName};
+use dialin::pins::{ParticipantName, Pin, PinNamespace, PinRole, RoomName};
 use dialin::privacy::PhoneNumber;
 use dialin::store::{
     CallRecordEnd, CallRecordStart, GuardPolicy, GuardTurn, LockoutKey, NewPin, PinFilter,
@@ -266,7 +266,9 @@ mod cases {
                 .unwrap(),
             Resolution::Room {
                 room: room("standup"),
-                participant_name: Some(ParticipantName::parse("Front desk").unwrap())
+                participant_name: Some(ParticipantName::parse("Front desk").unwrap()),
+                role: PinRole::Participant,
+                wait_for_host: false,
             }
         );
         assert_eq!(

@@ -16,6 +16,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::pins::PinRole;
+
 /// A longest PIN we accept from a caller's keypad. Longer entries are looked up as typed so the
 /// caller hears "not valid" rather than being silently cut off (config allows up to 20 digits).
 pub const MAX_ENTRY_DIGITS: usize = 32;
@@ -105,6 +107,8 @@ pub enum Lookup {
     Room {
         room: String,
         participant_name: Option<String>,
+        role: PinRole,
+        wait_for_host: bool,
     },
     /// Unknown, revoked or outside its validity window: the caller may try again.
     Invalid,
@@ -130,6 +134,8 @@ pub enum Action {
     Join {
         room: String,
         participant_name: Option<String>,
+        role: PinRole,
+        wait_for_host: bool,
     },
     /// Hang up now (the farewell prompt, if any, has finished playing).
     HangUp(EndReason),
@@ -344,12 +350,16 @@ impl Ivr {
             Lookup::Room {
                 room,
                 participant_name,
+                role,
+                wait_for_host,
             } => {
                 self.state = State::Done;
                 self.play(Prompt::Joining);
                 self.actions.push_back(Action::Join {
                     room,
                     participant_name,
+                    role,
+                    wait_for_host,
                 });
             }
             Lookup::Invalid => {
@@ -430,6 +440,8 @@ mod tests {
         Lookup::Room {
             room: "standup".into(),
             participant_name: None,
+            role: PinRole::Participant,
+            wait_for_host: false,
         }
     }
 
@@ -482,7 +494,9 @@ mod tests {
                 Action::Play(Prompt::Joining),
                 Action::Join {
                     room: "standup".into(),
-                    participant_name: None
+                    participant_name: None,
+                    role: PinRole::Participant,
+                    wait_for_host: false,
                 }
             ]
         );

@@ -37,7 +37,7 @@ use crate::call::registry::{CallCommand, CallGuard, CallOutcome, CallState};
 use crate::config::TrunkConfig;
 use crate::call::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
 use crate::call::leg::{CallerLeg, Discard, LegParams, MAX_FRAME, MAX_PACKET};
-use crate::pins::RoomName;
+use crate::pins::{PinRole, RoomName};
 use crate::pins::guard::Entry;
 use crate::privacy::PhoneNumber;
 use crate::room::{AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
@@ -607,7 +607,9 @@ impl CallTask {
                 Action::Join {
                     room,
                     participant_name,
-                } => self.start_join(room, participant_name),
+                    role,
+                    wait_for_host,
+                } => self.start_join(room, participant_name, role, wait_for_host),
                 Action::HangUp(reason) => {
                     let outcome = match reason {
                         EndReason::TooManyAttempts => CallOutcome::PinFailed,
@@ -662,7 +664,14 @@ impl CallTask {
         });
     }
 
-    fn start_join(&mut self, room: String, participant_name: Option<String>) {
+    fn start_join(
+        &mut self,
+        room: String,
+        participant_name: Option<String>,
+        role: PinRole,
+        wait_for_host: bool,
+    ) {
+        let _ = (role, wait_for_host);
         self.phase = Phase::Joining;
         self.s.guard.set_state(CallState::Joining);
         if let Ok(name) = RoomName::parse(&room) {

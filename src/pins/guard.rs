@@ -163,6 +163,8 @@ impl PinGuard {
             Resolution::Room {
                 room,
                 participant_name,
+                role,
+                wait_for_host,
             } => {
                 let _ = self.store.guard_settle(entry.trunk, now, &self.policy, false).await;
                 let until = now
@@ -173,6 +175,8 @@ impl PinGuard {
                 Lookup::Room {
                     room: room.as_str().to_owned(),
                     participant_name: participant_name.map(|n| n.as_str().to_owned()),
+                    role,
+                    wait_for_host,
                 }
             }
             _ => {

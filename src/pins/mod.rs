@@ -33,6 +33,50 @@ pub enum PinError {
     ControlCharacters { what: &'static str },
 }
 
+/// What a PIN makes its caller in the room. A room whose participant PIN sets
+/// `wait_for_host` opens to its participants once a host is there: a caller who keyed a
+/// host PIN, or (LiveKit) a participant matching `livekit.host`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinRole {
+    #[default]
+    Participant,
+    Host,
+}
+
+impl PinRole {
+    /// The API, CLI and store spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PinRole::Participant => "participant",
+            PinRole::Host => "host",
+        }
+    }
+}
+
+impl std::str::FromStr for PinRole {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "participant" => Ok(PinRole::Participant),
+            "host" => Ok(PinRole::Host),
+            other => Err(UnknownRole(other.chars().take(32).collect())),
+        }
+    }
+}
+
+impl fmt::Display for PinRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role that is neither `participant` nor `host`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown PIN role `{0}` (expected `participant` or `host`)")]
+pub struct UnknownRole(pub String);
+
 /// A PIN: 4 to 20 ASCII digits. Leading zeros are significant (`0042` ≠ `42`).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Pin(String);
