@@ -7,9 +7,12 @@
 //! is resampled once to 8 kHz and 16 kHz and kept in shared, immutable buffers, so thousands
 //! of calls play from one copy. Per call, a [`PromptPlayer`] queues prompts and hands out
 //! frames to the encoder (`player.next_frame → encode → RTP`); a digit typed during a prompt
-//! calls [`PromptPlayer::interrupt`] (barge-in, DESIGN "Call flow" step 3).
+//! calls [`PromptPlayer::interrupt`] (barge-in, DESIGN "Call flow" step 3). In the room, keypad
+//! controls answer with a [`ClipList`] (prompts, composed number words, keys, chimes) that
+//! [`PromptPlayer::play_clips`] queues without allocating.
 
 mod catalog;
+mod clip;
 mod player;
 mod resample;
 pub mod wav;
@@ -17,6 +20,7 @@ pub mod wav;
 use std::time::Duration;
 
 pub use catalog::{Language, Prompt, PromptCatalog, PromptError, PromptId, UnknownLanguage};
+pub use clip::{count_speech, key_speech, number_speech, Clip, ClipList, NumberWord};
 pub use player::PromptPlayer;
 
 /// Length of one media frame: 20 ms, the packetisation of every codec the gateway uses

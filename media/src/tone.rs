@@ -11,6 +11,10 @@
 //! frame) rather than `sin()` calls, so a generator costs a few hundred nanoseconds per frame.
 //! [`HoldMusic::render_loop`] renders one seamless cycle once, so that thousands of callers on
 //! hold can share one buffer through [`PromptPlayer::play_looped`](crate::prompt::PromptPlayer::play_looped).
+//!
+//! Two short chimes tell a caller in a room that someone joined ([`join_cue`], rising) or left
+//! ([`leave_cue`], falling), since a phone caller cannot see the participant list. The prompt
+//! catalog renders them once at load and plays them as clips.
 
 use std::f32::consts::TAU;
 use std::sync::Arc;
@@ -329,6 +333,52 @@ impl ComfortNoise {
     }
 }
 
+/// Room cue notes: E5 and A5 (a rising fourth), equal temperament, A4 = 440 Hz. Both sit well
+/// inside the 300–3400 Hz telephone band (ITU-T G.712) and above most speech fundamentals,
+/// so a cue stands out against voices without being shrill.
+const CUE_LOW_HZ: f32 = 659.26;
+const CUE_HIGH_HZ: f32 = 880.00;
+/// Each note lasts 90 ms: long enough to hear a pitch, short enough not to mask speech.
+const CUE_NOTE_MS: u32 = 90;
+/// −18 dBFS peak (32767 × 10^(−18/20)), the hold music's level: a background sound.
+const CUE_AMPLITUDE: f32 = 4_125.0;
+/// Raised-cosine attack and release of each note, so neither note clicks.
+const CUE_ATTACK_MS: u32 = 10;
+const CUE_RELEASE_MS: u32 = 30;
+
+/// The chime played when someone joins the room: two notes, rising. Render once and share.
+pub fn join_cue(rate: SampleRate) -> Arc<[i16]> {
+    render_cue(rate, [CUE_LOW_HZ, CUE_HIGH_HZ])
+}
+
+/// The chime played when someone leaves the room: the join chime's notes, falling.
+pub fn leave_cue(rate: SampleRate) -> Arc<[i16]> {
+    render_cue(rate, [CUE_HIGH_HZ, CUE_LOW_HZ])
+}
+
+fn render_cue(rate: SampleRate, notes: [f32; 2]) -> Arc<[i16]> {
+    let per_ms = rate.hz() / 1_000;
+    let note_len = CUE_NOTE_MS * per_ms;
+    let attack = CUE_ATTACK_MS * per_ms;
+    let release = CUE_RELEASE_MS * per_ms;
+    let ramp = |edge: u32, len: u32| {
+        if edge < len {
+            0.5 - 0.5 * (std::f32::consts::PI * edge as f32 / len as f32).cos()
+        } else {
+            1.0
+        }
+    };
+    let mut samples = Vec::with_capacity((note_len as usize) * notes.len());
+    for hz in notes {
+        let mut oscillator = Oscillator::new(hz, rate.hz());
+        for n in 0..note_len {
+            let envelope = ramp(n, attack) * ramp(note_len - 1 - n, release);
+            samples.push(to_sample(oscillator.next() * envelope * CUE_AMPLITUDE));
+        }
+    }
+    samples.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +432,75 @@ mod tests {
         for (n, expected) in rendered.chunks(160).enumerate().take(100) {
             music.next_frame(&mut frame);
             assert_eq!(&frame[..], expected, "frame {n}");
+        }
+    }
+
+    /// Power of `x` at `hz` (Goertzel), normalised by length.
+    fn goertzel(x: &[i16], hz: f32, rate: u32) -> f64 {
+        let coeff = 2.0 * f64::from(TAU * hz / rate as f32).cos();
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &sample in x {
+            let s0 = f64::from(sample) + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (x.len() as f64).powi(2)
+    }
+
+    fn pitch_of_halves(cue: &[i16], rate: u32) -> [(f64, f64); 2] {
+        let (first, second) = cue.split_at(cue.len() / 2);
+        [first, second].map(|half| {
+            (
+                goertzel(half, CUE_LOW_HZ, rate),
+                goertzel(half, CUE_HIGH_HZ, rate),
+            )
+        })
+    }
+
+    #[test]
+    fn join_cue_rises_and_leave_cue_falls() {
+        for rate in [SampleRate::Hz8000, SampleRate::Hz16000] {
+            let [first, second] = pitch_of_halves(&join_cue(rate), rate.hz());
+            assert!(
+                first.0 > 10.0 * first.1,
+                "{rate:?} join first half {first:?}"
+            );
+            assert!(
+                second.1 > 10.0 * second.0,
+                "{rate:?} join second half {second:?}"
+            );
+            let [first, second] = pitch_of_halves(&leave_cue(rate), rate.hz());
+            assert!(
+                first.1 > 10.0 * first.0,
+                "{rate:?} leave first half {first:?}"
+            );
+            assert!(
+                second.0 > 10.0 * second.1,
+                "{rate:?} leave second half {second:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cues_are_short_soft_and_start_and_end_quietly() {
+        for rate in [SampleRate::Hz8000, SampleRate::Hz16000] {
+            for cue in [join_cue(rate), leave_cue(rate)] {
+                // 180 ms: nine 20 ms frames.
+                assert_eq!(cue.len(), 9 * rate.frame_len(), "{rate:?}");
+                let peak = cue.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+                assert!((3_500..=4_126).contains(&peak), "{rate:?}: peak {peak}");
+                let edge = rate.frame_len() / 20; // 1 ms
+                assert!(cue[..edge].iter().all(|s| s.abs() < 200), "{rate:?} attack");
+                assert!(
+                    cue[cue.len() - edge..].iter().all(|s| s.abs() < 200),
+                    "{rate:?} release"
+                );
+                // The notes join quietly too: each has its own release and attack.
+                let middle = cue.len() / 2;
+                assert!(cue[middle - edge..middle + edge]
+                    .iter()
+                    .all(|s| s.abs() < 200));
+            }
         }
     }
 }

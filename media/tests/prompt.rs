@@ -1,13 +1,14 @@
-//! Prompts as the IVR uses them: the shipped catalog, operator overrides, the player, and the
-//! hold music a lone caller hears.
+//! Prompts as the IVR uses them: the shipped catalog, operator overrides, the player, the
+//! hold music a lone caller hears, and the clip lists in-room controls speak.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use dialin_media::prompt::{
-    wav, Language, PromptCatalog, PromptError, PromptId, PromptPlayer, SampleRate,
+    count_speech, key_speech, number_speech, wav, Clip, ClipList, Language, NumberWord,
+    PromptCatalog, PromptError, PromptId, PromptPlayer, SampleRate,
 };
-use dialin_media::tone::{ComfortNoise, ComfortTone, HoldMusic, NoiseColor};
+use dialin_media::tone::{self, ComfortNoise, ComfortTone, HoldMusic, NoiseColor};
 
 /// Counts this thread's allocations, to prove frame generation allocates nothing.
 struct CountingAllocator;
@@ -302,4 +303,252 @@ fn playing_prompts_and_generating_tones_does_not_allocate_per_frame() {
         player.next_frame(&mut frame);
     }
     assert_eq!(allocations() - before, 0);
+}
+
+/// The help listing as the call speaks it: each option's phrase, then its keys.
+fn help_listing() -> ClipList {
+    let mut list = ClipList::new();
+    for (phrase, keys) in [
+        (PromptId::HelpMute, "*6"),
+        (PromptId::HelpCount, "*1"),
+        (PromptId::HelpHand, "*9"),
+        (PromptId::HelpHelp, "*0"),
+    ] {
+        assert!(list.push(Clip::Prompt(phrase)));
+        assert!(list.append(&key_speech(keys)));
+    }
+    list
+}
+
+#[test]
+fn every_piece_of_every_count_resolves_in_both_languages_at_both_rates() {
+    for lang in Language::ALL {
+        let catalog = shipped(lang);
+        for rate in [SampleRate::Hz8000, SampleRate::Hz16000] {
+            for n in 0..=120 {
+                let list = count_speech(lang, n);
+                assert!(!list.is_empty(), "{lang} {n}");
+                for clip in &list {
+                    let samples = catalog.clip(clip, rate);
+                    assert!(
+                        samples.is_some_and(|s| !s.is_empty()),
+                        "{lang} {n} {rate:?}: {clip:?}"
+                    );
+                }
+            }
+            for clip in key_speech("0123456789*#")
+                .iter()
+                .chain(help_listing().iter())
+                .chain([Clip::JoinTone, Clip::LeaveTone])
+            {
+                assert!(
+                    catalog.clip(clip, rate).is_some(),
+                    "{lang} {rate:?}: {clip:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn number_words_are_short_speech() {
+    for lang in Language::ALL {
+        let catalog = shipped(lang);
+        for word in NumberWord::ALL.into_iter().filter(|w| w.is_used_in(lang)) {
+            let samples = catalog
+                .clip(Clip::Word(word), SampleRate::Hz16000)
+                .unwrap_or_else(|| panic!("{lang}/{word} missing"));
+            let seconds = samples.len() as f64 / 16_000.0;
+            assert!(
+                (0.15..=1.2).contains(&seconds),
+                "{lang}/{word}: {seconds} s"
+            );
+            assert!(
+                rms(samples) > 1_000.0,
+                "{lang}/{word}: rms {}",
+                rms(samples)
+            );
+        }
+    }
+    let en = shipped(Language::En);
+    let fr = shipped(Language::Fr);
+    let seven = Clip::Word(NumberWord::Seven);
+    assert_ne!(
+        en.clip(seven, SampleRate::Hz16000),
+        fr.clip(seven, SampleRate::Hz16000)
+    );
+}
+
+#[test]
+fn clips_resolve_to_the_recordings_they_name() {
+    let catalog = shipped(Language::Fr);
+    let rate = SampleRate::Hz8000;
+    let star = catalog.clip(Clip::Key('*'), rate).unwrap();
+    assert!(Arc::ptr_eq(
+        star,
+        catalog.get(PromptId::KeyStar).samples(rate)
+    ));
+    let hash = catalog.clip(Clip::Key('#'), rate).unwrap();
+    assert!(Arc::ptr_eq(
+        hash,
+        catalog.get(PromptId::KeyHash).samples(rate)
+    ));
+    let six = catalog.clip(Clip::Key('6'), rate).unwrap();
+    let word = catalog.clip(Clip::Word(NumberWord::Six), rate).unwrap();
+    assert!(Arc::ptr_eq(six, word));
+    let muted = catalog.clip(Clip::Prompt(PromptId::Muted), rate).unwrap();
+    assert!(Arc::ptr_eq(
+        muted,
+        catalog.get(PromptId::Muted).samples(rate)
+    ));
+    // French says soixante-dix and quatre-vingt-dix: it has no word of its own for either.
+    assert!(catalog
+        .clip(Clip::Word(NumberWord::Seventy), rate)
+        .is_none());
+    assert!(catalog.clip(Clip::Word(NumberWord::Ninety), rate).is_none());
+    assert!(shipped(Language::En)
+        .clip(Clip::Word(NumberWord::And), rate)
+        .is_none());
+    assert!(catalog.clip(Clip::Key('x'), rate).is_none());
+    assert!(catalog.clip(Clip::Key('٣'), rate).is_none());
+    // The cues are the tone module's, rendered once at load.
+    let join = catalog.clip(Clip::JoinTone, rate).unwrap();
+    assert_eq!(join, &tone::join_cue(rate));
+    let leave = catalog.clip(Clip::LeaveTone, rate).unwrap();
+    assert_eq!(leave, &tone::leave_cue(rate));
+    assert!(Arc::ptr_eq(
+        join,
+        catalog.clone().clip(Clip::JoinTone, rate).unwrap()
+    ));
+}
+
+#[test]
+fn clip_lists_play_back_to_back() {
+    for lang in Language::ALL {
+        let catalog = shipped(lang);
+        for rate in [SampleRate::Hz8000, SampleRate::Hz16000] {
+            for list in [
+                count_speech(lang, 71),
+                count_speech(lang, 1),
+                help_listing(),
+            ] {
+                let mut player = PromptPlayer::new(rate);
+                player.play_clips(catalog, &list);
+                let expected: Vec<i16> = list
+                    .iter()
+                    .flat_map(|clip| catalog.clip(clip, rate).unwrap().iter().copied())
+                    .collect();
+                let played = play_out(&mut player, 10_000);
+                assert!(!player.is_playing());
+                let frames = expected.len().div_ceil(rate.frame_len());
+                assert_eq!(played.len(), frames * rate.frame_len(), "{lang} {rate:?}");
+                assert_eq!(&played[..expected.len()], &expected[..], "{lang} {rate:?}");
+                assert!(played[expected.len()..].iter().all(|&s| s == 0));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_french_count_of_seventy_one_says_soixante_et_onze() {
+    let catalog = shipped(Language::Fr);
+    let rate = SampleRate::Hz16000;
+    let mut player = PromptPlayer::new(rate);
+    player.play_clips(catalog, &count_speech(Language::Fr, 71));
+    let played = play_out(&mut player, 10_000);
+    let pieces = [
+        catalog.get(PromptId::ThereAre).samples(rate),
+        catalog.clip(Clip::Word(NumberWord::Sixty), rate).unwrap(),
+        catalog.clip(Clip::Word(NumberWord::And), rate).unwrap(),
+        catalog.clip(Clip::Word(NumberWord::Eleven), rate).unwrap(),
+        catalog.get(PromptId::Participants).samples(rate),
+    ];
+    let expected: Vec<i16> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    assert_eq!(&played[..expected.len()], &expected[..]);
+}
+
+#[test]
+fn building_and_playing_clip_lists_does_not_allocate() {
+    let catalog = shipped(Language::Fr);
+    let mut player = PromptPlayer::new(SampleRate::Hz8000);
+    let mut frame = [0i16; 160];
+    let before = allocations();
+    for n in [1, 21, 71, 99, 250] {
+        let mut list = count_speech(Language::Fr, n);
+        list.push(Clip::JoinTone);
+        player.play_clips(catalog, &list);
+        while player.next_frame(&mut frame) {}
+    }
+    // The longest listing the call speaks, queued whole before any of it plays.
+    let help = help_listing();
+    player.play_clips(catalog, &help);
+    player.play_clips(catalog, &count_speech(Language::Fr, 77));
+    player.play_clips(catalog, &key_speech("*#"));
+    for _ in 0..50 {
+        player.next_frame(&mut frame);
+    }
+    player.interrupt();
+    assert_eq!(allocations() - before, 0);
+}
+
+#[test]
+fn number_words_can_be_overridden_like_prompts() {
+    let dir = scratch_dir("number-words");
+    let tone: Vec<i16> = (0..4_000)
+        .map(|n| (8_000.0 * (std::f64::consts::TAU * 440.0 * n as f64 / 8_000.0).sin()) as i16)
+        .collect();
+    let other: Vec<i16> = tone.iter().map(|s| s / 2).collect();
+    std::fs::write(dir.join("number_17.wav"), wav::encode(8_000, &tone)).unwrap();
+    std::fs::write(dir.join("number_and.wav"), wav::encode(8_000, &other)).unwrap();
+
+    let embedded = shipped(Language::Fr);
+    let catalog = PromptCatalog::load(Language::Fr, Some(&dir)).unwrap();
+    let rate = SampleRate::Hz8000;
+    let seventeen = catalog
+        .clip(Clip::Word(NumberWord::Seventeen), rate)
+        .unwrap();
+    assert_eq!(&seventeen[..], &tone[..]);
+    let and = catalog.clip(Clip::Word(NumberWord::And), rate).unwrap();
+    assert_eq!(&and[..], &other[..]);
+    // Every other word, and every prompt, stays the shipped one.
+    for word in NumberWord::ALL
+        .into_iter()
+        .filter(|w| !matches!(w, NumberWord::Seventeen | NumberWord::And))
+    {
+        assert_eq!(
+            catalog.clip(Clip::Word(word), rate),
+            embedded.clip(Clip::Word(word), rate),
+            "{word}"
+        );
+    }
+    assert!(PromptId::ALL
+        .iter()
+        .all(|&id| !catalog.get(id).is_overridden()));
+
+    // A broken number word is an error naming its file, as for a prompt.
+    std::fs::write(
+        dir.join("number_3.wav"),
+        b"RIFF\x10\0\0\0WAVEnot really audio",
+    )
+    .unwrap();
+    let err = PromptCatalog::load(Language::Fr, Some(&dir)).unwrap_err();
+    assert!(err.to_string().contains("number_3.wav"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_number_word_a_language_does_not_use_is_ignored_in_its_override_directory() {
+    let dir = scratch_dir("unused-word");
+    // French composes seventy (soixante-dix): a number_70.wav there is never played.
+    std::fs::write(
+        dir.join("number_70.wav"),
+        wav::encode(8_000, &[1_000i16; 800]),
+    )
+    .unwrap();
+    let catalog = PromptCatalog::load(Language::Fr, Some(&dir)).unwrap();
+    assert!(catalog
+        .clip(Clip::Word(NumberWord::Seventy), SampleRate::Hz8000)
+        .is_none());
+    assert_eq!(number_speech(Language::Fr, 70).len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,11 +8,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{Prompt, SampleRate};
+use super::{ClipList, Prompt, PromptCatalog, SampleRate};
 
-/// Queue depth reserved up front so that ordinary IVR sequences ("invalid PIN" then "welcome")
-/// never allocate while a call runs.
-const QUEUE_CAPACITY: usize = 8;
+/// Queue depth reserved up front so that IVR sequences ("invalid PIN" then "welcome") and
+/// in-room clip lists (the help listing: four phrases, each followed by "star" and a digit)
+/// never allocate while a call runs. Holds any one [`ClipList`] and then some.
+const QUEUE_CAPACITY: usize = 32;
 
 #[derive(Debug, Clone)]
 struct Item {
@@ -45,6 +46,18 @@ impl PromptPlayer {
     /// Queues `prompt` at the player's rate, after whatever is already queued.
     pub fn play(&mut self, prompt: &Prompt) {
         self.play_samples(Arc::clone(prompt.samples(self.rate)));
+    }
+
+    /// Queues every clip of `clips`, back to back, after whatever is already queued. A clip
+    /// the catalog cannot resolve (a number word its language does not use) is skipped. Shares
+    /// the catalog's samples: nothing is copied, and nothing allocated while the queue stays
+    /// within its reserved depth.
+    pub fn play_clips(&mut self, catalog: &PromptCatalog, clips: &ClipList) {
+        for clip in clips {
+            if let Some(samples) = catalog.clip(clip, self.rate) {
+                self.play_samples(Arc::clone(samples));
+            }
+        }
     }
 
     /// Queues raw samples at the player's rate. Empty buffers are ignored.
