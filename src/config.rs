@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::call::keypad::KeypadKeys;
 use crate::pins::{Pin, PinNamespace};
 use crate::ingress::trunk::{CalledNumber, IpNetwork, TrunkId};
 
@@ -436,6 +437,59 @@ pub struct LiveKitConfig {
     /// Which local candidates are offered: all of them, or only TURN relays (for a gateway
     /// that must not, or cannot, send media to LiveKit directly).
     pub ice_transport_policy: IceTransportPolicy,
+    /// Who counts as a room's host for participant PINs with `wait_for_host`, besides
+    /// callers who keyed a host PIN: `"any_non_sip"` (any participant that is not a phone
+    /// call) or `"attribute:KEY=VALUE"`.
+    pub host: HostRule,
+}
+
+/// `livekit.host`: which LiveKit participants are hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HostRule {
+    /// Any participant whose kind is not SIP and whose identity is not a dialin call's.
+    #[default]
+    AnyNonSip,
+    /// A participant whose attribute `key` is `value`.
+    Attribute { key: String, value: String },
+}
+
+impl HostRule {
+    pub fn parse(s: &str) -> Result<HostRule, String> {
+        if s == "any_non_sip" {
+            return Ok(HostRule::AnyNonSip);
+        }
+        match s.strip_prefix("attribute:").and_then(|kv| kv.split_once('=')) {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok(HostRule::Attribute {
+                key: k.to_owned(),
+                value: v.to_owned(),
+            }),
+            _ => Err(format!(
+                "{s:?} is not a host rule (\"any_non_sip\" or \"attribute:KEY=VALUE\")"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for HostRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostRule::AnyNonSip => f.write_str("any_non_sip"),
+            HostRule::Attribute { key, value } => write!(f, "attribute:{key}={value}"),
+        }
+    }
+}
+
+impl Serialize for HostRule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostRule::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `livekit.ice_transport_policy`, as WebRTC's `RTCIceTransportPolicy`.
@@ -458,6 +512,7 @@ impl Default for LiveKitConfig {
             token_ttl_s: 600,
             ice_servers: Vec::new(),
             ice_transport_policy: IceTransportPolicy::All,
+            host: HostRule::AnyNonSip,
         }
     }
 }
@@ -757,6 +812,30 @@ pub struct TrunkConfig {
     pub expose_phone_number: bool,
     #[serde(default)]
     pub livekit: Option<LiveKitOverride>,
+    /// The in-room keypad menu (`*6` mute, `*1` count, `*9` hand, `*0` help); `false` sends
+    /// every key to the room as DTMF.
+    #[serde(default = "default_true")]
+    pub keypad: bool,
+    /// The keypad's key sequences.
+    #[serde(default)]
+    pub keys: KeypadKeys,
+    /// Cues a phone caller hears when others join or leave.
+    #[serde(default)]
+    pub announce: Announce,
+}
+
+/// `trunk.announce`: what a caller in the room hears when someone joins or leaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Announce {
+    None,
+    /// A short rising tone for a join, falling for a leave; never sent into the room.
+    #[default]
+    Tones,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_pin_length() -> usize {
@@ -1088,6 +1167,9 @@ impl Config {
         let mut namespace_lengths: HashMap<&PinNamespace, (usize, usize)> = HashMap::new();
         for (i, t) in self.trunks.iter().enumerate() {
             let key = |k: &str| format!("trunk[{i}].{k}");
+            if let Err(clash) = t.keys.check() {
+                return Err(ConfigError::invalid(key("keys"), clash.to_string()));
+            }
             if let Some(j) = self.trunks[..i].iter().position(|o| o.id == t.id) {
                 return Err(ConfigError::invalid(
                     key("id"),

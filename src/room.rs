@@ -21,6 +21,9 @@ use std::pin::Pin;
 
 use tokio::sync::mpsc;
 
+use crate::ingress::trunk::TrunkId;
+use crate::pins::PinRole;
+
 /// Samples in the largest 20 ms frame a backend exchanges (16 kHz).
 pub const MAX_FRAME_SAMPLES: usize = 320;
 
@@ -95,6 +98,8 @@ pub struct JoinRequest {
     /// does (its Opus codes 8 and 16 kHz natively); `local` mixes at its own rate. The
     /// handle's [`RoomHandle::sample_rate`] says which rate the backend chose.
     pub sample_rate: u32,
+    /// A host opens rooms whose participant PINs wait for one.
+    pub role: PinRole,
 }
 
 /// Something that happened in the room, from the caller's point of view.
@@ -110,6 +115,18 @@ pub enum RoomEvent {
     Closed,
     /// This participant was removed from the room: same as `Closed` for the caller.
     Removed,
+    /// A room admin muted (true) or unmuted (false) the caller's published track.
+    MutedByRoom { muted: bool },
+    /// The room changed whether this participant may publish audio.
+    CanPublish(bool),
+}
+
+/// A participant attribute the call sets on itself (`None` removes it). Static, so that a
+/// key press never allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttributeUpdate {
+    pub key: &'static str,
+    pub value: Option<&'static str>,
 }
 
 /// Why a join failed.
@@ -157,6 +174,8 @@ pub struct RoomHandle {
     /// Mutes (true) or unmutes the call's track where the room shows it (LiveKit); `None`
     /// where not mixing the caller is all there is to it (local rooms).
     pub mute: Option<mpsc::Sender<bool>>,
+    /// Sets the caller's own participant attributes where the room shows them (LiveKit).
+    pub attributes: Option<mpsc::Sender<AttributeUpdate>>,
     /// Kept alive for the membership; dropping it tells the backend the caller left.
     pub(crate) _membership: Box<dyn Send + Sync>,
 }
@@ -173,10 +192,17 @@ impl std::fmt::Debug for RoomHandle {
 /// Future returned by [`RoomBackend::join`].
 pub type JoinFuture<'a> = Pin<Box<dyn Future<Output = Result<RoomHandle, RoomError>> + Send + 'a>>;
 
+/// Future returned by [`RoomBackend::wait_for_host`].
+pub type HostFuture<'a> = Pin<Box<dyn Future<Output = Result<(), RoomError>> + Send + 'a>>;
+
 /// A place calls can be bridged into.
 pub trait RoomBackend: Send + Sync {
     /// Joins `req.room` as a new participant.
     fn join(&self, req: JoinRequest) -> JoinFuture<'_>;
+    /// Resolves once `room` has a host (a caller who keyed a host PIN, or for LiveKit a
+    /// participant matching `livekit.host`), without joining it. Dropping it stops watching.
+    /// `trunk` is the call's trunk (its LiveKit override, if any, is where to look).
+    fn wait_for_host(&self, room: String, trunk: TrunkId) -> HostFuture<'_>;
     /// Name for logs and `/readyz`.
     fn name(&self) -> &'static str;
 }

@@ -13,6 +13,7 @@
 //! are released by their `Drop`s even if the task panics.
 
 pub mod ivr;
+pub mod keypad;
 pub mod leg;
 pub mod registry;
 
@@ -23,7 +24,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dialin_media::ports::PortLease;
-use dialin_media::prompt::{PromptCatalog, PromptId, PromptPlayer, SampleRate as PromptRate};
+use dialin_media::prompt::{
+    count_speech, key_speech, Clip, PromptCatalog, PromptId, PromptPlayer,
+    SampleRate as PromptRate,
+};
 use dialin_media::tone::HoldMusic;
 use dialin_sip::endpoint::{CallKey, EndpointHandle, Event as SipEvent};
 use dialin_sip::sdp::{self, AnswerPolicy, LocalMedia, Negotiated, SessionDescription};
@@ -34,13 +38,14 @@ use tracing::{debug, info, warn};
 
 use crate::call::registry::CallId;
 use crate::call::registry::{CallCommand, CallGuard, CallOutcome, CallState};
-use crate::config::TrunkConfig;
+use crate::call::keypad::{Command, Keypad, KeypadAction};
+use crate::config::{Announce, TrunkConfig};
 use crate::call::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
 use crate::call::leg::{CallerLeg, Discard, LegParams, MAX_FRAME, MAX_PACKET};
 use crate::pins::{PinRole, RoomName};
 use crate::pins::guard::Entry;
 use crate::privacy::PhoneNumber;
-use crate::room::{AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
+use crate::room::{AttributeUpdate, AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
 use crate::serve::Services;
 use crate::store::{CallRecordEnd, RtpStats};
 use crate::tick::TICK;
@@ -152,6 +157,9 @@ enum Phase {
     Ivr,
     /// The PIN resolved; the join runs and "joining" plays.
     Joining,
+    /// A participant PIN of a room that waits for its host: hold music until one is there,
+    /// not yet in the room.
+    WaitingForHost,
     InRoom,
     /// A farewell prompt plays, then BYE.
     Leaving(CallOutcome),
@@ -188,7 +196,33 @@ struct CallTask {
     pin_attempts: u32,
     /// Resampling state between the leg's rate and the room's.
     up_prev: i16,
+    /// The in-room keypad menu.
+    keypad: Keypad,
+    /// The caller muted itself (`*6`).
+    self_muted: bool,
+    /// A room admin muted the caller's track.
+    room_muted: bool,
+    /// Whether the room lets the caller publish (unmute after a room mute).
+    can_publish: bool,
+    /// `sip.handRaised` is set.
+    hand_raised: bool,
+    /// Resolves when the room of a waiting participant has its host.
+    host_rx: Option<oneshot::Receiver<Result<(), String>>>,
+    /// The join to make once the host is there.
+    pending_join: Option<PendingJoin>,
 }
+
+/// A resolved PIN whose join waits for the room's host.
+struct PendingJoin {
+    room: String,
+    participant_name: Option<String>,
+    role: PinRole,
+}
+
+/// The participant attribute of a raised hand (absent when lowered).
+pub const HAND_RAISED_ATTRIBUTE: &str = "sip.handRaised";
+/// The participant attribute of a caller who keyed a host PIN (`host`).
+pub const ROLE_ATTRIBUTE: &str = "sip.role";
 
 impl CallTask {
     fn new(s: CallSetup) -> CallTask {
@@ -197,6 +231,7 @@ impl CallTask {
             .as_ref()
             .map(|l| prompt_rate(l.sample_rate().hz()))
             .unwrap_or(PromptRate::Hz8000);
+        let keypad = Keypad::new(s.trunk.keys, s.trunk.keypad);
         CallTask {
             s,
             phase: Phase::AwaitingAck,
@@ -217,6 +252,13 @@ impl CallTask {
             ended_by_sip: false,
             pin_attempts: 0,
             up_prev: 0,
+            keypad,
+            self_muted: false,
+            room_muted: false,
+            can_publish: true,
+            hand_raised: false,
+            host_rx: None,
+            pending_join: None,
         }
     }
 
@@ -235,7 +277,11 @@ impl CallTask {
         let ack_deadline = Instant::now() + Duration::from_secs(32);
         loop {
             let ivr_deadline = self.ivr.as_ref().and_then(|i| i.deadline());
-            let wake = ivr_deadline.map(tokio::time::Instant::from_std);
+            let deadline = match (ivr_deadline, self.keypad.deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wake = deadline.map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 ev = self.s.sip_events.recv() => {
@@ -276,7 +322,12 @@ impl CallTask {
                 _ = sleep_opt(wake) => {
                     let now = Instant::now();
                     if let Some(ivr) = self.ivr.as_mut() { ivr.on_timeout(now); }
+                    self.keypad.on_timeout(now);
+                    self.run_keypad();
                     if let Some(o) = self.run_ivr_actions(now) { return o; }
+                }
+                res = recv_host(&mut self.host_rx) => {
+                    if let Some(o) = self.on_host(res) { return o; }
                 }
                 _ = recv_queued(&mut self.queued_rx) => {
                     let now = Instant::now();
@@ -410,7 +461,7 @@ impl CallTask {
         let held = next.hold == sdp::HoldState::HeldByRemote;
         if held != self.on_hold() {
             info!(call = %self.s.id, held, "the caller put the call on hold or resumed it");
-            self.tell_room_muted(held);
+            self.tell_room_muted(held || self.caller_muted());
         }
         if let Some(leg) = self.s.leg.as_mut() {
             // A new `c=`/`m=` address moves our RTP there (transfers, media anchoring).
@@ -453,7 +504,7 @@ impl CallTask {
         // Caller → room. A caller holding the call (`sendonly`/`inactive` from its side) is
         // not mixed: its hold music must not play into the meeting.
         if let (Phase::InRoom, Some(room)) = (self.phase, self.room.as_ref()) {
-            if has_audio && !on_hold {
+            if has_audio && !on_hold && !self.self_muted && !self.room_muted {
                 let mut frame = to_room_rate(&caller_pcm[..n], leg_rate, room.sample_rate);
                 if let Some(opus) = self.s.leg.as_ref().and_then(|l| l.forwardable_payload()) {
                     frame = frame.with_opus(opus);
@@ -555,14 +606,11 @@ impl CallTask {
                         ivr.on_key(key, now);
                     }
                 }
-                Phase::InRoom => {
-                    if let Some(tx) = self.room.as_ref().and_then(|r| r.dtmf.as_ref()) {
-                        let _ = tx.try_send(key);
-                    }
-                }
+                Phase::InRoom => self.keypad.on_key(key, now),
                 _ => {}
             }
         }
+        self.run_keypad();
         if self.phase == Phase::Ivr {
             // Actions (barge-in, lookups) are applied right away; the outcome, if any, is
             // picked up at the next tick through the IVR's state.
@@ -580,6 +628,10 @@ impl CallTask {
             }
             Phase::Joining => {
                 self.join_done_prompt = true;
+                None
+            }
+            Phase::WaitingForHost => {
+                self.start_hold_music();
                 None
             }
             Phase::InRoom => {
@@ -671,7 +723,64 @@ impl CallTask {
         role: PinRole,
         wait_for_host: bool,
     ) {
-        let _ = (role, wait_for_host);
+        if wait_for_host && role == PinRole::Participant {
+            self.wait_for_host(room, participant_name, role);
+        } else {
+            self.join(room, participant_name, role);
+        }
+    }
+
+    /// Holds the caller, not yet in the room, until the room has a host.
+    fn wait_for_host(&mut self, room: String, participant_name: Option<String>, role: PinRole) {
+        self.phase = Phase::WaitingForHost;
+        self.s.guard.set_state(CallState::WaitingForHost);
+        if let Ok(name) = RoomName::parse(&room) {
+            self.s.guard.set_room(Some(name.clone()));
+            self.room_name = Some(name);
+        }
+        info!(call = %self.s.id, "waiting for the room's host");
+        self.play(PromptId::WaitForHost);
+        let (tx, rx) = oneshot::channel();
+        self.host_rx = Some(rx);
+        let rooms = self.s.rooms.clone();
+        let watched = room.clone();
+        let trunk = self.s.trunk.id.clone();
+        let mut tx = tx;
+        tokio::spawn(async move {
+            let wait = rooms.wait_for_host(watched, trunk);
+            tokio::pin!(wait);
+            // Stops watching as soon as the call is gone.
+            let res = tokio::select! {
+                r = &mut wait => r.map_err(|e| e.to_string()),
+                _ = tx.closed() => return,
+            };
+            let _ = tx.send(res);
+        });
+        self.pending_join = Some(PendingJoin {
+            room,
+            participant_name,
+            role,
+        });
+    }
+
+    fn on_host(&mut self, res: Result<(), String>) -> Option<CallOutcome> {
+        let pending = self.pending_join.take()?;
+        match res {
+            Ok(()) => {
+                info!(call = %self.s.id, "the host is there: joining");
+                self.hold = None;
+                self.play(PromptId::Joining);
+                self.join(pending.room, pending.participant_name, pending.role);
+                None
+            }
+            Err(e) => {
+                warn!(call = %self.s.id, error = %e, "watching for the room's host failed");
+                self.leave(CallOutcome::JoinFailed, Some(PromptId::ServiceUnavailable))
+            }
+        }
+    }
+
+    fn join(&mut self, room: String, participant_name: Option<String>, role: PinRole) {
         self.phase = Phase::Joining;
         self.s.guard.set_state(CallState::Joining);
         if let Ok(name) = RoomName::parse(&room) {
@@ -694,12 +803,16 @@ impl CallTask {
         };
         attributes.insert("sip.phoneNumber".to_owned(), number);
         attributes.insert("sip.callStatus".to_owned(), "active".to_owned());
+        if role == PinRole::Host {
+            attributes.insert(ROLE_ATTRIBUTE.to_owned(), PinRole::Host.as_str().to_owned());
+        }
         let req = JoinRequest {
             room,
             identity: format!("sip_{}", self.s.id.as_str()),
             name: participant_name.unwrap_or_else(|| format!("Phone {}", self.s.caller.masked())),
             attributes,
             sample_rate: self.s.leg.as_ref().map_or(16_000, |l| l.sample_rate().hz()),
+            role,
         };
         tokio::spawn(async move {
             let res = rooms.join(req).await.map_err(|e| e.to_string());
@@ -749,13 +862,30 @@ impl CallTask {
             Some(RoomEvent::ParticipantJoined { .. }) => {
                 self.others_in_room += 1;
                 self.hold = None;
+                self.cue(Clip::JoinTone);
                 None
             }
             Some(RoomEvent::ParticipantLeft { .. }) => {
                 self.others_in_room = self.others_in_room.saturating_sub(1);
+                self.cue(Clip::LeaveTone);
                 if self.others_in_room == 0 {
                     self.start_hold_music();
                 }
+                None
+            }
+            Some(RoomEvent::MutedByRoom { muted }) => {
+                self.room_muted = muted;
+                // The room's word on our track: follow it, keeping our own mute.
+                self.tell_room_muted(self.on_hold() || self.caller_muted());
+                self.play(if muted {
+                    PromptId::MutedByRoom
+                } else {
+                    PromptId::Unmuted
+                });
+                None
+            }
+            Some(RoomEvent::CanPublish(allowed)) => {
+                self.can_publish = allowed;
                 None
             }
             Some(RoomEvent::Closed) | Some(RoomEvent::Removed) | None => {
@@ -763,6 +893,104 @@ impl CallTask {
                 self.room = None;
                 self.leave(CallOutcome::RoomEnded, Some(PromptId::MeetingEnded))
             }
+        }
+    }
+
+    fn caller_muted(&self) -> bool {
+        self.self_muted || self.room_muted
+    }
+
+    /// Carries out what the keypad decided, in key order.
+    fn run_keypad(&mut self) {
+        while let Some(action) = self.keypad.poll() {
+            if self.phase != Phase::InRoom {
+                continue;
+            }
+            match action {
+                KeypadAction::Dtmf(key) => {
+                    if let Some(tx) = self.room.as_ref().and_then(|r| r.dtmf.as_ref()) {
+                        let _ = tx.try_send(key);
+                    }
+                }
+                KeypadAction::Command(Command::Mute) => self.toggle_mute(),
+                KeypadAction::Command(Command::Count) => self.say_count(),
+                KeypadAction::Command(Command::Hand) => self.toggle_hand(),
+                KeypadAction::Command(Command::Help) => self.say_help(),
+            }
+        }
+    }
+
+    fn toggle_mute(&mut self) {
+        if self.caller_muted() {
+            if self.room_muted && !self.can_publish {
+                info!(call = %self.s.id, "unmute refused: the room does not let the caller publish");
+                self.play(PromptId::UnmuteNotAllowed);
+                return;
+            }
+            self.self_muted = false;
+            self.room_muted = false;
+            self.tell_room_muted(self.on_hold());
+            info!(call = %self.s.id, "the caller unmuted itself");
+            self.play(PromptId::Unmuted);
+        } else {
+            self.self_muted = true;
+            self.tell_room_muted(true);
+            info!(call = %self.s.id, "the caller muted itself");
+            self.play(PromptId::Muted);
+        }
+    }
+
+    fn toggle_hand(&mut self) {
+        self.hand_raised = !self.hand_raised;
+        if let Some(tx) = self.room.as_ref().and_then(|r| r.attributes.as_ref()) {
+            let _ = tx.try_send(AttributeUpdate {
+                key: HAND_RAISED_ATTRIBUTE,
+                value: self.hand_raised.then_some("true"),
+            });
+        }
+        info!(call = %self.s.id, raised = self.hand_raised, "the caller's hand");
+        self.play(if self.hand_raised {
+            PromptId::HandRaised
+        } else {
+            PromptId::HandLowered
+        });
+    }
+
+    /// "There are N participants", counting the caller.
+    fn say_count(&mut self) {
+        let clips = count_speech(self.s.prompts.language(), self.others_in_room + 1);
+        self.player.interrupt();
+        self.player.play_clips(&self.s.prompts, &clips);
+        self.player_active = self.player.is_playing();
+    }
+
+    /// Each command's phrase and its keys, as configured.
+    fn say_help(&mut self) {
+        self.player.interrupt();
+        let keys = *self.keypad.keys();
+        for command in Command::ALL {
+            let phrase = match command {
+                Command::Mute => PromptId::HelpMute,
+                Command::Count => PromptId::HelpCount,
+                Command::Hand => PromptId::HelpHand,
+                Command::Help => PromptId::HelpHelp,
+            };
+            self.player.play(self.s.prompts.get(phrase));
+            self.player
+                .play_clips(&self.s.prompts, &key_speech(keys.of(command).as_str()));
+        }
+        self.player_active = self.player.is_playing();
+    }
+
+    /// A join or leave cue for the caller's ear only (never into the room), after whatever
+    /// the caller is hearing from us.
+    fn cue(&mut self, clip: Clip) {
+        if self.s.trunk.announce != Announce::Tones || self.phase != Phase::InRoom {
+            return;
+        }
+        if let Some(samples) = self.s.prompts.clip(clip, self.player.rate()) {
+            self.player.play_samples(Arc::clone(samples));
+            self.player_active = true;
         }
     }
 
@@ -985,6 +1213,20 @@ async fn recv_join(
             let v = rx
                 .await
                 .unwrap_or_else(|_| Err("the join task ended".to_owned()));
+            *slot = None;
+            v
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the host watch's result; never when none runs.
+async fn recv_host(slot: &mut Option<oneshot::Receiver<Result<(), String>>>) -> Result<(), String> {
+    match slot.as_mut() {
+        Some(rx) => {
+            let v = rx
+                .await
+                .unwrap_or_else(|_| Err("the host watch ended".to_owned()));
             *slot = None;
             v
         }

@@ -63,15 +63,18 @@ pub enum CallState {
     CollectingPin,
     /// PIN resolved, connecting to the room.
     Joining,
+    /// A participant PIN of a room that waits for its host: on hold music until one is there.
+    WaitingForHost,
     /// Bridged into the room.
     InRoom,
 }
 
 impl CallState {
-    pub const ALL: [CallState; 4] = [
+    pub const ALL: [CallState; 5] = [
         CallState::Answering,
         CallState::CollectingPin,
         CallState::Joining,
+        CallState::WaitingForHost,
         CallState::InRoom,
     ];
 
@@ -80,6 +83,7 @@ impl CallState {
             CallState::Answering => "answering",
             CallState::CollectingPin => "collecting_pin",
             CallState::Joining => "joining",
+            CallState::WaitingForHost => "waiting_for_host",
             CallState::InRoom => "in_room",
         }
     }
@@ -328,7 +332,7 @@ impl CallRegistry {
     }
 
     /// Calls in progress per state, in [`CallState::ALL`] order (for `dialin_calls_active`).
-    pub fn count_by_state(&self) -> [(CallState, usize); 4] {
+    pub fn count_by_state(&self) -> [(CallState, usize); CallState::ALL.len()] {
         let mut counts = CallState::ALL.map(|s| (s, 0));
         for e in self.calls.iter() {
             if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == e.info.state) {

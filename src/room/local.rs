@@ -14,10 +14,14 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dialin_media::mixer::{Mixer, ParticipantId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 
-use super::{AudioFrame, JoinFuture, JoinRequest, RoomBackend, RoomError, RoomEvent, RoomHandle};
+use super::{
+    AudioFrame, HostFuture, JoinFuture, JoinRequest, RoomBackend, RoomError, RoomEvent, RoomHandle,
+};
+use crate::ingress::trunk::TrunkId;
+use crate::pins::PinRole;
 
 /// Local rooms mix narrowband: every leg can produce 8 kHz without loss of what a phone carries.
 pub const LOCAL_SAMPLE_RATE: u32 = 8000;
@@ -48,6 +52,44 @@ pub struct LocalRooms {
     next_id: AtomicU32,
     /// Frames dropped because a channel was full (a participant or the room fell behind).
     dropped_frames: Arc<AtomicU64>,
+    /// Hosts (callers of a host PIN) in each room, for participants waiting for one.
+    hosts: Arc<Hosts>,
+}
+
+/// Host callers per room, and a wake-up for those waiting for one.
+#[derive(Default)]
+struct Hosts {
+    count: DashMap<String, usize>,
+    arrived: Notify,
+}
+
+impl Hosts {
+    fn present(&self, room: &str) -> bool {
+        self.count.get(room).is_some_and(|n| *n > 0)
+    }
+}
+
+/// A host's presence, counted while it is in the room.
+struct HostPresence {
+    hosts: Arc<Hosts>,
+    room: String,
+}
+
+impl HostPresence {
+    fn enter(hosts: Arc<Hosts>, room: String) -> HostPresence {
+        *hosts.count.entry(room.clone()).or_insert(0) += 1;
+        hosts.arrived.notify_waiters();
+        HostPresence { hosts, room }
+    }
+}
+
+impl Drop for HostPresence {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.hosts.count.get_mut(&self.room) {
+            *n = n.saturating_sub(1);
+        }
+        self.hosts.count.remove_if(&self.room, |_, n| *n == 0);
+    }
 }
 
 impl LocalRooms {
@@ -97,6 +139,8 @@ impl LocalRooms {
                     let others = joined_rx.await.map_err(|_| {
                         RoomError::Unreachable("local room ended during join".into())
                     })?;
+                    let host = (req.role == PinRole::Host)
+                        .then(|| HostPresence::enter(self.hosts.clone(), req.room.clone()));
                     return Ok(RoomHandle {
                         sample_rate: LOCAL_SAMPLE_RATE,
                         others_at_join: others,
@@ -105,7 +149,12 @@ impl LocalRooms {
                         events,
                         dtmf: None,
                         mute: None,
-                        _membership: Box::new(Membership { id, room: tx }),
+                        attributes: None,
+                        _membership: Box::new(Membership {
+                            id,
+                            room: tx,
+                            _host: host,
+                        }),
                     });
                 }
                 Err(mpsc::error::SendError(m)) => {
@@ -125,6 +174,21 @@ impl RoomBackend for LocalRooms {
         Box::pin(self.join_room(req))
     }
 
+    fn wait_for_host(&self, room: String, _trunk: TrunkId) -> HostFuture<'_> {
+        Box::pin(async move {
+            loop {
+                let arrived = self.hosts.arrived.notified();
+                tokio::pin!(arrived);
+                // Registered before the check, so a host arriving in between still wakes us.
+                arrived.as_mut().enable();
+                if self.hosts.present(&room) {
+                    return Ok(());
+                }
+                arrived.await;
+            }
+        })
+    }
+
     fn name(&self) -> &'static str {
         "local"
     }
@@ -134,6 +198,7 @@ impl RoomBackend for LocalRooms {
 struct Membership {
     id: ParticipantId,
     room: mpsc::UnboundedSender<RoomMsg>,
+    _host: Option<HostPresence>,
 }
 
 impl Drop for Membership {
@@ -250,7 +315,51 @@ mod tests {
             name: identity.into(),
             attributes: Default::default(),
             sample_rate: 8_000,
+            role: PinRole::Participant,
         }
+    }
+
+    /// Polls once: whether the future is still waiting.
+    fn pending(f: std::pin::Pin<&mut (dyn std::future::Future<Output = Result<(), RoomError>> + Send + '_)>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx).is_pending()
+    }
+
+    fn trunk() -> TrunkId {
+        TrunkId::parse("default").expect("trunk id")
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_host_ends_when_a_host_joins_that_room() {
+        let rooms = LocalRooms::new();
+        let participant = rooms.join(req("r1", "p")).await.expect("join");
+        let mut wait = rooms.wait_for_host("r1".into(), trunk());
+        // A participant is no host, nor is a host of another room.
+        let other = rooms
+            .join(JoinRequest {
+                role: PinRole::Host,
+                ..req("r2", "h2")
+            })
+            .await
+            .expect("join");
+        assert!(pending(wait.as_mut()));
+        let host = rooms
+            .join(JoinRequest {
+                role: PinRole::Host,
+                ..req("r1", "h1")
+            })
+            .await
+            .expect("join");
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("the host's arrival ends the wait")
+            .expect("no error");
+        // A host already there: at once. Gone again: waiting again.
+        rooms.wait_for_host("r1".into(), trunk()).await.expect("at once");
+        drop(host);
+        let mut again = rooms.wait_for_host("r1".into(), trunk());
+        assert!(pending(again.as_mut()));
+        drop((participant, other));
     }
 
     fn tone(freq: f32, amp: f32) -> AudioFrame {

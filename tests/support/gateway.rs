@@ -276,6 +276,15 @@ drain_timeout_s = 1
         v["pin"].as_str().expect("pin in the answer").to_owned()
     }
 
+    /// `POST /v1/pins` with `body` as is (role, wait_for_host...); returns the PIN.
+    pub async fn create_pin_with(&self, body: Value) -> String {
+        let (status, v) = self
+            .request(reqwest::Method::POST, "/v1/pins", Some(body))
+            .await;
+        assert_eq!(status, 201, "POST /v1/pins answered {status}: {v}");
+        v["pin"].as_str().expect("pin in the answer").to_owned()
+    }
+
     /// `GET /v1/calls`: the calls in progress.
     pub async fn calls(&self) -> Vec<Value> {
         let (status, v) = self.request(reqwest::Method::GET, "/v1/calls", None).await;

@@ -162,3 +162,54 @@ fn to_db(ratio: f64) -> f64 {
         (20.0 * ratio.log10()).max(SILENCE_DBFS)
     }
 }
+
+/// Normalised correlation of `prompt` with `heard` starting at `off` (1: the same waveform).
+pub fn correlation(heard: &[i16], prompt: &[i16], off: usize) -> f64 {
+    let Some(seg) = heard.get(off..off + prompt.len()) else {
+        return 0.0;
+    };
+    let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
+    for (&a, &b) in seg.iter().zip(prompt) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        xy += a * b;
+        xx += a * a;
+        yy += b * b;
+    }
+    xy / (xx * yy).sqrt().max(1.0)
+}
+
+/// Where `clip` (8 kHz) is played in `heard` (8 kHz) at or after sample `from`, if it is:
+/// the 20 ms level envelopes place it to a frame, the waveform to the sample, and the whole
+/// clip must then correlate above 0.9 (G.711 keeps a played prompt near 1).
+pub fn find_clip(heard: &[i16], clip: &[i16], from: usize) -> Option<usize> {
+    let env = |pcm: &[i16]| -> Vec<f64> {
+        pcm.chunks(160)
+            .map(|c| {
+                10.0 * (c.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / c.len() as f64
+                    + 1.0)
+                    .log10()
+            })
+            .collect()
+    };
+    let first = from / 160;
+    let (eh, ec) = (env(heard), env(clip));
+    // The few best frame positions, each checked on the waveform.
+    let mut lags: Vec<(usize, f64)> = (first..eh.len().saturating_sub(ec.len()))
+        .map(|lag| {
+            let score = -ec
+                .iter()
+                .zip(&eh[lag..])
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f64>();
+            (lag, score)
+        })
+        .collect();
+    lags.sort_by(|a, b| b.1.total_cmp(&a.1));
+    lags.into_iter().take(5).find_map(|(lag, _)| {
+        let around = lag * 160;
+        let (off, c) = (around.saturating_sub(320)..around + 320)
+            .map(|o| (o, correlation(heard, clip, o)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        (c > 0.9).then_some(off)
+    })
+}

@@ -52,7 +52,7 @@ use super::stun;
 use super::turn::{Turn, TurnEvent, TurnServer};
 use crate::config::IceServer;
 use crate::ops::metrics::Metrics;
-use crate::room::{AudioFrame, RoomEvent, MAX_OPUS_PAYLOAD};
+use crate::room::{AttributeUpdate, AudioFrame, RoomEvent, MAX_OPUS_PAYLOAD};
 use crate::tick::TICK;
 
 /// Samples in the largest 20 ms frame (16 kHz); 8 kHz sessions use the first half.
@@ -141,6 +141,8 @@ pub(crate) struct SessionIo {
     pub dtmf: mpsc::Receiver<char>,
     /// The call's microphone muted (true) or live again (false).
     pub mute: mpsc::Receiver<bool>,
+    /// Attributes the call sets on its participant (`sip.handRaised`).
+    pub attributes: mpsc::Receiver<AttributeUpdate>,
     /// Closed when the call drops its handle.
     pub leave: oneshot::Receiver<()>,
 }
@@ -726,6 +728,8 @@ pub(crate) struct Session {
     track_sid: Option<String>,
     /// Whether the call wants its microphone muted; applied once the track has a sid.
     muted: bool,
+    /// Whether the room lets us publish (our `ParticipantPermission.can_publish`).
+    can_publish: bool,
     sid: String,
     identity: String,
     /// Other participants by sid → identity.
@@ -873,6 +877,7 @@ impl Session {
             early_dtmf: std::collections::VecDeque::with_capacity(EARLY_DTMF),
             track_sid: None,
             muted: false,
+            can_publish: true,
             sid,
             identity: identity.to_owned(),
             others,
@@ -1282,6 +1287,7 @@ impl Session {
                 }
                 d = self.io.dtmf.recv() => if let Some(key) = d { self.send_dtmf(key) },
                 m = self.io.mute.recv() => if let Some(muted) = m { self.set_muted(muted).await },
+                a = self.io.attributes.recv() => if let Some(update) = a { self.set_attribute(update).await },
                 _ = &mut self.io.leave => return End::Left,
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
@@ -1443,6 +1449,16 @@ impl Session {
                     }
                 }
             }
+            Resp::Mute(m) if self.track_sid.as_deref() == Some(m.sid.as_str()) => {
+                // A room admin muted (or unmuted) our track (RoomService.MutePublishedTrack):
+                // follow it, and let the call tell the caller.
+                info!(identity = %self.identity, muted = m.muted, "track mute changed by the room");
+                self.muted = m.muted;
+                let _ = self
+                    .io
+                    .events
+                    .try_send(RoomEvent::MutedByRoom { muted: m.muted });
+            }
             Resp::PongResp(_) | Resp::Pong(_) => self.last_pong = Instant::now(),
             Resp::Reconnect(_) => debug!("signal resume accepted"),
             // LiveKit refreshes the access token before it expires; a resume must present
@@ -1461,6 +1477,12 @@ impl Session {
         use proto::participant_info::State;
         for p in participants {
             if p.sid == self.sid || p.identity == self.identity {
+                // Our own entry: the room may have changed what we may do.
+                let can_publish = p.permission.as_ref().map_or(true, |perm| perm.can_publish);
+                if can_publish != self.can_publish {
+                    self.can_publish = can_publish;
+                    let _ = self.io.events.try_send(RoomEvent::CanPublish(can_publish));
+                }
                 continue;
             }
             if p.state == State::Disconnected as i32 {
@@ -1548,6 +1570,20 @@ impl Session {
         self.muted = muted;
         info!(identity = %self.identity, muted, "microphone track mute changed");
         self.send_mute().await;
+    }
+
+    /// Sets (or with `None` removes: an empty value, as LiveKit reads it) one attribute of
+    /// our participant.
+    async fn set_attribute(&mut self, update: AttributeUpdate) {
+        let update = proto::UpdateParticipantMetadata {
+            attributes: [(
+                update.key.to_owned(),
+                update.value.unwrap_or_default().to_owned(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        self.send(Req::UpdateMetadata(update)).await;
     }
 
     async fn send_mute(&mut self) {
