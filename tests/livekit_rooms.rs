@@ -51,6 +51,7 @@ fn request_at(room: &str, call: &str, sample_rate: u32) -> JoinRequest {
         name: "Phone ••••1234".to_owned(),
         attributes,
         sample_rate,
+        role: dialin::pins::PinRole::Participant,
     }
 }
 
@@ -622,6 +623,7 @@ fn relay_rooms(url: &str, ice_servers: Vec<IceServer>) -> LiveKitRooms {
         token_ttl_s: 60,
         ice_servers,
         ice_transport_policy: IceTransportPolicy::Relay,
+        ..LiveKitConfig::default()
     };
     LiveKitRooms::new(&config).expect("configured backend")
 }
@@ -1505,4 +1507,102 @@ async fn a_caller_on_hold_is_muted_in_livekit_and_sends_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     call.hangup().await.unwrap();
+}
+
+/// Audio payloads the server has received from `identity` so far.
+async fn packets_from(server: &TestServer, identity: &str) -> u64 {
+    server
+        .counters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.identity == identity)
+        .map_or(0, |c| c.packets_in)
+}
+
+/// Waits until the server has received more than `than` audio payloads from `identity`.
+async fn wait_for_packets_from(server: &TestServer, identity: &str, than: u64) -> bool {
+    let deadline = Instant::now() + 10 * SECOND;
+    while Instant::now() < deadline {
+        if packets_from(server, identity).await > than {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Waits until the server shows `identity`'s microphone track muted (or not).
+async fn wait_for_track_muted(server: &TestServer, room: &str, identity: &str, muted: bool) {
+    server
+        .wait_for_participant(
+            room,
+            |p| p.identity == identity && p.tracks.first().is_some_and(|t| t.muted == muted),
+            10 * SECOND,
+        )
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the server sees the track muted = {muted}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_six_mutes_the_published_track_and_nothing_is_sent_while_muted() {
+    let (server, _alice, gw) = gateway_and_alice("mute-lk").await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    call.play_tone(440.0, -12.0);
+    wait_for_track_muted(&server, "mute-lk", &identity, false).await;
+    assert!(
+        wait_for_packets_from(&server, &identity, 0).await,
+        "the caller's audio reaches the server"
+    );
+
+    call.send_dtmf("*6", DtmfMode::Rfc4733).await.expect("keys sent");
+    wait_for_track_muted(&server, "mute-lk", &identity, true).await;
+    // Packets already on their way when the mute went out may still land; then nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = packets_from(&server, &identity).await;
+    tokio::time::sleep(SECOND).await;
+    let after = packets_from(&server, &identity).await;
+    assert_eq!(before, after, "no audio is sent while muted");
+
+    call.send_dtmf("*6", DtmfMode::Rfc4733).await.expect("keys sent");
+    wait_for_track_muted(&server, "mute-lk", &identity, false).await;
+    assert!(
+        wait_for_packets_from(&server, &identity, after).await,
+        "audio flows again once unmuted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_nine_raises_and_lowers_the_hand_as_a_participant_attribute() {
+    let (server, _alice, gw) = gateway_and_alice("hands").await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    let hand = |raised: bool| {
+        let (server, identity) = (&server, identity.clone());
+        async move {
+            server
+                .wait_for_participant(
+                    "hands",
+                    |p| {
+                        p.identity == identity
+                            && p.attributes.get("sip.handRaised").map(String::as_str)
+                                == raised.then_some("true")
+                    },
+                    10 * SECOND,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    call.send_dtmf("*9", DtmfMode::Rfc4733).await.expect("keys sent");
+    let p = hand(true).await.expect("sip.handRaised = true");
+    assert_eq!(
+        p.attributes.get("sip.callStatus").map(String::as_str),
+        Some("active"),
+        "the other attributes stay"
+    );
+    call.send_dtmf("*9", DtmfMode::Rfc4733).await.expect("keys sent");
+    hand(false).await.expect("sip.handRaised removed when lowered");
 }
