@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::call::registry::{CallId, CallRegistry};
 use crate::config::{Language, SrtpPolicy};
 use crate::ops::metrics::Metrics;
-use crate::pins::{ParticipantName, Pin, PinNamespace, RoomName};
+use crate::pins::{ParticipantName, Pin, PinNamespace, PinRole, RoomName};
 use crate::store::{NewPin, PinFilter, Store, StoreError};
 use crate::ingress::trunk::{SharedTrunkTable, TrunkId};
 
@@ -195,6 +195,7 @@ impl From<StoreError> for ApiError {
                 reason: e.to_string(),
             },
             StoreError::InvalidWindow(reason) => ApiError::bad_request(reason),
+            StoreError::HostCannotWait => ApiError::bad_request(e.to_string()),
             StoreError::PinSpaceExhausted { .. } => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 error: "pin_space_exhausted",
@@ -298,6 +299,30 @@ struct CreatePin {
     valid_until: Option<DateTime<Utc>>,
     #[serde(default)]
     participant_name: Option<ParticipantName>,
+    /// `participant` unless given.
+    #[serde(default, deserialize_with = "role")]
+    role: PinRole,
+    /// Only for a participant PIN: its callers hold until a host is in the room.
+    #[serde(default)]
+    wait_for_host: bool,
+}
+
+/// A PIN role from the request: anything but `participant` or `host` (another word, another
+/// case, `null`, a number) is refused with a reason naming the two there are.
+fn role<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PinRole, D::Error> {
+    struct Role;
+    impl serde::de::Visitor<'_> for Role {
+        type Value = PinRole;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a PIN role, `participant` or `host`")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PinRole, E> {
+            s.parse().map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Role)
 }
 
 async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
@@ -336,11 +361,20 @@ async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Respon
                 valid_from: req.valid_from,
                 valid_until: req.valid_until,
                 participant_name: req.participant_name,
+                role: req.role,
+                wait_for_host: req.wait_for_host,
             },
             Utc::now(),
         )
         .await?;
-    tracing::info!(namespace = %record.namespace, pin = %record.pin, room = %record.room, "PIN created");
+    tracing::info!(
+        namespace = %record.namespace,
+        pin = %record.pin,
+        room = %record.room,
+        role = %record.role,
+        wait_for_host = record.wait_for_host,
+        "PIN created"
+    );
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 

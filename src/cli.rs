@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::pins::{ParticipantName, Pin, PinNamespace, RoomName};
+use crate::pins::{ParticipantName, Pin, PinNamespace, PinRole, RoomName};
 use crate::store::{NewPin, PinFilter, PinRecord, Store};
 
 /// SIP gateway that lets phone callers join rooms with a PIN.
@@ -70,6 +70,12 @@ pub struct CreateArgs {
     /// Name the caller gets in the room.
     #[arg(long, value_parser = parse_participant)]
     pub participant_name: Option<ParticipantName>,
+    /// What the caller is in the room: `participant` or `host`.
+    #[arg(long, value_parser = parse_role, default_value = "participant")]
+    pub role: PinRole,
+    /// Callers of this participant PIN hold (music) until a host is in the room.
+    #[arg(long)]
+    pub wait_for_host: bool,
     /// Print the whole record as JSON.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +113,9 @@ fn parse_pin(s: &str) -> Result<Pin, String> {
 }
 fn parse_participant(s: &str) -> Result<ParticipantName, String> {
     ParticipantName::parse(s).map_err(|e| e.to_string())
+}
+fn parse_role(s: &str) -> Result<PinRole, String> {
+    s.parse::<PinRole>().map_err(|e| e.to_string())
 }
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
@@ -204,6 +213,8 @@ async fn pin_command(config: &Config, store: &Store, command: PinCommand) -> any
                         valid_from: args.valid_from,
                         valid_until: args.valid_until,
                         participant_name: args.participant_name,
+                        role: args.role,
+                        wait_for_host: args.wait_for_host,
                     },
                     Utc::now(),
                 )
@@ -244,10 +255,13 @@ async fn pin_command(config: &Config, store: &Store, command: PinCommand) -> any
 
 fn print_table(pins: &[PinRecord]) {
     let time = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
-    println!("NAMESPACE\tPIN\tROOM\tVALID_FROM\tVALID_UNTIL\tPARTICIPANT\tREVOKED");
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "NAMESPACE\tPIN\tROOM\tVALID_FROM\tVALID_UNTIL\tPARTICIPANT\tROLE\tWAIT_FOR_HOST\tREVOKED"
+    );
     for p in pins {
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             p.namespace,
             p.pin.expose(),
             p.room,
@@ -256,7 +270,9 @@ fn print_table(pins: &[PinRecord]) {
             p.participant_name
                 .as_ref()
                 .map_or("-", ParticipantName::as_str),
-            if p.revoked { "yes" } else { "no" },
+            p.role,
+            yes_no(p.wait_for_host),
+            yes_no(p.revoked),
         );
     }
 }

@@ -61,6 +61,9 @@ pub enum StoreError {
     /// `valid_until` is not after `valid_from`, or already past.
     #[error("{0}")]
     InvalidWindow(&'static str),
+    /// A host PIN asked to wait for a host: its caller is the host.
+    #[error("wait_for_host applies to participant PINs: a host PIN's caller is the host")]
+    HostCannotWait,
     #[error("unsupported store URL {0:?} (sqlite://FILE, sqlite::memory: or postgres://...)")]
     UnsupportedUrl(String),
     #[error("database error: {0}")]
@@ -86,6 +89,9 @@ pub struct PinRecord {
     pub valid_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub revoked: bool,
+    pub role: PinRole,
+    /// Callers of this participant PIN hold (music) until a host is in the room.
+    pub wait_for_host: bool,
 }
 
 /// A PIN to create.
@@ -100,6 +106,9 @@ pub struct NewPin {
     pub valid_from: Option<DateTime<Utc>>,
     pub valid_until: Option<DateTime<Utc>>,
     pub participant_name: Option<ParticipantName>,
+    pub role: PinRole,
+    /// Only for a participant PIN ([`StoreError::HostCannotWait`] otherwise).
+    pub wait_for_host: bool,
 }
 
 /// What a keyed PIN resolves to.
@@ -329,10 +338,12 @@ type PinRow = (
     Option<i64>,
     i64,
     bool,
+    String,
+    bool,
 );
 
-const PIN_COLUMNS: &str =
-    "namespace, pin, room, participant_name, valid_from_ms, valid_until_ms, created_at_ms, revoked";
+const PIN_COLUMNS: &str = "namespace, pin, room, participant_name, valid_from_ms, valid_until_ms, \
+                           created_at_ms, revoked, role, wait_for_host";
 
 type CallRow = (
     String,
@@ -372,7 +383,7 @@ fn opt_from_millis(
     ms.map(|ms| from_millis(table, ms)).transpose()
 }
 
-fn corrupt(table: &'static str) -> impl Fn(crate::pins::PinError) -> StoreError {
+fn corrupt<E: std::fmt::Display>(table: &'static str) -> impl Fn(E) -> StoreError {
     move |e| StoreError::Corrupt {
         table,
         detail: e.to_string(),
@@ -388,8 +399,18 @@ fn to_u64(n: i64) -> u64 {
 }
 
 fn pin_record(row: PinRow) -> Result<PinRecord, StoreError> {
-    let (namespace, pin, room, participant_name, valid_from, valid_until, created_at, revoked) =
-        row;
+    let (
+        namespace,
+        pin,
+        room,
+        participant_name,
+        valid_from,
+        valid_until,
+        created_at,
+        revoked,
+        role,
+        wait_for_host,
+    ) = row;
     Ok(PinRecord {
         namespace: PinNamespace::parse(&namespace).map_err(corrupt("pins"))?,
         pin: Pin::parse(&pin).map_err(corrupt("pins"))?,
@@ -403,6 +424,8 @@ fn pin_record(row: PinRow) -> Result<PinRecord, StoreError> {
         valid_until: opt_from_millis("pins", valid_until)?,
         created_at: from_millis("pins", created_at)?,
         revoked,
+        role: role.parse::<PinRole>().map_err(corrupt("pins"))?,
+        wait_for_host,
     })
 }
 
@@ -566,6 +589,9 @@ impl Store {
         if new.valid_until.is_some_and(|until| until <= now) {
             return Err(StoreError::InvalidWindow("valid_until is already past"));
         }
+        if new.role == PinRole::Host && new.wait_for_host {
+            return Err(StoreError::HostCannotWait);
+        }
         let created_at = from_millis("pins", millis(now))?;
         let record = |pin: Pin| PinRecord {
             namespace: new.namespace.clone(),
@@ -580,6 +606,8 @@ impl Store {
                 .and_then(|t| DateTime::from_timestamp_millis(millis(t))),
             created_at,
             revoked: false,
+            role: new.role,
+            wait_for_host: new.wait_for_host,
         };
         if let Some(pin) = &new.pin {
             let rec = record(pin.clone());
@@ -674,8 +702,9 @@ impl Store {
 
     /// Inserts a PIN unless its (namespace, pin) exists; false when it does.
     async fn insert_pin(&self, r: &PinRecord) -> Result<bool, StoreError> {
-        let sql = "INSERT INTO pins (namespace, pin, room, participant_name, valid_from_ms, valid_until_ms, created_at_ms, revoked) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, FALSE) ON CONFLICT (namespace, pin) DO NOTHING";
+        let sql = "INSERT INTO pins (namespace, pin, room, participant_name, valid_from_ms, valid_until_ms, created_at_ms, revoked, \
+                   role, wait_for_host) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, FALSE, $8, $9) ON CONFLICT (namespace, pin) DO NOTHING";
         let done = on_pool!(self, pool => sqlx::query(sql)
             .bind(r.namespace.as_str())
             .bind(r.pin.expose())
@@ -684,14 +713,17 @@ impl Store {
             .bind(r.valid_from.map(millis))
             .bind(r.valid_until.map(millis))
             .bind(millis(r.created_at))
+            .bind(r.role.as_str())
+            .bind(r.wait_for_host)
             .execute(pool)
             .await?
             .rows_affected());
         Ok(done == 1)
     }
 
-    /// Imports many PINs for one room in a single transaction, with multi-row inserts;
-    /// PINs already present are skipped. Returns how many were inserted.
+    /// Imports many PINs for one room in a single transaction, with multi-row inserts, as
+    /// participant PINs that do not wait for a host (the columns' defaults); PINs already
+    /// present are skipped. Returns how many were inserted.
     pub async fn import_pins(
         &self,
         namespace: &PinNamespace,
@@ -761,8 +793,8 @@ impl Store {
             Resolution::Room {
                 room: record.room,
                 participant_name: record.participant_name,
-                role: PinRole::Participant,
-                wait_for_host: false,
+                role: record.role,
+                wait_for_host: record.wait_for_host,
             }
         })
     }
@@ -1117,5 +1149,31 @@ mod tests {
         assert_ne!(key(&a, "+33612345678"), key(&a, "+33612345679"));
         assert_ne!(key(&a, "+33612345678"), key(&a, "anonymous"));
         assert!(!key(&a, "+33612345678").as_str().contains("612345678"));
+    }
+
+    fn row_with_role(role: &str) -> PinRow {
+        let (namespace, pin, room) = ("default".into(), "1234".into(), "r".into());
+        (
+            namespace,
+            pin,
+            room,
+            None,
+            None,
+            None,
+            0,
+            false,
+            role.into(),
+            false,
+        )
+    }
+
+    #[test]
+    fn a_pin_row_with_an_unknown_role_is_a_corrupt_row_not_a_panic() {
+        assert!(matches!(
+            pin_record(row_with_role("owner")),
+            Err(StoreError::Corrupt { table: "pins", detail }) if detail.contains("owner")
+        ));
+        let host = pin_record(row_with_role("host")).unwrap();
+        assert_eq!((host.role, host.wait_for_host), (PinRole::Host, false));
     }
 }

@@ -238,6 +238,98 @@ async fn bad_pin_requests_get_400_with_a_reason() {
 }
 
 #[tokio::test]
+async fn pins_carry_their_role_and_wait_for_host_from_create_to_list() {
+    let api = Api::start().await;
+    let (status, host) = api
+        .post(
+            "/v1/pins",
+            r#"{"room": "board", "pin": "100001", "role": "host"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{host}");
+    assert_eq!(
+        (&host["role"], &host["wait_for_host"]),
+        (&json!("host"), &json!(false))
+    );
+    let (status, waiting) = api
+        .post(
+            "/v1/pins",
+            r#"{"room": "board", "pin": "100002", "role": "participant", "wait_for_host": true}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{waiting}");
+    assert_eq!(
+        (&waiting["role"], &waiting["wait_for_host"]),
+        (&json!("participant"), &json!(true))
+    );
+    let (status, plain) = api
+        .post("/v1/pins", r#"{"room": "board", "pin": "100003"}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{plain}");
+    assert_eq!(
+        (&plain["role"], &plain["wait_for_host"]),
+        (&json!("participant"), &json!(false)),
+        "a participant that does not wait unless asked"
+    );
+
+    let (status, page) = api.get("/v1/pins?room=board").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        page["pins"],
+        json!([host, waiting, plain]),
+        "read back as created"
+    );
+    let (_, first) = api.get("/v1/pins?room=board&limit=1").await;
+    assert_eq!(first["pins"][0]["role"], "host");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = api
+        .get(&format!("/v1/pins?room=board&limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(second["pins"][0]["wait_for_host"], true);
+}
+
+#[tokio::test]
+async fn a_host_pin_that_waits_and_an_unknown_role_get_400_with_a_reason() {
+    let api = Api::start().await;
+    let (status, body) = api
+        .post(
+            "/v1/pins",
+            r#"{"room": "a", "role": "host", "wait_for_host": true}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_json_error(&body, "bad_request");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("wait_for_host applies to participant PINs"),
+        "{reason}"
+    );
+
+    for bad in [r#""owner""#, r#""Host""#, "null", "1"] {
+        let request = format!(r#"{{"room": "a", "role": {bad}}}"#);
+        let (status, body) = api.post("/v1/pins", &request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request} -> {body}");
+        assert_json_error(&body, "bad_request");
+        let reason = body["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("participant") && reason.contains("host"),
+            "{request}: reason {reason:?} should name the roles there are"
+        );
+    }
+    let (status, body) = api
+        .post("/v1/pins", r#"{"room": "a", "wait_for_host": "yes"}"#)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        api.get("/v1/pins").await.1["pins"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
 async fn pin_list_filters_by_room_and_namespace() {
     let api = Api::start().await;
     for body in [

@@ -257,6 +257,75 @@ fn pin_list_filters_and_revoke_removes() {
     );
 }
 
+#[test]
+fn pin_create_with_a_role_shows_it_in_pin_list() {
+    let sandbox = Sandbox::new();
+    ok(sandbox.run(&[
+        "pin", "create", "--room", "board", "--pin", "11111111", "--role", "host",
+    ]));
+    ok(sandbox.run(&[
+        "pin",
+        "create",
+        "--room",
+        "board",
+        "--pin",
+        "22222222",
+        "--wait-for-host",
+    ]));
+    ok(sandbox.run(&["pin", "create", "--room", "board", "--pin", "33333333"]));
+
+    let table = ok(sandbox.run(&["pin", "list"]));
+    let columns = |line: &str| line.split('\t').map(str::to_owned).collect::<Vec<_>>();
+    let mut lines = table.lines().map(columns);
+    let header = lines.next().unwrap();
+    let at = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no {name}: {table}"))
+    };
+    let (pin, role, wait) = (at("PIN"), at("ROLE"), at("WAIT_FOR_HOST"));
+    let rows: Vec<[String; 3]> = lines
+        .map(|l| [l[pin].clone(), l[role].clone(), l[wait].clone()])
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["11111111", "host", "no"],
+            ["22222222", "participant", "yes"],
+            ["33333333", "participant", "no"],
+        ],
+        "{table}"
+    );
+
+    let v: Value = serde_json::from_str(&ok(sandbox.run(&["pin", "list", "--json"]))).unwrap();
+    assert_eq!(v[0]["role"], "host");
+    assert_eq!(v[1]["wait_for_host"], true);
+
+    let unknown = sandbox.run(&["pin", "create", "--room", "b", "--role", "owner"]);
+    assert_eq!(unknown.status.code(), Some(2), "a usage error");
+    assert!(
+        stderr(&unknown).contains("`participant` or `host`"),
+        "{}",
+        stderr(&unknown)
+    );
+    let host_waits = sandbox.run(&[
+        "pin",
+        "create",
+        "--room",
+        "b",
+        "--role",
+        "host",
+        "--wait-for-host",
+    ]);
+    assert_eq!(host_waits.status.code(), Some(1));
+    assert!(
+        stderr(&host_waits).contains("wait_for_host applies to participant PINs"),
+        "{}",
+        stderr(&host_waits)
+    );
+}
+
 /// One HTTP/1.1 GET over a plain socket; returns the status code and body.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};

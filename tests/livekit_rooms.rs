@@ -1606,3 +1606,144 @@ async fn star_nine_raises_and_lowers_the_hand_as_a_participant_attribute() {
     call.send_dtmf("*9", DtmfMode::Rfc4733).await.expect("keys sent");
     hand(false).await.expect("sip.handRaised removed when lowered");
 }
+
+/// The sid of `identity`'s published microphone track.
+async fn track_sid(server: &TestServer, room: &str, identity: &str) -> String {
+    server
+        .wait_for_participant(
+            room,
+            |p| p.identity == identity && !p.tracks.is_empty(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap()
+        .and_then(|p| p.tracks.first().map(|t| t.sid.clone()))
+        .expect("the caller publishes its microphone")
+}
+
+/// Waits until `call` has heard `id` since `since`.
+async fn wait_to_hear(call: &Call, since: Instant, id: PromptId) -> bool {
+    let prompt = prompt_8k(id);
+    let deadline = Instant::now() + 10 * SECOND;
+    while Instant::now() < deadline {
+        if support::tone::find_clip(&call.recorded(since), &prompt, 0).is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_admin_mute_is_heard_by_the_caller_and_star_six_lifts_it() {
+    let (server, _alice, gw) = gateway_and_alice("admin-mute").await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    let sid = track_sid(&server, "admin-mute", &identity).await;
+    let t = Instant::now();
+    server
+        .mute_published_track("admin-mute", &identity, &sid, true)
+        .await
+        .unwrap()
+        .expect("the track is there");
+    assert!(
+        wait_to_hear(&call, t, PromptId::MutedByRoom).await,
+        "the caller hears \"you have been muted\""
+    );
+    // Allowed to publish: *6 unmutes.
+    let t = Instant::now();
+    call.send_dtmf("*6", DtmfMode::Rfc4733).await.expect("keys sent");
+    wait_for_track_muted(&server, "admin-mute", &identity, false).await;
+    assert!(wait_to_hear(&call, t, PromptId::Unmuted).await, "\"you are no longer muted\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_the_room_may_not_hear_cannot_unmute_itself() {
+    let (server, _alice, gw) = gateway_and_alice("no-publish").await;
+    let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
+    let (identity, _) = identity_of(&info);
+    let sid = track_sid(&server, "no-publish", &identity).await;
+    // The admin mutes the caller, then takes its right to publish away.
+    let t = Instant::now();
+    server
+        .mute_published_track("no-publish", &identity, &sid, true)
+        .await
+        .unwrap()
+        .expect("the track is there");
+    assert!(wait_to_hear(&call, t, PromptId::MutedByRoom).await, "\"you have been muted\"");
+    server
+        .update_participant(proto::UpdateParticipantRequest {
+            room: "no-publish".into(),
+            identity: identity.clone(),
+            permission: Some(proto::ParticipantPermission {
+                can_publish: false,
+                can_subscribe: true,
+                can_publish_data: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("permission changed");
+    let t = Instant::now();
+    call.send_dtmf("*6", DtmfMode::Rfc4733).await.expect("keys sent");
+    assert!(
+        wait_to_hear(&call, t, PromptId::UnmuteNotAllowed).await,
+        "the caller hears that it may not unmute itself"
+    );
+    let p = server
+        .participants("no-publish")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.identity == identity)
+        .expect("still in the room");
+    assert!(
+        p.tracks.iter().all(|t| t.muted),
+        "no live track after the refused unmute: {:?}",
+        p.tracks
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_waits_outside_the_livekit_room_until_a_host_is_there() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let gw = livekit_gateway(server.url(), SECRET).await;
+    gw.create_pin_with(serde_json::json!({ "room": "lecture", "pin": PIN, "wait_for_host": true }))
+        .await;
+    let t0 = Instant::now();
+    let (call, _) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, false).await;
+    gw.wait_for_call(10 * SECOND, |c| c["state"] == "waiting_for_host")
+        .await
+        .expect("the call waits for the host");
+    assert!(
+        wait_to_hear(&call, t0, PromptId::WaitForHost).await,
+        "\"the meeting will start when the host joins\""
+    );
+    assert!(
+        server.participants("lecture").await.unwrap().is_empty(),
+        "a waiting caller is not in the LiveKit room"
+    );
+    // A web user (not SIP) joins: the host, by the default rule.
+    let _teacher = server
+        .add_synthetic_participant(
+            "lecture",
+            "teacher",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let joined = gw
+        .wait_for_call(15 * SECOND, |c| c["state"] == "in_room")
+        .await
+        .expect("the host's arrival lets the caller in");
+    let (identity, _) = identity_of(&Some(joined));
+    server
+        .wait_for_participant("lecture", |p| p.identity == identity, 10 * SECOND)
+        .await
+        .unwrap()
+        .expect("the caller is in the LiveKit room");
+}

@@ -88,6 +88,30 @@ impl TestDb {
         Store::open(&self.url, 4).await.expect("open store")
     }
 
+    /// The engine's migrations older than `migration` (a file name), to build the schema a
+    /// gateway of that time left behind.
+    async fn migrator_before(&self, migration: &str) -> sqlx::migrate::Migrator {
+        let engine = if self.url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(engine);
+        let older = std::env::temp_dir().join(unique_name("dialin_migrations"));
+        std::fs::create_dir_all(&older).unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let name = entry.unwrap().file_name();
+            if name.to_str().is_some_and(|n| n < migration) {
+                std::fs::copy(source.join(&name), older.join(&name)).unwrap();
+            }
+        }
+        let migrator = sqlx::migrate::Migrator::new(older.as_path()).await.unwrap();
+        let _ = std::fs::remove_dir_all(&older);
+        migrator
+    }
+
     async fn cleanup(self) {
         match self.cleanup {
             Cleanup::File(path) => {
@@ -132,6 +156,8 @@ fn new_pin(namespace: &str, room_name: &str, explicit: Option<&str>, length: usi
         valid_from: None,
         valid_until: None,
         participant_name: None,
+        role: PinRole::Participant,
+        wait_for_host: false,
     }
 }
 
@@ -736,6 +762,138 @@ mod cases {
         assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
     }
 
+    pub async fn role_and_wait_for_host_round_trip_through_create_get_list_and_resolve(
+        db: &TestDb,
+    ) {
+        let store = db.open().await;
+        let mut host = new_pin("roles", "board", Some("1111"), 4);
+        host.role = PinRole::Host;
+        let mut waiting = new_pin("roles", "board", Some("2222"), 4);
+        waiting.wait_for_host = true;
+        let plain = new_pin("roles", "board", Some("3333"), 4);
+        let created = [
+            store.create_pin(host, t0()).await.unwrap(),
+            store.create_pin(waiting, t0()).await.unwrap(),
+            store.create_pin(plain, t0()).await.unwrap(),
+        ];
+        let expected = [
+            (PinRole::Host, false),
+            (PinRole::Participant, true),
+            (PinRole::Participant, false),
+        ];
+        let flags = |r: &dialin::store::PinRecord| (r.role, r.wait_for_host);
+        assert_eq!(created.iter().map(flags).collect::<Vec<_>>(), expected);
+        for (record, (role, wait_for_host)) in created.iter().zip(expected) {
+            let stored = store
+                .get_pin(&ns("roles"), &record.pin)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&stored, record);
+            assert_eq!(
+                store
+                    .resolve(&ns("roles"), &record.pin, t0())
+                    .await
+                    .unwrap(),
+                Resolution::Room {
+                    room: room("board"),
+                    participant_name: None,
+                    role,
+                    wait_for_host,
+                }
+            );
+        }
+        let listed = store.list_pins(&PinFilter::default()).await.unwrap();
+        assert_eq!(listed.iter().map(flags).collect::<Vec<_>>(), expected);
+        let page = store
+            .list_pins_page(&PinFilter::default(), Some(("roles", "1111")), 10)
+            .await
+            .unwrap();
+        assert_eq!(page.iter().map(flags).collect::<Vec<_>>(), expected[1..]);
+    }
+
+    pub async fn a_host_pin_cannot_wait_for_a_host(db: &TestDb) {
+        let store = db.open().await;
+        let mut req = new_pin("roles", "board", Some("4444"), 4);
+        req.role = PinRole::Host;
+        req.wait_for_host = true;
+        assert!(matches!(
+            store.create_pin(req, t0()).await,
+            Err(StoreError::HostCannotWait)
+        ));
+        assert!(store
+            .get_pin(&ns("roles"), &pin("4444"))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    /// A row written before PINs had a role, by a gateway whose schema had no `role` and no
+    /// `wait_for_host`, is a participant PIN that does not wait once the schema is migrated.
+    pub async fn a_pin_row_from_before_roles_reads_as_a_participant_that_does_not_wait(
+        db: &TestDb,
+    ) {
+        let sql = "INSERT INTO pins (namespace, pin, room, participant_name, valid_from_ms, \
+                   valid_until_ms, created_at_ms, revoked) \
+                   VALUES ('old', '5555', 'legacy', NULL, NULL, NULL, $1, FALSE)";
+        let created_at = t0().timestamp_millis();
+        let before = db.migrator_before("20261208000000_pin_role.sql").await;
+        if db.url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url))
+                .await
+                .unwrap();
+            before.run(&pool).await.unwrap();
+            assert!(
+                sqlx::query("SELECT role FROM pins")
+                    .execute(&pool)
+                    .await
+                    .is_err(),
+                "no role yet"
+            );
+            sqlx::query(sql)
+                .bind(created_at)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            before.run(&pool).await.unwrap();
+            assert!(
+                sqlx::query("SELECT role FROM pins")
+                    .execute(&pool)
+                    .await
+                    .is_err(),
+                "no role yet"
+            );
+            sqlx::query(sql)
+                .bind(created_at)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let store = db.open().await;
+        let stored = store
+            .get_pin(&ns("old"), &pin("5555"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stored.role, stored.wait_for_host),
+            (PinRole::Participant, false)
+        );
+        assert_eq!(
+            store.resolve(&ns("old"), &pin("5555"), t0()).await.unwrap(),
+            Resolution::Room {
+                room: room("legacy"),
+                participant_name: None,
+                role: PinRole::Participant,
+                wait_for_host: false,
+            }
+        );
+    }
+
     pub async fn store_answers_ping_and_reopens_with_migrations_already_applied(db: &TestDb) {
         let store = db.open().await;
         store.ping().await.unwrap();
@@ -798,6 +956,9 @@ store_suite!(
     records_left_open_by_a_crashed_node_are_closed_at_its_next_start,
     call_record_round_trips,
     store_answers_ping_and_reopens_with_migrations_already_applied,
+    role_and_wait_for_host_round_trip_through_create_get_list_and_resolve,
+    a_host_pin_cannot_wait_for_a_host,
+    a_pin_row_from_before_roles_reads_as_a_participant_that_does_not_wait,
 );
 
 #[tokio::test]
