@@ -30,6 +30,7 @@
 //! no resampler, and an 8 kHz encode costs about two thirds of a 16 kHz one (README,
 //! Performance).
 
+pub mod api;
 mod session;
 mod signal;
 pub(crate) mod stun;

@@ -23,6 +23,7 @@ use str0m::{Event, Input, Output};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::peer::{self, Peer, Role, Subscriber, LOSSY_LABEL, RELIABLE_LABEL};
+use crate::room_service::RoomServiceError;
 use crate::synthetic::{self, SharedRecording, Signal, Synthetic};
 use crate::token::JoinGrant;
 
@@ -55,6 +56,10 @@ pub struct EngineConfig {
     pub resume_grace: Duration,
     /// ICE servers announced in `JoinResponse`/`ReconnectResponse` (empty: host candidates only).
     pub ice_servers: Vec<proto::IceServer>,
+    /// Let `RoomService.MutePublishedTrack` unmute (livekit-server's
+    /// `room.enable_remote_unmute`, off by default: an unmute is refused with
+    /// `failed_precondition`).
+    pub remote_unmute: bool,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +69,7 @@ impl Default for EngineConfig {
             ping_timeout: Duration::from_secs(15),
             resume_grace: Duration::from_secs(20),
             ice_servers: Vec::new(),
+            remote_unmute: false,
         }
     }
 }
@@ -219,6 +225,21 @@ pub(crate) enum Command {
     Departed {
         room: String,
         reply: oneshot::Sender<Vec<ParticipantSnapshot>>,
+    },
+    /// `RoomService.ListParticipants`: everyone in the room (none if there is no such room).
+    ListParticipants {
+        room: String,
+        reply: oneshot::Sender<Vec<ParticipantInfo>>,
+    },
+    /// `RoomService.MutePublishedTrack`: the track as it now is (`None`: no such track).
+    MutePublishedTrack {
+        request: proto::MuteRoomTrackRequest,
+        reply: oneshot::Sender<Result<Option<TrackInfo>, RoomServiceError>>,
+    },
+    /// `RoomService.UpdateParticipant`.
+    UpdateParticipant {
+        request: Box<proto::UpdateParticipantRequest>,
+        reply: oneshot::Sender<Result<ParticipantInfo, RoomServiceError>>,
     },
     Shutdown,
 }
@@ -656,6 +677,26 @@ impl Engine {
                         .map(|r| r.data.clone())
                         .unwrap_or_default(),
                 );
+            }
+            Command::ListParticipants { room, reply } => {
+                let list = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| {
+                        r.members
+                            .iter()
+                            .filter_map(|k| self.parts.get(k))
+                            .map(Participant::info)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let _ = reply.send(list);
+            }
+            Command::MutePublishedTrack { request, reply } => {
+                let _ = reply.send(self.mute_published_track(&request));
+            }
+            Command::UpdateParticipant { request, reply } => {
+                let _ = reply.send(self.update_participant(&request));
             }
             Command::Departed { room, reply } => {
                 let _ = reply.send(
@@ -1564,6 +1605,157 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    // ---------------------------------------------------------- room service
+
+    /// An admin mutes (or, with `remote_unmute`, unmutes) a participant's track, as
+    /// livekit-server's `RoomManager.MutePublishedTrack` does: the participant is told with a
+    /// `Mute` signal whatever the track (its SDK then mutes the local track), the published or
+    /// pending track's flag changes, and the room hears of it.
+    fn mute_published_track(
+        &mut self,
+        req: &proto::MuteRoomTrackRequest,
+    ) -> Result<Option<TrackInfo>, RoomServiceError> {
+        if !self.rooms.contains_key(&req.room) {
+            return Err(RoomServiceError::RoomNotFound);
+        }
+        let key = self
+            .find(&req.room, &req.identity)
+            .ok_or(RoomServiceError::ParticipantNotFound)?;
+        if !req.muted && !self.cfg.remote_unmute {
+            return Err(RoomServiceError::RemoteUnmuteDisabled);
+        }
+        let p = self
+            .parts
+            .get_mut(&key)
+            .ok_or(RoomServiceError::ParticipantNotFound)?;
+        p.send(Resp::Mute(proto::MuteTrackRequest {
+            sid: req.track_sid.clone(),
+            muted: req.muted,
+        }));
+        let mut track = None;
+        let mut changed = false;
+        let published = p.tracks.iter_mut().map(|t| &mut t.info);
+        for info in published.chain(p.pending_tracks.iter_mut()) {
+            if info.sid == req.track_sid {
+                changed |= info.muted != req.muted;
+                info.muted = req.muted;
+                track.get_or_insert_with(|| info.clone());
+            }
+        }
+        if changed {
+            p.version += 1;
+            self.broadcast_participant(key, true);
+        }
+        Ok(track)
+    }
+
+    /// An admin changes a participant's name, metadata, attributes (an empty value deletes
+    /// the key) or permission, as livekit-server's `RoomManager.UpdateParticipant` does. The
+    /// participant gets the `ParticipantUpdate` too: that is how an SDK learns its new
+    /// permission. Revoking `can_publish` unpublishes its tracks (`TrackUnpublished` to it);
+    /// revoking `can_subscribe` takes its subscriptions away.
+    fn update_participant(
+        &mut self,
+        req: &proto::UpdateParticipantRequest,
+    ) -> Result<ParticipantInfo, RoomServiceError> {
+        let key = self
+            .find(&req.room, &req.identity)
+            .ok_or(RoomServiceError::ParticipantNotFound)?;
+        let p = self
+            .parts
+            .get_mut(&key)
+            .ok_or(RoomServiceError::ParticipantNotFound)?;
+        let mut changed = false;
+        if !req.name.is_empty() && p.name != req.name {
+            p.name = req.name.clone();
+            changed = true;
+        }
+        if !req.metadata.is_empty() && p.metadata != req.metadata {
+            p.metadata = req.metadata.clone();
+            changed = true;
+        }
+        for (k, v) in &req.attributes {
+            if v.is_empty() {
+                changed |= p.attributes.remove(k).is_some();
+            } else if p.attributes.get(k) != Some(v) {
+                p.attributes.insert(k.clone(), v.clone());
+                changed = true;
+            }
+        }
+        let mut unpublish = false;
+        let mut resubscribe = false;
+        if let Some(perm) = &req.permission {
+            unpublish = p.grant_publish && !perm.can_publish;
+            resubscribe = p.grant_subscribe != perm.can_subscribe;
+            let before = (
+                p.grant_publish,
+                p.grant_subscribe,
+                p.grant_publish_data,
+                p.grant_update_metadata,
+            );
+            p.grant_publish = perm.can_publish;
+            p.grant_subscribe = perm.can_subscribe;
+            p.grant_publish_data = perm.can_publish_data;
+            p.grant_update_metadata = perm.can_update_metadata;
+            changed |= before
+                != (
+                    p.grant_publish,
+                    p.grant_subscribe,
+                    p.grant_publish_data,
+                    p.grant_update_metadata,
+                );
+        }
+        if unpublish {
+            self.unpublish_all(key);
+        }
+        if resubscribe {
+            self.apply_subscriptions(key);
+        }
+        let p = self
+            .parts
+            .get_mut(&key)
+            .ok_or(RoomServiceError::ParticipantNotFound)?;
+        if changed {
+            p.version += 1;
+            let info = p.info();
+            self.broadcast_participant(key, true);
+            return Ok(info);
+        }
+        Ok(p.info())
+    }
+
+    /// Take all of `key`'s tracks down (its publish permission was revoked): `TrackUnpublished`
+    /// to it, and off every subscriber PC.
+    fn unpublish_all(&mut self, key: Key) {
+        let Some(p) = self.parts.get_mut(&key) else {
+            return;
+        };
+        let sids: Vec<String> = p.tracks.drain(..).map(|t| t.info.sid).collect();
+        p.pending_tracks.clear();
+        for sid in &sids {
+            p.send(Resp::TrackUnpublished(proto::TrackUnpublishedResponse {
+                track_sid: sid.clone(),
+            }));
+        }
+        let room = p.room.clone();
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for to in members.into_iter().filter(|k| *k != key) {
+            let Some(Media::Remote { subscriber, .. }) =
+                self.parts.get_mut(&to).map(|o| &mut o.media)
+            else {
+                continue;
+            };
+            for sid in &sids {
+                subscriber.remove_track(sid);
+            }
+            self.offer_subscriber(to);
         }
     }
 

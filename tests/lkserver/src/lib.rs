@@ -19,6 +19,13 @@
 //! relayed between data channels. The server is a full ICE agent: controlled on the publisher PC,
 //! controlling on the subscriber PC.
 //!
+//! The same listener serves LiveKit's room service over Twirp (module `room_service`):
+//! `POST {http}/twirp/livekit.RoomService/{ListParticipants,MutePublishedTrack,UpdateParticipant}`
+//! with a JSON or protobuf body and `Authorization: Bearer JWT` carrying `roomAdmin` for the room
+//! ([`TestServer::admin_token`]). An admin mute reaches the participant as a `Mute` signal; an
+//! unmute needs [`EngineConfig::remote_unmute`]; a permission change reaches it as a
+//! `ParticipantUpdate` about itself.
+//!
 //! How a client joins (what this server expects, in order, as LiveKit SDKs do it):
 //! 1. `GET {url}/rtc?access_token=JWT&protocol=16&auto_subscribe=1&sdk=..&version=..` upgraded
 //!    to a WebSocket (a bad token gets HTTP 401/400 and a text body instead). Binary frames
@@ -41,9 +48,16 @@
 //!    re-offer its publisher PC (ICE restart). An unknown `sid` gets `Leave{action: RECONNECT}`.
 //!
 //! Differences from the real server (livekit-server 1.11), short and honest:
-//! - Single node, in-process; no Redis, no room service HTTP API (rooms are created on first
-//!   join; `close_room`/`remove_participant` are test hooks), no webhooks, egress, ingress,
-//!   SIP service or agents.
+//! - Single node, in-process; no Redis, no webhooks, egress, ingress, SIP service or agents.
+//! - Room service: only `ListParticipants`, `MutePublishedTrack` and `UpdateParticipant`; the
+//!   other RoomService methods answer `unimplemented` (rooms are created on first join;
+//!   `close_room`/`remove_participant` are test hooks). JSON responses use the proto field
+//!   names as Twirp does but leave out fields at their default value (Twirp writes them all).
+//!   Request bodies need a `Content-Length`; one request per connection. A mute for a
+//!   participant that is not there is an immediate `not_found` (livekit-server routes it over
+//!   its message bus). `UpdateParticipant` applies `can_publish`, `can_subscribe`,
+//!   `can_publish_data` and `can_update_metadata` of the permission and ignores its other
+//!   fields (sources, hidden, ...).
 //! - Audio only, Opus only (no RED, no DTX negotiation logic, no simulcast, no video, no
 //!   codec fallback); payloads are forwarded as received (str0m assigns the subscriber-side
 //!   SSRC, sequence numbers and payload type). No bandwidth estimation, no NACK/RTX, no
@@ -60,12 +74,15 @@
 //!   `resume_grace` (20 s default) before it is removed with `SIGNAL_CLOSE`.
 //! - `RoomUpdate` goes out on every join, leave and publish (the real server batches its
 //!   participant counts); `ReconnectResponse.last_message_seq` is always 0 (no data-packet
-//!   replay on resume); permissions cannot change mid-session; no `refresh_token`.
+//!   replay on resume); no `refresh_token`.
+//! - A muted track (by its publisher or by the room service) is still forwarded: only its flag
+//!   changes.
 //! - Synthetic participants live inside the server (no WebRTC of their own); the rest of the
 //!   room sees them as ordinary publishing participants.
 
 mod engine;
 mod peer;
+mod room_service;
 mod signal;
 mod synthetic;
 mod token;
@@ -83,6 +100,7 @@ use tokio::task::JoinHandle;
 pub use engine::{EngineConfig, EngineStats, ParticipantCounters, ParticipantSnapshot};
 pub use livekit_protocol as proto;
 pub use livekit_protocol::participant_info::{Kind as ParticipantKind, State as ParticipantState};
+pub use room_service::RoomServiceError;
 pub use synthetic::{Signal, FRAME_SAMPLES, SAMPLE_RATE};
 pub use token::TokenError;
 pub use turn::{TurnStats, REALM_NAME as TURN_REALM};
@@ -101,6 +119,8 @@ pub enum ServerError {
     Refused(String),
     #[error("token: {0}")]
     Token(String),
+    #[error(transparent)]
+    RoomService(#[from] RoomServiceError),
 }
 
 /// Where and how to run the server.
@@ -229,6 +249,11 @@ impl TestServer {
         self.http_addr
     }
 
+    /// `http://127.0.0.1:PORT`: where the room service's Twirp paths (`/twirp/...`) are.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
     /// The UDP address every peer connection uses.
     pub fn udp_addr(&self) -> SocketAddr {
         self.udp_addr
@@ -241,6 +266,19 @@ impl TestServer {
             .with_ttl(Duration::from_secs(600))
             .with_grants(VideoGrants {
                 room_join: true,
+                room: room.into(),
+                ..Default::default()
+            })
+            .to_jwt()
+            .map_err(|e| ServerError::Token(e.to_string()))
+    }
+
+    /// A token for the room service with `roomAdmin` on `room`, valid 10 minutes.
+    pub fn admin_token(&self, room: &str) -> Result<String, ServerError> {
+        AccessToken::with_api_key(&self.api_key, &self.api_secret)
+            .with_ttl(Duration::from_secs(600))
+            .with_grants(VideoGrants {
+                room_admin: true,
                 room: room.into(),
                 ..Default::default()
             })
@@ -335,6 +373,40 @@ impl TestServer {
             reply,
         })
         .await
+    }
+
+    /// What `RoomService.MutePublishedTrack` does, without HTTP: the participant gets a `Mute`
+    /// signal, the track's flag changes and the room is told. `None` if it has no such track.
+    pub async fn mute_published_track(
+        &self,
+        room: &str,
+        identity: &str,
+        track_sid: &str,
+        muted: bool,
+    ) -> Result<Option<proto::TrackInfo>, ServerError> {
+        let request = proto::MuteRoomTrackRequest {
+            room: room.into(),
+            identity: identity.into(),
+            track_sid: track_sid.into(),
+            muted,
+        };
+        Ok(self
+            .ask(|reply| Command::MutePublishedTrack { request, reply })
+            .await??)
+    }
+
+    /// What `RoomService.UpdateParticipant` does, without HTTP (works on synthetic
+    /// participants too: a way to give them attributes).
+    pub async fn update_participant(
+        &self,
+        request: proto::UpdateParticipantRequest,
+    ) -> Result<proto::ParticipantInfo, ServerError> {
+        Ok(self
+            .ask(|reply| Command::UpdateParticipant {
+                request: Box::new(request),
+                reply,
+            })
+            .await??)
     }
 
     /// Close `identity`'s signal WebSocket without a Leave, as a network failure would; the

@@ -1,8 +1,8 @@
-//! The HTTP side: `GET /rtc/validate` and the `/rtc` WebSocket. The request head is read
-//! (peeked) first so that a bad token is refused with a plain HTTP status and a text body
-//! before any upgrade, as livekit-server does; an accepted `/rtc` connection then carries
-//! binary protobuf `SignalRequest`/`SignalResponse` frames (livekit_rtc.proto) between the
-//! client and the engine task.
+//! The HTTP side: `GET /rtc/validate`, the `/rtc` WebSocket and `POST /twirp/...` (handed to
+//! module `room_service`). The request head is read (peeked) first so that a bad token is
+//! refused with a plain HTTP status and a text body before any upgrade, as livekit-server does;
+//! an accepted `/rtc` connection then carries binary protobuf `SignalRequest`/`SignalResponse`
+//! frames (livekit_rtc.proto) between the client and the engine task.
 
 use std::time::Duration;
 
@@ -46,15 +46,22 @@ pub(crate) async fn serve(
 }
 
 /// The parts of a request head we use.
-struct Head {
-    len: usize,
-    path: String,
+pub(crate) struct Head {
+    /// Bytes up to and including the blank line.
+    pub len: usize,
+    pub method: String,
+    pub path: String,
     query: Vec<(String, String)>,
-    bearer: Option<String>,
+    /// The `Authorization` header as sent.
+    pub authorization: Option<String>,
+    /// Its token, when it is `Bearer <token>`.
+    pub bearer: Option<String>,
+    pub content_type: Option<String>,
+    pub content_length: Option<usize>,
 }
 
 impl Head {
-    fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(k, _)| k == name)
@@ -85,7 +92,7 @@ fn parse_head(head: &[u8], len: usize) -> Option<Head> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split("\r\n");
     let mut first = lines.next()?.split(' ');
-    let _method = first.next()?;
+    let method = first.next()?;
     let target = first.next()?;
     let (path, qs) = target.split_once('?').unwrap_or((target, ""));
     let query = qs
@@ -96,20 +103,30 @@ fn parse_head(head: &[u8], len: usize) -> Option<Head> {
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    let bearer = lines.filter_map(|l| l.split_once(':')).find_map(|(k, v)| {
-        if k.trim().eq_ignore_ascii_case("authorization") {
-            v.trim()
-                .strip_prefix("Bearer ")
-                .map(|t| t.trim().to_owned())
-        } else {
-            None
-        }
-    });
+    let headers: Vec<(&str, &str)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| (*v).to_owned())
+    };
+    let authorization = header("authorization");
+    let bearer = authorization
+        .as_deref()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
     Some(Head {
         len,
+        method: method.to_owned(),
         path: path.trim_end_matches('/').to_owned(),
         query,
+        authorization,
         bearer,
+        content_type: header("content-type"),
+        content_length: header("content-length").and_then(|v| v.parse().ok()),
     })
 }
 
@@ -148,19 +165,41 @@ async fn respond(
 ) -> std::io::Result<()> {
     let mut discard = vec![0u8; head_len];
     stream.read_exact(&mut discard).await?;
+    write_response(
+        stream,
+        status,
+        "text/plain; charset=utf-8",
+        format!("{body}\n").as_bytes(),
+    )
+    .await
+}
+
+/// Write a whole response and close: one request per connection.
+pub(crate) async fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        408 => "Request Timeout",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
         _ => "Error",
     };
-    let resp = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len() + 1
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.write_all(b"\n").await?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
     stream.shutdown().await
 }
 
@@ -178,6 +217,9 @@ async fn handle(
         .map(str::to_owned)
         .or_else(|| head.bearer.clone());
     let checked = || tokens.check(token.as_deref(), head.param("room"));
+    if head.path.starts_with(crate::room_service::PATH_PREFIX) {
+        return crate::room_service::serve(stream, head, &tokens, &engine).await;
+    }
     match head.path.as_str() {
         "/rtc/validate" => match checked() {
             Ok(_) => respond(&mut stream, head.len, 200, "success").await,
@@ -277,11 +319,23 @@ mod tests {
     fn request_head_yields_path_query_and_bearer() {
         let raw = b"GET /rtc/?access_token=a.b.c&reconnect=1&sid=PA_x&sdk=js%20sdk HTTP/1.1\r\nHost: h\r\nauthorization: Bearer tok\r\n";
         let head = parse_head(raw, raw.len() + 2).unwrap();
+        assert_eq!(head.method, "GET");
         assert_eq!(head.path, "/rtc");
         assert_eq!(head.param("access_token"), Some("a.b.c"));
         assert_eq!(head.param("reconnect"), Some("1"));
         assert_eq!(head.param("sdk"), Some("js sdk"));
         assert_eq!(head.bearer.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn request_head_yields_content_type_and_length() {
+        let raw = b"POST /twirp/livekit.RoomService/ListParticipants HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 12\r\nAuthorization: Basic x\r\n";
+        let head = parse_head(raw, raw.len() + 2).unwrap();
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.content_type.as_deref(), Some("application/json"));
+        assert_eq!(head.content_length, Some(12));
+        assert_eq!(head.authorization.as_deref(), Some("Basic x"));
+        assert_eq!(head.bearer, None);
     }
 
     #[test]

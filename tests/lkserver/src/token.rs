@@ -1,7 +1,9 @@
 //! Access-token check at the door of `/rtc` and `/rtc/validate`: the JWT a client presents
 //! (HS256 signed with the API secret, issuer = API key, `exp`/`nbf` honoured) is turned into a
 //! typed [`JoinGrant`] or refused with a [`TokenError`] that becomes an HTTP 401 body, before
-//! any WebSocket upgrade, as LiveKit's auth middleware and `RTCService.validate` do.
+//! any WebSocket upgrade, as LiveKit's auth middleware and `RTCService.validate` do. The room
+//! service's requests are verified the same way ([`TokenCheck::verify`]) and their grants
+//! checked per method (module `room_service`).
 
 use std::collections::HashMap;
 
@@ -67,6 +69,14 @@ impl TokenCheck {
         }
     }
 
+    /// Verify `token`'s signature, issuer and validity period, and nothing else: what LiveKit's
+    /// API-key middleware does before a Twirp handler looks at the grants.
+    pub(crate) fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verifier
+            .verify(token)
+            .map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
     /// Verify `token`; `requested_room` is the optional `room` query parameter, which must match
     /// the token's room when present.
     pub(crate) fn check(
@@ -75,10 +85,7 @@ impl TokenCheck {
         requested_room: Option<&str>,
     ) -> Result<JoinGrant, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
-        let claims: Claims = self
-            .verifier
-            .verify(token)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let claims = self.verify(token)?;
         if !claims.video.room_join {
             return Err(TokenError::NoRoomJoin);
         }
