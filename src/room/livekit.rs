@@ -44,8 +44,10 @@ use dialin_media::codec::SampleRate;
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
-use crate::config::{IceTransportPolicy, LiveKitConfig};
+use super::{HostFuture, JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
+use crate::call::ROLE_ATTRIBUTE;
+use crate::config::{HostRule, IceTransportPolicy, LiveKitConfig};
+use crate::pins::PinRole;
 use crate::ops::metrics::Metrics;
 use crate::ingress::trunk::{SharedTrunkTable, TrunkId};
 
@@ -87,7 +89,38 @@ pub struct LiveKitRooms {
     /// for each call's reflexive address and the TURN server for a relayed one, with those
     /// of the `JoinResponse`.
     ice: session::IceSetup,
+    /// `livekit.host`: who counts as a room's host.
+    host: HostRule,
 }
+
+/// How often a waiting participant's room is looked at for its host.
+const HOST_POLL: Duration = Duration::from_secs(1);
+/// Failed looks in a row after which the wait fails (the caller hears "service unavailable").
+const HOST_POLL_FAILURES: u32 = 5;
+
+/// Whether `p` is a host of its room: a dialin caller of a host PIN (`sip.role = host`), or
+/// a participant matching `rule`. Egress and ingress participants (recorders, streams) never
+/// are.
+pub fn is_host(p: &livekit_protocol::ParticipantInfo, rule: &HostRule) -> bool {
+    use livekit_protocol::participant_info::{Kind, State};
+    if p.state == State::Disconnected as i32 {
+        return false;
+    }
+    if p.attributes.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(PinRole::Host.as_str()) {
+        return true;
+    }
+    match rule {
+        HostRule::AnyNonSip => {
+            let kind = Kind::try_from(p.kind).unwrap_or(Kind::Standard);
+            !matches!(kind, Kind::Sip | Kind::Egress | Kind::Ingress)
+                && !p.identity.starts_with(CALL_IDENTITY_PREFIX)
+        }
+        HostRule::Attribute { key, value } => p.attributes.get(key) == Some(value),
+    }
+}
+
+/// Identities of dialin's calls (`sip_<call id>`).
+const CALL_IDENTITY_PREFIX: &str = "sip_";
 
 /// The server and key one call's participant uses.
 struct Server<'a> {
@@ -118,6 +151,7 @@ impl LiveKitRooms {
                 servers: config.ice_servers.clone(),
                 relay_only: config.ice_transport_policy == IceTransportPolicy::Relay,
             },
+            host: config.host.clone(),
         })
     }
 
@@ -133,6 +167,43 @@ impl LiveKitRooms {
     pub fn with_trunk_overrides(mut self, trunks: Arc<SharedTrunkTable>) -> LiveKitRooms {
         self.trunks = Some(trunks);
         self
+    }
+
+    /// Looks at `room` every [`HOST_POLL`] through the RoomService API until a host is in it.
+    async fn watch_for_host(&self, room: String, trunk: TrunkId) -> Result<(), RoomError> {
+        let client = {
+            let table = self.trunks.as_ref().map(|t| t.load());
+            let over = table
+                .as_deref()
+                .and_then(|table| table.get(&trunk)?.livekit.as_ref());
+            let url = over.and_then(|o| o.url.as_deref()).unwrap_or(&self.url);
+            let key = over.and_then(|o| o.api_key.as_deref()).unwrap_or(&self.api_key);
+            let secret = over
+                .and_then(|o| o.api_secret.as_ref())
+                .map(|s| s.expose())
+                .unwrap_or(&self.api_secret);
+            api::RoomServiceClient::new(url, key, secret)
+                .map_err(|e| RoomError::Refused(e.to_string()))?
+        };
+        let mut failures = 0;
+        loop {
+            match client.list_participants(&room).await {
+                Ok(participants) => {
+                    failures = 0;
+                    if participants.iter().any(|p| is_host(p, &self.host)) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(room = %room, error = %e, failures, "looking for the room's host failed");
+                    if failures >= HOST_POLL_FAILURES {
+                        return Err(RoomError::Unreachable(e.to_string()));
+                    }
+                }
+            }
+            tokio::time::sleep(HOST_POLL).await;
+        }
     }
 
     async fn join_room(&self, req: JoinRequest) -> Result<RoomHandle, RoomError> {
@@ -172,6 +243,7 @@ impl LiveKitRooms {
         let (events_tx, events) = mpsc::channel(16);
         let (dtmf_tx, dtmf_rx) = mpsc::channel(16);
         let (mute_tx, mute_rx) = mpsc::channel(4);
+        let (attributes_tx, attributes_rx) = mpsc::channel(4);
         let (leave_tx, leave_rx) = oneshot::channel();
         let io = session::SessionIo {
             to_room: to_room_rx,
@@ -179,6 +251,7 @@ impl LiveKitRooms {
             events: events_tx,
             dtmf: dtmf_rx,
             mute: mute_rx,
+            attributes: attributes_rx,
             leave: leave_rx,
         };
         let target = session::Target {
@@ -212,6 +285,7 @@ impl LiveKitRooms {
             events,
             dtmf: Some(dtmf_tx),
             mute: Some(mute_tx),
+            attributes: Some(attributes_tx),
             _membership: Box::new(Membership { _leave: leave_tx }),
         })
     }
@@ -220,6 +294,10 @@ impl LiveKitRooms {
 impl RoomBackend for LiveKitRooms {
     fn join(&self, req: JoinRequest) -> JoinFuture<'_> {
         Box::pin(self.join_room(req))
+    }
+
+    fn wait_for_host(&self, room: String, trunk: TrunkId) -> HostFuture<'_> {
+        Box::pin(self.watch_for_host(room, trunk))
     }
 
     fn name(&self) -> &'static str {
@@ -283,7 +361,44 @@ mod tests {
             name: "Phone ••••1234".into(),
             attributes,
             sample_rate: NARROWBAND_SAMPLE_RATE,
+            role: crate::pins::PinRole::Participant,
         }
+    }
+
+    fn participant(identity: &str, kind: livekit_protocol::participant_info::Kind) -> livekit_protocol::ParticipantInfo {
+        livekit_protocol::ParticipantInfo {
+            identity: identity.into(),
+            kind: kind as i32,
+            state: livekit_protocol::participant_info::State::Active as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hosts_follow_the_configured_rule_and_host_pins() {
+        use livekit_protocol::participant_info::{Kind, State};
+        let any = HostRule::AnyNonSip;
+        assert!(is_host(&participant("alice", Kind::Standard), &any));
+        assert!(is_host(&participant("agent", Kind::Agent), &any));
+        assert!(!is_host(&participant("sip_CA_1", Kind::Sip), &any));
+        assert!(!is_host(&participant("sip_CA_2", Kind::Standard), &any), "a dialin call by identity");
+        assert!(!is_host(&participant("recorder", Kind::Egress), &any));
+        let mut gone = participant("bob", Kind::Standard);
+        gone.state = State::Disconnected as i32;
+        assert!(!is_host(&gone, &any), "a participant who left is no host");
+        let mut host_caller = participant("sip_CA_3", Kind::Sip);
+        host_caller
+            .attributes
+            .insert(ROLE_ATTRIBUTE.into(), "host".into());
+        assert!(is_host(&host_caller, &any), "a host PIN's caller");
+        let rule = HostRule::parse("attribute:role=teacher").expect("rule");
+        let mut teacher = participant("t", Kind::Standard);
+        assert!(!is_host(&teacher, &rule));
+        teacher.attributes.insert("role".into(), "teacher".into());
+        assert!(is_host(&teacher, &rule));
+        assert!(is_host(&host_caller, &rule));
+        assert!(HostRule::parse("attribute:=x").is_err());
+        assert!(HostRule::parse("anyone").is_err());
     }
 
     #[test]
