@@ -469,3 +469,42 @@ fn local_rooms_with_a_shared_store_are_warned_about() {
     let single = parse(MINIMAL).unwrap();
     assert!(!single.warnings().iter().any(|w| w.contains("local rooms")));
 }
+
+#[test]
+fn keypad_keys_and_cues_are_per_trunk_and_clashing_keys_are_refused() {
+    let config = parse(&format!(
+        "{MINIMAL}keypad = false\nannounce = \"none\"\nkeys = {{ mute = \"##\", count = \"*2\" }}\n"
+    ))
+    .expect("valid");
+    let trunk = &config.trunks[0];
+    assert!(!trunk.keypad);
+    assert_eq!(trunk.announce, dialin::config::Announce::None);
+    assert_eq!(trunk.keys.mute.as_str(), "##");
+    assert_eq!(trunk.keys.count.as_str(), "*2");
+    assert_eq!(trunk.keys.hand.as_str(), "*9", "unset keys keep their default");
+    let defaults = parse(MINIMAL).expect("valid");
+    assert!(defaults.trunks[0].keypad, "the keypad is on by default");
+    assert_eq!(defaults.trunks[0].announce, dialin::config::Announce::Tones);
+    assert_eq!(
+        error_key(&format!("{MINIMAL}keys = {{ mute = \"*1\", count = \"*12\" }}\n")),
+        "trunk[0].keys"
+    );
+    assert_eq!(
+        error_key(&format!("{MINIMAL}keys = {{ mute = \"*x\" }}\n")),
+        "trunk[0].keys.mute"
+    );
+    assert_eq!(
+        error_key(&format!("{MINIMAL}announce = \"beeps\"\n")),
+        "trunk[0].announce"
+    );
+}
+
+#[test]
+fn the_livekit_host_rule_is_checked() {
+    let ok = parse(&format!("[livekit]\nhost = \"attribute:role=teacher\"\n{MINIMAL}")).expect("valid");
+    assert_eq!(ok.livekit.host.to_string(), "attribute:role=teacher");
+    assert_eq!(
+        error_key(&format!("[livekit]\nhost = \"everyone\"\n{MINIMAL}")),
+        "livekit.host"
+    );
+}

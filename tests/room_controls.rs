@@ -224,3 +224,57 @@ async fn a_room_that_waits_for_its_host_holds_participants_until_the_host_joins(
     p.hangup().await.expect("hang up");
     h.hangup().await.expect("hang up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_zero_speaks_the_keys_and_keys_can_be_changed_per_trunk() {
+    // This trunk mutes with ## instead of *6.
+    let trunk = r###"
+[[trunk]]
+id = "default"
+allowed_addresses = ["127.0.0.0/8"]
+pin_namespace = "default"
+pin_length = 10
+max_calls = 10
+keys = { mute = "##" }
+"###;
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(trunk.to_owned()),
+        ..GatewayOptions::default()
+    })
+    .await;
+    gw.create_pin("help-room", Some(PIN)).await;
+    let a = dial_and_key(&gw, from(&gw, "+33611111111"), PIN, "in_room").await;
+    let pressed = Instant::now();
+    a.send_dtmf("*0", DtmfMode::Rfc4733).await.expect("keys sent");
+    let help = wait_to_hear(&a, pressed, &prompt_8k(PromptId::HelpMute), 5 * SECOND)
+        .await
+        .expect("the caller hears how to mute");
+    // "To mute or unmute, press hash hash": the configured keys, spoken.
+    let heard = {
+        let deadline = Instant::now() + 10 * SECOND;
+        loop {
+            let heard = a.recorded(pressed);
+            if tone::find_clip(&heard, &prompt_8k(PromptId::HelpCount), help).is_some()
+                || Instant::now() >= deadline
+            {
+                break heard;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let hash = tone::find_clip(&heard, &prompt_8k(PromptId::KeyHash), help)
+        .expect("\"hash\" follows the mute phrase");
+    let next = tone::find_clip(&heard, &prompt_8k(PromptId::HelpCount), help)
+        .expect("then how to hear the count");
+    assert!(help < hash && hash < next, "mute phrase, its keys, then the next phrase");
+    // ## mutes on this trunk.
+    let pressed = Instant::now();
+    a.send_dtmf("##", DtmfMode::Rfc4733).await.expect("keys sent");
+    assert!(
+        wait_to_hear(&a, pressed, &prompt_8k(PromptId::Muted), 5 * SECOND)
+            .await
+            .is_some(),
+        "## mutes"
+    );
+    a.hangup().await.expect("hang up");
+}
