@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::call::keypad::KeypadKeys;
+use crate::pins::source::SourceKind;
 use crate::pins::{Pin, PinNamespace};
 use crate::ingress::trunk::{CalledNumber, IpNetwork, TrunkId};
 
@@ -24,6 +25,8 @@ use crate::ingress::trunk::{CalledNumber, IpNetwork, TrunkId};
 pub const ENV_ADMIN_TOKEN: &str = "DIALIN_ADMIN_TOKEN";
 /// Environment variable that overrides `[livekit] api_secret`.
 pub const ENV_LIVEKIT_API_SECRET: &str = "DIALIN_LIVEKIT_API_SECRET";
+/// Overrides `pins.http.secret`.
+pub const ENV_PINS_HTTP_SECRET: &str = "DIALIN_PINS_HTTP_SECRET";
 /// Environment variable that overrides `security.secret`.
 pub const ENV_SECURITY_SECRET: &str = "DIALIN_SECURITY_SECRET";
 
@@ -74,6 +77,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub prompts: PromptsConfig,
     pub log: LogConfig,
+    /// Where PINs are looked up.
+    pub pins: PinsConfig,
+    /// Where trunks come from.
+    #[serde(rename = "trunks")]
+    pub trunk_source: TrunksConfig,
     /// `[[trunk]]` tables, in file order; the first trunk that matches a call wins.
     #[serde(rename = "trunk")]
     pub trunks: Vec<TrunkConfig>,
@@ -785,7 +793,9 @@ pub struct TrunkConfig {
     /// Called numbers accepted; empty accepts any.
     #[serde(default)]
     pub numbers: Vec<CalledNumber>,
-    /// Source networks calls may come from; bare addresses are host networks.
+    /// Source networks calls may come from; bare addresses are host networks. Required
+    /// with `trunks.source = "config"`; a LiveKit trunk brings its own.
+    #[serde(default)]
     pub allowed_addresses: Vec<IpNetwork>,
     /// Further networks the carrier sends media from, when it is neither the address in
     /// the SDP nor the signalling peer (media from anywhere else is dropped).
@@ -822,6 +832,106 @@ pub struct TrunkConfig {
     /// Cues a phone caller hears when others join or leave.
     #[serde(default)]
     pub announce: Announce,
+}
+
+/// `[pins]`: the PIN sources, tried in order (the first that knows the PIN wins).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinsConfig {
+    pub sources: Vec<SourceKind>,
+    pub livekit: PinsLiveKitConfig,
+    /// Required when `sources` lists `http`.
+    pub http: Option<PinsHttpConfig>,
+}
+
+impl Default for PinsConfig {
+    fn default() -> Self {
+        PinsConfig {
+            sources: vec![SourceKind::Store],
+            livekit: PinsLiveKitConfig::default(),
+            http: None,
+        }
+    }
+}
+
+/// `[pins.livekit]`: LiveKit's SIP dispatch rules, read through `[livekit]`'s server and key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinsLiveKitConfig {
+    /// The rules are cached and read again this often (seconds); a PIN no rule has makes
+    /// them read again at once, at most once per `miss_refresh_s`.
+    pub refresh_s: u64,
+    pub miss_refresh_s: u64,
+}
+
+impl Default for PinsLiveKitConfig {
+    fn default() -> Self {
+        PinsLiveKitConfig {
+            refresh_s: 30,
+            miss_refresh_s: 2,
+        }
+    }
+}
+
+/// `[pins.http]`: the meeting app's resolver.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinsHttpConfig {
+    /// `https://` (or `http://` on a trusted network).
+    pub url: String,
+    /// Signs each request (HMAC-SHA256); overridden by `DIALIN_PINS_HTTP_SECRET`. Required
+    /// for the `dialin` format.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default = "default_http_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub format: HttpPinFormat,
+}
+
+fn default_http_timeout_ms() -> u64 {
+    2000
+}
+
+/// `pins.http.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpPinFormat {
+    /// dialin's signed JSON POST.
+    #[default]
+    Dialin,
+    /// Jitsi's conference mapper: `GET url?id=PIN` → `{"id", "conference": "room@domain"}`.
+    JitsiMapper,
+}
+
+/// `[trunks]`: where the trunks come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunksConfig {
+    pub source: TrunkSource,
+    /// How often LiveKit's inbound trunks are read again (seconds).
+    pub refresh_s: u64,
+}
+
+impl Default for TrunksConfig {
+    fn default() -> Self {
+        TrunksConfig {
+            source: TrunkSource::Config,
+            refresh_s: 30,
+        }
+    }
+}
+
+/// `trunks.source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkSource {
+    /// The `[[trunk]]` tables.
+    #[default]
+    Config,
+    /// LiveKit's SIP inbound trunks; a `[[trunk]]` with the same id sets dialin's own
+    /// settings for it (language, limits, PIN length...).
+    Livekit,
 }
 
 /// `trunk.announce`: what a caller in the room hears when someone joins or leaves.
@@ -901,6 +1011,9 @@ impl Config {
         }
         if let Some(secret) = env(ENV_SECURITY_SECRET) {
             config.security.secret = Some(Secret(secret));
+        }
+        if let (Some(secret), Some(http)) = (env(ENV_PINS_HTTP_SECRET), config.pins.http.as_mut()) {
+            http.secret = Some(Secret(secret));
         }
         config.validate()?;
         Ok(config)
@@ -1017,7 +1130,45 @@ impl Config {
             ));
         }
 
-        let livekit_used = self.rooms.backend == RoomsBackend::Livekit;
+        let pins = &self.pins;
+        if pins.sources.is_empty() {
+            return Err(ConfigError::invalid("pins.sources", "must list at least one of \"store\", \"livekit\", \"http\""));
+        }
+        for (i, k) in pins.sources.iter().enumerate() {
+            if pins.sources[..i].contains(k) {
+                return Err(ConfigError::invalid(format!("pins.sources[{i}]"), format!("\"{k}\" is listed twice")));
+            }
+        }
+        within("pins.livekit.refresh_s", pins.livekit.refresh_s, 1, 86_400)?;
+        within("pins.livekit.miss_refresh_s", pins.livekit.miss_refresh_s, 0, 3_600)?;
+        within("trunks.refresh_s", self.trunk_source.refresh_s, 1, 86_400)?;
+        match (&pins.http, pins.sources.contains(&SourceKind::Http)) {
+            (None, true) => {
+                return Err(ConfigError::invalid("pins.http", "is required when pins.sources lists \"http\""))
+            }
+            (Some(http), _) => {
+                let scheme = http.url.split_once("://").map(|(s, _)| s);
+                if !matches!(scheme, Some("http" | "https")) || http.url.len() < 10 {
+                    return Err(ConfigError::invalid(
+                        "pins.http.url",
+                        format!("{:?} is not an http:// or https:// URL", redact_url(&http.url)),
+                    ));
+                }
+                within("pins.http.timeout_ms", http.timeout_ms, 50, 60_000)?;
+                if http.format == HttpPinFormat::Dialin
+                    && !matches!(&http.secret, Some(s) if s.0.len() >= 16)
+                {
+                    return Err(ConfigError::invalid(
+                        "pins.http.secret",
+                        format!("needs at least 16 characters to sign requests (or set {ENV_PINS_HTTP_SECRET})"),
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
+        let livekit_used = self.rooms.backend == RoomsBackend::Livekit
+            || pins.sources.contains(&SourceKind::Livekit)
+            || self.trunk_source.source == TrunkSource::Livekit;
         let lk = &self.livekit;
         check_ws_url("livekit.url", &lk.url)?;
         if livekit_used {
@@ -1031,7 +1182,7 @@ impl Config {
                 None => {
                     return Err(ConfigError::invalid(
                         "livekit.api_secret",
-                        format!("is required when rooms.backend = \"livekit\" (or set {ENV_LIVEKIT_API_SECRET})"),
+                        format!("is required when LiveKit is used (rooms, pins or trunks) (or set {ENV_LIVEKIT_API_SECRET})"),
                     ))
                 }
                 Some(s) if s.0.is_empty() => return Err(ConfigError::invalid("livekit.api_secret", "must not be empty")),
@@ -1176,7 +1327,7 @@ impl Config {
                     format!("{:?} is already the id of trunk[{j}]", t.id.as_str()),
                 ));
             }
-            if t.allowed_addresses.is_empty() {
+            if t.allowed_addresses.is_empty() && self.trunk_source.source == TrunkSource::Config {
                 return Err(ConfigError::invalid(
                     key("allowed_addresses"),
                     "must list at least one network (0.0.0.0/0 and ::/0 accept any source; use them with auth)",

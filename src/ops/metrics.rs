@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::pins::source::SourceKind;
 use crate::call::registry::{CallOutcome, CallRegistry};
 
 /// Result of one PIN entry, the `result` label of `dialin_pin_attempts_total`.
@@ -67,27 +68,63 @@ const SIP_METHODS: [&str; 13] = [
 /// which includes the time the caller takes to key the PIN.
 const SETUP_BUCKETS_S: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0];
 
+/// Upper bounds of the `dialin_pin_lookup_seconds` buckets: one PIN source's answer.
+const LOOKUP_BUCKETS_S: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5];
+
+/// Answers of a PIN source, the `result` label of `dialin_pin_lookups_total`.
+const LOOKUP_RESULTS: [&str; 6] = ["found", "unknown", "revoked", "not_yet_valid", "expired", "error"];
+
 /// A histogram with fixed buckets, all atomics.
 #[derive(Debug)]
 struct Histogram {
-    buckets: [AtomicU64; SETUP_BUCKETS_S.len()],
+    bounds: &'static [f64; 10],
+    buckets: [AtomicU64; 10],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
 impl Histogram {
     fn new() -> Self {
+        Histogram::with_bounds(&SETUP_BUCKETS_S)
+    }
+
+    fn with_bounds(bounds: &'static [f64; 10]) -> Self {
         Histogram {
+            bounds,
             buckets: Default::default(),
             count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
         }
     }
 
+    /// Writes the series of `name` (with `labels`, e.g. `source="http",`).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut cumulative = 0;
+        for (bound, c) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += load(c);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = load(&self.count);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let labels = labels.trim_end_matches(',');
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braced} {}",
+            load(&self.sum_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{braced} {count}");
+    }
+
     fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
         // Cumulative buckets are summed at render time; store each observation once.
-        if let Some(i) = SETUP_BUCKETS_S.iter().position(|b| s <= *b) {
+        if let Some(i) = self.bounds.iter().position(|b| s <= *b) {
             if let Some(b) = self.buckets.get(i) {
                 b.fetch_add(1, Ordering::Relaxed);
             }
@@ -120,6 +157,8 @@ pub struct Metrics {
     overloaded: AtomicU64,
     overload_refused: AtomicU64,
     call_setup: Histogram,
+    pin_lookups: [[AtomicU64; LOOKUP_RESULTS.len()]; SourceKind::ALL.len()],
+    pin_lookup_time: [Histogram; SourceKind::ALL.len()],
     /// The RTP port pool, once the SIP side has made it: its lease count is a gauge.
     ports: std::sync::OnceLock<dialin_media::ports::PortAllocator>,
     transports: std::sync::OnceLock<dialin_sip::transport::Transports>,
@@ -145,6 +184,8 @@ impl Default for Metrics {
             overloaded: AtomicU64::new(0),
             overload_refused: AtomicU64::new(0),
             call_setup: Histogram::new(),
+            pin_lookups: Default::default(),
+            pin_lookup_time: SourceKind::ALL.map(|_| Histogram::with_bounds(&LOOKUP_BUCKETS_S)),
             ports: std::sync::OnceLock::new(),
             transports: std::sync::OnceLock::new(),
         }
@@ -165,6 +206,16 @@ impl Metrics {
     /// A call ended with this outcome.
     pub fn call_ended(&self, outcome: CallOutcome) {
         bump(self.calls_total.get(outcome as usize), 1);
+    }
+
+    /// A PIN source answered `result` (a [`LOOKUP_RESULTS`] label) after `took`.
+    pub fn pin_lookup(&self, source: SourceKind, result: &str, took: Duration) {
+        let i = source as usize;
+        let r = LOOKUP_RESULTS.iter().position(|l| *l == result).unwrap_or(LOOKUP_RESULTS.len() - 1);
+        bump(self.pin_lookups.get(i).and_then(|row| row.get(r)), 1);
+        if let Some(h) = self.pin_lookup_time.get(i) {
+            h.observe(took);
+        }
     }
 
     /// A PIN was entered and resolved.
@@ -374,6 +425,31 @@ impl Metrics {
 
         header(
             &mut out,
+            "dialin_pin_lookups_total",
+            "counter",
+            "Answers of the PIN sources, by source and result.",
+        );
+        for (source, row) in SourceKind::ALL.iter().zip(&self.pin_lookups) {
+            for (result, c) in LOOKUP_RESULTS.iter().zip(row) {
+                let _ = writeln!(
+                    out,
+                    "dialin_pin_lookups_total{{source=\"{source}\",result=\"{result}\"}} {}",
+                    load(c)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "dialin_pin_lookup_seconds",
+            "histogram",
+            "Time a PIN source took to answer, by source.",
+        );
+        for (source, h) in SourceKind::ALL.iter().zip(&self.pin_lookup_time) {
+            h.render(&mut out, "dialin_pin_lookup_seconds", &format!("source=\"{source}\","));
+        }
+
+        header(
+            &mut out,
             "dialin_sip_requests_total",
             "counter",
             "SIP requests received, by method.",
@@ -481,25 +557,8 @@ impl Metrics {
             "histogram",
             "Time from INVITE to joining the room.",
         );
-        let mut cumulative = 0;
-        for (bound, c) in SETUP_BUCKETS_S.iter().zip(&self.call_setup.buckets) {
-            cumulative += load(c);
-            let _ = writeln!(
-                out,
-                "dialin_call_setup_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let count = load(&self.call_setup.count);
-        let _ = writeln!(
-            out,
-            "dialin_call_setup_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "dialin_call_setup_seconds_sum {}",
-            load(&self.call_setup.sum_micros) as f64 / 1e6
-        );
-        let _ = writeln!(out, "dialin_call_setup_seconds_count {count}");
+        self.call_setup
+            .render(&mut out, "dialin_call_setup_seconds", "");
         out
     }
 }
