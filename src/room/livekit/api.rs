@@ -11,8 +11,17 @@
 //!             ◄── 200 protobuf ListParticipantsResponse | 4xx/5xx Twirp error ──
 //! ```
 //!
-//! [`Twirp::call`] is service-agnostic, so another service (`livekit.SIP`'s
-//! `ListSIPDispatchRule`, with a token carrying SIP grants) is one more small client over it.
+//! [`Twirp::call`] is service-agnostic: [`SipClient`] reads `livekit.SIP`'s dispatch rules and
+//! inbound trunks over it, with a token carrying the SIP admin grant, following the list
+//! pages (`Pagination{after_id, limit}`) to the end.
+//!
+//! ```text
+//!  SipClient::list_dispatch_rules()
+//!      └─ loop: Twirp::call("livekit.SIP", "ListSIPDispatchRule", token,
+//!                           {page: {after_id: <last id so far>, limit}})
+//!               until an answer has fewer than `limit` items
+//! ```
+//!
 //! The URL is `[livekit] url` with `ws://` read as `http://` and `wss://` as `https://`; HTTPS
 //! goes through reqwest's rustls on ring with Mozilla's roots compiled in, like the signal
 //! WebSocket, so no system TLS library or certificate store is needed. Redirects are not
@@ -21,7 +30,7 @@
 
 use std::time::Duration;
 
-use livekit_api::access_token::{AccessToken, VideoGrants};
+use livekit_api::access_token::{AccessToken, SIPGrants, VideoGrants};
 use livekit_protocol as proto;
 use prost::Message;
 
@@ -40,6 +49,12 @@ const PROTOBUF: &str = "application/protobuf";
 const MAX_RESPONSE: usize = 16 << 20;
 /// How much of a non-Twirp error body is kept in [`ApiError::Refused`].
 const MAX_ERROR_TEXT: usize = 256;
+/// Items asked for per list page. livekit-server reads its store 1000 at a time and answers
+/// everything after `after_id` whatever the limit; a server that honours the limit is asked
+/// again after the last id of each full page.
+const SIP_PAGE_LIMIT: usize = 500;
+/// A list longer than this is taken for a server that never stops paging.
+const MAX_LIST_ITEMS: usize = 100_000;
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -171,12 +186,39 @@ struct Credentials {
 }
 
 impl Credentials {
-    fn token(&self, video: VideoGrants) -> Result<String, ApiError> {
-        AccessToken::with_api_key(&self.api_key, &self.api_secret)
-            .with_ttl(TOKEN_TTL)
-            .with_grants(video)
+    /// `[livekit]`'s API key and secret (which must be set).
+    fn from_config(config: &LiveKitConfig) -> Result<Credentials, ApiError> {
+        let secret = config
+            .api_secret
+            .as_ref()
+            .map(|s| s.expose())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::Config("livekit.api_secret is not set".into()))?;
+        Ok(Credentials {
+            api_key: config.api_key.clone(),
+            api_secret: secret.to_owned(),
+        })
+    }
+
+    fn mint(&self, grant: impl FnOnce(AccessToken) -> AccessToken) -> Result<String, ApiError> {
+        grant(AccessToken::with_api_key(&self.api_key, &self.api_secret).with_ttl(TOKEN_TTL))
             .to_jwt()
             .map_err(|e| ApiError::Token(e.to_string()))
+    }
+
+    fn token(&self, video: VideoGrants) -> Result<String, ApiError> {
+        self.mint(|t| t.with_grants(video))
+    }
+
+    /// What every `livekit.SIP` management method asks for (livekit-server's
+    /// `EnsureSIPAdminPermission`).
+    fn sip_admin_token(&self) -> Result<String, ApiError> {
+        self.mint(|t| {
+            t.with_sip_grants(SIPGrants {
+                admin: true,
+                call: false,
+            })
+        })
     }
 }
 
@@ -288,13 +330,10 @@ impl RoomServiceClient {
 
     /// For `[livekit]`: its URL, API key and secret (which must be set).
     pub fn from_config(config: &LiveKitConfig) -> Result<RoomServiceClient, ApiError> {
-        let secret = config
-            .api_secret
-            .as_ref()
-            .map(|s| s.expose())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ApiError::Config("livekit.api_secret is not set".into()))?;
-        RoomServiceClient::new(&config.url, &config.api_key, secret)
+        Ok(RoomServiceClient {
+            twirp: Twirp::new(&config.url, API_TIMEOUT)?,
+            credentials: Credentials::from_config(config)?,
+        })
     }
 
     /// Everyone in `room` (`RoomService.ListParticipants`; a room that does not exist has
@@ -316,6 +355,135 @@ impl RoomServiceClient {
             .call(Self::SERVICE, "ListParticipants", &token, &request)
             .await?;
         Ok(response.participants)
+    }
+}
+
+/// LiveKit's `SIP` service: the dispatch rules and inbound trunks configured in LiveKit, read
+/// whole (every page).
+#[derive(Clone)]
+pub struct SipClient {
+    twirp: Twirp,
+    credentials: Credentials,
+    /// Items asked for per page (`Pagination.limit`), at least 1.
+    page_limit: usize,
+}
+
+impl SipClient {
+    const SERVICE: &'static str = "livekit.SIP";
+
+    /// For the server at `url` (`ws(s)://` or `http(s)://`, as configured) and this API key.
+    pub fn new(url: &str, api_key: &str, api_secret: &str) -> Result<SipClient, ApiError> {
+        SipClient::with_page_limit(url, api_key, api_secret, SIP_PAGE_LIMIT)
+    }
+
+    /// For `[livekit]`: its URL, API key and secret (which must be set).
+    pub fn from_config(config: &LiveKitConfig) -> Result<SipClient, ApiError> {
+        Ok(SipClient {
+            twirp: Twirp::new(&config.url, API_TIMEOUT)?,
+            credentials: Credentials::from_config(config)?,
+            page_limit: SIP_PAGE_LIMIT,
+        })
+    }
+
+    /// [`SipClient::new`] asking for `page_limit` items a page, so that tests can page over
+    /// a few items.
+    #[doc(hidden)]
+    pub fn with_page_limit(
+        url: &str,
+        api_key: &str,
+        api_secret: &str,
+        page_limit: usize,
+    ) -> Result<SipClient, ApiError> {
+        Ok(SipClient {
+            twirp: Twirp::new(url, API_TIMEOUT)?,
+            credentials: Credentials {
+                api_key: api_key.to_owned(),
+                api_secret: api_secret.to_owned(),
+            },
+            page_limit: page_limit.clamp(1, i32::MAX as usize),
+        })
+    }
+
+    /// Every dispatch rule, sorted by id (`SIP.ListSIPDispatchRule`, page after page).
+    pub async fn list_dispatch_rules(&self) -> Result<Vec<proto::SipDispatchRuleInfo>, ApiError> {
+        self.list_all(
+            "ListSIPDispatchRule",
+            |page| proto::ListSipDispatchRuleRequest {
+                page: Some(page),
+                ..Default::default()
+            },
+            |resp: proto::ListSipDispatchRuleResponse| resp.items,
+            |rule| &rule.sip_dispatch_rule_id,
+        )
+        .await
+    }
+
+    /// Every inbound trunk, sorted by id (`SIP.ListSIPInboundTrunk`, page after page).
+    pub async fn list_inbound_trunks(&self) -> Result<Vec<proto::SipInboundTrunkInfo>, ApiError> {
+        self.list_all(
+            "ListSIPInboundTrunk",
+            |page| proto::ListSipInboundTrunkRequest {
+                page: Some(page),
+                ..Default::default()
+            },
+            |resp: proto::ListSipInboundTrunkResponse| resp.items,
+            |trunk| &trunk.sip_trunk_id,
+        )
+        .await
+    }
+
+    /// Call a list `method` from the first page until one comes back short, each page asked
+    /// for after the last id of the one before.
+    async fn list_all<Req, Resp, T>(
+        &self,
+        method: &str,
+        request: impl Fn(proto::Pagination) -> Req,
+        items: impl Fn(Resp) -> Vec<T>,
+        id: impl Fn(&T) -> &String,
+    ) -> Result<Vec<T>, ApiError>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
+        let limit = i32::try_from(self.page_limit).unwrap_or(i32::MAX);
+        let malformed = |reason: String| ApiError::Malformed {
+            method: method.to_owned(),
+            reason,
+        };
+        let mut all = Vec::new();
+        let mut after_id = String::new();
+        loop {
+            // One token a page: a long listing must not outlive the token's short life.
+            let token = self.credentials.sip_admin_token()?;
+            let page = proto::Pagination {
+                after_id: after_id.clone(),
+                limit,
+            };
+            let response: Resp = self
+                .twirp
+                .call(Self::SERVICE, method, &token, &request(page))
+                .await?;
+            let page = items(response);
+            let full = page.len() >= self.page_limit;
+            let last = page.last().map(|item| id(item).clone());
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+            if all.len() > MAX_LIST_ITEMS {
+                return Err(malformed(format!("more than {MAX_LIST_ITEMS} items")));
+            }
+            match last {
+                // Ids only grow from page to page; a server that ignores `after_id` would
+                // otherwise be asked for the same page forever.
+                Some(last) if last > after_id => after_id = last,
+                _ => {
+                    return Err(malformed(format!(
+                        "a full page that does not move past {after_id:?}"
+                    )))
+                }
+            }
+        }
     }
 }
 

@@ -26,6 +26,13 @@
 //! unmute needs [`EngineConfig::remote_unmute`]; a permission change reaches it as a
 //! `ParticipantUpdate` about itself.
 //!
+//! It also serves LiveKit's SIP service (module `sip_service`):
+//! `POST {http}/twirp/livekit.SIP/{Create,List}SIPInboundTrunk`, `GetSIPInboundTrunk`,
+//! `DeleteSIPTrunk` and `{Create,List,Delete}SIPDispatchRule`, with a token carrying the
+//! `sip.admin` grant ([`TestServer::sip_admin_token`]). Trunks and rules live in memory; tests
+//! can also create them directly, count requests ([`TestServer::sip_api_calls`]) and make the
+//! service unavailable, hang or slow ([`TestServer::set_sip_outage`]).
+//!
 //! How a client joins (what this server expects, in order, as LiveKit SDKs do it):
 //! 1. `GET {url}/rtc?access_token=JWT&protocol=16&auto_subscribe=1&sdk=..&version=..` upgraded
 //!    to a WebSocket (a bad token gets HTTP 401/400 and a text body instead). Binary frames
@@ -48,7 +55,7 @@
 //!    re-offer its publisher PC (ICE restart). An unknown `sid` gets `Leave{action: RECONNECT}`.
 //!
 //! Differences from the real server (livekit-server 1.11), short and honest:
-//! - Single node, in-process; no Redis, no webhooks, egress, ingress, SIP service or agents.
+//! - Single node, in-process; no Redis, no webhooks, egress, ingress, SIP bridge or agents.
 //! - Room service: only `ListParticipants`, `MutePublishedTrack` and `UpdateParticipant`; the
 //!   other RoomService methods answer `unimplemented` (rooms are created on first join;
 //!   `close_room`/`remove_participant` are test hooks). JSON responses use the proto field
@@ -58,6 +65,15 @@
 //!   its message bus). `UpdateParticipant` applies `can_publish`, `can_subscribe`,
 //!   `can_publish_data` and `can_update_metadata` of the permission and ignores its other
 //!   fields (sources, hidden, ...).
+//! - SIP service: inbound trunks and dispatch rules only (no outbound trunks, no legacy
+//!   `SIPTrunkInfo` trunks, no `Update*`, no `CreateSIPParticipant`/`TransferSIPParticipant`:
+//!   those answer `unimplemented`). `page.limit` caps each list answer, as the `Pagination`
+//!   message documents; livekit-server 1.11 pages through its store itself and answers every
+//!   item after `page.after_id` whatever the limit. Ids are `ST_`/`SDR_` and 12 random
+//!   characters like the real ones; lists are sorted by id, and `dispatch_rule_ids` that do not
+//!   exist are left out, as livekit-server does. A trunk's `headers`, `headers_to_attributes`
+//!   and `attributes_to_headers` are not checked (the real server refuses malformed header
+//!   names); no `created_at`/`updated_at`. Same JSON and request-body notes as the room service.
 //! - Audio only, Opus only (no RED, no DTX negotiation logic, no simulcast, no video, no
 //!   codec fallback); payloads are forwarded as received (str0m assigns the subscriber-side
 //!   SSRC, sequence numbers and payload type). No bandwidth estimation, no NACK/RTX, no
@@ -84,15 +100,18 @@ mod engine;
 mod peer;
 mod room_service;
 mod signal;
+mod sip_service;
 mod synthetic;
 mod token;
 mod turn;
+mod twirp;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use livekit_api::access_token::{AccessToken, VideoGrants};
+use livekit_api::access_token::{AccessToken, SIPGrants, VideoGrants};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -101,6 +120,7 @@ pub use engine::{EngineConfig, EngineStats, ParticipantCounters, ParticipantSnap
 pub use livekit_protocol as proto;
 pub use livekit_protocol::participant_info::{Kind as ParticipantKind, State as ParticipantState};
 pub use room_service::RoomServiceError;
+pub use sip_service::{SipOutage, SipServiceError};
 pub use synthetic::{Signal, FRAME_SAMPLES, SAMPLE_RATE};
 pub use token::TokenError;
 pub use turn::{TurnStats, REALM_NAME as TURN_REALM};
@@ -121,6 +141,8 @@ pub enum ServerError {
     Token(String),
     #[error(transparent)]
     RoomService(#[from] RoomServiceError),
+    #[error(transparent)]
+    SipService(#[from] SipServiceError),
 }
 
 /// Where and how to run the server.
@@ -165,10 +187,13 @@ pub struct TestServer {
     tasks: Vec<JoinHandle<()>>,
     turn: Option<turn::TurnServer>,
     ice_servers: Vec<proto::IceServer>,
+    sip: sip_service::SipShared,
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // Requests held by a `Hang` outage are let go, so their tasks end.
+        self.sip.set_outage(None);
         let _ = self.cmd.send(Command::Shutdown);
         for t in &self.tasks {
             t.abort();
@@ -216,7 +241,13 @@ impl TestServer {
                 })
             })?;
         let tokens = token::TokenCheck::new(&opts.api_key, &opts.api_secret);
-        let tasks = vec![tokio::spawn(signal::serve(listener, tokens, cmd.clone()))];
+        let sip = sip_service::SipShared::new();
+        let tasks = vec![tokio::spawn(signal::serve(
+            listener,
+            tokens,
+            cmd.clone(),
+            sip.clone(),
+        ))];
         Ok(TestServer {
             url: format!("ws://{http_addr}"),
             http_addr,
@@ -227,6 +258,7 @@ impl TestServer {
             tasks,
             turn,
             ice_servers,
+            sip,
         })
     }
 
@@ -249,7 +281,8 @@ impl TestServer {
         self.http_addr
     }
 
-    /// `http://127.0.0.1:PORT`: where the room service's Twirp paths (`/twirp/...`) are.
+    /// `http://127.0.0.1:PORT`: where the Twirp paths (`/twirp/...`) of the room and SIP
+    /// services are.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http_addr)
     }
@@ -284,6 +317,58 @@ impl TestServer {
             })
             .to_jwt()
             .map_err(|e| ServerError::Token(e.to_string()))
+    }
+
+    /// A token for the SIP service (`sip.admin`), valid 10 minutes.
+    pub fn sip_admin_token(&self) -> Result<String, ServerError> {
+        AccessToken::with_api_key(&self.api_key, &self.api_secret)
+            .with_ttl(Duration::from_secs(600))
+            .with_sip_grants(SIPGrants {
+                admin: true,
+                call: false,
+            })
+            .to_jwt()
+            .map_err(|e| ServerError::Token(e.to_string()))
+    }
+
+    /// Requests that reached `/twirp/livekit.SIP/<Method>` since start, by method, whatever
+    /// their answer (refused, unavailable, malformed ones included); hooks are not counted.
+    pub fn sip_api_calls(&self) -> BTreeMap<String, u64> {
+        self.sip.calls()
+    }
+
+    /// Make the SIP service misbehave (`None`: behave). Ending a `Hang` answers the requests
+    /// it held.
+    pub fn set_sip_outage(&self, outage: Option<SipOutage>) {
+        self.sip.set_outage(outage);
+    }
+
+    /// What `SIP.CreateSIPInboundTrunk` does, without HTTP: the trunk is checked as the
+    /// service checks it and stored under a new `ST_` id.
+    pub fn create_sip_inbound_trunk(
+        &self,
+        trunk: proto::SipInboundTrunkInfo,
+    ) -> Result<proto::SipInboundTrunkInfo, ServerError> {
+        Ok(self.sip.create_inbound_trunk(trunk)?)
+    }
+
+    /// What `SIP.CreateSIPDispatchRule{dispatch_rule}` does, without HTTP: the rule is
+    /// checked against the others and stored under a new `SDR_` id.
+    pub fn create_sip_dispatch_rule(
+        &self,
+        rule: proto::SipDispatchRuleInfo,
+    ) -> Result<proto::SipDispatchRuleInfo, ServerError> {
+        Ok(self.sip.create_dispatch_rule(rule)?)
+    }
+
+    /// Every inbound trunk, by id.
+    pub fn sip_inbound_trunks(&self) -> Vec<proto::SipInboundTrunkInfo> {
+        self.sip.inbound_trunks()
+    }
+
+    /// Every dispatch rule, by id.
+    pub fn sip_dispatch_rules(&self) -> Vec<proto::SipDispatchRuleInfo> {
+        self.sip.dispatch_rules()
     }
 
     async fn ask<T>(

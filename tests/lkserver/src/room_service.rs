@@ -1,43 +1,17 @@
-//! LiveKit's `RoomService` (livekit_room.proto) over Twirp, on the same HTTP listener as
-//! `/rtc`: `POST /twirp/livekit.RoomService/<Method>` with a JSON (`application/json`) or
-//! protobuf (`application/protobuf`) body, answered in the same encoding.
-//!
-//! ```text
-//!  POST /twirp/livekit.RoomService/M ──► body limit ─► API-key check ─► route, Content-Type
-//!      (Authorization: Bearer JWT)        (413 text)    (401 text)       (bad_route)
-//!                                       ─► decode ─► roomAdmin for that room ─► engine Command
-//!                                         (malformed)  (unauthenticated)        (not_found, ...)
-//! ```
-//!
-//! The order and the answers are livekit-server's: its request-body limiter and API-key
-//! middleware answer in plain text before Twirp sees the request; everything after is a Twirp
-//! error, JSON `{"code", "msg"}` with the status the Twirp spec gives the code. A missing or
-//! insufficient grant is `unauthenticated` ("permissions denied"), not `permission_denied`:
-//! livekit-server wraps every grant failure that way (`twirpAuthError`).
+//! LiveKit's `RoomService` (livekit_room.proto), served over Twirp (module `twirp`):
+//! `POST /twirp/livekit.RoomService/<Method>`. Every method needs a token with `roomAdmin` for
+//! the room it names; its work is done by the engine task, asked with a `Command`.
 //!
 //! Served: `ListParticipants`, `MutePublishedTrack`, `UpdateParticipant`. The other
 //! RoomService methods answer `unimplemented`.
 
-use std::time::Duration;
-
 use livekit_protocol as proto;
-use prost::Message;
-use serde_json::Value;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::Command;
-use crate::signal::{write_response, Head};
-use crate::token::TokenCheck;
+use crate::twirp::{Answer, Call, Code, TwirpError};
 
-/// Twirp's default route prefix.
-pub(crate) const PATH_PREFIX: &str = "/twirp/";
-const SERVICE: &str = "livekit.RoomService";
-/// livekit-server's `limit.max_api_request_body_size` default (10 MiB).
-const MAX_BODY: usize = 10 << 20;
-/// A client that has not sent its whole body by then is dropped.
-const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SERVICE: &str = "livekit.RoomService";
 /// RoomService methods this server does not serve (livekit_room.proto).
 const UNSERVED: &[&str] = &[
     "CreateRoom",
@@ -52,8 +26,6 @@ const UNSERVED: &[&str] = &[
     "MoveParticipant",
     "PerformRpc",
 ];
-/// Map-valued fields of the messages served: their keys are data, not field names.
-const MAP_FIELDS: &[&str] = &["attributes"];
 
 /// Why the engine refused a room service request; the text is livekit-server's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,253 +50,24 @@ impl RoomServiceError {
     }
 }
 
-/// The Twirp error codes this server answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Code {
-    BadRoute,
-    Malformed,
-    Unauthenticated,
-    NotFound,
-    FailedPrecondition,
-    Unimplemented,
-    Internal,
-}
-
-impl Code {
-    fn as_str(self) -> &'static str {
-        match self {
-            Code::BadRoute => "bad_route",
-            Code::Malformed => "malformed",
-            Code::Unauthenticated => "unauthenticated",
-            Code::NotFound => "not_found",
-            Code::FailedPrecondition => "failed_precondition",
-            Code::Unimplemented => "unimplemented",
-            Code::Internal => "internal",
-        }
-    }
-
-    /// The HTTP status the Twirp spec gives each code.
-    fn http_status(self) -> u16 {
-        match self {
-            Code::BadRoute | Code::NotFound => 404,
-            Code::Malformed => 400,
-            Code::Unauthenticated => 401,
-            Code::FailedPrecondition => 412,
-            Code::Unimplemented => 501,
-            Code::Internal => 500,
-        }
-    }
-}
-
-/// One Twirp error response.
-#[derive(Debug)]
-struct TwirpError {
-    code: Code,
-    msg: String,
-    /// `twirp_invalid_route` for `bad_route`.
-    route: Option<String>,
-}
-
-impl TwirpError {
-    fn new(code: Code, msg: impl Into<String>) -> Self {
-        Self {
-            code,
-            msg: msg.into(),
-            route: None,
-        }
-    }
-
-    fn bad_route(msg: String, head: &Head) -> Self {
-        Self {
-            code: Code::BadRoute,
-            msg,
-            route: Some(format!("{} {}", head.method, head.path)),
-        }
-    }
-
-    fn body(&self) -> Vec<u8> {
-        let mut v = serde_json::json!({ "code": self.code.as_str(), "msg": self.msg });
-        if let (Some(route), Some(obj)) = (&self.route, v.as_object_mut()) {
-            obj.insert(
-                "meta".into(),
-                serde_json::json!({ "twirp_invalid_route": route }),
-            );
-        }
-        v.to_string().into_bytes()
-    }
-}
-
 impl From<RoomServiceError> for TwirpError {
     fn from(e: RoomServiceError) -> Self {
         TwirpError::new(e.code(), e.to_string())
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Json,
-    Protobuf,
-}
-
-impl Encoding {
-    /// Twirp ignores parameters (`; charset=utf-8`) and case.
-    fn from_content_type(ct: &str) -> Option<Self> {
-        let media = ct.split(';').next().unwrap_or_default().trim();
-        if media.eq_ignore_ascii_case("application/json") {
-            Some(Encoding::Json)
-        } else if media.eq_ignore_ascii_case("application/protobuf") {
-            Some(Encoding::Protobuf)
-        } else {
-            None
-        }
-    }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Json => "application/json",
-            Encoding::Protobuf => "application/protobuf",
-        }
-    }
-
-    fn decode<T>(self, body: &[u8]) -> Result<T, TwirpError>
-    where
-        T: Message + Default + serde::de::DeserializeOwned,
-    {
-        match self {
-            Encoding::Json => serde_json::from_slice(body).map_err(|e| {
-                TwirpError::new(
-                    Code::Malformed,
-                    format!("the json request could not be decoded: {e}"),
-                )
-            }),
-            Encoding::Protobuf => T::decode(body).map_err(|_| {
-                TwirpError::new(Code::Malformed, "the protobuf request could not be decoded")
-            }),
-        }
-    }
-
-    fn encode<T: Message + serde::Serialize>(self, msg: &T) -> Result<Vec<u8>, TwirpError> {
-        match self {
-            Encoding::Json => serde_json::to_value(msg)
-                .map(|v| proto_names(v).to_string().into_bytes())
-                .map_err(|e| TwirpError::new(Code::Internal, e.to_string())),
-            Encoding::Protobuf => Ok(msg.encode_to_vec()),
-        }
-    }
-}
-
-/// livekit-protocol's serde impls write protojson's lowerCamelCase names; Twirp servers write
-/// the original proto field names (`UseProtoNames`). Readers accept both.
-fn proto_names(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| {
-                    let v = if MAP_FIELDS.contains(&k.as_str()) {
-                        v
-                    } else {
-                        proto_names(v)
-                    };
-                    (snake_case(&k), v)
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(proto_names).collect()),
-        other => other,
-    }
-}
-
-fn snake_case(camel: &str) -> String {
-    let mut out = String::with_capacity(camel.len() + 4);
-    for c in camel.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Answer one request on `stream` (whose head has been peeked, not read) and close it.
-pub(crate) async fn serve(
-    mut stream: TcpStream,
-    head: Head,
-    tokens: &TokenCheck,
-    engine: &mpsc::UnboundedSender<Command>,
-) -> std::io::Result<()> {
-    let text = "text/plain; charset=utf-8";
-    let declared = head.content_length.unwrap_or(0);
-    if declared > MAX_BODY {
-        return write_response(&mut stream, 413, text, b"request body too large").await;
-    }
-    // The whole request is read before any answer: closing a socket with unread bytes would
-    // reset the connection under the response.
-    let mut request = vec![0u8; head.len + declared];
-    tokio::time::timeout(BODY_TIMEOUT, stream.read_exact(&mut request))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request body"))??;
-    let body = request.get(head.len..).unwrap_or_default();
-
-    // livekit-server's API-key middleware: a bad token never reaches Twirp.
-    let claims = match (&head.authorization, &head.bearer) {
-        (Some(_), None) => {
-            let msg = "invalid authorization header. Must start with Bearer ";
-            return write_response(&mut stream, 401, text, msg.as_bytes()).await;
-        }
-        (_, bearer) => match bearer.as_deref().or_else(|| head.param("access_token")) {
-            Some(token) if !token.is_empty() => match tokens.verify(token) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    let msg = format!("invalid authorization token: {e}");
-                    return write_response(&mut stream, 401, text, msg.as_bytes()).await;
-                }
-            },
-            _ => None,
-        },
-    };
-
-    let (status, content_type, out) = match route(&head, body, claims.as_ref(), engine).await {
-        Ok((enc, out)) => (200, enc.content_type(), out),
-        Err(e) => {
-            tracing::debug!(path = %head.path, code = e.code.as_str(), "room service: {}", e.msg);
-            (e.code.http_status(), "application/json", e.body())
-        }
-    };
-    write_response(&mut stream, status, content_type, &out).await
-}
-
-/// Twirp's routing, then the method.
-async fn route(
-    head: &Head,
-    body: &[u8],
-    claims: Option<&livekit_api::access_token::Claims>,
-    engine: &mpsc::UnboundedSender<Command>,
-) -> Result<(Encoding, Vec<u8>), TwirpError> {
-    if head.method != "POST" {
-        let msg = format!(
-            "unsupported method {:?} (only POST is allowed)",
-            head.method
-        );
-        return Err(TwirpError::bad_route(msg, head));
-    }
-    let no_handler = || TwirpError::bad_route(format!("no handler for path {:?}", head.path), head);
-    let (service, method) = head
-        .path
-        .strip_prefix(PATH_PREFIX)
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(no_handler)?;
-    if service != SERVICE {
-        return Err(no_handler());
-    }
-    let ct = head.content_type.as_deref().unwrap_or_default();
-    let enc = Encoding::from_content_type(ct)
-        .ok_or_else(|| TwirpError::bad_route(format!("unexpected Content-Type: {ct:?}"), head))?;
+/// `method` of the room service, or `None` if there is no such method.
+pub(crate) async fn call(call: Call<'_>, engine: &mpsc::UnboundedSender<Command>) -> Answer {
+    let Call {
+        method,
+        encoding: enc,
+        body,
+        claims,
+    } = call;
     let admin = |room: &str| -> Result<(), TwirpError> {
         match claims {
             Some(c) if c.video.room_admin && c.video.room == room => Ok(()),
-            _ => Err(TwirpError::new(Code::Unauthenticated, "permissions denied")),
+            _ => Err(TwirpError::permissions_denied()),
         }
     };
     let out = match method {
@@ -364,9 +107,9 @@ async fn route(
                 format!("{SERVICE}.{m} is not served by this test server"),
             ))
         }
-        _ => return Err(no_handler()),
+        _ => return Ok(None),
     };
-    Ok((enc, out))
+    Ok(Some(out))
 }
 
 async fn ask<T>(
@@ -384,54 +127,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_is_written_with_proto_field_names_but_attribute_keys_kept() {
-        let info = proto::ParticipantInfo {
-            identity: "sip_1".into(),
-            joined_at_ms: 5,
-            is_publisher: true,
-            attributes: [("sip.callID".to_owned(), "x".to_owned())].into(),
-            ..Default::default()
-        };
-        let out = Encoding::Json.encode(&info).unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["joined_at_ms"], "5");
-        assert_eq!(v["is_publisher"], true);
-        assert_eq!(v["attributes"]["sip.callID"], "x");
-        // What a Twirp server writes, livekit-protocol reads back.
-        let back: proto::ParticipantInfo = Encoding::Json.decode(&out).unwrap();
-        assert_eq!(back, info);
-    }
-
-    #[test]
-    fn both_json_spellings_of_a_request_are_read() {
-        let a: proto::MuteRoomTrackRequest = Encoding::Json
-            .decode(br#"{"room":"r","identity":"i","track_sid":"TR_1","muted":true}"#)
-            .unwrap();
-        let b: proto::MuteRoomTrackRequest = Encoding::Json
-            .decode(br#"{"room":"r","identity":"i","trackSid":"TR_1","muted":true}"#)
-            .unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.track_sid, "TR_1");
-    }
-
-    #[test]
-    fn content_type_parameters_and_case_are_ignored() {
-        assert_eq!(
-            Encoding::from_content_type("Application/JSON; charset=utf-8"),
-            Some(Encoding::Json)
-        );
-        assert_eq!(
-            Encoding::from_content_type("application/protobuf"),
-            Some(Encoding::Protobuf)
-        );
-        assert_eq!(Encoding::from_content_type("text/plain"), None);
-    }
-
-    #[test]
-    fn error_codes_carry_the_twirp_spec_status() {
+    fn refusals_carry_livekit_server_codes() {
         let e = TwirpError::from(RoomServiceError::RemoteUnmuteDisabled);
         assert_eq!(e.code.http_status(), 412);
-        let v: Value = serde_json::from_slice(&e.body()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(v["code"], "failed_precondition");
         assert_eq!(v["msg"], "remote unmute not enabled");
         assert_eq!(

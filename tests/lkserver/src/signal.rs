@@ -1,5 +1,5 @@
 //! The HTTP side: `GET /rtc/validate`, the `/rtc` WebSocket and `POST /twirp/...` (handed to
-//! module `room_service`). The request head is read (peeked) first so that a bad token is
+//! module `twirp`). The request head is read (peeked) first so that a bad token is
 //! refused with a plain HTTP status and a text body before any upgrade, as livekit-server does;
 //! an accepted `/rtc` connection then carries binary protobuf `SignalRequest`/`SignalResponse`
 //! frames (livekit_rtc.proto) between the client and the engine task.
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::engine::{Command, ConnId, JoinParams, WsOut};
+use crate::sip_service::SipShared;
 use crate::token::{TokenCheck, TokenError};
 
 /// Largest request head accepted (headers of a browser upgrade are ~1 KiB).
@@ -26,6 +27,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tokens: TokenCheck,
     engine: mpsc::UnboundedSender<Command>,
+    sip: SipShared,
 ) {
     let mut next_conn = 1u64;
     loop {
@@ -37,8 +39,9 @@ pub(crate) async fn serve(
         next_conn += 1;
         let tokens = tokens.clone();
         let engine = engine.clone();
+        let sip = sip.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, conn, tokens, engine).await {
+            if let Err(e) = handle(stream, conn, tokens, engine, sip).await {
                 tracing::debug!("http connection: {e}");
             }
         });
@@ -192,6 +195,7 @@ pub(crate) async fn write_response(
         413 => "Payload Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let head = format!(
@@ -208,6 +212,7 @@ async fn handle(
     conn: ConnId,
     tokens: TokenCheck,
     engine: mpsc::UnboundedSender<Command>,
+    sip: SipShared,
 ) -> std::io::Result<()> {
     let Some(head) = read_head(&mut stream).await? else {
         return Ok(());
@@ -217,8 +222,8 @@ async fn handle(
         .map(str::to_owned)
         .or_else(|| head.bearer.clone());
     let checked = || tokens.check(token.as_deref(), head.param("room"));
-    if head.path.starts_with(crate::room_service::PATH_PREFIX) {
-        return crate::room_service::serve(stream, head, &tokens, &engine).await;
+    if head.path.starts_with(crate::twirp::PATH_PREFIX) {
+        return crate::twirp::serve(stream, head, &tokens, &engine, &sip).await;
     }
     match head.path.as_str() {
         "/rtc/validate" => match checked() {

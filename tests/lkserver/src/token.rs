@@ -3,7 +3,7 @@
 //! typed [`JoinGrant`] or refused with a [`TokenError`] that becomes an HTTP 401 body, before
 //! any WebSocket upgrade, as LiveKit's auth middleware and `RTCService.validate` do. The room
 //! service's requests are verified the same way ([`TokenCheck::verify`]) and their grants
-//! checked per method (module `room_service`).
+//! checked per method (modules `room_service` and `sip_service`).
 
 use std::collections::HashMap;
 
