@@ -8,6 +8,7 @@
 //! the CLI exist to hand PINs out; never serialise one into a log line.
 
 pub mod guard;
+pub mod http;
 pub mod source;
 
 use std::fmt;
