@@ -832,6 +832,15 @@ pub struct TrunkConfig {
     /// Cues a phone caller hears when others join or leave.
     #[serde(default)]
     pub announce: Announce,
+    /// Participant attributes every call of the trunk gets.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// INVITE headers copied into participant attributes: header name → attribute.
+    #[serde(default)]
+    pub headers_to_attributes: std::collections::BTreeMap<String, String>,
+    /// Calling numbers allowed (E.164-normalised); empty allows any.
+    #[serde(default)]
+    pub allowed_callers: Vec<CalledNumber>,
 }
 
 /// `[pins]`: the PIN sources, tried in order (the first that knows the PIN wins).
@@ -1309,10 +1318,10 @@ impl Config {
         within("limits.drain_timeout_s", self.limits.drain_timeout_s, 0, 86_400)?;
         within("store.max_connections", u64::from(self.store.max_connections), 1, 1_000)?;
 
-        if self.trunks.is_empty() {
+        if self.trunks.is_empty() && self.trunk_source.source == TrunkSource::Config {
             return Err(ConfigError::invalid(
                 "trunk",
-                "at least one [[trunk]] is needed, or no call can be accepted",
+                "at least one [[trunk]] is needed, or no call can be accepted (or trunks.source = \"livekit\")",
             ));
         }
         let mut namespace_lengths: HashMap<&PinNamespace, (usize, usize)> = HashMap::new();

@@ -91,6 +91,10 @@ pub struct JoinRequest {
     /// Unique per call.
     pub identity: String,
     pub name: String,
+    /// The participant's metadata (a PIN source's), if any.
+    pub metadata: Option<String>,
+    /// LiveKit: how the room is created if this participant is its first.
+    pub room_config: Option<livekit_protocol::RoomConfiguration>,
     /// `sip.*` attributes (LiveKit conventions); `local` keeps them for listing only.
     pub attributes: BTreeMap<String, String>,
     /// The caller's PCM rate (8000 for G.711, 16000 for G.722 and Opus). A backend that

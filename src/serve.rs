@@ -18,10 +18,11 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminToken, AppState, Readiness};
 use crate::call::registry::CallRegistry;
-use crate::config::{redact_url, Config};
+use crate::config::{redact_url, Config, TrunkSource};
 use crate::ops::metrics::Metrics;
 use crate::ops::overload::OverloadMonitor;
 use crate::pins::guard::{PinGuard, NUMBER_KEY_SECRET};
+use crate::pins::source::{PinSource, PinSources, SourceKind, StoreSource};
 use crate::privacy::NumberKey;
 use crate::store::Store;
 use crate::ingress::trunk::{SharedTrunkTable, SourceRateLimiter, TrunkFailureAlarm, TrunkId, TrunkTable};
@@ -61,13 +62,16 @@ impl Services {
                 .await
                 .context("reading the number-hash secret from the store")?,
         };
-        let guard = Arc::new(PinGuard::new(
-            store.clone(),
-            NumberKey::from_secret(&secret),
-            config.security.pin_guard.policy(),
-            config.security.lockout.clone(),
-            std::time::Duration::from_secs(config.security.pin_guard.trusted_for_s),
-        ));
+        let guard = Arc::new(
+            PinGuard::new(
+                store.clone(),
+                NumberKey::from_secret(&secret),
+                config.security.pin_guard.policy(),
+                config.security.lockout.clone(),
+                std::time::Duration::from_secs(config.security.pin_guard.trusted_for_s),
+            )
+            .with_sources(pin_sources(config, &store)?),
+        );
         let node = config.store.node_name(&config.sip);
         match store.close_interrupted_records(&node, chrono::Utc::now()).await {
             Ok(0) => {}
@@ -83,8 +87,12 @@ impl Services {
             guard,
             admin_token: Arc::new(std::sync::RwLock::new(AdminToken::new(config.admin.token()))),
             store,
+            // LiveKit's trunks are read once the gateway runs (`sync_livekit_trunks`).
             trunks: Arc::new(SharedTrunkTable::new(TrunkTable::new(
-                config.trunks.clone(),
+                match config.trunk_source.source {
+                    TrunkSource::Config => config.trunks.clone(),
+                    TrunkSource::Livekit => Vec::new(),
+                },
             ))),
             calls: CallRegistry::new(),
             metrics: Arc::new(Metrics::new()),
@@ -99,6 +107,47 @@ impl Services {
                 SourceRateLimiter::DEFAULT_MAX_SOURCES,
             )),
         })
+    }
+
+    /// Starts reading LiveKit's inbound trunks into the trunk table when `[trunks] source =
+    /// "livekit"`; the first read is waited for (a few seconds at most) so that the first
+    /// calls find their trunk.
+    pub async fn sync_livekit_trunks(
+        &self,
+        config: &Config,
+    ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        if config.trunk_source.source != TrunkSource::Livekit {
+            return Ok(None);
+        }
+        let lk = &config.livekit;
+        let secret = lk
+            .api_secret
+            .as_ref()
+            .map(|s| s.expose())
+            .unwrap_or_default();
+        let client = crate::room::livekit::api::SipClient::new(&lk.url, &lk.api_key, secret)
+            .map_err(|e| anyhow::anyhow!("trunks.source = \"livekit\": {e}"))?;
+        let reader: Arc<dyn crate::ingress::livekit_trunks::TrunkReader> = Arc::new(client);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), reader.read()).await {
+            Ok(Ok(infos)) => {
+                let table = crate::ingress::livekit_trunks::table(&infos, &config.trunks);
+                tracing::info!(trunks = table.len(), "LiveKit inbound trunks read");
+                self.trunks.replace(table);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "LiveKit inbound trunks could not be read at start; retrying")
+            }
+            Err(_) => {
+                tracing::error!("LiveKit inbound trunks: no answer within 10 s at start; retrying")
+            }
+        }
+        let every = std::time::Duration::from_secs(config.trunk_source.refresh_s);
+        let shared = Arc::clone(&self.trunks);
+        let overrides = config.trunks.clone();
+        Ok(Some(tokio::spawn(async move {
+            tokio::time::sleep(every).await;
+            crate::ingress::livekit_trunks::keep_in_sync(reader, overrides, shared, every).await;
+        })))
     }
 
     /// A caller on `trunk` keyed a PIN that was refused (unknown, revoked, out of its
@@ -130,6 +179,42 @@ impl Services {
     }
 }
 
+/// The PIN sources of `[pins] sources`, in order.
+fn pin_sources(config: &Config, store: &Store) -> anyhow::Result<PinSources> {
+    let mut list: Vec<Arc<dyn PinSource>> = Vec::new();
+    for kind in &config.pins.sources {
+        match kind {
+            SourceKind::Store => list.push(Arc::new(StoreSource(store.clone()))),
+            SourceKind::Livekit => {
+                let lk = &config.livekit;
+                let secret = lk
+                    .api_secret
+                    .as_ref()
+                    .map(|s| s.expose())
+                    .unwrap_or_default();
+                let client =
+                    crate::room::livekit::api::SipClient::new(&lk.url, &lk.api_key, secret)
+                        .map_err(|e| anyhow::anyhow!("pins.sources \"livekit\": {e}"))?;
+                list.push(Arc::new(crate::pins::livekit::DispatchRules::new(
+                    Arc::new(client),
+                    std::time::Duration::from_secs(config.pins.livekit.refresh_s),
+                    std::time::Duration::from_secs(config.pins.livekit.miss_refresh_s),
+                )));
+            }
+            SourceKind::Http => {
+                let http =
+                    config.pins.http.as_ref().ok_or_else(|| {
+                        anyhow::anyhow!("pins.http is required for the http source")
+                    })?;
+                let source = crate::pins::http::HttpSource::new(http)
+                    .map_err(|e| anyhow::anyhow!("pins.http: {e}"))?;
+                list.push(Arc::new(source));
+            }
+        }
+    }
+    Ok(PinSources::new(list))
+}
+
 /// Runs the gateway until SIGTERM or Ctrl-C. `config_path` is re-read on SIGHUP.
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
@@ -155,6 +240,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         },
     ));
 
+    let trunk_task = services.sync_livekit_trunks(&config).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sip = start_sip(&config, &services, shutdown_rx).await?;
     services.readiness.set_transports_bound(true);
@@ -175,6 +261,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     overload_task.abort();
     store_task.abort();
+    if let Some(t) = trunk_task {
+        t.abort();
+    }
     services.store.close().await;
     Ok(())
 }
@@ -467,7 +556,9 @@ pub fn reload(services: &Services, config_path: &std::path::Path, current: &Conf
         }
     };
     let n = config.trunks.len();
-    services.trunks.replace(TrunkTable::new(config.trunks.clone()));
+    if config.trunk_source.source == TrunkSource::Config {
+        services.trunks.replace(TrunkTable::new(config.trunks.clone()));
+    }
     let token_changed = config.admin.token() != current.admin.token();
     if token_changed {
         *services
@@ -497,7 +588,14 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
         serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
     }
     let mut out = Vec::new();
-    let sections: [(&'static str, bool); 11] = [
+    let sections: [(&'static str, bool); 14] = [
+        ("pins", differs(&current.pins, &next.pins)),
+        ("trunks", differs(&current.trunk_source, &next.trunk_source)),
+        (
+            "trunk (LiveKit trunks' settings)",
+            current.trunk_source.source == TrunkSource::Livekit
+                && differs(&current.trunks, &next.trunks),
+        ),
         ("sip", differs(&current.sip, &next.sip)),
         ("media", differs(&current.media, &next.media)),
         ("ivr", differs(&current.ivr, &next.ivr)),

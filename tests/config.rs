@@ -202,8 +202,14 @@ fn trunk_without_allowed_addresses_is_refused() {
     );
     assert_eq!(
         error_key("[admin]\ntoken = \"t\"\n[[trunk]]\nid = \"a\"\n"),
-        "trunk[0]"
+        "trunk[0].allowed_addresses",
+        "a trunk of the file needs its networks (a LiveKit trunk brings its own)"
     );
+    // With LiveKit's trunks, a [[trunk]] only sets dialin's settings for one of them.
+    assert!(parse(
+        "[admin]\ntoken = \"t\"\n[livekit]\napi_secret = \"s\"\n[trunks]\nsource = \"livekit\"\n[[trunk]]\nid = \"ST_abc\"\nlanguage = \"fr\"\n"
+    )
+    .is_ok());
 }
 
 #[test]
@@ -506,5 +512,48 @@ fn the_livekit_host_rule_is_checked() {
     assert_eq!(
         error_key(&format!("[livekit]\nhost = \"everyone\"\n{MINIMAL}")),
         "livekit.host"
+    );
+}
+
+#[test]
+fn pin_sources_are_checked() {
+    let ok = parse(&format!(
+        "[pins]\nsources = [\"store\", \"http\"]\n[pins.http]\nurl = \"https://meet.example/resolve\"\nsecret = \"0123456789abcdef\"\n{MINIMAL}"
+    ))
+    .expect("valid");
+    assert_eq!(ok.pins.sources.len(), 2);
+    assert_eq!(
+        error_key(&format!("[pins]\nsources = [\"http\"]\n{MINIMAL}")),
+        "pins.http",
+        "http needs its table"
+    );
+    assert_eq!(
+        error_key(&format!("[pins]\nsources = [\"http\"]\n[pins.http]\nurl = \"https://meet.example/r\"\nsecret = \"short\"\n{MINIMAL}")),
+        "pins.http.secret",
+        "a signing secret of 16 characters at least"
+    );
+    assert_eq!(
+        error_key(&format!("[pins]\nsources = [\"http\"]\n[pins.http]\nurl = \"ftp://x/y\"\nformat = \"jitsi-mapper\"\n{MINIMAL}")),
+        "pins.http.url"
+    );
+    assert_eq!(error_key(&format!("[pins]\nsources = []\n{MINIMAL}")), "pins.sources");
+    assert_eq!(
+        error_key(&format!("[pins]\nsources = [\"store\", \"store\"]\n{MINIMAL}")),
+        "pins.sources[1]"
+    );
+    assert_eq!(
+        error_key(&format!("[pins]\nsources = [\"livekit\"]\n{MINIMAL}")),
+        "livekit.api_secret",
+        "LiveKit's rules need LiveKit's key"
+    );
+    let env = |name: &str| (name == "DIALIN_PINS_HTTP_SECRET").then(|| "from-the-environment-0123".to_owned());
+    let from_env = Config::parse(
+        &format!("[pins]\nsources = [\"http\"]\n[pins.http]\nurl = \"https://meet.example/r\"\n{MINIMAL}"),
+        env,
+    )
+    .expect("the secret from the environment");
+    assert_eq!(
+        from_env.pins.http.and_then(|h| h.secret).map(|s| s.expose().to_owned()),
+        Some("from-the-environment-0123".to_owned())
     );
 }

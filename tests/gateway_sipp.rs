@@ -99,6 +99,11 @@ fn scenario(steps: &[Step]) -> Option<String> {
 
 /// Starts SIPp calling the gateway with `steps`; `None` when SIPp or its captures are missing.
 fn start_sipp(gw: &Gateway, steps: &[Step]) -> Option<SippProcess> {
+    start_sipp_to(gw, steps, "1000")
+}
+
+/// [`start_sipp`] dialling `number`.
+fn start_sipp_to(gw: &Gateway, steps: &[Step], number: &str) -> Option<SippProcess> {
     let bin = sipp::sipp_or_skip()?;
     let xml = scenario(steps)?;
     let dir = ScratchDir::new("gw-sipp").expect("scratch dir");
@@ -118,7 +123,7 @@ fn start_sipp(gw: &Gateway, steps: &[Step]) -> Option<SippProcess> {
         "-m".into(),
         "1".into(),
         "-s".into(),
-        "1000".into(),
+        number.into(),
         "-mi".into(),
         "127.0.0.1".into(),
         "-mp".into(),
@@ -478,3 +483,279 @@ const AWAIT_BYE: &str = r#"  <recv request="BYE" timeout="LIMIT_MS"/>
     ]]>
   </send>
 "#;
+
+/// The steps of a caller keying [`PIN_CALL`] and staying five seconds.
+const PIN_CALL: &str = "1023456789";
+
+fn pin_call_steps() -> [Step; 4] {
+    [
+        Step::Pause(SECOND),
+        Step::Keys("1023456789#"),
+        Step::Pause(5 * SECOND),
+        Step::Bye,
+    ]
+}
+
+const LK_SECRET: &str = "sipp-livekit-sources-secret";
+
+/// `[rooms]` and `[livekit]` for the test server, plus `extra` tables.
+fn livekit_tables(server: &dialin_lkserver::TestServer, extra: &str) -> String {
+    format!(
+        "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{}\"\napi_key = \"devkey\"\napi_secret = \"{LK_SECRET}\"\n\n{extra}",
+        server.url()
+    )
+}
+
+/// A Twirp call to the test server's SIP service, in JSON, as a meeting app makes it.
+async fn sip_api(
+    server: &dialin_lkserver::TestServer,
+    method: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let token = server.sip_admin_token().expect("token");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/twirp/livekit.SIP/{method}", server.http_url()))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("the SIP API answers");
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(status, 200, "{method}: {v}");
+    v
+}
+
+/// An app provisions a trunk for its number and a direct dispatch rule with a PIN, only
+/// through LiveKit's SIP API; dialin reads both, and a SIPp caller to that number keying the
+/// PIN is in the rule's room with the rule's attributes and metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_caller_to_a_livekit_provisioned_trunk_keys_a_dispatch_rule_pin_and_joins_its_room() {
+    let server = dialin_lkserver::TestServer::start("devkey", LK_SECRET)
+        .await
+        .expect("LiveKit test server");
+    let trunk = sip_api(
+        &server,
+        "CreateSIPInboundTrunk",
+        serde_json::json!({ "trunk": {
+            "name": "carrier",
+            "numbers": ["+33123456789"],
+            "allowed_addresses": ["127.0.0.0/8"],
+        }}),
+    )
+    .await;
+    let trunk_id = trunk["sip_trunk_id"].as_str().expect("trunk id").to_owned();
+    sip_api(
+        &server,
+        "CreateSIPDispatchRule",
+        serde_json::json!({ "dispatch_rule": {
+            "rule": { "dispatch_rule_direct": { "room_name": "meet-abc", "pin": PIN_CALL } },
+            "trunk_ids": [trunk_id],
+            "name": "meet-abc",
+            "attributes": { "meet.room": "abc" },
+            "metadata": "{\"app\":\"meet\"}",
+        }}),
+    )
+    .await;
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(String::new()),
+        rooms: Some(livekit_tables(
+            &server,
+            "[trunks]\nsource = \"livekit\"\n\n[pins]\nsources = [\"livekit\"]\n",
+        )),
+        ..Default::default()
+    })
+    .await;
+    let Some(sipp) = start_sipp_to(&gw, &pin_call_steps(), "+33123456789") else {
+        return;
+    };
+    let joined = gw
+        .wait_for_call(15 * SECOND, |c| c["state"] == "in_room")
+        .await;
+    let participant = server
+        .wait_for_participant("meet-abc", |p| p.publisher_connected, 10 * SECOND)
+        .await
+        .expect("test server answers");
+    let outcome = sipp.wait(20 * SECOND).await;
+    let joined =
+        joined.unwrap_or_else(|| panic!("never in_room; sipp: {outcome:?}\n{}", gw.logs()));
+    assert_eq!(joined["room"], "meet-abc");
+    let p = participant.expect("the caller in the rule's room");
+    let attr = |k: &str| p.attributes.get(k).map(String::as_str);
+    assert_eq!(attr("meet.room"), Some("abc"), "the rule's attributes");
+    assert_eq!(
+        attr("sip.trunkID"),
+        Some(trunk_id.as_str()),
+        "the LiveKit trunk's id"
+    );
+    assert_eq!(p.metadata, "{\"app\":\"meet\"}", "the rule's metadata");
+    assert!(outcome.success(), "{outcome:?}");
+    let text = gw
+        .metric("dialin_pin_lookups_total{source=\"livekit\",result=\"found\"}")
+        .await;
+    assert_eq!(text, Some(1.0), "the lookup is counted per source");
+}
+
+/// A resolver in the meeting app, on loopback: dialin's signed POST, or Jitsi's mapper.
+async fn start_resolver(
+    jitsi: bool,
+    secret: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let app = if jitsi {
+        axum::Router::new().route(
+            "/mapper",
+            axum::routing::get(move |q: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                let log = log.clone();
+                async move {
+                    let id = q.get("id").cloned().unwrap_or_default();
+                    if let Ok(mut l) = log.lock() {
+                        l.push(id.clone());
+                    }
+                    if id == PIN_CALL {
+                        (StatusCode::OK, axum::Json(serde_json::json!({"id": 1023456789u64, "conference": "jitsiroom@conference.meet.example"})))
+                    } else {
+                        (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"message": "No conference mapping was found"})))
+                    }
+                }
+            }),
+        )
+    } else {
+        axum::Router::new().route(
+            "/resolve",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let log = log.clone();
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    if !dialin::pins::http::verify(
+                        secret.as_bytes(),
+                        &h("x-dialin-timestamp"),
+                        &h("x-dialin-signature"),
+                        &body,
+                        now,
+                        300,
+                    ) {
+                        return (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({})));
+                    }
+                    let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Ok(mut l) = log.lock() {
+                        l.push(req.to_string());
+                    }
+                    if req["pin"] == PIN_CALL {
+                        (
+                            StatusCode::OK,
+                            axum::Json(serde_json::json!({
+                                "room": "app-room",
+                                "participant_name": "Ada (phone)",
+                                "attributes": { "app.seat": "12" },
+                            })),
+                        )
+                    } else {
+                        (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({})))
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, seen)
+}
+
+/// The meeting app resolves the PIN over HTTP (dialin's signed format): the SIPp caller is in
+/// the room the app names, with the app's name and attributes; the app saw a verified request
+/// with the masked calling number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_caller_keys_a_pin_the_meeting_app_resolves_over_signed_http() {
+    const SECRET: &str = "resolver-secret-for-tests";
+    let (addr, seen) = start_resolver(false, SECRET).await;
+    let server = dialin_lkserver::TestServer::start("devkey", LK_SECRET)
+        .await
+        .expect("LiveKit test server");
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(trunk(10)),
+        rooms: Some(livekit_tables(
+            &server,
+            &format!("[pins]\nsources = [\"store\", \"http\"]\n\n[pins.http]\nurl = \"http://{addr}/resolve\"\nsecret = \"{SECRET}\"\n"),
+        )),
+        ..Default::default()
+    })
+    .await;
+    let Some(sipp) = start_sipp(&gw, &pin_call_steps()) else {
+        return;
+    };
+    let joined = gw
+        .wait_for_call(15 * SECOND, |c| c["state"] == "in_room")
+        .await;
+    let participant = server
+        .wait_for_participant("app-room", |p| p.publisher_connected, 10 * SECOND)
+        .await
+        .expect("test server answers");
+    let outcome = sipp.wait(20 * SECOND).await;
+    joined.unwrap_or_else(|| panic!("never in_room; sipp: {outcome:?}\n{}", gw.logs()));
+    let p = participant.expect("the caller in the app's room");
+    assert_eq!(p.name, "Ada (phone)");
+    assert_eq!(p.attributes.get("app.seat").map(String::as_str), Some("12"));
+    let requests = seen.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(requests.len(), 1, "one verified request: {requests:?}");
+    let req: serde_json::Value = serde_json::from_str(&requests[0]).expect("JSON");
+    assert_eq!(req["caller"], "••••5678", "the caller's number is masked");
+    assert_eq!(req["trunk"], "carrier");
+    assert!(outcome.success(), "{outcome:?}");
+    assert!(
+        !gw.logs().contains(PIN_CALL),
+        "the PIN never appears in the log"
+    );
+}
+
+/// Jitsi's conference mapper as it is: `GET ?id=PIN` → `room@conference.domain`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_caller_keys_a_pin_a_jitsi_conference_mapper_resolves() {
+    let (addr, seen) = start_resolver(true, "unused").await;
+    let gw = Gateway::start(GatewayOptions {
+        trunks: Some(trunk(10)),
+        rooms: Some(format!(
+            "[pins]\nsources = [\"http\"]\n\n[pins.http]\nurl = \"http://{addr}/mapper\"\nformat = \"jitsi-mapper\"\n"
+        )),
+        ..Default::default()
+    })
+    .await;
+    let Some(sipp) = start_sipp(&gw, &pin_call_steps()) else {
+        return;
+    };
+    let joined = gw
+        .wait_for_call(15 * SECOND, |c| c["state"] == "in_room")
+        .await;
+    let outcome = sipp.wait(20 * SECOND).await;
+    let joined =
+        joined.unwrap_or_else(|| panic!("never in_room; sipp: {outcome:?}\n{}", gw.logs()));
+    assert_eq!(
+        joined["room"], "jitsiroom",
+        "the part of the conference before @"
+    );
+    assert_eq!(
+        seen.lock().map(|l| l.clone()).unwrap_or_default(),
+        vec![PIN_CALL.to_owned()]
+    );
+    assert!(outcome.success(), "{outcome:?}");
+}

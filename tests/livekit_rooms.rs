@@ -52,6 +52,8 @@ fn request_at(room: &str, call: &str, sample_rate: u32) -> JoinRequest {
         attributes,
         sample_rate,
         role: dialin::pins::PinRole::Participant,
+        metadata: None,
+        room_config: None,
     }
 }
 

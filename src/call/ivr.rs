@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::pins::PinRole;
+use crate::pins::source::Grant;
 
 /// A longest PIN we accept from a caller's keypad. Longer entries are looked up as typed so the
 /// caller hears "not valid" rather than being silently cut off (config allows up to 20 digits).
@@ -101,15 +101,10 @@ impl std::fmt::Debug for PinEntry {
 }
 
 /// The result of looking a PIN up, as the driver reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
     /// The PIN is valid now: join this room.
-    Room {
-        room: String,
-        participant_name: Option<String>,
-        role: PinRole,
-        wait_for_host: bool,
-    },
+    Room(Grant),
     /// Unknown, revoked or outside its validity window: the caller may try again.
     Invalid,
     /// The calling number is locked out for guessing: refuse even a right PIN.
@@ -119,7 +114,7 @@ pub enum Lookup {
 }
 
 /// What the driver must do next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Start playing this prompt now, replacing whatever was playing.
     Play(Prompt),
@@ -131,12 +126,7 @@ pub enum Action {
     /// hold music after the "please hold" prompt until the lookup reports.
     HoldMusic,
     /// Join this room; the menu is over. "Joining" was queued just before.
-    Join {
-        room: String,
-        participant_name: Option<String>,
-        role: PinRole,
-        wait_for_host: bool,
-    },
+    Join(Grant),
     /// Hang up now (the farewell prompt, if any, has finished playing).
     HangUp(EndReason),
 }
@@ -347,20 +337,10 @@ impl Ivr {
             self.menu_deadline = self.menu_deadline.max(now + self.config.inter_digit_timeout);
         }
         match lookup {
-            Lookup::Room {
-                room,
-                participant_name,
-                role,
-                wait_for_host,
-            } => {
+            Lookup::Room(grant) => {
                 self.state = State::Done;
                 self.play(Prompt::Joining);
-                self.actions.push_back(Action::Join {
-                    room,
-                    participant_name,
-                    role,
-                    wait_for_host,
-                });
+                self.actions.push_back(Action::Join(grant));
             }
             Lookup::Invalid => {
                 self.attempts += 1;
@@ -437,12 +417,10 @@ mod tests {
     }
 
     fn room() -> Lookup {
-        Lookup::Room {
+        Lookup::Room(Grant {
             room: "standup".into(),
-            participant_name: None,
-            role: PinRole::Participant,
-            wait_for_host: false,
-        }
+            ..Grant::default()
+        })
     }
 
     #[test]
@@ -492,12 +470,10 @@ mod tests {
             drain(&mut ivr),
             vec![
                 Action::Play(Prompt::Joining),
-                Action::Join {
+                Action::Join(Grant {
                     room: "standup".into(),
-                    participant_name: None,
-                    role: PinRole::Participant,
-                    wait_for_host: false,
-                }
+                    ..Grant::default()
+                })
             ]
         );
         assert!(ivr.is_done());

@@ -44,6 +44,7 @@ use crate::call::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
 use crate::call::leg::{CallerLeg, Discard, LegParams, MAX_FRAME, MAX_PACKET};
 use crate::pins::{PinRole, RoomName};
 use crate::pins::guard::Entry;
+use crate::pins::source::Grant;
 use crate::privacy::PhoneNumber;
 use crate::room::{AttributeUpdate, AudioFrame, JoinRequest, RoomBackend, RoomEvent, RoomHandle};
 use crate::serve::Services;
@@ -56,6 +57,11 @@ pub struct CallSetup {
     pub key: CallKey,
     pub trunk: Arc<TrunkConfig>,
     pub caller: PhoneNumber,
+    /// The number the caller dialled (Request-URI user, else To user).
+    pub called: String,
+    /// Participant attributes from the trunk (its `attributes` and the INVITE headers its
+    /// `headers_to_attributes` names).
+    pub attributes: std::collections::BTreeMap<String, String>,
     pub sip: EndpointHandle,
     pub sip_events: mpsc::UnboundedReceiver<SipEvent>,
     pub guard: CallGuard,
@@ -209,14 +215,7 @@ struct CallTask {
     /// Resolves when the room of a waiting participant has its host.
     host_rx: Option<oneshot::Receiver<Result<(), String>>>,
     /// The join to make once the host is there.
-    pending_join: Option<PendingJoin>,
-}
-
-/// A resolved PIN whose join waits for the room's host.
-struct PendingJoin {
-    room: String,
-    participant_name: Option<String>,
-    role: PinRole,
+    pending_join: Option<Grant>,
 }
 
 /// The participant attribute of a raised hand (absent when lowered).
@@ -656,12 +655,7 @@ impl CallTask {
                     self.player_active = false;
                 }
                 Action::Resolve(entry) => self.start_lookup(entry.digits()),
-                Action::Join {
-                    room,
-                    participant_name,
-                    role,
-                    wait_for_host,
-                } => self.start_join(room, participant_name, role, wait_for_host),
+                Action::Join(grant) => self.start_join(grant),
                 Action::HangUp(reason) => {
                     let outcome = match reason {
                         EndReason::TooManyAttempts => CallOutcome::PinFailed,
@@ -699,12 +693,17 @@ impl CallTask {
         let caller = self.s.caller.clone();
         let digits = digits.to_owned();
         let call = self.s.id.clone();
+        let called = self.s.called.clone();
+        let expose_caller = self.s.trunk.expose_phone_number;
         tokio::spawn(async move {
             let entry = Entry {
                 trunk: &trunk,
                 namespace: &namespace,
                 caller: &caller,
                 digits: &digits,
+                called: (!called.is_empty()).then_some(called.as_str()),
+                expose_caller,
+                call_id: call.as_str(),
             };
             let result = guard
                 .judge(entry, &metrics, move || {
@@ -716,22 +715,17 @@ impl CallTask {
         });
     }
 
-    fn start_join(
-        &mut self,
-        room: String,
-        participant_name: Option<String>,
-        role: PinRole,
-        wait_for_host: bool,
-    ) {
-        if wait_for_host && role == PinRole::Participant {
-            self.wait_for_host(room, participant_name, role);
+    fn start_join(&mut self, grant: Grant) {
+        if grant.wait_for_host && grant.role == PinRole::Participant {
+            self.wait_for_host(grant);
         } else {
-            self.join(room, participant_name, role);
+            self.join(grant);
         }
     }
 
     /// Holds the caller, not yet in the room, until the room has a host.
-    fn wait_for_host(&mut self, room: String, participant_name: Option<String>, role: PinRole) {
+    fn wait_for_host(&mut self, grant: Grant) {
+        let room = grant.room.clone();
         self.phase = Phase::WaitingForHost;
         self.s.guard.set_state(CallState::WaitingForHost);
         if let Ok(name) = RoomName::parse(&room) {
@@ -756,11 +750,7 @@ impl CallTask {
             };
             let _ = tx.send(res);
         });
-        self.pending_join = Some(PendingJoin {
-            room,
-            participant_name,
-            role,
-        });
+        self.pending_join = Some(grant);
     }
 
     fn on_host(&mut self, res: Result<(), String>) -> Option<CallOutcome> {
@@ -770,7 +760,7 @@ impl CallTask {
                 info!(call = %self.s.id, "the host is there: joining");
                 self.hold = None;
                 self.play(PromptId::Joining);
-                self.join(pending.room, pending.participant_name, pending.role);
+                self.join(pending);
                 None
             }
             Err(e) => {
@@ -780,7 +770,18 @@ impl CallTask {
         }
     }
 
-    fn join(&mut self, room: String, participant_name: Option<String>, role: PinRole) {
+    fn join(&mut self, grant: Grant) {
+        let Grant {
+            room,
+            participant_name,
+            participant_identity,
+            attributes: extra,
+            metadata,
+            role,
+            hide_phone_number,
+            room_config,
+            ..
+        } = grant;
         self.phase = Phase::Joining;
         self.s.guard.set_state(CallState::Joining);
         if let Ok(name) = RoomName::parse(&room) {
@@ -790,7 +791,10 @@ impl CallTask {
         let (tx, rx) = oneshot::channel();
         self.join_rx = Some(rx);
         let rooms = self.s.rooms.clone();
-        let mut attributes = std::collections::BTreeMap::new();
+        // The trunk's and the PIN source's own attributes first; dialin's `sip.*` ones over
+        // them: no source can make a caller look like another call.
+        let mut attributes = self.s.attributes.clone();
+        attributes.extend(extra.into_iter().filter(|(k, _)| !k.starts_with("sip.")));
         attributes.insert("sip.callID".to_owned(), self.s.id.as_str().to_owned());
         attributes.insert(
             "sip.trunkID".to_owned(),
@@ -801,14 +805,18 @@ impl CallTask {
         } else {
             self.s.caller.masked()
         };
-        attributes.insert("sip.phoneNumber".to_owned(), number);
+        if !hide_phone_number {
+            attributes.insert("sip.phoneNumber".to_owned(), number);
+        }
         attributes.insert("sip.callStatus".to_owned(), "active".to_owned());
         if role == PinRole::Host {
             attributes.insert(ROLE_ATTRIBUTE.to_owned(), PinRole::Host.as_str().to_owned());
         }
         let req = JoinRequest {
             room,
-            identity: format!("sip_{}", self.s.id.as_str()),
+            identity: participant_identity.unwrap_or_else(|| format!("sip_{}", self.s.id.as_str())),
+            metadata,
+            room_config,
             name: participant_name.unwrap_or_else(|| format!("Phone {}", self.s.caller.masked())),
             attributes,
             sample_rate: self.s.leg.as_ref().map_or(16_000, |l| l.sample_rate().hz()),

@@ -221,7 +221,8 @@ impl Front {
 
         let called = called_number(req);
         let trunks = self.gw.services.trunks.load();
-        let trunk = match trunks.match_call(source.ip(), &called) {
+        let calling = calling_number(req);
+        let trunk = match trunks.match_call_from(source.ip(), &called, Some(&calling)) {
             TrunkMatch::Matched(t) => Arc::new(t.clone()),
             TrunkMatch::NoTrunkForSource => {
                 if self
@@ -427,9 +428,12 @@ impl Front {
 
         let (tx, sip_events) = mpsc::unbounded_channel();
         self.calls.insert(key, tx);
+        let attributes = trunk_attributes(&trunk, req);
         let setup = CallSetup {
             id,
             key,
+            called: called.clone(),
+            attributes,
             prompts: self.gw.prompts.for_language(trunk.language).clone(),
             trunk,
             caller,
@@ -526,6 +530,33 @@ fn sdp_srtp(p: SrtpPolicy) -> SdpSrtp {
         SrtpPolicy::Allow => SdpSrtp::Allow,
         SrtpPolicy::Require => SdpSrtp::Require,
     }
+}
+
+/// The participant attributes a trunk gives its calls: its `attributes`, and for each
+/// `headers_to_attributes` entry the INVITE header's value (first occurrence, at most 256
+/// bytes, control characters dropped), as LiveKit's SIP service maps them.
+fn trunk_attributes(
+    trunk: &TrunkConfig,
+    req: &Request,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = trunk.attributes.clone();
+    for (header, attribute) in &trunk.headers_to_attributes {
+        let Some(value) = req
+            .headers
+            .iter()
+            .find(|h| h.name.as_str().eq_ignore_ascii_case(header))
+            .map(|h| h.value.as_str())
+        else {
+            continue;
+        };
+        let clean: String = value
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(256)
+            .collect();
+        out.insert(attribute.clone(), clean);
+    }
+    out
 }
 
 /// The called number: the Request-URI user, else the To user (DESIGN.md §Call flow step 1).

@@ -2,4 +2,5 @@
 //! admits an INVITE and starts its call task ([`gateway`]).
 
 pub mod gateway;
+pub mod livekit_trunks;
 pub mod trunk;

@@ -209,7 +209,19 @@ impl TrunkTable {
     /// URI; it is normalised before comparison. The first trunk, in file order, that
     /// allows the source and accepts the number wins.
     pub fn match_call(&self, source: IpAddr, called: &str) -> TrunkMatch<'_> {
+        self.match_call_from(source, called, None)
+    }
+
+    /// [`TrunkTable::match_call`], also checking the calling number against the trunks'
+    /// `allowed_callers` (LiveKit's `allowed_numbers`) when it is given.
+    pub fn match_call_from(
+        &self,
+        source: IpAddr,
+        called: &str,
+        caller: Option<&str>,
+    ) -> TrunkMatch<'_> {
         let called = CalledNumber::new(called);
+        let caller = caller.map(CalledNumber::new);
         let mut source_known = false;
         for trunk in self
             .trunks
@@ -217,7 +229,11 @@ impl TrunkTable {
             .filter(|t| t.allowed_addresses.iter().any(|n| n.contains(source)))
         {
             source_known = true;
-            if trunk.numbers.is_empty() || trunk.numbers.contains(&called) {
+            let caller_ok = trunk.allowed_callers.is_empty()
+                || caller
+                    .as_ref()
+                    .is_some_and(|c| trunk.allowed_callers.contains(c));
+            if (trunk.numbers.is_empty() || trunk.numbers.contains(&called)) && caller_ok {
                 return TrunkMatch::Matched(trunk);
             }
         }

@@ -39,8 +39,9 @@ use tracing::{debug, warn};
 use crate::call::ivr::Lookup;
 use crate::ops::metrics::{Metrics, PinResult};
 use crate::pins::{Pin, PinNamespace};
+use crate::pins::source::{PinSources, SourceQuery, SourceVerdict};
 use crate::privacy::{NumberKey, PhoneNumber};
-use crate::store::{GuardPolicy, GuardTurn, LockoutKey, Resolution, Store};
+use crate::store::{GuardPolicy, GuardTurn, LockoutKey, Store};
 use crate::config::LockoutConfig;
 use crate::ingress::trunk::TrunkId;
 
@@ -55,6 +56,8 @@ pub struct PinGuard {
     policy: GuardPolicy,
     lockout: LockoutConfig,
     trusted_for: Duration,
+    /// Where PINs are looked up (`[pins] sources`); the store alone by default.
+    sources: PinSources,
 }
 
 /// One PIN entry to judge.
@@ -64,6 +67,11 @@ pub struct Entry<'a> {
     pub namespace: &'a PinNamespace,
     pub caller: &'a PhoneNumber,
     pub digits: &'a str,
+    /// The number dialled, when known (sources may filter on it).
+    pub called: Option<&'a str>,
+    /// Whether sources may see the caller's full number (the trunk's `expose_phone_number`).
+    pub expose_caller: bool,
+    pub call_id: &'a str,
 }
 
 impl PinGuard {
@@ -75,12 +83,19 @@ impl PinGuard {
         trusted_for: Duration,
     ) -> PinGuard {
         PinGuard {
+            sources: PinSources::store_only(store.clone()),
             store,
             key,
             policy,
             lockout,
             trusted_for,
         }
+    }
+
+    /// Looks PINs up in `sources` (in order) instead of the store alone.
+    pub fn with_sources(mut self, sources: PinSources) -> PinGuard {
+        self.sources = sources;
+        self
     }
 
     /// The key of `caller`'s lockout counter on `trunk`.
@@ -140,44 +155,46 @@ impl PinGuard {
         }
 
         let now = Utc::now();
-        let resolution = match Pin::parse(entry.digits) {
-            Ok(pin) => match self.store.resolve(entry.namespace, &pin, now).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Not judged: the entry's count is given back.
-                    let _ = self.store.guard_settle(entry.trunk, now, &self.policy, false).await;
-                    return Lookup::Unavailable;
+        let verdict = match Pin::parse(entry.digits) {
+            Ok(pin) => {
+                let query = SourceQuery {
+                    pin: &pin,
+                    namespace: entry.namespace,
+                    trunk: entry.trunk,
+                    called: entry.called,
+                    caller: entry.caller,
+                    expose_caller: entry.expose_caller,
+                    call_id: entry.call_id,
+                    now,
+                };
+                match self.sources.resolve(&query, metrics).await {
+                    Ok((_, v)) => v,
+                    Err(_) => {
+                        // Not judged: the entry's count is given back.
+                        let _ = self.store.guard_settle(entry.trunk, now, &self.policy, false).await;
+                        return Lookup::Unavailable;
+                    }
                 }
-            },
-            Err(_) => Resolution::Unknown,
+            }
+            Err(_) => SourceVerdict::Unknown,
         };
-        let result = match &resolution {
-            Resolution::Room { .. } => PinResult::Accepted,
-            Resolution::Unknown => PinResult::Unknown,
-            Resolution::Revoked => PinResult::Revoked,
-            Resolution::NotYetValid => PinResult::NotYetValid,
-            Resolution::Expired => PinResult::Expired,
+        let result = match &verdict {
+            SourceVerdict::Room(_) => PinResult::Accepted,
+            SourceVerdict::Unknown => PinResult::Unknown,
+            SourceVerdict::Revoked => PinResult::Revoked,
+            SourceVerdict::NotYetValid => PinResult::NotYetValid,
+            SourceVerdict::Expired => PinResult::Expired,
         };
         metrics.pin_attempt(result);
-        match resolution {
-            Resolution::Room {
-                room,
-                participant_name,
-                role,
-                wait_for_host,
-            } => {
+        match verdict {
+            SourceVerdict::Room(grant) => {
                 let _ = self.store.guard_settle(entry.trunk, now, &self.policy, false).await;
                 let until = now
                     + chrono::Duration::from_std(self.trusted_for).unwrap_or(chrono::Duration::zero());
                 if let Err(e) = self.store.trust_caller(&trust_key, until).await {
                     debug!(error = %e, "could not record the caller as trusted");
                 }
-                Lookup::Room {
-                    room: room.as_str().to_owned(),
-                    participant_name: participant_name.map(|n| n.as_str().to_owned()),
-                    role,
-                    wait_for_host,
-                }
+                Lookup::Room(grant)
             }
             _ => {
                 if trusted {

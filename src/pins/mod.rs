@@ -9,6 +9,7 @@
 
 pub mod guard;
 pub mod http;
+pub mod livekit;
 pub mod source;
 
 use std::fmt;

@@ -87,7 +87,7 @@ impl SourceQuery<'_> {
 }
 
 /// Where a PIN leads, and how its caller appears there.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grant {
     pub room: String,
     pub participant_name: Option<String>,
@@ -101,10 +101,13 @@ pub struct Grant {
     /// Forces the caller's number out of the participant (a LiveKit rule's
     /// `hide_phone_number`), whatever the trunk says.
     pub hide_phone_number: bool,
+    /// How LiveKit creates the room if the caller is the first (a LiveKit rule's
+    /// `room_config`), carried in the participant's token.
+    pub room_config: Option<livekit_protocol::RoomConfiguration>,
 }
 
 /// A source's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceVerdict {
     Room(Grant),
     Unknown,

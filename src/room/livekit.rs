@@ -326,9 +326,15 @@ fn mint_token(
     req: &JoinRequest,
 ) -> Result<String, RoomError> {
     let attributes: BTreeMap<String, String> = req.attributes.clone();
-    AccessToken::with_api_key(api_key, api_secret)
+    let token = AccessToken::with_api_key(api_key, api_secret);
+    let token = match &req.room_config {
+        Some(config) => token.with_room_config(config.clone()),
+        None => token,
+    };
+    token
         .with_identity(&req.identity)
         .with_name(&req.name)
+        .with_metadata(req.metadata.as_deref().unwrap_or_default())
         .with_kind(SIP_KIND)
         .with_attributes(attributes)
         .with_ttl(ttl)
@@ -362,6 +368,8 @@ mod tests {
             attributes,
             sample_rate: NARROWBAND_SAMPLE_RATE,
             role: crate::pins::PinRole::Participant,
+            metadata: None,
+            room_config: None,
         }
     }
 

@@ -316,6 +316,8 @@ mod tests {
             attributes: Default::default(),
             sample_rate: 8_000,
             role: PinRole::Participant,
+            metadata: None,
+            room_config: None,
         }
     }
 
