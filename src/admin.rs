@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+mod console;
+
 use crate::call::registry::{CallId, CallRegistry};
 use crate::config::{Language, SrtpPolicy};
 use crate::ops::metrics::Metrics;
@@ -221,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls", get(list_calls))
         .route("/v1/calls/{id}", delete(hang_up_call))
         .route("/v1/trunks", get(list_trunks))
+        .route("/v1/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
@@ -228,6 +231,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/ui", get(console::redirect))
+        .route("/ui/", get(console::index))
+        .route("/ui/{file}", get(console::asset))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -581,6 +587,32 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
         Err(_) => not_ready("store did not answer in time".to_owned()),
     }
+}
+
+/// What the console's health page shows, from the counters behind `/metrics`.
+async fn stats(State(state): State<AppState>) -> Response {
+    let by_state: serde_json::Map<String, serde_json::Value> = state
+        .calls
+        .count_by_state()
+        .iter()
+        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
+        .collect();
+    let history: Vec<serde_json::Value> = state
+        .metrics
+        .call_history()
+        .into_iter()
+        .map(|(at, calls)| json!({ "at": at, "calls": calls }))
+        .collect();
+    let ready = state.readiness.not_ready_reason().is_none() && state.readiness.store_problem().is_none();
+    Json(json!({
+        "calls_now": state.calls.len(),
+        "calls_by_state": by_state,
+        "history": history,
+        "pin_failures_by_trunk": state.metrics.pin_failures_by_trunk(),
+        "overloaded": state.metrics.is_overloaded(),
+        "ready": ready,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -155,6 +155,7 @@ impl Services {
     /// trunk crosses its failed-PIN ceiling for the minute: guessing spread over many
     /// calling numbers is only visible per trunk, and the trunk's address is never locked.
     pub fn pin_refused(&self, trunk: &TrunkId, now: std::time::Instant) {
+        self.metrics.pin_failure(trunk.as_str());
         if self.pin_alarm.record_failure(trunk, now) {
             self.metrics.trunk_pin_failure_alarm();
             tracing::warn!(
@@ -245,6 +246,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let sip = start_sip(&config, &services, shutdown_rx).await?;
     services.readiness.set_transports_bound(true);
     let overload_task = tokio::spawn(watch_overload(services.clone()));
+    let history_task = tokio::spawn(sample_calls(services.clone()));
     let store_task = tokio::spawn(watch_store(services.clone()));
 
     wait_for_signals(&mut signals, &services, &config_path, config.clone()).await?;
@@ -260,12 +262,23 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "admin API task failed"),
     }
     overload_task.abort();
+    history_task.abort();
     store_task.abort();
     if let Some(t) = trunk_task {
         t.abort();
     }
     services.store.close().await;
     Ok(())
+}
+
+/// Samples the calls in progress once a minute for the console's chart.
+async fn sample_calls(services: Services) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        services.metrics.sample_calls(chrono::Utc::now(), services.calls.len());
+    }
 }
 
 /// How often the store is probed with a write, and how long a probe may take.

@@ -133,6 +133,7 @@ async fn every_v1_endpoint_refuses_a_missing_or_wrong_token_with_json_401() {
         (reqwest::Method::GET, "/v1/calls"),
         (reqwest::Method::DELETE, "/v1/calls/abc"),
         (reqwest::Method::GET, "/v1/trunks"),
+        (reqwest::Method::GET, "/v1/stats"),
     ];
     for (method, path) in endpoints {
         for auth in [
@@ -437,9 +438,25 @@ async fn calls_are_listed_masked_and_can_be_hung_up() {
 
     guard.set_state(CallState::InRoom);
     guard.set_room(Some(RoomName::parse("standup").unwrap()));
+    guard.set_quality(dialin::call::registry::CallQuality {
+        packets_received: 500,
+        packets_lost: 5,
+        late_frames: 2,
+        jitter_ms: 3.5,
+    });
     let (_, body) = api.get("/v1/calls").await;
     assert_eq!(body["calls"][0]["state"], "in_room");
     assert_eq!(body["calls"][0]["room"], "standup");
+    assert_eq!(
+        body["calls"][0]["quality"],
+        json!({ "packets_received": 500, "packets_lost": 5, "late_frames": 2, "jitter_ms": 3.5 }),
+        "the call's audio figures"
+    );
+    let (status, stats) = api.get("/v1/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats["calls_now"], 1);
+    assert_eq!(stats["calls_by_state"]["in_room"], 1);
+    assert_eq!(stats["calls_by_state"]["collecting_pin"], 0);
 
     assert_eq!(
         api.delete("/v1/calls/call-1@192.0.2.10").await.0,
@@ -532,4 +549,69 @@ async fn unknown_endpoint_gets_a_json_404() {
     let (status, body) = api.get("/v2/nothing").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_json_error(&body, "not_found");
+}
+
+#[tokio::test]
+async fn stats_follow_the_counters_behind_metrics() {
+    let api = Api::start().await;
+    let (status, stats) = api.get("/v1/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats["calls_now"], 0);
+    assert_eq!(stats["history"], json!([]), "no sample yet");
+    assert_eq!(stats["overloaded"], false);
+    api.state.metrics.pin_failure("carrier");
+    api.state.metrics.pin_failure("carrier");
+    api.state.metrics.pin_failure("pbx");
+    api.state.metrics.set_overloaded(true);
+    let at = Utc::now();
+    api.state.metrics.sample_calls(at, 7);
+    let (_, stats) = api.get("/v1/stats").await;
+    assert_eq!(stats["pin_failures_by_trunk"], json!({ "carrier": 2, "pbx": 1 }));
+    assert_eq!(stats["overloaded"], true);
+    assert_eq!(stats["history"][0]["calls"], 7);
+    let text = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("dialin_pin_failures_total{trunk=\"carrier\"} 2"), "the same counters: {text}");
+    // An hour of samples is kept, no more.
+    for i in 0..100 {
+        api.state.metrics.sample_calls(at + chrono::Duration::minutes(i), i as usize);
+    }
+    let (_, stats) = api.get("/v1/stats").await;
+    assert_eq!(stats["history"].as_array().map(Vec::len), Some(60));
+    assert_eq!(stats["history"][59]["calls"], 99);
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_its_content_security_policy_and_no_token() {
+    let api = Api::start().await;
+    let resp = api.client.get(api.url("/ui/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let csp = resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/html; charset=utf-8")
+    );
+    for file in ["console.js", "console.css", "i18n.js"] {
+        let resp = api.client.get(api.url(&format!("/ui/{file}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{file}");
+        assert!(resp.headers().get("content-security-policy").is_some(), "{file}");
+    }
+    for bad in ["/ui/..%2Fadmin.rs", "/ui/nope.js"] {
+        let resp = api.client.get(api.url(bad)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{bad}");
+    }
 }

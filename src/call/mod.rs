@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::call::registry::CallId;
-use crate::call::registry::{CallCommand, CallGuard, CallOutcome, CallState};
+use crate::call::registry::{CallCommand, CallGuard, CallOutcome, CallQuality, CallState};
 use crate::call::keypad::{Command, Keypad, KeypadAction};
 use crate::config::{Announce, TrunkConfig};
 use crate::call::ivr::{Action, EndReason, Ivr, IvrConfig, Lookup, Prompt};
@@ -216,7 +216,12 @@ struct CallTask {
     host_rx: Option<oneshot::Receiver<Result<(), String>>>,
     /// The join to make once the host is there.
     pending_join: Option<Grant>,
+    /// When the call's audio figures are next copied to the registry.
+    quality_due: Instant,
 }
+
+/// How often the registry's audio figures of a call are refreshed.
+const QUALITY_EVERY: Duration = Duration::from_secs(1);
 
 /// The participant attribute of a raised hand (absent when lowered).
 pub const HAND_RAISED_ATTRIBUTE: &str = "sip.handRaised";
@@ -258,6 +263,7 @@ impl CallTask {
             hand_raised: false,
             host_rx: None,
             pending_join: None,
+            quality_due: Instant::now(),
         }
     }
 
@@ -494,6 +500,16 @@ impl CallTask {
         if now.saturating_duration_since(last) >= self.s.limits.rtp_timeout && !on_hold {
             info!(call = %self.s.id, "no RTP from the caller: ending the call");
             return Some(CallOutcome::RtpTimeout);
+        }
+        if now >= self.quality_due {
+            self.quality_due = now + QUALITY_EVERY;
+            let st = leg.stats();
+            self.s.guard.set_quality(CallQuality {
+                packets_received: st.packets_received,
+                packets_lost: u64::try_from(st.packets_lost.max(0)).unwrap_or(0),
+                late_frames: st.late_packets,
+                jitter_ms: st.jitter_ms,
+            });
         }
         let n = leg.frame_len();
         let leg_rate = leg.sample_rate().hz();

@@ -189,6 +189,18 @@ pub struct CallInfo {
     pub state: CallState,
     pub room: Option<RoomName>,
     pub started_at: DateTime<Utc>,
+    /// The caller's audio so far, updated about once a second.
+    pub quality: CallQuality,
+}
+
+/// How the caller's audio is doing: what the admin API and the console show per call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CallQuality {
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    /// Packets that came too late for the jitter buffer.
+    pub late_frames: u64,
+    pub jitter_ms: f64,
 }
 
 struct Registered {
@@ -264,6 +276,7 @@ impl CallRegistry {
             state: CallState::Answering,
             room: None,
             started_at: call.started_at,
+            quality: CallQuality::default(),
         };
         match self.calls.entry(call.id.clone()) {
             Entry::Occupied(_) => {
@@ -374,6 +387,12 @@ impl CallGuard {
     pub fn set_state(&self, state: CallState) {
         if let Some(mut e) = self.registry.calls.get_mut(&self.id) {
             e.info.state = state;
+        }
+    }
+
+    pub fn set_quality(&self, quality: CallQuality) {
+        if let Some(mut e) = self.registry.calls.get_mut(&self.id) {
+            e.info.quality = quality;
         }
     }
 

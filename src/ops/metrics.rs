@@ -71,6 +71,11 @@ const SETUP_BUCKETS_S: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 
 /// Upper bounds of the `dialin_pin_lookup_seconds` buckets: one PIN source's answer.
 const LOOKUP_BUCKETS_S: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5];
 
+/// Trunks with their own `dialin_pin_failures_total` series at most.
+const MAX_TRUNK_SERIES: usize = 1000;
+/// One sample a minute for an hour.
+pub const CALL_HISTORY_SAMPLES: usize = 60;
+
 /// Answers of a PIN source, the `result` label of `dialin_pin_lookups_total`.
 const LOOKUP_RESULTS: [&str; 6] = ["found", "unknown", "revoked", "not_yet_valid", "expired", "error"];
 
@@ -158,6 +163,10 @@ pub struct Metrics {
     overload_refused: AtomicU64,
     call_setup: Histogram,
     pin_lookups: [[AtomicU64; LOOKUP_RESULTS.len()]; SourceKind::ALL.len()],
+    /// Refused PIN entries per trunk (`dialin_pin_failures_total{trunk}`).
+    pin_failures: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Calls in progress, sampled once a minute over the last hour (oldest first).
+    call_history: std::sync::Mutex<std::collections::VecDeque<(chrono::DateTime<chrono::Utc>, usize)>>,
     pin_lookup_time: [Histogram; SourceKind::ALL.len()],
     /// The RTP port pool, once the SIP side has made it: its lease count is a gauge.
     ports: std::sync::OnceLock<dialin_media::ports::PortAllocator>,
@@ -185,6 +194,8 @@ impl Default for Metrics {
             overload_refused: AtomicU64::new(0),
             call_setup: Histogram::new(),
             pin_lookups: Default::default(),
+            pin_failures: Default::default(),
+            call_history: Default::default(),
             pin_lookup_time: SourceKind::ALL.map(|_| Histogram::with_bounds(&LOOKUP_BUCKETS_S)),
             ports: std::sync::OnceLock::new(),
             transports: std::sync::OnceLock::new(),
@@ -206,6 +217,45 @@ impl Metrics {
     /// A call ended with this outcome.
     pub fn call_ended(&self, outcome: CallOutcome) {
         bump(self.calls_total.get(outcome as usize), 1);
+    }
+
+    /// A PIN entry on `trunk` was refused (unknown, revoked, out of its window, locked out).
+    pub fn pin_failure(&self, trunk: &str) {
+        if let Ok(mut map) = self.pin_failures.lock() {
+            // Trunks come from the configuration or LiveKit: bounded, but not trusted blindly.
+            if map.len() < MAX_TRUNK_SERIES || map.contains_key(trunk) {
+                *map.entry(trunk.to_owned()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Refused PIN entries so far, per trunk.
+    pub fn pin_failures_by_trunk(&self) -> std::collections::BTreeMap<String, u64> {
+        self.pin_failures.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Records how many calls are in progress at `at` (one sample a minute is kept for an
+    /// hour).
+    pub fn sample_calls(&self, at: chrono::DateTime<chrono::Utc>, calls: usize) {
+        if let Ok(mut h) = self.call_history.lock() {
+            if h.len() == CALL_HISTORY_SAMPLES {
+                h.pop_front();
+            }
+            h.push_back((at, calls));
+        }
+    }
+
+    /// The samples of [`Metrics::sample_calls`], oldest first.
+    pub fn call_history(&self) -> Vec<(chrono::DateTime<chrono::Utc>, usize)> {
+        self.call_history
+            .lock()
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the node says it is overloaded (`dialin_overloaded`).
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed) != 0
     }
 
     /// A PIN source answered `result` (a [`LOOKUP_RESULTS`] label) after `took`.
@@ -423,6 +473,15 @@ impl Metrics {
             );
         }
 
+        header(
+            &mut out,
+            "dialin_pin_failures_total",
+            "counter",
+            "Refused PIN entries, by trunk.",
+        );
+        for (trunk, n) in self.pin_failures_by_trunk() {
+            let _ = writeln!(out, "dialin_pin_failures_total{{trunk=\"{trunk}\"}} {n}");
+        }
         header(
             &mut out,
             "dialin_pin_lookups_total",
