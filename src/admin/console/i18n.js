@@ -53,7 +53,6 @@ export const MESSAGES = {
     include_revoked: "Show revoked PINs",
     col_room: "Room",
     col_pin: "PIN",
-    col_namespace: "Namespace",
     col_name: "Participant name",
     col_role: "Role",
     col_valid: "Valid",
@@ -181,7 +180,6 @@ export const MESSAGES = {
     include_revoked: "Afficher les codes révoqués",
     col_room: "Salle",
     col_pin: "Code PIN",
-    col_namespace: "Espace",
     col_name: "Nom du participant",
     col_role: "Rôle",
     col_valid: "Validité",
@@ -262,14 +260,14 @@ export const MESSAGES = {
 
 export const LANGUAGES = ["en", "fr"];
 
-/// The language to start in: the one chosen in this tab, else the browser's, else English.
+// The language to start in: the one chosen in this tab, else the browser's, else English.
 export function initialLanguage(saved, browser) {
   if (LANGUAGES.includes(saved)) return saved;
   const base = String(browser || "").toLowerCase().split("-")[0];
   return LANGUAGES.includes(base) ? base : "en";
 }
 
-/// The text of `key` in `lang` with `{name}` placeholders filled from `params`.
+// The text of `key` in `lang` with `{name}` placeholders filled from `params`.
 export function translate(lang, key, params = {}) {
   const table = MESSAGES[lang] || MESSAGES.en;
   const text = table[key] ?? MESSAGES.en[key] ?? key;
