@@ -32,7 +32,7 @@ use dialin_media::codec::{
     new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
 };
 use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
-use dialin_media::mixer::{Mixer, ParticipantId};
+use dialin_media::mixer::{Mixer, ParticipantId, DEFAULT_MAX_SPEAKERS};
 use livekit_protocol as proto;
 use prost::Message as _;
 use proto::signal_request::Message as Req;
@@ -452,23 +452,63 @@ impl Pc {
     }
 }
 
-/// A subscribed remote audio track: its adaptive jitter buffer, its decoder, and the
-/// decoded audio of the packet being played.
+/// Frames still sent after the caller falls silent (200 ms), so that word endings and
+/// short pauses go out whole.
+const SILENCE_HANGOVER: u32 = 10;
+/// While silent, one frame in this many still goes out (every 400 ms, as Opus DTX sends its
+/// comfort-noise updates), so that the room knows the track is alive.
+const SILENCE_KEEPALIVE: u32 = 20;
+
+/// Whether a caller's frame is published: voice always; silence for a short hangover, then
+/// one frame every [`SILENCE_KEEPALIVE`]. What Opus DTX with voice activity detection does,
+/// decided on the frame's level (the same one sent as its RFC 6464 audio level).
+#[derive(Debug, Default, Clone, Copy)]
+struct SilenceGate {
+    silent_frames: u32,
+}
+
+impl SilenceGate {
+    fn send(&mut self, voice: bool) -> bool {
+        if voice {
+            self.silent_frames = 0;
+            return true;
+        }
+        self.silent_frames = self.silent_frames.saturating_add(1);
+        self.silent_frames <= SILENCE_HANGOVER
+            || (self.silent_frames - SILENCE_HANGOVER) % SILENCE_KEEPALIVE == 0
+    }
+}
+
+/// A subscribed remote audio track: its adaptive jitter buffer, a decoder while it is among
+/// the audible few, and the decoded audio of the packet being played.
 ///
 /// Packets go into the jitter buffer as str0m hands them over (with their sequence
-/// number, RTP time and arrival time); one frame per mix tick comes out, decoded then. A
-/// frame the buffer reports missing is concealed by the Opus decoder (RFC 6716 §4.4),
-/// and the buffer's delay follows the jitter it measures (see
-/// [`dialin_media::jitter`]). A packet longer than 20 ms is played over as many ticks.
+/// number, RTP time and arrival time); one frame per mix tick comes out. Only tracks that
+/// can be heard are decoded (see [`choose_audible`]): the others' frames are taken from the
+/// buffer and dropped undecoded, so a silent web user (Opus DTX: no packets) or a quiet one
+/// beyond the loudest few costs no decode and no concealment. A frame the buffer reports
+/// missing on a decoded track is concealed by the Opus decoder (RFC 6716 §4.4). A packet
+/// longer than 20 ms is played over as many ticks.
 struct Track {
     mid: Mid,
     id: ParticipantId,
     jitter: JitterBuffer,
-    decoder: Box<dyn Decoder>,
+    /// Held while the track is among the audible few; a fresh one each time it enters.
+    decoder: Option<Box<dyn Decoder>>,
     /// Decoded audio of the last packet; `pcm[at..len]` is still to play.
     pcm: Box<[i16; MAX_DECODED]>,
     at: usize,
     len: usize,
+    /// This tick's packet, taken from the jitter buffer before the audible few are chosen.
+    pending: Box<[u8; MAX_OPUS_PAYLOAD]>,
+    pulled: Pulled,
+    /// Smoothed size of the track's packets, in sixteenths of a byte: speech is tens of
+    /// bytes per 20 ms, comfort noise and DTX a few or nothing.
+    activity: u32,
+    /// Ticks since the track was last among the chosen few (while it holds a decoder).
+    unchosen: u32,
+    /// The next decoded frame fades in (a decoder just taken: no click).
+    fade_in: bool,
     /// Jitter-buffer counters already reported, to report only what is new.
     reported: Losses,
 }
@@ -482,20 +522,72 @@ struct Losses {
     missing: u64,
 }
 
+/// What a track has for this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pulled {
+    /// The rest of a packet longer than 20 ms, already decoded.
+    Leftover,
+    /// A packet of this many bytes, in `pending`.
+    Packet(usize),
+    /// The buffer says this frame's packet is missing.
+    Missing,
+    /// Nothing to play (not started, DTX, between talkspurts).
+    Empty,
+}
+
+/// Tracks decoded at once: the mix takes the loudest [`DEFAULT_MAX_SPEAKERS`]; one more
+/// lets a new speaker in while another fades.
+const AUDIBLE: usize = DEFAULT_MAX_SPEAKERS + 1;
+/// A track whose packets average fewer bytes than this carries no speech (Opus DTX
+/// comfort-noise frames are 1 to 3 bytes), in sixteenths of a byte.
+const MIN_ACTIVITY: u32 = 8 * 16;
+/// A decoder stays with a track this many ticks after it was last chosen (400 ms), so that
+/// the ends of words and short pauses are not cut.
+const DECODER_HOLD: u32 = 20;
+
+/// Which tracks get a decoder this tick. `tracks` holds each track's activity and whether
+/// it holds a decoder; `chosen` (same length) is written. The loudest by activity (a
+/// decoder holder counts as a bit louder, so that two close speakers do not swap every
+/// tick) up to [`AUDIBLE`], among those with [`MIN_ACTIVITY`]. No allocation: `order` is the
+/// caller's scratch.
+fn choose_audible(tracks: &[(u32, bool)], chosen: &mut Vec<bool>, order: &mut Vec<usize>) {
+    chosen.clear();
+    chosen.resize(tracks.len(), false);
+    order.clear();
+    order.extend((0..tracks.len()).filter(|&i| tracks[i].0 >= MIN_ACTIVITY));
+    let score = |i: usize| {
+        let (activity, holding) = tracks[i];
+        if holding {
+            activity + activity / 4
+        } else {
+            activity
+        }
+    };
+    order.sort_unstable_by(|&a, &b| score(b).cmp(&score(a)));
+    for &i in order.iter().take(AUDIBLE) {
+        chosen[i] = true;
+    }
+}
+
 impl Track {
-    /// A track's buffer and decoder, made once when the track first appears.
-    fn new(mid: Mid, id: ParticipantId, rate: SampleRate) -> Option<Track> {
-        let decoder = new_decoder(CodecKind::Opus, rate, &CodecConfig::default()).ok()?;
-        Some(Track {
+    /// A track's buffer, made once when the track first appears; its decoder comes when it
+    /// is first heard.
+    fn new(mid: Mid, id: ParticipantId) -> Track {
+        Track {
             mid,
             id,
             jitter: JitterBuffer::new(TRACK_JITTER),
-            decoder,
+            decoder: None,
             pcm: Box::new([0; MAX_DECODED]),
             at: 0,
             len: 0,
+            pending: Box::new([0; MAX_OPUS_PAYLOAD]),
+            pulled: Pulled::Empty,
+            activity: 0,
+            unchosen: 0,
+            fade_in: false,
             reported: Losses::default(),
-        })
+        }
     }
 
     /// Stores a packet that arrived at `arrival`.
@@ -513,27 +605,80 @@ impl Track {
         self.jitter.push(info, payload, arrival);
     }
 
-    /// The track's next `len` samples for the mix at `now`, or `None` when it is not
-    /// playing (not started, muted, in DTX, or between talkspurts).
-    fn next(&mut self, len: usize, now: Instant) -> Option<&[i16]> {
-        if self.at + len > self.len {
-            let decoded = match self.jitter.pop(now) {
-                Playout::Frame(frame) => {
-                    match self.decoder.decode(frame.payload, &mut self.pcm[..]) {
-                        Ok(n) => Ok(n),
-                        Err(e) => {
-                            debug!(error = %e, "Opus decode");
-                            self.decoder.conceal(&mut self.pcm[..])
-                        }
+    /// Takes this tick's packet from the buffer (undecoded) and updates the activity.
+    fn pull(&mut self, len: usize, now: Instant) {
+        if self.decoder.is_some() && self.at + len <= self.len {
+            self.pulled = Pulled::Leftover;
+            return;
+        }
+        self.at = 0;
+        self.len = 0;
+        let bytes = match self.jitter.pop(now) {
+            Playout::Frame(frame) => {
+                let n = frame.payload.len().min(MAX_OPUS_PAYLOAD);
+                self.pending[..n].copy_from_slice(&frame.payload[..n]);
+                self.pulled = Pulled::Packet(n);
+                n
+            }
+            Playout::Missing => {
+                self.pulled = Pulled::Missing;
+                0
+            }
+            Playout::Empty => {
+                self.pulled = Pulled::Empty;
+                0
+            }
+        };
+        // A quarter of the way to this packet's size: about 100 ms to rise or fall.
+        let target = u32::try_from(bytes).unwrap_or(u32::MAX).saturating_mul(16);
+        self.activity = self.activity - self.activity / 4 + target / 4;
+    }
+
+    /// Gives the track a fresh decoder, or takes it away.
+    fn set_decoding(&mut self, on: bool, rate: SampleRate) {
+        match (on, self.decoder.is_some()) {
+            (true, false) => {
+                self.decoder = new_decoder(CodecKind::Opus, rate, &CodecConfig::default()).ok();
+                self.fade_in = true;
+                self.unchosen = 0;
+            }
+            (false, true) => {
+                self.decoder = None;
+                self.at = 0;
+                self.len = 0;
+            }
+            _ => {}
+        }
+    }
+
+    /// The track's `len` samples for this tick's mix, when it holds a decoder and has
+    /// something to play.
+    fn decoded(&mut self, len: usize) -> Option<&[i16]> {
+        let decoder = self.decoder.as_mut()?;
+        if self.pulled != Pulled::Leftover {
+            let decoded = match self.pulled {
+                Pulled::Packet(n) => match decoder.decode(&self.pending[..n], &mut self.pcm[..]) {
+                    Ok(n) => Ok(n),
+                    Err(e) => {
+                        debug!(error = %e, "Opus decode");
+                        decoder.conceal(&mut self.pcm[..])
                     }
-                }
-                Playout::Missing => self.decoder.conceal(&mut self.pcm[..]),
-                Playout::Empty => return None,
+                },
+                Pulled::Missing => decoder.conceal(&mut self.pcm[..]),
+                Pulled::Empty | Pulled::Leftover => return None,
             };
             self.at = 0;
             self.len = decoded.ok()?.min(MAX_DECODED);
             if self.len < len {
+                self.len = 0;
                 return None;
+            }
+            if std::mem::take(&mut self.fade_in) {
+                // 5 ms linear fade-in: a decoder that starts mid-stream begins cleanly.
+                let ramp = (len / 4).max(1);
+                for (i, s) in self.pcm[..ramp].iter_mut().enumerate() {
+                    *s = (i32::from(*s) * i as i32 / ramp as i32) as i16;
+                }
             }
         }
         let frame = self.pcm.get(self.at..self.at + len)?;
@@ -755,10 +900,17 @@ pub(crate) struct Session {
     frames_missing: u64,
     /// Caller frames published as the caller's own Opus packets, without transcoding.
     frames_forwarded: u64,
+    /// Caller frames not sent because the caller was silent.
+    frames_suppressed: u64,
+    silence: SilenceGate,
     encoder: Box<dyn Encoder>,
     opus_out: Vec<u8>,
     rtp_time: u64,
     tracks: Vec<Track>,
+    /// Scratch of the audible choice, reused every tick.
+    activity: Vec<(u32, bool)>,
+    chosen: Vec<bool>,
+    order: Vec<usize>,
     next_track_id: u32,
     mixer: Mixer,
     listener: ParticipantId,
@@ -862,6 +1014,8 @@ impl Session {
             frames_dropped: 0,
             frames_missing: 0,
             frames_forwarded: 0,
+            frames_suppressed: 0,
+            silence: SilenceGate::default(),
             rate,
             frame_len,
             target,
@@ -893,6 +1047,9 @@ impl Session {
             opus_out: vec![0u8; 1500],
             rtp_time: 0,
             tracks: Vec::new(),
+            activity: Vec::new(),
+            chosen: Vec::new(),
+            order: Vec::new(),
             next_track_id: 1,
             mixer,
             listener,
@@ -1054,6 +1211,7 @@ impl Session {
                     identity = %self.identity,
                     frames_sent = self.frames_sent,
                     frames_forwarded = self.frames_forwarded,
+                    frames_suppressed = self.frames_suppressed,
                     frames_dropped = self.frames_dropped,
                     frames_missing = self.frames_missing,
                     "left the LiveKit room"
@@ -1509,6 +1667,16 @@ impl Session {
             debug!(len = pcm.len(), "caller frame of the wrong size");
             return;
         }
+        // RFC 6464 audio level: what LiveKit's speaker detection reads (it does not decode
+        // Opus), so that a talking caller shows as speaking in the room's apps.
+        let (level, voice) = audio_level(pcm);
+        if !self.silence.send(voice) {
+            // A silent caller sends nothing, as Opus DTX would: no encode, no packet, no
+            // decode at LiveKit's other subscribers. The RTP clock keeps running.
+            self.rtp_time = self.rtp_time.wrapping_add(OPUS_RTP_STEP);
+            self.frames_suppressed += 1;
+            return;
+        }
         // An Opus caller's 20 ms packet goes to the room as it came (no transcoding); any
         // other frame, or a packet of another duration, is encoded from its PCM.
         let forwarded = frame
@@ -1543,9 +1711,6 @@ impl Session {
         let (Some(pt), Some(payload)) = (self.mic_pt, self.opus_out.get(..n)) else {
             return;
         };
-        // RFC 6464 audio level: what LiveKit's speaker detection reads (it does not decode
-        // Opus), so that a talking caller shows as speaking in the room's apps.
-        let (level, voice) = audio_level(pcm);
         if let Some(w) = self.publ.rtc.writer(mid) {
             if w.audio_level(level, voice)
                 .write(
@@ -1676,9 +1841,7 @@ impl Session {
             None => {
                 // A new remote track: its buffer and decoder are made once, here.
                 let id = ParticipantId(self.next_track_id);
-                let Some(track) = Track::new(d.mid, id, self.rate) else {
-                    return;
-                };
+                let track = Track::new(d.mid, id);
                 self.next_track_id += 1;
                 if self.mixer.add(id).is_err() {
                     return;
@@ -1706,9 +1869,36 @@ impl Session {
         }
         let len = self.frame_len;
         let (mut dropped, mut missing) = (0u64, 0u64);
+        // Every track's packet is taken from its buffer; only the audible few are decoded.
+        for t in &mut self.tracks {
+            t.pull(len, now);
+        }
+        self.activity.clear();
+        self.activity
+            .extend(self.tracks.iter().map(|t| (t.activity, t.decoder.is_some())));
+        choose_audible(&self.activity, &mut self.chosen, &mut self.order);
+        let mut holding = self.tracks.iter().filter(|t| t.decoder.is_some()).count();
+        // Decoders of tracks left out long enough go first, so that newcomers find one.
+        for (t, &chosen) in self.tracks.iter_mut().zip(&self.chosen) {
+            if chosen {
+                t.unchosen = 0;
+            } else if t.decoder.is_some() {
+                t.unchosen += 1;
+                if t.unchosen > DECODER_HOLD {
+                    t.set_decoding(false, self.rate);
+                    holding -= 1;
+                }
+            }
+        }
+        for (t, &chosen) in self.tracks.iter_mut().zip(&self.chosen) {
+            if chosen && t.decoder.is_none() && holding < AUDIBLE {
+                t.set_decoding(true, self.rate);
+                holding += 1;
+            }
+        }
         for t in &mut self.tracks {
             let id = t.id;
-            if let Some(frame) = t.next(len, now) {
+            if let Some(frame) = t.decoded(len) {
                 let _ = self.mixer.push(id, frame);
             }
             let lost = t.take_losses();
@@ -1820,8 +2010,71 @@ mod tests {
     }
 
     fn track() -> Track {
-        Track::new(Mid::from("0"), ParticipantId(1), SampleRate::Hz8000)
-            .expect("an Opus decoder at 8 kHz")
+        Track::new(Mid::from("0"), ParticipantId(1))
+    }
+
+    impl Track {
+        /// One tick of a track that is always heard.
+        fn next(&mut self, len: usize, now: Instant) -> Option<&[i16]> {
+            self.pull(len, now);
+            self.set_decoding(true, SampleRate::Hz8000);
+            self.decoded(len)
+        }
+    }
+
+    #[test]
+    fn a_silent_caller_sends_a_hangover_then_one_frame_in_twenty() {
+        let mut gate = SilenceGate::default();
+        assert!(gate.send(true));
+        let sent: Vec<bool> = (0..70).map(|_| gate.send(false)).collect();
+        assert!(sent[..SILENCE_HANGOVER as usize].iter().all(|s| *s), "the hangover goes out");
+        let after = &sent[SILENCE_HANGOVER as usize..];
+        assert_eq!(after.iter().filter(|s| **s).count(), 3, "one in twenty: {after:?}");
+        assert!(gate.send(true), "voice goes out at once");
+        assert!(gate.send(false), "and a new hangover starts");
+    }
+
+    #[test]
+    fn the_loudest_few_with_speech_are_chosen_and_holders_keep_a_small_edge() {
+        let (mut chosen, mut order) = (Vec::new(), Vec::new());
+        // Ten tracks: sizes 0 (DTX), 2 bytes (comfort noise), then speech of growing size.
+        let tracks: Vec<(u32, bool)> = [0u32, 2, 20, 30, 40, 50, 60, 70, 80, 90]
+            .iter()
+            .map(|b| (b * 16, false))
+            .collect();
+        choose_audible(&tracks, &mut chosen, &mut order);
+        assert_eq!(chosen.iter().filter(|c| **c).count(), AUDIBLE);
+        assert!(!chosen[0] && !chosen[1], "silent tracks are never decoded");
+        assert!(chosen[5..].iter().all(|c| *c), "the five loudest");
+        // A holder a little quieter than a newcomer keeps its decoder.
+        let close = [(60 * 16, true), (65 * 16, false), (90 * 16, false), (90 * 16, false), (90 * 16, false), (90 * 16, false)];
+        choose_audible(&close, &mut chosen, &mut order);
+        assert!(chosen[0] && !chosen[1], "no swap for a few bytes: {chosen:?}");
+        // Fewer speakers than slots: every one of them.
+        choose_audible(&[(40 * 16, false), (0, true)], &mut chosen, &mut order);
+        assert_eq!(chosen, vec![true, false]);
+    }
+
+    #[test]
+    fn an_unheard_track_is_not_decoded_but_its_buffer_keeps_moving() {
+        let mut t = track();
+        let t0 = Instant::now();
+        for (k, p) in packets(10).iter().enumerate() {
+            let now = t0 + TICK * k as u32;
+            t.push(k as u16, (k * 960) as u32, p, now);
+            t.pull(160, now);
+            assert!(t.decoded(160).is_none(), "no decoder, nothing decoded");
+        }
+        assert!(t.decoder.is_none());
+        assert!(t.activity >= MIN_ACTIVITY, "speech-sized packets count as activity");
+        assert!(t.jitter.stats().played >= 8, "frames were taken from the buffer");
+        // Taking a decoder mid-stream starts with a fade-in, then plays.
+        let now = t0 + TICK * 10;
+        t.push(10, 9600, &packets(11)[10], now);
+        t.pull(160, now);
+        t.set_decoding(true, SampleRate::Hz8000);
+        let first = t.decoded(160).expect("a frame").to_vec();
+        assert_eq!(first[0], 0, "starts from silence");
     }
 
     #[test]
