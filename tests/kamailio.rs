@@ -9,6 +9,7 @@
 mod ops_support;
 mod support;
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,13 @@ struct Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
+        // Kamailio forks its workers: the whole process group goes, not only the main one.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's process group; no memory is involved.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -131,6 +139,7 @@ failure_route[NEXT_NODE] {{
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .expect("start kamailio");
     Kamailio {
