@@ -449,6 +449,11 @@ pub struct LiveKitConfig {
     /// callers who keyed a host PIN: `"any_non_sip"` (any participant that is not a phone
     /// call) or `"attribute:KEY=VALUE"`.
     pub host: HostRule,
+    /// Calls of this node in one room share one hidden subscriber participant, which
+    /// subscribes to and decodes each track of the room's other participants once and gives
+    /// each call a mix of everyone but itself (callers of this node hear each other through
+    /// the node). `false`: each call's participant subscribes to every track itself.
+    pub share_rooms: bool,
 }
 
 /// `livekit.host`: which LiveKit participants are hosts.
@@ -521,6 +526,7 @@ impl Default for LiveKitConfig {
             ice_servers: Vec::new(),
             ice_transport_policy: IceTransportPolicy::All,
             host: HostRule::AnyNonSip,
+            share_rooms: true,
         }
     }
 }

@@ -717,7 +717,9 @@ async fn relay_only_media_goes_through_the_turn_server_livekit_announces() {
     }
     let turn = server.turn_stats().expect("the TURN server runs");
     println!("TURN: {turn:?}");
-    assert_eq!(turn.allocations, 2, "one allocation per peer connection");
+    // The call's two peer connections, and the subscriber connection of the room's listener
+    // on this node (its publisher connection carries nothing and allocates nothing).
+    assert_eq!(turn.allocations, 3, "one allocation per peer connection in use");
     assert_eq!(turn.refused, 0);
     // Two seconds of 20 ms packets and more, through the relay.
     assert!(
@@ -733,12 +735,12 @@ async fn relay_only_media_goes_through_the_turn_server_livekit_announces() {
     let mut released = 0;
     for _ in 0..50 {
         released = server.turn_stats().map(|t| t.released).unwrap_or(0);
-        if released == 2 {
+        if released == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(released, 2, "both allocations given back on leaving");
+    assert_eq!(released, 3, "every allocation given back on leaving");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1770,4 +1772,93 @@ async fn a_participant_waits_outside_the_livekit_room_until_a_host_is_there() {
         .await
         .unwrap()
         .expect("the caller is in the LiveKit room");
+}
+
+/// Two calls of this node in one room with a web user: the node's hidden listener subscribes
+/// to the web user's track only, each caller hears the web user and the other caller but not
+/// itself, the callers' own participants are forwarded nothing, nobody in the room is told
+/// about the listener, and the listener leaves with the last call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_one_room_share_one_hidden_listener_and_hear_each_other_through_the_node() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let alice = server
+        .add_synthetic_participant(
+            "shared",
+            "alice",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let rooms = rooms_for(server.url(), SECRET);
+    let mut one = join(&rooms, "shared", "s1").await;
+    let mut two = join(&rooms, "shared", "s2").await;
+    assert_eq!(one.others_at_join, 1, "the first caller sees alice only");
+    assert_eq!(two.others_at_join, 2, "the second sees alice and the first, not the listener");
+
+    let (heard_one, heard_two) = tokio::join!(
+        exchange(&mut one, Some(440.0), Duration::from_secs(4)),
+        exchange(&mut two, Some(700.0), Duration::from_secs(4)),
+    );
+    let rate = LIVEKIT_SAMPLE_RATE;
+    for (who, heard, own, other) in [("s1", &heard_one, 440.0, 700.0), ("s2", &heard_two, 700.0, 440.0)] {
+        let tail = last(heard, rate, 1.0);
+        let (alice_db, other_db, own_db) = (
+            median_level(tail, rate, 1000.0),
+            median_level(tail, rate, other),
+            median_level(tail, rate, own),
+        );
+        println!("{who} hears alice at {alice_db:.1}, the other caller at {other_db:.1}, itself at {own_db:.1} dBFS");
+        assert!(tail.len() >= rate as usize / 2, "{who}: half a second of room audio");
+        assert!(alice_db > -25.0, "{who} hears the web user ({alice_db:.1} dBFS)");
+        assert!(other_db > -25.0, "{who} hears the other caller ({other_db:.1} dBFS)");
+        assert!(other_db - own_db > 30.0, "{who} does not hear itself ({own_db:.1} dBFS)");
+    }
+
+    let participants = server.participants("shared").await.unwrap();
+    let listeners: Vec<_> = participants.iter().filter(|p| p.hidden).collect();
+    assert_eq!(listeners.len(), 1, "one hidden listener for the room: {participants:?}");
+    let listener = listeners[0].identity.clone();
+    assert!(listener.starts_with("sip_"), "never taken for a host: {listener}");
+    assert!(listeners[0].tracks.is_empty(), "the listener publishes nothing");
+    // The web user is told about the two callers, never about the listener.
+    let heard_by_alice = alice.heard_from();
+    assert!(heard_by_alice.contains(&"sip_s1".to_owned()) && heard_by_alice.contains(&"sip_s2".to_owned()));
+    let room_heard = alice.received_audio_from("sip_s1");
+    assert!(
+        median_level(last(&room_heard, SAMPLE_RATE, 1.0), SAMPLE_RATE, 440.0) > -25.0,
+        "the room still hears each caller's own track"
+    );
+
+    let counters = server.counters().await.unwrap();
+    let of = |id: &str| counters.iter().find(|c| c.identity == id).cloned().unwrap_or_default();
+    let (c1, c2, l, a) = (of("sip_s1"), of("sip_s2"), of(&listener), of("alice"));
+    println!(
+        "forwarded to: s1 {}, s2 {}, listener {}; alice sent {}; the callers sent {} and {}",
+        c1.packets_out, c2.packets_out, l.packets_out, a.packets_in, c1.packets_in, c2.packets_in
+    );
+    assert_eq!(c1.packets_out + c2.packets_out, 0, "the callers' participants subscribe to nothing");
+    assert!(c1.packets_in > 100 && c2.packets_in > 100, "each caller publishes its track");
+    assert!(l.packets_out > 100, "the listener receives the web user's track");
+    assert!(
+        l.packets_out <= a.packets_in,
+        "and only it: {} forwarded, alice sent {}",
+        l.packets_out,
+        a.packets_in
+    );
+
+    drop(one);
+    drop(two);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = server.participants("shared").await.unwrap();
+        if left.iter().all(|p| p.synthetic) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener leaves with the last call: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

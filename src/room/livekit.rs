@@ -32,19 +32,22 @@
 
 pub mod api;
 mod session;
+mod share;
 mod signal;
 pub(crate) mod stun;
 mod turn;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialin_media::codec::SampleRate;
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{HostFuture, JoinFuture, JoinRequest, RoomBackend, RoomError, RoomHandle};
+use super::{
+    AudioFrame, HostFuture, JoinFuture, JoinRequest, RoomBackend, RoomError, RoomEvent, RoomHandle,
+};
 use crate::call::ROLE_ATTRIBUTE;
 use crate::config::{HostRule, IceTransportPolicy, LiveKitConfig};
 use crate::pins::PinRole;
@@ -91,7 +94,23 @@ pub struct LiveKitRooms {
     ice: session::IceSetup,
     /// `livekit.host`: who counts as a room's host.
     host: HostRule,
+    /// `livekit.share_rooms`: calls of one room share this node's listener of that room.
+    share: bool,
+    /// The listeners of this node, by server, room and rate (module `share`).
+    listeners: Mutex<HashMap<ListenerKey, Arc<tokio::sync::Mutex<Option<mpsc::Sender<share::Join>>>>>>,
 }
+
+/// One listener per LiveKit server, room and sample rate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ListenerKey {
+    url: String,
+    room: String,
+    rate: u32,
+}
+
+/// Attempts at joining a room's listener: one that is ending refuses the call, which then
+/// starts a new one.
+const LISTENER_ATTEMPTS: usize = 3;
 
 /// How often a waiting participant's room is looked at for its host.
 const HOST_POLL: Duration = Duration::from_secs(1);
@@ -152,6 +171,8 @@ impl LiveKitRooms {
                 relay_only: config.ice_transport_policy == IceTransportPolicy::Relay,
             },
             host: config.host.clone(),
+            share: config.share_rooms,
+            listeners: Mutex::new(HashMap::new()),
         })
     }
 
@@ -225,12 +246,32 @@ impl LiveKitRooms {
                 .unwrap_or(&self.api_secret),
         };
         let url = server.url.to_owned();
+        let rate = if req.sample_rate == NARROWBAND_SAMPLE_RATE {
+            SampleRate::Hz8000
+        } else {
+            SampleRate::Hz16000
+        };
+        let (events_tx, events) = mpsc::channel(16);
+        // A shared room: the call is mixed by this node's listener of the room, which must
+        // know the call's identity before its participant joins (its track is never
+        // subscribed to).
+        let shared = if self.share {
+            let listener =
+                mint_listener_token(server.api_key, server.api_secret, self.token_ttl, &req.room)?;
+            Some(
+                self.join_listener(&url, &req, rate, listener, events_tx.clone())
+                    .await?,
+            )
+        } else {
+            None
+        };
         // The access token for this call: kind SIP, the request's identity, name and
         // attributes, allowed to join only `req.room`, publish its microphone, subscribe and
         // send data.
         let token = mint_token(server.api_key, server.api_secret, self.token_ttl, &req)?;
         drop(table);
-        let mut ws = signal::connect(&url, &token, None, JOIN_TIMEOUT, &self.tls)
+        let auto_subscribe = shared.is_none();
+        let mut ws = signal::connect(&url, &token, None, auto_subscribe, JOIN_TIMEOUT, &self.tls)
             .await
             .map_err(room_error)?;
         let (join, early) = signal::await_join(&mut ws, JOIN_TIMEOUT)
@@ -239,8 +280,14 @@ impl LiveKitRooms {
         let others_at_join = join.other_participants.len();
 
         let (to_room, to_room_rx) = mpsc::channel(CHANNEL_FRAMES);
-        let (from_room_tx, from_room) = mpsc::channel(CHANNEL_FRAMES);
-        let (events_tx, events) = mpsc::channel(16);
+        // A shared room's call hears the listener's mix, and its session mixes nothing.
+        let (from_room_tx, from_room, voice) = match shared {
+            Some((voice, heard)) => (mpsc::channel(1).0, heard, Some(voice)),
+            None => {
+                let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+                (tx, rx, None)
+            }
+        };
         let (dtmf_tx, dtmf_rx) = mpsc::channel(16);
         let (mute_tx, mute_rx) = mpsc::channel(4);
         let (attributes_tx, attributes_rx) = mpsc::channel(4);
@@ -258,11 +305,7 @@ impl LiveKitRooms {
             tls: self.tls.clone(),
             url,
             token,
-        };
-        let rate = if req.sample_rate == NARROWBAND_SAMPLE_RATE {
-            SampleRate::Hz8000
-        } else {
-            SampleRate::Hz16000
+            auto_subscribe,
         };
         let session = session::Session::start(
             target,
@@ -273,6 +316,7 @@ impl LiveKitRooms {
             rate,
             self.metrics.clone(),
             &self.ice,
+            session::Role::Caller { voice },
         )
         .await
         .map_err(|e| RoomError::Unreachable(format!("peer connection setup: {e}")))?;
@@ -288,6 +332,145 @@ impl LiveKitRooms {
             attributes: Some(attributes_tx),
             _membership: Box::new(Membership { _leave: leave_tx }),
         })
+    }
+}
+
+impl LiveKitRooms {
+    /// Has this node's listener of the call's room mix the call, starting the listener if
+    /// there is none: the call's voice goes to the returned sender, and what it hears comes
+    /// from the returned receiver.
+    async fn join_listener(
+        &self,
+        url: &str,
+        req: &JoinRequest,
+        rate: SampleRate,
+        listener: (String, String),
+        events: mpsc::Sender<RoomEvent>,
+    ) -> Result<(mpsc::Sender<AudioFrame>, mpsc::Receiver<AudioFrame>), RoomError> {
+        let key = ListenerKey {
+            url: url.to_owned(),
+            room: req.room.clone(),
+            rate: rate.hz(),
+        };
+        let mut last_error = None;
+        for _ in 0..LISTENER_ATTEMPTS {
+            let slot = {
+                let mut listeners = self
+                    .listeners
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Listeners that ended, with nobody starting one, are forgotten.
+                listeners.retain(|_, slot| {
+                    Arc::strong_count(slot) > 1
+                        || slot
+                            .try_lock()
+                            .map_or(true, |s| s.as_ref().is_some_and(|tx| !tx.is_closed()))
+                });
+                listeners.entry(key.clone()).or_default().clone()
+            };
+            let joins = {
+                let mut slot = slot.lock().await;
+                match slot.as_ref().filter(|tx| !tx.is_closed()) {
+                    Some(tx) => tx.clone(),
+                    None => {
+                        let (identity, token) = &listener;
+                        let tx = self
+                            .start_listener(url, &req.room, rate, identity, token)
+                            .await?;
+                        *slot = Some(tx.clone());
+                        tx
+                    }
+                }
+            };
+            let (voice_tx, voice) = mpsc::channel(CHANNEL_FRAMES);
+            let (out, heard) = mpsc::channel(CHANNEL_FRAMES);
+            let (accepted, accepted_rx) = oneshot::channel();
+            let join = share::Join {
+                identity: req.identity.clone(),
+                voice,
+                out,
+                events: events.clone(),
+                accepted,
+            };
+            if joins.send(join).await.is_err() {
+                last_error = Some("the room's listener ended".to_owned());
+                continue;
+            }
+            match tokio::time::timeout(JOIN_TIMEOUT, accepted_rx).await {
+                Ok(Ok(())) => return Ok((voice_tx, heard)),
+                Ok(Err(_)) => last_error = Some("the room's listener ended".to_owned()),
+                Err(_) => {
+                    return Err(RoomError::Unreachable(
+                        "the room's listener did not take the call in time".into(),
+                    ))
+                }
+            }
+        }
+        Err(RoomError::Unreachable(
+            last_error.unwrap_or_else(|| "no listener for the room".into()),
+        ))
+    }
+
+    /// Joins `room` as this node's hidden listener and starts its session.
+    async fn start_listener(
+        &self,
+        url: &str,
+        room: &str,
+        rate: SampleRate,
+        identity: &str,
+        token: &str,
+    ) -> Result<mpsc::Sender<share::Join>, RoomError> {
+        let mut ws = signal::connect(url, token, None, false, JOIN_TIMEOUT, &self.tls)
+            .await
+            .map_err(room_error)?;
+        let (join, early) = signal::await_join(&mut ws, JOIN_TIMEOUT)
+            .await
+            .map_err(room_error)?;
+        // The listener's own channels lead nowhere: it hears for its members, publishes
+        // nothing and takes no key or mute. Their other ends live as long as the session
+        // (held by the task below), so that they never read as closed.
+        let (to_room_keep, to_room) = mpsc::channel(1);
+        let (from_room, _) = mpsc::channel(1);
+        let (events, _) = mpsc::channel(1);
+        let (dtmf_keep, dtmf) = mpsc::channel(1);
+        let (mute_keep, mute) = mpsc::channel(1);
+        let (attributes_keep, attributes) = mpsc::channel(1);
+        let (leave_keep, leave) = oneshot::channel();
+        let io = session::SessionIo {
+            to_room,
+            from_room,
+            events,
+            dtmf,
+            mute,
+            attributes,
+            leave,
+        };
+        let (joins_tx, joins) = mpsc::channel(16);
+        let target = session::Target {
+            tls: self.tls.clone(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+            auto_subscribe: false,
+        };
+        let session = session::Session::start(
+            target,
+            ws,
+            join,
+            io,
+            identity,
+            rate,
+            self.metrics.clone(),
+            &self.ice,
+            session::Role::Listener(Box::new(share::Shared::new(joins))),
+        )
+        .await
+        .map_err(|e| RoomError::Unreachable(format!("listener peer connection setup: {e}")))?;
+        tracing::info!(room = %room, identity = %identity, "this node's listener joined the room");
+        tokio::spawn(async move {
+            let _keep = (to_room_keep, dtmf_keep, mute_keep, attributes_keep, leave_keep);
+            session.run(early).await;
+        });
+        Ok(joins_tx)
     }
 }
 
@@ -317,6 +500,33 @@ fn room_error(e: signal::SignalError) -> RoomError {
             RoomError::Unreachable(e.to_string())
         }
     }
+}
+
+/// The identity and token of a node's listener of `room`: hidden, subscribe-only, a random
+/// identity.
+fn mint_listener_token(
+    api_key: &str,
+    api_secret: &str,
+    ttl: Duration,
+    room: &str,
+) -> Result<(String, String), RoomError> {
+    let identity = format!("{}{:016x}", share::LISTENER_PREFIX, rand::random::<u64>());
+    let token = AccessToken::with_api_key(api_key, api_secret)
+        .with_identity(&identity)
+        .with_name("dialin")
+        .with_ttl(ttl)
+        .with_grants(VideoGrants {
+            room_join: true,
+            room: room.to_owned(),
+            can_publish: Some(false),
+            can_subscribe: Some(true),
+            can_publish_data: Some(false),
+            hidden: true,
+            ..Default::default()
+        })
+        .to_jwt()
+        .map_err(|e| RoomError::Refused(format!("minting the listener's access token: {e}")))?;
+    Ok((identity, token))
 }
 
 fn mint_token(

@@ -47,6 +47,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::share::{Member, Shared};
 use super::signal::{self, SignalError, Ws};
 use super::stun;
 use super::turn::{Turn, TurnEvent, TurnServer};
@@ -131,6 +132,19 @@ pub(crate) struct Target {
     pub tls: tokio_tungstenite::Connector,
     pub url: String,
     pub token: String,
+    /// Whether the server subscribes the participant to the room's tracks by itself.
+    pub auto_subscribe: bool,
+}
+
+/// What a session is for.
+pub(crate) enum Role {
+    /// One call's participant: publishes the caller's track. With `voice`, the call's room
+    /// is shared (module `share`): the caller's frames also go there as PCM, and the session
+    /// subscribes to nothing.
+    Caller { voice: Option<mpsc::Sender<AudioFrame>> },
+    /// A node's hidden listener of one room (module `share`): publishes nothing, subscribes
+    /// to the tracks of everyone but the node's calls, and mixes for those calls.
+    Listener(Box<Shared>),
 }
 
 /// The session's side of the [`crate::room::RoomHandle`] channels.
@@ -921,6 +935,10 @@ pub(crate) struct Session {
     buf_pub: Vec<u8>,
     buf_sub: Vec<u8>,
     frames_sent: u64,
+    /// A call of a shared room: where its voice goes besides its own track.
+    voice: Option<mpsc::Sender<AudioFrame>>,
+    /// A listener: the calls it mixes and the tracks it wants.
+    shared: Option<Box<Shared>>,
 }
 
 fn duration_s(secs: i32, default: Duration) -> Duration {
@@ -972,6 +990,7 @@ impl Session {
         rate: SampleRate,
         metrics: Option<Arc<Metrics>>,
         ice: &IceSetup,
+        role: Role,
     ) -> Result<Session, String> {
         // Our host candidates advertise the address the signal connection left from: the
         // one that routes to the LiveKit server.
@@ -979,7 +998,12 @@ impl Session {
         let (stun_servers, turn_server) = ice_servers(ice, &join, identity, ip).await;
         let now = Instant::now();
         let relay_only = ice.relay_only;
-        let mut publ = Pc::bind(ip, now, relay_only, turn_server.clone())
+        // A listener never uses its publisher connection: no relay is allocated for it.
+        let publ_turn = match role {
+            Role::Caller { .. } => turn_server.clone(),
+            Role::Listener(_) => None,
+        };
+        let mut publ = Pc::bind(ip, now, relay_only, publ_turn)
             .await
             .map_err(|e| format!("publisher socket: {e}"))?;
         let mut subs = Pc::bind(ip, now, relay_only, turn_server.clone())
@@ -1004,6 +1028,15 @@ impl Session {
             .map(|p| p.sid.clone())
             .unwrap_or_default();
         let ping_every = duration_s(join.ping_interval, DEFAULT_PING_INTERVAL);
+        let (voice, shared) = match role {
+            Role::Caller { voice } => (voice, None),
+            Role::Listener(mut shared) => {
+                for p in &join.other_participants {
+                    shared.subscriptions.on_participant(p);
+                }
+                (None, Some(shared))
+            }
+        };
         Ok(Session {
             stun_next: (!stun_servers.is_empty() && !relay_only).then_some(now),
             stun_servers,
@@ -1059,6 +1092,8 @@ impl Session {
             buf_pub: vec![0u8; 2048],
             buf_sub: vec![0u8; 2048],
             frames_sent: 0,
+            voice,
+            shared,
         })
     }
 
@@ -1092,13 +1127,89 @@ impl Session {
 
     /// Publishes, then handles what the server sent along with the `JoinResponse`.
     async fn begin(&mut self, early: Vec<Resp>) -> Option<End> {
-        self.publish().await;
+        if self.shared.is_none() {
+            self.publish().await;
+        }
         for m in early {
             if let Some(end) = self.on_signal(m).await {
                 return Some(end);
             }
         }
+        self.update_subscriptions().await;
         None
+    }
+
+    /// Whether this session publishes a track (a call's; not a listener).
+    fn publishes(&self) -> bool {
+        self.shared.is_none()
+    }
+
+    /// A listener asks for the tracks it now wants and drops those it no longer does.
+    async fn update_subscriptions(&mut self) {
+        let Some(shared) = self.shared.as_mut().filter(|s| s.dirty) else {
+            return;
+        };
+        shared.dirty = false;
+        let Shared {
+            members,
+            subscriptions,
+            ..
+        } = &mut **shared;
+        let (subscribe, unsubscribe) =
+            subscriptions.changes(|identity| members.iter().any(|m| m.identity == identity));
+        let total = subscriptions.len();
+        for (track_sids, on) in [(subscribe, true), (unsubscribe, false)] {
+            if !track_sids.is_empty() {
+                debug!(identity = %self.identity, tracks = track_sids.len(), subscribe = on, total, "listener subscriptions");
+                self.send(Req::Subscription(proto::UpdateSubscription {
+                    track_sids,
+                    subscribe: on,
+                    participant_tracks: Vec::new(),
+                }))
+                .await;
+            }
+        }
+    }
+
+    /// A listener takes the calls waiting to be mixed, and lets go of those that left.
+    fn take_members(&mut self) {
+        let Some(shared) = self.shared.as_mut() else {
+            return;
+        };
+        while let Ok(join) = shared.joins.try_recv() {
+            let id = ParticipantId(self.next_track_id);
+            self.next_track_id += 1;
+            if self.mixer.add(id).is_err() {
+                continue;
+            }
+            if join.accepted.send(()).is_err() {
+                // The call gave up waiting.
+                let _ = self.mixer.remove(id);
+                continue;
+            }
+            debug!(identity = %self.identity, call = %join.identity, "call mixed by the room's listener");
+            shared.members.push(Member {
+                identity: join.identity,
+                id,
+                voice: join.voice,
+                out: join.out,
+                events: join.events,
+            });
+            shared.had_members = true;
+            shared.dirty = true;
+        }
+        let mixer = &mut self.mixer;
+        let before = shared.members.len();
+        shared.members.retain(|m| {
+            let keep = !m.gone();
+            if !keep {
+                let _ = mixer.remove(m.id);
+            }
+            keep
+        });
+        if shared.members.len() != before {
+            shared.dirty = true;
+        }
     }
 
     /// LiveKit's full reconnect: a new signal connection without `sid` (a new participant
@@ -1114,7 +1225,14 @@ impl Session {
         self.publ.rtc.disconnect();
         self.subs.rtc.disconnect();
         let t = &self.target;
-        let mut ws = signal::connect(&t.url, &t.token, None, super::JOIN_TIMEOUT, &t.tls)
+        let mut ws = signal::connect(
+            &t.url,
+            &t.token,
+            None,
+            t.auto_subscribe,
+            super::JOIN_TIMEOUT,
+            &t.tls,
+        )
             .await
             .map_err(|e| e.to_string())?;
         let (join, early) = signal::await_join(&mut ws, super::JOIN_TIMEOUT)
@@ -1123,7 +1241,8 @@ impl Session {
         let now = Instant::now();
         let ip = signal::local_ip(&ws).ok_or("the signal connection has no local address")?;
         let turn = self.turn_server.clone();
-        self.publ = Pc::bind(ip, now, self.relay_only, turn.clone())
+        let publ_turn = if self.publishes() { turn.clone() } else { None };
+        self.publ = Pc::bind(ip, now, self.relay_only, publ_turn)
             .await
             .map_err(|e| format!("publisher socket: {e}"))?;
         self.subs = Pc::bind(ip, now, self.relay_only, turn)
@@ -1141,6 +1260,14 @@ impl Session {
         self.reliable = None;
         for t in self.tracks.drain(..) {
             let _ = self.mixer.remove(t.id);
+        }
+        if let Some(shared) = self.shared.as_mut() {
+            // A new participant session: it subscribes afresh.
+            shared.subscriptions.reset();
+            for p in &join.other_participants {
+                shared.subscriptions.on_participant(p);
+            }
+            shared.dirty = true;
         }
         self.sid = join
             .participant
@@ -1200,8 +1327,9 @@ impl Session {
                 };
                 self.publ.release_turn();
                 self.subs.release_turn();
+                let publishes = self.publishes();
                 if let Some(ws) = self.ws.as_mut() {
-                    if matches!(end, End::Left) {
+                    if matches!(end, End::Left) && publishes {
                         let _ = signal::send(ws, Req::UpdateMetadata(hangup)).await;
                     }
                     let _ = signal::send(ws, Req::Leave(leave)).await;
@@ -1221,6 +1349,13 @@ impl Session {
                 info!(identity = %self.identity, event = ?ev, "the LiveKit room ended the session");
                 if let Some(ws) = self.ws.as_mut() {
                     let _ = ws.close(None).await;
+                }
+                if let Some(shared) = self.shared.as_ref() {
+                    // The calls this listener mixed hear nothing more from the room: they end
+                    // as the room did, rather than go on silent.
+                    for m in &shared.members {
+                        let _ = m.events.try_send(ev.clone());
+                    }
                 }
                 let _ = self.io.events.send(ev).await;
             }
@@ -1363,14 +1498,23 @@ impl Session {
 
     fn start_resume(&mut self, now: Instant) {
         let (tx, rx) = oneshot::channel();
-        let (url, token, sid, tls) = (
+        let (url, token, sid, tls, auto_subscribe) = (
             self.target.url.clone(),
             self.target.token.clone(),
             self.sid.clone(),
             self.target.tls.clone(),
+            self.target.auto_subscribe,
         );
         tokio::spawn(async move {
-            let r = signal::connect(&url, &token, Some(&sid), RESUME_CONNECT_TIMEOUT, &tls).await;
+            let r = signal::connect(
+                &url,
+                &token,
+                Some(&sid),
+                auto_subscribe,
+                RESUME_CONNECT_TIMEOUT,
+                &tls,
+            )
+            .await;
             let _ = tx.send(r);
         });
         self.resume = Some(rx);
@@ -1502,12 +1646,25 @@ impl Session {
                     // Muted: nothing is sent (the room sees the muted flag, not silence).
                     if !self.muted {
                         self.send_audio(&frame, now);
+                        if let Some(voice) = self.voice.as_ref() {
+                            // The node's other callers in the room hear it through the
+                            // room's listener; a full channel is the listener's loss.
+                            let _ = voice.try_send(frame);
+                        }
                     }
                 }
                 if surplus > 0 {
                     self.count_lost(surplus, 0);
                 }
                 self.mix(now);
+                if self.shared.as_ref().is_some_and(|s| s.finished()) {
+                    if let Some(shared) = self.shared.as_mut() {
+                        shared.close();
+                    }
+                    info!(identity = %self.identity, "the room's listener has no call left");
+                    return End::Left;
+                }
+                self.update_subscriptions().await;
                 self.next_mix += TICK;
                 if self.next_mix < now {
                     // Woken late (a loaded machine): skip ahead rather than burst.
@@ -1516,9 +1673,14 @@ impl Session {
             }
             self.poll_publisher();
             self.poll_subscriber();
-            let never = [&self.publ, &self.subs].iter().any(|pc| {
-                !pc.connected && now.saturating_duration_since(pc.born) >= PC_CONNECT_TIMEOUT
-            });
+            let publishes = self.publishes();
+            let never = [(&self.publ, publishes), (&self.subs, true)]
+                .iter()
+                .any(|(pc, used)| {
+                    *used
+                        && !pc.connected
+                        && now.saturating_duration_since(pc.born) >= PC_CONNECT_TIMEOUT
+                });
             if never {
                 warn!(
                     identity = %self.identity,
@@ -1527,8 +1689,8 @@ impl Session {
                 );
                 return End::Room(RoomEvent::Closed);
             }
-            let failed = !self.publ.rtc.is_alive() || !self.subs.rtc.is_alive();
-            if failed || self.publ.ice_failed(now) || self.subs.ice_failed(now) {
+            let failed = (publishes && !self.publ.rtc.is_alive()) || !self.subs.rtc.is_alive();
+            if failed || (publishes && self.publ.ice_failed(now)) || self.subs.ice_failed(now) {
                 // What LiveKit's SDKs do when a peer connection fails: join again with new
                 // ones (bounded by MAX_REJOINS; a join that fails ends the call with a prompt).
                 warn!(identity = %self.identity, "a LiveKit peer connection failed; joining again");
@@ -1633,6 +1795,12 @@ impl Session {
 
     fn on_participants(&mut self, participants: &[proto::ParticipantInfo]) {
         use proto::participant_info::State;
+        if let Some(shared) = self.shared.as_mut() {
+            for p in participants.iter().filter(|p| p.sid != self.sid) {
+                shared.subscriptions.on_participant(p);
+            }
+            shared.dirty = true;
+        }
         for p in participants {
             if p.sid == self.sid || p.identity == self.identity {
                 // Our own entry: the room may have changed what we may do.
@@ -1864,7 +2032,8 @@ impl Session {
     }
 
     fn mix(&mut self, now: Instant) {
-        if self.tracks.is_empty() {
+        self.take_members();
+        if self.tracks.is_empty() && self.shared.is_none() {
             return;
         }
         let len = self.frame_len;
@@ -1904,6 +2073,27 @@ impl Session {
             let lost = t.take_losses();
             dropped += lost.dropped;
             missing += lost.missing;
+        }
+        if let Some(shared) = self.shared.as_mut() {
+            // The node's calls in this room: each one's voice is a mixer input, and each
+            // hears the mix of everyone but itself.
+            for m in &mut shared.members {
+                let (frame, surplus) = crate::room::next_frame(&mut m.voice);
+                dropped += surplus;
+                if let Some(frame) = frame {
+                    let _ = self.mixer.push(m.id, frame.samples());
+                }
+            }
+            self.mixer.mix();
+            for m in &shared.members {
+                if let Some(out) = self.mixer.output_for(m.id) {
+                    if m.out.try_send(AudioFrame::from_samples(out)).is_err() {
+                        dropped += 1;
+                    }
+                }
+            }
+            self.count_lost(dropped, missing);
+            return;
         }
         self.mixer.mix();
         if let Some(out) = self.mixer.output_for(self.listener) {

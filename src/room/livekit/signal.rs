@@ -40,11 +40,19 @@ pub(crate) enum SignalError {
     NoJoin(String),
 }
 
-/// `{base}/rtc?...`, with `reconnect=1&sid=` when resuming a session.
-pub(crate) fn rtc_url(base: &str, token: &str, resume_sid: Option<&str>) -> String {
+/// `{base}/rtc?...`, with `reconnect=1&sid=` when resuming a session. Without
+/// `auto_subscribe` the server subscribes the participant to nothing by itself
+/// (`auto_subscribe=0`): it subscribes with `UpdateSubscription`, or not at all.
+pub(crate) fn rtc_url(
+    base: &str,
+    token: &str,
+    resume_sid: Option<&str>,
+    auto_subscribe: bool,
+) -> String {
     let base = base.trim_end_matches('/');
     let mut url = format!(
-        "{base}/rtc?access_token={token}&protocol={PROTOCOL_VERSION}&auto_subscribe=1&sdk={SDK}&version={}",
+        "{base}/rtc?access_token={token}&protocol={PROTOCOL_VERSION}&auto_subscribe={}&sdk={SDK}&version={}",
+        u8::from(auto_subscribe),
         env!("CARGO_PKG_VERSION")
     );
     if let Some(sid) = resume_sid {
@@ -91,10 +99,11 @@ pub(crate) async fn connect(
     base: &str,
     token: &str,
     resume_sid: Option<&str>,
+    auto_subscribe: bool,
     timeout: Duration,
     tls: &Connector,
 ) -> Result<Ws, SignalError> {
-    let url = rtc_url(base, token, resume_sid);
+    let url = rtc_url(base, token, resume_sid, auto_subscribe);
     let unreachable = |reason: String| SignalError::Unreachable {
         url: base.to_owned(),
         reason,
@@ -200,12 +209,13 @@ mod tests {
 
     #[test]
     fn rtc_url_carries_protocol_version_and_resume_sid() {
-        let u = rtc_url("ws://lk.example:7880/", "TOK", Some("PA_1"));
+        let u = rtc_url("ws://lk.example:7880/", "TOK", Some("PA_1"), true);
         assert!(u.starts_with(
             "ws://lk.example:7880/rtc?access_token=TOK&protocol=16&auto_subscribe=1&sdk=rust"
         ));
         assert!(u.ends_with("&reconnect=1&sid=PA_1"));
-        assert!(!rtc_url("ws://h", "T", None).contains("reconnect"));
+        assert!(!rtc_url("ws://h", "T", None, true).contains("reconnect"));
+        assert!(rtc_url("ws://h", "T", None, false).contains("&auto_subscribe=0&"));
     }
 
     #[test]

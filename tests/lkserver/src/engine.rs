@@ -118,6 +118,8 @@ pub struct ParticipantSnapshot {
     /// The `ice-ufrag` of each publisher offer the client sent, in order: a new one is an ICE
     /// restart.
     pub publisher_ufrags: Vec<String>,
+    /// Joined with a `hidden` grant: others are not told about it.
+    pub hidden: bool,
 }
 
 /// Per-participant packet counters for load runs.
@@ -287,6 +289,7 @@ struct Participant {
     grant_subscribe: bool,
     grant_publish_data: bool,
     grant_update_metadata: bool,
+    hidden: bool,
     auto_subscribe: bool,
     client_protocol: i32,
     signal: Option<Signalling>,
@@ -386,6 +389,7 @@ impl Participant {
             subscriber_connected,
             trickled: self.trickled.clone(),
             publisher_ufrags: self.publisher_ufrags.clone(),
+            hidden: self.hidden,
         }
     }
 }
@@ -947,6 +951,7 @@ impl Engine {
             grant_subscribe: grant.can_subscribe,
             grant_publish_data: grant.can_publish_data,
             grant_update_metadata: grant.can_update_own_metadata,
+            hidden: grant.hidden,
             auto_subscribe: params.auto_subscribe,
             client_protocol: params.protocol,
             signal: Some(Signalling { conn, out }),
@@ -1001,6 +1006,7 @@ impl Engine {
                 .iter()
                 .filter(|k| **k != key)
                 .filter_map(|k| self.parts.get(k))
+                .filter(|o| !o.hidden)
                 .map(Participant::info)
                 .collect(),
             server_version: SERVER_VERSION.into(),
@@ -1020,8 +1026,12 @@ impl Engine {
 
     fn room_info(&self, room: &str) -> Option<proto::Room> {
         let r = self.rooms.get(room)?;
-        let members: Vec<&Participant> =
-            r.members.iter().filter_map(|k| self.parts.get(k)).collect();
+        let members: Vec<&Participant> = r
+            .members
+            .iter()
+            .filter_map(|k| self.parts.get(k))
+            .filter(|p| !p.hidden)
+            .collect();
         Some(proto::Room {
             sid: r.sid.clone(),
             name: r.name.clone(),
@@ -1047,6 +1057,7 @@ impl Engine {
                         .iter()
                         .filter(|k| **k != key)
                         .filter_map(|k| self.parts.get(k))
+                        .filter(|o| !o.hidden)
                         .map(Participant::info)
                         .collect()
                 })
@@ -1823,6 +1834,7 @@ impl Engine {
                 grant_subscribe: true,
                 grant_publish_data: true,
                 grant_update_metadata: true,
+                hidden: false,
                 auto_subscribe: true,
                 client_protocol: PROTOCOL_VERSION,
                 signal: None,
@@ -2049,6 +2061,10 @@ impl Engine {
         };
         for to in &r.members {
             if *to == key && !include_self {
+                continue;
+            }
+            // As livekit-server: a hidden participant's updates go to itself only.
+            if *to != key && p.hidden {
                 continue;
             }
             if let Some(o) = self.parts.get(to) {

@@ -93,6 +93,11 @@
 //!   replay on resume); no `refresh_token`.
 //! - A muted track (by its publisher or by the room service) is still forwarded: only its flag
 //!   changes.
+//! - Hidden participants (`video.hidden` in the token): as livekit-server, they are left out
+//!   of the others' `JoinResponse`, `ParticipantUpdate`s and `RoomUpdate` counts, and their own
+//!   updates go to themselves only; `ListParticipants` lists them. The real server also keeps
+//!   them out of speaker updates and strips their identity from data they send: this server
+//!   sends no speaker updates, and a hidden participant's data is stamped as anyone's.
 //! - Synthetic participants live inside the server (no WebRTC of their own); the rest of the
 //!   room sees them as ordinary publishing participants.
 

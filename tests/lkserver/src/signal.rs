@@ -275,6 +275,7 @@ async fn session(
 ) {
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let mut write_failed = false;
     if engine
         .send(Command::Connect {
             conn,
@@ -301,8 +302,13 @@ async fn session(
             },
             out = out_rx.recv() => match out {
                 Some(WsOut::Send(resp)) => {
-                    if sink.send(WsMessage::Binary(resp.encode_to_vec().into())).await.is_err() {
-                        break;
+                    // A failed write (the client is closing) does not end the connection:
+                    // what the client sent before its close (a `Leave`) is still read, as
+                    // livekit-server's separate reader and writer do.
+                    if !write_failed
+                        && sink.send(WsMessage::Binary(resp.encode_to_vec().into())).await.is_err()
+                    {
+                        write_failed = true;
                     }
                 }
                 Some(WsOut::Close) | None => {

@@ -54,6 +54,8 @@ pub(crate) struct JoinGrant {
     pub can_subscribe: bool,
     pub can_publish_data: bool,
     pub can_update_own_metadata: bool,
+    /// `video.hidden`: the participant is left out of what others are told about the room.
+    pub hidden: bool,
 }
 
 /// Verifies tokens signed for one API key/secret pair.
@@ -114,6 +116,7 @@ impl TokenCheck {
             can_subscribe: claims.video.can_subscribe(),
             can_publish_data: claims.video.can_publish_data(),
             can_update_own_metadata: claims.video.can_update_own_metadata(),
+            hidden: claims.video.hidden,
         })
     }
 }
