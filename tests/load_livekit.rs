@@ -3,20 +3,26 @@
 //!
 //! ```sh
 //! cargo build --release -p dialin-lkserver
-//! DIALIN_LOAD_CALLS=100 DIALIN_LOAD_SECS=30 \
+//! DIALIN_LOAD_CALLS=40 DIALIN_LOAD_ROOM=20 DIALIN_LOAD_SECS=30 \
 //!   cargo test --release --test load_livekit -- --ignored --nocapture
 //! ```
 //!
 //! The LiveKit test server runs as its own process (`dialin-lkserver`, built next to this test),
 //! the release gateway as another, and the callers in this process: `DIALIN_LOAD_CALLS` G.711
-//! (PCMU) calls, two per room, each keying its room's PIN by RFC 4733 and then playing a tone
-//! (440 Hz on one side of each room, 1000 Hz on the other). Once every call is in its room and
-//! the media has settled, a window of `DIALIN_LOAD_SECS` measures:
+//! (PCMU) calls, `DIALIN_LOAD_ROOM` per room (2 by default; the calls are rounded down to whole
+//! rooms), each keying its room's PIN by RFC 4733 and then playing a tone without pause (in a
+//! room of two, 440 Hz on one side and 1000 Hz on the other; in larger rooms one of eight
+//! tones by the caller's place in the room). `DIALIN_LOAD_SHARE=0` turns `livekit.share_rooms`
+//! off (every call subscribes to every track itself), to compare; `DIALIN_LOAD_WEB=1` puts a
+//! web user in every room before the calls come (a test-server participant publishing a
+//! 250 Hz tone and subscribing to everyone). Once every call is in its room and the media has
+//! settled, a window of `DIALIN_LOAD_SECS` measures:
 //!
 //! - the gateway's CPU time over the window as a share of one core, in all and per call;
 //! - its resident memory, and the growth over the idle gateway per call;
 //! - packets to the callers: RTP packets the callers received, against 50 per second each;
-//! - audio to the callers: 20 ms packets that carried the other caller's tone;
+//! - audio to the callers: 20 ms packets that carried the tone of another participant of the
+//!   room (in rooms of two: the other caller's);
 //! - packets to the room: Opus packets the test server received from the gateway's
 //!   participants, against 50 per second each (the server prints its counters every second);
 //! - the gateway's own account of what it lost: `dialin_room_frames_dropped_total`,
@@ -39,8 +45,13 @@ use support::tone::goertzel_level;
 
 const KEY: &str = "loadkey";
 const SECRET: &str = "load-secret-for-the-livekit-load-run";
-/// Tones of the two callers of a room (dBFS level of each).
+/// Tones of the two callers of a room of two (dBFS level of each).
 const TONES: [f64; 2] = [440.0, 1000.0];
+/// Tones of the callers of a larger room, by place in the room (150 Hz apart: a 20 ms
+/// Goertzel tells them apart).
+const ROOM_TONES: [f64; 8] = [350.0, 500.0, 650.0, 800.0, 950.0, 1100.0, 1250.0, 1400.0];
+/// The web user's tone (`dialin-lkserver --web-rooms`).
+const WEB_TONE: f64 = 250.0;
 const TONE_DBFS: f64 = -20.0;
 /// A packet carries the other caller when its tone is within 12 dB of what was played.
 const HEARD_DBFS: f64 = TONE_DBFS - 12.0;
@@ -89,7 +100,8 @@ struct LkServer {
 }
 
 impl LkServer {
-    fn start() -> LkServer {
+    /// With `web_rooms`, a web user in each of the rooms `load-0` .. `load-{web_rooms - 1}`.
+    fn start(web_rooms: Option<usize>) -> LkServer {
         let exe = std::env::current_exe().expect("test executable");
         let bin = exe
             .parent()
@@ -115,6 +127,11 @@ impl LkServer {
                 "--report-ms",
                 "1000",
             ])
+            .args(
+                web_rooms
+                    .map(|r| vec!["--web-rooms".to_owned(), format!("load-:{r}")])
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -188,7 +205,7 @@ const CLK_TCK: f64 = 100.0;
 
 /// Places one call, keys `pin#` and starts its tone; retries a `503` (admission control
 /// refusing while the gateway catches up) for up to a minute.
-async fn place(gw: &Gateway, i: usize, pin: &str) -> Call {
+async fn place(gw: &Gateway, i: usize, pin: &str, tone: f64) -> Call {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let opts = DialOptions {
@@ -204,7 +221,7 @@ async fn place(gw: &Gateway, i: usize, pin: &str) -> Call {
                 call.send_dtmf(&format!("{pin}#"), DtmfMode::Rfc4733)
                     .await
                     .expect("digits sent");
-                call.play_tone(TONES[i % 2], TONE_DBFS);
+                call.play_tone(tone, TONE_DBFS);
                 return call;
             }
             Err(e) if e.status() == Some(503) && Instant::now() < deadline => {
@@ -215,16 +232,36 @@ async fn place(gw: &Gateway, i: usize, pin: &str) -> Call {
     }
 }
 
-/// Packets received by each call since `since`, and how many carried the other caller's
-/// tone.
-fn audio_heard(calls: &[Call], since: Instant) -> (u64, u64) {
+/// The tone caller `i` plays in rooms of `m`.
+fn tone_of(i: usize, m: usize) -> f64 {
+    if m == 2 {
+        TONES[i % 2]
+    } else {
+        ROOM_TONES[(i % m) % ROOM_TONES.len()]
+    }
+}
+
+/// Packets received by each call since `since`, and how many carried the tone of another
+/// participant of its room (rooms of `m` callers; with a web user when `web`).
+fn audio_heard(calls: &[Call], since: Instant, m: usize, web: bool) -> (u64, u64) {
     let mut packets = 0u64;
     let mut with_tone = 0u64;
     for (i, call) in calls.iter().enumerate() {
-        let other = TONES[(i + 1) % 2];
+        let own = tone_of(i, m);
+        let mut others: Vec<f64> = (0..m)
+            .map(|j| tone_of(j, m))
+            .filter(|&f| f != own)
+            .collect();
+        others.dedup();
+        if web {
+            others.push(WEB_TONE);
+        }
         for (_, chunk) in call.recorded_chunks(since) {
             packets += 1;
-            if goertzel_level(&chunk, call.sample_rate(), other) >= HEARD_DBFS {
+            if others
+                .iter()
+                .any(|&f| goertzel_level(&chunk, call.sample_rate(), f) >= HEARD_DBFS)
+            {
                 with_tone += 1;
             }
         }
@@ -234,13 +271,17 @@ fn audio_heard(calls: &[Call], since: Instant) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "load run; prints figures"]
-async fn bridged_livekit_calls_two_per_room() {
-    let n = usize::try_from(env_or("DIALIN_LOAD_CALLS", 50)).unwrap_or(50) & !1;
+async fn bridged_livekit_calls() {
+    let m = usize::try_from(env_or("DIALIN_LOAD_ROOM", 2)).unwrap_or(2).max(2);
+    let n = usize::try_from(env_or("DIALIN_LOAD_CALLS", 50)).unwrap_or(50) / m * m;
     let secs = env_or("DIALIN_LOAD_SECS", 30);
-    assert!(n >= 2, "DIALIN_LOAD_CALLS must be at least 2");
-    let server = LkServer::start();
+    let share = env_or("DIALIN_LOAD_SHARE", 1) != 0;
+    let web = env_or("DIALIN_LOAD_WEB", 0) != 0;
+    assert!(n >= m, "DIALIN_LOAD_CALLS must be at least DIALIN_LOAD_ROOM");
+    let room_count = n / m;
+    let server = LkServer::start(web.then_some(room_count));
     let rooms = format!(
-        "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{}\"\napi_key = \"{KEY}\"\napi_secret = \"{SECRET}\"\n",
+        "[rooms]\nbackend = \"livekit\"\n\n[livekit]\nurl = \"{}\"\napi_key = \"{KEY}\"\napi_secret = \"{SECRET}\"\nshare_rooms = {share}\n",
         server.url
     );
     let trunks = format!(
@@ -264,7 +305,7 @@ async fn bridged_livekit_calls_two_per_room() {
     let pid = gw.pid().expect("gateway running");
     let server_pid = server.child.id();
     let mut pins = Vec::new();
-    for r in 0..n / 2 {
+    for r in 0..room_count {
         pins.push(gw.create_pin(&format!("load-{r}"), None).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -274,8 +315,12 @@ async fn bridged_livekit_calls_two_per_room() {
     let mut calls: Vec<Call> = Vec::with_capacity(n);
     for batch in (0..n).collect::<Vec<_>>().chunks(SETUP_BATCH) {
         let placed =
-            futures_util::future::join_all(batch.iter().map(|&i| place(&gw, i, &pins[i / 2])))
-                .await;
+            futures_util::future::join_all(
+                batch
+                    .iter()
+                    .map(|&i| place(&gw, i, &pins[i / m], tone_of(i, m))),
+            )
+            .await;
         calls.extend(placed);
     }
     let in_room = gw
@@ -305,7 +350,7 @@ async fn bridged_livekit_calls_two_per_room() {
     let (scpu1, srss) = proc_usage(server_pid);
     let rx1: u64 = calls.iter().map(Call::packets_received).sum();
     let elapsed = t0.elapsed().as_secs_f64();
-    let (heard_packets, heard_tone) = audio_heard(&calls, t0);
+    let (heard_packets, heard_tone) = audio_heard(&calls, t0, m, web);
     let dropped1 = gw
         .metric("dialin_room_frames_dropped_total")
         .await
@@ -338,8 +383,8 @@ async fn bridged_livekit_calls_two_per_room() {
             .unwrap_or_default()
     );
     println!(
-        "N={n} calls in {} rooms, set up in {setup_s:.1} s, measured over {elapsed:.1} s",
-        n / 2
+        "N={n} calls in {room_count} rooms of M={m}{}, share_rooms={share}, set up in {setup_s:.1} s, measured over {elapsed:.1} s",
+        if web { " callers and a web user" } else { "" }
     );
     println!(
         "gateway CPU {:.1} % of one core = {:.3} % per call; RSS {:.1} MiB (idle {:.1} MiB) = {:.3} MiB per call",
@@ -350,7 +395,7 @@ async fn bridged_livekit_calls_two_per_room() {
         (rss.saturating_sub(rss_idle)) as f64 / 1024.0 / nf
     );
     println!(
-        "to the callers: {:.2} % of the expected packets, {:.2} % of them carried the other caller's tone",
+        "to the callers: {:.2} % of the expected packets, {:.2} % of them carried another participant's tone",
         (rx1 - rx0) as f64 * 100.0 / expected,
         if heard_packets == 0 {
             0.0

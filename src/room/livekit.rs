@@ -31,6 +31,7 @@
 //! Performance).
 
 pub mod api;
+mod heard;
 mod session;
 mod share;
 mod signal;
@@ -137,6 +138,8 @@ pub fn is_host(p: &livekit_protocol::ParticipantInfo, rule: &HostRule) -> bool {
         HostRule::Attribute { key, value } => p.attributes.get(key) == Some(value),
     }
 }
+
+pub use heard::{Losses, RoomMix};
 
 /// Identities of dialin's calls (`sip_<call id>`).
 const CALL_IDENTITY_PREFIX: &str = "sip_";

@@ -9,10 +9,12 @@
 //!
 //! Per 20 ms, caller → room: a PCM frame from the call (8 or 16 kHz, the caller's rate) →
 //! Opus → the publisher's writer.
-//! Room → caller: each subscribed track's packets go into its own adaptive jitter buffer;
-//! every 20 ms one frame per track is decoded (or concealed, when its packet is missing) and
-//! goes through [`Mixer`] (top-K loudest), and the mix goes to the call. Buffers are sized when a track first appears; the steady state allocates only
-//! inside str0m (its API takes and hands out owned payloads).
+//! Room → caller: the subscribed tracks' packets go to [`RoomMix`] (module `heard`), which
+//! every 20 ms decodes the audible few and mixes them; the mix goes to the call. A session
+//! is also the node's *listener* of a shared room (module `share`): it then publishes
+//! nothing, subscribes to everyone but the node's calls, and mixes for each of those calls.
+//! Buffers are sized when a track first appears; the steady state allocates only inside
+//! str0m (its API takes and hands out owned payloads).
 //!
 //! A WebSocket that drops (or stops answering pings) is resumed with `reconnect=1&sid=` from a
 //! helper task while media keeps flowing on the peer connections; if that fails for
@@ -29,10 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dialin_media::codec::{
-    new_decoder, new_encoder, CodecConfig, CodecKind, Decoder, Encoder, SampleRate,
+    new_encoder, CodecConfig, CodecKind, Encoder, SampleRate,
 };
-use dialin_media::jitter::{JitterBuffer, JitterConfig, PacketInfo, Playout};
-use dialin_media::mixer::{Mixer, ParticipantId, DEFAULT_MAX_SPEAKERS};
 use livekit_protocol as proto;
 use prost::Message as _;
 use proto::signal_request::Message as Req;
@@ -47,34 +47,18 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::heard::RoomMix;
 use super::share::{Member, Shared};
 use super::signal::{self, SignalError, Ws};
 use super::stun;
 use super::turn::{Turn, TurnEvent, TurnServer};
 use crate::config::IceServer;
 use crate::ops::metrics::Metrics;
-use crate::room::{AttributeUpdate, AudioFrame, RoomEvent, MAX_OPUS_PAYLOAD};
+use crate::room::{AttributeUpdate, AudioFrame, RoomEvent};
 use crate::tick::TICK;
 
-/// Samples in the largest 20 ms frame (16 kHz); 8 kHz sessions use the first half.
-const FRAME: usize = 320;
 /// Opus RTP clock: always 48 kHz whatever the coded bandwidth (RFC 7587 §4.1).
 const OPUS_RTP_STEP: u64 = 960;
-/// A decoded packet may carry up to 120 ms (RFC 6716 §3.2.5): 1920 samples at 16 kHz.
-const MAX_DECODED: usize = 1920;
-/// Each remote track's jitter buffer: Opus's 48 kHz RTP clock, 20 ms frames, a delay that
-/// follows the measured jitter between 20 and 200 ms (beyond that a conversation suffers,
-/// ITU-T G.114), 14 slots (280 ms: the largest delay plus reordering) of at most
-/// [`MAX_OPUS_PAYLOAD`] bytes (160 kbit/s in 20 ms frames; LiveKit's clients send speech at
-/// 24 to 64 kbit/s). A larger packet is counted as dropped.
-const TRACK_JITTER: JitterConfig = JitterConfig {
-    clock_rate: 48_000,
-    frame: TICK,
-    min_delay: TICK,
-    max_delay: Duration::from_millis(200),
-    capacity: 14,
-    max_payload: MAX_OPUS_PAYLOAD,
-};
 /// Keys kept while the reliable data channel is not open yet; more are dropped.
 const EARLY_DTMF: usize = 16;
 /// Frames louder than this (dBov) are flagged as voice in the audio-level extension: speech
@@ -493,229 +477,6 @@ impl SilenceGate {
     }
 }
 
-/// A subscribed remote audio track: its adaptive jitter buffer, a decoder while it is among
-/// the audible few, and the decoded audio of the packet being played.
-///
-/// Packets go into the jitter buffer as str0m hands them over (with their sequence
-/// number, RTP time and arrival time); one frame per mix tick comes out. Only tracks that
-/// can be heard are decoded (see [`choose_audible`]): the others' frames are taken from the
-/// buffer and dropped undecoded, so a silent web user (Opus DTX: no packets) or a quiet one
-/// beyond the loudest few costs no decode and no concealment. A frame the buffer reports
-/// missing on a decoded track is concealed by the Opus decoder (RFC 6716 §4.4). A packet
-/// longer than 20 ms is played over as many ticks.
-struct Track {
-    mid: Mid,
-    id: ParticipantId,
-    jitter: JitterBuffer,
-    /// Held while the track is among the audible few; a fresh one each time it enters.
-    decoder: Option<Box<dyn Decoder>>,
-    /// Decoded audio of the last packet; `pcm[at..len]` is still to play.
-    pcm: Box<[i16; MAX_DECODED]>,
-    at: usize,
-    len: usize,
-    /// This tick's packet, taken from the jitter buffer before the audible few are chosen.
-    pending: Box<[u8; MAX_OPUS_PAYLOAD]>,
-    pulled: Pulled,
-    /// Smoothed size of the track's packets, in sixteenths of a byte: speech is tens of
-    /// bytes per 20 ms, comfort noise and DTX a few or nothing.
-    activity: u32,
-    /// Ticks since the track was last among the chosen few (while it holds a decoder).
-    unchosen: u32,
-    /// The next decoded frame fades in (a decoder just taken: no click).
-    fade_in: bool,
-    /// Jitter-buffer counters already reported, to report only what is new.
-    reported: Losses,
-}
-
-/// What a track lost, as the jitter buffer counts it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Losses {
-    /// Frames thrown away: over the buffer's size or delay, too large, or flushed.
-    dropped: u64,
-    /// Frames whose packet had not come when their turn to play came.
-    missing: u64,
-}
-
-/// What a track has for this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pulled {
-    /// The rest of a packet longer than 20 ms, already decoded.
-    Leftover,
-    /// A packet of this many bytes, in `pending`.
-    Packet(usize),
-    /// The buffer says this frame's packet is missing.
-    Missing,
-    /// Nothing to play (not started, DTX, between talkspurts).
-    Empty,
-}
-
-/// Tracks decoded at once: the mix takes the loudest [`DEFAULT_MAX_SPEAKERS`]; one more
-/// lets a new speaker in while another fades.
-const AUDIBLE: usize = DEFAULT_MAX_SPEAKERS + 1;
-/// A track whose packets average fewer bytes than this carries no speech (Opus DTX
-/// comfort-noise frames are 1 to 3 bytes), in sixteenths of a byte.
-const MIN_ACTIVITY: u32 = 8 * 16;
-/// A decoder stays with a track this many ticks after it was last chosen (400 ms), so that
-/// the ends of words and short pauses are not cut.
-const DECODER_HOLD: u32 = 20;
-
-/// Which tracks get a decoder this tick. `tracks` holds each track's activity and whether
-/// it holds a decoder; `chosen` (same length) is written. The loudest by activity (a
-/// decoder holder counts as a bit louder, so that two close speakers do not swap every
-/// tick) up to [`AUDIBLE`], among those with [`MIN_ACTIVITY`]. No allocation: `order` is the
-/// caller's scratch.
-fn choose_audible(tracks: &[(u32, bool)], chosen: &mut Vec<bool>, order: &mut Vec<usize>) {
-    chosen.clear();
-    chosen.resize(tracks.len(), false);
-    order.clear();
-    order.extend((0..tracks.len()).filter(|&i| tracks[i].0 >= MIN_ACTIVITY));
-    let score = |i: usize| {
-        let (activity, holding) = tracks[i];
-        if holding {
-            activity + activity / 4
-        } else {
-            activity
-        }
-    };
-    order.sort_unstable_by(|&a, &b| score(b).cmp(&score(a)));
-    for &i in order.iter().take(AUDIBLE) {
-        chosen[i] = true;
-    }
-}
-
-impl Track {
-    /// A track's buffer, made once when the track first appears; its decoder comes when it
-    /// is first heard.
-    fn new(mid: Mid, id: ParticipantId) -> Track {
-        Track {
-            mid,
-            id,
-            jitter: JitterBuffer::new(TRACK_JITTER),
-            decoder: None,
-            pcm: Box::new([0; MAX_DECODED]),
-            at: 0,
-            len: 0,
-            pending: Box::new([0; MAX_OPUS_PAYLOAD]),
-            pulled: Pulled::Empty,
-            activity: 0,
-            unchosen: 0,
-            fade_in: false,
-            reported: Losses::default(),
-        }
-    }
-
-    /// Stores a packet that arrived at `arrival`.
-    fn push(&mut self, seq: u16, rtp_time: u32, payload: &[u8], arrival: Instant) {
-        let info = PacketInfo {
-            // str0m hands over one SSRC's packets per m-line; a new sender shows as a
-            // sequence discontinuity, which restarts the buffer.
-            ssrc: 0,
-            seq,
-            timestamp: rtp_time,
-            // str0m does not pass the marker bit on; a talkspurt after silence restarts
-            // the buffer anyway (an underrun idles it).
-            marker: false,
-        };
-        self.jitter.push(info, payload, arrival);
-    }
-
-    /// Takes this tick's packet from the buffer (undecoded) and updates the activity.
-    fn pull(&mut self, len: usize, now: Instant) {
-        if self.decoder.is_some() && self.at + len <= self.len {
-            self.pulled = Pulled::Leftover;
-            return;
-        }
-        self.at = 0;
-        self.len = 0;
-        let bytes = match self.jitter.pop(now) {
-            Playout::Frame(frame) => {
-                let n = frame.payload.len().min(MAX_OPUS_PAYLOAD);
-                self.pending[..n].copy_from_slice(&frame.payload[..n]);
-                self.pulled = Pulled::Packet(n);
-                n
-            }
-            Playout::Missing => {
-                self.pulled = Pulled::Missing;
-                0
-            }
-            Playout::Empty => {
-                self.pulled = Pulled::Empty;
-                0
-            }
-        };
-        // A quarter of the way to this packet's size: about 100 ms to rise or fall.
-        let target = u32::try_from(bytes).unwrap_or(u32::MAX).saturating_mul(16);
-        self.activity = self.activity - self.activity / 4 + target / 4;
-    }
-
-    /// Gives the track a fresh decoder, or takes it away.
-    fn set_decoding(&mut self, on: bool, rate: SampleRate) {
-        match (on, self.decoder.is_some()) {
-            (true, false) => {
-                self.decoder = new_decoder(CodecKind::Opus, rate, &CodecConfig::default()).ok();
-                self.fade_in = true;
-                self.unchosen = 0;
-            }
-            (false, true) => {
-                self.decoder = None;
-                self.at = 0;
-                self.len = 0;
-            }
-            _ => {}
-        }
-    }
-
-    /// The track's `len` samples for this tick's mix, when it holds a decoder and has
-    /// something to play.
-    fn decoded(&mut self, len: usize) -> Option<&[i16]> {
-        let decoder = self.decoder.as_mut()?;
-        if self.pulled != Pulled::Leftover {
-            let decoded = match self.pulled {
-                Pulled::Packet(n) => match decoder.decode(&self.pending[..n], &mut self.pcm[..]) {
-                    Ok(n) => Ok(n),
-                    Err(e) => {
-                        debug!(error = %e, "Opus decode");
-                        decoder.conceal(&mut self.pcm[..])
-                    }
-                },
-                Pulled::Missing => decoder.conceal(&mut self.pcm[..]),
-                Pulled::Empty | Pulled::Leftover => return None,
-            };
-            self.at = 0;
-            self.len = decoded.ok()?.min(MAX_DECODED);
-            if self.len < len {
-                self.len = 0;
-                return None;
-            }
-            if std::mem::take(&mut self.fade_in) {
-                // 5 ms linear fade-in: a decoder that starts mid-stream begins cleanly.
-                let ramp = (len / 4).max(1);
-                for (i, s) in self.pcm[..ramp].iter_mut().enumerate() {
-                    *s = (i32::from(*s) * i as i32 / ramp as i32) as i16;
-                }
-            }
-        }
-        let frame = self.pcm.get(self.at..self.at + len)?;
-        self.at += len;
-        Some(frame)
-    }
-
-    /// What the track lost since the last call.
-    fn take_losses(&mut self) -> Losses {
-        let s = self.jitter.stats();
-        let now = Losses {
-            dropped: s.dropped + s.too_large,
-            missing: s.lost,
-        };
-        let new = Losses {
-            dropped: now.dropped.saturating_sub(self.reported.dropped),
-            missing: now.missing.saturating_sub(self.reported.missing),
-        };
-        self.reported = now;
-        new
-    }
-}
-
 /// A frame's level for the RFC 6464 header extension: its RMS in dBov (0 loudest, -127
 /// silence), and whether that is voice rather than line noise (above [`VOICE_DBOV`]).
 fn audio_level(pcm: &[i16]) -> (i8, bool) {
@@ -903,9 +664,8 @@ pub(crate) struct Session {
     send_failed_at: Option<Instant>,
     resume: Option<oneshot::Receiver<Result<Ws, SignalError>>>,
     next_resume: Instant,
-    /// The PCM rate frames are exchanged with the call at, and what Opus codes from and
-    /// decodes to; samples per 20 ms frame at that rate.
-    rate: SampleRate,
+    /// Samples per 20 ms frame at the rate frames are exchanged with the call, which Opus
+    /// codes from and decodes to.
     frame_len: usize,
     /// Frames dropped (track buffer overflow, full channel to the call) and mix ticks with a
     /// sending track's frame missing, counted here and in the gateway's metrics.
@@ -920,14 +680,8 @@ pub(crate) struct Session {
     encoder: Box<dyn Encoder>,
     opus_out: Vec<u8>,
     rtp_time: u64,
-    tracks: Vec<Track>,
-    /// Scratch of the audible choice, reused every tick.
-    activity: Vec<(u32, bool)>,
-    chosen: Vec<bool>,
-    order: Vec<usize>,
-    next_track_id: u32,
-    mixer: Mixer,
-    listener: ParticipantId,
+    /// The subscribed tracks, their decoders and the mixer.
+    room: RoomMix,
     next_mix: Instant,
     /// When the drive loop last woke, to tell a starved task from a silent network.
     last_wake: Instant,
@@ -1013,10 +767,8 @@ impl Session {
         subs.flush_turn();
         let encoder = new_encoder(CodecKind::Opus, rate, &CodecConfig::default())
             .map_err(|e| e.to_string())?;
-        let frame_len = usize::try_from(rate.hz() / 50).unwrap_or(FRAME).min(FRAME);
-        let mut mixer = Mixer::new(frame_len);
-        let listener = ParticipantId(0);
-        mixer.add(listener).map_err(|e| e.to_string())?;
+        let room = RoomMix::new(rate);
+        let frame_len = room.frame_len();
         let others = join
             .other_participants
             .iter()
@@ -1049,7 +801,6 @@ impl Session {
             frames_forwarded: 0,
             frames_suppressed: 0,
             silence: SilenceGate::default(),
-            rate,
             frame_len,
             target,
             ws: Some(ws),
@@ -1079,13 +830,7 @@ impl Session {
             encoder,
             opus_out: vec![0u8; 1500],
             rtp_time: 0,
-            tracks: Vec::new(),
-            activity: Vec::new(),
-            chosen: Vec::new(),
-            order: Vec::new(),
-            next_track_id: 1,
-            mixer,
-            listener,
+            room,
             next_mix: crate::tick::next_tick(now + TICK),
             last_wake: now,
             events: Vec::new(),
@@ -1177,14 +922,12 @@ impl Session {
             return;
         };
         while let Ok(join) = shared.joins.try_recv() {
-            let id = ParticipantId(self.next_track_id);
-            self.next_track_id += 1;
-            if self.mixer.add(id).is_err() {
+            let Some(id) = self.room.add_input() else {
                 continue;
-            }
+            };
             if join.accepted.send(()).is_err() {
                 // The call gave up waiting.
-                let _ = self.mixer.remove(id);
+                self.room.remove_input(id);
                 continue;
             }
             debug!(identity = %self.identity, call = %join.identity, "call mixed by the room's listener");
@@ -1198,12 +941,12 @@ impl Session {
             shared.had_members = true;
             shared.dirty = true;
         }
-        let mixer = &mut self.mixer;
+        let room = &mut self.room;
         let before = shared.members.len();
         shared.members.retain(|m| {
             let keep = !m.gone();
             if !keep {
-                let _ = mixer.remove(m.id);
+                room.remove_input(m.id);
             }
             keep
         });
@@ -1258,9 +1001,7 @@ impl Session {
         self.mic = None;
         self.mic_pt = None;
         self.reliable = None;
-        for t in self.tracks.drain(..) {
-            let _ = self.mixer.remove(t.id);
-        }
+        self.room.clear_tracks();
         if let Some(shared) = self.shared.as_mut() {
             // A new participant session: it subscribes afresh.
             shared.subscriptions.reset();
@@ -2004,26 +1745,10 @@ impl Session {
     }
 
     fn on_media(&mut self, d: &MediaData) {
-        let at = match self.tracks.iter().position(|t| t.mid == d.mid) {
-            Some(at) => at,
-            None => {
-                // A new remote track: its buffer and decoder are made once, here.
-                let id = ParticipantId(self.next_track_id);
-                let track = Track::new(d.mid, id);
-                self.next_track_id += 1;
-                if self.mixer.add(id).is_err() {
-                    return;
-                }
-                self.tracks.push(track);
-                self.tracks.len() - 1
-            }
-        };
-        let Some(track) = self.tracks.get_mut(at) else {
-            return;
-        };
         // Opus's RTP clock is 48 kHz (RFC 7587 §4.1); the RTP timestamp is its low 32 bits.
         let rtp_time = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
-        track.push(
+        self.room.push_packet(
+            d.mid,
             d.seq_range.end().as_u16(),
             rtp_time,
             &d.data,
@@ -2031,82 +1756,47 @@ impl Session {
         );
     }
 
+    /// One tick of what the session hears: the room's audible tracks decoded and mixed, for
+    /// the call (a lone call) or for each call of the room (a listener).
     fn mix(&mut self, now: Instant) {
         self.take_members();
-        if self.tracks.is_empty() && self.shared.is_none() {
+        if !self.room.has_tracks() && self.shared.is_none() {
             return;
-        }
-        let len = self.frame_len;
-        let (mut dropped, mut missing) = (0u64, 0u64);
-        // Every track's packet is taken from its buffer; only the audible few are decoded.
-        for t in &mut self.tracks {
-            t.pull(len, now);
-        }
-        self.activity.clear();
-        self.activity
-            .extend(self.tracks.iter().map(|t| (t.activity, t.decoder.is_some())));
-        choose_audible(&self.activity, &mut self.chosen, &mut self.order);
-        let mut holding = self.tracks.iter().filter(|t| t.decoder.is_some()).count();
-        // Decoders of tracks left out long enough go first, so that newcomers find one.
-        for (t, &chosen) in self.tracks.iter_mut().zip(&self.chosen) {
-            if chosen {
-                t.unchosen = 0;
-            } else if t.decoder.is_some() {
-                t.unchosen += 1;
-                if t.unchosen > DECODER_HOLD {
-                    t.set_decoding(false, self.rate);
-                    holding -= 1;
-                }
-            }
-        }
-        for (t, &chosen) in self.tracks.iter_mut().zip(&self.chosen) {
-            if chosen && t.decoder.is_none() && holding < AUDIBLE {
-                t.set_decoding(true, self.rate);
-                holding += 1;
-            }
-        }
-        for t in &mut self.tracks {
-            let id = t.id;
-            if let Some(frame) = t.decoded(len) {
-                let _ = self.mixer.push(id, frame);
-            }
-            let lost = t.take_losses();
-            dropped += lost.dropped;
-            missing += lost.missing;
         }
         if let Some(shared) = self.shared.as_mut() {
             // The node's calls in this room: each one's voice is a mixer input, and each
             // hears the mix of everyone but itself.
+            let mut dropped = 0;
             for m in &mut shared.members {
                 let (frame, surplus) = crate::room::next_frame(&mut m.voice);
                 dropped += surplus;
                 if let Some(frame) = frame {
-                    let _ = self.mixer.push(m.id, frame.samples());
+                    self.room.push_input(m.id, frame.samples());
                 }
             }
-            self.mixer.mix();
+            let lost = self.room.mix(now);
             for m in &shared.members {
-                if let Some(out) = self.mixer.output_for(m.id) {
+                if let Some(out) = self.room.output_for(m.id) {
                     if m.out.try_send(AudioFrame::from_samples(out)).is_err() {
                         dropped += 1;
                     }
                 }
             }
-            self.count_lost(dropped, missing);
+            self.count_lost(lost.dropped + dropped, lost.missing);
             return;
         }
-        self.mixer.mix();
-        if let Some(out) = self.mixer.output_for(self.listener) {
+        let mut lost = self.room.mix(now);
+        if let Some(out) = self.room.everyone() {
             if self
                 .io
                 .from_room
                 .try_send(AudioFrame::from_samples(out))
                 .is_err()
             {
-                dropped += 1;
+                lost.dropped += 1;
             }
         }
-        self.count_lost(dropped, missing);
+        self.count_lost(lost.dropped, lost.missing);
     }
 
     /// Counts frames the bridge lost, in the session's totals and the metrics.
@@ -2179,39 +1869,6 @@ mod tests {
         assert_eq!(dtmf_code('x'), None);
     }
 
-    /// One 20 ms Opus packet at 8 kHz holding a tone, from our own encoder.
-    fn packets(n: usize) -> Vec<Vec<u8>> {
-        let rate = SampleRate::Hz8000;
-        let mut enc =
-            new_encoder(CodecKind::Opus, rate, &CodecConfig::default()).expect("an Opus encoder");
-        (0..n)
-            .map(|k| {
-                let pcm: Vec<i16> = (0..160)
-                    .map(|i| {
-                        let t = (k * 160 + i) as f64 / 8000.0;
-                        (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
-                    })
-                    .collect();
-                let mut out = [0u8; 400];
-                let len = enc.encode(&pcm, &mut out).expect("encode");
-                out[..len].to_vec()
-            })
-            .collect()
-    }
-
-    fn track() -> Track {
-        Track::new(Mid::from("0"), ParticipantId(1))
-    }
-
-    impl Track {
-        /// One tick of a track that is always heard.
-        fn next(&mut self, len: usize, now: Instant) -> Option<&[i16]> {
-            self.pull(len, now);
-            self.set_decoding(true, SampleRate::Hz8000);
-            self.decoded(len)
-        }
-    }
-
     #[test]
     fn a_silent_caller_sends_a_hangover_then_one_frame_in_twenty() {
         let mut gate = SilenceGate::default();
@@ -2222,139 +1879,5 @@ mod tests {
         assert_eq!(after.iter().filter(|s| **s).count(), 3, "one in twenty: {after:?}");
         assert!(gate.send(true), "voice goes out at once");
         assert!(gate.send(false), "and a new hangover starts");
-    }
-
-    #[test]
-    fn the_loudest_few_with_speech_are_chosen_and_holders_keep_a_small_edge() {
-        let (mut chosen, mut order) = (Vec::new(), Vec::new());
-        // Ten tracks: sizes 0 (DTX), 2 bytes (comfort noise), then speech of growing size.
-        let tracks: Vec<(u32, bool)> = [0u32, 2, 20, 30, 40, 50, 60, 70, 80, 90]
-            .iter()
-            .map(|b| (b * 16, false))
-            .collect();
-        choose_audible(&tracks, &mut chosen, &mut order);
-        assert_eq!(chosen.iter().filter(|c| **c).count(), AUDIBLE);
-        assert!(!chosen[0] && !chosen[1], "silent tracks are never decoded");
-        assert!(chosen[5..].iter().all(|c| *c), "the five loudest");
-        // A holder a little quieter than a newcomer keeps its decoder.
-        let close = [(60 * 16, true), (65 * 16, false), (90 * 16, false), (90 * 16, false), (90 * 16, false), (90 * 16, false)];
-        choose_audible(&close, &mut chosen, &mut order);
-        assert!(chosen[0] && !chosen[1], "no swap for a few bytes: {chosen:?}");
-        // Fewer speakers than slots: every one of them.
-        choose_audible(&[(40 * 16, false), (0, true)], &mut chosen, &mut order);
-        assert_eq!(chosen, vec![true, false]);
-    }
-
-    #[test]
-    fn an_unheard_track_is_not_decoded_but_its_buffer_keeps_moving() {
-        let mut t = track();
-        let t0 = Instant::now();
-        for (k, p) in packets(10).iter().enumerate() {
-            let now = t0 + TICK * k as u32;
-            t.push(k as u16, (k * 960) as u32, p, now);
-            t.pull(160, now);
-            assert!(t.decoded(160).is_none(), "no decoder, nothing decoded");
-        }
-        assert!(t.decoder.is_none());
-        assert!(t.activity >= MIN_ACTIVITY, "speech-sized packets count as activity");
-        assert!(t.jitter.stats().played >= 8, "frames were taken from the buffer");
-        // Taking a decoder mid-stream starts with a fade-in, then plays.
-        let now = t0 + TICK * 10;
-        t.push(10, 9600, &packets(11)[10], now);
-        t.pull(160, now);
-        t.set_decoding(true, SampleRate::Hz8000);
-        let first = t.decoded(160).expect("a frame").to_vec();
-        assert_eq!(first[0], 0, "starts from silence");
-    }
-
-    #[test]
-    fn a_track_plays_nothing_before_its_first_packet() {
-        let mut t = track();
-        assert!(t.next(160, Instant::now()).is_none());
-        assert_eq!(t.take_losses(), Losses::default());
-    }
-
-    #[test]
-    fn a_track_buffers_then_plays_one_frame_per_tick() {
-        let mut t = track();
-        let t0 = Instant::now();
-        let ps = packets(10);
-        let mut played = 0;
-        for (k, p) in ps.iter().enumerate() {
-            let now = t0 + TICK * k as u32;
-            t.push(k as u16, (k * 960) as u32, p, now);
-            if let Some(frame) = t.next(160, now) {
-                assert_eq!(frame.len(), 160);
-                played += 1;
-            }
-        }
-        // The buffer holds its target delay (at least one frame) before playing.
-        assert!((8..=9).contains(&played), "{played} frames played");
-        assert_eq!(t.take_losses(), Losses::default(), "nothing lost on time");
-    }
-
-    #[test]
-    fn a_lost_packet_is_concealed_and_counted_missing() {
-        let mut t = track();
-        let t0 = Instant::now();
-        let ps = packets(20);
-        let mut gaps = 0;
-        for (k, p) in ps.iter().enumerate() {
-            let now = t0 + TICK * k as u32;
-            if k != 10 {
-                t.push(k as u16, (k * 960) as u32, p, now);
-            }
-            if k > 3 && t.next(160, now).is_none() {
-                gaps += 1;
-            }
-        }
-        assert_eq!(gaps, 0, "the lost frame was concealed, not left silent");
-        assert_eq!(
-            t.take_losses(),
-            Losses {
-                dropped: 0,
-                missing: 1
-            }
-        );
-        assert_eq!(t.take_losses(), Losses::default(), "counted once");
-    }
-
-    #[test]
-    fn the_delay_follows_the_measured_jitter() {
-        let mut t = track();
-        let t0 = Instant::now();
-        let before = t.jitter.target_delay();
-        for (k, p) in packets(100).iter().enumerate() {
-            // Every other packet 30 ms late: about 15 ms of RFC 3550 jitter.
-            let late = if k % 2 == 1 { 30 } else { 0 };
-            let arrival = t0 + TICK * k as u32 + Duration::from_millis(late);
-            t.push(k as u16, (k * 960) as u32, p, arrival);
-        }
-        let after = t.jitter.target_delay();
-        assert_eq!(before, TICK, "an idle track aims for one frame");
-        assert!(after >= Duration::from_millis(50), "target delay {after:?}");
-        assert!(after <= TRACK_JITTER.max_delay);
-    }
-
-    #[test]
-    fn a_packet_of_40_ms_is_played_over_two_ticks() {
-        let rate = SampleRate::Hz8000;
-        let config = CodecConfig::default();
-        let mut enc = new_encoder(CodecKind::Opus, rate, &config).expect("an Opus encoder");
-        let mut out = [0u8; 400];
-        let len = enc.encode(&[1000; 320], &mut out).expect("40 ms encode");
-        let mut t = track();
-        let t0 = Instant::now();
-        t.push(0, 0, &out[..len], t0);
-        let mut frames = 0;
-        // The first tick buffers (the target delay), the next two play the packet.
-        for k in 0..3u32 {
-            if t.next(160, t0 + TICK * k).is_some() {
-                frames += 1;
-            }
-        }
-        assert_eq!(frames, 2, "two ticks played");
-        let s = t.jitter.stats();
-        assert_eq!((s.played, s.inserted), (1, 0), "from one packet");
     }
 }

@@ -3,7 +3,9 @@
 //! `dialin-lkserver --listen 127.0.0.1:7880 --api-key devkey --api-secret secret [--udp ADDR]
 //! [--report-ms MS]` prints its URL, then the packet counters every 10 s (or every `MS`), each
 //! line stamped with the milliseconds since the server started so that a load run can turn
-//! two lines into a rate.
+//! two lines into a rate. `--web-rooms PREFIX:COUNT` puts a web user in each of the rooms
+//! `PREFIX0` .. `PREFIX{COUNT-1}` before anyone joins: an in-process participant (`web`) that
+//! publishes a 250 Hz tone and subscribes to everyone, as a browser in the meeting would.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use dialin_lkserver::{ServerOptions, TestServer};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: dialin-lkserver --listen ADDR --api-key KEY --api-secret SECRET [--udp ADDR] [--report-ms MS]"
+        "usage: dialin-lkserver --listen ADDR --api-key KEY --api-secret SECRET [--udp ADDR] [--report-ms MS] [--web-rooms PREFIX:COUNT]"
     );
     std::process::exit(2)
 }
@@ -24,6 +26,7 @@ async fn main() {
     opts.listen = SocketAddr::from(([127, 0, 0, 1], 7880));
     let mut udp: Option<SocketAddr> = None;
     let mut report = Duration::from_secs(10);
+    let mut web_rooms: Option<(String, u32)> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let Some(value) = args.next() else { usage() };
@@ -36,6 +39,10 @@ async fn main() {
             },
             "--api-key" => opts.api_key = value,
             "--api-secret" => opts.api_secret = value,
+            "--web-rooms" => match value.rsplit_once(':').map(|(p, n)| (p, n.parse::<u32>())) {
+                Some((prefix, Ok(count))) => web_rooms = Some((prefix.to_owned(), count)),
+                _ => usage(),
+            },
             _ => usage(),
         }
     }
@@ -55,6 +62,21 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    if let Some((prefix, count)) = &web_rooms {
+        for r in 0..*count {
+            let tone = dialin_lkserver::Signal::Tone {
+                hz: 250.0,
+                amplitude: 0.1,
+            };
+            if let Err(e) = server
+                .add_synthetic_participant(&format!("{prefix}{r}"), "web", tone)
+                .await
+            {
+                eprintln!("dialin-lkserver: web user of room {prefix}{r}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     // Output errors (a closed pipe) must not stop the server.
     let mut out = std::io::stdout();
     let _ = writeln!(
