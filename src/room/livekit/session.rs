@@ -677,7 +677,8 @@ pub(crate) struct Session {
     /// Caller frames not sent because the caller was silent.
     frames_suppressed: u64,
     silence: SilenceGate,
-    encoder: Box<dyn Encoder>,
+    /// `None` for a listener, which publishes nothing.
+    encoder: Option<Box<dyn Encoder>>,
     opus_out: Vec<u8>,
     rtp_time: u64,
     /// The subscribed tracks, their decoders and the mixer.
@@ -765,8 +766,15 @@ impl Session {
             .map_err(|e| format!("subscriber socket: {e}"))?;
         publ.flush_turn();
         subs.flush_turn();
-        let encoder = new_encoder(CodecKind::Opus, rate, &CodecConfig::default())
-            .map_err(|e| e.to_string())?;
+        // A listener publishes nothing: no encoder (an Opus encoder's state is a few hundred
+        // KiB).
+        let encoder = match role {
+            Role::Caller { .. } => Some(
+                new_encoder(CodecKind::Opus, rate, &CodecConfig::default())
+                    .map_err(|e| e.to_string())?,
+            ),
+            Role::Listener(_) => None,
+        };
         let room = RoomMix::new(rate);
         let frame_len = room.frame_len();
         let others = join
@@ -1601,12 +1609,17 @@ impl Session {
                 self.frames_forwarded += 1;
                 n
             }
-            None => match self.encoder.encode(pcm, &mut self.opus_out) {
-                Ok(n) => n,
-                Err(e) => {
+            None => match self
+                .encoder
+                .as_mut()
+                .map(|e| e.encode(pcm, &mut self.opus_out))
+            {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
                     debug!(error = %e, "Opus encode");
                     return;
                 }
+                None => return,
             },
         };
         self.rtp_time = self.rtp_time.wrapping_add(OPUS_RTP_STEP);
