@@ -1862,3 +1862,77 @@ async fn calls_of_one_room_share_one_hidden_listener_and_hear_each_other_through
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The room's listener is told to join again (its peer connections lost): it comes back as a
+/// new participant session, subscribes again, and the calls it mixes hear the web user again
+/// without being ended; they heard each other all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_asked_to_reconnect_joins_again_and_its_calls_hear_the_room_again() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let _alice = server
+        .add_synthetic_participant(
+            "relisten",
+            "alice",
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let rooms = rooms_for(server.url(), SECRET);
+    let mut one = join(&rooms, "relisten", "r1").await;
+    let mut two = join(&rooms, "relisten", "r2").await;
+    let _ = tokio::join!(
+        exchange(&mut one, Some(440.0), Duration::from_secs(2)),
+        exchange(&mut two, Some(700.0), Duration::from_secs(2)),
+    );
+    let listener = server
+        .participants("relisten")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.hidden)
+        .expect("the room's listener");
+    assert!(server.kill_peer_connection(&listener.identity).await.unwrap());
+    let again = server
+        .wait_for_participant(
+            "relisten",
+            |p| p.hidden && p.identity == listener.identity && p.sid != listener.sid && p.subscriber_connected,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(again.is_some(), "the listener joins again as a new participant session");
+    // Exchange until the web user is heard again (the new subscription takes a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (heard_one, heard_two) = loop {
+        let (h1, h2) = tokio::join!(
+            exchange(&mut one, Some(440.0), Duration::from_secs(1)),
+            exchange(&mut two, Some(700.0), Duration::from_secs(1)),
+        );
+        let alice_db = median_level(&h1, LIVEKIT_SAMPLE_RATE, 1000.0);
+        if alice_db > -25.0 || Instant::now() > deadline {
+            break (h1, h2);
+        }
+    };
+    let rate = LIVEKIT_SAMPLE_RATE;
+    assert!(median_level(&heard_one, rate, 1000.0) > -25.0, "the first caller hears the web user again");
+    assert!(median_level(&heard_two, rate, 1000.0) > -25.0, "so does the second");
+    assert!(median_level(&heard_one, rate, 700.0) > -25.0, "and they hear each other");
+    for handle in [&mut one, &mut two] {
+        while let Ok(ev) = handle.events.try_recv() {
+            assert!(
+                !matches!(ev, RoomEvent::Closed | RoomEvent::Removed),
+                "no call ended: {ev:?}"
+            );
+        }
+    }
+    let counters = server.counters().await.unwrap();
+    let forwarded: u64 = counters
+        .iter()
+        .filter(|c| c.identity == "sip_r1" || c.identity == "sip_r2")
+        .map(|c| c.packets_out)
+        .sum();
+    assert_eq!(forwarded, 0, "the calls still subscribe to nothing");
+}

@@ -1082,7 +1082,7 @@ impl Session {
                         let _ = signal::send(ws, Req::UpdateMetadata(hangup)).await;
                     }
                     let _ = signal::send(ws, Req::Leave(leave)).await;
-                    let _ = ws.close(None).await;
+                    signal::close(ws).await;
                 }
                 info!(
                     identity = %self.identity,
@@ -1096,9 +1096,6 @@ impl Session {
             }
             End::Room(ev) => {
                 info!(identity = %self.identity, event = ?ev, "the LiveKit room ended the session");
-                if let Some(ws) = self.ws.as_mut() {
-                    let _ = ws.close(None).await;
-                }
                 if let Some(shared) = self.shared.as_ref() {
                     // The calls this listener mixed hear nothing more from the room: they end
                     // as the room did, rather than go on silent.
@@ -1107,6 +1104,9 @@ impl Session {
                     }
                 }
                 let _ = self.io.events.send(ev).await;
+                if let Some(ws) = self.ws.as_mut() {
+                    signal::close(ws).await;
+                }
             }
         }
         self.publ.rtc.disconnect();

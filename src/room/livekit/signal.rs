@@ -181,6 +181,21 @@ pub(crate) async fn recv(ws: &mut Ws) -> Option<Resp> {
     }
 }
 
+/// How long closing waits for the server's side of the close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Closes the WebSocket the way RFC 6455 §7.1.1 asks: our close frame, then what the server
+/// still sends is read until it closes too (at most [`CLOSE_WAIT`]). A socket dropped with
+/// unread data is reset rather than closed (RFC 1122 §4.2.2.13), and a reset may make the
+/// server discard what we sent just before it, such as our `Leave`.
+pub(crate) async fn close(ws: &mut Ws) {
+    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
 /// Sends one request; `false` when the WebSocket is gone.
 pub(crate) async fn send(ws: &mut Ws, req: Req) -> bool {
     let frame = proto::SignalRequest { message: Some(req) }.encode_to_vec();
