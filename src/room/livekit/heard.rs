@@ -67,6 +67,8 @@ struct Track {
     activity: u32,
     /// Ticks since the track was last among the chosen few (while it holds a decoder).
     unchosen: u32,
+    /// LiveKit reports the track's participant as an active speaker (`SpeakersChanged`).
+    speaking: bool,
     /// The next decoded frame fades in (a decoder just taken: no click).
     fade_in: bool,
     /// Jitter-buffer counters already reported, to report only what is new.
@@ -105,23 +107,26 @@ const MIN_ACTIVITY: u32 = 8 * 16;
 /// the ends of words and short pauses are not cut.
 const DECODER_HOLD: u32 = 20;
 
-/// Which tracks get a decoder this tick. `tracks` holds each track's activity and whether
-/// it holds a decoder; `chosen` (same length) is written. The loudest by activity (a
-/// decoder holder counts as a bit louder, so that two close speakers do not swap every
-/// tick) up to [`AUDIBLE`], among those with [`MIN_ACTIVITY`]. No allocation: `order` is the
-/// caller's scratch.
-fn choose_audible(tracks: &[(u32, bool)], chosen: &mut Vec<bool>, order: &mut Vec<usize>) {
+/// Which tracks get a decoder this tick. `tracks` holds each track's activity, whether it
+/// holds a decoder, and whether LiveKit reports it as speaking; `chosen` (same length) is
+/// written. Among the tracks with [`MIN_ACTIVITY`], those LiveKit reports as speaking come
+/// first (its speaker detection reads the senders' audio levels, which the packets we
+/// receive do not carry), then by activity, where a decoder holder counts as a bit louder so
+/// that two close speakers do not swap every tick; up to [`AUDIBLE`] are chosen. No
+/// allocation: `order` is the caller's scratch.
+fn choose_audible(tracks: &[(u32, bool, bool)], chosen: &mut Vec<bool>, order: &mut Vec<usize>) {
     chosen.clear();
     chosen.resize(tracks.len(), false);
     order.clear();
     order.extend((0..tracks.len()).filter(|&i| tracks[i].0 >= MIN_ACTIVITY));
     let score = |i: usize| {
-        let (activity, holding) = tracks[i];
-        if holding {
+        let (activity, holding, speaking) = tracks[i];
+        let activity = if holding {
             activity + activity / 4
         } else {
             activity
-        }
+        };
+        (speaking, activity)
     };
     order.sort_unstable_by(|&a, &b| score(b).cmp(&score(a)));
     for &i in order.iter().take(AUDIBLE) {
@@ -145,6 +150,7 @@ impl Track {
             pulled: Pulled::Empty,
             activity: 0,
             unchosen: 0,
+            speaking: false,
             fade_in: false,
             reported: Losses::default(),
         }
@@ -268,7 +274,7 @@ pub struct RoomMix {
     frame_len: usize,
     tracks: Vec<Track>,
     /// Scratch of the audible choice, reused every tick.
-    activity: Vec<(u32, bool)>,
+    activity: Vec<(u32, bool, bool)>,
     chosen: Vec<bool>,
     order: Vec<usize>,
     next_id: u32,
@@ -335,23 +341,42 @@ impl RoomMix {
     }
 
     /// A packet of the track on m-line `mid`, which arrived at `arrival`; a track's buffer
-    /// is made when its first packet comes.
-    pub fn push_packet(&mut self, mid: Mid, seq: u16, rtp_time: u32, payload: &[u8], arrival: Instant) {
-        let at = match self.tracks.iter().position(|t| t.mid == mid) {
-            Some(at) => at,
+    /// is made when its first packet comes. Returns whether the track is new.
+    pub fn push_packet(
+        &mut self,
+        mid: Mid,
+        seq: u16,
+        rtp_time: u32,
+        payload: &[u8],
+        arrival: Instant,
+    ) -> bool {
+        let (at, new) = match self.tracks.iter().position(|t| t.mid == mid) {
+            Some(at) => (at, false),
             None => {
                 let id = ParticipantId(self.next_id);
                 self.next_id += 1;
                 if self.mixer.add(id).is_err() {
-                    return;
+                    return false;
                 }
                 self.tracks.push(Track::new(mid, id));
-                self.tracks.len() - 1
+                (self.tracks.len() - 1, true)
             }
         };
         if let Some(track) = self.tracks.get_mut(at) {
             track.push(seq, rtp_time, payload, arrival);
         }
+        new
+    }
+
+    /// Marks the tracks LiveKit reports as speaking (`speaking(mid)`), the others not;
+    /// returns how many are.
+    pub fn mark_speakers(&mut self, speaking: impl Fn(Mid) -> bool) -> usize {
+        let mut marked = 0;
+        for t in &mut self.tracks {
+            t.speaking = speaking(t.mid);
+            marked += usize::from(t.speaking);
+        }
+        marked
     }
 
     /// Forgets every track (a new participant session subscribes afresh); inputs stay.
@@ -371,7 +396,7 @@ impl RoomMix {
         }
         self.activity.clear();
         self.activity
-            .extend(self.tracks.iter().map(|t| (t.activity, t.decoder.is_some())));
+            .extend(self.tracks.iter().map(|t| (t.activity, t.decoder.is_some(), t.speaking)));
         choose_audible(&self.activity, &mut self.chosen, &mut self.order);
         let mut holding = self.tracks.iter().filter(|t| t.decoder.is_some()).count();
         // Decoders of tracks left out long enough go first, so that newcomers find one.
@@ -459,21 +484,46 @@ mod tests {
     fn the_loudest_few_with_speech_are_chosen_and_holders_keep_a_small_edge() {
         let (mut chosen, mut order) = (Vec::new(), Vec::new());
         // Ten tracks: sizes 0 (DTX), 2 bytes (comfort noise), then speech of growing size.
-        let tracks: Vec<(u32, bool)> = [0u32, 2, 20, 30, 40, 50, 60, 70, 80, 90]
+        let tracks: Vec<(u32, bool, bool)> = [0u32, 2, 20, 30, 40, 50, 60, 70, 80, 90]
             .iter()
-            .map(|b| (b * 16, false))
+            .map(|b| (b * 16, false, false))
             .collect();
         choose_audible(&tracks, &mut chosen, &mut order);
         assert_eq!(chosen.iter().filter(|c| **c).count(), AUDIBLE);
         assert!(!chosen[0] && !chosen[1], "silent tracks are never decoded");
         assert!(chosen[5..].iter().all(|c| *c), "the five loudest");
         // A holder a little quieter than a newcomer keeps its decoder.
-        let close = [(60 * 16, true), (65 * 16, false), (90 * 16, false), (90 * 16, false), (90 * 16, false), (90 * 16, false)];
+        let close = [
+            (60 * 16, true, false),
+            (65 * 16, false, false),
+            (90 * 16, false, false),
+            (90 * 16, false, false),
+            (90 * 16, false, false),
+            (90 * 16, false, false),
+        ];
         choose_audible(&close, &mut chosen, &mut order);
         assert!(chosen[0] && !chosen[1], "no swap for a few bytes: {chosen:?}");
         // Fewer speakers than slots: every one of them.
-        choose_audible(&[(40 * 16, false), (0, true)], &mut chosen, &mut order);
+        choose_audible(&[(40 * 16, false, false), (0, true, false)], &mut chosen, &mut order);
         assert_eq!(chosen, vec![true, false]);
+    }
+
+    #[test]
+    fn tracks_livekit_hears_speaking_come_first_but_never_without_packets() {
+        let (mut chosen, mut order) = (Vec::new(), Vec::new());
+        // Seven tracks with speech-sized packets (noisy microphones without DTX look alike);
+        // LiveKit's speaker detection names two of them, the quietest by packet size.
+        let mut tracks: Vec<(u32, bool, bool)> =
+            [90u32, 85, 80, 75, 70, 30, 25].iter().map(|b| (b * 16, false, false)).collect();
+        tracks[5].2 = true;
+        tracks[6].2 = true;
+        choose_audible(&tracks, &mut chosen, &mut order);
+        assert!(chosen[5] && chosen[6], "the reported speakers are decoded: {chosen:?}");
+        assert!(!chosen[4], "one of the unreported gives way: {chosen:?}");
+        // A reported speaker whose packets say silence (DTX) is not decoded.
+        let quiet = [(0, false, true), (40 * 16, false, false)];
+        choose_audible(&quiet, &mut chosen, &mut order);
+        assert_eq!(chosen, vec![false, true]);
     }
 
     #[test]

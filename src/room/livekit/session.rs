@@ -690,6 +690,8 @@ pub(crate) struct Session {
     buf_pub: Vec<u8>,
     buf_sub: Vec<u8>,
     frames_sent: u64,
+    /// Participants LiveKit reports as speaking (`SpeakersChanged`), by sid.
+    speakers: std::collections::HashSet<String>,
     /// A call of a shared room: where its voice goes besides its own track.
     voice: Option<mpsc::Sender<AudioFrame>>,
     /// A listener: the calls it mixes and the tracks it wants.
@@ -847,6 +849,7 @@ impl Session {
             frames_sent: 0,
             voice,
             shared,
+            speakers: std::collections::HashSet::new(),
         })
     }
 
@@ -1010,6 +1013,7 @@ impl Session {
         self.mic_pt = None;
         self.reliable = None;
         self.room.clear_tracks();
+        self.speakers.clear();
         if let Some(shared) = self.shared.as_mut() {
             // A new participant session: it subscribes afresh.
             shared.subscriptions.reset();
@@ -1528,6 +1532,7 @@ impl Session {
                     .events
                     .try_send(RoomEvent::MutedByRoom { muted: m.muted });
             }
+            Resp::SpeakersChanged(sc) => self.on_speakers(&sc.speakers),
             Resp::PongResp(_) | Resp::Pong(_) => self.last_pong = Instant::now(),
             Resp::Reconnect(_) => debug!("signal resume accepted"),
             // LiveKit refreshes the access token before it expires; a resume must present
@@ -1760,13 +1765,41 @@ impl Session {
     fn on_media(&mut self, d: &MediaData) {
         // Opus's RTP clock is 48 kHz (RFC 7587 §4.1); the RTP timestamp is its low 32 bits.
         let rtp_time = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer() as u32;
-        self.room.push_packet(
+        let new = self.room.push_packet(
             d.mid,
             d.seq_range.end().as_u16(),
             rtp_time,
             &d.data,
             d.network_time,
         );
+        if new && !self.speakers.is_empty() {
+            self.mark_speakers();
+        }
+    }
+
+    /// LiveKit's speaker updates: who is speaking now, by participant sid.
+    fn on_speakers(&mut self, changed: &[proto::SpeakerInfo]) {
+        for sp in changed {
+            if sp.active {
+                self.speakers.insert(sp.sid.clone());
+            } else {
+                self.speakers.remove(&sp.sid);
+            }
+        }
+        self.mark_speakers();
+    }
+
+    /// Tells the room's tracks which of them LiveKit hears speaking: a track's participant
+    /// is the first part of its m-line's msid stream id (`participant_sid|track_sid`, as
+    /// LiveKit writes it).
+    fn mark_speakers(&mut self) {
+        let (rtc, speakers) = (&self.subs.rtc, &self.speakers);
+        let marked = self.room.mark_speakers(|mid| {
+            rtc.media(mid)
+                .and_then(|m| m.stream_id().split('|').next())
+                .is_some_and(|sid| speakers.contains(sid))
+        });
+        debug!(identity = %self.identity, speakers = speakers.len(), tracks_speaking = marked, "LiveKit speakers");
     }
 
     /// One tick of what the session hears: the room's audible tracks decoded and mixed, for

@@ -33,6 +33,14 @@ pub(crate) const PROTOCOL_VERSION: i32 = 17;
 pub(crate) const SERVER_VERSION: &str = "1.11.0";
 /// Housekeeping period for ping timeouts and resume grace periods.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Speaker detection, as livekit-server's defaults (`audio` in its configuration): every
+/// `update_interval` (500 ms), a participant whose packets were louder than `active_level`
+/// (30, i.e. -30 dBov) for at least `min_percentile` (40 %) of them is an active speaker.
+const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
+const ACTIVE_LEVEL_DBOV: i8 = -30;
+const MIN_PERCENTILE: u32 = 40;
+/// Speaker levels are quantized to eighths, as livekit-server does.
+const LEVEL_QUANTIZATION: f32 = 8.0;
 /// One Opus frame (RFC 7587 §4.2).
 const FRAME: Duration = Duration::from_millis(20);
 /// Synthetic frames sent at once after a late wake-up (100 ms of audio).
@@ -252,6 +260,36 @@ struct Room {
     created: SystemTime,
     members: Vec<Key>,
     data: Vec<DataPacket>,
+    /// The active speakers last announced, by participant sid.
+    speakers: HashMap<String, f32>,
+}
+
+/// One participant's audio levels over the current speaker interval.
+#[derive(Debug, Default, Clone, Copy)]
+struct LevelWindow {
+    packets: u32,
+    loud: u32,
+    /// Sum of the loud packets' linear levels (10^(dBov/20)).
+    loud_linear: f64,
+}
+
+impl LevelWindow {
+    fn add(&mut self, dbov: i8) {
+        self.packets += 1;
+        if dbov >= ACTIVE_LEVEL_DBOV {
+            self.loud += 1;
+            self.loud_linear += 10f64.powf(f64::from(dbov) / 20.0);
+        }
+    }
+
+    /// The speaker level (0..1, quantized) when active over the window.
+    fn speaking(&self) -> Option<f32> {
+        if self.packets == 0 || self.loud * 100 < MIN_PERCENTILE * self.packets {
+            return None;
+        }
+        let level = (self.loud_linear / f64::from(self.loud)) as f32;
+        Some((level * LEVEL_QUANTIZATION).ceil() / LEVEL_QUANTIZATION)
+    }
 }
 
 struct PublishedTrack {
@@ -301,6 +339,8 @@ struct Participant {
     pending_tracks: Vec<TrackInfo>,
     /// Track sids this participant explicitly unsubscribed from / subscribed to.
     subscription_overrides: HashMap<String, bool>,
+    /// Audio levels of what it published in the current speaker interval.
+    levels: LevelWindow,
     counters: ParticipantCounters,
     /// `candidateInit` of every `Trickle` the client sent, with its target (test hook).
     trickled: Vec<(proto::SignalTarget, String)>,
@@ -405,6 +445,7 @@ pub(crate) struct Engine {
     next_key: u64,
     next_housekeeping: Instant,
     next_frame: Instant,
+    next_speakers: Instant,
     /// Participants whose UDP traffic is dropped both ways (test hook).
     blackholed: HashSet<Key>,
     /// The last [`DEPARTED_KEPT`] participants to leave, as they were when they left (test
@@ -465,6 +506,7 @@ impl Engine {
             next_key: 1,
             next_housekeeping: now + HOUSEKEEPING,
             next_frame: now + FRAME,
+            next_speakers: now + SPEAKER_INTERVAL,
             blackholed: HashSet::new(),
             departed: VecDeque::new(),
             transmits: Vec::new(),
@@ -474,7 +516,10 @@ impl Engine {
 
     /// Earliest moment the engine needs [`Engine::handle_timeout`].
     pub(crate) fn next_deadline(&self) -> Instant {
-        let mut t = self.next_housekeeping.min(self.next_frame);
+        let mut t = self
+            .next_housekeeping
+            .min(self.next_frame)
+            .min(self.next_speakers);
         for p in self.parts.values() {
             if let Media::Remote {
                 publisher,
@@ -807,6 +852,58 @@ impl Engine {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.housekeeping(now);
         }
+        if now >= self.next_speakers {
+            self.next_speakers = now + SPEAKER_INTERVAL;
+            self.speaker_updates();
+        }
+    }
+
+    /// livekit-server's `audioUpdateWorker`: every [`SPEAKER_INTERVAL`], each room's active
+    /// speakers whose level changed, and those no longer active (level 0, not active), go to
+    /// every participant of the room as `SpeakersChanged`, loudest first.
+    fn speaker_updates(&mut self) {
+        for room in self.rooms.values_mut() {
+            let mut now_active: HashMap<String, f32> = HashMap::new();
+            for k in &room.members {
+                if let Some(p) = self.parts.get_mut(k) {
+                    if let Some(level) = p.levels.speaking() {
+                        now_active.insert(p.sid.clone(), level);
+                    }
+                    p.levels = LevelWindow::default();
+                }
+            }
+            let mut changed: Vec<proto::SpeakerInfo> = now_active
+                .iter()
+                .filter(|(sid, level)| room.speakers.get(*sid) != Some(*level))
+                .map(|(sid, level)| proto::SpeakerInfo {
+                    sid: sid.clone(),
+                    level: *level,
+                    active: true,
+                })
+                .collect();
+            changed.sort_by(|a, b| b.level.total_cmp(&a.level));
+            changed.extend(
+                room.speakers
+                    .keys()
+                    .filter(|sid| !now_active.contains_key(*sid))
+                    .map(|sid| proto::SpeakerInfo {
+                        sid: sid.clone(),
+                        level: 0.0,
+                        active: false,
+                    }),
+            );
+            room.speakers = now_active;
+            if changed.is_empty() {
+                continue;
+            }
+            for k in &room.members {
+                if let Some(p) = self.parts.get(k) {
+                    p.send(Resp::SpeakersChanged(proto::SpeakersChanged {
+                        speakers: changed.clone(),
+                    }));
+                }
+            }
+        }
     }
 
     fn housekeeping(&mut self, now: Instant) {
@@ -932,6 +1029,7 @@ impl Engine {
             created: SystemTime::now(),
             members: Vec::new(),
             data: Vec::new(),
+            speakers: HashMap::new(),
         });
         let key = Key(self.next_key);
         self.next_key += 1;
@@ -965,6 +1063,7 @@ impl Engine {
             tracks: Vec::new(),
             pending_tracks: Vec::new(),
             subscription_overrides: HashMap::new(),
+            levels: LevelWindow::default(),
             counters: ParticipantCounters {
                 room: room_name.clone(),
                 identity: grant.identity.clone(),
@@ -1380,6 +1479,7 @@ impl Engine {
                 if let Some(level) = d.ext_vals.audio_level {
                     p.counters.audio_level = Some(level);
                     p.counters.voice_activity = d.ext_vals.voice_activity;
+                    p.levels.add(level);
                 }
                 self.forward(key, &track_sid, &d.data, d.time, now);
             }
@@ -1527,6 +1627,7 @@ impl Engine {
             };
             match s.next_frame() {
                 Ok(f) => {
+                    p.levels.add(s.level_dbov());
                     p.counters.packets_in += 1;
                     p.counters.bytes_in += f.len() as u64;
                     frames.push((
@@ -1804,6 +1905,7 @@ impl Engine {
                 created: SystemTime::now(),
                 members: Vec::new(),
                 data: Vec::new(),
+                speakers: HashMap::new(),
             });
         let key = Key(self.next_key);
         self.next_key += 1;
@@ -1847,6 +1949,7 @@ impl Engine {
                 }],
                 pending_tracks: Vec::new(),
                 subscription_overrides: HashMap::new(),
+                levels: LevelWindow::default(),
                 counters: ParticipantCounters {
                     room: room_name.to_owned(),
                     identity: identity.to_owned(),

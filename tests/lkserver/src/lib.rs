@@ -77,7 +77,15 @@
 //! - Audio only, Opus only (no RED, no DTX negotiation logic, no simulcast, no video, no
 //!   codec fallback); payloads are forwarded as received (str0m assigns the subscriber-side
 //!   SSRC, sequence numbers and payload type). No bandwidth estimation, no NACK/RTX, no
-//!   speaker detection (`SpeakersChanged` is never sent), no connection-quality updates.
+//!   connection-quality updates.
+//! - Speaker detection reads the RFC 6464 level of each published packet (a synthetic
+//!   participant counts as sending its tone's RMS level) with livekit-server's default
+//!   `audio` settings: every 500 ms, active when at least 40 % of the packets were at -30 dBov
+//!   or louder; the level sent is the loud packets' mean linear level, quantized to eighths.
+//!   `SpeakersChanged` carries the speakers that came or changed (loudest first) and those
+//!   that stopped (level 0, inactive), to every participant of the room. The real server
+//!   smooths levels over `smooth_intervals` and observes each track separately; this one
+//!   does not smooth and takes a participant as one source.
 //! - ICE: one UDP host candidate on loopback (no ICE/TCP, no STUN server entry in
 //!   `ice_servers` unless configured). The embedded TURN server (`ServerOptions::turn`) speaks
 //!   UDP only, with one credential for everyone (see the `turn` module). A client must use a distinct local port per PC, as it

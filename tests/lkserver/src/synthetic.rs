@@ -129,6 +129,18 @@ impl Synthetic {
         })
     }
 
+    /// The RFC 6464 level (dBov, -127 silence) a client would send with this signal's frames.
+    pub(crate) fn level_dbov(&self) -> i8 {
+        match self.signal {
+            Signal::Tone { amplitude, .. } if amplitude > 0.0 => {
+                // A sine's RMS is its peak over √2.
+                let rms = amplitude.clamp(0.0, 1.0) / std::f64::consts::SQRT_2;
+                (20.0 * rms.log10()).clamp(-127.0, 0.0).round() as i8
+            }
+            _ => -127,
+        }
+    }
+
     pub(crate) fn set_signal(&mut self, signal: Signal) {
         self.signal = signal;
         self.replay.clear();

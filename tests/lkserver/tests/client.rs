@@ -595,3 +595,53 @@ async fn blackholed_media_stops_audio_and_lifting_it_lets_it_resume() {
         "the signal connection was never touched"
     );
 }
+
+/// Speaker detection: a participant playing a tone is announced as an active speaker with a
+/// quantized level, and as inactive (level 0) once it falls silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speakers_changed_announces_who_speaks_and_who_stopped() {
+    let _media = common::media_lock().await;
+    let server = TestServer::start(API_KEY, API_SECRET).await.unwrap();
+    let alice = server
+        .add_synthetic_participant(
+            "speakers",
+            "alice",
+            Signal::Tone {
+                hz: 440.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap();
+    let client = TestClient::connect(opts(&server, "speakers", "listener", None)).await;
+    let sid = alice.sid().to_owned();
+    let speaking = |st: &common::ClientState, active: bool| {
+        st.messages.iter().any(|m| match m {
+            Resp::SpeakersChanged(sc) => sc
+                .speakers
+                .iter()
+                .any(|s| s.sid == sid && s.active == active),
+            _ => false,
+        })
+    };
+    assert!(
+        client.wait(Duration::from_secs(5), |st| speaking(st, true)).await,
+        "alice is announced as speaking"
+    );
+    let level = client
+        .state()
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            Resp::SpeakersChanged(sc) => sc.speakers.iter().find(|s| s.sid == sid).map(|s| s.level),
+            _ => None,
+        })
+        .expect("alice's level");
+    // A sine of peak 0.3 is 0.21 RMS, -13.5 dBov; quantized up to eighths.
+    assert_eq!(level, 0.25);
+    assert!(alice.set_signal(Signal::Silence).await.unwrap());
+    assert!(
+        client.wait(Duration::from_secs(5), |st| speaking(st, false)).await,
+        "alice is announced as no longer speaking"
+    );
+}
