@@ -38,7 +38,8 @@ fn speech_pcm(f0: f64) -> Vec<Vec<i16>> {
                     let envelope = 0.55 + 0.45 * (2.0 * std::f64::consts::PI * 4.0 * t).sin();
                     let voice: f64 = (1..=5)
                         .map(|h| {
-                            (2.0 * std::f64::consts::PI * f0 * f64::from(h) * t).sin() / f64::from(h)
+                            (2.0 * std::f64::consts::PI * f0 * f64::from(h) * t).sin()
+                                / f64::from(h)
                         })
                         .sum();
                     (6000.0 * envelope * voice) as i16
@@ -89,7 +90,9 @@ impl Room {
             .collect();
         Room {
             mix,
-            mids: (0..tracks).map(|k| Mid::from(format!("{k}").as_str())).collect(),
+            mids: (0..tracks)
+                .map(|k| Mid::from(format!("{k}").as_str()))
+                .collect(),
             speech: (0..speakers.min(tracks))
                 .map(|s| speech_packets(110.0 + 30.0 * s as f64))
                 .collect(),

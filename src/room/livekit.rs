@@ -51,9 +51,9 @@ use super::{
 };
 use crate::call::ROLE_ATTRIBUTE;
 use crate::config::{HostRule, IceTransportPolicy, LiveKitConfig};
-use crate::pins::PinRole;
-use crate::ops::metrics::Metrics;
 use crate::ingress::trunk::{SharedTrunkTable, TrunkId};
+use crate::ops::metrics::Metrics;
+use crate::pins::PinRole;
 
 /// The attribute naming the call's trunk (LiveKit SIP conventions), which picks the trunk's
 /// LiveKit override.
@@ -98,7 +98,8 @@ pub struct LiveKitRooms {
     /// `livekit.share_rooms`: calls of one room share this node's listener of that room.
     share: bool,
     /// The listeners of this node, by server, room and rate (module `share`).
-    listeners: Mutex<HashMap<ListenerKey, Arc<tokio::sync::Mutex<Option<mpsc::Sender<share::Join>>>>>>,
+    listeners:
+        Mutex<HashMap<ListenerKey, Arc<tokio::sync::Mutex<Option<mpsc::Sender<share::Join>>>>>>,
 }
 
 /// One listener per LiveKit server, room and sample rate.
@@ -201,7 +202,9 @@ impl LiveKitRooms {
                 .as_deref()
                 .and_then(|table| table.get(&trunk)?.livekit.as_ref());
             let url = over.and_then(|o| o.url.as_deref()).unwrap_or(&self.url);
-            let key = over.and_then(|o| o.api_key.as_deref()).unwrap_or(&self.api_key);
+            let key = over
+                .and_then(|o| o.api_key.as_deref())
+                .unwrap_or(&self.api_key);
             let secret = over
                 .and_then(|o| o.api_secret.as_ref())
                 .map(|s| s.expose())
@@ -470,7 +473,13 @@ impl LiveKitRooms {
         .map_err(|e| RoomError::Unreachable(format!("listener peer connection setup: {e}")))?;
         tracing::info!(room = %room, identity = %identity, "this node's listener joined the room");
         tokio::spawn(async move {
-            let _keep = (to_room_keep, dtmf_keep, mute_keep, attributes_keep, leave_keep);
+            let _keep = (
+                to_room_keep,
+                dtmf_keep,
+                mute_keep,
+                attributes_keep,
+                leave_keep,
+            );
             session.run(early).await;
         });
         Ok(joins_tx)
@@ -586,7 +595,10 @@ mod tests {
         }
     }
 
-    fn participant(identity: &str, kind: livekit_protocol::participant_info::Kind) -> livekit_protocol::ParticipantInfo {
+    fn participant(
+        identity: &str,
+        kind: livekit_protocol::participant_info::Kind,
+    ) -> livekit_protocol::ParticipantInfo {
         livekit_protocol::ParticipantInfo {
             identity: identity.into(),
             kind: kind as i32,
@@ -602,7 +614,10 @@ mod tests {
         assert!(is_host(&participant("alice", Kind::Standard), &any));
         assert!(is_host(&participant("agent", Kind::Agent), &any));
         assert!(!is_host(&participant("sip_CA_1", Kind::Sip), &any));
-        assert!(!is_host(&participant("sip_CA_2", Kind::Standard), &any), "a dialin call by identity");
+        assert!(
+            !is_host(&participant("sip_CA_2", Kind::Standard), &any),
+            "a dialin call by identity"
+        );
         assert!(!is_host(&participant("recorder", Kind::Egress), &any));
         let mut gone = participant("bob", Kind::Standard);
         gone.state = State::Disconnected as i32;

@@ -395,8 +395,11 @@ impl RoomMix {
             t.pull(len, now);
         }
         self.activity.clear();
-        self.activity
-            .extend(self.tracks.iter().map(|t| (t.activity, t.decoder.is_some(), t.speaking)));
+        self.activity.extend(
+            self.tracks
+                .iter()
+                .map(|t| (t.activity, t.decoder.is_some(), t.speaking)),
+        );
         choose_audible(&self.activity, &mut self.chosen, &mut self.order);
         let mut holding = self.tracks.iter().filter(|t| t.decoder.is_some()).count();
         // Decoders of tracks left out long enough go first, so that newcomers find one.
@@ -479,7 +482,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn the_loudest_few_with_speech_are_chosen_and_holders_keep_a_small_edge() {
         let (mut chosen, mut order) = (Vec::new(), Vec::new());
@@ -502,9 +504,16 @@ mod tests {
             (90 * 16, false, false),
         ];
         choose_audible(&close, &mut chosen, &mut order);
-        assert!(chosen[0] && !chosen[1], "no swap for a few bytes: {chosen:?}");
+        assert!(
+            chosen[0] && !chosen[1],
+            "no swap for a few bytes: {chosen:?}"
+        );
         // Fewer speakers than slots: every one of them.
-        choose_audible(&[(40 * 16, false, false), (0, true, false)], &mut chosen, &mut order);
+        choose_audible(
+            &[(40 * 16, false, false), (0, true, false)],
+            &mut chosen,
+            &mut order,
+        );
         assert_eq!(chosen, vec![true, false]);
     }
 
@@ -513,12 +522,17 @@ mod tests {
         let (mut chosen, mut order) = (Vec::new(), Vec::new());
         // Seven tracks with speech-sized packets (noisy microphones without DTX look alike);
         // LiveKit's speaker detection names two of them, the quietest by packet size.
-        let mut tracks: Vec<(u32, bool, bool)> =
-            [90u32, 85, 80, 75, 70, 30, 25].iter().map(|b| (b * 16, false, false)).collect();
+        let mut tracks: Vec<(u32, bool, bool)> = [90u32, 85, 80, 75, 70, 30, 25]
+            .iter()
+            .map(|b| (b * 16, false, false))
+            .collect();
         tracks[5].2 = true;
         tracks[6].2 = true;
         choose_audible(&tracks, &mut chosen, &mut order);
-        assert!(chosen[5] && chosen[6], "the reported speakers are decoded: {chosen:?}");
+        assert!(
+            chosen[5] && chosen[6],
+            "the reported speakers are decoded: {chosen:?}"
+        );
         assert!(!chosen[4], "one of the unreported gives way: {chosen:?}");
         // A reported speaker whose packets say silence (DTX) is not decoded.
         let quiet = [(0, false, true), (40 * 16, false, false)];
@@ -537,8 +551,14 @@ mod tests {
             assert!(t.decoded(160).is_none(), "no decoder, nothing decoded");
         }
         assert!(t.decoder.is_none());
-        assert!(t.activity >= MIN_ACTIVITY, "speech-sized packets count as activity");
-        assert!(t.jitter.stats().played >= 8, "frames were taken from the buffer");
+        assert!(
+            t.activity >= MIN_ACTIVITY,
+            "speech-sized packets count as activity"
+        );
+        assert!(
+            t.jitter.stats().played >= 8,
+            "frames were taken from the buffer"
+        );
         // Taking a decoder mid-stream starts with a fade-in, then plays.
         let now = t0 + TICK * 10;
         t.push(10, 9600, &packets(11)[10], now);
@@ -646,7 +666,9 @@ mod tests {
             .expect("an Opus encoder");
         let mut quiet = [0u8; 400];
         let quiet_len = enc.encode(&[0i16; 160], &mut quiet).expect("encode");
-        let mids: Vec<Mid> = (0..10).map(|k| Mid::from(format!("{k}").as_str())).collect();
+        let mids: Vec<Mid> = (0..10)
+            .map(|k| Mid::from(format!("{k}").as_str()))
+            .collect();
         let mut room = RoomMix::new(SampleRate::Hz8000);
         let me = room.add_input().expect("an input");
         let mine = [1000i16; 160];
@@ -669,7 +691,10 @@ mod tests {
         assert_eq!(room.decoding(), 2, "only the speakers hold a decoder");
         let heard = room.output_for(me).expect("the input's mix");
         let everyone = room.everyone().expect("the room's mix");
-        assert!(heard.iter().any(|&x| x.unsigned_abs() > 2000), "the speakers are heard");
+        assert!(
+            heard.iter().any(|&x| x.unsigned_abs() > 2000),
+            "the speakers are heard"
+        );
         assert!(
             everyone
                 .iter()

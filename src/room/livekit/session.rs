@@ -30,9 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialin_media::codec::{
-    new_encoder, CodecConfig, CodecKind, Encoder, SampleRate,
-};
+use dialin_media::codec::{new_encoder, CodecConfig, CodecKind, Encoder, SampleRate};
 use livekit_protocol as proto;
 use prost::Message as _;
 use proto::signal_request::Message as Req;
@@ -125,7 +123,9 @@ pub(crate) enum Role {
     /// One call's participant: publishes the caller's track. With `voice`, the call's room
     /// is shared (module `share`): the caller's frames also go there as PCM, and the session
     /// subscribes to nothing.
-    Caller { voice: Option<mpsc::Sender<AudioFrame>> },
+    Caller {
+        voice: Option<mpsc::Sender<AudioFrame>>,
+    },
     /// A node's hidden listener of one room (module `share`): publishes nothing, subscribes
     /// to the tracks of everyone but the node's calls, and mixes for those calls.
     Listener(Box<Shared>),
@@ -987,8 +987,8 @@ impl Session {
             super::JOIN_TIMEOUT,
             &t.tls,
         )
-            .await
-            .map_err(|e| e.to_string())?;
+        .await
+        .map_err(|e| e.to_string())?;
         let (join, early) = signal::await_join(&mut ws, super::JOIN_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
@@ -1920,9 +1920,16 @@ mod tests {
         let mut gate = SilenceGate::default();
         assert!(gate.send(true));
         let sent: Vec<bool> = (0..70).map(|_| gate.send(false)).collect();
-        assert!(sent[..SILENCE_HANGOVER as usize].iter().all(|s| *s), "the hangover goes out");
+        assert!(
+            sent[..SILENCE_HANGOVER as usize].iter().all(|s| *s),
+            "the hangover goes out"
+        );
         let after = &sent[SILENCE_HANGOVER as usize..];
-        assert_eq!(after.iter().filter(|s| **s).count(), 3, "one in twenty: {after:?}");
+        assert_eq!(
+            after.iter().filter(|s| **s).count(),
+            3,
+            "one in twenty: {after:?}"
+        );
         assert!(gate.send(true), "voice goes out at once");
         assert!(gate.send(false), "and a new hangover starts");
     }

@@ -171,7 +171,11 @@ mod tests {
     use super::*;
     use proto::participant_info::State;
 
-    fn participant(sid: &str, identity: &str, tracks: &[(&str, proto::TrackType)]) -> proto::ParticipantInfo {
+    fn participant(
+        sid: &str,
+        identity: &str,
+        tracks: &[(&str, proto::TrackType)],
+    ) -> proto::ParticipantInfo {
         proto::ParticipantInfo {
             sid: sid.into(),
             identity: identity.into(),
@@ -191,15 +195,36 @@ mod tests {
     #[test]
     fn audio_tracks_of_others_are_subscribed_and_members_tracks_never() {
         let mut s = Subscriptions::default();
-        s.on_participant(&participant("PA_w", "web", &[("TR_a", proto::TrackType::Audio), ("TR_v", proto::TrackType::Video)]));
-        s.on_participant(&participant("PA_c", "sip_1", &[("TR_c", proto::TrackType::Audio)]));
+        s.on_participant(&participant(
+            "PA_w",
+            "web",
+            &[
+                ("TR_a", proto::TrackType::Audio),
+                ("TR_v", proto::TrackType::Video),
+            ],
+        ));
+        s.on_participant(&participant(
+            "PA_c",
+            "sip_1",
+            &[("TR_c", proto::TrackType::Audio)],
+        ));
         let member = |id: &str| id == "sip_1";
         assert_eq!(s.changes(member), (vec!["TR_a".to_owned()], vec![]));
         assert_eq!(s.changes(member), (vec![], vec![]), "asked once");
         assert_eq!(s.len(), 1);
         // The web user publishes a second track and the call leaves this node's listener.
-        s.on_participant(&participant("PA_w", "web", &[("TR_a", proto::TrackType::Audio), ("TR_b", proto::TrackType::Audio)]));
-        assert_eq!(s.changes(|_| false), (vec!["TR_b".to_owned(), "TR_c".to_owned()], vec![]));
+        s.on_participant(&participant(
+            "PA_w",
+            "web",
+            &[
+                ("TR_a", proto::TrackType::Audio),
+                ("TR_b", proto::TrackType::Audio),
+            ],
+        ));
+        assert_eq!(
+            s.changes(|_| false),
+            (vec!["TR_b".to_owned(), "TR_c".to_owned()], vec![])
+        );
         // The caller is a member again (a call of the same identity joined).
         assert_eq!(s.changes(member), (vec![], vec!["TR_c".to_owned()]));
     }
@@ -207,7 +232,11 @@ mod tests {
     #[test]
     fn a_participant_who_leaves_is_forgotten_without_an_unsubscribe() {
         let mut s = Subscriptions::default();
-        s.on_participant(&participant("PA_w", "web", &[("TR_a", proto::TrackType::Audio)]));
+        s.on_participant(&participant(
+            "PA_w",
+            "web",
+            &[("TR_a", proto::TrackType::Audio)],
+        ));
         assert_eq!(s.changes(|_| false).0, vec!["TR_a".to_owned()]);
         let mut gone = participant("PA_w", "web", &[("TR_a", proto::TrackType::Audio)]);
         gone.state = State::Disconnected as i32;
@@ -215,7 +244,11 @@ mod tests {
         assert_eq!(s.changes(|_| false), (vec![], vec![]));
         assert_eq!(s.len(), 0);
         // Back with a new session: subscribed afresh.
-        s.on_participant(&participant("PA_w2", "web", &[("TR_a2", proto::TrackType::Audio)]));
+        s.on_participant(&participant(
+            "PA_w2",
+            "web",
+            &[("TR_a2", proto::TrackType::Audio)],
+        ));
         assert_eq!(s.changes(|_| false).0, vec!["TR_a2".to_owned()]);
         s.reset();
         assert_eq!(s.len(), 0);
@@ -226,7 +259,10 @@ mod tests {
     fn a_listener_ends_once_its_members_have_gone_and_then_refuses_joins() {
         let (tx, rx) = mpsc::channel(4);
         let mut shared = Shared::new(rx);
-        assert!(!shared.finished(), "a new listener waits for its first member");
+        assert!(
+            !shared.finished(),
+            "a new listener waits for its first member"
+        );
         let (_voice_tx, voice) = mpsc::channel(1);
         let (out, out_rx) = mpsc::channel(1);
         let (events, _events_rx) = mpsc::channel(1);
@@ -246,7 +282,13 @@ mod tests {
         let (_, voice) = mpsc::channel(1);
         let (out, _) = mpsc::channel(1);
         let (events, _) = mpsc::channel(1);
-        let pending = Join { identity: "sip_2".into(), voice, out, events, accepted };
+        let pending = Join {
+            identity: "sip_2".into(),
+            voice,
+            out,
+            events,
+            accepted,
+        };
         assert!(tx.try_send(pending).is_ok());
         shared.close();
         assert!(tx.is_closed(), "a closed listener takes no call");
