@@ -1905,18 +1905,11 @@ async fn a_listener_asked_to_reconnect_joins_again_and_its_calls_hear_the_room_a
         .unwrap();
     assert!(again.is_some(), "the listener joins again as a new participant session");
     // Exchange until the web user is heard again (the new subscription takes a moment).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (heard_one, heard_two) = loop {
-        let (h1, h2) = tokio::join!(
-            exchange(&mut one, Some(440.0), Duration::from_secs(1)),
-            exchange(&mut two, Some(700.0), Duration::from_secs(1)),
-        );
-        let alice_db = median_level(&h1, LIVEKIT_SAMPLE_RATE, 1000.0);
-        if alice_db > -25.0 || Instant::now() > deadline {
-            break (h1, h2);
-        }
-    };
     let rate = LIVEKIT_SAMPLE_RATE;
+    let (heard_one, heard_two) = exchange_pair_until((&mut one, 440.0), (&mut two, 700.0), |h1, _| {
+        median_level(h1, rate, 1000.0) > -25.0
+    })
+    .await;
     assert!(median_level(&heard_one, rate, 1000.0) > -25.0, "the first caller hears the web user again");
     assert!(median_level(&heard_two, rate, 1000.0) > -25.0, "so does the second");
     assert!(median_level(&heard_one, rate, 700.0) > -25.0, "and they hear each other");
@@ -1935,4 +1928,105 @@ async fn a_listener_asked_to_reconnect_joins_again_and_its_calls_hear_the_room_a
         .map(|c| c.packets_out)
         .sum();
     assert_eq!(forwarded, 0, "the calls still subscribe to nothing");
+}
+
+/// A G.711 caller and a wideband caller of this node in one room: each rate has its own
+/// listener, which subscribes to the other rate's caller, so the two hear each other through
+/// LiveKit; a caller who mutes is no longer heard by the other, and hears again once unmuted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_of_two_rates_hear_each_other_and_a_muted_caller_is_not_heard() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let rooms = rooms_for(server.url(), SECRET);
+    let join_at = |call: &'static str, rate: u32| {
+        let rooms = &rooms;
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), rooms.join(request_at("rates", call, rate)))
+                .await
+                .expect("join within 10 s")
+                .expect("join succeeds")
+        }
+    };
+    let mut narrow = join_at("n1", NARROWBAND_SAMPLE_RATE).await;
+    let mut wide = join_at("w1", LIVEKIT_SAMPLE_RATE).await;
+    assert_eq!(narrow.sample_rate, NARROWBAND_SAMPLE_RATE);
+    assert_eq!(wide.sample_rate, LIVEKIT_SAMPLE_RATE);
+    let listeners = server
+        .participants("rates")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.hidden)
+        .count();
+    assert_eq!(listeners, 2, "one listener per rate");
+
+    // Exchange until each hears the other (the subscriptions take a moment).
+    let (nb, wb) = (NARROWBAND_SAMPLE_RATE, LIVEKIT_SAMPLE_RATE);
+    let (hn, hw) = exchange_pair_until((&mut narrow, 440.0), (&mut wide, 1000.0), |hn, hw| {
+        median_level(hn, nb, 1000.0) > -25.0 && median_level(hw, wb, 440.0) > -25.0
+    })
+    .await;
+    let (n_hears, w_hears) = (median_level(&hn, nb, 1000.0), median_level(&hw, wb, 440.0));
+    println!("narrowband hears the wideband caller at {n_hears:.1}, wideband hears narrowband at {w_hears:.1} dBFS");
+    assert!(n_hears > -25.0, "the G.711 caller hears the wideband one ({n_hears:.1} dBFS)");
+    assert!(w_hears > -25.0, "the wideband caller hears the G.711 one ({w_hears:.1} dBFS)");
+
+    // The wideband caller mutes: the other stops hearing it.
+    wide.mute.as_ref().expect("a LiveKit handle mutes").send(true).await.unwrap();
+    let (hn, _) = exchange_pair_until((&mut narrow, 440.0), (&mut wide, 1000.0), |hn, _| {
+        median_level(hn, nb, 1000.0) < -50.0
+    })
+    .await;
+    let muted_level = median_level(&hn, nb, 1000.0);
+    assert!(muted_level < -50.0, "a muted caller is not heard ({muted_level:.1} dBFS)");
+    wide.mute.as_ref().expect("a LiveKit handle mutes").send(false).await.unwrap();
+    let (hn, _) = exchange_pair_until((&mut narrow, 440.0), (&mut wide, 1000.0), |hn, _| {
+        median_level(hn, nb, 1000.0) > -25.0
+    })
+    .await;
+    let again = median_level(&hn, nb, 1000.0);
+    assert!(again > -25.0, "heard again once unmuted ({again:.1} dBFS)");
+}
+
+/// Two callers of this node in one room, muting: the one who mutes is no longer heard by the
+/// other through the node's mix either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_caller_is_not_heard_by_the_other_callers_of_its_node() {
+    let server = TestServer::start(KEY, SECRET).await.unwrap();
+    let rooms = rooms_for(server.url(), SECRET);
+    let mut one = join(&rooms, "mutes", "m1").await;
+    let mut two = join(&rooms, "mutes", "m2").await;
+    let (_, heard) = tokio::join!(
+        exchange(&mut one, Some(440.0), Duration::from_secs(2)),
+        exchange(&mut two, Some(700.0), Duration::from_secs(2)),
+    );
+    let before = median_level(last(&heard, LIVEKIT_SAMPLE_RATE, 1.0), LIVEKIT_SAMPLE_RATE, 440.0);
+    assert!(before > -25.0, "the second caller hears the first ({before:.1} dBFS)");
+    one.mute.as_ref().expect("a LiveKit handle mutes").send(true).await.unwrap();
+    let rate = LIVEKIT_SAMPLE_RATE;
+    let (_, heard) = exchange_pair_until((&mut one, 440.0), (&mut two, 700.0), |_, h2| {
+        median_level(h2, rate, 440.0) < -50.0
+    })
+    .await;
+    let after = median_level(&heard, rate, 440.0);
+    println!("the first caller heard at {before:.1} dBFS, then muted at {after:.1} dBFS");
+    assert!(after < -50.0, "a muted caller is not heard ({after:.1} dBFS)");
+}
+
+/// Plays `hz_a` on `a` and `hz_b` on `b`, a second at a time, until `done` holds for what
+/// each heard in that second (at most 10 s); returns that last second of each.
+async fn exchange_pair_until(
+    (a, hz_a): (&mut RoomHandle, f64),
+    (b, hz_b): (&mut RoomHandle, f64),
+    done: impl Fn(&[i16], &[i16]) -> bool,
+) -> (Vec<i16>, Vec<i16>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ha, hb) = tokio::join!(
+            exchange(a, Some(hz_a), Duration::from_secs(1)),
+            exchange(b, Some(hz_b), Duration::from_secs(1)),
+        );
+        if done(&ha, &hb) || Instant::now() > deadline {
+            return (ha, hb);
+        }
+    }
 }
