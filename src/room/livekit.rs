@@ -120,11 +120,15 @@ const HOST_POLL: Duration = Duration::from_secs(1);
 const HOST_POLL_FAILURES: u32 = 5;
 
 /// Whether `p` is a host of its room: a dialin caller of a host PIN (`sip.role = host`), or
-/// a participant matching `rule`. Egress and ingress participants (recorders, streams) never
+/// a participant matching `rule`. Egress and ingress participants (recorders, streams) and hidden ones never
 /// are.
 pub fn is_host(p: &livekit_protocol::ParticipantInfo, rule: &HostRule) -> bool {
     use livekit_protocol::participant_info::{Kind, State};
     if p.state == State::Disconnected as i32 {
+        return false;
+    }
+    // A hidden participant (a gateway's listener, an observer) is not in the meeting.
+    if p.permission.as_ref().is_some_and(|perm| perm.hidden) {
         return false;
     }
     if p.attributes.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(PinRole::Host.as_str()) {
@@ -622,6 +626,12 @@ mod tests {
         let mut gone = participant("bob", Kind::Standard);
         gone.state = State::Disconnected as i32;
         assert!(!is_host(&gone, &any), "a participant who left is no host");
+        let mut hidden = participant("observer", Kind::Standard);
+        hidden.permission = Some(livekit_protocol::ParticipantPermission {
+            hidden: true,
+            ..Default::default()
+        });
+        assert!(!is_host(&hidden, &any), "a hidden participant is no host");
         let mut host_caller = participant("sip_CA_3", Kind::Sip);
         host_caller
             .attributes

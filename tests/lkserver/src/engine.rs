@@ -369,6 +369,7 @@ impl Participant {
                 can_publish: self.grant_publish,
                 can_publish_data: self.grant_publish_data,
                 can_update_metadata: self.grant_update_metadata,
+                hidden: self.hidden,
                 ..Default::default()
             }),
             is_publisher: !self.tracks.is_empty(),
