@@ -120,8 +120,8 @@ const HOST_POLL: Duration = Duration::from_secs(1);
 const HOST_POLL_FAILURES: u32 = 5;
 
 /// Whether `p` is a host of its room: a dialin caller of a host PIN (`sip.role = host`), or
-/// a participant matching `rule`. Egress and ingress participants (recorders, streams) and hidden ones never
-/// are.
+/// a participant matching `rule`. Egress and ingress participants (recorders, streams) and
+/// hidden ones never are.
 pub fn is_host(p: &livekit_protocol::ParticipantInfo, rule: &HostRule) -> bool {
     use livekit_protocol::participant_info::{Kind, State};
     if p.state == State::Disconnected as i32 {
