@@ -407,11 +407,7 @@ async fn console_creates_a_pin_shows_and_hangs_up_its_call_revokes_it_and_speaks
         .click(&browser.find("#nav a[data-route=calls]", PAGE).await)
         .await;
     browser
-        .click(
-            &browser
-                .find("#calls-body tr[data-call-id] button.hang-up", PAGE)
-                .await,
-        )
+        .click_css("#calls-body tr[data-call-id] button.hang-up", PAGE)
         .await;
     browser
         .wait_until(

@@ -249,6 +249,24 @@ impl Browser {
         }
     }
 
+    /// Finds the first element matching `css` (waited for up to `limit`) and clicks it. An
+    /// element the page re-rendered between the two (a list that refreshes itself) is found
+    /// again and clicked, until `limit`.
+    pub async fn click_css(&self, css: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let el = self.find(css, limit).await;
+            let path = format!("/session/{}/element/{}/click", self.session, el.0);
+            match self.try_command(reqwest::Method::POST, &path, None).await {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => panic!("WebDriver: {e}"),
+            }
+        }
+    }
+
     /// Clicks `el` (scrolled into view first, as a user would).
     pub async fn click(&self, el: &Element) {
         self.command(
