@@ -214,17 +214,7 @@ async fn narrowband_caller_exchanges_8_khz_frames_with_the_room() {
 
 async fn audio_both_ways(rate: u32, call: &str) {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let synth = server
-        .add_synthetic_participant(
-            "audio",
-            "alice",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let synth = tone_participant(&server, "audio", "alice").await;
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = tokio::time::timeout(
         Duration::from_secs(10),
@@ -410,17 +400,7 @@ async fn others_joining_and_leaving_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_websocket_is_resumed_without_ending_the_call() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let synth = server
-        .add_synthetic_participant(
-            "resume",
-            "carol",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let synth = tone_participant(&server, "resume", "carol").await;
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, "resume", "c7").await;
     let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
@@ -496,17 +476,7 @@ async fn bridged_call(
     room: &str,
     call: &str,
 ) -> (SyntheticParticipant, RoomHandle, String) {
-    let synth = server
-        .add_synthetic_participant(
-            room,
-            "tone",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let synth = tone_participant(&server, room, "tone").await;
     let rooms = rooms_for(server.url(), SECRET);
     let mut handle = join(&rooms, room, call).await;
     let _ = exchange(&mut handle, Some(440.0), Duration::from_secs(2)).await;
@@ -652,17 +622,7 @@ fn server_with_turn() -> ServerOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_media_goes_through_the_turn_server_livekit_announces() {
     let server = TestServer::start_with(server_with_turn()).await.unwrap();
-    let fay = server
-        .add_synthetic_participant(
-            "relayed",
-            "fay",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let fay = tone_participant(&server, "relayed", "fay").await;
     // No TURN server of our own: the one in the JoinResponse, with its credential.
     let rooms = relay_rooms(server.url(), Vec::new());
     let mut handle = join(&rooms, "relayed", "c14").await;
@@ -831,17 +791,7 @@ async fn livekit_gateway(url: &str, secret: &str) -> Gateway {
 /// leading to `room`.
 async fn gateway_and_alice(room: &str) -> (TestServer, SyntheticParticipant, Gateway) {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let alice = server
-        .add_synthetic_participant(
-            room,
-            "alice",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let alice = tone_participant(&server, room, "alice").await;
     let gw = livekit_gateway(server.url(), SECRET).await;
     gw.create_pin(room, Some(PIN)).await;
     (server, alice, gw)
@@ -1188,17 +1138,7 @@ async fn join_fails_with_service_unavailable(gw: &Gateway) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_websocket_dropped_mid_call_is_resumed_and_the_call_goes_on() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let carol = server
-        .add_synthetic_participant(
-            "resume",
-            "carol",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let carol = tone_participant(&server, "resume", "carol").await;
     let gw = livekit_gateway(server.url(), SECRET).await;
     gw.create_pin("resume", Some(PIN)).await;
     let (call, info) = dial_and_key(&gw, pcmu_from(&gw, "+33612345678"), PIN, true).await;
@@ -1751,17 +1691,7 @@ async fn a_participant_waits_outside_the_livekit_room_until_a_host_is_there() {
         "a waiting caller is not in the LiveKit room"
     );
     // A web user (not SIP) joins: the host, by the default rule.
-    let _teacher = server
-        .add_synthetic_participant(
-            "lecture",
-            "teacher",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let _teacher = tone_participant(&server, "lecture", "teacher").await;
     let joined = gw
         .wait_for_call(15 * SECOND, |c| c["state"] == "in_room")
         .await
@@ -1782,17 +1712,7 @@ async fn a_participant_waits_outside_the_livekit_room_until_a_host_is_there() {
 async fn calls_of_one_room_share_one_hidden_listener_and_hear_each_other_through_the_node() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let alice = server
-        .add_synthetic_participant(
-            "shared",
-            "alice",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let alice = tone_participant(&server, "shared", "alice").await;
     let rooms = rooms_for(server.url(), SECRET);
     let mut one = join(&rooms, "shared", "s1").await;
     let mut two = join(&rooms, "shared", "s2").await;
@@ -1869,17 +1789,7 @@ async fn calls_of_one_room_share_one_hidden_listener_and_hear_each_other_through
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_asked_to_reconnect_joins_again_and_its_calls_hear_the_room_again() {
     let server = TestServer::start(KEY, SECRET).await.unwrap();
-    let _alice = server
-        .add_synthetic_participant(
-            "relisten",
-            "alice",
-            Signal::Tone {
-                hz: 1000.0,
-                amplitude: 0.3,
-            },
-        )
-        .await
-        .unwrap();
+    let _alice = tone_participant(&server, "relisten", "alice").await;
     let rooms = rooms_for(server.url(), SECRET);
     let mut one = join(&rooms, "relisten", "r1").await;
     let mut two = join(&rooms, "relisten", "r2").await;
@@ -2029,4 +1939,19 @@ async fn exchange_pair_until(
             return (ha, hb);
         }
     }
+}
+
+/// A web user in `room` publishing a 1000 Hz tone at 0.3 of full scale.
+async fn tone_participant(server: &TestServer, room: &str, identity: &str) -> SyntheticParticipant {
+    server
+        .add_synthetic_participant(
+            room,
+            identity,
+            Signal::Tone {
+                hz: 1000.0,
+                amplitude: 0.3,
+            },
+        )
+        .await
+        .unwrap()
 }
